@@ -1,0 +1,1 @@
+"""Code every HFX service shares: domain types, proto conversion, config, Redis keys, tracing."""

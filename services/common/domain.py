@@ -1,0 +1,168 @@
+"""Domain types: what the services mean, apart from how the wire spells it.
+
+Wire messages become these once, in services.common.convert. Units live in the names.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class RequestState(enum.Enum):
+    """Lifecycle of one request, as the router and the scheduler see it."""
+
+    WAITING = "waiting"        # queued at the scheduler, not placed yet
+    RUNNING = "running"        # placed on an instance, streaming
+    FINISHED = "finished"
+    ABORTED = "aborted"        # cancelled by the client
+    FAILED = "failed"          # the instance failed under it
+    REJECTED = "rejected"      # refused at admission
+
+
+class Role(enum.Enum):
+    COLOCATED = "colocated"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"
+    BEST_EFFORT = "best_effort"
+    REJECT = "reject"
+
+
+class FinishReason(enum.Enum):
+    LENGTH = "length"
+    STOP = "stop"
+    ABORT = "abort"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_ms: float
+    tpot_ms: float
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What the scheduler knows of a request: enough to rank and place it, no tokens."""
+
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    slo: Slo
+    priority: int = 1
+    task_class: str = "default"
+    tenant: str = ""
+    arrival_s: float = 0.0
+
+    @property
+    def ttft_deadline_s(self) -> float:
+        return self.arrival_s + self.slo.ttft_ms / 1000.0
+
+    def token_deadline_s(self, i: int) -> float:
+        """Deadline of output token i (0 is the first token); early tokens bank slack."""
+        return self.ttft_deadline_s + i * self.slo.tpot_ms / 1000.0
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """step_ms = c0 + c1*prefill_tokens + c2*decode_seqs + c3*kv_tokens (see docs/ARCHITECTURE.md)."""
+
+    c0_ms: float
+    c1_ms_per_prefill_token: float
+    c2_ms_per_decode_seq: float
+    c3_ms_per_kv_token: float
+
+    def step_ms(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
+        return (
+            self.c0_ms
+            + self.c1_ms_per_prefill_token * prefill_tokens
+            + self.c2_ms_per_decode_seq * decode_seqs
+            + self.c3_ms_per_kv_token * kv_tokens
+        )
+
+
+@dataclass(frozen=True)
+class InstanceLoad:
+    running_requests: int = 0
+    waiting_requests: int = 0
+    kv_usage: float = 0.0
+    kv_capacity_tokens: int = 0
+    recent_step_ms: tuple[float, ...] = ()
+    reported_s: float = 0.0
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class RunningRequest:
+    """A request the scheduler placed and has not yet heard the end of."""
+
+    spec: RequestSpec
+    placed_s: float
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """One instance as a policy sees it: registry facts, last load report, own placements."""
+
+    instance_id: str
+    address: str
+    role: Role = Role.COLOCATED
+    max_model_len: int = 0
+    load: InstanceLoad = field(default_factory=InstanceLoad)
+    running: tuple[RunningRequest, ...] = ()
+    latency_model: LatencyModel | None = None
+
+    @property
+    def accepting(self) -> bool:
+        return not self.load.draining
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    instances: tuple[InstanceView, ...]
+
+    def get(self, instance_id: str) -> InstanceView | None:
+        return next((i for i in self.instances if i.instance_id == instance_id), None)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's verdict on one waiting request, with the reason that goes into logs and spans.
+
+    A waiting request with no Decision stays queued for the next round.
+    """
+
+    request_id: str
+    verdict: Verdict
+    reason: str
+    instance_id: str = ""
+    predicted_ttft_ms: float = 0.0
+    slack_ms: float = 0.0
+    retry_after_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Preemption:
+    instance_id: str
+    request_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    decisions: tuple[Decision, ...] = ()
+    preemptions: tuple[Preemption, ...] = ()

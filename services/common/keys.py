@@ -1,0 +1,37 @@
+"""The Redis key schema. Every key HFX reads or writes is spelled here and nowhere else.
+
+Layout (prefix defaults to "hfx", so clusters can share one Redis under different prefixes):
+  {p}:instance:{id}        hash   registry entry (Instance proto bytes under "pb"); TTL = heartbeat TTL
+  {p}:instances            set    ids of instances ever registered (pruned when their entry expires)
+  {p}:load:{id}            string LoadReport proto bytes; TTL = heartbeat TTL
+  {p}:profile:{id}         string fitted latency model (JSON) of an instance
+  {p}:request:{id}         hash   durable request record (state, instance, timings) for recovery
+  {p}:scale:{decision_id}  string applied scaling decision (JSON), for idempotence
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "hfx"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}:instance:{instance_id}"
+
+    def instances(self) -> str:
+        return f"{self.prefix}:instances"
+
+    def load(self, instance_id: str) -> str:
+        return f"{self.prefix}:load:{instance_id}"
+
+    def profile(self, instance_id: str) -> str:
+        return f"{self.prefix}:profile:{instance_id}"
+
+    def request(self, request_id: str) -> str:
+        return f"{self.prefix}:request:{request_id}"
+
+    def scale_decision(self, decision_id: str) -> str:
+        return f"{self.prefix}:scale:{decision_id}"

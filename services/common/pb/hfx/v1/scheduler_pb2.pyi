@@ -1,0 +1,113 @@
+from services.common.pb.hfx.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_ADMIT: _ClassVar[Verdict]
+    VERDICT_BEST_EFFORT: _ClassVar[Verdict]
+    VERDICT_REJECT: _ClassVar[Verdict]
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_FINISHED: _ClassVar[Outcome]
+    OUTCOME_ABORTED: _ClassVar[Outcome]
+    OUTCOME_FAILED: _ClassVar[Outcome]
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_ADMIT: Verdict
+VERDICT_BEST_EFFORT: Verdict
+VERDICT_REJECT: Verdict
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_FINISHED: Outcome
+OUTCOME_ABORTED: Outcome
+OUTCOME_FAILED: Outcome
+
+class PlaceRequest(_message.Message):
+    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "slo", "priority", "task_class", "tenant", "arrival_unix_s")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SLO_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TASK_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    slo: _common_pb2.Slo
+    priority: int
+    task_class: str
+    tenant: str
+    arrival_unix_s: float
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ...) -> None: ...
+
+class Placement(_message.Message):
+    __slots__ = ("verdict", "instance_id", "address", "reason", "policy", "retry_after_ms", "predicted_ttft_ms", "slack_ms")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    SLACK_MS_FIELD_NUMBER: _ClassVar[int]
+    verdict: Verdict
+    instance_id: str
+    address: str
+    reason: str
+    policy: str
+    retry_after_ms: float
+    predicted_ttft_ms: float
+    slack_ms: float
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., retry_after_ms: _Optional[float] = ..., predicted_ttft_ms: _Optional[float] = ..., slack_ms: _Optional[float] = ...) -> None: ...
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("request_id", "instance_id", "outcome", "ttft_ms", "tpot_ms", "output_tokens", "slo_met", "task_class")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SLO_MET_FIELD_NUMBER: _ClassVar[int]
+    TASK_CLASS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    instance_id: str
+    outcome: Outcome
+    ttft_ms: float
+    tpot_ms: float
+    output_tokens: int
+    slo_met: bool
+    task_class: str
+    def __init__(self, request_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., output_tokens: _Optional[int] = ..., slo_met: _Optional[bool] = ..., task_class: _Optional[str] = ...) -> None: ...
+
+class CompleteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReportLoadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetClusterStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterState(_message.Message):
+    __slots__ = ("instances", "policy", "inflight_requests")
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[_common_pb2.Instance]
+    policy: str
+    inflight_requests: int
+    def __init__(self, instances: _Optional[_Iterable[_Union[_common_pb2.Instance, _Mapping]]] = ..., policy: _Optional[str] = ..., inflight_requests: _Optional[int] = ...) -> None: ...
