@@ -1,0 +1,90 @@
+"""Cluster state in Redis: the instance registry with heartbeats, load reports, applied decisions.
+
+Keys come from services.common.keys only. Entries carry a TTL so a crashed worker disappears
+from the registry by itself; a clean shutdown deregisters at once.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+
+from services.common.keys import Keys
+from services.common.pb.hfx.v1 import common_pb2
+
+# Every Redis call is bounded: a stalled Redis must not stall the token path.
+REDIS_TIMEOUT_S = 2.0
+
+
+def connect(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
+
+
+class ClusterStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
+        self.redis = client
+        self.keys = keys or Keys()
+
+    async def register(self, instance: common_pb2.Instance, ttl_s: float) -> None:
+        key = self.keys.instance(instance.instance_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"pb": instance.SerializeToString()})
+            pipe.pexpire(key, int(ttl_s * 1000))
+            pipe.sadd(self.keys.instances(), instance.instance_id)
+            await pipe.execute()
+
+    async def heartbeat(self, instance: common_pb2.Instance, load: common_pb2.LoadReport, ttl_s: float) -> None:
+        """Refreshes the registry entry (re-creating it if it expired) and stores the load."""
+        ttl_ms = int(ttl_s * 1000)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.instance(instance.instance_id), mapping={"pb": instance.SerializeToString()})
+            pipe.pexpire(self.keys.instance(instance.instance_id), ttl_ms)
+            pipe.sadd(self.keys.instances(), instance.instance_id)
+            pipe.set(self.keys.load(instance.instance_id), load.SerializeToString(), px=ttl_ms)
+            await pipe.execute()
+
+    async def put_load(self, load: common_pb2.LoadReport, ttl_s: float) -> None:
+        await self.redis.set(self.keys.load(load.instance_id), load.SerializeToString(), px=int(ttl_s * 1000))
+
+    async def deregister(self, instance_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.instance(instance_id), self.keys.load(instance_id))
+            pipe.srem(self.keys.instances(), instance_id)
+            await pipe.execute()
+
+    async def instances(self) -> list[common_pb2.Instance]:
+        """Live instances with their latest load; ids whose entry expired are pruned."""
+        ids = sorted(i.decode() for i in await self.redis.smembers(self.keys.instances()))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for iid in ids:
+                pipe.hget(self.keys.instance(iid), "pb")
+                pipe.get(self.keys.load(iid))
+            raw = await pipe.execute()
+        live, dead = [], []
+        for iid, entry, load in zip(ids, raw[0::2], raw[1::2]):
+            if entry is None:
+                dead.append(iid)
+                continue
+            inst = common_pb2.Instance.FromString(entry)
+            if load is not None:
+                inst.load.CopyFrom(common_pb2.LoadReport.FromString(load))
+            live.append(inst)
+        if dead:
+            await self.redis.srem(self.keys.instances(), *dead)
+        return live
+
+    async def claim_decision(self, decision_id: str, record: dict) -> bool:
+        """True the first time a decision id is seen: actions with unknown acks stay idempotent."""
+        return bool(await self.redis.set(self.keys.scale_decision(decision_id), json.dumps(record), nx=True))
+
+    async def put_profile(self, instance_id: str, profile: dict) -> None:
+        await self.redis.set(self.keys.profile(instance_id), json.dumps(profile))
+
+    async def get_profile(self, instance_id: str) -> dict | None:
+        raw = await self.redis.get(self.keys.profile(instance_id))
+        return json.loads(raw) if raw else None
