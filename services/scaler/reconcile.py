@@ -1,0 +1,49 @@
+"""Pure reconciliation: the actions that bring the managed workers to the desired count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    index: int
+    running: bool        # a process exists for it (starting or ready)
+    exited_at_s: float | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class Actions:
+    start: tuple[int, ...] = ()
+    stop: tuple[int, ...] = ()
+    reason: str = ""
+
+
+def reconcile(desired: int, slots: list[WorkerSlot], now_s: float, restart_backoff_s: float = 2.0) -> Actions:
+    """Start missing or crashed slots (after a backoff), stop the highest indices beyond `desired`.
+
+    Crashed workers are restarted in place (same index, same instance id) so the scheduler's and
+    Redis's view stays stable.
+    """
+    by_index = {s.index: s for s in slots}
+    start, waiting = [], []
+    for i in range(desired):
+        slot = by_index.get(i)
+        if slot is None:
+            start.append(i)
+        elif not slot.running:
+            backoff = restart_backoff_s * (2 ** min(slot.restarts, 5))
+            if slot.exited_at_s is None or now_s - slot.exited_at_s >= backoff:
+                start.append(i)
+            else:
+                waiting.append(i)
+    stop = sorted((s.index for s in slots if s.index >= desired and s.running), reverse=True)
+    parts = []
+    if start:
+        parts.append(f"start {start} to reach {desired}")
+    if waiting:
+        parts.append(f"{waiting} crashed, restarting after backoff")
+    if stop:
+        parts.append(f"stop {stop} above {desired}")
+    return Actions(tuple(start), tuple(stop), "; ".join(parts) or f"at desired {desired}")

@@ -1,0 +1,165 @@
+"""Scaler gRPC service: launches the configured workers, restarts crashed ones, scales on request.
+
+The decisions come from `reconcile` (pure); this module only spawns and stops processes.
+A Scale call is idempotent per decision id (claimed in Redis), since its caller may not know
+whether an earlier attempt landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from services.common import convert, grpcutil, procs, store
+from services.common.domain import Role
+from services.common.errors import InvalidArgument
+from services.common.keys import Keys
+from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
+from services.scaler.config import ScalerConfig
+from services.scaler.reconcile import WorkerSlot, reconcile
+
+log = logging.getLogger("hfx.scaler")
+SERVICE_NAME = "hfx.v1.Scaler"
+
+
+@dataclass
+class Managed:
+    index: int
+    instance_id: str
+    port: int
+    proc: subprocess.Popen | None = None
+    exited_at_s: float | None = None
+    exit_code: int = 0
+    restarts: int = 0
+    stopping: bool = False
+
+
+class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
+    def __init__(self, config: ScalerConfig, cluster: store.ClusterStore) -> None:
+        self.config = config
+        self.store = cluster
+        self.desired = config.replicas
+        self.workers: dict[int, Managed] = {}
+        self.ready_ids: set[str] = set()
+
+    def _instance_id(self, index: int) -> str:
+        return f"{self.config.cluster_name}-w{index}"
+
+    def _spawn(self, index: int) -> None:
+        w = self.workers.get(index)
+        if w is None:
+            w = self.workers[index] = Managed(index, self._instance_id(index), procs.free_port())
+        elif w.proc is not None:
+            w.restarts += 1
+        cmd = procs.hfx_command(
+            "worker", "--model", self.config.model, "--instance-id", w.instance_id, "--port", str(w.port),
+            "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
+            "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
+            "--tracing", self.config.tracing_spec, *self.config.worker_args,
+        )
+        w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log")
+        # Recorded so `hfx down` can stop the worker's group even if this scaler was killed.
+        (self.config.log_dir / f"{w.instance_id}.pid").write_text(str(w.proc.pid))
+        w.exited_at_s, w.stopping = None, False
+        log.info("started worker %s (pid %d, port %d, restarts %d)", w.instance_id, w.proc.pid, w.port, w.restarts)
+
+    def _stop(self, index: int) -> None:
+        w = self.workers[index]
+        if w.proc is not None and w.proc.poll() is None:
+            w.stopping = True
+            w.proc.send_signal(signal.SIGTERM)  # the worker drains, then exits
+
+    def step(self, now_s: float) -> None:
+        """Observe exits, then apply reconcile's actions."""
+        for w in self.workers.values():
+            if w.proc is not None and w.exited_at_s is None and w.proc.poll() is not None:
+                w.exited_at_s, w.exit_code = now_s, w.proc.returncode
+                if not w.stopping:
+                    log.warning("worker %s exited with %s", w.instance_id, w.exit_code)
+        slots = [
+            WorkerSlot(w.index, w.exited_at_s is None, w.exited_at_s, w.restarts)
+            for w in self.workers.values()
+            if self.config.restart_crashed or w.exited_at_s is None or w.stopping
+        ]
+        actions = reconcile(self.desired, slots, now_s)
+        for index in actions.start:
+            if index in self.workers and self.workers[index].stopping:
+                continue
+            self._spawn(index)
+        for index in actions.stop:
+            self._stop(index)
+        if actions.start or actions.stop:
+            log.info("reconcile: %s", actions.reason)
+
+    async def loop(self) -> None:
+        while True:
+            self.step(time.time())
+            try:
+                self.ready_ids = {i.instance_id for i in await self.store.instances()}
+            except Exception as err:
+                log.warning("registry read failed: %s", err)
+            await asyncio.sleep(0.5)
+
+    def shutdown(self) -> None:
+        for w in self.workers.values():
+            if w.proc is not None and w.proc.poll() is None:
+                w.stopping = True
+                w.proc.send_signal(signal.SIGTERM)
+        for w in self.workers.values():
+            if w.proc is not None:
+                procs.stop_group(w.proc.pid, timeout_s=30.0)
+
+    async def Scale(self, request: scaler_pb2.ScaleRequest, context) -> scaler_pb2.ScaleResponse:
+        if not request.decision_id:
+            raise InvalidArgument("decision_id", "must not be empty (it makes Scale idempotent)")
+        if request.replicas < 0:
+            raise InvalidArgument("replicas", f"must be >= 0, got {request.replicas}")
+        if convert.role_from_pb(request.role) is not Role.COLOCATED:
+            raise InvalidArgument("role", "only colocated workers can be scaled in this build")
+        first = await self.store.claim_decision(
+            request.decision_id, {"replicas": request.replicas, "reason": request.reason, "at": time.time()}
+        )
+        if first:
+            log.info("scale decision %s: %d -> %d (%s)", request.decision_id, self.desired, request.replicas, request.reason)
+            self.desired = request.replicas
+            self.step(time.time())
+        return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first, replicas=self.desired)
+
+    async def ListWorkers(self, request, context) -> scaler_pb2.ListWorkersResponse:
+        out = scaler_pb2.ListWorkersResponse()
+        for w in sorted(self.workers.values(), key=lambda w: w.index):
+            if w.exited_at_s is not None:
+                state = scaler_pb2.WORKER_STATE_EXITED
+            elif w.stopping:
+                state = scaler_pb2.WORKER_STATE_STOPPING
+            elif w.instance_id in self.ready_ids:
+                state = scaler_pb2.WORKER_STATE_READY
+            else:
+                state = scaler_pb2.WORKER_STATE_STARTING
+            out.workers.add(
+                instance_id=w.instance_id, address=f"127.0.0.1:{w.port}", role=common_pb2.ROLE_COLOCATED,
+                state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
+            )
+        return out
+
+
+async def serve(config: ScalerConfig) -> None:
+    cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
+    servicer = ScalerServicer(config, cluster)
+    server, health = grpcutil.make_server([(scaler_pb2_grpc.add_ScalerServicer_to_server, servicer)], [SERVICE_NAME])
+    port = grpcutil.bind(server, config.host, config.port)
+    await server.start()
+    await grpcutil.set_serving(health, [SERVICE_NAME])
+    task = asyncio.create_task(servicer.loop())
+    log.info("scaler serving on %s:%d, %d workers wanted", config.host, port, config.replicas)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    task.cancel()
+    await asyncio.get_running_loop().run_in_executor(None, servicer.shutdown)
+    await server.stop(grace=1.0)

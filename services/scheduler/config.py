@@ -1,0 +1,21 @@
+"""Typed scheduler configuration (filled from CLI flags by services.cli)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.tracing import TracingConfig
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    policy: str = "least-load"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "hfx"
+    registry_refresh_s: float = 0.5
+    load_ttl_s: float = 5.0
+    max_queue: int = 10_000            # bounded: overload is refused, never buffered without limit
+    max_wait_s: float = 30.0           # longest a request waits in the queue before it is refused
+    tracing: TracingConfig = TracingConfig()

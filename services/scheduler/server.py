@@ -1,0 +1,165 @@
+"""Scheduler gRPC service: adapter between Place/Complete/ReportLoad and the pure policy.
+
+Place enqueues the request and waits for the policy to settle it. A scheduling round runs the
+policy over (waiting, snapshot, now) whenever something changes: an arrival, a completion, a
+load report, a registry refresh. Each decision is logged and put on the request's span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from services.common import convert, grpcutil, store, tracing
+from services.common.domain import Decision, Verdict
+from services.common.errors import InvalidArgument
+from services.common.keys import Keys
+from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.policy import Policy, make_policy
+from services.scheduler.state import ClusterState, Waiting
+
+log = logging.getLogger("hfx.scheduler")
+_tracer = tracing.tracer("hfx.scheduler")
+SERVICE_NAME = "hfx.v1.Scheduler"
+
+
+def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
+    return Decision(request_id, Verdict.REJECT, reason, retry_after_ms=retry_after_ms)
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, config: SchedulerConfig, policy: Policy, cluster: store.ClusterStore | None) -> None:
+        self.config = config
+        self.policy = policy
+        self.store = cluster
+        self.state = ClusterState()
+        self._wake = asyncio.Event()
+
+    # -- the scheduling round ------------------------------------------------------------------
+
+    def run_round(self, now_s: float) -> None:
+        """One policy call over the queue; applies its decisions and resolves waiting Place calls."""
+        self._expire(now_s)
+        if not self.state.waiting:
+            return
+        waiting = [w.spec for w in self.state.waiting.values()]
+        result = self.policy.schedule(waiting, self.state.snapshot(), now_s)
+        for decision in result.decisions:
+            entry = self.state.waiting.pop(decision.request_id, None)
+            if entry is None:
+                continue
+            if decision.verdict is not Verdict.REJECT:
+                self.state.place(decision.instance_id, entry.spec, now_s)
+            if not entry.future.done():
+                entry.future.set_result(decision)
+        for pre in result.preemptions:
+            log.info("preemption advised on %s for %s: %s", pre.instance_id, pre.request_id, pre.reason)
+
+    def _expire(self, now_s: float) -> None:
+        for rid, entry in list(self.state.waiting.items()):
+            if now_s - entry.enqueued_s > self.config.max_wait_s:
+                del self.state.waiting[rid]
+                if not entry.future.done():
+                    entry.future.set_result(
+                        _reject(rid, f"waited {self.config.max_wait_s:.0f}s in queue with no instance able to take it", 1000.0)
+                    )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def round_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.05)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            self.run_round(time.time())
+
+    async def registry_loop(self) -> None:
+        while True:
+            try:
+                self.state.set_instances(await self.store.instances())
+                self.wake()
+            except Exception as err:
+                log.warning("registry refresh failed: %s", err)
+            await asyncio.sleep(self.config.registry_refresh_s)
+
+    # -- RPCs ----------------------------------------------------------------------------------
+
+    async def Place(self, request: scheduler_pb2.PlaceRequest, context) -> scheduler_pb2.Placement:
+        spec = convert.spec_from_pb(request)
+        if not spec.request_id:
+            raise InvalidArgument("request_id", "must not be empty")
+        parent = tracing.extract_context(context.invocation_metadata())
+        with _tracer.start_as_current_span("scheduler.place", context=parent) as span:
+            span.set_attribute(tracing.ATTR_REQUEST_ID, spec.request_id)
+            span.set_attribute(tracing.ATTR_POLICY, self.policy.name)
+            if spec.request_id in self.state.waiting:
+                raise InvalidArgument("request_id", f"{spec.request_id!r} is already queued")
+            if len(self.state.waiting) >= self.config.max_queue:
+                decision = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0)
+            else:
+                entry = Waiting(spec, time.time())
+                self.state.waiting[spec.request_id] = entry
+                self.run_round(time.time())
+                try:
+                    decision = await entry.future
+                except asyncio.CancelledError:  # the router gave up (deadline, client gone)
+                    self.state.waiting.pop(spec.request_id, None)
+                    raise
+            address = ""
+            if decision.verdict is not Verdict.REJECT:
+                address = self.state.instances[decision.instance_id].address
+            span.set_attribute(tracing.ATTR_VERDICT, decision.verdict.value)
+            span.set_attribute(tracing.ATTR_REASON, decision.reason)
+            span.set_attribute(tracing.ATTR_INSTANCE, decision.instance_id)
+            log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, decision.instance_id, decision.reason)
+            return convert.decision_to_placement(decision, address, self.policy.name)
+
+    async def Complete(self, request: scheduler_pb2.CompleteRequest, context) -> scheduler_pb2.CompleteResponse:
+        done = self.state.complete(request.instance_id, request.request_id)
+        observe = getattr(self.policy, "observe_completion", None)
+        if done is not None and observe is not None and request.outcome == scheduler_pb2.OUTCOME_FINISHED:
+            observe(done.spec.task_class, request.output_tokens)
+        self.wake()
+        return scheduler_pb2.CompleteResponse()
+
+    async def ReportLoad(self, request: common_pb2.LoadReport, context) -> scheduler_pb2.ReportLoadResponse:
+        self.state.set_load(request.instance_id, convert.load_from_pb(request))
+        self.wake()
+        return scheduler_pb2.ReportLoadResponse()
+
+    async def GetClusterState(self, request, context) -> scheduler_pb2.ClusterState:
+        out = scheduler_pb2.ClusterState(policy=self.policy.name, inflight_requests=self.state.inflight_count())
+        for iid, inst in sorted(self.state.instances.items()):
+            copy = out.instances.add()
+            copy.CopyFrom(inst)
+            if iid in self.state.loads:
+                copy.load.CopyFrom(convert.load_to_pb(iid, self.state.loads[iid]))
+        return out
+
+
+async def serve(config: SchedulerConfig) -> None:
+    tracing.setup("hfx-scheduler", config.tracing)
+    cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
+    servicer = SchedulerServicer(config, make_policy(config.policy), cluster)
+    server, health = grpcutil.make_server(
+        [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)], [SERVICE_NAME]
+    )
+    port = grpcutil.bind(server, config.host, config.port)
+    await server.start()
+    tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(servicer.registry_loop())]
+    await grpcutil.set_serving(health, [SERVICE_NAME])
+    log.info("scheduler (policy %s) serving on %s:%d", config.policy, config.host, port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    await server.stop(grace=1.0)
+    tracing.shutdown()

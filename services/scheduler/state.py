@@ -1,0 +1,70 @@
+"""The scheduler's mutable state and the snapshots policies see. No I/O here."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from services.common import convert
+from services.common.domain import (
+    ClusterSnapshot, InstanceLoad, InstanceView, LatencyModel, RequestSpec, RunningRequest,
+)
+from services.common.pb.hfx.v1 import common_pb2
+
+
+@dataclass
+class Waiting:
+    spec: RequestSpec
+    enqueued_s: float
+    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class ClusterState:
+    instances: dict[str, common_pb2.Instance] = field(default_factory=dict)
+    loads: dict[str, InstanceLoad] = field(default_factory=dict)
+    running: dict[str, dict[str, RunningRequest]] = field(default_factory=dict)  # instance -> id -> req
+    models: dict[str, LatencyModel] = field(default_factory=dict)
+    waiting: dict[str, Waiting] = field(default_factory=dict)  # insertion (arrival) order
+
+    def set_instances(self, instances: list[common_pb2.Instance]) -> None:
+        self.instances = {i.instance_id: i for i in instances}
+        for inst in instances:
+            if inst.HasField("load") and inst.load.reported_unix_s >= self._reported(inst.instance_id):
+                self.loads[inst.instance_id] = convert.load_from_pb(inst.load)
+        for gone in set(self.loads) - set(self.instances):
+            del self.loads[gone]
+
+    def _reported(self, instance_id: str) -> float:
+        load = self.loads.get(instance_id)
+        return load.reported_s if load else 0.0
+
+    def set_load(self, instance_id: str, load: InstanceLoad) -> None:
+        self.loads[instance_id] = load
+
+    def place(self, instance_id: str, spec: RequestSpec, now_s: float) -> None:
+        self.running.setdefault(instance_id, {})[spec.request_id] = RunningRequest(spec, now_s)
+
+    def complete(self, instance_id: str, request_id: str) -> RunningRequest | None:
+        on_instance = self.running.get(instance_id, {})
+        return on_instance.pop(request_id, None)
+
+    def snapshot(self) -> ClusterSnapshot:
+        views = []
+        for iid in sorted(self.instances):
+            inst = self.instances[iid]
+            views.append(
+                InstanceView(
+                    instance_id=iid,
+                    address=inst.address,
+                    role=convert.role_from_pb(inst.role),
+                    max_model_len=inst.max_model_len,
+                    load=self.loads.get(iid, InstanceLoad()),
+                    running=tuple(self.running.get(iid, {}).values()),
+                    latency_model=self.models.get(iid),
+                )
+            )
+        return ClusterSnapshot(instances=tuple(views))
+
+    def inflight_count(self) -> int:
+        return sum(len(v) for v in self.running.values())

@@ -1,0 +1,28 @@
+"""Typed worker configuration (filled from CLI flags by services.cli)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.tracing import TracingConfig
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model: str
+    instance_id: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    engine: str = "vllm"
+    device: str = "cpu"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "hfx"
+    scheduler_address: str = ""          # empty: do not push load reports
+    heartbeat_ttl_s: float = 5.0
+    report_interval_s: float = 0.25
+    report_timeout_s: float = 1.0
+    drain_timeout_s: float = 30.0
+    kv_cache_memory_bytes: int = 256 * 1024 * 1024
+    max_num_seqs: int = 64
+    max_model_len: int = 0               # 0: the model's own
+    tracing: TracingConfig = TracingConfig()

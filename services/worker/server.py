@@ -1,0 +1,161 @@
+"""Worker gRPC service: a thin adapter between the Worker API and an Engine.
+
+Lifecycle: start the engine (slow), serve gRPC, register in Redis, then every report interval
+push a LoadReport to the scheduler and refresh the heartbeat. On SIGTERM: mark draining, let
+running requests finish (bounded), deregister, stop the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+
+from services.common import convert, grpcutil, store, tracing
+from services.common.domain import InstanceLoad
+from services.common.errors import InvalidArgument, Unavailable
+from services.common.keys import Keys
+from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.worker.config import WorkerConfig
+from services.worker.engine import make_engine
+from services.worker.engine.base import Engine, EngineRequest
+
+log = logging.getLogger("hfx.worker")
+_tracer = tracing.tracer("hfx.worker")
+SERVICE_NAME = "hfx.v1.Worker"
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, engine: Engine, info: common_pb2.Instance) -> None:
+        self.engine = engine
+        self.info = info
+        self.draining = False
+        self.inflight: set[str] = set()
+
+    def load_report(self) -> common_pb2.LoadReport:
+        stats = self.engine.stats()
+        load = InstanceLoad(
+            running_requests=stats.running_requests, waiting_requests=stats.waiting_requests,
+            kv_usage=stats.kv_usage, kv_capacity_tokens=stats.kv_capacity_tokens,
+            recent_step_ms=tuple(stats.recent_step_ms), reported_s=time.time(), draining=self.draining,
+        )
+        return convert.load_to_pb(self.info.instance_id, load)
+
+    async def Generate(self, request: worker_pb2.WorkerGenerateRequest, context: grpc.aio.ServicerContext):
+        if self.draining:
+            raise Unavailable(f"instance {self.info.instance_id} is draining")
+        if not request.prompt_token_ids:
+            raise InvalidArgument("prompt_token_ids", "must not be empty")
+        if request.request_id in self.inflight:
+            raise InvalidArgument("request_id", f"{request.request_id!r} is already running here")
+        parent = tracing.extract_context(context.invocation_metadata())
+        with _tracer.start_as_current_span("worker.generate", context=parent) as span:
+            span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
+            span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
+            span.set_attribute(tracing.ATTR_PROMPT_TOKENS, len(request.prompt_token_ids))
+            engine_request = EngineRequest(
+                request_id=request.request_id,
+                prompt_token_ids=list(request.prompt_token_ids),
+                sampling=convert.sampling_from_pb(request.sampling),
+                priority=request.priority,
+            )
+            self.inflight.add(request.request_id)
+            produced = 0
+            try:
+                # The engine aborts its request in its own finally when this loop is cancelled
+                # (client gone, router abort), so nothing keeps decoding for nobody.
+                async for out in self.engine.generate(engine_request):
+                    produced += len(out.new_token_ids)
+                    yield worker_pb2.WorkerChunk(
+                        token_ids=out.new_token_ids, text=out.text_delta, finished=out.finished,
+                        finish_reason=convert.finish_to_pb(out.finish_reason), prompt_tokens=out.prompt_tokens,
+                    )
+            finally:
+                self.inflight.discard(request.request_id)
+                span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
+
+    async def Abort(self, request: worker_pb2.WorkerAbortRequest, context) -> worker_pb2.WorkerAbortResponse:
+        found = request.request_id in self.inflight
+        if found:
+            await self.engine.abort(request.request_id)
+        return worker_pb2.WorkerAbortResponse(found=found)
+
+    async def GetLoad(self, request, context) -> common_pb2.LoadReport:
+        return self.load_report()
+
+    async def GetInfo(self, request, context) -> common_pb2.Instance:
+        info = common_pb2.Instance()
+        info.CopyFrom(self.info)
+        info.load.CopyFrom(self.load_report())
+        return info
+
+    async def Drain(self, request, context) -> worker_pb2.DrainResponse:
+        self.draining = True
+        return worker_pb2.DrainResponse(remaining=len(self.inflight))
+
+
+async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: store.ClusterStore) -> None:
+    scheduler = None
+    if config.scheduler_address:
+        scheduler = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(config.scheduler_address))
+    while True:
+        report = servicer.load_report()
+        try:
+            await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s)
+        except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
+            log.warning("heartbeat to redis failed: %s", err)
+        if scheduler is not None:
+            try:
+                await scheduler.ReportLoad(report, timeout=config.report_timeout_s)
+            except grpc.aio.AioRpcError as err:
+                log.debug("load report to scheduler failed: %s", err.code())
+        await asyncio.sleep(config.report_interval_s)
+
+
+async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
+    tracing.setup(f"hfx-worker", config.tracing)
+    engine = engine or make_engine(config.engine, config)
+    started = time.monotonic()
+    await engine.start()
+    log.info("engine %s ready in %.1fs (max_model_len %d)", config.engine, time.monotonic() - started, engine.max_model_len)
+
+    server, health = grpcutil.make_server([], [SERVICE_NAME])
+    port = grpcutil.bind(server, config.host, config.port)
+    info = common_pb2.Instance(
+        instance_id=config.instance_id, address=f"{config.host}:{port}", role=common_pb2.ROLE_COLOCATED,
+        model=config.model, engine=config.engine, device=config.device, max_model_len=engine.max_model_len,
+        registered_unix_s=time.time(),
+    )
+    servicer = WorkerServicer(engine, info)
+    worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+    await server.start()
+    await grpcutil.set_serving(health, [SERVICE_NAME])
+
+    cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
+    await cluster.register(info, config.heartbeat_ttl_s)
+    reporter = asyncio.create_task(_report_loop(config, servicer, cluster))
+    log.info("worker %s serving on %s", config.instance_id, info.address)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Drain: refuse new work, let running requests finish (bounded), then leave the registry.
+    servicer.draining = True
+    await grpcutil.set_serving(health, [SERVICE_NAME], serving=False)
+    deadline = time.monotonic() + config.drain_timeout_s
+    while servicer.inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    reporter.cancel()
+    try:
+        await cluster.deregister(config.instance_id)
+    except Exception as err:
+        log.warning("deregister failed (the heartbeat TTL will expire it): %s", err)
+    await server.stop(grace=1.0)
+    await engine.shutdown()
+    tracing.shutdown()
