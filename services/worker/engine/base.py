@@ -1,0 +1,67 @@
+"""The engine seam: what the worker needs from an inference engine, and nothing more.
+
+The worker calls `start()` once before serving, `generate()` per request, `abort()` when a
+client goes away or the router cancels, `stats()` on every load report, and `shutdown()` once
+when it stops. Implementations: vLLM (vllm_engine.py); a simulator plugs in the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from services.common.domain import FinishReason, Sampling
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: Sampling
+    priority: int = 1  # HFX convention: higher is more important
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """One streamed piece of a request: only what is new since the previous piece."""
+
+    new_token_ids: list[int]
+    text_delta: str
+    finished: bool
+    finish_reason: FinishReason | None
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running_requests: int = 0
+    waiting_requests: int = 0
+    kv_usage: float = 0.0  # fraction of KV cache blocks in use, 0..1
+    kv_capacity_tokens: int = 0
+    recent_step_ms: tuple[float, ...] = ()  # durations of the latest busy engine steps, oldest first
+
+
+@runtime_checkable
+class Engine(Protocol):
+    max_model_len: int
+    """Longest prompt + output the engine accepts, in tokens; valid after start()."""
+
+    async def start(self) -> None:
+        """Called once before any other call; returns when the engine can take requests."""
+
+    def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Called per request; yields deltas until one with finished=True.
+
+        A consumer that stops iterating (closes the iterator or is cancelled) aborts the request
+        in the engine, so no engine time is spent on output nobody reads.
+        """
+
+    async def abort(self, request_id: str) -> bool:
+        """Called when the request's client is gone; True when the request was still running."""
+
+    def stats(self) -> EngineStats:
+        """Called on every load report; cheap and non-blocking."""
+
+    async def shutdown(self) -> None:
+        """Called once when the worker stops; releases the engine's processes and memory."""

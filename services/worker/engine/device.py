@@ -1,0 +1,55 @@
+"""The device seam: the engine arguments that differ between CPU, CUDA GPUs and Ascend NPUs.
+
+Everything device-specific about starting vLLM lives here, so adding a device (vllm-ascend on
+torch-npu) is one more branch in `device_engine_kwargs`, not edits across the engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+DEVICES = ("cpu", "cuda", "npu")
+
+
+class DeviceUnavailable(RuntimeError):
+    """The named device cannot be used from this installation."""
+
+
+def device_engine_kwargs(device: str, *, kv_cache_memory_bytes: int | None) -> dict[str, Any]:
+    """vLLM engine arguments that `device` requires or defaults differently."""
+    if device == "cpu":
+        return _cpu_kwargs(kv_cache_memory_bytes)
+    if device == "cuda":
+        return _cuda_kwargs(kv_cache_memory_bytes)
+    if device == "npu":
+        return _npu_kwargs(kv_cache_memory_bytes)
+    raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+
+
+def _cpu_kwargs(kv_cache_memory_bytes: int | None) -> dict[str, Any]:
+    # On CPU gpu_memory_utilization means a fraction of the NUMA node's RAM, and the default
+    # refuses to start on small machines; an explicit KV size is predictable. Eager mode: there
+    # are no CUDA graphs to capture, and compiling would dominate start-up time.
+    kv_bytes = kv_cache_memory_bytes if kv_cache_memory_bytes is not None else 256 * 1024 * 1024
+    return {"kv_cache_memory_bytes": kv_bytes, "enforce_eager": True}
+
+
+def _cuda_kwargs(kv_cache_memory_bytes: int | None) -> dict[str, Any]:
+    # Without an explicit KV size vLLM profiles free GPU memory itself, which is what a GPU
+    # deployment wants; an explicit size lets several engines share one device.
+    if kv_cache_memory_bytes is None:
+        return {}
+    return {"kv_cache_memory_bytes": kv_cache_memory_bytes}
+
+
+def _npu_kwargs(kv_cache_memory_bytes: int | None) -> dict[str, Any]:
+    # vllm-ascend registers itself as a vLLM platform plugin; vLLM then picks the NPU on its
+    # own, so the arguments are those of a GPU once the plugin is importable.
+    for module, package in (("torch_npu", "torch-npu"), ("vllm_ascend", "vllm-ascend")):
+        if importlib.util.find_spec(module) is None:
+            raise DeviceUnavailable(
+                f"device 'npu' needs the {package} package (import {module}); install "
+                "vllm-ascend with torch-npu on an Ascend machine"
+            )
+    return _cuda_kwargs(kv_cache_memory_bytes)

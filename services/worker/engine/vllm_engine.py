@@ -1,0 +1,225 @@
+"""The vLLM engine behind the Engine seam: AsyncLLM with priority scheduling and delta streaming.
+
+vLLM is imported only when an engine starts, so importing this module stays cheap. vLLM runs its
+engine core in a spawned subprocess: an entry script that starts this engine needs the
+`if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.domain import FinishReason, Sampling
+from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
+from services.worker.engine.device import device_engine_kwargs
+
+MiB = 1024 * 1024
+RECENT_STEPS = 32
+
+_FINISH_REASONS = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "abort": FinishReason.ABORT,
+}
+
+
+@dataclass(frozen=True)
+class VllmEngineConfig:
+    model: str
+    device: str = "cpu"
+    max_model_len: int | None = None  # None: the model's own
+    kv_cache_memory_bytes: int | None = 256 * MiB  # None: vLLM sizes it (GPU only)
+    max_num_seqs: int = 64
+    seed: int = 0
+    enforce_eager: bool = True
+    load_format: str = "auto"  # "dummy" starts without reading weights (for streamed loading)
+    vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
+    extra_engine_args: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> VllmEngineConfig:
+        """Take the fields this config shares by name with another settings object.
+
+        Lets the worker pass its own config without this package importing it; a
+        max_model_len of 0 there means "the model's own".
+        """
+        names = [f for f in cls.__dataclass_fields__ if hasattr(settings, f)]
+        values = {name: getattr(settings, name) for name in names}
+        if not values.get("max_model_len"):
+            values["max_model_len"] = None
+        return cls(**values)
+
+
+def engine_args(config: VllmEngineConfig) -> dict[str, Any]:
+    """The AsyncEngineArgs keyword arguments for `config`; the device seam has the last word."""
+    args: dict[str, Any] = {
+        "model": config.model,
+        "seed": config.seed,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "enforce_eager": config.enforce_eager,
+        "load_format": config.load_format,
+        # HFX ranks requests itself and passes priorities down; vLLM's FCFS would ignore them.
+        "scheduling_policy": "priority",
+        # Only our own stat logger runs: no periodic throughput lines in the log.
+        "disable_log_stats": True,
+        "enable_log_requests": False,
+    }
+    args.update(config.extra_engine_args)
+    args.update(device_engine_kwargs(config.device, kv_cache_memory_bytes=config.kv_cache_memory_bytes))
+    return args
+
+
+class _StatsSink:
+    """What the stat logger saw last; read by VllmEngine.stats() on the event loop thread."""
+
+    def __init__(self) -> None:
+        self.running_requests = 0
+        self.waiting_requests = 0
+        self.kv_usage = 0.0
+        self.step_ms: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
+        self._last_output_s: float | None = None
+
+    def record(self, scheduler_stats: Any, has_outputs: bool, now_s: float) -> None:
+        # vLLM reports once per engine step that produced outputs. While requests were running
+        # at the previous report, the gap between reports is one busy step (as the frontend
+        # sees it); after idle time it is not, so it is skipped.
+        if has_outputs:
+            if self._last_output_s is not None and self.running_requests > 0:
+                self.step_ms.append((now_s - self._last_output_s) * 1000.0)
+            self._last_output_s = now_s
+        if scheduler_stats is not None:
+            self.running_requests = scheduler_stats.num_running_reqs
+            self.waiting_requests = scheduler_stats.num_waiting_reqs
+            self.kv_usage = scheduler_stats.kv_cache_usage
+
+
+def _stat_logger_factory(sink: _StatsSink):
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class HfxStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            sink.record(scheduler_stats, iteration_stats is not None, time.monotonic())
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return HfxStatLogger
+
+
+def sampling_params(sampling: Sampling):
+    """vLLM SamplingParams for HFX sampling, streaming only what is new each step."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+        stop=list(sampling.stop) or None,
+        ignore_eos=sampling.ignore_eos,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+class VllmEngine:
+    """Engine over vllm.v1 AsyncLLM. Create, `await start()`, then serve."""
+
+    def __init__(self, config: VllmEngineConfig) -> None:
+        self.config = config
+        self.max_model_len = 0
+        self._llm: Any = None
+        self._kv_capacity_tokens = 0
+        self._sink = _StatsSink()
+        self._live: set[str] = set()
+
+    async def start(self) -> None:
+        # Blocks the event loop while the engine core boots (tens of seconds on CPU), as
+        # vLLM's own API server does; nothing else is served before the engine is ready.
+        if self.config.vllm_log_level:
+            # Read by vLLM when it configures logging, here and in its engine subprocess.
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", self.config.vllm_log_level)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(**engine_args(self.config))
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self._sink)])
+        self.max_model_len = self._llm.model_config.max_model_len
+        cache = self._llm.vllm_config.cache_config
+        self._kv_capacity_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
+
+    async def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
+        prompt = await self._render(req.prompt_token_ids)
+        stream = self._llm.generate(
+            prompt, sampling_params(req.sampling), req.request_id,
+            priority=-req.priority,  # vLLM runs LOWER values first; HFX ranks higher first
+        )
+        self._live.add(req.request_id)
+        finished = False
+        try:
+            async for out in stream:
+                finished = out.finished
+                yield _to_engine_output(out, len(req.prompt_token_ids))
+        finally:
+            self._live.discard(req.request_id)
+            if not finished:
+                # Closing vLLM's generator aborts the request in the engine; without it the
+                # request would keep decoding until garbage collection got to the generator.
+                await stream.aclose()
+
+    async def abort(self, request_id: str) -> bool:
+        if request_id not in self._live:
+            return False
+        # The stream then ends with finish_reason ABORT, so its consumer sees a clean end.
+        await self._llm.abort(request_id)
+        return True
+
+    def stats(self) -> EngineStats:
+        sink = self._sink
+        # vLLM reports only on steps with output, so after the last request ends or is
+        # aborted its figures go stale; with nothing live here the engine is idle.
+        idle = not self._live
+        return EngineStats(
+            running_requests=0 if idle else sink.running_requests,
+            waiting_requests=0 if idle else sink.waiting_requests,
+            kv_usage=0.0 if idle else sink.kv_usage,
+            kv_capacity_tokens=self._kv_capacity_tokens,
+            recent_step_ms=tuple(sink.step_ms),
+        )
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    async def _render(self, prompt_token_ids: list[int]) -> Any:
+        # Token-id prompts go through vLLM's renderer: handing AsyncLLM a raw prompt dict is
+        # deprecated in vLLM 0.32. The renderer also checks the length against max_model_len.
+        from vllm.inputs import TokensPrompt
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        renderer = self._llm.renderer
+        parsed = parse_model_prompt(self._llm.model_config, TokensPrompt(prompt_token_ids=prompt_token_ids))
+        (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
+        return engine_input
+
+
+def _to_engine_output(out: Any, prompt_tokens: int) -> EngineOutput:
+    completion = out.outputs[0]
+    reason = completion.finish_reason
+    return EngineOutput(
+        new_token_ids=list(completion.token_ids),
+        text_delta=completion.text,
+        finished=out.finished,
+        finish_reason=None if reason is None else _FINISH_REASONS.get(str(reason), FinishReason.ERROR),
+        prompt_tokens=prompt_tokens,
+    )
