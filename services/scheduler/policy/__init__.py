@@ -1,18 +1,21 @@
 """Scheduling policies: pure cores over (waiting requests, cluster snapshot, now).
 
 Each policy is a small class with `name` and `schedule()`; `make_policy(name)` builds one by its
-configured name. The same objects drive the scheduler service and the simulator.
+configured name. The same objects drive the scheduler service and the simulator. Policies that
+learn output lengths also have `observe_completion(task_class, output_tokens, request_id="")`.
 """
 
 from __future__ import annotations
 
 from services.scheduler.policy.base import Policy, PolicyConfig
+from services.scheduler.policy.edf import Edf
 from services.scheduler.policy.fcfs import FcfsRoundRobin
+from services.scheduler.policy.headroom import Headroom
+from services.scheduler.policy.hfx import Hfx
 from services.scheduler.policy.least_load import LeastLoad
 
 _REGISTRY: dict[str, type] = {
-    FcfsRoundRobin.name: FcfsRoundRobin,
-    LeastLoad.name: LeastLoad,
+    cls.name: cls for cls in (FcfsRoundRobin, LeastLoad, Edf, Headroom, Hfx)
 }
 
 
@@ -28,4 +31,11 @@ def make_policy(name: str, config: PolicyConfig | None = None) -> Policy:
     return cls(config or PolicyConfig())
 
 
-__all__ = ["Policy", "PolicyConfig", "make_policy", "policy_names"]
+def observe_completion(policy: Policy, task_class: str, output_tokens: int, request_id: str = "") -> None:
+    """Tell a policy a request finished, if it learns from completions (no-op otherwise)."""
+    hook = getattr(policy, "observe_completion", None)
+    if hook is not None:
+        hook(task_class, output_tokens, request_id)
+
+
+__all__ = ["Policy", "PolicyConfig", "make_policy", "observe_completion", "policy_names"]

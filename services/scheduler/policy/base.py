@@ -1,11 +1,15 @@
-"""The policy interface every scheduling policy implements."""
+"""The policy interface every scheduling policy implements, and the typed knobs they share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from services.common.domain import ClusterSnapshot, InstanceView, RequestSpec, ScheduleResult
+from services.common.domain import ClusterSnapshot, InstanceView, LatencyModel, RequestSpec, ScheduleResult
+
+# Used when an instance has not reported a fitted model yet. Illustrative numbers for a tiny
+# model on a CPU (see services/sim/profiles.py); `hfx profile` replaces them per instance.
+DEFAULT_LATENCY_MODEL = LatencyModel(3.0, 0.02, 0.15, 0.0005)
 
 
 @dataclass(frozen=True)
@@ -14,6 +18,28 @@ class PolicyConfig:
     max_requests_per_instance: int = 256
     # Placement among fitting instances: "best_fit" consolidates, "spread" balances.
     placement: str = "best_fit"
+    # Step-time model for instances that report none.
+    default_latency_model: LatencyModel = DEFAULT_LATENCY_MODEL
+    # The engine's token budget per step (vLLM max_num_batched_tokens): sets prefill chunking.
+    chunk_tokens: int = 512
+    # KV capacity assumed when an instance reports none, and the share kept free for growth.
+    default_kv_capacity_tokens: int = 65_536
+    kv_watermark: float = 0.05
+    # What happens to a request that can no longer meet its SLO: "best_effort" or "reject";
+    # task classes listed in reject_classes are rejected whatever the default.
+    on_miss: str = "best_effort"
+    reject_classes: tuple[str, ...] = ()
+    retry_after_ms: float = 1000.0
+    # Ranking: each priority level above 1 is worth this much slack (additive, so the order of
+    # two queued requests never changes as time passes).
+    priority_credit_ms: float = 500.0
+    # Output length assumed for a class until one completion of it has been seen.
+    prior_output_tokens: int = 128
+    # Per schedule() call: how many queued requests may be tried (bounds decision latency).
+    max_attempts_per_call: int = 32
+    # In-flight protection: preempt on an instance whose budget is below -preempt_margin_ms.
+    preempt: bool = True
+    preempt_margin_ms: float = 50.0
 
 
 class Policy(Protocol):
@@ -47,3 +73,11 @@ def outstanding(inst: InstanceView) -> int:
 
 def fits_context(spec: RequestSpec, inst: InstanceView) -> bool:
     return inst.max_model_len <= 0 or spec.prompt_tokens + spec.max_tokens <= inst.max_model_len
+
+
+def latency_model_of(inst: InstanceView, config: PolicyConfig) -> LatencyModel:
+    return inst.latency_model or config.default_latency_model
+
+
+def kv_capacity_of(inst: InstanceView, config: PolicyConfig) -> int:
+    return inst.load.kv_capacity_tokens or config.default_kv_capacity_tokens

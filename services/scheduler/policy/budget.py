@@ -1,0 +1,117 @@
+"""Per-instance budgets from the step-time model: the arithmetic behind the HFX fit test.
+
+Notation (docs/SCHEDULING.md): model step_ms = c0 + c1*p + c2*n + c3*kv; n decode sequences;
+C' = max(1, chunk_tokens - n) prefill tokens per step (decodes share the step's token budget).
+- steady step s = c0 + c2*n + c3*kv.
+- a prefill of L tokens on an instance with B tokens of prefill queued ahead (FIFO) yields its
+  first token after  ttft = ceil((B+L)/C') * s + c1*(B+L)  ms.
+- running prefills slow every decoding request by exactly c1 * L (the prefill share of steps).
+- bank_r = (O_r - 1) * (TPOT_r - s) - c1 * (prompt tokens placed after r): the extra delay r can
+  still absorb and keep its mean TPOT within its SLO. The instance budget is min_r bank_r.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from services.common.domain import InstanceView, LatencyModel, RequestSpec
+from services.scheduler.policy.base import PolicyConfig, kv_capacity_of, latency_model_of
+from services.scheduler.policy.estimate import OutputLengthEstimator
+
+
+def chunk_tokens_for(chunk_tokens: int, decode_seqs: int) -> int:
+    return max(1, chunk_tokens - decode_seqs)
+
+
+def steady_step_ms(model: LatencyModel, decode_seqs: int, kv_tokens: float) -> float:
+    return model.c0_ms + model.c2_ms_per_decode_seq * decode_seqs + model.c3_ms_per_kv_token * kv_tokens
+
+
+def prefill_ms(model: LatencyModel, prompt_tokens: float, chunk_tokens: int,
+               decode_seqs: int = 0, kv_tokens: float = 0.0) -> float:
+    """Time until the last chunk of `prompt_tokens` (queued ones included) completes."""
+    per_step = chunk_tokens_for(chunk_tokens, decode_seqs)
+    steps = math.ceil(prompt_tokens / per_step) if prompt_tokens > 0 else 0
+    return steps * steady_step_ms(model, decode_seqs, kv_tokens) + model.c1_ms_per_prefill_token * prompt_tokens
+
+
+@dataclass
+class InstanceBudget:
+    """What the fit test needs of one instance; mutated in place as a schedule pass places."""
+
+    instance_id: str
+    model: LatencyModel
+    kv_capacity_tokens: int
+    decode_seqs: int = 0
+    kv_mean_tokens: float = 0.0          # sum(L + O/2): average KV the running set holds
+    kv_peak_tokens: float = 0.0          # sum(L + O): KV if every request runs to its estimate
+    min_tpot_ms: float = math.inf
+    max_remaining_tokens: float = 0.0
+    backlog_anchor_tokens: float = -math.inf  # prefill queued at now_s = A - rate * now_s
+    prefill_rate_tps: float = 1.0
+    bank_ms: float = math.inf
+    victim_id: str = ""                   # the running request to preempt first
+    victim_bank_ms: float = 0.0
+
+    def steady_ms(self) -> float:
+        return steady_step_ms(self.model, self.decode_seqs, self.kv_mean_tokens)
+
+    def backlog_tokens(self, now_s: float) -> float:
+        return max(0.0, self.backlog_anchor_tokens - self.prefill_rate_tps * now_s)
+
+    def add(self, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool = True) -> None:
+        """Account for a request just placed here (it queues last for prefill)."""
+        s_old = self.steady_ms()
+        backlog = self.backlog_tokens(now_s) + spec.prompt_tokens
+        self.decode_seqs += 1
+        self.kv_mean_tokens += spec.prompt_tokens + output_tokens / 2
+        self.kv_peak_tokens += spec.prompt_tokens + output_tokens
+        s_new = self.steady_ms()
+        self.bank_ms -= self.max_remaining_tokens * (s_new - s_old) + self.model.c1_ms_per_prefill_token * spec.prompt_tokens
+        if protected:
+            self.min_tpot_ms = min(self.min_tpot_ms, spec.slo.tpot_ms)
+            self.bank_ms = min(self.bank_ms, (output_tokens - 1) * (spec.slo.tpot_ms - s_new))
+            self.max_remaining_tokens = max(self.max_remaining_tokens, output_tokens - 1)
+        self.backlog_anchor_tokens = backlog + self.prefill_rate_tps * now_s
+
+
+def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthEstimator,
+              unprotected_ids: Iterable[str] = ()) -> InstanceBudget:
+    """Budget of one instance from its running set (O(n log n); cached by the caller).
+
+    Requests in `unprotected_ids` (best effort) hold KV and decode slots but have no deadlines.
+    """
+    model = latency_model_of(inst, config)
+    out = InstanceBudget(inst.instance_id, model, kv_capacity_of(inst, config))
+    running = sorted(inst.running, key=lambda r: (r.placed_s, r.spec.request_id))
+    unprotected = set(unprotected_ids)
+    outputs = [estimator.estimate(r.spec) for r in running]
+    out.decode_seqs = len(running)
+    out.kv_mean_tokens = sum(r.spec.prompt_tokens + o / 2 for r, o in zip(running, outputs))
+    out.kv_peak_tokens = sum(r.spec.prompt_tokens + o for r, o in zip(running, outputs))
+    s = out.steady_ms()
+    per_step = chunk_tokens_for(config.chunk_tokens, out.decode_seqs)
+    step_with_chunk_ms = s + model.c1_ms_per_prefill_token * per_step
+    out.prefill_rate_tps = per_step / step_with_chunk_ms * 1000.0
+    # Walk newest to oldest: suffix sums give both the FIFO backlog anchor and the interference
+    # each request suffers from prefills placed after it.
+    after_tokens = 0.0
+    victim_key: tuple = ()
+    for r, o in zip(reversed(running), reversed(outputs)):
+        after_tokens += r.spec.prompt_tokens
+        out.backlog_anchor_tokens = max(out.backlog_anchor_tokens,
+                                        after_tokens + out.prefill_rate_tps * r.placed_s)
+        interference_ms = model.c1_ms_per_prefill_token * (after_tokens - r.spec.prompt_tokens)
+        bank = (o - 1) * (r.spec.slo.tpot_ms - s) - interference_ms
+        is_protected = r.spec.request_id not in unprotected
+        if is_protected:
+            out.bank_ms = min(out.bank_ms, bank)
+            out.min_tpot_ms = min(out.min_tpot_ms, r.spec.slo.tpot_ms)
+            out.max_remaining_tokens = max(out.max_remaining_tokens, o - 1)
+        # Best effort first, then lowest priority, then most slack.
+        key = (is_protected, r.spec.priority, -bank, r.spec.request_id)
+        if not victim_key or key < victim_key:
+            victim_key, out.victim_id, out.victim_bank_ms = key, r.spec.request_id, bank
+    return out

@@ -1,0 +1,90 @@
+"""The HFX fit test for one request against every instance at once (vectorised over instances).
+
+A request fits instance m when, by m's latency model (notation in budget.py):
+ (1) own first token:   ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now
+ (2) running requests:  bank - max_remaining*(s' - s) - c1*L  >=  0   (its chunked prefill and the
+                        slower step s' eat into every running request's bank)
+ (3) steady decode:     s' = c0 + c2*(n+1) + c3*(kv + L + O/2)  <=  min(TPOT of running, own TPOT)
+ (4) KV:                kv_peak + L + O  <=  capacity * (1 - watermark)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from services.common.domain import InstanceView, RequestSpec
+from services.scheduler.policy.base import PolicyConfig, outstanding
+from services.scheduler.policy.budget import InstanceBudget
+
+
+class FitTable:
+    def __init__(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget],
+                 config: PolicyConfig, now_s: float, banned: set[str]) -> None:
+        self.config = config
+        self.budgets = budgets
+        self.ids = [i.instance_id for i in instances]
+        f = lambda xs: np.array(xs, dtype=float)  # noqa: E731
+        self.c0 = f([b.model.c0_ms for b in budgets])
+        self.c1 = f([b.model.c1_ms_per_prefill_token for b in budgets])
+        self.c2 = f([b.model.c2_ms_per_decode_seq for b in budgets])
+        self.c3 = f([b.model.c3_ms_per_kv_token for b in budgets])
+        self.kv_limit = f([b.kv_capacity_tokens for b in budgets]) * (1.0 - config.kv_watermark)
+        self.max_len = f([i.max_model_len for i in instances])
+        self.outstanding = f([outstanding(i) for i in instances])
+        self.allowed = np.array([i.accepting and i.instance_id not in banned for i in instances], dtype=bool)
+        self.n = np.zeros(len(budgets))
+        self.kv_mean = np.zeros(len(budgets))
+        self.kv_peak = np.zeros(len(budgets))
+        self.min_tpot = np.zeros(len(budgets))
+        self.max_rem = np.zeros(len(budgets))
+        self.bank_ms = np.zeros(len(budgets))
+        self.backlog = np.zeros(len(budgets))
+        for idx in range(len(budgets)):
+            self._load_row(idx, now_s)
+        self.open = self._open()
+
+    def _load_row(self, idx: int, now_s: float) -> None:
+        b = self.budgets[idx]
+        self.n[idx], self.kv_mean[idx], self.kv_peak[idx] = b.decode_seqs, b.kv_mean_tokens, b.kv_peak_tokens
+        self.min_tpot[idx], self.max_rem[idx], self.bank_ms[idx] = b.min_tpot_ms, b.max_remaining_tokens, b.bank_ms
+        self.backlog[idx] = b.backlog_tokens(now_s)
+
+    def _open(self) -> np.ndarray:
+        """Instances that could take some request at all: skip the pass when none can."""
+        step_plus_one = self.c0 + self.c2 * (self.n + 1) + self.c3 * self.kv_mean
+        return (self.allowed & (self.outstanding < self.config.max_requests_per_instance)
+                & (self.bank_ms > 0) & (self.kv_peak < self.kv_limit) & (step_plus_one <= self.min_tpot))
+
+    def any_open(self) -> bool:
+        return bool(self.open.any())
+
+    def fit(self, spec: RequestSpec, output_tokens: int, now_s: float,
+            best_effort: bool) -> tuple[int, float, int] | None:
+        """(instance index, predicted TTFT ms, how many fit) of the chosen instance, or None."""
+        L, O = float(spec.prompt_tokens), float(output_tokens)
+        s = self.c0 + self.c2 * self.n + self.c3 * self.kv_mean
+        per_step = np.maximum(1.0, self.config.chunk_tokens - self.n)
+        queued = self.backlog + L
+        ttft_ms = np.ceil(queued / per_step) * s + self.c1 * queued
+        s_new = s + self.c2 + self.c3 * (L + O / 2)
+        bank_after = self.bank_ms - self.max_rem * (s_new - s) - self.c1 * L
+        ok = self.open & (bank_after >= 0) & (s_new <= self.min_tpot) & (self.kv_peak + L + O <= self.kv_limit)
+        ok &= (self.max_len <= 0) | (L + spec.max_tokens <= self.max_len)
+        if not best_effort:
+            ok &= (ttft_ms <= (spec.ttft_deadline_s - now_s) * 1000.0) & (s_new <= spec.slo.tpot_ms)
+        n_fit = int(ok.sum())
+        if n_fit == 0:
+            return None
+        # best fit: the busiest instance that fits (consolidates, so the scaler can release the
+        # idle ones); spread: the least busy. Ties go to the lower index (deterministic).
+        load = np.where(ok, self.n, np.nan)
+        idx = int(np.nanargmax(load) if self.config.placement == "best_fit" else np.nanargmin(load))
+        return idx, float(ttft_ms[idx]), n_fit
+
+    def place(self, idx: int, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool) -> None:
+        self.budgets[idx].add(spec, output_tokens, now_s, protected)
+        self._load_row(idx, now_s)
+        self.outstanding[idx] += 1
+        self.open = self._open()

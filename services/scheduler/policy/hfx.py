@@ -1,0 +1,155 @@
+"""HFX: budget estimation, least-slack ranking, demotion, best-fit placement, in-flight protection.
+
+One pass (docs/SCHEDULING.md): mirror the queue incrementally; summarise each instance's budget
+(cached while its running set is unchanged); preempt where a budget is below -margin; demote or
+reject requests whose first token can no longer be on time; then try the least-slack requests,
+at most `max_attempts_per_call`, each against every instance at once (numpy), placing on the
+best fitting one; best-effort requests only take room no SLO request could use.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from services.common.domain import (ClusterSnapshot, Decision, InstanceView, Preemption, RequestSpec,
+                                    ScheduleResult, Verdict)
+from services.scheduler.policy.base import PolicyConfig, latency_model_of
+from services.scheduler.policy.budget import InstanceBudget, prefill_ms, summarise
+from services.scheduler.policy.estimate import OutputLengthEstimator
+from services.scheduler.policy.fit import FitTable
+from services.scheduler.policy.ranking import Entry, RankedQueue
+
+MAX_DEMOTIONS_PER_CALL = 256
+
+
+class Hfx:
+    name = "hfx"
+
+    def __init__(self, config: PolicyConfig) -> None:
+        if config.placement not in ("best_fit", "spread"):
+            raise ValueError(f"placement must be best_fit or spread, not {config.placement!r}")
+        if config.on_miss not in ("best_effort", "reject"):
+            raise ValueError(f"on_miss must be best_effort or reject, not {config.on_miss!r}")
+        self.config = config
+        self.estimator = OutputLengthEstimator(config.prior_output_tokens)
+        self.queue = RankedQueue()
+        self._budgets: dict[str, tuple[tuple, InstanceBudget]] = {}
+        self._best_effort_ids: set[str] = set()   # placed best effort, still running
+        self._ref_model = config.default_latency_model
+
+    def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
+        """Called by the service (or simulator) when a request finishes: learn its class's length."""
+        self.estimator.observe(task_class, output_tokens)
+        self._best_effort_ids.discard(request_id)
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def schedule(self, waiting: Sequence[RequestSpec], cluster: ClusterSnapshot, now_s: float) -> ScheduleResult:
+        if cluster.instances:
+            self._ref_model = latency_model_of(cluster.instances[0], self.config)
+        self.queue.sync(waiting, self._entry)
+        decisions: list[Decision] = []
+        budgets = [self._budget(inst) for inst in cluster.instances]
+        preemptions = self._protect(cluster.instances, budgets)
+        banned = {p.instance_id for p in preemptions}
+        self._demote(now_s, decisions)
+        table = FitTable(cluster.instances, budgets, self.config, now_s, banned)
+        if table.any_open():
+            self._place(table, now_s, decisions)
+        return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
+
+    def _entry(self, spec: RequestSpec) -> Entry:
+        cfg = self.config
+        unloaded_ms = prefill_ms(self._ref_model, spec.prompt_tokens, cfg.chunk_tokens)
+        hopeless_at_s = spec.ttft_deadline_s - unloaded_ms / 1000.0
+        credit_s = (spec.priority - 1) * cfg.priority_credit_ms / 1000.0
+        entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)
+        # A TPOT below one unloaded decode step can never be met: best effort from the start.
+        if spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
+            entry.best_effort = True
+        return entry
+
+    def _budget(self, inst: InstanceView) -> InstanceBudget:
+        # Cached while the running set, model and capacity are the same objects/values: a
+        # snapshot producer that keeps unchanged tuples makes a pass O(instances), not O(running).
+        sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens)
+        hit = self._budgets.get(inst.instance_id)
+        if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
+            return hit[1]
+        budget = summarise(inst, self.config, self.estimator, self._best_effort_ids)
+        self._budgets[inst.instance_id] = (sig, budget)
+        return budget
+
+    def _protect(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget]) -> list[Preemption]:
+        if not self.config.preempt:
+            return []
+        out = []
+        for inst, b in zip(instances, budgets):
+            if b.bank_ms < -self.config.preempt_margin_ms and b.victim_id and b.decode_seqs > 1:
+                out.append(Preemption(inst.instance_id, b.victim_id,
+                                      f"budget {b.bank_ms:.0f} ms < -{self.config.preempt_margin_ms:.0f} ms; "
+                                      f"preempt {b.victim_id} (most slack {b.victim_bank_ms:.0f} ms / lowest priority)"))
+        return out
+
+    def _demote(self, now_s: float, decisions: list[Decision]) -> None:
+        cfg = self.config
+        for _ in range(MAX_DEMOTIONS_PER_CALL):
+            entry = self.queue.pop_hopeless(now_s)
+            if entry is None:
+                return
+            spec = entry.spec
+            slack_ms = entry.slack_ms(now_s)
+            if cfg.on_miss == "reject" or spec.task_class in cfg.reject_classes:
+                self.queue.settle(entry)
+                wait_ms = len(self.queue.known) * entry.unloaded_prefill_ms  # crude drain estimate
+                decisions.append(Decision(
+                    spec.request_id, Verdict.REJECT,
+                    f"cannot meet TTFT {spec.slo.ttft_ms:.0f} ms: slack {slack_ms:.0f} ms after "
+                    f"unloaded prefill {entry.unloaded_prefill_ms:.0f} ms",
+                    slack_ms=slack_ms, retry_after_ms=max(cfg.retry_after_ms, wait_ms)))
+            else:
+                self.queue.demote(entry)
+
+    def _place(self, table: FitTable, now_s: float, decisions: list[Decision]) -> None:
+        skipped: list[Entry] = []
+        for _ in range(self.config.max_attempts_per_call):
+            if not table.any_open():
+                break
+            entry = self.queue.pop_ranked()
+            if entry is None:
+                break
+            if self._try(entry, table, now_s, decisions, best_effort=False) is None:
+                skipped.append(entry)
+        for entry in skipped:
+            self.queue.push_back(entry)
+        # Best effort only after every SLO request tried this pass; one per pass keeps it gentle.
+        entry = self.queue.next_best_effort()
+        if entry is not None and not skipped and table.any_open():
+            self._try(entry, table, now_s, decisions, best_effort=True)
+
+    def _try(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision],
+             best_effort: bool) -> Decision | None:
+        spec = entry.spec
+        fit = table.fit(spec, entry.output_tokens, now_s, best_effort)
+        if fit is None:
+            return None
+        idx, ttft_ms, n_fit = fit
+        budget_ms = table.bank_ms[idx]
+        table.place(idx, spec, entry.output_tokens, now_s, protected=not best_effort)
+        self.queue.settle(entry)
+        slack_ms = entry.slack_ms(now_s)
+        inst_id = table.ids[idx]
+        if best_effort:
+            self._best_effort_ids.add(spec.request_id)
+            reason = (f"best effort (slack {slack_ms:.0f} ms, SLO out of reach): spare room on {inst_id}, "
+                      f"budget {budget_ms:.0f} ms")
+            verdict = Verdict.BEST_EFFORT
+        else:
+            reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
+                      f"budget {budget_ms:.0f} ms; {self.config.placement} -> {inst_id} ({n_fit} fit)")
+            verdict = Verdict.ADMIT
+        decision = Decision(spec.request_id, verdict, reason, instance_id=inst_id,
+                            predicted_ttft_ms=ttft_ms, slack_ms=slack_ms)
+        decisions.append(decision)
+        return decision
+

@@ -1,0 +1,103 @@
+"""Measurement over finished simulations: SLO attainment, latency percentiles, goodput, cost.
+
+A request meets its SLO when TTFT <= its TTFT SLO and its mean TPOT over the decode phase <= its
+TPOT SLO. Rejected, failed and never-finished requests are misses. Latency percentiles cover the
+requests that completed (a rejected request has no latency), so the report also counts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from services.sim.runner import RequestRecord, SimResult
+
+GOODPUT_ATTAINMENT = 0.9
+
+
+def ttft_ms(r: RequestRecord) -> float | None:
+    return None if r.first_token_s is None else (r.first_token_s - r.spec.arrival_s) * 1000.0
+
+
+def tpot_ms(r: RequestRecord) -> float | None:
+    if r.first_token_s is None or r.last_token_s is None or r.finish_s is None or r.verdict in ("reject", "failed"):
+        return None
+    return 0.0 if r.output_tokens <= 1 else (r.last_token_s - r.first_token_s) * 1000.0 / (r.output_tokens - 1)
+
+
+def e2e_ms(r: RequestRecord) -> float | None:
+    if r.finish_s is None or r.verdict in ("reject", "failed"):
+        return None
+    return (r.finish_s - r.spec.arrival_s) * 1000.0
+
+
+def met_slo(r: RequestRecord) -> bool:
+    t, p = ttft_ms(r), tpot_ms(r)
+    return t is not None and p is not None and t <= r.spec.slo.ttft_ms and p <= r.spec.slo.tpot_ms
+
+
+def percentiles(values: Iterable[float | None]) -> dict[str, float | None]:
+    xs = np.array([v for v in values if v is not None], dtype=float)
+    if xs.size == 0:
+        return {"p50": None, "p90": None, "p99": None, "mean": None}
+    p50, p90, p99 = np.percentile(xs, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(xs.mean())}
+
+
+def attainment(records: Sequence[RequestRecord]) -> float:
+    return sum(met_slo(r) for r in records) / len(records) if records else 0.0
+
+
+@dataclass(frozen=True)
+class RunReport:
+    policy: str
+    rate_rps: float
+    requests: int
+    slo_attainment: float
+    per_class: dict
+    ttft_ms: dict
+    tpot_ms: dict
+    e2e_ms: dict
+    completed: int
+    rejected: int
+    failed: int
+    best_effort: int
+    instance_seconds: float
+    makespan_s: float
+    wall_s: float
+
+    def record(self, goodput_rps: float | None) -> dict:
+        return {
+            "policy": self.policy, "rate_rps": self.rate_rps, "requests": self.requests,
+            "slo_attainment": self.slo_attainment, "per_class": self.per_class, "goodput_rps": goodput_rps,
+            "ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms,
+            "completed": self.completed, "rejected": self.rejected, "failed": self.failed,
+            "best_effort": self.best_effort, "instance_seconds": self.instance_seconds,
+            "makespan_s": self.makespan_s, "wall_s": self.wall_s, "engine": "sim (simulated)",
+        }
+
+
+def report(policy: str, rate_rps: float, result: SimResult, wall_s: float = 0.0) -> RunReport:
+    recs = result.records
+    classes = sorted({r.spec.task_class for r in recs})
+    per_class = {}
+    for c in classes:
+        rs = [r for r in recs if r.spec.task_class == c]
+        per_class[c] = {"requests": len(rs), "slo_attainment": attainment(rs),
+                        "ttft_ms": percentiles(ttft_ms(r) for r in rs)}
+    return RunReport(
+        policy, rate_rps, len(recs), attainment(recs), per_class,
+        percentiles(ttft_ms(r) for r in recs if r.verdict not in ("reject", "failed")),
+        percentiles(tpot_ms(r) for r in recs), percentiles(e2e_ms(r) for r in recs),
+        completed=sum(e2e_ms(r) is not None for r in recs),
+        rejected=sum(r.verdict == "reject" for r in recs), failed=sum(r.verdict == "failed" for r in recs),
+        best_effort=sum(r.verdict == "best_effort" for r in recs),
+        instance_seconds=result.instance_seconds, makespan_s=result.makespan_s, wall_s=wall_s)
+
+
+def goodput(reports: Sequence[RunReport]) -> float | None:
+    """Highest swept rate whose attainment is >= 90% (None when no swept rate reaches it)."""
+    ok = [r.rate_rps for r in reports if r.slo_attainment >= GOODPUT_ATTAINMENT]
+    return max(ok) if ok else None

@@ -1,0 +1,236 @@
+"""The discrete-event loop: arrivals, instance steps and scheduler passes on a virtual clock.
+
+The scheduler pass runs on every arrival and step end while something is queued or running
+(plus a periodic tick while requests wait), like the scheduler service reacting to queue and load
+changes. Deterministic given the seed: one RNG per instance, event ties broken by sequence.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
+
+from services.common.domain import (ClusterSnapshot, InstanceLoad, InstanceView, RequestSpec, RunningRequest,
+                                    Slo, Verdict)
+from services.scheduler.policy import Policy, observe_completion
+from services.sim.instance import SimInstance, SimSeq
+from services.sim.profiles import Profile
+from services.sim.workload import SimRequestSpec
+
+TICK_S = 0.02          # re-run the scheduler this often while requests wait and nothing else happens
+STALL_TICKS = 5000     # give up on requests no policy pass places for this long with the cluster idle
+
+
+@dataclass
+class RequestRecord:
+    spec: RequestSpec
+    output_tokens: int
+    instance_id: str = ""
+    placed_s: float | None = None
+    first_token_s: float | None = None
+    last_token_s: float | None = None
+    finish_s: float | None = None
+    generated: int = 0
+    verdict: str = ""          # admit, best_effort, reject, failed
+    reason: str = ""
+    preemptions: int = 0
+
+
+@dataclass
+class SimResult:
+    records: list[RequestRecord]
+    instance_seconds: float
+    makespan_s: float
+    decisions: int
+    engine_preemptions: int
+    policy_preemptions: int
+
+
+class WaitingQueue(Sequence[RequestSpec]):
+    """The global queue in arrival order; O(1) removal by id (dict keeps insertion order)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, RequestSpec] = {}
+
+    def add(self, spec: RequestSpec) -> None:
+        self._specs[spec.request_id] = spec
+
+    def pop(self, request_id: str) -> RequestSpec | None:
+        return self._specs.pop(request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __iter__(self) -> Iterator[RequestSpec]:
+        return iter(self._specs.values())
+
+    def __reversed__(self) -> Iterator[RequestSpec]:
+        return reversed(self._specs.values())
+
+    def __getitem__(self, i):  # rarely used by policies; lists are O(n)
+        return list(self._specs.values())[i]
+
+
+@dataclass
+class _Node:
+    sim: SimInstance
+    placed: dict[str, RunningRequest] = field(default_factory=dict)
+    running_view: tuple[RunningRequest, ...] = ()
+    view: InstanceView | None = None
+
+
+class Simulation:
+    def __init__(self, policy: Policy, profile: Profile, instances: int, seed: int,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.policy = policy
+        self.profile = profile
+        self.nodes = [
+            _Node(SimInstance(f"sim-{i:02d}", profile.model, profile.kv_capacity_tokens, profile.chunk_tokens,
+                              profile.max_num_seqs, profile.step_noise, seed=seed * 1000 + i))
+            for i in range(instances)
+        ]
+        self.by_id = {n.sim.instance_id: n for n in self.nodes}
+        self.progress = progress or (lambda done: None)
+        self._events: list = []
+        self._seq = itertools.count()
+        self.records: dict[str, RequestRecord] = {}
+        self.waiting = WaitingQueue()
+        self.now_s = 0.0
+        self.decisions = 0
+        self.policy_preemptions = 0
+        self._busy_s = 0.0
+        self._done = 0
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _push(self, t_s: float, kind: str, payload) -> None:
+        heapq.heappush(self._events, (t_s, next(self._seq), kind, payload))
+
+    def run(self, requests: Sequence[SimRequestSpec]) -> SimResult:
+        for r in requests:
+            self.records[r.spec.request_id] = RequestRecord(r.spec, r.output_tokens)
+            self._push(r.spec.arrival_s, "arrival", r.spec)
+        for node in self.nodes:
+            self._refresh_view(node)
+        idle_ticks, ticking = 0, False
+        while self._events:
+            self.now_s, _, kind, payload = heapq.heappop(self._events)
+            if kind == "arrival":
+                self.waiting.add(payload)
+            elif kind == "step":
+                self._end_step(payload)
+            elif kind == "tick":
+                ticking = False
+            placed_before = self.decisions
+            self._schedule()
+            self._start_idle_steps()
+            idle_ticks = 0 if self.decisions != placed_before or kind != "tick" else idle_ticks + 1
+            if len(self.waiting) and not ticking:
+                if idle_ticks > STALL_TICKS and not any(n.sim.busy for n in self.nodes):
+                    self._fail_waiting("never placed: no instance could take it")
+                    continue
+                self._push(self.now_s + TICK_S, "tick", None)
+                ticking = True
+        makespan = max((r.finish_s or r.spec.arrival_s for r in self.records.values()), default=0.0)
+        return SimResult(list(self.records.values()), len(self.nodes) * makespan, makespan, self.decisions,
+                         sum(n.sim.engine_preemptions for n in self.nodes), self.policy_preemptions)
+
+    # -- scheduler pass -------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not len(self.waiting) and not any(n.placed for n in self.nodes):
+            return
+        cluster = ClusterSnapshot(tuple(n.view for n in self.nodes))
+        result = self.policy.schedule(self.waiting, cluster, self.now_s)
+        for p in result.preemptions:
+            self._preempt(p.instance_id, p.request_id, p.reason)
+        for d in result.decisions:
+            spec = self.waiting.pop(d.request_id)
+            if spec is None:
+                continue
+            rec = self.records[d.request_id]
+            self.decisions += 1
+            rec.verdict, rec.reason = d.verdict.value, d.reason
+            if d.verdict == Verdict.REJECT:
+                rec.finish_s = self.now_s
+                self._finish(rec)
+                continue
+            node = self.by_id[d.instance_id]
+            rec.instance_id = d.instance_id
+            if rec.placed_s is None:
+                rec.placed_s = self.now_s
+            node.sim.add(SimSeq(spec.request_id, spec.prompt_tokens, rec.output_tokens - rec.generated))
+            node.placed[spec.request_id] = RunningRequest(spec, self.now_s)
+            self._refresh_view(node, running_changed=True)
+
+    def _preempt(self, instance_id: str, request_id: str, reason: str) -> None:
+        node = self.by_id[instance_id]
+        running = node.placed.pop(request_id, None)
+        seq = node.sim.remove(request_id)
+        if running is None or seq is None:
+            return
+        self.policy_preemptions += 1
+        rec = self.records[request_id]
+        rec.preemptions += 1
+        rec.reason = reason
+        # Requeue with what is left: generated tokens join the prompt (recomputed, not lost), and
+        # its "first token" deadline becomes the deadline of its next token.
+        orig = rec.spec
+        requeued = replace(orig, prompt_tokens=orig.prompt_tokens + rec.generated,
+                           max_tokens=max(1, orig.max_tokens - rec.generated),
+                           slo=Slo(orig.slo.ttft_ms + rec.generated * orig.slo.tpot_ms, orig.slo.tpot_ms))
+        self.waiting.add(requeued)
+        self._refresh_view(node, running_changed=True)
+
+    # -- instances ------------------------------------------------------------------------------
+
+    def _start_idle_steps(self) -> None:
+        for node in self.nodes:
+            if not node.sim.busy and node.sim.has_work:
+                ms = node.sim.begin_step()
+                if ms > 0:
+                    self._busy_s += ms / 1000.0
+                    self._push(self.now_s + ms / 1000.0, "step", node)
+
+    def _end_step(self, node: _Node) -> None:
+        out = node.sim.end_step()
+        for rid in out.first_tokens + out.tokens:
+            rec = self.records[rid]
+            rec.generated += 1
+            if rec.first_token_s is None:
+                rec.first_token_s = self.now_s
+            rec.last_token_s = self.now_s
+        for rid in out.finished:
+            rec = self.records[rid]
+            rec.finish_s = self.now_s
+            running = node.placed.pop(rid)
+            observe_completion(self.policy, running.spec.task_class, rec.output_tokens, rid)
+            self._finish(rec)
+        self._refresh_view(node, running_changed=bool(out.finished))
+
+    def _refresh_view(self, node: _Node, running_changed: bool = False) -> None:
+        sim = node.sim
+        if running_changed:  # a new tuple only when the set changed, so policies can cache on it
+            node.running_view = tuple(node.placed.values())
+        load = InstanceLoad(len(sim.running), len(sim.waiting), sim.kv_used_tokens / sim.kv_capacity_tokens,
+                            sim.kv_capacity_tokens, (sim.last_step_ms,), self.now_s)
+        node.view = InstanceView(sim.instance_id, f"sim://{sim.instance_id}", load=load,
+                                 running=node.running_view, latency_model=sim.model)
+
+    def _finish(self, rec: RequestRecord) -> None:
+        self._done += 1
+        self.progress(self._done)
+
+    def _fail_waiting(self, reason: str) -> None:
+        for spec in list(self.waiting):
+            self.waiting.pop(spec.request_id)
+            rec = self.records[spec.request_id]
+            rec.verdict, rec.reason, rec.finish_s = "failed", reason, self.now_s
+            self._finish(rec)
+
+
+def simulate(policy: Policy, profile: Profile, requests: Sequence[SimRequestSpec], instances: int, seed: int,
+             progress: Callable[[int], None] | None = None) -> SimResult:
+    return Simulation(policy, profile, instances, seed, progress).run(requests)
