@@ -122,6 +122,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     async def Complete(self, request: scheduler_pb2.CompleteRequest, context) -> scheduler_pb2.CompleteResponse:
         done = self.state.complete(request.instance_id, request.request_id)
+        if request.outcome == scheduler_pb2.OUTCOME_FAILED and request.instance_id:
+            log.warning("instance %s failed request %s; no new work there until it reports again",
+                        request.instance_id, request.request_id)
+            self.state.quarantine(request.instance_id, time.time())
         observe = getattr(self.policy, "observe_completion", None)
         if done is not None and observe is not None and request.outcome == scheduler_pb2.OUTCOME_FINISHED:
             observe(done.spec.task_class, request.output_tokens)

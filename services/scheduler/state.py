@@ -26,12 +26,15 @@ class ClusterState:
     running: dict[str, dict[str, RunningRequest]] = field(default_factory=dict)  # instance -> id -> req
     models: dict[str, LatencyModel] = field(default_factory=dict)
     waiting: dict[str, Waiting] = field(default_factory=dict)  # insertion (arrival) order
+    # instance -> when a request failed on it. It takes no new work until it reports load again
+    # after that time: a dead worker stays in the registry until its heartbeat TTL runs out.
+    quarantined: dict[str, float] = field(default_factory=dict)
 
     def set_instances(self, instances: list[common_pb2.Instance]) -> None:
         self.instances = {i.instance_id: i for i in instances}
         for inst in instances:
-            if inst.HasField("load") and inst.load.reported_unix_s >= self._reported(inst.instance_id):
-                self.loads[inst.instance_id] = convert.load_from_pb(inst.load)
+            if inst.HasField("load") and inst.load.reported_unix_s > self._reported(inst.instance_id):
+                self.set_load(inst.instance_id, convert.load_from_pb(inst.load))
         for gone in set(self.loads) - set(self.instances):
             del self.loads[gone]
 
@@ -41,6 +44,12 @@ class ClusterState:
 
     def set_load(self, instance_id: str, load: InstanceLoad) -> None:
         self.loads[instance_id] = load
+        if load.reported_s > self.quarantined.get(instance_id, float("inf")):
+            del self.quarantined[instance_id]
+
+    def quarantine(self, instance_id: str, now_s: float) -> None:
+        self.quarantined[instance_id] = now_s
+        self.running.pop(instance_id, None)  # whatever ran there has failed or will be reported
 
     def place(self, instance_id: str, spec: RequestSpec, now_s: float) -> None:
         self.running.setdefault(instance_id, {})[spec.request_id] = RunningRequest(spec, now_s)
@@ -52,6 +61,8 @@ class ClusterState:
     def snapshot(self) -> ClusterSnapshot:
         views = []
         for iid in sorted(self.instances):
+            if iid in self.quarantined:
+                continue
             inst = self.instances[iid]
             views.append(
                 InstanceView(

@@ -1,0 +1,234 @@
+"""The router's request pipeline, shared by every front door (gRPC now, HTTP next).
+
+Per request: validate + tokenise -> Scheduler.Place (bounded wait) -> Worker.Generate stream ->
+deltas -> final result with measured TTFT/TPOT -> Scheduler.Complete. Tokens never pass through
+the scheduler. Outcomes: FINISHED; ABORTED (the client left or asked to abort); FAILED (the
+worker errored, closed early or went silent past the idle timeout: only then does the scheduler
+stop placing on that instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from services.common import convert, grpcutil, tracing
+from services.common.domain import FinishReason, RequestSpec, Verdict
+from services.common.errors import Rejected, Unavailable
+from services.common.pb.hfx.v1 import router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.router.config import RouterConfig
+from services.router.metrics import StreamTimer
+from services.router.tokenizer import Tokenizer
+from services.router.validate import Limits, ValidRequest, validate
+
+log = logging.getLogger("hfx.router")
+_tracer = tracing.tracer("hfx.router")
+
+OnPlaced = Callable[[str, str], Awaitable[None]]  # (request_id, instance_id)
+
+
+@dataclass
+class Active:
+    call: grpc.aio.UnaryStreamCall | None = None
+    aborted: bool = False
+
+
+class _WorkerFailed(Exception):
+    pass
+
+
+class RouterCore:
+    def __init__(self, config: RouterConfig, tokenizer: Tokenizer, scheduler: scheduler_pb2_grpc.SchedulerStub) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.classes = {c.name: c for c in config.classes}
+        self.limits = Limits(
+            vocab_size=tokenizer.vocab_size, max_model_len=tokenizer.max_model_len,
+            default_max_tokens=config.default_max_tokens, max_prompt_bytes=config.max_prompt_bytes,
+            max_stop_strings=config.max_stop_strings,
+        )
+        self._workers: dict[str, worker_pb2_grpc.WorkerStub] = {}
+        self._active: dict[str, Active] = {}  # by request id and by client request id
+        self._background: set[asyncio.Task] = set()
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def generate(
+        self, request: router_pb2.GenerateRequest, parent=None, on_placed: OnPlaced | None = None
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """Deltas, then one final message. Raises InvalidArgument, Rejected or Unavailable."""
+        arrival_s = time.time()
+        with _tracer.start_as_current_span("router.generate", context=parent) as span:
+            valid = validate(request, self.tokenizer.encode, self.classes, self.limits)
+            spec = RequestSpec(
+                request_id=f"r-{uuid.uuid4().hex[:16]}", prompt_tokens=len(valid.prompt_token_ids),
+                max_tokens=valid.sampling.max_tokens, slo=valid.slo, priority=valid.priority,
+                task_class=valid.task_class, tenant=valid.tenant, arrival_s=arrival_s,
+            )
+            _request_attributes(span, spec)
+            placement = await self._admit(spec, valid, span)
+            if on_placed is not None:
+                await on_placed(spec.request_id, placement.instance_id)
+            async for item in self._stream(spec, valid, placement, span):
+                yield item
+
+    def abort(self, request_id: str) -> bool:
+        active = self._active.get(request_id)
+        if active is None:
+            return False
+        active.aborted = True
+        if active.call is not None:
+            active.call.cancel()
+        return True
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def _admit(self, spec: RequestSpec, valid: ValidRequest, span) -> scheduler_pb2.Placement:
+        try:
+            placement = await self.scheduler.Place(
+                convert.spec_to_pb(spec), timeout=self.config.place_timeout_s, metadata=grpcutil.outgoing_metadata()
+            )
+        except grpc.aio.AioRpcError as err:
+            raise Unavailable(f"scheduler unavailable: {err.code().name}: {err.details()}") from None
+        verdict = convert.verdict_from_pb(placement.verdict)
+        span.set_attribute(tracing.ATTR_VERDICT, verdict.value)
+        span.set_attribute(tracing.ATTR_REASON, placement.reason)
+        span.set_attribute(tracing.ATTR_POLICY, placement.policy)
+        if verdict is Verdict.BEST_EFFORT and valid.on_miss == "reject":
+            # Placed, but this class prefers a fast "no" to a slow answer: give the slot back.
+            self._complete_later(spec, placement.instance_id, scheduler_pb2.OUTCOME_ABORTED, StreamTimer(spec.arrival_s))
+            verdict = Verdict.REJECT
+        if verdict is Verdict.REJECT:
+            span.set_attribute(tracing.ATTR_SLO_MET, False)
+            span.add_event("slo_missed", {"outcome": "rejected", "reason": placement.reason})
+            raise Rejected(placement.reason, placement.retry_after_ms)
+        span.set_attribute(tracing.ATTR_INSTANCE, placement.instance_id)
+        return placement
+
+    def _worker(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        if address not in self._workers:
+            self._workers[address] = worker_pb2_grpc.WorkerStub(grpcutil.aio_channel(address))
+        return self._workers[address]
+
+    async def _next_chunk(self, active: Active, timer: StreamTimer, instance_id: str):
+        idle = self.config.first_token_timeout_s if timer.tokens == 0 else self.config.token_idle_timeout_s
+        try:
+            chunk = await asyncio.wait_for(active.call.read(), timeout=idle)
+        except asyncio.TimeoutError:
+            raise _WorkerFailed(f"instance {instance_id} sent nothing for {idle:.0f}s after {timer.tokens} tokens") from None
+        except grpc.aio.AioRpcError as err:
+            if active.aborted:
+                return None
+            raise _WorkerFailed(
+                f"instance {instance_id} failed after {timer.tokens} tokens: {err.code().name}: {err.details()}"
+            ) from None
+        except asyncio.CancelledError:
+            if active.aborted:  # our own call.cancel() from abort()
+                return None
+            raise
+        if chunk is grpc.aio.EOF:
+            raise _WorkerFailed(f"instance {instance_id} closed the stream without finishing")
+        return chunk
+
+    async def _stream(self, spec: RequestSpec, valid: ValidRequest, placement: scheduler_pb2.Placement, span):
+        timer = StreamTimer(spec.arrival_s)
+        active = Active()
+        keys = [spec.request_id] + ([valid.client_request_id] if valid.client_request_id else [])
+        for k in keys:
+            self._active[k] = active
+        outcome, finish = scheduler_pb2.OUTCOME_ABORTED, FinishReason.ABORT  # until proven otherwise
+        try:
+            active.call = self._worker(placement.address).Generate(
+                worker_pb2.WorkerGenerateRequest(
+                    request_id=spec.request_id, prompt_token_ids=valid.prompt_token_ids,
+                    sampling=convert.sampling_to_pb(valid.sampling), priority=spec.priority,
+                    slo=convert.slo_to_pb(spec.slo),
+                ),
+                metadata=grpcutil.outgoing_metadata(),
+            )
+            while True:
+                try:
+                    chunk = await self._next_chunk(active, timer, placement.instance_id)
+                except _WorkerFailed as err:
+                    outcome, finish = scheduler_pb2.OUTCOME_FAILED, FinishReason.ERROR
+                    raise Unavailable(str(err)) from None
+                if chunk is None:  # aborted on request: finish cleanly with what we have
+                    break
+                now = time.time()
+                timer.on_tokens(len(chunk.token_ids), now)
+                if chunk.token_ids or chunk.text:
+                    yield router_pb2.GenerateResponse(
+                        delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now)
+                    )
+                if chunk.finished:
+                    outcome = scheduler_pb2.OUTCOME_FINISHED
+                    finish = convert.finish_from_pb(chunk.finish_reason) or FinishReason.STOP
+                    break
+            met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
+            yield router_pb2.GenerateResponse(final=_final(spec, placement, timer, met, finish))
+        finally:
+            for k in keys:
+                self._active.pop(k, None)
+            if active.call is not None:
+                active.call.cancel()  # no-op when finished; stops the worker when the client left
+            met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
+            self._complete_later(spec, placement.instance_id, outcome, timer)
+            _result_attributes(span, timer, met, outcome)
+            log.info("%s %s on %s: %d tokens ttft %.1fms tpot %.1fms slo_met=%s (%s)", spec.request_id,
+                     scheduler_pb2.Outcome.Name(outcome), placement.instance_id, timer.tokens, timer.ttft_ms,
+                     timer.tpot_ms, met, placement.reason)
+
+    def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer) -> None:
+        """Tells the scheduler the request ended, off the client's path, bounded by a timeout."""
+        msg = scheduler_pb2.CompleteRequest(
+            request_id=spec.request_id, instance_id=instance_id, outcome=outcome, ttft_ms=timer.ttft_ms,
+            tpot_ms=timer.tpot_ms, output_tokens=timer.tokens, task_class=spec.task_class,
+            slo_met=outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo),
+        )
+
+        async def send() -> None:
+            try:
+                await self.scheduler.Complete(msg, timeout=self.config.scheduler_call_timeout_s)
+            except grpc.aio.AioRpcError as err:
+                log.warning("complete %s not delivered: %s", spec.request_id, err.code().name)
+
+        task = asyncio.create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _request_attributes(span, spec: RequestSpec) -> None:
+    for key, value in (
+        (tracing.ATTR_REQUEST_ID, spec.request_id), (tracing.ATTR_TTFT_SLO_MS, spec.slo.ttft_ms),
+        (tracing.ATTR_TPOT_SLO_MS, spec.slo.tpot_ms), (tracing.ATTR_PRIORITY, spec.priority),
+        (tracing.ATTR_TASK_CLASS, spec.task_class), (tracing.ATTR_PROMPT_TOKENS, spec.prompt_tokens),
+    ):
+        span.set_attribute(key, value)
+
+
+def _result_attributes(span, timer: StreamTimer, met: bool, outcome: int) -> None:
+    span.set_attribute(tracing.ATTR_TTFT_MS, timer.ttft_ms)
+    span.set_attribute(tracing.ATTR_TPOT_MS, timer.tpot_ms)
+    span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, timer.tokens)
+    span.set_attribute(tracing.ATTR_SLO_MET, met)
+    span.set_attribute("hfx.outcome", scheduler_pb2.Outcome.Name(outcome))
+    if not met:
+        span.add_event("slo_missed", {"ttft_ms": timer.ttft_ms, "tpot_ms": timer.tpot_ms,
+                                      "outcome": scheduler_pb2.Outcome.Name(outcome)})
+
+
+def _final(spec: RequestSpec, placement, timer: StreamTimer, met: bool, finish: FinishReason) -> router_pb2.FinalResult:
+    return router_pb2.FinalResult(
+        request_id=spec.request_id,
+        usage=router_pb2.Usage(prompt_tokens=spec.prompt_tokens, completion_tokens=timer.tokens),
+        ttft_ms=timer.ttft_ms, tpot_ms=timer.tpot_ms, e2e_ms=timer.e2e_ms(time.time()), slo_met=met,
+        finish_reason=convert.finish_to_pb(finish), instance_id=placement.instance_id,
+        placement_reason=placement.reason,
+    )
