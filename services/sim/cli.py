@@ -1,0 +1,140 @@
+"""`hfx sim` and `hfx bench` subcommands; the main `hfx` CLI calls add_sim_commands(subparsers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from services.scheduler.policy import PolicyConfig, make_policy, policy_names
+from services.sim import ENGINE_LABEL
+from services.sim.metrics import RunReport, e2e_ms, goodput, report, tpot_ms, ttft_ms
+from services.sim.profiles import PROFILES, get_profile
+from services.sim.runner import simulate
+from services.sim.workload import generate, load_workload
+
+DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
+
+
+def add_sim_commands(subparsers) -> None:
+    sim = subparsers.add_parser("sim", help="run a workload through the discrete-event simulator")
+    _common(sim, rates_default=[20.0], policies_default=["hfx"])
+    sim.set_defaults(func=run_sim)
+    bench = subparsers.add_parser("bench", help="sweep policies x rates on a workload (--sim for now)")
+    _common(bench, rates_default=[10.0, 20.0, 40.0], policies_default=["fcfs", "hfx"])
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--sim", action="store_true", help="run in the simulator (the default in this build)")
+    mode.add_argument("--target", help="live router or OpenAI-compatible endpoint (not implemented yet)")
+    bench.set_defaults(func=run_bench)
+
+
+def _common(p: argparse.ArgumentParser, rates_default: list[float], policies_default: list[str]) -> None:
+    p.add_argument("--workload", default=str(DEFAULT_WORKLOAD), help="workload YAML (default: the built-in mix)")
+    p.add_argument("--policy", nargs="+", default=policies_default, choices=policy_names())
+    p.add_argument("--rate", nargs="+", type=float, default=rates_default, help="request rate(s), req/s")
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--profile", default="cpu-tiny", choices=sorted(PROFILES), help="latency profile of instances")
+    p.add_argument("--placement", default="best_fit", choices=["best_fit", "spread"], help="hfx placement")
+    p.add_argument("--json", help="write one record per (policy, rate) here")
+    p.add_argument("--plot", help="write PNG plots into this directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    return _run(args)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.target:
+        print(f"hfx bench --target: live benchmarking is not implemented yet in this build; use --sim",
+              file=sys.stderr)
+        return 2
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        workload = load_workload(args.workload)
+        profile = get_profile(args.profile)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = PolicyConfig(placement=args.placement, default_latency_model=profile.model,
+                          chunk_tokens=profile.chunk_tokens, default_kv_capacity_tokens=profile.kv_capacity_tokens,
+                          reject_classes=workload.reject_classes())
+    print(f"{ENGINE_LABEL}; profile {profile.name} ({profile.note}); {args.instances} instances; "
+          f"workload {args.workload}; seed {args.seed}")
+    reports: list[RunReport] = []
+    samples: dict = {}
+    for rate in args.rate:
+        try:
+            requests = generate(workload, rate, args.requests, args.seed, profile.model, profile.chunk_tokens)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for name in args.policy:
+            bar = tqdm(total=len(requests), desc=f"{name} @ {rate:g} rps", file=sys.stderr,
+                       disable=args.quiet, leave=False, mininterval=0.5)
+            start = time.perf_counter()
+            result = simulate(make_policy(name, config), profile, requests, args.instances, args.seed,
+                              progress=lambda done: bar.update(done - bar.n) if done % 200 == 0 else None)
+            bar.close()
+            reports.append(report(name, rate, result, time.perf_counter() - start))
+            samples[(name, rate)] = {
+                "ttft_ms": [v for r in result.records if e2e_ms(r) is not None and (v := ttft_ms(r)) is not None],
+                "tpot_ms": [v for r in result.records if (v := tpot_ms(r)) is not None],
+                "e2e_ms": [v for r in result.records if (v := e2e_ms(r)) is not None],
+            }
+    records = _records(reports)
+    _print_table(records)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"engine": ENGINE_LABEL, "profile": profile.name,
+                                               "instances": args.instances, "seed": args.seed,
+                                               "workload": args.workload, "records": records}, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        from services.sim import plots  # matplotlib only when asked
+        out = Path(args.plot)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [plots.attainment_vs_rate(records, out), *plots.latency_cdfs(samples, out)]
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _records(reports: list[RunReport]) -> list[dict]:
+    by_policy: dict[str, list[RunReport]] = {}
+    for r in reports:
+        by_policy.setdefault(r.policy, []).append(r)
+    return [r.record(goodput(by_policy[r.policy])) for r in reports]
+
+
+def _print_table(records: list[dict]) -> None:
+    f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    print(f"{'policy':<11}{'rate':>7}{'attain':>8}{'goodput':>8}{'ttft p50':>9}{'p99':>8}{'tpot p50':>9}"
+          f"{'p99':>7}{'e2e mean':>9}{'p99':>8}{'done':>6}{'rej':>6}{'b.e.':>6}{'wall s':>7}  per class")
+    for r in records:
+        classes = " ".join(f"{c}={v['slo_attainment']:.0%}" for c, v in r["per_class"].items())
+        gp = "-" if r["goodput_rps"] is None else f"{r['goodput_rps']:g}"
+        print(f"{r['policy']:<11}{r['rate_rps']:>7g}{r['slo_attainment']:>8.1%}{gp:>8}{f(r['ttft_ms']['p50']):>9}"
+              f"{f(r['ttft_ms']['p99']):>8}{r['tpot_ms']['p50'] or 0:>9.1f}{r['tpot_ms']['p99'] or 0:>7.1f}"
+              f"{f(r['e2e_ms']['mean']):>9}{f(r['e2e_ms']['p99']):>8}{r['completed']:>6}{r['rejected']:>6}"
+              f"{r['best_effort']:>6}{r['wall_s']:>7.1f}  {classes}")
+    print(f"({ENGINE_LABEL}; attainment counts rejected/failed as misses; latencies over completed requests)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m services.sim.cli sim ...`) until the main hfx CLI wires it."""
+    parser = argparse.ArgumentParser(prog="hfx")
+    add_sim_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""PNG plots of bench results (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from services.sim import ENGINE_LABEL  # noqa: E402
+
+
+def attainment_vs_rate(records: Sequence[dict], out_dir: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy in sorted({r["policy"] for r in records}):
+        rs = sorted((r for r in records if r["policy"] == policy), key=lambda r: r["rate_rps"])
+        ax.plot([r["rate_rps"] for r in rs], [100 * r["slo_attainment"] for r in rs], marker="o", label=policy)
+    ax.axhline(90, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("request rate (req/s)")
+    ax.set_ylabel("SLO attainment (%)")
+    ax.set_title(f"SLO attainment vs rate ({ENGINE_LABEL})", fontsize=9)
+    ax.legend()
+    path = out_dir / "attainment_vs_rate.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_dir: Path) -> list[Path]:
+    """One figure per metric: CDF of each (policy, rate) run's completed requests."""
+    paths = []
+    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (policy, rate), values in sorted(samples.items()):
+            xs = np.sort(np.array(values[metric], dtype=float))
+            if xs.size:
+                ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=f"{policy} @ {rate:g} rps")
+        ax.set_xscale("log")
+        ax.set_xlabel(metric.replace("_ms", " (ms)"))
+        ax.set_ylabel("fraction of completed requests")
+        ax.set_title(f"{metric} CDF ({ENGINE_LABEL})", fontsize=9)
+        ax.legend(fontsize=7)
+        path = out_dir / f"cdf_{metric}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,53 @@
+"""Fitting the step-time model and refining it online."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from services.common.domain import LatencyModel
+from services.scheduler.latency import OnlineLatencyModel, StepSample, error, fit
+
+TRUE = LatencyModel(3.0, 0.02, 0.15, 0.0005)
+
+
+def profile_grid(model: LatencyModel, noise: float = 0.0, seed: int = 0) -> list[StepSample]:
+    rng = random.Random(seed)
+    out = []
+    for p in (0, 128, 512, 1024):
+        for n in (0, 1, 8, 32):
+            for kv in (0, 4096, 32768):
+                if p == 0 and n == 0:
+                    continue
+                out.append(StepSample(p, n, kv, model.step_ms(p, n, kv) * (1 + rng.gauss(0, noise))))
+    return out
+
+
+def test_fit_recovers_exact_model():
+    result = fit(profile_grid(TRUE))
+    assert result.model.c0_ms == pytest.approx(3.0, rel=1e-6)
+    assert result.model.c1_ms_per_prefill_token == pytest.approx(0.02, rel=1e-6)
+    assert result.model.c3_ms_per_kv_token == pytest.approx(0.0005, rel=1e-6)
+    assert result.r2 == pytest.approx(1.0) and result.mape < 1e-9
+
+
+def test_fit_reports_error_on_noisy_samples():
+    result = fit(profile_grid(TRUE, noise=0.05, seed=3))
+    assert 0.9 < result.r2 < 1.0 and 0.01 < result.mape < 0.1
+    assert error(result.model, profile_grid(TRUE))[0] > 0.95
+
+
+def test_fit_needs_enough_samples():
+    with pytest.raises(ValueError, match="at least 4"):
+        fit([StepSample(1, 1, 1, 1.0)])
+
+
+def test_online_model_follows_a_slowdown():
+    online = OnlineLatencyModel(TRUE, forgetting=0.98)
+    slower = LatencyModel(6.0, 0.04, 0.3, 0.001)   # e.g. a noisy neighbour halves the speed
+    for _ in range(20):
+        for s in profile_grid(slower):
+            online.observe(s.prefill_tokens, s.decode_seqs, s.kv_tokens, s.step_ms)
+    assert online.model.step_ms(512, 8, 4096) == pytest.approx(slower.step_ms(512, 8, 4096), rel=0.05)
+    assert online.steps == 20 * len(profile_grid(slower))

@@ -1,0 +1,176 @@
+"""Scheduling policies: the HFX budget arithmetic, ranking, demotion, placement, preemption, baselines."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from services.common.domain import ClusterSnapshot, Slo, Verdict
+from services.scheduler.policy import PolicyConfig, make_policy, observe_completion, policy_names
+from services.scheduler.policy.budget import prefill_ms, summarise
+from services.scheduler.policy.estimate import OutputLengthEstimator
+from tests.unit.helpers_sched import MODEL, make_instance, make_request
+
+CFG = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, prior_output_tokens=10, preempt_margin_ms=0.0)
+
+
+def cluster(*instances):
+    return ClusterSnapshot(tuple(instances))
+
+
+def test_budget_worked_by_hand():
+    """Model step_ms = 2 + 0.01*p + 0.5*n; chunk 100 tokens.
+
+    Running on i0 (placed at t=0, in this order): a (L=100, O=10, TPOT 10 ms), b (L=200, O=10, TPOT 8 ms).
+    n = 2, so steady step s = 2 + 0.5*2 = 3 ms; C' = 100 - 2 = 98 prefill tokens per step.
+    bank_a = (10-1)*(10-3) - 0.01*200 (b's prompt came after a) = 63 - 2 = 61 ms
+    bank_b = (10-1)*(8-3)  - 0                                   = 45 ms   -> budget 45 ms
+    Backlog: rate = 98 / (3 + 0.01*98) ms = 24.62 tokens/ms; at t=0 all 300 tokens are queued.
+    """
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    budget = summarise(make_instance(running=(a, b)), CFG, OutputLengthEstimator(10))
+    assert budget.decode_seqs == 2 and budget.steady_ms() == pytest.approx(3.0)
+    assert budget.bank_ms == pytest.approx(45.0)
+    assert budget.min_tpot_ms == 8.0
+    assert budget.backlog_tokens(0.0) == pytest.approx(300.0)
+    assert budget.prefill_rate_tps == pytest.approx(98 / 3.98 * 1000)
+    # Most slack and same priority: a is the one to preempt first.
+    assert budget.victim_id == "a"
+
+
+def test_prefill_ms_counts_chunks():
+    # 250 tokens at 100 per step on an empty instance: 3 steps of 2 ms + 0.01*250 = 8.5 ms.
+    assert prefill_ms(MODEL, 250, 100) == pytest.approx(8.5)
+
+
+def test_fit_checks_own_ttft_including_queue():
+    """New request x (L=100) behind 300 queued prompt tokens on i0 (budget as above):
+    ttft = ceil(400/98)=5 steps * 3 ms + 0.01*400 = 19 ms. A 15 ms TTFT SLO cannot fit; 30 ms fits."""
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    inst = make_instance(running=(a, b))
+    tight = make_request(request_id="x", slo=Slo(15.0, 10.0))
+    hfx = make_policy("hfx", CFG)
+    result = hfx.schedule([tight], cluster(inst), 0.0)
+    assert not any(d.verdict == Verdict.ADMIT for d in result.decisions)
+    loose = make_request(request_id="y", slo=Slo(30.0, 10.0))
+    result = make_policy("hfx", CFG).schedule([loose], cluster(inst), 0.0)
+    (d,) = result.decisions
+    assert d.verdict == Verdict.ADMIT and d.instance_id == "i0"
+    assert d.predicted_ttft_ms == pytest.approx(19.0)
+    assert "predicted TTFT 19" in d.reason and "budget 45" in d.reason and "i0" in d.reason
+
+
+def test_fit_protects_running_tpot():
+    """Running r has TPOT 3.6 ms and O=10 at steady step 2.5 ms: bank = 9*(3.6-2.5) = 9.9 ms.
+    A new prompt of 100 tokens makes the step 3.0 ms: bank after = 9.9 - 9*0.5 - 0.01*100 = 4.4 >= 0,
+    but 3.0 ms <= 3.6 holds too, so it fits; a 600-token prompt costs 6 ms of interference: no fit."""
+    r = make_request(request_id="r", slo=Slo(1000.0, 3.6))
+    inst = make_instance(running=(r,), placed_s=-10.0)
+    small = make_request(request_id="s", prompt_tokens=100, slo=Slo(1000.0, 50.0))
+    big = make_request(request_id="b", prompt_tokens=600, max_tokens=10, slo=Slo(1000.0, 50.0))
+    assert [d.request_id for d in make_policy("hfx", CFG).schedule([small], cluster(inst), 0.0).decisions] == ["s"]
+    assert make_policy("hfx", CFG).schedule([big], cluster(inst), 0.0).decisions == ()
+
+
+def test_kv_watermark_blocks_placement():
+    inst = make_instance(kv_capacity_tokens=1000)
+    fits = make_request(request_id="f", prompt_tokens=900, max_tokens=40, slo=Slo(1000.0, 50.0))
+    too_big = make_request(request_id="t", prompt_tokens=950, max_tokens=40, slo=Slo(1000.0, 50.0))
+    assert len(make_policy("hfx", CFG).schedule([fits], cluster(inst), 0.0).decisions) == 1
+    # 950 + 10 estimated output > 1000 * 0.95 watermark
+    assert make_policy("hfx", CFG).schedule([too_big], cluster(inst), 0.0).decisions == ()
+
+
+def test_ranking_least_slack_first_with_priority_credit_and_fcfs_tiebreak():
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, max_requests_per_instance=1)
+    late = make_request(request_id="late", arrival_s=0.0, slo=Slo(500.0, 10.0))
+    urgent = make_request(request_id="urgent", arrival_s=0.0, slo=Slo(100.0, 10.0))
+    assert make_policy("hfx", cfg).schedule([late, urgent], cluster(make_instance()), 0.0).decisions[0].request_id == "urgent"
+    # priority 2 earns 500 ms of credit: it now outranks the 100 ms request.
+    vip = make_request(request_id="vip", priority=2, slo=Slo(500.0, 10.0))
+    assert make_policy("hfx", cfg).schedule([urgent, vip], cluster(make_instance()), 0.0).decisions[0].request_id == "vip"
+    # equal slack: first come first served.
+    first, second = make_request(request_id="first"), make_request(request_id="second")
+    assert make_policy("hfx", cfg).schedule([first, second], cluster(make_instance()), 0.0).decisions[0].request_id == "first"
+
+
+def test_hopeless_request_rejected_with_reason_and_retry_after():
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, reject_classes=("chat",))
+    late = make_request(request_id="late", arrival_s=0.0, slo=Slo(50.0, 10.0))
+    (d,) = make_policy("hfx", cfg).schedule([late], cluster(make_instance()), 1.0).decisions
+    assert d.verdict == Verdict.REJECT and d.retry_after_ms >= cfg.retry_after_ms
+    assert "cannot meet TTFT 50 ms" in d.reason and "slack" in d.reason
+
+
+def test_hopeless_request_demoted_to_best_effort_then_placed_on_spare_room():
+    late = make_request(request_id="late", arrival_s=0.0, slo=Slo(50.0, 10.0), task_class="batch")
+    (d,) = make_policy("hfx", CFG).schedule([late], cluster(make_instance()), 1.0).decisions
+    assert d.verdict == Verdict.BEST_EFFORT and d.instance_id == "i0" and "best effort" in d.reason
+
+
+def test_placement_best_fit_consolidates_spread_balances():
+    busy = make_instance("busy", running=(make_request(request_id="x", slo=Slo(1000.0, 50.0)),), placed_s=-10.0)
+    idle = make_instance("idle")
+    req = make_request(request_id="n", slo=Slo(1000.0, 50.0))
+    for placement, expect in (("best_fit", "busy"), ("spread", "idle")):
+        cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, placement=placement)
+        (d,) = make_policy("hfx", cfg).schedule([req], cluster(busy, idle), 0.0).decisions
+        assert d.instance_id == expect, placement
+
+
+def test_preempts_most_slack_on_negative_budget():
+    # Steady step with 3 running = 3.5 ms > 3 ms TPOT of "tight": its bank is 9*(3-3.5) = -4.5 ms.
+    tight = make_request(request_id="tight", slo=Slo(1000.0, 3.0))
+    loose = make_request(request_id="loose", slo=Slo(1000.0, 100.0))
+    low = make_request(request_id="low", priority=0, slo=Slo(1000.0, 100.0))
+    inst = make_instance(running=(tight, loose, low), placed_s=-10.0)
+    result = make_policy("hfx", CFG).schedule([], cluster(inst), 0.0)
+    (p,) = result.preemptions
+    assert p.request_id == "low" and p.instance_id == "i0" and "budget -4" in p.reason
+
+
+def test_output_estimate_learned_online():
+    hfx = make_policy("hfx", CFG)
+    observe_completion(hfx, "chat", 40)
+    assert hfx.estimator.estimate(make_request(max_tokens=100)) == 40
+    assert hfx.estimator.estimate(make_request(max_tokens=20)) == 20   # capped by max_tokens
+
+
+def test_incremental_queue_resyncs_on_unexpected_removal():
+    hfx = make_policy("hfx", PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, max_requests_per_instance=0))
+    reqs = [make_request(request_id=f"q{i}") for i in range(5)]
+    hfx.schedule(reqs, cluster(make_instance()), 0.0)
+    hfx.schedule(reqs + [make_request(request_id="q5")], cluster(make_instance()), 0.0)
+    assert hfx.queue.resyncs == 0 and len(hfx.queue.known) == 6
+    hfx.schedule(reqs[1:], cluster(make_instance()), 0.0)   # q0 aborted, q5 gone: counts differ
+    assert hfx.queue.resyncs == 1 and set(hfx.queue.known) == {"q1", "q2", "q3", "q4"}
+
+
+@pytest.mark.parametrize("name", ["fcfs", "least-load", "edf", "headroom", "hfx"])
+def test_every_policy_selectable_and_places(name):
+    assert name in policy_names()
+    reqs = [make_request(request_id=f"r{i}", slo=Slo(1000.0, 50.0), arrival_s=i * 0.001) for i in range(4)]
+    result = make_policy(name, CFG).schedule(reqs, cluster(make_instance("a"), make_instance("b")), 0.01)
+    assert sorted(d.request_id for d in result.decisions) == ["r0", "r1", "r2", "r3"]
+    assert all(d.reason and d.instance_id in ("a", "b") for d in result.decisions)
+
+
+def test_edf_orders_by_deadline_and_headroom_picks_most_headroom():
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, max_requests_per_instance=1)
+    late, soon = make_request(request_id="late", slo=Slo(900.0, 50.0)), make_request(request_id="soon", slo=Slo(90.0, 50.0))
+    (d,) = make_policy("edf", cfg).schedule([late, soon], cluster(make_instance()), 0.0).decisions
+    assert d.request_id == "soon"
+    busy = make_instance("busy", running=(make_request(request_id="x", prompt_tokens=2000),))
+    (d,) = make_policy("headroom", CFG).schedule([make_request(request_id="n")], cluster(busy, make_instance("idle")), 0.0).decisions
+    assert d.instance_id == "idle" and "headroom" in d.reason
+
+
+def test_unknown_policy_and_bad_config_rejected():
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        make_policy("nope")
+    with pytest.raises(ValueError, match="placement"):
+        make_policy("hfx", PolicyConfig(placement="random"))
+    assert math.isinf(summarise(make_instance(), CFG, OutputLengthEstimator(10)).bank_ms)

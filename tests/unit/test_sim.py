@@ -1,0 +1,87 @@
+"""The simulated instance and the discrete-event simulator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.common.domain import LatencyModel
+from services.scheduler.policy import PolicyConfig, make_policy, policy_names
+from services.sim.cli import DEFAULT_WORKLOAD, main
+from services.sim.instance import SimInstance, SimSeq
+from services.sim.metrics import report
+from services.sim.profiles import get_profile
+from services.sim.runner import simulate
+from services.sim.workload import generate, load_workload
+
+MODEL = LatencyModel(2.0, 0.01, 0.5, 0.0)
+
+
+def test_instance_chunked_prefill_then_decode():
+    """Chunk 100: a 250-token prompt takes 3 steps (100, 100, 50 tokens), the last emits token 1."""
+    inst = SimInstance("i", MODEL, kv_capacity_tokens=1000, chunk_tokens=100, max_num_seqs=8)
+    inst.add(SimSeq("a", 250, 3))
+    steps = []
+    while inst.has_work:
+        steps.append(inst.begin_step())
+        out = inst.end_step()
+    assert steps == pytest.approx([3.0, 3.0, 2.5, 2.5, 2.5])   # 2+0.01*100; 2+0.01*50; decodes 2+0.5
+    assert out.finished == ["a"] and inst.kv_used_tokens == 0
+
+
+def test_instance_preempts_newest_when_kv_runs_out():
+    inst = SimInstance("i", MODEL, kv_capacity_tokens=205, chunk_tokens=512, max_num_seqs=8)
+    inst.add(SimSeq("a", 100, 50))
+    inst.add(SimSeq("b", 100, 50))
+    for _ in range(6):
+        inst.begin_step()
+        inst.end_step()
+    assert inst.engine_preemptions >= 1 and inst.waiting[0].request_id == "b"
+    assert inst.kv_used_tokens <= 205
+
+
+def run(policy: str, seed: int = 3, rate: float = 15.0, n: int = 300):
+    prof = get_profile("cpu-tiny")
+    wl = load_workload(DEFAULT_WORKLOAD)
+    reqs = generate(wl, rate, n, seed, prof.model, prof.chunk_tokens)
+    cfg = PolicyConfig(default_latency_model=prof.model, chunk_tokens=prof.chunk_tokens,
+                       reject_classes=wl.reject_classes())
+    return simulate(make_policy(policy, cfg), prof, reqs, 2, seed)
+
+
+def test_same_seed_same_results():
+    a, b = run("hfx"), run("hfx")
+    key = lambda res: [(r.spec.request_id, r.verdict, r.first_token_s, r.finish_s) for r in res.records]  # noqa: E731
+    assert key(a) == key(b)
+    assert key(a) != key(run("hfx", seed=4))
+
+
+@pytest.mark.parametrize("name", policy_names())
+def test_every_policy_runs_every_request_to_an_end(name):
+    res = run(name)
+    assert all(r.finish_s is not None for r in res.records)
+    rep = report(name, 15.0, res)
+    assert 0.0 <= rep.slo_attainment <= 1.0 and rep.requests == 300
+    assert rep.completed + rep.rejected + rep.failed == 300
+
+
+def test_fcfs_suffers_head_of_line_blocking_under_overload():
+    fcfs, hfx = report("fcfs", 40.0, run("fcfs", rate=40.0)), report("hfx", 40.0, run("hfx", rate=40.0))
+    assert hfx.slo_attainment > fcfs.slo_attainment
+
+
+def test_bench_cli_json_and_target_not_implemented(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--sim", "--policy", "fcfs", "hfx", "--rate", "5", "--requests", "50",
+                 "--instances", "2", "--quiet", "--json", str(out), "--plot", str(tmp_path)]) == 0
+    doc = json.loads(out.read_text())
+    assert "simulated" in doc["engine"] and len(doc["records"]) == 2
+    rec = doc["records"][0]
+    for key in ("policy", "rate_rps", "requests", "slo_attainment", "per_class", "goodput_rps"):
+        assert key in rec
+    assert set(rec["ttft_ms"]) >= {"p50", "p90", "p99"} and set(rec["e2e_ms"]) >= {"p50", "p90", "p99"}
+    assert (tmp_path / "attainment_vs_rate.png").exists()
+    assert "engine: sim (simulated)" in capsys.readouterr().out
+    assert main(["bench", "--target", "localhost:1", "--quiet"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
