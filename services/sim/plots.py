@@ -32,7 +32,10 @@ def attainment_vs_rate(records: Sequence[dict], out_dir: Path) -> Path:
 
 
 def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_dir: Path) -> list[Path]:
-    """One figure per metric: CDF of each (policy, rate) run's completed requests."""
+    """One figure per metric: CDF of each policy's completed requests at the highest swept rate
+    (a legend of every (policy, rate) pair becomes unreadable on a sweep)."""
+    top_rate = max(rate for _, rate in samples)
+    samples = {k: v for k, v in samples.items() if k[1] == top_rate}
     paths = []
     for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
         fig, ax = plt.subplots(figsize=(6, 4))

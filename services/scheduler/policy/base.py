@@ -37,6 +37,9 @@ class PolicyConfig:
     prior_output_tokens: int = 128
     # Per schedule() call: how many queued requests may be tried (bounds decision latency).
     max_attempts_per_call: int = 32
+    # ...and how many of those may fail to fit before the pass gives up (smaller requests behind
+    # a head that does not fit still get a chance; the next pass comes with the next event).
+    max_misses_per_call: int = 8
     # In-flight protection: preempt on an instance whose budget is below -preempt_margin_ms.
     preempt: bool = True
     preempt_margin_ms: float = 50.0

@@ -32,6 +32,7 @@ class FitTable:
         self.c3 = f([b.model.c3_ms_per_kv_token for b in budgets])
         self.kv_limit = f([b.kv_capacity_tokens for b in budgets]) * (1.0 - config.kv_watermark)
         self.max_len = f([i.max_model_len for i in instances])
+        self.has_max_len = bool((self.max_len > 0).any())
         self.outstanding = f([outstanding(i) for i in instances])
         self.allowed = np.array([i.accepting and i.instance_id not in banned for i in instances], dtype=bool)
         self.n = np.zeros(len(budgets))
@@ -43,6 +44,17 @@ class FitTable:
         self.backlog = np.zeros(len(budgets))
         for idx in range(len(budgets)):
             self._load_row(idx, now_s)
+        self._derive()
+
+    def _derive(self) -> None:
+        """Terms of the fit test that do not depend on the request (recomputed after a placement)."""
+        self.s = self.c0 + self.c2 * self.n + self.c3 * self.kv_mean
+        self.s_plus_c2 = self.s + self.c2
+        self.per_step = np.maximum(1.0, self.config.chunk_tokens - self.n)
+        # bank - max_rem*(s' - s) - c1*L with s' - s = c2 + c3*X:  (bank - max_rem*c2) - max_rem*c3*X - c1*L
+        self.bank_a = self.bank_ms - self.max_rem * self.c2
+        self.bank_b = self.max_rem * self.c3
+        self.kv_room = self.kv_limit - self.kv_peak
         self.open = self._open()
 
     def _load_row(self, idx: int, now_s: float) -> None:
@@ -53,7 +65,7 @@ class FitTable:
 
     def _open(self) -> np.ndarray:
         """Instances that could take some request at all: skip the pass when none can."""
-        step_plus_one = self.c0 + self.c2 * (self.n + 1) + self.c3 * self.kv_mean
+        step_plus_one = self.s + self.c2
         return (self.allowed & (self.outstanding < self.config.max_requests_per_instance)
                 & (self.bank_ms > 0) & (self.kv_peak < self.kv_limit) & (step_plus_one <= self.min_tpot))
 
@@ -64,14 +76,14 @@ class FitTable:
             best_effort: bool) -> tuple[int, float, int] | None:
         """(instance index, predicted TTFT ms, how many fit) of the chosen instance, or None."""
         L, O = float(spec.prompt_tokens), float(output_tokens)
-        s = self.c0 + self.c2 * self.n + self.c3 * self.kv_mean
-        per_step = np.maximum(1.0, self.config.chunk_tokens - self.n)
+        x = L + O / 2
         queued = self.backlog + L
-        ttft_ms = np.ceil(queued / per_step) * s + self.c1 * queued
-        s_new = s + self.c2 + self.c3 * (L + O / 2)
-        bank_after = self.bank_ms - self.max_rem * (s_new - s) - self.c1 * L
-        ok = self.open & (bank_after >= 0) & (s_new <= self.min_tpot) & (self.kv_peak + L + O <= self.kv_limit)
-        ok &= (self.max_len <= 0) | (L + spec.max_tokens <= self.max_len)
+        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
+        s_new = self.s_plus_c2 + self.c3 * x
+        ok = self.open & (self.bank_a - self.bank_b * x - self.c1 * L >= 0) & (s_new <= self.min_tpot)
+        ok &= self.kv_room >= L + O
+        if self.has_max_len:
+            ok &= (self.max_len <= 0) | (L + spec.max_tokens <= self.max_len)
         if not best_effort:
             ok &= (ttft_ms <= (spec.ttft_deadline_s - now_s) * 1000.0) & (s_new <= spec.slo.tpot_ms)
         n_fit = int(ok.sum())
@@ -87,4 +99,4 @@ class FitTable:
         self.budgets[idx].add(spec, output_tokens, now_s, protected)
         self._load_row(idx, now_s)
         self.outstanding[idx] += 1
-        self.open = self._open()
+        self._derive()

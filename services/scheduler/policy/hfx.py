@@ -113,7 +113,7 @@ class Hfx:
     def _place(self, table: FitTable, now_s: float, decisions: list[Decision]) -> None:
         skipped: list[Entry] = []
         for _ in range(self.config.max_attempts_per_call):
-            if not table.any_open():
+            if not table.any_open() or len(skipped) >= self.config.max_misses_per_call:
                 break
             entry = self.queue.pop_ranked()
             if entry is None:
