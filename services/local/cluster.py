@@ -58,7 +58,9 @@ def _wait_workers(redis_url: str, prefix: str, count: int, timeout_s: float, log
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
     keys = Keys(prefix)
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=count, desc="  workers ready", unit="worker", file=sys.stderr, leave=False) as bar:
+    # A live bar on a terminal; in logs (CI) it would print a line per redraw, so it stays quiet.
+    with tqdm(total=count, desc="  workers ready", unit="worker", file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty(), mininterval=0.5) as bar:
         while True:
             ready = sum(1 for iid in client.smembers(keys.instances()) if client.exists(keys.instance(iid.decode())))
             bar.update(ready - bar.n)

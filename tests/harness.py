@@ -1,0 +1,122 @@
+"""One harness for tests that need real processes: a local cluster (Redis, router, scheduler,
+scaler, workers) started through the same code as `hfx up`, and an in-process OTLP receiver."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from services.common import procs
+from services.common.model import ensure_default_model
+from services.local import cluster
+from services.local.statefile import ClusterFile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A minimal OTLP/gRPC trace collector that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict] = []
+        self._lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def Export(self, request, context):
+        with self._lock:
+            for rs in request.resource_spans:
+                service = next((a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "")
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        attrs = {a.key: _value(a.value) for a in span.attributes}
+                        self.spans.append({"service": service, "name": span.name, "trace_id": span.trace_id.hex(),
+                                           "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
+                                           "attributes": attrs, "events": [e.name for e in span.events]})
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return list(self.spans)
+
+    def __enter__(self) -> "OtlpReceiver":
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop(grace=None)
+
+
+def _value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+@dataclass
+class RunningCluster:
+    state: ClusterFile
+    home: Path
+    model: str
+    log_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_dir = Path(self.state.log_dir)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.state.router)
+
+    def worker_pid(self, instance_id: str) -> int:
+        return int((self.log_dir / f"{instance_id}.pid").read_text())
+
+    def logs(self) -> str:
+        return "\n".join(f"==> {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+
+@contextlib.contextmanager
+def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: str = "least-load",
+                  worker_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
+    model = str(ensure_default_model())
+    opts = cluster.UpOptions(home=home, model=model, workers=workers, router_port=procs.free_port(), redis_url=None,
+                             policy=policy, engine="vllm", tracing=tracing, timeout_s=240, worker_args=worker_args)
+    state = cluster.up(opts)
+    running = RunningCluster(state, home, model)
+    try:
+        yield running
+    except BaseException:
+        print(running.logs(), file=sys.stderr)  # the services' side of a failure
+        raise
+    finally:
+        cluster.down(home, quiet=True)
+
+
+def vllm_reference(model: str, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    """Greedy token ids from vLLM's own offline engine, in a separate process."""
+    code = (REPO / "tests" / "vllm_reference.py")
+    out = subprocess.run([sys.executable, str(code), model, ",".join(map(str, prompt_ids)), str(max_tokens)],
+                         capture_output=True, text=True, timeout=300)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return [int(x) for x in line[7:].split(",") if x]
+    raise RuntimeError(f"vLLM reference run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1):
+    """Polls a condition of the system under test (not a retry of the test itself)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    return predicate()

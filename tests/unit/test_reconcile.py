@@ -1,0 +1,24 @@
+from services.scaler.reconcile import WorkerSlot, reconcile
+
+
+def test_starts_missing_slots():
+    assert reconcile(3, [WorkerSlot(0, True)], now_s=0).start == (1, 2)
+
+
+def test_stops_highest_indices_above_desired():
+    slots = [WorkerSlot(i, True) for i in range(4)]
+    actions = reconcile(2, slots, now_s=0)
+    assert actions.stop == (3, 2) and actions.start == ()
+    assert "stop [3, 2]" in actions.reason
+
+
+def test_restarts_crashed_slot_after_backoff_that_grows_with_restarts():
+    crashed = WorkerSlot(0, False, exited_at_s=100.0, restarts=2)  # backoff 2 s * 2**2 = 8 s
+    assert reconcile(1, [crashed], now_s=105).start == ()
+    assert "backoff" in reconcile(1, [crashed], now_s=105).reason
+    assert reconcile(1, [crashed], now_s=108).start == (0,)
+
+
+def test_steady_state_does_nothing():
+    actions = reconcile(2, [WorkerSlot(0, True), WorkerSlot(1, True)], now_s=0)
+    assert actions.start == () and actions.stop == () and actions.reason == "at desired 2"

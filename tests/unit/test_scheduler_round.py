@@ -1,0 +1,77 @@
+"""The scheduler service's round: real policy, real state, no Redis, no network."""
+
+import asyncio
+import time
+
+from services.common.domain import InstanceLoad, Verdict
+from services.common.pb.hfx.v1 import common_pb2
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.policy import make_policy
+from services.scheduler.server import SchedulerServicer
+from services.scheduler.state import Waiting
+from tests.unit.helpers import make_spec
+
+
+def servicer(policy="least-load", **config) -> SchedulerServicer:
+    s = SchedulerServicer(SchedulerConfig(**config), make_policy(policy), cluster=None)
+    s.state.set_instances([
+        common_pb2.Instance(instance_id="i0", address="127.0.0.1:1", max_model_len=2048),
+        common_pb2.Instance(instance_id="i1", address="127.0.0.1:2", max_model_len=2048),
+    ])
+    return s
+
+
+def enqueue(s: SchedulerServicer, spec, now_s: float) -> Waiting:
+    entry = Waiting(spec, now_s)
+    s.state.waiting[spec.request_id] = entry
+    return entry
+
+
+def test_round_places_waiting_requests_and_counts_them_running():
+    async def go():
+        s = servicer()
+        a, b = enqueue(s, make_spec(request_id="a"), 0.0), enqueue(s, make_spec(request_id="b"), 0.0)
+        s.run_round(now_s=1.0)
+        da, db = a.future.result(), b.future.result()
+        assert da.verdict is Verdict.ADMIT and db.verdict is Verdict.ADMIT
+        assert {da.instance_id, db.instance_id} == {"i0", "i1"}  # least-load spreads them
+        assert s.state.inflight_count() == 2 and not s.state.waiting
+    asyncio.run(go())
+
+
+def test_requests_waiting_too_long_are_rejected_with_a_reason():
+    async def go():
+        s = servicer(max_wait_s=5.0)
+        s.state.instances.clear()  # nothing to place on
+        entry = enqueue(s, make_spec(request_id="late"), 0.0)
+        s.run_round(now_s=4.0)
+        assert not entry.future.done()
+        s.run_round(now_s=5.5)
+        decision = entry.future.result()
+        assert decision.verdict is Verdict.REJECT and "queue" in decision.reason and decision.retry_after_ms > 0
+    asyncio.run(go())
+
+
+def test_failed_instance_is_skipped_until_it_reports_again():
+    async def go():
+        s = servicer()
+        s.state.quarantine("i0", now_s=100.0)
+        for i in range(3):
+            entry = enqueue(s, make_spec(request_id=f"r{i}"), 100.0)
+            s.run_round(now_s=100.5)
+            assert entry.future.result().instance_id == "i1"
+        s.state.set_load("i0", InstanceLoad(reported_s=99.0))   # older than the failure: still out
+        assert "i0" not in {v.instance_id for v in s.state.snapshot().instances}
+        s.state.set_load("i0", InstanceLoad(reported_s=101.0))  # fresh report: back in
+        assert "i0" in {v.instance_id for v in s.state.snapshot().instances}
+    asyncio.run(go())
+
+
+def test_completion_frees_the_slot():
+    async def go():
+        s = servicer()
+        entry = enqueue(s, make_spec(request_id="x"), 0.0)
+        s.run_round(now_s=0.1)
+        iid = entry.future.result().instance_id
+        assert s.state.complete(iid, "x") is not None and s.state.inflight_count() == 0
+    asyncio.run(go())

