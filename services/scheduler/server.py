@@ -18,7 +18,7 @@ from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.config import SchedulerConfig
-from services.scheduler.policy import Policy, make_policy
+from services.scheduler.policy import Policy, make_policy, observe_completion
 from services.scheduler.state import ClusterState, Waiting
 
 log = logging.getLogger("hfx.scheduler")
@@ -126,9 +126,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.warning("instance %s failed request %s; no new work there until it reports again",
                         request.instance_id, request.request_id)
             self.state.quarantine(request.instance_id, time.time())
-        observe = getattr(self.policy, "observe_completion", None)
-        if done is not None and observe is not None and request.outcome == scheduler_pb2.OUTCOME_FINISHED:
-            observe(done.spec.task_class, request.output_tokens)
+        if done is not None and request.outcome == scheduler_pb2.OUTCOME_FINISHED:
+            observe_completion(self.policy, done.spec.task_class, request.output_tokens, request.request_id)
         self.wake()
         return scheduler_pb2.CompleteResponse()
 
