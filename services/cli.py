@@ -62,6 +62,7 @@ def cmd_router(args) -> int:
 
     config = RouterConfig(
         model=_default_model(args), scheduler_address=args.scheduler, host=args.host, port=args.port,
+        http_port=args.http_port, api_keys=tuple(args.api_key),
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
         default_max_tokens=args.default_max_tokens, tracing=args.tracing,
     )
@@ -74,7 +75,8 @@ def cmd_scheduler(args) -> int:
     from services.scheduler.server import serve
 
     asyncio.run(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
-                                      redis_prefix=args.redis_prefix, tracing=args.tracing)))
+                                      redis_prefix=args.redis_prefix, tracing=args.tracing,
+                                      metrics_port=args.metrics_port)))
     return 0
 
 
@@ -88,6 +90,7 @@ def cmd_scaler(args) -> int:
         model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
         port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
+        metrics_port=args.metrics_port, worker_metrics=args.worker_metrics,
     )))
     return 0
 
@@ -101,6 +104,7 @@ def cmd_worker(args) -> int:
         device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         scheduler_address=args.scheduler, kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
+        metrics_port=args.metrics_port,
     )
     asyncio.run(serve(config))
     return 0
@@ -115,7 +119,8 @@ def cmd_up(args) -> int:
     opts = cluster.UpOptions(
         home=args.home, model=model, workers=args.workers, router_port=args.router_port, redis_url=args.redis_url,
         policy=args.policy, engine=args.engine, tracing=args.tracing_spec, timeout_s=args.timeout,
-        worker_args=tuple(args.worker_arg),
+        worker_args=tuple(args.worker_arg), http_port=args.http_port, api_keys=tuple(args.api_key),
+        classes=args.classes or "",
     )
     print(f"starting HFX: {args.workers} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:
@@ -124,6 +129,8 @@ def cmd_up(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"HFX cluster ready. router: {state.router}   (logs: {state.log_dir})")
+    if state.http:
+        print(f"OpenAI-compatible API: http://{state.http}/v1   metrics: http://{state.http}/metrics")
     if args.detach:
         print("running in the background; stop it with `hfx down`", file=sys.stderr)
         return 0
@@ -155,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="vllm", help="worker engine: vllm, or sim (simulated, for scale tests)")
     p.add_argument("--policy", default="least-load", choices=policy_names(), help="scheduling policy")
     p.add_argument("--router-port", type=int, default=50051)
+    p.add_argument("--http-port", type=int, default=8000, help="router's OpenAI-compatible HTTP API; 0 = off")
+    p.add_argument("--api-key", action="append", default=[], help="require this API key at the router (repeatable)")
+    p.add_argument("--classes", help="YAML task-class table for the router")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     p.add_argument("--tracing", dest="tracing_spec", default="off", help="off | console | otlp[=HOST:PORT]")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for workers (default %(default)s)")
@@ -176,12 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--ttft-ms", type=float, help="TTFT SLO (default: the task class's)")
     p.add_argument("--tpot-ms", type=float, help="TPOT SLO (default: the task class's)")
-    p.add_argument("--task-class", default="default", help="default, chat, code, summarization, batch")
+    p.add_argument("--task-class", default="default", help="default, chat, code, summarise, batch")
     p.add_argument("--priority", type=int, help="higher is more important (default: the task class's)")
     p.add_argument("--tenant", default="")
     p.add_argument("--router", help="router address (default: the local cluster's)")
     p.add_argument("--timeout", type=float, default=300, help="seconds for the whole call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.add_argument("--api-key", default=_env("HFX_API_KEY", ""), help="the router's API key (default $HFX_API_KEY)")
     p.set_defaults(func=generate)
 
     p = sub.add_parser("router", help="run the router process")
@@ -191,12 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", required=True, help="scheduler address host:port")
     p.add_argument("--classes", help="YAML task-class table (SLO/priority defaults per class)")
     p.add_argument("--default-max-tokens", type=int, default=64)
+    p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP API and /metrics; 0 = off")
+    p.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable; none = open)")
     p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("scheduler", help="run the scheduler process")
     _add_common(p)
     p.add_argument("--port", type=int, default=50052)
     p.add_argument("--policy", default="least-load", choices=policy_names())
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("scaler", help="run the scaler process (it launches the workers)")
@@ -209,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--log-dir", default="./hfx-logs")
     p.add_argument("--worker-arg", action="append", default=[])
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
+    p.add_argument("--worker-metrics", action="store_true", help="give each worker a /metrics port (a free one)")
     p.set_defaults(func=cmd_scaler)
 
     p = sub.add_parser("worker", help="run one worker process")
@@ -222,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-mib", type=int, default=256)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=0)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
     p.set_defaults(func=cmd_worker)
 
     from services.common.model import add_model_commands

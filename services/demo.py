@@ -23,7 +23,7 @@ REQUESTS = [
     ("code", "for i in range(10):", 16, 50.0, 5.0),
     ("chat", "Tell me about the sea and the ships", 32, None, None),
     ("chat", "What is the weather like today in the mountains", 32, 150.0, 20.0),
-    ("summarization", "The morning market was busy. " * 40, 24, None, None),
+    ("summarise", "The morning market was busy. " * 40, 24, None, None),
     ("batch", "Write a long story about a river", 64, None, None),
     ("default", "Once upon a time", 24, 1.0, None),  # a deliberately impossible TTFT: shows a miss
     ("batch", "List the planets of the solar system", 48, None, None),

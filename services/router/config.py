@@ -25,7 +25,7 @@ DEFAULT_CLASSES: tuple[TaskClass, ...] = (
     TaskClass("default", Slo(ttft_ms=2000, tpot_ms=200), priority=1),
     TaskClass("chat", Slo(ttft_ms=1000, tpot_ms=100), priority=2),
     TaskClass("code", Slo(ttft_ms=300, tpot_ms=50), priority=3),
-    TaskClass("summarization", Slo(ttft_ms=5000, tpot_ms=200), priority=1),
+    TaskClass("summarise", Slo(ttft_ms=5000, tpot_ms=200), priority=1),
     TaskClass("batch", Slo(ttft_ms=30000, tpot_ms=1000), priority=0, on_miss="best_effort"),
 )
 
@@ -58,6 +58,8 @@ class RouterConfig:
     scheduler_address: str
     host: str = "127.0.0.1"
     port: int = 50051
+    http_port: int = 8000                  # the OpenAI-compatible HTTP API and /metrics; 0 = off
+    api_keys: tuple[str, ...] = ()         # when set, both HTTP and gRPC require one (Bearer)
     classes: tuple[TaskClass, ...] = DEFAULT_CLASSES
     default_max_tokens: int = 64
     max_prompt_bytes: int = 1 << 20        # checked before tokenising, so huge inputs cost nothing
