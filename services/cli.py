@@ -244,12 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.common.model import add_model_commands
 
     add_model_commands(sub)
-    try:
-        from services.sim.cli import add_sim_commands
-    except ImportError:  # the simulator package is optional in a slim install
-        pass
-    else:
-        add_sim_commands(sub)
+    from services.sim.cli import add_sim_commands
+
+    add_sim_commands(sub)
     return parser
 
 
