@@ -48,7 +48,8 @@ def generate(args) -> int:
     with grpc.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         try:
-            for msg in stub.Generate(req, timeout=args.timeout):
+            metadata = (("authorization", f"Bearer {args.api_key}"),) if getattr(args, "api_key", "") else ()
+            for msg in stub.Generate(req, timeout=args.timeout, metadata=metadata):
                 if msg.HasField("delta"):
                     ids.extend(msg.delta.token_ids)
                     text.append(msg.delta.text)

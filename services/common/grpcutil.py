@@ -80,13 +80,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 def make_server(
     register: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
     service_names: Iterable[str],
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
     """A grpc.aio server with our interceptor, health checking and reflection.
 
-    `register` pairs each generated `add_XServicer_to_server` with its servicer.
+    `register` pairs each generated `add_XServicer_to_server` with its servicer; `interceptors`
+    run before the error interceptor (e.g. the router's API-key check).
     """
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*interceptors, ErrorInterceptor()],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

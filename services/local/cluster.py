@@ -29,6 +29,10 @@ class UpOptions:
     tracing: str
     timeout_s: float
     worker_args: tuple[str, ...] = ()
+    http_port: int = 0                 # the router's OpenAI-compatible HTTP API; 0 = off
+    api_keys: tuple[str, ...] = ()     # required by the router (HTTP and gRPC) when set
+    classes: str = ""                  # YAML task-class table for the router; "" = built-in classes
+    metrics: bool = True               # /metrics on free ports for scheduler, scaler and each worker
 
 
 def _step(msg: str, t0: float) -> None:
@@ -103,7 +107,8 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     common = ["--redis-url", state.redis_url, "--tracing", opts.tracing]
 
     state.scheduler = f"127.0.0.1:{procs.free_port()}"
-    sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy, *common),
+    sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
+                                          *common, *_metrics_flag(opts, state, "scheduler")),
                         log_dir / "scheduler.log")
     state.pgids["scheduler"] = sched.pid
     wait_serving(state.scheduler, 60, sched, "scheduler")
@@ -113,7 +118,8 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     scaler = procs.spawn(
         procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
-                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args]),
+                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
+                          *_metrics_flag(opts, state, "scaler"), *(["--worker-metrics"] if opts.metrics else [])),
         log_dir / "scaler.log",
     )
     state.pgids["scaler"] = scaler.pid
@@ -122,15 +128,36 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
 
     router = procs.spawn(
         procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
-                          "--scheduler", state.scheduler, "--tracing", opts.tracing),
+                          "--scheduler", state.scheduler, "--tracing", opts.tracing, *_router_flags(opts, state)),
         log_dir / "router.log",
     )
     state.pgids["router"] = router.pid
     state.save(opts.home)
     wait_serving(state.router, 120, router, "router")
-    _step(f"router ready at {state.router}", t0)
+    _step(f"router ready at {state.router}" + (f", HTTP at http://{state.http}" if state.http else ""), t0)
     _wait_workers(state.redis_url, state.redis_prefix, opts.workers, opts.timeout_s, log_dir, scaler)
     _step(f"{opts.workers} worker(s) ready", t0)
+    for path in sorted(log_dir.glob("*.metrics")):  # written by the scaler for each worker it starts
+        state.metrics[path.stem] = path.read_text().strip()
+
+
+def _metrics_flag(opts: UpOptions, state: ClusterFile, service: str) -> list[str]:
+    if not opts.metrics:
+        return []
+    state.metrics[service] = f"127.0.0.1:{procs.free_port()}"
+    return ["--metrics-port", state.metrics[service].split(":")[1]]
+
+
+def _router_flags(opts: UpOptions, state: ClusterFile) -> list[str]:
+    flags = ["--http-port", str(opts.http_port)]
+    if opts.http_port:
+        state.http = f"127.0.0.1:{opts.http_port}"
+        state.metrics["router"] = state.http  # the router serves /metrics on its HTTP port
+    if opts.classes:
+        flags += ["--classes", opts.classes]
+    for key in opts.api_keys:
+        flags += ["--api-key", key]
+    return flags
 
 
 def down(home: Path, quiet: bool = False) -> bool:

@@ -24,6 +24,8 @@ class ClusterFile:
     log_dir: str
     pgids: dict[str, int] = field(default_factory=dict)  # service name -> process group id
     started_unix_s: float = 0.0
+    http: str = ""                                         # the router's HTTP API (host:port), "" if off
+    metrics: dict[str, str] = field(default_factory=dict)  # service name -> host:port of its /metrics
 
     @staticmethod
     def path(home: Path) -> Path:

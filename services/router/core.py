@@ -18,9 +18,9 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from services.common import convert, grpcutil, tracing
+from services.common import convert, grpcutil, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
-from services.common.errors import Rejected, Unavailable
+from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
 from services.common.pb.hfx.v1 import router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
@@ -66,18 +66,27 @@ class RouterCore:
         """Deltas, then one final message. Raises InvalidArgument, Rejected or Unavailable."""
         arrival_s = time.time()
         with _tracer.start_as_current_span("router.generate", context=parent) as span:
-            valid = validate(request, self.tokenizer.encode, self.classes, self.limits)
-            spec = RequestSpec(
-                request_id=f"r-{uuid.uuid4().hex[:16]}", prompt_tokens=len(valid.prompt_token_ids),
-                max_tokens=valid.sampling.max_tokens, slo=valid.slo, priority=valid.priority,
-                task_class=valid.task_class, tenant=valid.tenant, arrival_s=arrival_s,
-            )
-            _request_attributes(span, spec)
-            placement = await self._admit(spec, valid, span)
+            try:
+                valid = validate(request, self.tokenizer.encode, self.classes, self.limits)
+                spec = RequestSpec(
+                    request_id=f"r-{uuid.uuid4().hex[:16]}", prompt_tokens=len(valid.prompt_token_ids),
+                    max_tokens=valid.sampling.max_tokens, slo=valid.slo, priority=valid.priority,
+                    task_class=valid.task_class, tenant=valid.tenant, arrival_s=arrival_s,
+                )
+                _request_attributes(span, spec)
+                placement = await self._admit(spec, valid, span)
+            except HfxError as err:
+                metrics.record_request(self._class_label(request.task_class), _refusal_outcome(err))
+                raise
             if on_placed is not None:
                 await on_placed(spec.request_id, placement.instance_id)
             async for item in self._stream(spec, valid, placement, span):
                 yield item
+
+    def _class_label(self, name: str) -> str:
+        # Only configured classes become label values; anything else would be unbounded.
+        name = name or "default"
+        return name if name in self.classes else "unknown"
 
     def abort(self, request_id: str) -> bool:
         active = self._active.get(request_id)
@@ -181,6 +190,8 @@ class RouterCore:
             met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
             self._complete_later(spec, placement.instance_id, outcome, timer)
             _result_attributes(span, timer, met, outcome)
+            metrics.record_request(spec.task_class, _OUTCOME_LABELS[outcome], met, timer.ttft_ms, timer.tpot_ms,
+                                   timer.e2e_ms(time.time()), timer.tokens)
             log.info("%s %s on %s: %d tokens ttft %.1fms tpot %.1fms slo_met=%s (%s)", spec.request_id,
                      scheduler_pb2.Outcome.Name(outcome), placement.instance_id, timer.tokens, timer.ttft_ms,
                      timer.tpot_ms, met, placement.reason)
@@ -202,6 +213,16 @@ class RouterCore:
         task = asyncio.create_task(send())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+_OUTCOME_LABELS = {scheduler_pb2.OUTCOME_FINISHED: "finished", scheduler_pb2.OUTCOME_ABORTED: "aborted",
+                   scheduler_pb2.OUTCOME_FAILED: "failed"}
+
+
+def _refusal_outcome(err: HfxError) -> str:
+    if isinstance(err, InvalidArgument):
+        return "invalid"
+    return "rejected" if isinstance(err, Rejected) else "unavailable"
 
 
 def _request_attributes(span, spec: RequestSpec) -> None:

@@ -11,6 +11,8 @@ import grpc
 from services.common import grpcutil, tracing
 from services.common.errors import NotFound
 from services.common.pb.hfx.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
+from services.router import http
+from services.router.auth import ApiKeyInterceptor
 from services.router.config import RouterConfig
 from services.router.core import RouterCore
 from services.router.tokenizer import Tokenizer
@@ -45,15 +47,22 @@ def build_core(config: RouterConfig) -> RouterCore:
 async def serve(config: RouterConfig) -> None:
     tracing.setup("hfx-router", config.tracing)
     core = build_core(config)
+    interceptors = [ApiKeyInterceptor(config.api_keys)] if config.api_keys else []
     server, health = grpcutil.make_server([(router_pb2_grpc.add_RouterServicer_to_server, RouterServicer(core))],
-                                          [SERVICE_NAME])
+                                          [SERVICE_NAME], interceptors)
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()
+    web = None
+    if config.http_port:
+        web = await http.start(http.create_app(core, config.api_keys), config.host, config.http_port)
+        log.info("router serving HTTP (OpenAI API, /metrics) on %s:%d", config.host, web.port)
     await grpcutil.set_serving(health, [SERVICE_NAME])
-    log.info("router serving gRPC on %s:%d", config.host, port)
+    log.info("router serving gRPC on %s:%d%s", config.host, port, " (API keys required)" if config.api_keys else "")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
+    if web is not None:
+        await web.stop()
     await server.stop(grace=2.0)
     tracing.shutdown()

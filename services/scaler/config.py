@@ -22,3 +22,5 @@ class ScalerConfig:
     restart_crashed: bool = True
     worker_args: tuple[str, ...] = field(default_factory=tuple)  # extra flags passed to each worker
     cluster_name: str = "hfx"
+    metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off
+    worker_metrics: bool = False         # give each worker its own /metrics port (a free one)

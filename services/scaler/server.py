@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from services.common import convert, grpcutil, procs, store
+from services.common import convert, grpcutil, metrics, procs, store
 from services.common.domain import Role
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
@@ -59,13 +59,36 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             "worker", "--model", self.config.model, "--instance-id", w.instance_id, "--port", str(w.port),
             "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
             "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
-            "--tracing", self.config.tracing_spec, *self.config.worker_args,
+            "--tracing", self.config.tracing_spec, *self.config.worker_args, *self._metrics_flag(w),
         )
         w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log")
         # Recorded so `hfx down` can stop the worker's group even if this scaler was killed.
         (self.config.log_dir / f"{w.instance_id}.pid").write_text(str(w.proc.pid))
         w.exited_at_s, w.stopping = None, False
         log.info("started worker %s (pid %d, port %d, restarts %d)", w.instance_id, w.proc.pid, w.port, w.restarts)
+
+    def _metrics_flag(self, w: Managed) -> list[str]:
+        if not self.config.worker_metrics:
+            return []
+        port = procs.free_port()
+        # Recorded next to the pid file so `hfx up` can list every /metrics address.
+        (self.config.log_dir / f"{w.instance_id}.metrics").write_text(f"127.0.0.1:{port}")
+        return ["--metrics-port", str(port)]
+
+    def export_metrics(self) -> None:
+        name = self.config.cluster_name
+        metrics.SCALER_DESIRED.labels(name).set(self.desired)
+        metrics.SCALER_RESTARTS.labels(name).set(sum(w.restarts for w in self.workers.values()))
+        states = {"starting": 0, "ready": 0, "stopping": 0, "exited": 0}
+        for w in self.workers.values():
+            if w.exited_at_s is not None:
+                states["exited"] += 1
+            elif w.stopping:
+                states["stopping"] += 1
+            else:
+                states["ready" if w.instance_id in self.ready_ids else "starting"] += 1
+        for state, count in states.items():
+            metrics.SCALER_WORKERS.labels(name, state).set(count)
 
     def _stop(self, index: int) -> None:
         w = self.workers[index]
@@ -102,6 +125,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 self.ready_ids = {i.instance_id for i in await self.store.instances()}
             except Exception as err:
                 log.warning("registry read failed: %s", err)
+            self.export_metrics()
             await asyncio.sleep(0.5)
 
     def shutdown(self) -> None:
@@ -150,6 +174,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 async def serve(config: ScalerConfig) -> None:
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
     servicer = ScalerServicer(config, cluster)
+    metrics.serve_http(config.metrics_port)
     server, health = grpcutil.make_server([(scaler_pb2_grpc.add_ScalerServicer_to_server, servicer)], [SERVICE_NAME])
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()

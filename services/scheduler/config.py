@@ -19,3 +19,4 @@ class SchedulerConfig:
     max_queue: int = 10_000            # bounded: overload is refused, never buffered without limit
     max_wait_s: float = 30.0           # longest a request waits in the queue before it is refused
     tracing: TracingConfig = TracingConfig()
+    metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

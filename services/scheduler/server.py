@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 
-from services.common import convert, grpcutil, store, tracing
+from services.common import convert, grpcutil, metrics, store, tracing
 from services.common.domain import Decision, Verdict
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
@@ -44,9 +44,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """One policy call over the queue; applies its decisions and resolves waiting Place calls."""
         self._expire(now_s)
         if not self.state.waiting:
+            metrics.QUEUE_DEPTH.labels(self.policy.name).set(0)
             return
         waiting = [w.spec for w in self.state.waiting.values()]
+        started = time.perf_counter()
         result = self.policy.schedule(waiting, self.state.snapshot(), now_s)
+        metrics.DECISION_SECONDS.labels(self.policy.name).observe(time.perf_counter() - started)
         for decision in result.decisions:
             entry = self.state.waiting.pop(decision.request_id, None)
             if entry is None:
@@ -57,6 +60,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 entry.future.set_result(decision)
         for pre in result.preemptions:
             log.info("preemption advised on %s for %s: %s", pre.instance_id, pre.request_id, pre.reason)
+        metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
+
+    def export_instances(self) -> None:
+        """Per-instance load as this scheduler sees it, for /metrics."""
+        for iid in self.state.instances:
+            load = self.state.loads.get(iid)
+            if load is not None:
+                metrics.set_instance_load(iid, load.running_requests, load.waiting_requests, load.kv_usage,
+                                          len(self.state.running.get(iid, {})))
+        metrics.forget_instances(set(self.state.instances))
 
     def _expire(self, now_s: float) -> None:
         for rid, entry in list(self.state.waiting.items()):
@@ -83,6 +96,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         while True:
             try:
                 self.state.set_instances(await self.store.instances())
+                self.export_instances()
                 self.wake()
             except Exception as err:
                 log.warning("registry refresh failed: %s", err)
@@ -98,6 +112,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         with _tracer.start_as_current_span("scheduler.place", context=parent) as span:
             span.set_attribute(tracing.ATTR_REQUEST_ID, spec.request_id)
             span.set_attribute(tracing.ATTR_POLICY, self.policy.name)
+            span.set_attribute(tracing.ATTR_TTFT_SLO_MS, spec.slo.ttft_ms)
+            span.set_attribute(tracing.ATTR_TPOT_SLO_MS, spec.slo.tpot_ms)
+            span.set_attribute(tracing.ATTR_PRIORITY, spec.priority)
+            span.set_attribute(tracing.ATTR_TASK_CLASS, spec.task_class)
             if spec.request_id in self.state.waiting:
                 raise InvalidArgument("request_id", f"{spec.request_id!r} is already queued")
             if len(self.state.waiting) >= self.config.max_queue:
@@ -117,6 +135,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.set_attribute(tracing.ATTR_VERDICT, decision.verdict.value)
             span.set_attribute(tracing.ATTR_REASON, decision.reason)
             span.set_attribute(tracing.ATTR_INSTANCE, decision.instance_id)
+            metrics.record_verdict(self.policy.name, decision.verdict.value, decision.reason)
             log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, decision.instance_id, decision.reason)
             return convert.decision_to_placement(decision, address, self.policy.name)
 
@@ -148,6 +167,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
 async def serve(config: SchedulerConfig) -> None:
     tracing.setup("hfx-scheduler", config.tracing)
+    metrics.serve_http(config.metrics_port)
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
     servicer = SchedulerServicer(config, make_policy(config.policy), cluster)
     server, health = grpcutil.make_server(

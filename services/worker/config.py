@@ -26,3 +26,4 @@ class WorkerConfig:
     max_num_seqs: int = 64
     max_model_len: int = 0               # 0: the model's own
     tracing: TracingConfig = TracingConfig()
+    metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off

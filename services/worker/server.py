@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from services.common import convert, grpcutil, store, tracing
+from services.common import convert, grpcutil, metrics, store, tracing
 from services.common.domain import InstanceLoad
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
@@ -76,6 +76,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             finally:
                 self.inflight.discard(request.request_id)
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
+                metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)
 
     async def Abort(self, request: worker_pb2.WorkerAbortRequest, context) -> worker_pb2.WorkerAbortResponse:
         found = request.request_id in self.inflight
@@ -103,6 +104,7 @@ async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: 
         scheduler = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(config.scheduler_address))
     while True:
         report = servicer.load_report()
+        _export_load(report)
         try:
             await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s)
         except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
@@ -115,8 +117,15 @@ async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: 
         await asyncio.sleep(config.report_interval_s)
 
 
+def _export_load(report: common_pb2.LoadReport) -> None:
+    metrics.WORKER_RUNNING.labels(report.instance_id).set(report.running_requests)
+    metrics.WORKER_WAITING.labels(report.instance_id).set(report.waiting_requests)
+    metrics.WORKER_KV_USAGE.labels(report.instance_id).set(report.kv_usage)
+
+
 async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     tracing.setup(f"hfx-worker", config.tracing)
+    metrics.serve_http(config.metrics_port)
     engine = engine or make_engine(config.engine, config)
     started = time.monotonic()
     await engine.start()

@@ -1,0 +1,155 @@
+"""Prometheus metrics: every metric HFX exports is defined here, in one registry per process.
+
+Each service records through the small functions below, so the names, labels and buckets live in
+one place (docs/HTTP_API.md lists them). Labels are bounded by construction: task classes come
+from configuration, outcomes and reason kinds from fixed sets, instances from the cluster.
+Every metric has labels, so a process shows only the series it actually records.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, GCCollector, PlatformCollector,
+                               ProcessCollector, generate_latest, start_http_server)
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the HTTP adapter)
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# Buckets in seconds, sized for a CPU tiny model up to a loaded GPU cluster.
+_TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+_TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2)
+_E2E_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_DECISION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+# -- router ----------------------------------------------------------------------------------------
+ROUTER_REQUESTS = Counter("hfx_router_requests", "Requests by task class and outcome "
+                          "(finished, aborted, failed, rejected, unavailable, invalid)",
+                          ["task_class", "outcome"], registry=REGISTRY)
+ROUTER_SLO = Counter("hfx_router_slo", "Requests that met or missed their SLO (rejected and failed count as missed; "
+                     "aborted and invalid are not counted)", ["task_class", "result"], registry=REGISTRY)
+ROUTER_TTFT = Histogram("hfx_router_ttft_seconds", "Time to first token as the router sees it",
+                        ["task_class"], buckets=_TTFT_BUCKETS_S, registry=REGISTRY)
+ROUTER_TPOT = Histogram("hfx_router_tpot_seconds", "Mean time per output token over the decode phase",
+                        ["task_class"], buckets=_TPOT_BUCKETS_S, registry=REGISTRY)
+ROUTER_E2E = Histogram("hfx_router_e2e_seconds", "Arrival to last token", ["task_class"],
+                       buckets=_E2E_BUCKETS_S, registry=REGISTRY)
+ROUTER_OUTPUT_TOKENS = Counter("hfx_router_output_tokens", "Tokens streamed to clients", ["task_class"],
+                               registry=REGISTRY)
+HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route and status code",
+                         ["route", "status_code"], registry=REGISTRY)
+
+# -- scheduler -------------------------------------------------------------------------------------
+QUEUE_DEPTH = Gauge("hfx_scheduler_queue_depth", "Requests waiting for placement", ["policy"], registry=REGISTRY)
+VERDICTS = Counter("hfx_scheduler_verdicts", "Placement verdicts (admit, best_effort, reject) by reason kind",
+                   ["policy", "verdict", "reason"], registry=REGISTRY)
+DECISION_SECONDS = Histogram("hfx_scheduler_decision_seconds", "Time in one policy.schedule() call",
+                             ["policy"], buckets=_DECISION_BUCKETS_S, registry=REGISTRY)
+INSTANCE_RUNNING = Gauge("hfx_instance_running_requests", "Running requests, from the instance's last load report",
+                         ["instance"], registry=REGISTRY)
+INSTANCE_WAITING = Gauge("hfx_instance_waiting_requests", "Requests queued inside the instance's engine",
+                         ["instance"], registry=REGISTRY)
+INSTANCE_KV_USAGE = Gauge("hfx_instance_kv_usage_ratio", "Fraction of the instance's KV cache in use",
+                          ["instance"], registry=REGISTRY)
+INSTANCE_PLACED = Gauge("hfx_instance_placed_requests", "Requests the scheduler placed there and has not "
+                        "heard the end of", ["instance"], registry=REGISTRY)
+# Placeholder for the hfx policy: the time bank (ms) an instance has left before a running
+# request misses its SLO. Nothing sets it yet; set_instance_budget() is the hook for the policy.
+INSTANCE_BUDGET_MS = Gauge("hfx_instance_budget_ms", "SLO time budget left on the instance (hfx policy)",
+                           ["instance"], registry=REGISTRY)
+_INSTANCE_GAUGES = (INSTANCE_RUNNING, INSTANCE_WAITING, INSTANCE_KV_USAGE, INSTANCE_PLACED, INSTANCE_BUDGET_MS)
+
+# -- worker ----------------------------------------------------------------------------------------
+WORKER_RUNNING = Gauge("hfx_worker_running_requests", "Requests running in this worker's engine", ["instance"],
+                       registry=REGISTRY)
+WORKER_WAITING = Gauge("hfx_worker_waiting_requests", "Requests queued in this worker's engine", ["instance"],
+                       registry=REGISTRY)
+WORKER_KV_USAGE = Gauge("hfx_worker_kv_usage_ratio", "Fraction of this worker's KV cache in use", ["instance"],
+                        registry=REGISTRY)
+WORKER_TOKENS = Counter("hfx_worker_generated_tokens", "Tokens this worker generated", ["instance"],
+                        registry=REGISTRY)
+
+# -- scaler ----------------------------------------------------------------------------------------
+SCALER_DESIRED = Gauge("hfx_scaler_desired_replicas", "Workers the scaler is asked to keep", ["cluster"],
+                       registry=REGISTRY)
+SCALER_WORKERS = Gauge("hfx_scaler_workers", "Managed workers by state", ["cluster", "state"], registry=REGISTRY)
+SCALER_RESTARTS = Gauge("hfx_scaler_worker_restarts", "Restarts of crashed workers since the scaler started",
+                        ["cluster"], registry=REGISTRY)
+
+OUTCOMES = ("finished", "aborted", "failed", "rejected", "unavailable", "invalid")
+_SLO_COUNTED = {"finished", "failed", "rejected", "unavailable"}
+
+# Reason text -> a short kind, so the label stays bounded however policies word their reasons.
+_REASON_KINDS = (
+    ("queue full", "queue_full"),
+    ("waited", "queue_timeout"),
+    ("cannot meet", "slo_unreachable"),
+    ("best effort", "best_effort"),
+)
+
+
+def record_request(task_class: str, outcome: str, slo_met: bool = False, ttft_ms: float = 0.0,
+                   tpot_ms: float = 0.0, e2e_ms: float = 0.0, output_tokens: int = 0) -> None:
+    """One request's end at the router. Latencies are recorded only when they were measured."""
+    ROUTER_REQUESTS.labels(task_class, outcome).inc()
+    if outcome in _SLO_COUNTED:
+        ROUTER_SLO.labels(task_class, "met" if slo_met and outcome == "finished" else "missed").inc()
+    if output_tokens > 0:
+        ROUTER_OUTPUT_TOKENS.labels(task_class).inc(output_tokens)
+        ROUTER_TTFT.labels(task_class).observe(ttft_ms / 1000.0)
+        ROUTER_E2E.labels(task_class).observe(e2e_ms / 1000.0)
+    if output_tokens > 1:
+        ROUTER_TPOT.labels(task_class).observe(tpot_ms / 1000.0)
+
+
+def reason_kind(verdict: str, reason: str) -> str:
+    text = reason.lower()
+    for prefix, kind in _REASON_KINDS:
+        if text.startswith(prefix):
+            return kind
+    return "placed" if verdict != "reject" else "policy"
+
+
+def record_verdict(policy: str, verdict: str, reason: str) -> None:
+    VERDICTS.labels(policy, verdict, reason_kind(verdict, reason)).inc()
+
+
+def set_instance_load(instance_id: str, running: int, waiting: int, kv_usage: float, placed: int) -> None:
+    INSTANCE_RUNNING.labels(instance_id).set(running)
+    INSTANCE_WAITING.labels(instance_id).set(waiting)
+    INSTANCE_KV_USAGE.labels(instance_id).set(kv_usage)
+    INSTANCE_PLACED.labels(instance_id).set(placed)
+
+
+def set_instance_budget(instance_id: str, budget_ms: float) -> None:
+    INSTANCE_BUDGET_MS.labels(instance_id).set(budget_ms)
+
+
+def forget_instances(keep: set[str]) -> None:
+    """Drops the series of instances that left, so the label set tracks the live cluster."""
+    for gauge in _INSTANCE_GAUGES:
+        for (instance_id,) in list(gauge._metrics):  # prometheus_client has no public label listing
+            if instance_id not in keep:
+                gauge.remove(instance_id)
+
+
+def exposition() -> bytes:
+    """The text format for a /metrics response."""
+    return generate_latest(REGISTRY)
+
+
+_started: set[int] = set()
+_lock = threading.Lock()
+
+
+def serve_http(port: int, host: str = "127.0.0.1") -> None:
+    """Starts prometheus_client's own /metrics server in a thread; 0 means off."""
+    if port <= 0:
+        return
+    with _lock:
+        if port not in _started:
+            start_http_server(port, addr=host, registry=REGISTRY)
+            _started.add(port)

@@ -1,0 +1,221 @@
+"""The OpenAI front door's pure parts: body -> GenerateRequest, SLO headers, error shapes, chunks."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.errors import InvalidArgument, Rejected, Unavailable
+from services.common.pb.hfx.v1 import common_pb2, router_pb2
+from services.router.auth import bearer_token, key_allowed
+from services.router.oai import requests as oai
+from services.router.oai.errors import ApiError, from_domain, retry_after_s
+from services.router.oai.responses import Shaper, finish_reason, sse
+from services.router.oai.schema import ChatBody, CompletionBody
+
+
+def completion(**overrides) -> CompletionBody:
+    return CompletionBody(**{"model": "m", "prompt": "hello", **overrides})
+
+
+def chat(**overrides) -> ChatBody:
+    return ChatBody(**{"model": "m", "messages": [{"role": "user", "content": "hi"}], **overrides})
+
+
+def fake_render(messages: list[dict]) -> list[int]:
+    """Stands in for a chat template: one id per message, 10 + length of its content."""
+    return [10 + len(m["content"]) for m in messages]
+
+
+def refused(fn, *args) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        fn(*args)
+    assert info.value.status == 400
+    return info.value
+
+
+# -- body -> GenerateRequest -------------------------------------------------------------------
+
+def test_completion_text_prompt_and_sampling():
+    req = oai.completion_request(completion(max_tokens=7, temperature=0, top_p=0.5, seed=3, stop="\n",
+                                            ignore_eos=True), oai.SloHints(), "cid")
+    assert req.WhichOneof("prompt") == "text" and req.text == "hello"
+    s = req.sampling
+    assert (s.max_tokens, s.temperature, s.top_p, s.seed, list(s.stop), s.ignore_eos) == (7, 0.0, 0.5, 3, ["\n"], True)
+    assert req.client_request_id == "cid"
+    assert not req.slo.HasField("ttft_ms") and not req.HasField("priority") and req.task_class == ""
+
+
+def test_completion_defaults_follow_openai():
+    s = oai.completion_request(completion(), oai.SloHints()).sampling
+    assert s.temperature == 1.0 and s.top_p == 1.0 and s.max_tokens == 0  # 0: the router's default
+    assert not s.HasField("seed")
+
+
+@pytest.mark.parametrize("prompt, ids", [([5, 6, 7], [5, 6, 7]), ([[5, 6]], [5, 6])])
+def test_completion_token_id_prompts(prompt, ids):
+    req = oai.completion_request(completion(prompt=prompt), oai.SloHints())
+    assert list(req.token_ids.ids) == ids
+
+
+def test_batch_of_one_string_is_accepted():
+    assert oai.completion_request(completion(prompt=["x"]), oai.SloHints()).text == "x"
+
+
+@pytest.mark.parametrize("overrides, param", [
+    ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": []}, "prompt"), ({"n": 2}, "n"), ({"echo": True}, "echo"),
+    ({"logprobs": 2}, "logprobs"), ({"best_of": 3}, "best_of"), ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"repetition_penalty": 1.2}, "repetition_penalty"), ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+    ({"max_tokens": 0}, "max_tokens"),
+])
+def test_unsupported_completion_fields_are_refused_by_name(overrides, param):
+    err = refused(oai.completion_request, completion(**overrides), oai.SloHints())
+    assert err.param == param and err.message.startswith(param)
+
+
+def test_benchmark_neutral_fields_are_accepted():
+    # What vLLM's serving benchmark sends along: neutral values, and fields HFX ignores.
+    body = completion(repetition_penalty=1.0, logprobs=None, stream=True, stream_options={"include_usage": True},
+                      some_future_field={"x": 1})
+    assert oai.completion_request(body, oai.SloHints()).text == "hello"
+
+
+def test_chat_renders_messages_and_prefers_max_completion_tokens():
+    body = chat(messages=[{"role": "system", "content": "be brief"},
+                          {"role": "user", "content": [{"type": "text", "text": "ab"}, {"type": "text", "text": "c"}]}],
+                max_tokens=3, max_completion_tokens=9)
+    req = oai.chat_request(body, oai.SloHints(), fake_render, 1 << 20)
+    assert list(req.token_ids.ids) == [18, 13] and req.sampling.max_tokens == 9
+
+
+@pytest.mark.parametrize("overrides, param", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content"),
+    ({"tools": [{"type": "function"}]}, "tools"), ({"logprobs": True}, "logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_unsupported_chat_fields_are_refused_by_name(overrides, param):
+    assert refused(oai.chat_request, chat(**overrides), oai.SloHints(), fake_render, 1 << 20).param == param
+
+
+def test_chat_size_limit():
+    body = chat(messages=[{"role": "user", "content": "x" * 100}])
+    assert refused(oai.chat_request, body, oai.SloHints(), fake_render, 50).param == "messages"
+
+
+def test_bad_body_types_fail_validation():
+    with pytest.raises(ValidationError):
+        CompletionBody(prompt="x", max_tokens="many")
+    with pytest.raises(ValidationError):
+        CompletionBody(prompt="x", hfx={"ttft": 5})  # a typo in the extension is an error, not ignored
+
+
+# -- SLO headers and the body extension --------------------------------------------------------
+
+def test_headers_parse_to_hints():
+    hints = oai.parse_headers({"x-slo-ttft-ms": "250", "x-slo-tpot-ms": "12.5", "x-priority": "3",
+                               "x-task-class": " code "})
+    assert (hints.ttft_ms, hints.tpot_ms, hints.priority, hints.task_class) == (250.0, 12.5, 3, "code")
+    assert hints.header_fields() == {"slo.ttft_ms": "x-slo-ttft-ms", "slo.tpot_ms": "x-slo-tpot-ms",
+                                     "priority": "x-priority", "task_class": "x-task-class"}
+
+
+def test_no_headers_no_hints():
+    hints = oai.parse_headers({})
+    assert hints == oai.SloHints() and hints.header_fields() == {}
+
+
+@pytest.mark.parametrize("header, value", [
+    ("x-slo-ttft-ms", "fast"), ("x-slo-ttft-ms", "0"), ("x-slo-tpot-ms", "-5"), ("x-slo-tpot-ms", "nan"),
+    ("x-slo-ttft-ms", "inf"), ("x-priority", "high"), ("x-priority", "-1"), ("x-task-class", "  "),
+])
+def test_bad_header_values_name_the_header(header, value):
+    err = refused(oai.parse_headers, {header: value})
+    assert err.param == header and err.message.startswith(header)
+
+
+def test_headers_win_over_body_extension_and_user_is_tenant():
+    body = completion(hfx={"ttft_ms": 900, "tpot_ms": 40, "priority": 1, "task_class": "chat"}, user="alice")
+    hints = oai.merge_hints(oai.parse_headers({"x-slo-ttft-ms": "300"}), body.hfx, body.user)
+    req = oai.completion_request(body, hints)
+    assert (req.slo.ttft_ms, req.slo.tpot_ms, req.priority, req.task_class, req.tenant) == (300, 40, 1, "chat", "alice")
+
+
+def test_extension_tenant_overrides_user():
+    body = completion(hfx={"tenant": "team-a"}, user="alice")
+    assert oai.merge_hints(oai.SloHints(), body.hfx, body.user).tenant == "team-a"
+
+
+# -- error shapes ------------------------------------------------------------------------------
+
+def shape(err: ApiError) -> dict:
+    body = err.body()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_invalid_argument_is_400_with_the_openai_param():
+    err = from_domain(InvalidArgument("sampling.max_tokens", "too many"))
+    assert err.status == 400 and shape(err)["param"] == "max_tokens"
+    assert from_domain(InvalidArgument("prompt.token_ids", "bad id"), chat=True).param == "messages"
+
+
+def test_invalid_argument_from_a_header_names_the_header():
+    err = from_domain(InvalidArgument("task_class", "unknown class 'x'"), header_fields={"task_class": "x-task-class"})
+    assert err.param == "x-task-class" and err.message.startswith("x-task-class")
+
+
+def test_rejection_is_429_with_retry_after_in_whole_seconds():
+    err = from_domain(Rejected("cannot meet TTFT", 1200.0))
+    assert err.status == 429 and err.headers == {"Retry-After": "2"} and shape(err)["code"] == "rejected_by_admission"
+
+
+@pytest.mark.parametrize("ms, seconds", [(0, 1), (1, 1), (1000, 1), (1001, 2), (float("nan"), 1)])
+def test_retry_after_rounds_up_and_is_never_zero(ms, seconds):
+    assert retry_after_s(ms) == seconds
+
+
+def test_unavailable_is_503():
+    err = from_domain(Unavailable("no capacity"))
+    assert err.status == 503 and shape(err)["type"] == "service_unavailable_error"
+
+
+# -- API keys ------------------------------------------------------------------------------------
+
+def test_keys():
+    assert key_allowed(None, ())  # no keys configured: open
+    assert key_allowed("Bearer k2", ("k1", "k2")) and key_allowed("bearer k1", ("k1",))
+    assert not key_allowed(None, ("k1",)) and not key_allowed("Bearer nope", ("k1",))
+    assert not key_allowed("Basic k1", ("k1",)) and bearer_token("Bearer  ") is None
+
+
+# -- response shapes ---------------------------------------------------------------------------
+
+def final(reason=common_pb2.FINISH_REASON_LENGTH) -> router_pb2.FinalResult:
+    return router_pb2.FinalResult(usage=router_pb2.Usage(prompt_tokens=3, completion_tokens=2), finish_reason=reason)
+
+
+def test_finish_reasons():
+    assert finish_reason(final()) == "length" and finish_reason(final(common_pb2.FINISH_REASON_STOP)) == "stop"
+
+
+def test_chat_stream_puts_the_role_on_the_first_token():
+    shaper = Shaper(True, "chatcmpl-1", "m", 0, token_ids=False)
+    first, second = shaper.chunk("a", [5], None), shaper.chunk("b", [6], None)
+    assert first["choices"][0]["delta"] == {"content": "a", "role": "assistant"}
+    assert second["choices"][0]["delta"] == {"content": "b"}
+    assert shaper.chunk("", [], "stop")["choices"][0] == {"index": 0, "logprobs": None, "finish_reason": "stop",
+                                                          "delta": {}}
+    assert shaper.usage_chunk(final())["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_completion_whole_with_token_ids():
+    out = Shaper(False, "cmpl-1", "m", 0, token_ids=True).whole("ab", [5, 6], final())
+    assert out["object"] == "text_completion"
+    assert out["choices"][0] == {"index": 0, "logprobs": None, "finish_reason": "length", "text": "ab",
+                                 "token_ids": [5, 6]}
+
+
+def test_sse_framing():
+    assert sse({"a": 1}) == b'data: {"a":1}\n\n'
