@@ -39,13 +39,23 @@ def _step(msg: str, t0: float) -> None:
     print(f"  [{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def wait_serving(address: str, timeout_s: float, proc=None, what: str = "service") -> None:
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join("    | " + line for line in text)
+
+
+def wait_serving(address: str, timeout_s: float, proc=None, what: str = "service", log: Path | None = None) -> None:
+    """Waits for gRPC health SERVING; a process that dies first fails at once, with its log's tail."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+                tail = f"; last lines of {log}:\n{log_tail(log)}" if log else ""
+                raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready{tail}")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -55,12 +65,28 @@ def wait_serving(address: str, timeout_s: float, proc=None, what: str = "service
     raise TimeoutError(f"{what} at {address} not serving after {timeout_s:.0f}s")
 
 
-def _wait_workers(redis_url: str, prefix: str, count: int, timeout_s: float, log_dir: Path, scaler_proc) -> None:
+def _crashed_worker(scaler_address: str, log_dir: Path) -> str | None:
+    """A description of a worker that keeps crashing at start, or None."""
+    from services.common.pb.hfx.v1 import scaler_pb2, scaler_pb2_grpc
+
+    with grpc.insecure_channel(scaler_address) as channel:
+        try:
+            listing = scaler_pb2_grpc.ScalerStub(channel).ListWorkers(scaler_pb2.ListWorkersRequest(), timeout=2)
+        except grpc.RpcError:
+            return None
+    for w in listing.workers:
+        if w.restarts >= 1 and w.state == scaler_pb2.WORKER_STATE_EXITED:
+            log = log_dir / f"{w.instance_id}.log"
+            return f"worker {w.instance_id} crashed {w.restarts + 1} times (exit code {w.exit_code}); last lines of {log}:\n{log_tail(log)}"
+    return None
+
+
+def _wait_workers(state: ClusterFile, count: int, timeout_s: float, log_dir: Path, scaler_proc) -> None:
     import redis
     from tqdm import tqdm
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=2)
-    keys = Keys(prefix)
+    client = redis.Redis.from_url(state.redis_url, socket_timeout=2)
+    keys = Keys(state.redis_prefix)
     deadline = time.monotonic() + timeout_s
     # A live bar on a terminal; in logs (CI) it would print a line per redraw, so it stays quiet.
     with tqdm(total=count, desc="  workers ready", unit="worker", file=sys.stderr, leave=False,
@@ -71,7 +97,10 @@ def _wait_workers(redis_url: str, prefix: str, count: int, timeout_s: float, log
             if ready >= count:
                 return
             if scaler_proc.poll() is not None:
-                raise RuntimeError(f"scaler exited (code {scaler_proc.returncode}); see {log_dir}")
+                raise RuntimeError(f"scaler exited (code {scaler_proc.returncode}); last lines:\n{log_tail(log_dir / 'scaler.log')}")
+            crashed = _crashed_worker(state.scaler, log_dir)
+            if crashed:
+                raise RuntimeError(crashed)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{ready}/{count} workers ready after {timeout_s:.0f}s; see worker logs in {log_dir}")
             time.sleep(0.25)
@@ -111,7 +140,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                                           *common, *_metrics_flag(opts, state, "scheduler")),
                         log_dir / "scheduler.log")
     state.pgids["scheduler"] = sched.pid
-    wait_serving(state.scheduler, 60, sched, "scheduler")
+    wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log")
     _step(f"scheduler ready at {state.scheduler} (policy {opts.policy})", t0)
 
     state.scaler = f"127.0.0.1:{procs.free_port()}"
@@ -123,7 +152,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
         log_dir / "scaler.log",
     )
     state.pgids["scaler"] = scaler.pid
-    wait_serving(state.scaler, 60, scaler, "scaler")
+    wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log")
     _step(f"scaler ready at {state.scaler}, launching {opts.workers} {opts.engine} worker(s)", t0)
 
     router = procs.spawn(
@@ -133,9 +162,9 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     )
     state.pgids["router"] = router.pid
     state.save(opts.home)
-    wait_serving(state.router, 120, router, "router")
+    wait_serving(state.router, 120, router, "router", log_dir / "router.log")
     _step(f"router ready at {state.router}" + (f", HTTP at http://{state.http}" if state.http else ""), t0)
-    _wait_workers(state.redis_url, state.redis_prefix, opts.workers, opts.timeout_s, log_dir, scaler)
+    _wait_workers(state, opts.workers, opts.timeout_s, log_dir, scaler)
     _step(f"{opts.workers} worker(s) ready", t0)
     for path in sorted(log_dir.glob("*.metrics")):  # written by the scaler for each worker it starts
         state.metrics[path.stem] = path.read_text().strip()

@@ -171,6 +171,31 @@ def test_generate_cli_json(mesh):
     assert len(result["token_ids"]) == 6 and result["finish_reason"] == "length"
 
 
+def _services_via_reflection(address: str) -> set[str]:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        return {s.name for s in reply.list_services_response.service}
+
+
+def test_every_service_serves_health_and_reflection(mesh):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    workers = json.loads(subprocess.run(
+        [sys.executable, "-m", "services.cli", "--home", str(mesh.home), "status", "--json"],
+        capture_output=True, text=True, timeout=30, check=True).stdout)["instances"]
+    expected = {mesh.state.router: "hfx.v1.Router", mesh.state.scheduler: "hfx.v1.Scheduler",
+                mesh.state.scaler: "hfx.v1.Scaler", **{w["address"]: "hfx.v1.Worker" for w in workers}}
+    for address, service in expected.items():
+        assert {service, "grpc.health.v1.Health"} <= _services_via_reflection(address), address
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+
 def test_worker_killed_mid_stream_fails_fast_and_the_cluster_goes_on(mesh, router):
     # The stream is open once the router has sent its initial metadata (it names the instance);
     # killing right then, not after reading a delta, keeps the kill inside the 1900-token decode
