@@ -4,7 +4,8 @@
   hfx generate PROMPT             stream one generation through the router
   hfx router|scheduler|scaler|worker   run one service process (what `hfx up` starts)
   hfx model init                  write the default tiny model
-  hfx sim / bench                 the simulator and the workload benchmark
+  hfx sim / bench                 the simulator and the workload benchmark (--sim, or --target live)
+  hfx profile                     profile an engine and fit its step-time model
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ def _add_common(p: argparse.ArgumentParser, redis: bool = True) -> None:
                    help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--log-level", default="INFO")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
 
 
 def _model_path(value: str) -> str:
@@ -104,7 +119,8 @@ def cmd_worker(args) -> int:
         device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         scheduler_address=args.scheduler, kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
-        metrics_port=args.metrics_port,
+        metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
+        profile_at_start=args.profile_at_start,
     )
     asyncio.run(serve(config))
     return 0
@@ -116,10 +132,15 @@ def cmd_up(args) -> int:
     from services.local import cluster
 
     model = _default_model(args)
+    worker_args = list(args.worker_arg)
+    if args.engine == "sim":
+        worker_args.append(f"--sim-profile={_sim_profile_arg(args.sim_profile)}")
+    if not args.profile_at_start:
+        worker_args.append("--no-profile-at-start")
     opts = cluster.UpOptions(
         home=args.home, model=model, workers=args.workers, router_port=args.router_port, redis_url=args.redis_url,
         policy=args.policy, engine=args.engine, tracing=args.tracing_spec, timeout_s=args.timeout,
-        worker_args=tuple(args.worker_arg), http_port=args.http_port, api_keys=tuple(args.api_key),
+        worker_args=tuple(worker_args), http_port=args.http_port, api_keys=tuple(args.api_key),
         classes=args.classes or "",
     )
     print(f"starting HFX: {args.workers} {args.engine} worker(s), model {model}", file=sys.stderr)
@@ -140,6 +161,37 @@ def cmd_up(args) -> int:
     return 0
 
 
+def _sim_profile_arg(value: str) -> str:
+    # A profile file is handed to workers as an absolute path: they run in another directory.
+    from services.sim.profiles import PROFILES
+
+    return value if value in PROFILES else str(Path(value).resolve())
+
+
+def _engine_name(value: str) -> str:
+    from services.worker.engine import ENGINES
+
+    if value not in ENGINES:
+        raise argparse.ArgumentTypeError(f"unknown engine {value!r}; choose one of {', '.join(sorted(ENGINES))}")
+    return value
+
+
+def _sim_profile(value: str) -> str:
+    from services.sim.profiles import load_profile
+
+    try:
+        load_profile(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def cmd_profile(args) -> int:
+    from services.worker.profile_cli import run_profile_command
+
+    return run_profile_command(args, _default_model(args))
+
+
 def cmd_down(args) -> int:
     from services.local import cluster
 
@@ -157,9 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="start a local cluster and wait until every part is ready")
-    p.add_argument("--workers", type=int, default=1, help="number of workers (default %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="number of workers (default %(default)s)")
     p.add_argument("--model", type=_model_path, help="local HF checkpoint dir (default: the built-in tiny model)")
-    p.add_argument("--engine", default="vllm", help="worker engine: vllm, or sim (simulated, for scale tests)")
+    p.add_argument("--engine", default="vllm", type=_engine_name,
+                   help="worker engine: vllm, or sim (SIMULATED: timing from a latency model, for scale tests)")
+    p.add_argument("--sim-profile", default="cpu-tiny", type=_sim_profile,
+                   help="engine sim: built-in latency profile or a JSON file from `hfx profile` (default %(default)s)")
+    p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
+                   help="workers profile their engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--policy", default="least-load", choices=policy_names(), help="scheduling policy")
     p.add_argument("--router-port", type=int, default=50051)
     p.add_argument("--http-port", type=int, default=8000, help="router's OpenAI-compatible HTTP API; 0 = off")
@@ -167,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="YAML task-class table for the router")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     p.add_argument("--tracing", dest="tracing_spec", default="off", help="off | console | otlp[=HOST:PORT]")
-    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for workers (default %(default)s)")
+    p.add_argument("--timeout", type=_positive_float, default=300, help="seconds to wait for workers (default %(default)s)")
     p.add_argument("--worker-arg", action="append", default=[], help="extra flag for every worker, e.g. --worker-arg=--kv-cache-mib=512")
     p.add_argument("--detach", action="store_true", help="return once ready; stop later with `hfx down`")
     p.set_defaults(func=cmd_up)
@@ -232,14 +289,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--instance-id", required=True)
     p.add_argument("--model", type=_model_path)
-    p.add_argument("--engine", default="vllm")
+    p.add_argument("--engine", default="vllm", type=_engine_name, help="vllm, or sim (SIMULATED engine)")
+    p.add_argument("--sim-profile", default="cpu-tiny", type=_sim_profile,
+                   help="engine sim: built-in latency profile name or profile JSON file (default %(default)s)")
+    p.add_argument("--sim-seed", type=int, default=0, help="engine sim: seed for token ids and step noise")
+    p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
+                   help="profile the engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
     p.add_argument("--scheduler", default="", help="scheduler address for load reports")
-    p.add_argument("--kv-cache-mib", type=int, default=256)
-    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--kv-cache-mib", type=_positive_int, default=256, help="KV cache size on CPU (default %(default)s)")
+    p.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most requests batched at once")
     p.add_argument("--max-model-len", type=int, default=0)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("profile", help="profile an engine's step times, fit the latency model, write a profile JSON")
+    p.add_argument("--model", type=_model_path, help="checkpoint dir (default: the built-in tiny model)")
+    p.add_argument("--engine", default="vllm", type=_engine_name, help="vllm, or sim (profiles the simulator)")
+    p.add_argument("--sim-profile", default="cpu-tiny", type=_sim_profile, help="engine sim: the profile to simulate")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
+    p.add_argument("--kv-cache-mib", type=_positive_int, default=256, help="KV cache size on CPU (default %(default)s)")
+    p.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most requests batched at once")
+    p.add_argument("--grid", default="full", choices=["full", "quick"], help="probe grid (quick: what workers run at start)")
+    p.add_argument("--out", help="write the profile JSON here (usable as --sim-profile and `hfx sim --profile`)")
+    p.add_argument("--json", action="store_true", help="print the profile JSON instead of a table")
+    p.set_defaults(func=cmd_profile)
 
     from services.common.model import add_model_commands
 

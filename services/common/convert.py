@@ -101,7 +101,9 @@ def load_to_pb(instance_id: str, load: d.InstanceLoad) -> common_pb2.LoadReport:
         instance_id=instance_id, running_requests=load.running_requests,
         waiting_requests=load.waiting_requests, kv_usage=load.kv_usage,
         kv_capacity_tokens=load.kv_capacity_tokens, recent_step_ms=list(load.recent_step_ms),
-        reported_unix_s=load.reported_s, draining=load.draining,
+        reported_unix_s=load.reported_s, draining=load.draining, steps_total=load.steps_total,
+        recent_steps=[common_pb2.StepSample(prefill_tokens=st.prefill_tokens, decode_seqs=st.decode_seqs,
+                                            kv_tokens=st.kv_tokens, step_ms=st.step_ms) for st in load.recent_steps],
     )
 
 
@@ -110,6 +112,9 @@ def load_from_pb(pb: common_pb2.LoadReport) -> d.InstanceLoad:
         running_requests=pb.running_requests, waiting_requests=pb.waiting_requests,
         kv_usage=pb.kv_usage, kv_capacity_tokens=pb.kv_capacity_tokens,
         recent_step_ms=tuple(pb.recent_step_ms), reported_s=pb.reported_unix_s, draining=pb.draining,
+        recent_steps=tuple(d.StepSample(st.prefill_tokens, st.decode_seqs, st.kv_tokens, st.step_ms)
+                           for st in pb.recent_steps),
+        steps_total=pb.steps_total,
     )
 
 

@@ -96,6 +96,16 @@ class LatencyModel:
 
 
 @dataclass(frozen=True)
+class StepSample:
+    """One engine step: its composition and duration (profiles, online model refinement)."""
+
+    prefill_tokens: int
+    decode_seqs: int
+    kv_tokens: int
+    step_ms: float
+
+
+@dataclass(frozen=True)
 class InstanceLoad:
     running_requests: int = 0
     waiting_requests: int = 0
@@ -104,6 +114,8 @@ class InstanceLoad:
     recent_step_ms: tuple[float, ...] = ()
     reported_s: float = 0.0
     draining: bool = False
+    recent_steps: tuple[StepSample, ...] = ()  # with composition, when the engine knows it
+    steps_total: int = 0                       # steps so far; recent_steps end at this count
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from services.common.domain import LatencyModel
-
-
-@dataclass(frozen=True)
-class StepSample:
-    prefill_tokens: int
-    decode_seqs: int
-    kv_tokens: int
-    step_ms: float
+from services.common.domain import LatencyModel, StepSample
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.config import SchedulerConfig
+from services.scheduler.models import InstanceModels
 from services.scheduler.policy import Policy, make_policy, observe_completion
 from services.scheduler.state import ClusterState, Waiting
 
@@ -36,6 +37,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.policy = policy
         self.store = cluster
         self.state = ClusterState()
+        self.models = InstanceModels(refine=config.refine_models)
         self._wake = asyncio.Event()
 
     # -- the scheduling round ------------------------------------------------------------------
@@ -96,11 +98,33 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         while True:
             try:
                 self.state.set_instances(await self.store.instances())
+                await self.load_profiles()
                 self.export_instances()
                 self.wake()
             except Exception as err:
                 log.warning("registry refresh failed: %s", err)
             await asyncio.sleep(self.config.registry_refresh_s)
+
+    async def load_profiles(self) -> None:
+        """Latency models of instances that stored a profile and have none here yet."""
+        live = set(self.state.instances)
+        self.models.forget(live)
+        for iid in list(self.state.models):
+            if iid not in live:
+                del self.state.models[iid]
+        for iid in sorted(live - set(self.state.models)):
+            doc = await self.store.get_profile(iid)
+            if doc is None:
+                continue
+            try:
+                self.state.models[iid] = self.models.set_profile(iid, doc)
+            except (KeyError, TypeError, ValueError) as err:
+                log.warning("instance %s stored an unreadable profile: %s", iid, err)
+                continue
+            m = self.state.models[iid]
+            log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens",
+                     iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
+                     m.c3_ms_per_kv_token)
 
     # -- RPCs ----------------------------------------------------------------------------------
 
@@ -151,7 +175,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.CompleteResponse()
 
     async def ReportLoad(self, request: common_pb2.LoadReport, context) -> scheduler_pb2.ReportLoadResponse:
-        self.state.set_load(request.instance_id, convert.load_from_pb(request))
+        load = convert.load_from_pb(request)
+        self.state.set_load(request.instance_id, load)
+        model = self.models.observe(request.instance_id, load)
+        if model is not None and request.instance_id in self.state.instances:
+            self.state.models[request.instance_id] = model
         self.wake()
         return scheduler_pb2.ReportLoadResponse()
 

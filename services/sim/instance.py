@@ -60,6 +60,9 @@ class SimInstance:
         self.kv_used_tokens = 0
         self.engine_preemptions = 0
         self.last_step_ms = 0.0
+        # (prefill tokens, decode sequences, KV tokens) of the step last planned: what the model
+        # was evaluated on, so a driver can report the step's composition with its duration.
+        self.last_step_shape: tuple[int, int, int] = (0, 0, 0)
         self._plan: list[tuple[SimSeq, int]] = []   # (seq, prefill tokens) of the step in flight
 
     @property
@@ -123,6 +126,7 @@ class SimInstance:
             return 0.0
         prefill = sum(t for _, t in plan)
         ms = self.model.step_ms(prefill, len(decodes), self.kv_used_tokens)
+        self.last_step_shape = (prefill, len(decodes), self.kv_used_tokens)
         if self.step_noise > 0:
             ms *= math.exp(self._rng.gauss(0.0, self.step_noise))
         self.last_step_ms = ms

@@ -27,3 +27,8 @@ class WorkerConfig:
     max_model_len: int = 0               # 0: the model's own
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off
+    sim_profile: str = "cpu-tiny"        # engine "sim": built-in latency profile name or profile JSON path
+    sim_seed: int = 0                    # engine "sim": token ids and step noise repeat given the seed
+    # Profile the engine at start and store the fitted step-time model in Redis for the scheduler
+    # (a sim engine stores the model it simulates, without measuring).
+    profile_at_start: bool = True

@@ -41,6 +41,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             running_requests=stats.running_requests, waiting_requests=stats.waiting_requests,
             kv_usage=stats.kv_usage, kv_capacity_tokens=stats.kv_capacity_tokens,
             recent_step_ms=tuple(stats.recent_step_ms), reported_s=time.time(), draining=self.draining,
+            recent_steps=tuple(stats.recent_steps), steps_total=stats.steps_total,
         )
         return convert.load_to_pb(self.info.instance_id, load)
 
@@ -123,6 +124,25 @@ def _export_load(report: common_pb2.LoadReport) -> None:
     metrics.WORKER_KV_USAGE.labels(report.instance_id).set(report.kv_usage)
 
 
+async def _profile_at_start(config: WorkerConfig, engine: Engine) -> dict | None:
+    if not config.profile_at_start:
+        return None
+    from services.worker.profile import startup_profile
+
+    started = time.monotonic()
+    try:
+        profile = await startup_profile(engine, config.engine, config.model, config.max_num_seqs)
+    except Exception as err:  # serve anyway: the scheduler falls back to its default model
+        log.warning("profiling at start failed, serving without a fitted model: %s", err)
+        return None
+    m = profile["model"]
+    log.info("latency model (%s, %.1fs): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens%s",
+             profile["source"], time.monotonic() - started, m["c0_ms"], m["c1_ms_per_prefill_token"],
+             m["c2_ms_per_decode_seq"], m["c3_ms_per_kv_token"],
+             f" (R^2 {profile['fit']['r2']:.3f}, MAPE {profile['fit']['mape']:.1%})" if "fit" in profile else "")
+    return profile
+
+
 async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     tracing.setup(f"hfx-worker", config.tracing)
     metrics.serve_http(config.metrics_port)
@@ -130,6 +150,7 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     started = time.monotonic()
     await engine.start()
     log.info("engine %s ready in %.1fs (max_model_len %d)", config.engine, time.monotonic() - started, engine.max_model_len)
+    profile = await _profile_at_start(config, engine)
 
     server, health = grpcutil.make_server([], [SERVICE_NAME])
     port = grpcutil.bind(server, config.host, config.port)
@@ -145,6 +166,8 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
 
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
     await cluster.register(info, config.heartbeat_ttl_s)
+    if profile is not None:
+        await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
     reporter = asyncio.create_task(_report_loop(config, servicer, cluster))
     log.info("worker %s serving on %s", config.instance_id, info.address)
 

@@ -1,7 +1,8 @@
 """Inference engines behind one seam (base.Engine): requests in, token deltas and load stats out.
 
 Owns: the Engine protocol and its value types (base), the per-device engine arguments
-(device), and the vLLM implementation (vllm_engine). The worker service uses only `Engine` and
+(device), the vLLM implementation (vllm_engine) and the simulated engine (sim_engine, a
+simulator for scale tests: token timing from a latency model, no inference). The worker service uses only `Engine` and
 `make_engine`; it never touches vLLM directly.
 """
 
@@ -21,8 +22,16 @@ def _make_vllm(config: Any) -> Engine:
     return VllmEngine(config)
 
 
+def _make_sim(config: Any) -> Engine:
+    from services.worker.engine.sim_engine import SimEngine, SimEngineConfig
+
+    if not isinstance(config, SimEngineConfig):
+        config = SimEngineConfig.from_settings(config)
+    return SimEngine(config)
+
+
 # name -> builder taking the engine's own config, or any settings object it can read fields from.
-ENGINES: dict[str, Callable[[Any], Engine]] = {"vllm": _make_vllm}
+ENGINES: dict[str, Callable[[Any], Engine]] = {"vllm": _make_vllm, "sim": _make_sim}
 
 
 def make_engine(name: str, config: Any) -> Engine:

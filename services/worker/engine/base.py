@@ -2,7 +2,7 @@
 
 The worker calls `start()` once before serving, `generate()` per request, `abort()` when a
 client goes away or the router cancels, `stats()` on every load report, and `shutdown()` once
-when it stops. Implementations: vLLM (vllm_engine.py); a simulator plugs in the same way.
+when it stops. Implementations: vLLM (vllm_engine.py) and the simulated engine (sim_engine.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from services.common.domain import FinishReason, Sampling
+from services.common.domain import FinishReason, Sampling, StepSample
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class EngineStats:
     kv_usage: float = 0.0  # fraction of KV cache blocks in use, 0..1
     kv_capacity_tokens: int = 0
     recent_step_ms: tuple[float, ...] = ()  # durations of the latest busy engine steps, oldest first
+    recent_steps: tuple[StepSample, ...] = ()  # the same with their composition, when known
+    steps_total: int = 0                       # steps so far (recent_steps end at this count)
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.domain import FinishReason, Sampling
+from services.common.domain import FinishReason, Sampling, StepSample
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
 from services.worker.engine.device import device_engine_kwargs
 
@@ -83,20 +83,36 @@ class _StatsSink:
         self.waiting_requests = 0
         self.kv_usage = 0.0
         self.step_ms: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
+        self.steps: collections.deque[StepSample] = collections.deque(maxlen=RECENT_STEPS)
+        self.steps_total = 0
+        self.kv_capacity_tokens = 0
         self._last_output_s: float | None = None
 
-    def record(self, scheduler_stats: Any, has_outputs: bool, now_s: float) -> None:
+    def record(self, scheduler_stats: Any, iteration_stats: Any, now_s: float, kv_capacity_tokens: int = 0) -> None:
         # vLLM reports once per engine step that produced outputs. While requests were running
         # at the previous report, the gap between reports is one busy step (as the frontend
         # sees it); after idle time it is not, so it is skipped.
-        if has_outputs:
+        if iteration_stats is not None:
             if self._last_output_s is not None and self.running_requests > 0:
-                self.step_ms.append((now_s - self._last_output_s) * 1000.0)
+                step_ms = (now_s - self._last_output_s) * 1000.0
+                self.step_ms.append(step_ms)
+                self.steps.append(_step_shape(iteration_stats, step_ms, self.kv_usage * kv_capacity_tokens))
+                self.steps_total += 1
             self._last_output_s = now_s
         if scheduler_stats is not None:
             self.running_requests = scheduler_stats.num_running_reqs
             self.waiting_requests = scheduler_stats.num_waiting_reqs
             self.kv_usage = scheduler_stats.kv_cache_usage
+
+
+def _step_shape(iteration_stats: Any, step_ms: float, kv_tokens: float) -> StepSample:
+    """The step's composition as far as vLLM's iteration stats tell it: prompt tokens are counted
+    when a prefill completes (a chunked prompt lands on its last chunk), decodes are the tokens
+    generated minus first tokens, KV is the block usage at the previous report."""
+    prompt = getattr(getattr(iteration_stats, "prompt_token_stats", None), "computed", 0) or 0
+    first = len(getattr(iteration_stats, "time_to_first_tokens_iter", ()) or ())
+    decodes = max(0, int(getattr(iteration_stats, "num_generation_tokens", 0)) - first)
+    return StepSample(int(prompt), decodes, int(kv_tokens), step_ms)
 
 
 def _stat_logger_factory(sink: _StatsSink):
@@ -107,7 +123,7 @@ def _stat_logger_factory(sink: _StatsSink):
             self.engine_index = engine_index
 
         def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
-            sink.record(scheduler_stats, iteration_stats is not None, time.monotonic())
+            sink.record(scheduler_stats, iteration_stats, time.monotonic(), sink.kv_capacity_tokens)
 
         def log_engine_initialized(self) -> None:
             pass
@@ -137,6 +153,7 @@ class VllmEngine:
     def __init__(self, config: VllmEngineConfig) -> None:
         self.config = config
         self.max_model_len = 0
+        self.chunk_tokens = 0  # token budget per engine step (max_num_batched_tokens), after start()
         self._llm: Any = None
         self._kv_capacity_tokens = 0
         self._sink = _StatsSink()
@@ -156,6 +173,8 @@ class VllmEngine:
         self.max_model_len = self._llm.model_config.max_model_len
         cache = self._llm.vllm_config.cache_config
         self._kv_capacity_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
+        self.chunk_tokens = int(self._llm.vllm_config.scheduler_config.max_num_batched_tokens or 0)
+        self._sink.kv_capacity_tokens = self._kv_capacity_tokens
 
     async def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
         prompt = await self._render(req.prompt_token_ids)
@@ -194,6 +213,8 @@ class VllmEngine:
             kv_usage=0.0 if idle else sink.kv_usage,
             kv_capacity_tokens=self._kv_capacity_tokens,
             recent_step_ms=tuple(sink.step_ms),
+            recent_steps=tuple(sink.steps),
+            steps_total=sink.steps_total,
         )
 
     async def shutdown(self) -> None:

@@ -56,7 +56,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_capacity_tokens", "recent_step_ms", "reported_unix_s", "draining")
+    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_capacity_tokens", "recent_step_ms", "reported_unix_s", "draining", "recent_steps", "steps_total")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,8 @@ class LoadReport(_message.Message):
     RECENT_STEP_MS_FIELD_NUMBER: _ClassVar[int]
     REPORTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RECENT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     running_requests: int
     waiting_requests: int
@@ -73,7 +75,21 @@ class LoadReport(_message.Message):
     recent_step_ms: _containers.RepeatedScalarFieldContainer[float]
     reported_unix_s: float
     draining: bool
-    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., recent_step_ms: _Optional[_Iterable[float]] = ..., reported_unix_s: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    recent_steps: _containers.RepeatedCompositeFieldContainer[StepSample]
+    steps_total: int
+    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., recent_step_ms: _Optional[_Iterable[float]] = ..., reported_unix_s: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_steps: _Optional[_Iterable[_Union[StepSample, _Mapping]]] = ..., steps_total: _Optional[int] = ...) -> None: ...
+
+class StepSample(_message.Message):
+    __slots__ = ("prefill_tokens", "decode_seqs", "kv_tokens", "step_ms")
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_SEQS_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STEP_MS_FIELD_NUMBER: _ClassVar[int]
+    prefill_tokens: int
+    decode_seqs: int
+    kv_tokens: int
+    step_ms: float
+    def __init__(self, prefill_tokens: _Optional[int] = ..., decode_seqs: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., step_ms: _Optional[float] = ...) -> None: ...
 
 class Instance(_message.Message):
     __slots__ = ("instance_id", "address", "role", "model", "engine", "device", "max_model_len", "load", "registered_unix_s")
