@@ -13,9 +13,9 @@ from tqdm import tqdm
 from services.scheduler.policy import PolicyConfig, make_policy, policy_names
 from services.sim import ENGINE_LABEL
 from services.sim.metrics import RunReport, e2e_ms, goodput, report, tpot_ms, ttft_ms
-from services.sim.profiles import PROFILES, get_profile
+from services.sim.profiles import PROFILES, load_profile
 from services.sim.runner import simulate
-from services.sim.workload import generate, load_workload
+from services.sim.workload import as_live, generate, load_workload
 
 DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
 
@@ -23,13 +23,19 @@ DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
 def add_sim_commands(subparsers) -> None:
     sim = subparsers.add_parser("sim", help="run a workload through the discrete-event simulator")
     _common(sim, rates_default=[20.0], policies_default=["hfx"])
+    sim.add_argument("--max-model-len", type=int, default=0,
+                     help="send requests as a live bench does: max_tokens = output, clipped to this context")
     sim.set_defaults(func=run_sim)
-    bench = subparsers.add_parser("bench", help="sweep policies x rates on a workload (--sim for now)")
+    bench = subparsers.add_parser("bench", help="sweep policies x rates on a workload: --sim, or live (--target)")
     _common(bench, rates_default=[10.0, 20.0, 40.0], policies_default=["fcfs", "hfx"])
     mode = bench.add_mutually_exclusive_group()
-    mode.add_argument("--sim", action="store_true", help="run in the simulator (the default in this build)")
-    mode.add_argument("--target", help="live router or OpenAI-compatible endpoint (not implemented yet)")
-    bench.set_defaults(func=run_bench)
+    mode.add_argument("--sim", action="store_true", help="run in the simulator (the default)")
+    mode.add_argument("--target", help="live: the HFX router (grpc://HOST:PORT or HOST:PORT) or an "
+                      "OpenAI-compatible server (http://HOST:PORT); the policy is the target's")
+    from services.bench.cli import add_live_arguments
+
+    add_live_arguments(bench)
+    bench.set_defaults(func=run_bench, parser_error=bench.error)
 
 
 def _common(p: argparse.ArgumentParser, rates_default: list[float], policies_default: list[str]) -> None:
@@ -39,7 +45,9 @@ def _common(p: argparse.ArgumentParser, rates_default: list[float], policies_def
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--instances", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--profile", default="cpu-tiny", choices=sorted(PROFILES), help="latency profile of instances")
+    p.add_argument("--profile", default=None, metavar="NAME|FILE",
+                   help=f"latency profile of instances: {', '.join(sorted(PROFILES))} or a JSON file from "
+                   "`hfx profile` (default cpu-tiny; with --target, SLOs come from it instead of probing)")
     p.add_argument("--placement", default="best_fit", choices=["best_fit", "spread"], help="hfx placement")
     p.add_argument("--json", help="write one record per (policy, rate) here")
     p.add_argument("--plot", help="write PNG plots into this directory")
@@ -51,17 +59,18 @@ def run_sim(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.target:
-        print(f"hfx bench --target: live benchmarking is not implemented yet in this build; use --sim",
-              file=sys.stderr)
-        return 2
+    if args.target or args.live_policies:
+        from services.bench.cli import run_live_bench
+
+        args.profile_given = args.profile is not None
+        return run_live_bench(args, args.parser_error)
     return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         workload = load_workload(args.workload)
-        profile = get_profile(args.profile)
+        profile = load_profile(args.profile or "cpu-tiny")
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -75,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     for rate in args.rate:
         try:
             requests = generate(workload, rate, args.requests, args.seed, profile.model, profile.chunk_tokens)
+            if getattr(args, "max_model_len", 0):
+                requests = as_live(requests, args.max_model_len)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -114,7 +125,7 @@ def _records(reports: list[RunReport]) -> list[dict]:
     return [r.record(goodput(by_policy[r.policy])) for r in reports]
 
 
-def _print_table(records: list[dict]) -> None:
+def _print_table(records: list[dict], label: str = ENGINE_LABEL) -> None:
     f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     print(f"{'policy':<11}{'rate':>7}{'attain':>8}{'goodput':>8}{'ttft p50':>9}{'p99':>8}{'tpot p50':>9}"
           f"{'p99':>7}{'e2e mean':>9}{'p99':>8}{'done':>6}{'rej':>6}{'b.e.':>6}{'wall s':>7}  per class")
@@ -125,7 +136,7 @@ def _print_table(records: list[dict]) -> None:
               f"{f(r['ttft_ms']['p99']):>8}{r['tpot_ms']['p50'] or 0:>9.1f}{r['tpot_ms']['p99'] or 0:>7.1f}"
               f"{f(r['e2e_ms']['mean']):>9}{f(r['e2e_ms']['p99']):>8}{r['completed']:>6}{r['rejected']:>6}"
               f"{r['best_effort']:>6}{r['wall_s']:>7.1f}  {classes}")
-    print(f"({ENGINE_LABEL}; attainment counts rejected/failed as misses; latencies over completed requests)")
+    print(f"({label}; attainment counts rejected/failed as misses; latencies over completed requests)")
 
 
 def main(argv: list[str] | None = None) -> int:

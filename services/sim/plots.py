@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from services.sim import ENGINE_LABEL  # noqa: E402
 
 
-def attainment_vs_rate(records: Sequence[dict], out_dir: Path) -> Path:
+def attainment_vs_rate(records: Sequence[dict], out_dir: Path, label: str = ENGINE_LABEL) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for policy in sorted({r["policy"] for r in records}):
         rs = sorted((r for r in records if r["policy"] == policy), key=lambda r: r["rate_rps"])
@@ -22,7 +22,7 @@ def attainment_vs_rate(records: Sequence[dict], out_dir: Path) -> Path:
     ax.axhline(90, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("request rate (req/s)")
     ax.set_ylabel("SLO attainment (%)")
-    ax.set_title(f"SLO attainment vs rate ({ENGINE_LABEL})", fontsize=9)
+    ax.set_title(f"SLO attainment vs rate ({label})", fontsize=9)
     ax.legend()
     path = out_dir / "attainment_vs_rate.png"
     fig.tight_layout()
@@ -31,7 +31,8 @@ def attainment_vs_rate(records: Sequence[dict], out_dir: Path) -> Path:
     return path
 
 
-def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_dir: Path) -> list[Path]:
+def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_dir: Path,
+                 label: str = ENGINE_LABEL) -> list[Path]:
     """One figure per metric: CDF of each policy's completed requests at the highest swept rate
     (a legend of every (policy, rate) pair becomes unreadable on a sweep)."""
     top_rate = max(rate for _, rate in samples)
@@ -46,7 +47,7 @@ def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_d
         ax.set_xscale("log")
         ax.set_xlabel(metric.replace("_ms", " (ms)"))
         ax.set_ylabel("fraction of completed requests")
-        ax.set_title(f"{metric} CDF ({ENGINE_LABEL})", fontsize=9)
+        ax.set_title(f"{metric} CDF ({label})", fontsize=9)
         ax.legend(fontsize=7)
         path = out_dir / f"cdf_{metric}.png"
         fig.tight_layout()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -221,4 +221,19 @@ def generate(workload: Workload, rate_rps: float, requests: int, seed: int, mode
         max_tokens = max(output, cls.output_tokens.max)
         spec = RequestSpec(f"r{i:06d}", prompt, max_tokens, slos[cls.name], cls.priority, cls.name, arrival_s=t_s)
         out.append(SimRequestSpec(spec, output))
+    return out
+
+
+def as_live(requests: list[SimRequestSpec], max_model_len: int) -> list[SimRequestSpec]:
+    """Requests as a live client sends them: it asks for exactly its output length (max_tokens =
+    output, ignore_eos), so the scheduler sees the true length; prompt + output fit the context
+    (output at most half of it, the prompt clipped to the rest). `hfx sim --max-model-len` applies
+    the same, so the simulator and a live run see the same requests."""
+    if max_model_len <= 1:
+        raise ValueError(f"max_model_len must be > 1, got {max_model_len}")
+    out = []
+    for r in requests:
+        output = max(1, min(r.output_tokens, max_model_len // 2))
+        prompt = max(1, min(r.spec.prompt_tokens, max_model_len - output - 1))
+        out.append(SimRequestSpec(replace(r.spec, prompt_tokens=prompt, max_tokens=output), output))
     return out

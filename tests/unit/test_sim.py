@@ -71,7 +71,7 @@ def test_fcfs_suffers_head_of_line_blocking_under_overload():
     assert hfx.slo_attainment > fcfs.slo_attainment
 
 
-def test_bench_cli_json_and_target_not_implemented(tmp_path, capsys):
+def test_bench_cli_json_and_bad_target_is_a_usage_error(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["bench", "--sim", "--policy", "fcfs", "hfx", "--rate", "5", "--requests", "50",
                  "--instances", "2", "--quiet", "--json", str(out), "--plot", str(tmp_path)]) == 0
@@ -83,5 +83,7 @@ def test_bench_cli_json_and_target_not_implemented(tmp_path, capsys):
     assert set(rec["ttft_ms"]) >= {"p50", "p90", "p99"} and set(rec["e2e_ms"]) >= {"p50", "p90", "p99"}
     assert (tmp_path / "attainment_vs_rate.png").exists()
     assert "engine: sim (simulated)" in capsys.readouterr().out
-    assert main(["bench", "--target", "localhost:1", "--quiet"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--target", "nonsense", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "expected grpc://HOST:PORT" in capsys.readouterr().err

@@ -1,0 +1,243 @@
+"""`hfx bench --target ADDRESS` and `hfx bench --live-policies P ...` (flags added to the bench
+parser by services.sim.cli). The table, JSON records and plots are the simulator bench's."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from services.bench.live import LiveOptions, Unloaded, probe, run_live, with_slos
+from services.bench.targets import check_address, make_target
+from services.sim.metrics import RunReport, e2e_ms, report, tpot_ms, ttft_ms
+from services.sim.workload import Workload, as_live, generate, load_workload
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def add_live_arguments(bench: argparse.ArgumentParser) -> None:
+    g = bench.add_argument_group("live runs (--target / --live-policies)")
+    g.add_argument("--live-policies", nargs="+", metavar="POLICY",
+                   help="for each policy: start a local cluster (hfx up --policy P), bench it, stop it")
+    g.add_argument("--engine", default="sim", choices=["sim", "vllm"], help="--live-policies: worker engine")
+    g.add_argument("--workers", type=int, default=0, help="--live-policies: workers (default: --instances)")
+    g.add_argument("--sim-profile", default="", help="--live-policies with --engine sim: the workers' profile "
+                   "(default: --profile, else cpu-tiny)")
+    g.add_argument("--label", default="", help="--target: the policy name in records (default: target)")
+    g.add_argument("--model", default="", help="checkpoint dir: vocabulary and max_model_len of the target "
+                   "(default: the built-in tiny model)")
+    g.add_argument("--max-model-len", type=int, default=0, help="context of the target (default: the model's)")
+    g.add_argument("--target-model", default="", help="HTTP targets: the model name (default: the first in /v1/models)")
+    g.add_argument("--api-key", default="", help="the target's API key")
+    g.add_argument("--probes", type=int, default=3, help="sequential probes per class for the unloaded latency")
+    g.add_argument("--max-inflight", type=int, default=1024, help="bound on requests in flight")
+    g.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
+    g.add_argument("--max-duration", type=float, default=0.0,
+                   help="seconds per run (default: last arrival + request timeout)")
+    g.add_argument("--no-task-class", action="store_true", help="do not send the class name (targets that "
+                   "do not know the workload's classes)")
+
+
+def _model_facts(args) -> tuple[str, int, int]:
+    from services.common.model import ensure_default_model
+
+    model = args.model or str(ensure_default_model())
+    config = json.loads((Path(model) / "config.json").read_text())
+    max_len = args.max_model_len or int(config.get("max_position_embeddings", 2048))
+    return model, int(config.get("vocab_size", 32000)), max_len
+
+
+def _classes_yaml(workload: Workload, path: Path) -> None:
+    """The router's task-class table for a live-policies cluster: the workload's classes with their
+    priority and on_miss. The SLOs here are only defaults: the bench sends each request's own."""
+    rows = [{"name": "default", "ttft_ms": 10_000.0, "tpot_ms": 1_000.0, "priority": 1}]
+    rows += [{"name": c.name, "ttft_ms": 10_000.0, "tpot_ms": 1_000.0, "priority": c.priority,
+              "on_miss": c.on_miss} for c in workload.classes]
+    path.write_text(yaml.safe_dump({"classes": rows}))
+
+
+def _validate(args) -> str | None:
+    if args.live_policies and args.target:
+        return "--target and --live-policies are alternatives"
+    if args.target:
+        try:
+            check_address(args.target)
+        except ValueError as err:
+            return str(err)
+    if any(r <= 0 for r in args.rate) or args.requests <= 0:
+        return "--rate and --requests must be > 0"
+    if args.max_inflight <= 0 or args.request_timeout <= 0:
+        return "--max-inflight and --request-timeout must be > 0"
+    return None
+
+
+def run_live_bench(args: argparse.Namespace, parser_error) -> int:
+    problem = _validate(args)
+    if problem:
+        parser_error(problem)
+    try:
+        workload = load_workload(args.workload)
+        model, vocab, max_len = _model_facts(args)
+        profile = None
+        if args.profile_given:
+            from services.sim.profiles import load_profile
+
+            profile = load_profile(args.profile)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    opts = LiveOptions(args.max_inflight, args.request_timeout, args.max_duration, not args.no_task_class)
+    runs = LiveRuns(args, workload, model, vocab, max_len, profile, opts)
+    try:
+        reports, samples = runs.run_all()
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return runs.write(reports, samples)
+
+
+class LiveRuns:
+    def __init__(self, args, workload: Workload, model: str, vocab: int, max_len: int, profile, opts: LiveOptions):
+        self.args, self.workload, self.model, self.vocab, self.max_len = args, workload, model, vocab, max_len
+        self.profile, self.opts = profile, opts
+        self.unloaded: Unloaded | None = None
+        self.engine_label = ""
+
+    def _slos(self, target) -> dict:
+        if self.profile is not None:
+            return {c.name: c.slo(self.profile.model, self.profile.chunk_tokens) for c in self.workload.classes}
+        if self.unloaded is None:
+            self.unloaded = asyncio.run(_with_target(target, lambda t: probe(
+                t, self.workload, self.vocab, self.max_len, self.args.probes, send_class=self.opts.send_class),
+                self.args))
+            print(f"unloaded latency of {target}: TTFT " + ", ".join(
+                f"{k} {v:.1f} ms" for k, v in self.unloaded.ttft_ms.items()) + f"; TPOT {self.unloaded.tpot_ms:.1f} ms",
+                file=sys.stderr)
+        return self.unloaded.slos(self.workload)
+
+    def _requests(self, rate: float, slos: dict):
+        # The profile (or cpu-tiny) only shapes generation; SLOs are replaced by the target's.
+        from services.sim.profiles import get_profile
+
+        shape = self.profile or get_profile("cpu-tiny")
+        reqs = generate(self.workload, rate, self.args.requests, self.args.seed, shape.model, shape.chunk_tokens)
+        return with_slos(as_live(reqs, self.max_len), slos)
+
+    def _bench(self, target: str, policy: str, instances: int, reports: list, samples: dict) -> None:
+        slos = self._slos(target)
+        for rate in self.args.rate:
+            requests = self._requests(rate, slos)
+            bar = tqdm(total=len(requests), desc=f"{policy} @ {rate:g} rps (live)", file=sys.stderr,
+                       disable=self.args.quiet, mininterval=0.5)
+            started = time.perf_counter()
+            result = asyncio.run(_with_target(target, lambda t: run_live(
+                t, requests, self.vocab, self.args.seed, self.opts, lambda n: bar.update(n - bar.n), instances),
+                self.args))
+            bar.close()
+            rep = report(policy, rate, result, time.perf_counter() - started)
+            reports.append(rep)
+            samples[(policy, rate)] = _samples(result)
+            _print_failures(result)
+
+    def run_all(self) -> tuple[list[RunReport], dict]:
+        reports: list[RunReport] = []
+        samples: dict = {}
+        if self.args.target:
+            self.engine_label = f"live target {self.args.target}"
+            self._bench(self.args.target, self.args.label or "target", 0, reports, samples)
+            return reports, samples
+        from services.local import cluster
+
+        workers = self.args.workers or self.args.instances
+        sim_profile = self.args.sim_profile or (self.args.profile if self.args.profile_given else "cpu-tiny")
+        self.engine_label = (f"live mesh, {workers} {self.args.engine} workers"
+                             + (f" (SIMULATED engine, profile {sim_profile})" if self.args.engine == "sim" else ""))
+        for policy in self.args.live_policies:
+            with tempfile.TemporaryDirectory(prefix="hfx-bench-") as home:
+                classes = Path(home) / "classes.yaml"
+                _classes_yaml(self.workload, classes)
+                opts = self._up_options(Path(home), policy, workers, sim_profile, classes)
+                print(f"[{policy}] starting {workers} {self.args.engine} worker(s)", file=sys.stderr)
+                state = cluster.up(opts)
+                try:
+                    self._bench(state.router, policy, workers, reports, samples)
+                finally:
+                    cluster.down(Path(home), quiet=True)
+        return reports, samples
+
+    def _up_options(self, home: Path, policy: str, workers: int, sim_profile: str, classes: Path | None):
+        from services.common import procs
+        from services.local import cluster
+        from services.sim.profiles import PROFILES
+
+        worker_args = []
+        if self.args.engine == "sim":
+            prof = sim_profile if sim_profile in PROFILES else str(Path(sim_profile).resolve())
+            worker_args.append(f"--sim-profile={prof}")
+        return cluster.UpOptions(home=home, model=self.model, workers=workers, router_port=procs.free_port(),
+                                 redis_url=None, policy=policy, engine=self.args.engine, tracing="off",
+                                 timeout_s=300, worker_args=tuple(worker_args), http_port=0,
+                                 classes=str(classes) if classes else "", metrics=False)
+
+    def write(self, reports: list[RunReport], samples: dict) -> int:
+        from services.sim.cli import _print_table, _records
+
+        records = _records(reports)
+        for r in records:
+            r["engine"] = self.engine_label
+        _print_table(records, self.engine_label)
+        print(f"(SLOs from "
+              + (f"profile {self.args.profile}" if self.profile else "the target's measured unloaded latency") + ")")
+        if self.args.json:
+            Path(self.args.json).write_text(json.dumps({
+                "engine": self.engine_label, "target": self.args.target or "", "live_policies": self.args.live_policies,
+                "workload": self.args.workload, "seed": self.args.seed, "max_model_len": self.max_len,
+                "unloaded": None if self.unloaded is None else {"ttft_ms": self.unloaded.ttft_ms,
+                                                                "tpot_ms": self.unloaded.tpot_ms},
+                "profile": self.args.profile if self.profile else None, "records": records}, indent=2))
+            print(f"wrote {self.args.json}")
+        if self.args.plot:
+            from services.sim import plots
+
+            out = Path(self.args.plot)
+            out.mkdir(parents=True, exist_ok=True)
+            paths = [plots.attainment_vs_rate(records, out, self.engine_label),
+                     *plots.latency_cdfs(samples, out, self.engine_label)]
+            print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
+
+
+async def _with_target(address, fn, args=None):
+    a = args
+    target = make_target(address, getattr(a, "target_model", "") if a else "", getattr(a, "api_key", "") if a else "")
+    try:
+        if hasattr(target, "resolve_model"):
+            await target.resolve_model()
+        return await fn(target)
+    finally:
+        await target.close()
+
+
+def _samples(result) -> dict:
+    recs = result.records
+    return {"ttft_ms": [v for r in recs if e2e_ms(r) is not None and (v := ttft_ms(r)) is not None],
+            "tpot_ms": [v for r in recs if (v := tpot_ms(r)) is not None],
+            "e2e_ms": [v for r in recs if (v := e2e_ms(r)) is not None]}
+
+
+def _print_failures(result) -> None:
+    reasons: dict[str, int] = {}
+    for r in result.records:
+        if r.verdict in ("failed", "reject"):
+            key = f"{r.verdict}: {r.reason[:120]}"
+            reasons[key] = reasons.get(key, 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"  {n:5d} x {reason}", file=sys.stderr)
