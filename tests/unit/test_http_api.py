@@ -219,3 +219,51 @@ def test_completion_whole_with_token_ids():
 
 def test_sse_framing():
     assert sse({"a": 1}) == b'data: {"a":1}\n\n'
+
+
+# -- SSE framing, including a failure mid-stream -------------------------------------------------
+
+class ScriptedRelay:
+    """Plays back messages, then raises or ends, like services.router.http.Relay."""
+
+    def __init__(self, items: list, error: Exception | None = None) -> None:
+        self.items, self.error, self.closed = list(items), error, False
+
+    async def next(self):
+        if self.items:
+            return self.items.pop(0)
+        if self.error is not None:
+            raise self.error
+        return None
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def delta(text: str, *ids: int) -> router_pb2.GenerateResponse:
+    return router_pb2.GenerateResponse(delta=router_pb2.TokenDelta(text=text, token_ids=ids))
+
+
+def play(relay: ScriptedRelay, first, include_usage: bool = False) -> list[bytes]:
+    import asyncio
+
+    from services.router.http import _events
+
+    async def run():
+        return [e async for e in _events(relay, first, Shaper(False, "cmpl-1", "m", 0, False), include_usage)]
+
+    return asyncio.run(run())
+
+
+def test_stream_ends_with_usage_then_done():
+    relay = ScriptedRelay([delta(" b", 6), router_pb2.GenerateResponse(final=final())])
+    events = play(relay, delta("a", 5), include_usage=True)
+    assert len(events) == 5 and events[-1] == b"data: [DONE]\n\n" and b'"usage"' in events[-2]
+    assert relay.closed
+
+
+def test_failure_mid_stream_sends_one_error_event_then_stops():
+    relay = ScriptedRelay([delta(" b", 6)], Unavailable("instance w0 failed after 2 tokens"))
+    events = play(relay, delta("a", 5))
+    assert len(events) == 3 and events[-1].startswith(b'data: {"error":') and b"[DONE]" not in b"".join(events)
+    assert relay.closed
