@@ -218,6 +218,19 @@ def test_stream_framing_ends_with_done(base_url):
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
 
 
+def test_client_leaving_a_stream_aborts_the_request(base_url, live):
+    router = live.metrics["router"]
+    aborted = lambda: metric(scrape(router), "hfx_router_requests_total",  # noqa: E731
+                             task_class="default", outcome="aborted")
+    before = aborted()
+    body = {"prompt": PROMPT_IDS, "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as response:
+        assert next(line for line in response.iter_lines() if line).startswith("data: ")
+    # Leaving the block closes the connection mid-stream; the router must stop the worker's decode.
+    assert wait_until(lambda: aborted() == before + 1, timeout_s=10)
+
+
 # -- SLO headers reach the scheduler; metrics move -----------------------------------------------
 
 def test_slo_headers_reach_the_scheduler_span(client, model_id, otlp):
