@@ -48,7 +48,8 @@ def _common(p: argparse.ArgumentParser, rates_default: list[float], policies_def
     p.add_argument("--profile", default=None, metavar="NAME|FILE",
                    help=f"latency profile of instances: {', '.join(sorted(PROFILES))} or a JSON file from "
                    "`hfx profile` (default cpu-tiny; with --target, SLOs come from it instead of probing)")
-    p.add_argument("--placement", default="best_fit", choices=["best_fit", "spread"], help="hfx placement")
+    p.add_argument("--placement", default=PolicyConfig.placement, choices=["best_fit", "spread"],
+                   help=f"hfx placement (default {PolicyConfig.placement})")
     p.add_argument("--json", help="write one record per (policy, rate) here")
     p.add_argument("--plot", help="write PNG plots into this directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

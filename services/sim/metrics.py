@@ -85,8 +85,12 @@ def report(policy: str, rate_rps: float, result: SimResult, wall_s: float = 0.0)
     per_class = {}
     for c in classes:
         rs = [r for r in recs if r.spec.task_class == c]
+        # E2E per class too: policies that reject complete a different mix, so the overall mean
+        # alone would compare unlike populations.
         per_class[c] = {"requests": len(rs), "slo_attainment": attainment(rs),
-                        "ttft_ms": percentiles(ttft_ms(r) for r in rs)}
+                        "ttft_ms": percentiles(ttft_ms(r) for r in rs),
+                        "e2e_ms": percentiles(e2e_ms(r) for r in rs),
+                        "rejected": sum(r.verdict == "reject" for r in rs)}
     return RunReport(
         policy, rate_rps, len(recs), attainment(recs), per_class,
         percentiles(ttft_ms(r) for r in recs if r.verdict not in ("reject", "failed")),

@@ -106,19 +106,85 @@ def test_hopeless_request_rejected_with_reason_and_retry_after():
 
 
 def test_hopeless_request_demoted_to_best_effort_then_placed_on_spare_room():
+    """Demotion at t=1.0 is itself a sign of pressure: best effort waits out the 500 ms pressure
+    window (no SLO request may lose room to it), then takes the spare room at t=1.6."""
     late = make_request(request_id="late", arrival_s=0.0, slo=Slo(50.0, 10.0), task_class="batch")
-    (d,) = make_policy("hfx", CFG).schedule([late], cluster(make_instance()), 1.0).decisions
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([late], cluster(make_instance()), 1.0).decisions == ()
+    (d,) = hfx.schedule([late], cluster(make_instance()), 1.6).decisions
     assert d.verdict == Verdict.BEST_EFFORT and d.instance_id == "i0" and "best effort" in d.reason
+
+
+def test_best_effort_rejected_after_wait_limit():
+    """Demoted at t=1.0 and never given room (the instance is full): at t=2.0 it has waited
+    1000 ms = best_effort_max_wait_ms, so it is rejected with retry-after and the numbers."""
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, max_requests_per_instance=0,
+                       best_effort_max_wait_ms=1000.0)
+    late = make_request(request_id="late", arrival_s=0.0, slo=Slo(50.0, 10.0), task_class="batch")
+    hfx = make_policy("hfx", cfg)
+    assert hfx.schedule([late], cluster(make_instance()), 1.0).decisions == ()
+    assert hfx.schedule([late], cluster(make_instance()), 1.99).decisions == ()
+    (d,) = hfx.schedule([late], cluster(make_instance()), 2.0).decisions
+    assert d.verdict == Verdict.REJECT and d.retry_after_ms == cfg.retry_after_ms
+    assert "best effort for 1000 ms > limit 1000 ms" in d.reason
+    # 0 disables the limit: it waits on.
+    hfx = make_policy("hfx", PolicyConfig(default_latency_model=MODEL, chunk_tokens=100,
+                                          max_requests_per_instance=0, best_effort_max_wait_ms=0.0))
+    hfx.schedule([late], cluster(make_instance()), 1.0)
+    assert hfx.schedule([late], cluster(make_instance()), 60.0).decisions == ()
+
+
+def test_loose_requests_deferred_while_slo_requests_are_turned_away():
+    """Running r (TPOT 3.6 ms, O=10, step 2.5 ms) banks 9*(3.6-2.5) = 9.9 ms. A 600-token prompt
+    costs it 0.01*600 = 6 ms plus 9*0.5 = 4.5 ms of slower steps = 10.5 > 9.9, so "tight" (TTFT
+    100 ms; unloaded prefill 6 steps * 2 + 0.01*600 = 18 ms; slack 82 ms < defer_slack_ms 200, so
+    it is tried) does not fit -> pressure for 500 ms. "loose" (L=100, TTFT 5000 ms; unloaded prefill
+    2 + 1 = 3 ms; slack 4997 ms > 200) would fit (9.9 - 4.5 - 1 = 4.4 >= 0) but is deferred while
+    the pressure lasts; at t=0.6 the window (0.5 s) is over and it is admitted."""
+    r = make_request(request_id="r", slo=Slo(1000.0, 3.6))
+    inst = make_instance(running=(r,), placed_s=-10.0)
+    tight = make_request(request_id="tight", prompt_tokens=600, slo=Slo(100.0, 50.0))
+    loose = make_request(request_id="loose", prompt_tokens=100, slo=Slo(5000.0, 50.0))
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([tight, loose], cluster(inst), 0.0).decisions == ()
+    assert hfx.deferrals == 1
+    (d,) = hfx.schedule([loose], cluster(inst), 0.6).decisions
+    assert d.request_id == "loose" and d.verdict == Verdict.ADMIT
+    # Without deferral the loose one takes the room at once.
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, defer_slack_ms=0.0)
+    (d,) = make_policy("hfx", cfg).schedule([tight, loose], cluster(inst), 0.0).decisions
+    assert d.request_id == "loose"
 
 
 def test_placement_best_fit_consolidates_spread_balances():
     busy = make_instance("busy", running=(make_request(request_id="x", slo=Slo(1000.0, 50.0)),), placed_s=-10.0)
     idle = make_instance("idle")
     req = make_request(request_id="n", slo=Slo(1000.0, 50.0))
+    assert PolicyConfig().placement == "spread"
     for placement, expect in (("best_fit", "busy"), ("spread", "idle")):
-        cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, placement=placement)
+        cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, placement=placement, affinity_tolerance=1.0)
         (d,) = make_policy("hfx", cfg).schedule([req], cluster(busy, idle), 0.0).decisions
         assert d.instance_id == expect, placement
+        assert f"{placement} -> {expect}" in d.reason
+
+
+def test_slo_affinity_groups_requests_by_tpot():
+    """tolerance 1.25 (ln 1.25 = 0.223): "tight" runs requests with TPOT 10 ms, "loose" with 40 ms.
+    A TPOT-10 request: tight |ln(10/10)| = 0 -> band 0; empty -> band 1; loose |ln 4|/0.223 = 6.2
+    -> band 7. So it goes to "tight" even though spread alone would pick the empty instance; a
+    TPOT-40 request goes to "loose", and a TPOT-20 one (ln 2 / 0.223 = 3.1 from both) to "empty"."""
+    tight = make_instance("tight", running=(make_request(request_id="a", slo=Slo(1000.0, 10.0)),), placed_s=-10.0)
+    loose = make_instance("loose", running=(make_request(request_id="b", slo=Slo(1000.0, 40.0)),), placed_s=-10.0)
+    empty = make_instance("empty")
+    for tpot, expect in ((10.0, "tight"), (40.0, "loose"), (20.0, "empty")):
+        req = make_request(request_id=f"n{tpot:.0f}", slo=Slo(1000.0, tpot))
+        cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, affinity_tolerance=1.25)
+        (d,) = make_policy("hfx", cfg).schedule([req], cluster(tight, loose, empty), 0.0).decisions
+        assert d.instance_id == expect, tpot
+    # Off by default: plain spread picks the empty instance.
+    req = make_request(request_id="n", slo=Slo(1000.0, 10.0))
+    (d,) = make_policy("hfx", CFG).schedule([req], cluster(tight, loose, empty), 0.0).decisions
+    assert d.instance_id == "empty"
 
 
 def test_preempts_most_slack_on_negative_budget():

@@ -64,6 +64,9 @@ def test_every_policy_runs_every_request_to_an_end(name):
     rep = report(name, 15.0, res)
     assert 0.0 <= rep.slo_attainment <= 1.0 and rep.requests == 300
     assert rep.completed + rep.rejected + rep.failed == 300
+    # Rejections and E2E are also reported per class (rejecting policies complete a different mix).
+    assert sum(c["rejected"] for c in rep.per_class.values()) == rep.rejected
+    assert all("mean" in c["e2e_ms"] for c in rep.per_class.values())
 
 
 def test_fcfs_suffers_head_of_line_blocking_under_overload():

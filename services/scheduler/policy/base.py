@@ -16,8 +16,16 @@ DEFAULT_LATENCY_MODEL = LatencyModel(3.0, 0.02, 0.15, 0.0005)
 class PolicyConfig:
     # An instance whose running + waiting requests reach this is full for placement.
     max_requests_per_instance: int = 256
-    # Placement among fitting instances: "best_fit" consolidates, "spread" balances.
-    placement: str = "best_fit"
+    # Placement among fitting instances: "spread" (default) balances, so batches stay small and
+    # steps fast while the cluster has headroom; "best_fit" consolidates onto the busiest fitting
+    # instance so the scaler can release idle ones (use it when the scaler may shrink the pool).
+    placement: str = "spread"
+    # SLO affinity (HFX only): before load, prefer instances whose tightest running TPOT is within
+    # a factor `affinity_tolerance` of the request's own TPOT (then empty ones, then mismatched),
+    # so loose-TPOT/large-KV requests do not slow the steps of tight-TPOT ones and tight requests
+    # do not cap the batch of loose ones. 1.0 (default) disables it: on the default workload it
+    # cost attainment (73.5% vs 78.1% at 28 req/s, seed 1) and light-load E2E (824 vs 654 ms).
+    affinity_tolerance: float = 1.0
     # Step-time model for instances that report none.
     default_latency_model: LatencyModel = DEFAULT_LATENCY_MODEL
     # The engine's token budget per step (vLLM max_num_batched_tokens): sets prefill chunking.
@@ -30,6 +38,14 @@ class PolicyConfig:
     on_miss: str = "best_effort"
     reject_classes: tuple[str, ...] = ()
     retry_after_ms: float = 1000.0
+    # A best-effort request (demoted, SLO already out of reach) still queued this long after its
+    # demotion is rejected with retry-after instead of waiting without bound. 0 = wait forever.
+    best_effort_max_wait_ms: float = 1000.0
+    # Deferral under pressure: for `pressure_window_ms` after an SLO request could not be placed
+    # (or was rejected as hopeless), requests with more than `defer_slack_ms` of slack are not
+    # placed; they can wait, the ones turned away could not. 0 disables deferral.
+    defer_slack_ms: float = 200.0
+    pressure_window_ms: float = 500.0
     # Ranking: each priority level above 1 is worth this much slack (additive, so the order of
     # two queued requests never changes as time passes).
     priority_credit_ms: float = 500.0

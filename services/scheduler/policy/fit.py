@@ -89,11 +89,32 @@ class FitTable:
         n_fit = int(ok.sum())
         if n_fit == 0:
             return None
-        # best fit: the busiest instance that fits (consolidates, so the scaler can release the
-        # idle ones); spread: the least busy. Ties go to the lower index (deterministic).
-        load = np.where(ok, self.n, np.nan)
-        idx = int(np.nanargmax(load) if self.config.placement == "best_fit" else np.nanargmin(load))
+        idx = self.choose(ok, spec.slo.tpot_ms)
         return idx, float(ttft_ms[idx]), n_fit
+
+    def affinity_band(self, tpot_ms: float) -> np.ndarray:
+        """0 where the instance's tightest running TPOT is within a factor `affinity_tolerance` of
+        tpot_ms (same SLO class), 1 for an instance with no protected request, 2+ for mismatches
+        (one more per further factor of tolerance). All zero when affinity is off (tolerance <= 1).
+
+        E.g. tolerance 1.25, request TPOT 10 ms: instance capped at 10.4 ms -> |ln 1.04|/ln 1.25 =
+        0.18 -> band 0; empty -> 1; capped at 18.7 ms -> 1 + floor(|ln 1.87|/ln 1.25) = 1 + 2 = 3.
+        """
+        tol = self.config.affinity_tolerance
+        if tol <= 1.0:
+            return np.zeros(len(self.n))
+        empty = ~np.isfinite(self.min_tpot)
+        ratio = np.abs(np.log(np.where(empty, tpot_ms, self.min_tpot) / tpot_ms)) / np.log(tol)
+        return np.where(empty, 1.0, np.where(ratio < 1.0, 0.0, 1.0 + np.floor(ratio)))
+
+    def choose(self, ok: np.ndarray, tpot_ms: float) -> int:
+        """Among fitting instances: lowest affinity band first, then spread (fewest decoding
+        sequences) or best fit (most: consolidates so the scaler can release the idle ones).
+        Ties go to the lower index (deterministic)."""
+        band = self.affinity_band(tpot_ms)
+        load = self.n if self.config.placement == "spread" else -self.n
+        key = np.where(ok, band * 1e6 + load, np.inf)
+        return int(np.argmin(key))
 
     def place(self, idx: int, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool) -> None:
         self.budgets[idx].add(spec, output_tokens, now_s, protected)

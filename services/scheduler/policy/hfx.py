@@ -20,6 +20,9 @@ from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.ranking import Entry, RankedQueue
 
 MAX_DEMOTIONS_PER_CALL = 256
+# Rejections of expired best-effort requests per pass: each is a Decision with a reason string, so
+# this bounds decision latency (the rest wait for the next pass, which comes with the next event).
+MAX_EXPIRIES_PER_CALL = 16
 
 
 class Hfx:
@@ -36,6 +39,8 @@ class Hfx:
         self._budgets: dict[str, tuple[tuple, InstanceBudget]] = {}
         self._best_effort_ids: set[str] = set()   # placed best effort, still running
         self._ref_model = config.default_latency_model
+        self._pressure_until_s = float("-inf")   # see PolicyConfig.defer_slack_ms
+        self.deferrals = 0
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
         """Called by the service (or simulator) when a request finishes: learn its class's length."""
@@ -53,6 +58,7 @@ class Hfx:
         preemptions = self._protect(cluster.instances, budgets)
         banned = {p.instance_id for p in preemptions}
         self._demote(now_s, decisions)
+        self._expire_best_effort(now_s, decisions)
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned)
         if table.any_open():
             self._place(table, now_s, decisions)
@@ -67,6 +73,7 @@ class Hfx:
         # A TPOT below one unloaded decode step can never be met: best effort from the start.
         if spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
             entry.best_effort = True
+            entry.demoted_s = spec.arrival_s
         return entry
 
     def _budget(self, inst: InstanceView) -> InstanceBudget:
@@ -91,6 +98,9 @@ class Hfx:
                                       f"preempt {b.victim_id} (most slack {b.victim_bank_ms:.0f} ms / lowest priority)"))
         return out
 
+    def _under_pressure(self, now_s: float) -> bool:
+        return self.config.defer_slack_ms > 0 and now_s < self._pressure_until_s
+
     def _demote(self, now_s: float, decisions: list[Decision]) -> None:
         cfg = self.config
         for _ in range(MAX_DEMOTIONS_PER_CALL):
@@ -99,6 +109,7 @@ class Hfx:
                 return
             spec = entry.spec
             slack_ms = entry.slack_ms(now_s)
+            self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
             if cfg.on_miss == "reject" or spec.task_class in cfg.reject_classes:
                 self.queue.settle(entry)
                 wait_ms = len(self.queue.known) * entry.unloaded_prefill_ms  # crude drain estimate
@@ -108,23 +119,51 @@ class Hfx:
                     f"unloaded prefill {entry.unloaded_prefill_ms:.0f} ms",
                     slack_ms=slack_ms, retry_after_ms=max(cfg.retry_after_ms, wait_ms)))
             else:
-                self.queue.demote(entry)
+                self.queue.demote(entry, now_s)
+
+    def _expire_best_effort(self, now_s: float, decisions: list[Decision]) -> None:
+        limit_ms = self.config.best_effort_max_wait_ms
+        if limit_ms <= 0:
+            return
+        for _ in range(MAX_EXPIRIES_PER_CALL):
+            entry = self.queue.pop_expired_best_effort(now_s - limit_ms / 1000.0)
+            if entry is None:
+                return
+            waited_ms = (now_s - entry.demoted_s) * 1000.0
+            decisions.append(Decision(
+                entry.spec.request_id, Verdict.REJECT,
+                f"best effort for {waited_ms:.0f} ms > limit {limit_ms:.0f} ms without spare room "
+                f"(slack {entry.slack_ms(now_s):.0f} ms)",
+                slack_ms=entry.slack_ms(now_s), retry_after_ms=self.config.retry_after_ms))
 
     def _place(self, table: FitTable, now_s: float, decisions: list[Decision]) -> None:
+        cfg = self.config
         skipped: list[Entry] = []
-        for _ in range(self.config.max_attempts_per_call):
-            if not table.any_open() or len(skipped) >= self.config.max_misses_per_call:
+        deferred: Entry | None = None
+        for _ in range(cfg.max_attempts_per_call):
+            if not table.any_open() or len(skipped) >= cfg.max_misses_per_call:
                 break
             entry = self.queue.pop_ranked()
             if entry is None:
                 break
+            if self._under_pressure(now_s) and entry.rank_slack_ms(now_s) > cfg.defer_slack_ms:
+                # Everything behind it in the heap has at least as much (credited) slack.
+                deferred = entry
+                self.deferrals += 1
+                break
             if self._try(entry, table, now_s, decisions, best_effort=False) is None:
                 skipped.append(entry)
+                self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
         for entry in skipped:
             self.queue.push_back(entry)
-        # Best effort only after every SLO request tried this pass; one per pass keeps it gentle.
+        if deferred is not None:
+            self.queue.push_back(deferred)
+            return
+        # Best effort (one per pass keeps it gentle) only after every SLO request tried this pass, and not while the cluster is
+        # under pressure (an SLO request was turned away in the last pressure window): its SLO
+        # is already lost, so it must not take room from one that can still be met.
         entry = self.queue.next_best_effort()
-        if entry is not None and not skipped and table.any_open():
+        if entry is not None and not skipped and not self._under_pressure(now_s) and table.any_open():
             self._try(entry, table, now_s, decisions, best_effort=True)
 
     def _try(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision],

@@ -26,9 +26,14 @@ class Entry:
     unloaded_prefill_ms: float
     seq: int = 0
     best_effort: bool = False
+    demoted_s: float = 0.0        # when it became best effort (its arrival if it was from the start)
 
     def slack_ms(self, now_s: float) -> float:
         return (self.hopeless_at_s - now_s) * 1000.0
+
+    def rank_slack_ms(self, now_s: float) -> float:
+        """Slack minus its priority credit: what the heap orders by (rank_key_s - now)."""
+        return (self.rank_key_s - now_s) * 1000.0
 
 
 @dataclass
@@ -104,9 +109,20 @@ class RankedQueue:
     def push_back(self, entry: Entry) -> None:
         heapq.heappush(self._by_rank, (entry.rank_key_s, entry.spec.arrival_s, entry.seq, entry))
 
-    def demote(self, entry: Entry) -> None:
+    def demote(self, entry: Entry, now_s: float) -> None:
         entry.best_effort = True
+        entry.demoted_s = now_s
         self.best_effort.append(entry)
+
+    def pop_expired_best_effort(self, before_s: float) -> Entry | None:
+        """The oldest best-effort entry demoted at or before `before_s`, removed from the queue (FIFO by
+        demotion time, so this stops at the first one still within its wait limit)."""
+        entry = self.next_best_effort()
+        if entry is None or entry.demoted_s > before_s:
+            return None
+        self.best_effort.popleft()
+        self.settle(entry)
+        return entry
 
     def settle(self, entry: Entry) -> None:
         """The policy decided this request; the caller removes it from `waiting`."""
