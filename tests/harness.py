@@ -85,10 +85,12 @@ class RunningCluster:
 
 @contextlib.contextmanager
 def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: str = "least-load",
-                  worker_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
+                  worker_args: tuple[str, ...] = (), engine: str = "vllm", classes: str = "") -> Iterator[RunningCluster]:
+    """engine "sim" starts SIMULATED workers (no vLLM); classes is a router task-class YAML."""
     model = str(ensure_default_model())
     opts = cluster.UpOptions(home=home, model=model, workers=workers, router_port=procs.free_port(), redis_url=None,
-                             policy=policy, engine="vllm", tracing=tracing, timeout_s=240, worker_args=worker_args)
+                             policy=policy, engine=engine, tracing=tracing, timeout_s=240, worker_args=worker_args,
+                             classes=classes)
     state = cluster.up(opts)
     running = RunningCluster(state, home, model)
     try:

@@ -31,6 +31,7 @@ log = logging.getLogger("hfx.router")
 _tracer = tracing.tracer("hfx.router")
 
 OnPlaced = Callable[[str, str], Awaitable[None]]  # (request_id, instance_id)
+DEFAULT_RETRY_AFTER_MS = 1000.0
 
 
 @dataclass
@@ -117,7 +118,8 @@ class RouterCore:
         if verdict is Verdict.REJECT:
             span.set_attribute(tracing.ATTR_SLO_MET, False)
             span.add_event("slo_missed", {"outcome": "rejected", "reason": placement.reason})
-            raise Rejected(placement.reason, placement.retry_after_ms)
+            # A best-effort placement carries no retry hint; the client still gets one.
+            raise Rejected(placement.reason, placement.retry_after_ms or DEFAULT_RETRY_AFTER_MS)
         span.set_attribute(tracing.ATTR_INSTANCE, placement.instance_id)
         return placement
 

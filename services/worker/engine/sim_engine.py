@@ -31,6 +31,7 @@ from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
 log = logging.getLogger("hfx.worker.sim")
 RECENT_STEPS = 32
 _MASK64 = (1 << 64) - 1
+YIELDS_PER_SLEEP = 4
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ class VirtualClock:
         return self.t_s
 
     async def sleep(self, seconds: float) -> None:
+        # Let every consumer woken by the previous step read the clock before time moves on.
+        for _ in range(YIELDS_PER_SLEEP):
+            await asyncio.sleep(0)
         self.t_s += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @dataclass
