@@ -145,7 +145,7 @@ _started: set[int] = set()
 _lock = threading.Lock()
 
 
-def serve_http(port: int, host: str = "127.0.0.1") -> None:
+def serve_http(port: int, host: str) -> None:
     """Starts prometheus_client's own /metrics server in a thread; 0 means off."""
     if port <= 0:
         return

@@ -174,7 +174,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 async def serve(config: ScalerConfig) -> None:
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
     servicer = ScalerServicer(config, cluster)
-    metrics.serve_http(config.metrics_port)
+    metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     server, health = grpcutil.make_server([(scaler_pb2_grpc.add_ScalerServicer_to_server, servicer)], [SERVICE_NAME])
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()

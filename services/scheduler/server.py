@@ -195,7 +195,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
 async def serve(config: SchedulerConfig) -> None:
     tracing.setup("hfx-scheduler", config.tracing)
-    metrics.serve_http(config.metrics_port)
+    metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
     servicer = SchedulerServicer(config, make_policy(config.policy), cluster)
     server, health = grpcutil.make_server(

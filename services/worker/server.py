@@ -145,7 +145,7 @@ async def _profile_at_start(config: WorkerConfig, engine: Engine) -> dict | None
 
 async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     tracing.setup(f"hfx-worker", config.tracing)
-    metrics.serve_http(config.metrics_port)
+    metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     engine = engine or make_engine(config.engine, config)
     started = time.monotonic()
     await engine.start()
