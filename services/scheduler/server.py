@@ -49,17 +49,27 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             metrics.QUEUE_DEPTH.labels(self.policy.name).set(0)
             return
         waiting = [w.spec for w in self.state.waiting.values()]
+        snapshot = self.state.snapshot()
         started = time.perf_counter()
-        result = self.policy.schedule(waiting, self.state.snapshot(), now_s)
+        try:
+            result = self.policy.schedule(waiting, snapshot, now_s)
+        except Exception:
+            # A policy bug must not kill the round loop: requests keep waiting and are refused
+            # by the queue-wait limit, and the error is in the log with its traceback.
+            log.exception("policy %s failed; %d requests stay queued", self.policy.name, len(waiting))
+            return
         metrics.DECISION_SECONDS.labels(self.policy.name).observe(time.perf_counter() - started)
         for decision in result.decisions:
             entry = self.state.waiting.pop(decision.request_id, None)
             if entry is None:
                 continue
+            address = ""
             if decision.verdict is not Verdict.REJECT:
+                # Taken now: the registry may drop the instance before Place resumes.
+                address = snapshot.get(decision.instance_id).address
                 self.state.place(decision.instance_id, entry.spec, now_s)
             if not entry.future.done():
-                entry.future.set_result(decision)
+                entry.future.set_result((decision, address))
         for pre in result.preemptions:
             log.info("preemption advised on %s for %s: %s", pre.instance_id, pre.request_id, pre.reason)
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
@@ -78,9 +88,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if now_s - entry.enqueued_s > self.config.max_wait_s:
                 del self.state.waiting[rid]
                 if not entry.future.done():
-                    entry.future.set_result(
-                        _reject(rid, f"waited {self.config.max_wait_s:.0f}s in queue with no instance able to take it", 1000.0)
-                    )
+                    reason = f"waited {self.config.max_wait_s:.0f}s in queue with no instance able to take it"
+                    entry.future.set_result((_reject(rid, reason, 1000.0), ""))
 
     def wake(self) -> None:
         self._wake.set()
@@ -143,19 +152,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if spec.request_id in self.state.waiting:
                 raise InvalidArgument("request_id", f"{spec.request_id!r} is already queued")
             if len(self.state.waiting) >= self.config.max_queue:
-                decision = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0)
+                decision, address = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0), ""
             else:
                 entry = Waiting(spec, time.time())
                 self.state.waiting[spec.request_id] = entry
                 self.run_round(time.time())
                 try:
-                    decision = await entry.future
+                    decision, address = await entry.future
                 except asyncio.CancelledError:  # the router gave up (deadline, client gone)
                     self.state.waiting.pop(spec.request_id, None)
                     raise
-            address = ""
-            if decision.verdict is not Verdict.REJECT:
-                address = self.state.instances[decision.instance_id].address
             span.set_attribute(tracing.ATTR_VERDICT, decision.verdict.value)
             span.set_attribute(tracing.ATTR_REASON, decision.reason)
             span.set_attribute(tracing.ATTR_INSTANCE, decision.instance_id)

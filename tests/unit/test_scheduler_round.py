@@ -32,9 +32,10 @@ def test_round_places_waiting_requests_and_counts_them_running():
         s = servicer()
         a, b = enqueue(s, make_spec(request_id="a"), 0.0), enqueue(s, make_spec(request_id="b"), 0.0)
         s.run_round(now_s=1.0)
-        da, db = a.future.result(), b.future.result()
+        (da, addr_a), (db, _) = a.future.result(), b.future.result()
         assert da.verdict is Verdict.ADMIT and db.verdict is Verdict.ADMIT
         assert {da.instance_id, db.instance_id} == {"i0", "i1"}  # least-load spreads them
+        assert addr_a == s.state.instances[da.instance_id].address
         assert s.state.inflight_count() == 2 and not s.state.waiting
     asyncio.run(go())
 
@@ -47,8 +48,9 @@ def test_requests_waiting_too_long_are_rejected_with_a_reason():
         s.run_round(now_s=4.0)
         assert not entry.future.done()
         s.run_round(now_s=5.5)
-        decision = entry.future.result()
+        decision, address = entry.future.result()
         assert decision.verdict is Verdict.REJECT and "queue" in decision.reason and decision.retry_after_ms > 0
+        assert address == ""
     asyncio.run(go())
 
 
@@ -59,7 +61,7 @@ def test_failed_instance_is_skipped_until_it_reports_again():
         for i in range(3):
             entry = enqueue(s, make_spec(request_id=f"r{i}"), 100.0)
             s.run_round(now_s=100.5)
-            assert entry.future.result().instance_id == "i1"
+            assert entry.future.result()[0].instance_id == "i1"
         s.state.set_load("i0", InstanceLoad(reported_s=99.0))   # older than the failure: still out
         assert "i0" not in {v.instance_id for v in s.state.snapshot().instances}
         s.state.set_load("i0", InstanceLoad(reported_s=101.0))  # fresh report: back in
@@ -72,6 +74,25 @@ def test_completion_frees_the_slot():
         s = servicer()
         entry = enqueue(s, make_spec(request_id="x"), 0.0)
         s.run_round(now_s=0.1)
-        iid = entry.future.result().instance_id
+        iid = entry.future.result()[0].instance_id
         assert s.state.complete(iid, "x") is not None and s.state.inflight_count() == 0
+    asyncio.run(go())
+
+
+class _Broken:
+    name = "broken"
+
+    def schedule(self, waiting, cluster, now_s):
+        raise RuntimeError("bug in a policy")
+
+
+def test_a_failing_policy_leaves_requests_queued_until_the_wait_limit():
+    async def go():
+        s = servicer(max_wait_s=5.0)
+        s.policy = _Broken()
+        entry = enqueue(s, make_spec(request_id="q"), 0.0)
+        s.run_round(now_s=1.0)  # does not raise: the round loop must survive a policy bug
+        assert not entry.future.done() and "q" in s.state.waiting
+        s.run_round(now_s=6.0)
+        assert entry.future.result()[0].verdict is Verdict.REJECT
     asyncio.run(go())
