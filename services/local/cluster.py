@@ -47,8 +47,10 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    | " + line for line in text)
 
 
-def wait_serving(address: str, timeout_s: float, proc=None, what: str = "service", log: Path | None = None) -> None:
-    """Waits for gRPC health SERVING; a process that dies first fails at once, with its log's tail."""
+def wait_serving(address: str, timeout_s: float, proc=None, what: str = "service", log: Path | None = None,
+                 service: str = "") -> None:
+    """Waits for gRPC health SERVING of `service` (so another process on the port cannot pass for
+    it); a process that dies first fails at once, with its log's tail."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -57,7 +59,8 @@ def wait_serving(address: str, timeout_s: float, proc=None, what: str = "service
                 tail = f"; last lines of {log}:\n{log_tail(log)}" if log else ""
                 raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready{tail}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                request = health_pb2.HealthCheckRequest(service=service)
+                if stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
@@ -125,9 +128,20 @@ def up(opts: UpOptions) -> ClusterFile:
     return state
 
 
+def _fixed_ports(opts: UpOptions) -> frozenset[int]:
+    """The ports the user chose; they must be free now and are never handed out as random ones."""
+    fixed = frozenset(p for p in (opts.router_port, opts.http_port) if p)
+    for port in sorted(fixed):
+        if not procs.port_free(port):
+            raise RuntimeError(f"port {port} is already in use (another HFX cluster or server?); "
+                               "choose others with --router-port / --http-port")
+    return fixed
+
+
 def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) -> None:
+    fixed = _fixed_ports(opts)
     if not opts.redis_url:
-        port = procs.free_port()
+        port = procs.free_port(avoid=fixed)
         proc = redis_server.start(port, log_dir, log_dir / "redis.log")
         state.pgids["redis"] = proc.pid
         state.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -135,26 +149,15 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
         _step(f"redis ready at {state.redis_url}", t0)
     common = ["--redis-url", state.redis_url, "--tracing", opts.tracing]
 
-    state.scheduler = f"127.0.0.1:{procs.free_port()}"
+    state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
-                                          *common, *_metrics_flag(opts, state, "scheduler")),
+                                          *common, *_metrics_flag(opts, state, "scheduler", fixed)),
                         log_dir / "scheduler.log")
     state.pgids["scheduler"] = sched.pid
-    wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log")
+    wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log", "hfx.v1.Scheduler")
     _step(f"scheduler ready at {state.scheduler} (policy {opts.policy})", t0)
 
-    state.scaler = f"127.0.0.1:{procs.free_port()}"
-    scaler = procs.spawn(
-        procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
-                          "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
-                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
-                          *_metrics_flag(opts, state, "scaler"), *(["--worker-metrics"] if opts.metrics else [])),
-        log_dir / "scaler.log",
-    )
-    state.pgids["scaler"] = scaler.pid
-    wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log")
-    _step(f"scaler ready at {state.scaler}, launching {opts.workers} {opts.engine} worker(s)", t0)
-
+    # The router binds its fixed ports before the scaler picks ports for workers, so they cannot collide.
     router = procs.spawn(
         procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
                           "--scheduler", state.scheduler, "--tracing", opts.tracing, *_router_flags(opts, state)),
@@ -162,18 +165,31 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     )
     state.pgids["router"] = router.pid
     state.save(opts.home)
-    wait_serving(state.router, 120, router, "router", log_dir / "router.log")
+    wait_serving(state.router, 120, router, "router", log_dir / "router.log", "hfx.v1.Router")
     _step(f"router ready at {state.router}" + (f", HTTP at http://{state.http}" if state.http else ""), t0)
+
+    state.scaler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
+    scaler = procs.spawn(
+        procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
+                          "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
+                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
+                          *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else [])),
+        log_dir / "scaler.log",
+    )
+    state.pgids["scaler"] = scaler.pid
+    wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log", "hfx.v1.Scaler")
+    _step(f"scaler ready at {state.scaler}, launching {opts.workers} {opts.engine} worker(s)", t0)
+
     _wait_workers(state, opts.workers, opts.timeout_s, log_dir, scaler)
     _step(f"{opts.workers} worker(s) ready", t0)
     for path in sorted(log_dir.glob("*.metrics")):  # written by the scaler for each worker it starts
         state.metrics[path.stem] = path.read_text().strip()
 
 
-def _metrics_flag(opts: UpOptions, state: ClusterFile, service: str) -> list[str]:
+def _metrics_flag(opts: UpOptions, state: ClusterFile, service: str, fixed: frozenset[int]) -> list[str]:
     if not opts.metrics:
         return []
-    state.metrics[service] = f"127.0.0.1:{procs.free_port()}"
+    state.metrics[service] = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     return ["--metrics-port", state.metrics[service].split(":")[1]]
 
 
