@@ -17,17 +17,11 @@ import grpc
 import pytest
 
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
-from tests.harness import OtlpReceiver, local_cluster, vllm_reference, wait_until
+from tests.harness import local_cluster, vllm_reference, wait_until
 
 pytestmark = pytest.mark.slow
 
 PROMPT_IDS = [1, 43, 343, 1515, 1196, 15, 262, 1294, 77, 901]
-
-
-@pytest.fixture(scope="module")
-def otlp():
-    with OtlpReceiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture(scope="module")

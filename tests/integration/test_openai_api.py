@@ -23,7 +23,7 @@ from services.common import procs
 from services.common.model import ensure_default_model
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.local import cluster
-from tests.harness import OtlpReceiver, wait_until
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +41,6 @@ classes:
   - {name: chat, ttft_ms: 1000, tpot_ms: 100, priority: 2}
   - {name: strict, ttft_ms: 2000, tpot_ms: 200, priority: 1, on_miss: reject}
 """
-
-
-@pytest.fixture(scope="module")
-def otlp():
-    with OtlpReceiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture(scope="module")
