@@ -119,6 +119,7 @@ def cmd_worker(args) -> int:
         device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         scheduler_address=args.scheduler, kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
+        cpu_cores=args.cpu_cores,
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
         profile_at_start=args.profile_at_start,
     )
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-mib", type=_positive_int, default=256, help="KV cache size on CPU (default %(default)s)")
     p.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most requests batched at once")
     p.add_argument("--max-model-len", type=int, default=0)
+    p.add_argument("--cpu-cores", default="", help="device cpu: cores for the engine's threads, e.g. 0 or 2-3 "
+                   "(the scaler gives each worker its own share)")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
     p.set_defaults(func=cmd_worker)
 

@@ -47,3 +47,23 @@ def reconcile(desired: int, slots: list[WorkerSlot], now_s: float, restart_backo
     if stop:
         parts.append(f"stop {stop} above {desired}")
     return Actions(tuple(start), tuple(stop), "; ".join(parts) or f"at desired {desired}")
+
+
+def cpu_share(index: int, replicas: int, cores: list[int]) -> str:
+    """The cores worker `index` of `replicas` gets, in vLLM's list syntax ("2" or "2,3").
+
+    Engines on one machine must not share cores: each vLLM CPU engine spins its OpenMP threads
+    on the cores it binds, so two on the same cores slow each other severalfold. One worker
+    gets "" (vLLM binds all it sees); fewer workers than cores get contiguous chunks (the
+    remainder to the lowest indices); more workers than cores share core i mod n. A worker keeps
+    the share it started with when the replica count changes later.
+    """
+    if replicas <= 1 or not cores:
+        return ""
+    ordered = sorted(cores)
+    n = len(ordered)
+    if replicas >= n:
+        return str(ordered[index % n])
+    size, extra = divmod(n, replicas)
+    begin = index * size + min(index, extra)
+    return ",".join(str(c) for c in ordered[begin:begin + size + (1 if index < extra else 0)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -20,7 +21,7 @@ from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
 from services.scaler.config import ScalerConfig
-from services.scaler.reconcile import WorkerSlot, reconcile
+from services.scaler.reconcile import WorkerSlot, cpu_share, reconcile
 
 log = logging.getLogger("hfx.scaler")
 SERVICE_NAME = "hfx.v1.Scaler"
@@ -59,13 +60,20 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             "worker", "--model", self.config.model, "--instance-id", w.instance_id, "--port", str(w.port),
             "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
             "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
-            "--tracing", self.config.tracing_spec, *self.config.worker_args, *self._metrics_flag(w),
+            "--tracing", self.config.tracing_spec, *self._cpu_flag(w), *self.config.worker_args, *self._metrics_flag(w),
         )
         w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log")
         # Recorded so `hfx down` can stop the worker's group even if this scaler was killed.
         (self.config.log_dir / f"{w.instance_id}.pid").write_text(str(w.proc.pid))
         w.exited_at_s, w.stopping = None, False
         log.info("started worker %s (pid %d, port %d, restarts %d)", w.instance_id, w.proc.pid, w.port, w.restarts)
+
+    def _cpu_flag(self, w: Managed) -> list[str]:
+        """vLLM engines on this machine's CPU each get their own cores (see reconcile.cpu_share)."""
+        if self.config.engine != "vllm" or self.config.device != "cpu":
+            return []
+        share = cpu_share(w.index, self.desired, sorted(os.sched_getaffinity(0)))
+        return ["--cpu-cores", share] if share else []
 
     def _metrics_flag(self, w: Managed) -> list[str]:
         if not self.config.worker_metrics:

@@ -24,6 +24,7 @@ class WorkerConfig:
     drain_timeout_s: float = 30.0
     kv_cache_memory_bytes: int = 256 * 1024 * 1024
     max_num_seqs: int = 64
+    cpu_cores: str = ""                  # CPU engines: cores for this worker's engine threads
     max_model_len: int = 0               # 0: the model's own
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off

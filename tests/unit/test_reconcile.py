@@ -22,3 +22,13 @@ def test_restarts_crashed_slot_after_backoff_that_grows_with_restarts():
 def test_steady_state_does_nothing():
     actions = reconcile(2, [WorkerSlot(0, True), WorkerSlot(1, True)], now_s=0)
     assert actions.start == () and actions.stop == () and actions.reason == "at desired 2"
+
+
+def test_cpu_share_gives_engines_disjoint_cores():
+    from services.scaler.reconcile import cpu_share
+
+    assert cpu_share(0, 1, [0, 1]) == ""                    # alone: vLLM binds everything
+    assert [cpu_share(i, 2, [1, 0]) for i in range(2)] == ["0", "1"]
+    assert [cpu_share(i, 3, list(range(8))) for i in range(3)] == ["0,1,2", "3,4,5", "6,7"]
+    assert [cpu_share(i, 3, [0, 1]) for i in range(3)] == ["0", "1", "0"]  # more engines than cores
+    assert cpu_share(0, 2, []) == ""

@@ -27,6 +27,19 @@ def device_engine_kwargs(device: str, *, kv_cache_memory_bytes: int | None) -> d
     raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
 
 
+def device_environment(device: str, *, cpu_cores: str = "") -> dict[str, str]:
+    """Environment for the engine's processes on `device`.
+
+    On CPU, engines sharing a machine must not share cores: each vLLM CPU engine binds its
+    OpenMP threads to the cores it sees and spins on them, so two engines on the same cores
+    slow each other down severalfold under concurrent load. `cpu_cores` ("0", "2-3", "0,4")
+    pins this engine's threads; empty leaves vLLM's own choice.
+    """
+    if device == "cpu" and cpu_cores:
+        return {"VLLM_CPU_OMP_THREADS_BIND": cpu_cores}
+    return {}
+
+
 def _cpu_kwargs(kv_cache_memory_bytes: int | None) -> dict[str, Any]:
     # On CPU gpu_memory_utilization means a fraction of the NUMA node's RAM, and the default
     # refuses to start on small machines; an explicit KV size is predictable. Eager mode: there

@@ -16,7 +16,7 @@ from typing import Any
 
 from services.common.domain import FinishReason, Sampling, StepSample
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
-from services.worker.engine.device import device_engine_kwargs
+from services.worker.engine.device import device_engine_kwargs, device_environment
 
 MiB = 1024 * 1024
 RECENT_STEPS = 32
@@ -39,6 +39,7 @@ class VllmEngineConfig:
     enforce_eager: bool = True
     load_format: str = "auto"  # "dummy" starts without reading weights (for streamed loading)
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
+    cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
     extra_engine_args: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -89,12 +90,15 @@ class _StatsSink:
         self._last_output_s: float | None = None
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, now_s: float, kv_capacity_tokens: int = 0) -> None:
-        # vLLM reports once per engine step that produced outputs. While requests were running
-        # at the previous report, the gap between reports is one busy step (as the frontend
-        # sees it); after idle time it is not, so it is skipped.
+        # vLLM reports once per engine step that produced outputs. The step's duration comes
+        # from the engine core's own clock where the step carried a decode (inter-token latency
+        # between two engine-core output batches, see `engine_step_ms`); a step of prefills only
+        # falls back to the gap between reports as the frontend sees it, which only counts while
+        # requests were running at the previous report (after idle time it is not one step).
         if iteration_stats is not None:
-            if self._last_output_s is not None and self.running_requests > 0:
-                step_ms = (now_s - self._last_output_s) * 1000.0
+            engine_ms = engine_step_ms(iteration_stats)
+            if engine_ms is not None or (self._last_output_s is not None and self.running_requests > 0):
+                step_ms = engine_ms if engine_ms is not None else (now_s - self._last_output_s) * 1000.0
                 self.step_ms.append(step_ms)
                 self.steps.append(_step_shape(iteration_stats, step_ms, self.kv_usage * kv_capacity_tokens))
                 self.steps_total += 1
@@ -103,6 +107,18 @@ class _StatsSink:
             self.running_requests = scheduler_stats.num_running_reqs
             self.waiting_requests = scheduler_stats.num_waiting_reqs
             self.kv_usage = scheduler_stats.kv_cache_usage
+
+
+def engine_step_ms(iteration_stats: Any) -> float | None:
+    """The step's duration on the engine core's clock, or None when no request decoded in it.
+
+    vLLM stamps each batch of engine-core outputs with the core's monotonic time; a decoding
+    request's inter-token latency is the gap between the batch that carried its previous token
+    and this one: one engine step, free of frontend and event-loop delays. All decoding requests
+    of a step share it (a preempted one shows a longer gap), so the smallest is the step."""
+    itls = getattr(iteration_stats, "inter_token_latencies_iter", None) or ()
+    positive = [v for v in itls if v > 0]
+    return min(positive) * 1000.0 if positive else None
 
 
 def _step_shape(iteration_stats: Any, step_ms: float, kv_tokens: float) -> StepSample:
@@ -157,6 +173,7 @@ class VllmEngine:
         self._llm: Any = None
         self._kv_capacity_tokens = 0
         self._sink = _StatsSink()
+        self.engine_timed_steps = True  # recent_steps are timed by the engine core (for the profiler)
         self._live: set[str] = set()
 
     async def start(self) -> None:
@@ -165,6 +182,8 @@ class VllmEngine:
         if self.config.vllm_log_level:
             # Read by vLLM when it configures logging, here and in its engine subprocess.
             os.environ.setdefault("VLLM_LOGGING_LEVEL", self.config.vllm_log_level)
+        # Inherited by the engine core process that vLLM spawns next.
+        os.environ.update(device_environment(self.config.device, cpu_cores=self.config.cpu_cores))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
