@@ -118,9 +118,10 @@ def sync_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
 
 
-def outgoing_metadata(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-    """Metadata for a call made now: the W3C trace context of the current span, plus extras."""
-    return tuple(tracing.inject_metadata().items()) + extra
+def outgoing_metadata(*extra: tuple[str, str], context=None) -> tuple[tuple[str, str], ...]:
+    """Metadata for a call made now: the W3C trace context (of `context`, default the current
+    span), plus extras."""
+    return tuple(tracing.inject_metadata(context).items()) + extra
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:

@@ -6,13 +6,16 @@ or "otlp" with an endpoint (host:port of an OTLP/gRPC collector such as Jaeger's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import Status, StatusCode
 
 # Attribute names used across services, so a tracing UI can filter on them.
 ATTR_REQUEST_ID = "hfx.request_id"
@@ -73,10 +76,32 @@ def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
-def inject_metadata() -> dict[str, str]:
+def inject_metadata(context=None) -> dict[str, str]:
+    """W3C trace headers for `context` (default: the current one)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
+
+
+@contextlib.contextmanager
+def detached_span(span_tracer: trace.Tracer, name: str, parent) -> Iterator[tuple[trace.Span, object]]:
+    """A span for async generators: yields (span, its context) without attaching it.
+
+    gRPC may close a streaming handler's generator from another task, where detaching a context
+    attached in the generator fails ("created in a different Context"); so nothing is attached,
+    and callers pass the yielded context explicitly to whatever propagates it.
+    """
+    span = span_tracer.start_span(name, context=parent)
+    try:
+        yield span, trace.set_span_in_context(span, parent)
+    except (GeneratorExit, asyncio.CancelledError):
+        raise
+    except BaseException as err:
+        span.record_exception(err)
+        span.set_status(Status(StatusCode.ERROR, f"{type(err).__name__}: {err}"))
+        raise
+    finally:
+        span.end()
 
 
 def extract_context(metadata: Iterable[tuple[str, str]] | Mapping[str, str] | None):

@@ -66,7 +66,7 @@ class RouterCore:
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         """Deltas, then one final message. Raises InvalidArgument, Rejected or Unavailable."""
         arrival_s = time.time()
-        with _tracer.start_as_current_span("router.generate", context=parent) as span:
+        with tracing.detached_span(_tracer, "router.generate", parent) as (span, ctx):
             try:
                 valid = validate(request, self.tokenizer.encode, self.classes, self.limits)
                 spec = RequestSpec(
@@ -75,13 +75,13 @@ class RouterCore:
                     task_class=valid.task_class, tenant=valid.tenant, arrival_s=arrival_s,
                 )
                 _request_attributes(span, spec)
-                placement = await self._admit(spec, valid, span)
+                placement = await self._admit(spec, valid, span, ctx)
             except HfxError as err:
                 metrics.record_request(self._class_label(request.task_class), _refusal_outcome(err))
                 raise
             if on_placed is not None:
                 await on_placed(spec.request_id, placement.instance_id)
-            async for item in self._stream(spec, valid, placement, span):
+            async for item in self._stream(spec, valid, placement, span, ctx):
                 yield item
 
     def _class_label(self, name: str) -> str:
@@ -100,10 +100,10 @@ class RouterCore:
 
     # -- steps -------------------------------------------------------------------------------
 
-    async def _admit(self, spec: RequestSpec, valid: ValidRequest, span) -> scheduler_pb2.Placement:
+    async def _admit(self, spec: RequestSpec, valid: ValidRequest, span, ctx) -> scheduler_pb2.Placement:
         try:
             placement = await self.scheduler.Place(
-                convert.spec_to_pb(spec), timeout=self.config.place_timeout_s, metadata=grpcutil.outgoing_metadata()
+                convert.spec_to_pb(spec), timeout=self.config.place_timeout_s, metadata=grpcutil.outgoing_metadata(context=ctx)
             )
         except grpc.aio.AioRpcError as err:
             raise Unavailable(f"scheduler unavailable: {err.code().name}: {err.details()}") from None
@@ -148,7 +148,7 @@ class RouterCore:
             raise _WorkerFailed(f"instance {instance_id} closed the stream without finishing")
         return chunk
 
-    async def _stream(self, spec: RequestSpec, valid: ValidRequest, placement: scheduler_pb2.Placement, span):
+    async def _stream(self, spec: RequestSpec, valid: ValidRequest, placement: scheduler_pb2.Placement, span, ctx):
         timer = StreamTimer(spec.arrival_s)
         active = Active()
         keys = [spec.request_id] + ([valid.client_request_id] if valid.client_request_id else [])
@@ -162,7 +162,7 @@ class RouterCore:
                     sampling=convert.sampling_to_pb(valid.sampling), priority=spec.priority,
                     slo=convert.slo_to_pb(spec.slo),
                 ),
-                metadata=grpcutil.outgoing_metadata(),
+                metadata=grpcutil.outgoing_metadata(context=ctx),
             )
             while True:
                 try:

@@ -45,12 +45,15 @@ class ServedModel:
                            "invalid_request_error", "model", "model_not_found")
 
 
+_PLACED = object()  # queued when the scheduler has placed the request, before any token
+
+
 class Relay:
     """Runs one RouterCore.generate in its own task and hands its messages over through a queue.
 
-    Why a task: the generator keeps the request's span as the current context, so it must be
-    iterated by one task from start to end, while Starlette streams from a task of its own.
-    Cancelling the relay closes the generator, which aborts the request on the worker.
+    Why a task: the generator is iterated by one task from start to end, while Starlette
+    streams from a task of its own. Cancelling the relay closes the generator, which aborts the
+    request on the worker.
     """
 
     def __init__(self, core: RouterCore, request: router_pb2.GenerateRequest, parent) -> None:
@@ -61,6 +64,7 @@ class Relay:
     async def _pump(self, core: RouterCore, request: router_pb2.GenerateRequest, parent) -> None:
         async def on_placed(request_id: str, instance_id: str) -> None:
             self.request_id = request_id
+            self._queue.put_nowait(_PLACED)
 
         try:
             async for item in core.generate(request, parent, on_placed):
@@ -68,6 +72,16 @@ class Relay:
         except Exception as err:  # handed to the consumer, which maps it to a status or SSE event
             self._queue.put_nowait(err)
         self._queue.put_nowait(None)
+
+    async def wait_placed(self) -> None:
+        """Returns once the request is placed; raises what RouterCore raised before that
+        (validation, admission), so those still become HTTP status codes. After placement only
+        in-stream errors remain, so the response can start without waiting for a token."""
+        item = await self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        if item is not _PLACED:
+            raise RuntimeError("the request ended before it was placed")
 
     async def next(self) -> router_pb2.GenerateResponse | None:
         """The next message, None at the end; raises what RouterCore raised."""
@@ -96,10 +110,10 @@ def render_chat(core: RouterCore):
     return render
 
 
-async def _events(relay: Relay, first, shaper: Shaper, include_usage: bool):
+async def _events(relay: Relay, shaper: Shaper, include_usage: bool):
     """SSE events; a failure mid-stream becomes one error event, then the stream ends."""
     try:
-        item = first
+        item = await relay.next()
         while item is not None:
             if item.HasField("delta"):
                 yield sse(shaper.chunk(item.delta.text, list(item.delta.token_ids), None))
@@ -115,9 +129,10 @@ async def _events(relay: Relay, first, shaper: Shaper, include_usage: bool):
         await relay.aclose()  # also when the client went away: stops the worker's decoding
 
 
-async def _collect(relay: Relay, first) -> tuple[str, list[int], router_pb2.FinalResult]:
-    text, ids, item, final = [], [], first, router_pb2.FinalResult()
+async def _collect(relay: Relay) -> tuple[str, list[int], router_pb2.FinalResult]:
+    text, ids, final = [], [], router_pb2.FinalResult()
     try:
+        item = await relay.next()
         while item is not None:
             if item.HasField("delta"):
                 text.append(item.delta.text)
@@ -134,7 +149,7 @@ async def _respond(core: RouterCore, model: ServedModel, body: CommonBody, req: 
                    request: Request, chat: bool, hints: oai_requests.SloHints) -> Response:
     relay = Relay(core, req, tracing.extract_context(dict(request.headers)))
     try:
-        first = await relay.next()  # validation and admission errors surface here, before any byte is sent
+        await relay.wait_placed()  # validation and admission errors surface here, before any byte is sent
     except HfxError as err:
         await relay.aclose()
         raise from_domain(err, chat, hints.header_fields()) from None
@@ -146,9 +161,9 @@ async def _respond(core: RouterCore, model: ServedModel, body: CommonBody, req: 
     headers = {"x-hfx-request-id": relay.request_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_events(relay, first, shaper, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_events(relay, shaper, include_usage), media_type="text/event-stream",
                                  headers=headers)
-    text, ids, final = await _collect(relay, first)
+    text, ids, final = await _collect(relay)
     return JSONResponse(shaper.whole(text, ids, final), headers=headers)
 
 

@@ -53,7 +53,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if request.request_id in self.inflight:
             raise InvalidArgument("request_id", f"{request.request_id!r} is already running here")
         parent = tracing.extract_context(context.invocation_metadata())
-        with _tracer.start_as_current_span("worker.generate", context=parent) as span:
+        with tracing.detached_span(_tracer, "worker.generate", parent) as (span, _):
             span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_PROMPT_TOKENS, len(request.prompt_token_ids))

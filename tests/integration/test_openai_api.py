@@ -9,9 +9,11 @@ scheduler's span; metrics move; and vLLM's own serving benchmark runs against th
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import grpc
 import httpx
@@ -217,11 +219,19 @@ def test_client_leaving_a_stream_aborts_the_request(base_url, live):
     aborted = lambda: metric(scrape(router), "hfx_router_requests_total",  # noqa: E731
                              task_class="default", outcome="aborted")
     before = aborted()
+    # The worker is frozen so the decode cannot finish before the client leaves, however late this
+    # process gets the CPU; the response headers come before any token (Starlette sends them first
+    # and watches for the disconnect while it waits), then the client leaves and the worker thaws.
+    worker = int((Path(live.log_dir) / "hfx-w0.pid").read_text())
     body = {"prompt": PROMPT_IDS, "max_tokens": 1900, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=60) as response:
-        assert next(line for line in response.iter_lines() if line).startswith("data: ")
-    # Leaving the block closes the connection mid-stream; the router must stop the worker's decode.
+    os.killpg(worker, signal.SIGSTOP)
+    try:
+        with httpx.stream("POST", f"{base_url}/v1/completions", json=body,
+                          headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as response:
+            assert response.status_code == 200
+    finally:
+        os.killpg(worker, signal.SIGCONT)
+    # Leaving the block closed the connection mid-stream; the router must stop the worker's decode.
     assert wait_until(lambda: aborted() == before + 1, timeout_s=10)
 
 

@@ -244,26 +244,26 @@ def delta(text: str, *ids: int) -> router_pb2.GenerateResponse:
     return router_pb2.GenerateResponse(delta=router_pb2.TokenDelta(text=text, token_ids=ids))
 
 
-def play(relay: ScriptedRelay, first, include_usage: bool = False) -> list[bytes]:
+def play(relay: ScriptedRelay, include_usage: bool = False) -> list[bytes]:
     import asyncio
 
     from services.router.http import _events
 
     async def run():
-        return [e async for e in _events(relay, first, Shaper(False, "cmpl-1", "m", 0, False), include_usage)]
+        return [e async for e in _events(relay, Shaper(False, "cmpl-1", "m", 0, False), include_usage)]
 
     return asyncio.run(run())
 
 
 def test_stream_ends_with_usage_then_done():
-    relay = ScriptedRelay([delta(" b", 6), router_pb2.GenerateResponse(final=final())])
-    events = play(relay, delta("a", 5), include_usage=True)
+    relay = ScriptedRelay([delta("a", 5), delta(" b", 6), router_pb2.GenerateResponse(final=final())])
+    events = play(relay, include_usage=True)
     assert len(events) == 5 and events[-1] == b"data: [DONE]\n\n" and b'"usage"' in events[-2]
     assert relay.closed
 
 
 def test_failure_mid_stream_sends_one_error_event_then_stops():
-    relay = ScriptedRelay([delta(" b", 6)], Unavailable("instance w0 failed after 2 tokens"))
-    events = play(relay, delta("a", 5))
+    relay = ScriptedRelay([delta("a", 5), delta(" b", 6)], Unavailable("instance w0 failed after 2 tokens"))
+    events = play(relay)
     assert len(events) == 3 and events[-1].startswith(b'data: {"error":') and b"[DONE]" not in b"".join(events)
     assert relay.closed
