@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +43,9 @@ def add_live_arguments(bench: argparse.ArgumentParser) -> None:
     g.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
     g.add_argument("--max-duration", type=float, default=0.0,
                    help="seconds per run (default: last arrival + request timeout)")
+    g.add_argument("--keep-logs", default="", metavar="DIR",
+                   help="--live-policies: copy each cluster's logs (every process, decisions with reasons) "
+                   "into DIR/POLICY/ before it is removed")
     g.add_argument("--no-task-class", action="store_true", help="do not send the class name (targets that "
                    "do not know the workload's classes)")
 
@@ -171,6 +175,10 @@ class LiveRuns:
                     self._bench(state.router, policy, workers, reports, samples)
                 finally:
                     cluster.down(Path(home), quiet=True)
+                    if self.args.keep_logs:
+                        dest = Path(self.args.keep_logs) / policy
+                        shutil.copytree(home, dest, dirs_exist_ok=True)
+                        print(f"[{policy}] logs kept in {dest}", file=sys.stderr)
         return reports, samples
 
     def _up_options(self, home: Path, policy: str, workers: int, sim_profile: str, classes: Path | None):

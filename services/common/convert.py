@@ -84,7 +84,7 @@ def spec_to_pb(spec: d.RequestSpec) -> scheduler_pb2.PlaceRequest:
     return scheduler_pb2.PlaceRequest(
         request_id=spec.request_id, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
         slo=slo_to_pb(spec.slo), priority=spec.priority, task_class=spec.task_class,
-        tenant=spec.tenant, arrival_unix_s=spec.arrival_s,
+        tenant=spec.tenant, arrival_unix_s=spec.arrival_s, resumed_tokens=spec.resumed_tokens,
     )
 
 
@@ -92,7 +92,7 @@ def spec_from_pb(pb: scheduler_pb2.PlaceRequest) -> d.RequestSpec:
     return d.RequestSpec(
         request_id=pb.request_id, prompt_tokens=pb.prompt_tokens, max_tokens=pb.max_tokens,
         slo=slo_from_pb(pb.slo), priority=pb.priority, task_class=pb.task_class or "default",
-        tenant=pb.tenant, arrival_s=pb.arrival_unix_s,
+        tenant=pb.tenant, arrival_s=pb.arrival_unix_s, resumed_tokens=pb.resumed_tokens,
     )
 
 

@@ -67,6 +67,7 @@ class RequestSpec:
     task_class: str = "default"
     tenant: str = ""
     arrival_s: float = 0.0
+    resumed_tokens: int = 0       # > 0: preempted and requeued after streaming this many tokens
 
     @property
     def ttft_deadline_s(self) -> float:

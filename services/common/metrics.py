@@ -46,6 +46,9 @@ HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route a
 QUEUE_DEPTH = Gauge("hfx_scheduler_queue_depth", "Requests waiting for placement", ["policy"], registry=REGISTRY)
 VERDICTS = Counter("hfx_scheduler_verdicts", "Placement verdicts (admit, best_effort, reject) by reason kind",
                    ["policy", "verdict", "reason"], registry=REGISTRY)
+PREEMPTIONS = Counter("hfx_scheduler_preemptions", "Running requests preempted by in-flight protection, by "
+                      "result (sent: the worker stopped it, gone: it had already ended, failed: the worker "
+                      "could not be told)", ["policy", "result"], registry=REGISTRY)
 DECISION_SECONDS = Histogram("hfx_scheduler_decision_seconds", "Time in one policy.schedule() call",
                              ["policy"], buckets=_DECISION_BUCKETS_S, registry=REGISTRY)
 INSTANCE_RUNNING = Gauge("hfx_instance_running_requests", "Running requests, from the instance's last load report",

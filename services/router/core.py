@@ -13,15 +13,15 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from services.common import convert, grpcutil, metrics, tracing
-from services.common.domain import FinishReason, RequestSpec, Verdict
+from services.common.domain import FinishReason, RequestSpec, Slo, Verdict
 from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
-from services.common.pb.hfx.v1 import router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
 from services.router.tokenizer import Tokenizer
@@ -148,6 +148,16 @@ class RouterCore:
             raise _WorkerFailed(f"instance {instance_id} closed the stream without finishing")
         return chunk
 
+    def _worker_request(self, spec: RequestSpec, valid: ValidRequest, generated: list[int]):
+        # After a preemption the tokens already streamed join the prompt: recomputed, not lost.
+        sampling = valid.sampling
+        if generated:
+            sampling = replace(sampling, max_tokens=sampling.max_tokens - len(generated))
+        return worker_pb2.WorkerGenerateRequest(
+            request_id=spec.request_id, prompt_token_ids=valid.prompt_token_ids + tuple(generated),
+            sampling=convert.sampling_to_pb(sampling), priority=spec.priority, slo=convert.slo_to_pb(spec.slo),
+        )
+
     async def _stream(self, spec: RequestSpec, valid: ValidRequest, placement: scheduler_pb2.Placement, span, ctx):
         timer = StreamTimer(spec.arrival_s)
         active = Active()
@@ -155,48 +165,79 @@ class RouterCore:
         for k in keys:
             self._active[k] = active
         outcome, finish = scheduler_pb2.OUTCOME_ABORTED, FinishReason.ABORT  # until proven otherwise
+        generated: list[int] = []
+        last = placement  # for the final message and the log, whatever happens to `placement`
         try:
-            active.call = self._worker(placement.address).Generate(
-                worker_pb2.WorkerGenerateRequest(
-                    request_id=spec.request_id, prompt_token_ids=valid.prompt_token_ids,
-                    sampling=convert.sampling_to_pb(valid.sampling), priority=spec.priority,
-                    slo=convert.slo_to_pb(spec.slo),
-                ),
-                metadata=grpcutil.outgoing_metadata(context=ctx),
-            )
-            while True:
+            while True:  # one round per placement: more than one only after a preemption
+                active.call = self._worker(placement.address).Generate(
+                    self._worker_request(spec, valid, generated), metadata=grpcutil.outgoing_metadata(context=ctx))
+                preempted = False
+                while True:
+                    try:
+                        chunk = await self._next_chunk(active, timer, placement.instance_id)
+                    except _WorkerFailed as err:
+                        outcome, finish = scheduler_pb2.OUTCOME_FAILED, FinishReason.ERROR
+                        raise Unavailable(str(err)) from None
+                    if chunk is None:  # aborted on request: finish cleanly with what we have
+                        break
+                    now = time.time()
+                    timer.on_tokens(len(chunk.token_ids), now)
+                    generated.extend(chunk.token_ids)
+                    if chunk.token_ids or chunk.text:
+                        yield router_pb2.GenerateResponse(
+                            delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now)
+                        )
+                    if chunk.finished:
+                        preempted = chunk.finish_reason == common_pb2.FINISH_REASON_PREEMPTED
+                        if not preempted:
+                            outcome = scheduler_pb2.OUTCOME_FINISHED
+                            finish = convert.finish_from_pb(chunk.finish_reason) or FinishReason.STOP
+                        break
+                if not preempted or active.aborted:
+                    break
+                # The scheduler already took it off that instance: no Complete for it.
+                placement = None
                 try:
-                    chunk = await self._next_chunk(active, timer, placement.instance_id)
-                except _WorkerFailed as err:
+                    placement = last = await self._resume(spec, last.instance_id, len(generated), span, ctx)
+                except Unavailable:
                     outcome, finish = scheduler_pb2.OUTCOME_FAILED, FinishReason.ERROR
-                    raise Unavailable(str(err)) from None
-                if chunk is None:  # aborted on request: finish cleanly with what we have
-                    break
-                now = time.time()
-                timer.on_tokens(len(chunk.token_ids), now)
-                if chunk.token_ids or chunk.text:
-                    yield router_pb2.GenerateResponse(
-                        delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now)
-                    )
-                if chunk.finished:
-                    outcome = scheduler_pb2.OUTCOME_FINISHED
-                    finish = convert.finish_from_pb(chunk.finish_reason) or FinishReason.STOP
-                    break
+                    raise
             met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
-            yield router_pb2.GenerateResponse(final=_final(spec, placement, timer, met, finish))
+            yield router_pb2.GenerateResponse(final=_final(spec, last, timer, met, finish))
         finally:
             for k in keys:
                 self._active.pop(k, None)
             if active.call is not None:
                 active.call.cancel()  # no-op when finished; stops the worker when the client left
             met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
-            self._complete_later(spec, placement.instance_id, outcome, timer)
+            if placement is not None:
+                self._complete_later(spec, placement.instance_id, outcome, timer)
             _result_attributes(span, timer, met, outcome)
             metrics.record_request(spec.task_class, _OUTCOME_LABELS[outcome], met, timer.ttft_ms, timer.tpot_ms,
                                    timer.e2e_ms(time.time()), timer.tokens)
             log.info("%s %s on %s: %d tokens ttft %.1fms tpot %.1fms slo_met=%s (%s)", spec.request_id,
-                     scheduler_pb2.Outcome.Name(outcome), placement.instance_id, timer.tokens, timer.ttft_ms,
-                     timer.tpot_ms, met, placement.reason)
+                     scheduler_pb2.Outcome.Name(outcome), last.instance_id, timer.tokens, timer.ttft_ms,
+                     timer.tpot_ms, met, last.reason)
+
+    async def _resume(self, spec: RequestSpec, was_on: str, generated: int, span, ctx) -> scheduler_pb2.Placement:
+        """Places a preempted request again. Its next token is due when its mean TPOT would still
+        hold (as the simulator requeues it), and the scheduler never rejects it for its SLO."""
+        resumed = replace(spec, prompt_tokens=spec.prompt_tokens + generated, max_tokens=spec.max_tokens - generated,
+                          slo=Slo(spec.slo.ttft_ms + generated * spec.slo.tpot_ms, spec.slo.tpot_ms),
+                          resumed_tokens=generated)
+        span.add_event("preempted", {"instance": was_on, "output_tokens": generated})
+        log.info("%s preempted on %s after %d tokens; placing it again", spec.request_id, was_on, generated)
+        try:
+            placement = await self.scheduler.Place(
+                convert.spec_to_pb(resumed), timeout=self.config.place_timeout_s,
+                metadata=grpcutil.outgoing_metadata(context=ctx))
+        except grpc.aio.AioRpcError as err:
+            raise Unavailable(f"preempted after {generated} tokens; scheduler unavailable: "
+                              f"{err.code().name}: {err.details()}") from None
+        if convert.verdict_from_pb(placement.verdict) is Verdict.REJECT:
+            raise Unavailable(f"preempted after {generated} tokens and not placed again: {placement.reason}")
+        span.add_event("resumed", {"instance": placement.instance_id, "reason": placement.reason})
+        return placement
 
     def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer) -> None:
         """Tells the scheduler the request ended, off the client's path, bounded by a timeout."""

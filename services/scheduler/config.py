@@ -18,6 +18,7 @@ class SchedulerConfig:
     load_ttl_s: float = 5.0
     max_queue: int = 10_000            # bounded: overload is refused, never buffered without limit
     max_wait_s: float = 30.0           # longest a request waits in the queue before it is refused
+    worker_call_timeout_s: float = 2.0 # Worker.Abort when preempting a running request
     refine_models: bool = True         # refine instances' latency models online from reported steps
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

@@ -12,11 +12,13 @@ import logging
 import signal
 import time
 
+import grpc
+
 from services.common import convert, grpcutil, metrics, store, tracing
-from services.common.domain import Decision, Verdict
+from services.common.domain import Decision, Preemption, Verdict
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
-from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.models import InstanceModels
 from services.scheduler.policy import Policy, make_policy, observe_completion
@@ -39,6 +41,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.state = ClusterState()
         self.models = InstanceModels(refine=config.refine_models)
         self._wake = asyncio.Event()
+        self._workers: dict[str, worker_pb2_grpc.WorkerStub] = {}
+        self._background: set[asyncio.Task] = set()
 
     # -- the scheduling round ------------------------------------------------------------------
 
@@ -47,7 +51,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._expire(now_s)
         if not self.state.waiting:
             metrics.QUEUE_DEPTH.labels(self.policy.name).set(0)
-            return
+            if not self.state.inflight_count():
+                return  # with requests running the policy still runs: in-flight protection
         waiting = [w.spec for w in self.state.waiting.values()]
         snapshot = self.state.snapshot()
         started = time.perf_counter()
@@ -71,8 +76,40 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if not entry.future.done():
                 entry.future.set_result((decision, address))
         for pre in result.preemptions:
-            log.info("preemption advised on %s for %s: %s", pre.instance_id, pre.request_id, pre.reason)
+            self._preempt(pre, snapshot.get(pre.instance_id).address, now_s)
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
+
+    def _preempt(self, pre: Preemption, address: str, now_s: float) -> None:
+        """In-flight protection: stop the victim on its worker. Its stream then ends PREEMPTED and
+        the router places it again with the tokens it has streamed (Place with resumed_tokens).
+        It leaves the instance's running set now, so the next round sees the budget it frees."""
+        running = self.state.complete(pre.instance_id, pre.request_id)
+        if running is None:
+            return
+        log.info("preempt %s on %s: %s", pre.request_id, pre.instance_id, pre.reason)
+
+        async def tell_worker() -> None:
+            result = "sent"
+            try:
+                reply = await self._worker(address).Abort(
+                    worker_pb2.WorkerAbortRequest(request_id=pre.request_id, preempt=True, reason=pre.reason),
+                    timeout=self.config.worker_call_timeout_s)
+                result = "sent" if reply.found else "gone"
+            except grpc.aio.AioRpcError as err:
+                # It keeps running there; count it again so budgets stay honest.
+                result = "failed"
+                log.warning("preempt %s on %s not delivered: %s", pre.request_id, pre.instance_id, err.code().name)
+                self.state.running.setdefault(pre.instance_id, {})[pre.request_id] = running
+            metrics.PREEMPTIONS.labels(self.policy.name, result).inc()
+
+        task = asyncio.create_task(tell_worker())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _worker(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        if address not in self._workers:
+            self._workers[address] = worker_pb2_grpc.WorkerStub(grpcutil.aio_channel(address))
+        return self._workers[address]
 
     def export_instances(self) -> None:
         """Per-instance load as this scheduler sees it, for /metrics."""

@@ -180,7 +180,8 @@ class Simulation:
         orig = rec.spec
         requeued = replace(orig, prompt_tokens=orig.prompt_tokens + rec.generated,
                            max_tokens=max(1, orig.max_tokens - rec.generated),
-                           slo=Slo(orig.slo.ttft_ms + rec.generated * orig.slo.tpot_ms, orig.slo.tpot_ms))
+                           slo=Slo(orig.slo.ttft_ms + rec.generated * orig.slo.tpot_ms, orig.slo.tpot_ms),
+                           resumed_tokens=rec.generated)
         self.waiting.add(requeued)
         self._refresh_view(node, running_changed=True)
 

@@ -34,6 +34,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.info = info
         self.draining = False
         self.inflight: set[str] = set()
+        self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
 
     def load_report(self) -> common_pb2.LoadReport:
         stats = self.engine.stats()
@@ -64,25 +65,38 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 priority=request.priority,
             )
             self.inflight.add(request.request_id)
-            produced = 0
+            produced, ended = 0, False
             try:
                 # The engine aborts its request in its own finally when this loop is cancelled
                 # (client gone, router abort), so nothing keeps decoding for nobody.
                 async for out in self.engine.generate(engine_request):
                     produced += len(out.new_token_ids)
+                    finish = convert.finish_to_pb(out.finish_reason)
+                    if out.finished and request.request_id in self.preempted:
+                        finish = common_pb2.FINISH_REASON_PREEMPTED
+                        span.add_event("preempted", {"reason": self.preempted[request.request_id],
+                                                     "output_tokens": produced})
                     yield worker_pb2.WorkerChunk(
                         token_ids=out.new_token_ids, text=out.text_delta, finished=out.finished,
-                        finish_reason=convert.finish_to_pb(out.finish_reason), prompt_tokens=out.prompt_tokens,
+                        finish_reason=finish, prompt_tokens=out.prompt_tokens,
                     )
+                    ended = ended or out.finished
+                if not ended and request.request_id in self.preempted:  # ended with no last output
+                    yield worker_pb2.WorkerChunk(finished=True, finish_reason=common_pb2.FINISH_REASON_PREEMPTED)
             finally:
                 self.inflight.discard(request.request_id)
+                self.preempted.pop(request.request_id, None)
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
                 metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)
 
     async def Abort(self, request: worker_pb2.WorkerAbortRequest, context) -> worker_pb2.WorkerAbortResponse:
         found = request.request_id in self.inflight
         if found:
-            await self.engine.abort(request.request_id)
+            if request.preempt:
+                self.preempted[request.request_id] = request.reason or "preempted by the scheduler"
+            found = await self.engine.abort(request.request_id)
+            if not found:  # it ended on its own meanwhile
+                self.preempted.pop(request.request_id, None)
         return worker_pb2.WorkerAbortResponse(found=found)
 
     async def GetLoad(self, request, context) -> common_pb2.LoadReport:

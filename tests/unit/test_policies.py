@@ -240,3 +240,22 @@ def test_unknown_policy_and_bad_config_rejected():
     with pytest.raises(ValueError, match="placement"):
         make_policy("hfx", PolicyConfig(placement="random"))
     assert math.isinf(summarise(make_instance(), CFG, OutputLengthEstimator(10)).bank_ms)
+
+
+def test_preempted_request_resumes_and_is_never_rejected():
+    """A request preempted after streaming tokens comes back with resumed_tokens > 0. Even in a
+    reject class and past its deadline it is not turned away: with no room it waits at the head of
+    the ranking; with room it is placed best effort (its SLO is out of reach)."""
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, reject_classes=("chat",),
+                       max_requests_per_instance=1)
+    fresh = make_request(request_id="fresh", arrival_s=0.0, slo=Slo(50.0, 10.0))
+    resumed = make_request(request_id="back", arrival_s=0.0, slo=Slo(50.0, 10.0), resumed_tokens=4,
+                           prompt_tokens=104)
+    full = make_instance(running=(make_request(request_id="x"),), placed_s=-10.0)
+    hfx = make_policy("hfx", cfg)
+    # At t = 1 s both deadlines (50 ms) have passed and the only instance is full.
+    result = hfx.schedule([fresh, resumed], cluster(full), 1.0)
+    assert [(d.request_id, d.verdict) for d in result.decisions] == [("fresh", Verdict.REJECT)]
+    # Room appears: the resumed one is placed, best effort; nothing expires it meanwhile.
+    (d,) = hfx.schedule([resumed], cluster(make_instance()), 5.0).decisions
+    assert d.request_id == "back" and d.verdict == Verdict.BEST_EFFORT and d.instance_id == "i0"

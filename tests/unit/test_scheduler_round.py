@@ -96,3 +96,28 @@ def test_a_failing_policy_leaves_requests_queued_until_the_wait_limit():
         s.run_round(now_s=6.0)
         assert entry.future.result()[0].verdict is Verdict.REJECT
     asyncio.run(go())
+
+
+class _PreemptAll:
+    name = "preempt-all"
+
+    def schedule(self, waiting, cluster, now_s):
+        from services.common.domain import Preemption, ScheduleResult
+        return ScheduleResult((), tuple(Preemption(i.instance_id, r.spec.request_id, "test")
+                                        for i in cluster.instances for r in i.running))
+
+
+def test_preemption_the_worker_cannot_hear_keeps_the_request_counted():
+    """Nothing waits, so only in-flight protection runs; the worker's address refuses connections,
+    so the request keeps running there and must stay in the instance's running set."""
+    from services.common import procs
+
+    async def go():
+        s = SchedulerServicer(SchedulerConfig(worker_call_timeout_s=1.0), _PreemptAll(), cluster=None)
+        s.state.set_instances([common_pb2.Instance(instance_id="i0", address=f"127.0.0.1:{procs.free_port()}")])
+        s.state.place("i0", make_spec(request_id="victim"), 0.0)
+        s.run_round(now_s=1.0)
+        assert s.state.inflight_count() == 0          # released at once, so the next round sees the room
+        await asyncio.gather(*s._background)
+        assert "victim" in s.state.running["i0"]      # restored: the worker was never told
+    asyncio.run(go())

@@ -110,6 +110,10 @@ class Hfx:
             spec = entry.spec
             slack_ms = entry.slack_ms(now_s)
             self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
+            if spec.resumed_tokens:
+                # Preempted after streaming tokens: never turned away now. It keeps its place at
+                # the head of the ranking (least slack) and is placed as soon as room appears.
+                continue
             if cfg.on_miss == "reject" or spec.task_class in cfg.reject_classes:
                 self.queue.settle(entry)
                 wait_ms = len(self.queue.known) * entry.unloaded_prefill_ms  # crude drain estimate
@@ -151,7 +155,8 @@ class Hfx:
                 deferred = entry
                 self.deferrals += 1
                 break
-            if self._try(entry, table, now_s, decisions, best_effort=False) is None:
+            late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
+            if self._try(entry, table, now_s, decisions, best_effort=late_resume) is None:
                 skipped.append(entry)
                 self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
         for entry in skipped:

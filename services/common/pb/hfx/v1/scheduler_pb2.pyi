@@ -31,7 +31,7 @@ OUTCOME_ABORTED: Outcome
 OUTCOME_FAILED: Outcome
 
 class PlaceRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "slo", "priority", "task_class", "tenant", "arrival_unix_s")
+    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "slo", "priority", "task_class", "tenant", "arrival_unix_s", "resumed_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class PlaceRequest(_message.Message):
     TASK_CLASS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     max_tokens: int
@@ -48,7 +49,8 @@ class PlaceRequest(_message.Message):
     task_class: str
     tenant: str
     arrival_unix_s: float
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ...) -> None: ...
+    resumed_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., resumed_tokens: _Optional[int] = ...) -> None: ...
 
 class Placement(_message.Message):
     __slots__ = ("verdict", "instance_id", "address", "reason", "policy", "retry_after_ms", "predicted_ttft_ms", "slack_ms")

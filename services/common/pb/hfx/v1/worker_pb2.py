@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb.hfx.v1 import common_pb2 as hfx_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/worker.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\x9b\x01\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.hfx.v1.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x18\n\x03slo\x18\x05 \x01(\x0b\x32\x0b.hfx.v1.Slo\"\x84\x01\n\x0bWorkerChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.hfx.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\"(\n\x12WorkerAbortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"$\n\x13WorkerAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGetLoadRequest\"\x10\n\x0eGetInfoRequest\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tremaining\x18\x01 \x01(\x05\x32\xae\x02\n\x06Worker\x12@\n\x08Generate\x12\x1d.hfx.v1.WorkerGenerateRequest\x1a\x13.hfx.v1.WorkerChunk0\x01\x12@\n\x05\x41\x62ort\x12\x1a.hfx.v1.WorkerAbortRequest\x1a\x1b.hfx.v1.WorkerAbortResponse\x12\x35\n\x07GetLoad\x12\x16.hfx.v1.GetLoadRequest\x1a\x12.hfx.v1.LoadReport\x12\x33\n\x07GetInfo\x12\x16.hfx.v1.GetInfoRequest\x1a\x10.hfx.v1.Instance\x12\x34\n\x05\x44rain\x12\x14.hfx.v1.DrainRequest\x1a\x15.hfx.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/worker.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\x9b\x01\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.hfx.v1.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x18\n\x03slo\x18\x05 \x01(\x0b\x32\x0b.hfx.v1.Slo\"\x84\x01\n\x0bWorkerChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.hfx.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\"I\n\x12WorkerAbortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07preempt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"$\n\x13WorkerAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGetLoadRequest\"\x10\n\x0eGetInfoRequest\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tremaining\x18\x01 \x01(\x05\x32\xae\x02\n\x06Worker\x12@\n\x08Generate\x12\x1d.hfx.v1.WorkerGenerateRequest\x1a\x13.hfx.v1.WorkerChunk0\x01\x12@\n\x05\x41\x62ort\x12\x1a.hfx.v1.WorkerAbortRequest\x1a\x1b.hfx.v1.WorkerAbortResponse\x12\x35\n\x07GetLoad\x12\x16.hfx.v1.GetLoadRequest\x1a\x12.hfx.v1.LoadReport\x12\x33\n\x07GetInfo\x12\x16.hfx.v1.GetInfoRequest\x1a\x10.hfx.v1.Instance\x12\x34\n\x05\x44rain\x12\x14.hfx.v1.DrainRequest\x1a\x15.hfx.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERCHUNK']._serialized_start=211
   _globals['_WORKERCHUNK']._serialized_end=343
   _globals['_WORKERABORTREQUEST']._serialized_start=345
-  _globals['_WORKERABORTREQUEST']._serialized_end=385
-  _globals['_WORKERABORTRESPONSE']._serialized_start=387
-  _globals['_WORKERABORTRESPONSE']._serialized_end=423
-  _globals['_GETLOADREQUEST']._serialized_start=425
-  _globals['_GETLOADREQUEST']._serialized_end=441
-  _globals['_GETINFOREQUEST']._serialized_start=443
-  _globals['_GETINFOREQUEST']._serialized_end=459
-  _globals['_DRAINREQUEST']._serialized_start=461
-  _globals['_DRAINREQUEST']._serialized_end=475
-  _globals['_DRAINRESPONSE']._serialized_start=477
-  _globals['_DRAINRESPONSE']._serialized_end=511
-  _globals['_WORKER']._serialized_start=514
-  _globals['_WORKER']._serialized_end=816
+  _globals['_WORKERABORTREQUEST']._serialized_end=418
+  _globals['_WORKERABORTRESPONSE']._serialized_start=420
+  _globals['_WORKERABORTRESPONSE']._serialized_end=456
+  _globals['_GETLOADREQUEST']._serialized_start=458
+  _globals['_GETLOADREQUEST']._serialized_end=474
+  _globals['_GETINFOREQUEST']._serialized_start=476
+  _globals['_GETINFOREQUEST']._serialized_end=492
+  _globals['_DRAINREQUEST']._serialized_start=494
+  _globals['_DRAINREQUEST']._serialized_end=508
+  _globals['_DRAINRESPONSE']._serialized_start=510
+  _globals['_DRAINRESPONSE']._serialized_end=544
+  _globals['_WORKER']._serialized_start=547
+  _globals['_WORKER']._serialized_end=849
 # @@protoc_insertion_point(module_scope)

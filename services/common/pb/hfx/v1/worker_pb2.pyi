@@ -36,10 +36,14 @@ class WorkerChunk(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class WorkerAbortRequest(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "preempt", "reason")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    preempt: bool
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., preempt: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class WorkerAbortResponse(_message.Message):
     __slots__ = ("found",)
