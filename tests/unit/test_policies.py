@@ -259,3 +259,20 @@ def test_preempted_request_resumes_and_is_never_rejected():
     # Room appears: the resumed one is placed, best effort; nothing expires it meanwhile.
     (d,) = hfx.schedule([resumed], cluster(make_instance()), 5.0).decisions
     assert d.request_id == "back" and d.verdict == Verdict.BEST_EFFORT and d.instance_id == "i0"
+
+
+def test_resumed_best_effort_request_is_not_expired():
+    """Best effort that waited past best_effort_max_wait_ms is rejected, unless it is a resumed
+    (preempted) request: that one goes back to the ranking. Its TPOT (1 ms) is below one unloaded
+    step (2.5 ms), which would make a new request best effort from the start."""
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, max_requests_per_instance=1,
+                       best_effort_max_wait_ms=100.0)
+    new = make_request(request_id="new", slo=Slo(50.0, 1.0))
+    back = make_request(request_id="back", slo=Slo(50.0, 1.0), resumed_tokens=3, prompt_tokens=103)
+    full = make_instance(running=(make_request(request_id="x"),), placed_s=-10.0)
+    hfx = make_policy("hfx", cfg)
+    result = hfx.schedule([new, back], cluster(full), 1.0)
+    assert [(d.request_id, d.verdict) for d in result.decisions] == [("new", Verdict.REJECT)]
+    assert not hfx.schedule([back], cluster(full), 2.0).decisions
+    (d,) = hfx.schedule([back], cluster(make_instance()), 3.0).decisions
+    assert d.request_id == "back" and d.verdict == Verdict.BEST_EFFORT

@@ -71,7 +71,7 @@ class Hfx:
         credit_s = (spec.priority - 1) * cfg.priority_credit_ms / 1000.0
         entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)
         # A TPOT below one unloaded decode step can never be met: best effort from the start.
-        if spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
+        if not spec.resumed_tokens and spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
             entry.best_effort = True
             entry.demoted_s = spec.arrival_s
         return entry
@@ -133,6 +133,10 @@ class Hfx:
             entry = self.queue.pop_expired_best_effort(now_s - limit_ms / 1000.0)
             if entry is None:
                 return
+            if entry.spec.resumed_tokens:  # never turned away after streaming: back to the ranking
+                entry.best_effort = False
+                self.queue.requeue(entry)
+                continue
             waited_ms = (now_s - entry.demoted_s) * 1000.0
             decisions.append(Decision(
                 entry.spec.request_id, Verdict.REJECT,

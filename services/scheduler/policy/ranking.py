@@ -106,6 +106,10 @@ class RankedQueue:
                 return entry
         return None
 
+    def requeue(self, entry: Entry) -> None:
+        """Put a settled entry back, as if it had just arrived (keeps its rank key and deadline)."""
+        self._insert(entry)
+
     def push_back(self, entry: Entry) -> None:
         heapq.heappush(self._by_rank, (entry.rank_key_s, entry.spec.arrival_s, entry.seq, entry))
 
