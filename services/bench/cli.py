@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ def add_live_arguments(bench: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=0, help="context of the target (default: the model's)")
     g.add_argument("--target-model", default="", help="HTTP targets: the model name (default: the first in /v1/models)")
     g.add_argument("--api-key", default="", help="the target's API key")
-    g.add_argument("--probes", type=int, default=3, help="sequential probes per class for the unloaded latency")
+    g.add_argument("--probes", type=int, default=3, help="sequential probes per class for the unloaded latency, counted after max(2, --workers or --instances) warm-ups")
     g.add_argument("--max-inflight", type=int, default=1024, help="bound on requests in flight")
     g.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
     g.add_argument("--max-duration", type=float, default=0.0,
@@ -100,11 +101,18 @@ def run_live_bench(args: argparse.Namespace, parser_error) -> int:
         return EXIT_BAD_INPUT
     opts = LiveOptions(args.max_inflight, args.request_timeout, args.max_duration, not args.no_task_class)
     runs = LiveRuns(args, workload, model, vocab, max_len, profile, opts)
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt  # unwinds through run_all, whose finally stops the cluster it started
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         reports, samples = runs.run_all()
     except (RuntimeError, TimeoutError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return runs.write(reports, samples)
 
 
@@ -120,7 +128,8 @@ class LiveRuns:
             return {c.name: c.slo(self.profile.model, self.profile.chunk_tokens) for c in self.workload.classes}
         if self.unloaded is None:
             self.unloaded = asyncio.run(_with_target(target, lambda t: probe(
-                t, self.workload, self.vocab, self.max_len, self.args.probes, send_class=self.opts.send_class),
+                t, self.workload, self.vocab, self.max_len, self.args.probes, send_class=self.opts.send_class,
+                warmups=max(2, self.args.workers or self.args.instances)),
                 self.args))
             print(f"unloaded latency of {target}: TTFT " + ", ".join(
                 f"{k} {v:.1f} ms" for k, v in self.unloaded.ttft_ms.items()) + f"; TPOT {self.unloaded.tpot_ms:.1f} ms",

@@ -51,15 +51,17 @@ def prompt_ids(rng: random.Random, length: int, vocab_size: int) -> list[int]:
 
 
 async def probe(target: Target, workload: Workload, vocab_size: int, max_model_len: int, repeats: int = 3,
-                timeout_s: float = 60.0, send_class: bool = True) -> Unloaded:
-    """Sequential requests on the idle target: TTFT of each class's mean prompt, TPOT overall."""
+                timeout_s: float = 60.0, send_class: bool = True, warmups: int = 1) -> Unloaded:
+    """Sequential requests on the idle target: TTFT of each class's mean prompt, TPOT overall.
+    The first `warmups` of each class are not counted: a target spreads them over its instances,
+    and each instance's first request of a new prompt length is slow (one per instance, at least)."""
     rng = random.Random(12345)
     ttft: dict[str, float] = {}
     tpots: list[float] = []
     for cls in workload.classes:
         length = max(1, min(int(cls.prompt_tokens.mean), max_model_len - PROBE_TOKENS - 1))
         samples = []
-        for _ in range(repeats + 1):  # the first is a warm-up
+        for i in range(repeats + warmups):
             req = LiveRequest(prompt_ids(rng, length, vocab_size), PROBE_TOKENS, LOOSE_SLO_MS, LOOSE_SLO_MS,
                               cls.priority, cls.name if send_class else "")
             start = time.monotonic()
@@ -67,9 +69,9 @@ async def probe(target: Target, workload: Workload, vocab_size: int, max_model_l
             if res.verdict != "admit" or res.first_token_s is None:
                 raise RuntimeError(f"probe of class {cls.name} on {target.name} failed: {res.verdict}: {res.reason}")
             samples.append((res.first_token_s - start) * 1000.0)
-            if res.tokens > 1:
+            if res.tokens > 1 and i >= warmups:
                 tpots.append((res.last_token_s - res.first_token_s) * 1000.0 / (res.tokens - 1))
-        ttft[cls.name] = statistics.median(samples[1:])
+        ttft[cls.name] = statistics.median(samples[warmups:])
     return Unloaded(ttft, statistics.median(tpots) if tpots else 1.0)
 
 

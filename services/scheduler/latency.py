@@ -1,8 +1,8 @@
 """Fitting the step-time model step_ms = c0 + c1*prefill_tokens + c2*decode_seqs + c3*kv_tokens.
 
 Pure: `fit` solves least squares over profiled steps and reports its error; `OnlineLatencyModel`
-refines a fitted model from the steps a worker reports (recursive least squares with forgetting,
-so the model follows drift such as thermal throttling or a noisy neighbour).
+calibrates a fitted model by the steps a worker reports (one scale factor with forgetting, so
+the model follows drift such as thermal throttling or a noisy neighbour).
 """
 
 from __future__ import annotations
@@ -56,29 +56,42 @@ def fit(samples: Sequence[StepSample]) -> Fit:
 
 
 class OnlineLatencyModel:
-    """Recursive least squares from a starting model; `forgetting` < 1 weights recent steps more.
+    """Calibrates a profiled model online by one factor: step_ms ~= scale * profile(step).
 
-    The features differ by orders of magnitude (1 vs thousands of KV tokens), so the update runs
-    on scaled features to keep the covariance well conditioned.
+    `scale` is the exponentially weighted geometric mean of observed / predicted step times
+    (`forgetting` 0.995: the last ~200 steps), each ratio clipped to [min_scale, max_scale].
+    The profile fixes the model's shape; live steps only say how much slower or faster the
+    instance runs now (a noisy neighbour, CPU contention, throttling). A free refit of all four
+    coefficients (recursive least squares, the first version) was unstable on live vLLM steps:
+    under load they all have similar composition, so the intercept and the per-sequence terms
+    trade off, and clamping the negative one produced models like 28.7 + 4.09*decode_seqs ms
+    against real steps of ~8 ms (docs/LIVE.md), which made HFX turn requests away.
     """
 
-    def __init__(self, start: LatencyModel, forgetting: float = 0.995, prior_variance: float = 1.0,
-                 scale: tuple[float, float, float, float] = (1.0, 512.0, 64.0, 65536.0)) -> None:
+    def __init__(self, start: LatencyModel, forgetting: float = 0.995,
+                 min_scale: float = 0.25, max_scale: float = 8.0) -> None:
+        self.start = start
         self.forgetting = forgetting
-        self._scale = np.array(scale, dtype=float)
-        self._theta = np.array([start.c0_ms, start.c1_ms_per_prefill_token, start.c2_ms_per_decode_seq,
-                                start.c3_ms_per_kv_token]) * self._scale
-        self._p = np.eye(4) * prior_variance
+        self._clip = (float(np.log(min_scale)), float(np.log(max_scale)))
+        self._log_sum = 0.0
+        self._weight = 0.0
         self.steps = 0
 
     def observe(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int, step_ms: float) -> None:
-        x = np.array([1.0, prefill_tokens, decode_seqs, kv_tokens]) / self._scale
-        px = self._p @ x
-        gain = px / (self.forgetting + x @ px)
-        self._theta = self._theta + gain * (step_ms - x @ self._theta)
-        self._p = (self._p - np.outer(gain, px)) / self.forgetting
+        predicted = self.start.step_ms(prefill_tokens, decode_seqs, kv_tokens)
+        if predicted <= 0 or step_ms <= 0:
+            return
+        ratio = min(max(float(np.log(step_ms / predicted)), self._clip[0]), self._clip[1])
+        self._log_sum = self.forgetting * self._log_sum + ratio
+        self._weight = self.forgetting * self._weight + 1.0
         self.steps += 1
 
     @property
+    def scale(self) -> float:
+        return float(np.exp(self._log_sum / self._weight)) if self._weight else 1.0
+
+    @property
     def model(self) -> LatencyModel:
-        return _model(self._theta / self._scale)
+        k, m = self.scale, self.start
+        return LatencyModel(m.c0_ms * k, m.c1_ms_per_prefill_token * k, m.c2_ms_per_decode_seq * k,
+                            m.c3_ms_per_kv_token * k)

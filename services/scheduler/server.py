@@ -43,6 +43,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._wake = asyncio.Event()
         self._workers: dict[str, worker_pb2_grpc.WorkerStub] = {}
         self._background: set[asyncio.Task] = set()
+        self._refined_logged: dict[str, float] = {}
 
     # -- the scheduling round ------------------------------------------------------------------
 
@@ -105,6 +106,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         task = asyncio.create_task(tell_worker())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _log_refined(self, instance_id: str, m, every_s: float = 10.0) -> None:
+        now = time.monotonic()
+        if now - self._refined_logged.get(instance_id, -every_s) >= every_s:
+            self._refined_logged[instance_id] = now
+            log.info("latency model of %s refined online: step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + "
+                     "%.3g*kv_tokens", instance_id, m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
+                     m.c3_ms_per_kv_token)
 
     def _worker(self, address: str) -> worker_pb2_grpc.WorkerStub:
         if address not in self._workers:
@@ -222,6 +231,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.state.set_load(request.instance_id, load)
         model = self.models.observe(request.instance_id, load)
         if model is not None and request.instance_id in self.state.instances:
+            if model is not self.state.models.get(request.instance_id):
+                self._log_refined(request.instance_id, model)
             self.state.models[request.instance_id] = model
         self.wake()
         return scheduler_pb2.ReportLoadResponse()

@@ -51,3 +51,17 @@ def test_online_model_follows_a_slowdown():
             online.observe(s.prefill_tokens, s.decode_seqs, s.kv_tokens, s.step_ms)
     assert online.model.step_ms(512, 8, 4096) == pytest.approx(slower.step_ms(512, 8, 4096), rel=0.05)
     assert online.steps == 20 * len(profile_grid(slower))
+
+
+def test_online_model_keeps_the_profiled_shape_when_live_steps_all_look_alike():
+    """Under load every step has about the same composition, which cannot separate c0 from c2;
+    the calibration only scales the profile, so the prediction for a lone request stays sane, and
+    one wild step (a 100x stall, clipped to 8x) moves the scale by a few percent, not 100x."""
+    online = OnlineLatencyModel(TRUE)
+    for i in range(400):
+        online.observe(0, 20, 10_000, 1.5 * TRUE.step_ms(0, 20, 10_000) * (1.1 if i % 2 else 0.9))
+    assert online.scale == pytest.approx(1.5, rel=0.02)
+    assert online.model.step_ms(0, 1, 0) == pytest.approx(1.5 * TRUE.step_ms(0, 1, 0), rel=0.02)
+    before = online.scale
+    online.observe(0, 20, 10_000, 100 * TRUE.step_ms(0, 20, 10_000))
+    assert before < online.scale < before * 1.02

@@ -276,3 +276,20 @@ def test_resumed_best_effort_request_is_not_expired():
     assert not hfx.schedule([back], cluster(full), 2.0).decisions
     (d,) = hfx.schedule([back], cluster(make_instance()), 3.0).decisions
     assert d.request_id == "back" and d.verdict == Verdict.BEST_EFFORT
+
+
+def test_queued_prefill_counts_against_a_new_requests_own_tpot():
+    """Model step_ms = 2 + 0.01*p + 0.5*n. "busy" has 2000 prompt tokens queued for prefill (placed
+    at t=0, nothing done yet): B = 2000, c1*B = 20 ms. A new request with O = 10 and TPOT 4 ms:
+    s' = 2 + 0.5*2 = 3 ms on busy, so (O-1)*(TPOT-s') = 9 ms < 20 ms: it does not fit there (its
+    prefill may jump the queue, and the queued chunks then slow its decode); "idle" takes it.
+    With backlog_interferes off (FIFO prefill) busy fits as well, and spread picks by load."""
+    queued = make_request(request_id="long", prompt_tokens=2000, max_tokens=10, slo=Slo(10_000.0, 1000.0))
+    busy, idle = make_instance("busy", running=(queued,)), make_instance("idle", running=(make_request(
+        request_id="short", prompt_tokens=1, slo=Slo(10_000.0, 1000.0)),), placed_s=-10.0)
+    req = make_request(request_id="n", prompt_tokens=10, slo=Slo(10_000.0, 4.0))
+    (d,) = make_policy("hfx", CFG).schedule([req], cluster(busy, idle), 0.0).decisions
+    assert d.instance_id == "idle" and "(1 fit)" in d.reason
+    fifo = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, prior_output_tokens=10, backlog_interferes=False)
+    (d,) = make_policy("hfx", fifo).schedule([req], cluster(busy, idle), 0.0).decisions
+    assert "(2 fit)" in d.reason

@@ -59,6 +59,10 @@ class PolicyConfig:
     # In-flight protection: preempt on an instance whose budget is below -preempt_margin_ms.
     preempt: bool = True
     preempt_margin_ms: float = 50.0
+    # (5) in fit.py: a new request's own mean TPOT must absorb the prefill already queued on the
+    # instance, because an engine with priority scheduling (vLLM, as HFX runs it) may run its
+    # prefill first and the queued chunks during its decode. False: FIFO prefill (the simulator).
+    backlog_interferes: bool = True
 
 
 class Policy(Protocol):

@@ -6,6 +6,9 @@ A request fits instance m when, by m's latency model (notation in budget.py):
                         slower step s' eat into every running request's bank)
  (3) steady decode:     s' = c0 + c2*(n+1) + c3*(kv + L + O/2)  <=  min(TPOT of running, own TPOT)
  (4) KV:                kv_peak + L + O  <=  capacity * (1 - watermark)
+ (5) own mean TPOT:     (O-1) * (TPOT - s')  >=  c1*B  (config.backlog_interferes, the default):
+                        vLLM's priority scheduling may run its prefill ahead of the B queued
+                        prefill tokens, which then run during its decode
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ class FitTable:
             ok &= (self.max_len <= 0) | (L + spec.max_tokens <= self.max_len)
         if not best_effort:
             ok &= (ttft_ms <= (spec.ttft_deadline_s - now_s) * 1000.0) & (s_new <= spec.slo.tpot_ms)
+            if self.config.backlog_interferes and O > 1:
+                ok &= (O - 1) * (spec.slo.tpot_ms - s_new) >= self.c1 * self.backlog
         n_fit = int(ok.sum())
         if n_fit == 0:
             return None

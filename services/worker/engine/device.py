@@ -7,6 +7,7 @@ torch-npu) is one more branch in `device_engine_kwargs`, not edits across the en
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 DEVICES = ("cpu", "cuda", "npu")
@@ -30,14 +31,44 @@ def device_engine_kwargs(device: str, *, kv_cache_memory_bytes: int | None) -> d
 def device_environment(device: str, *, cpu_cores: str = "") -> dict[str, str]:
     """Environment for the engine's processes on `device`.
 
-    On CPU, engines sharing a machine must not share cores: each vLLM CPU engine binds its
-    OpenMP threads to the cores it sees and spins on them, so two engines on the same cores
-    slow each other down severalfold under concurrent load. `cpu_cores` ("0", "2-3", "0,4")
-    pins this engine's threads; empty leaves vLLM's own choice.
+    On CPU, engines sharing a machine must not share cores: each vLLM CPU engine runs OpenMP
+    threads that spin at barriers, so two engines whose threads share cores stall each other
+    (a thread spins while the one it waits for is descheduled): on this 2-core machine that
+    showed as first tokens held back ~800 ms and then delivered in one burst. `cpu_cores`
+    ("0", "2-3", "0,4") sizes this engine's OpenMP pool to its share; `pin_cpu_cores` then
+    binds the process. VLLM_CPU_OMP_THREADS_BIND is set too, for vLLM's multiprocess executor,
+    which binds per rank; the single-process engine core used here does not read it.
     """
     if device == "cpu" and cpu_cores:
-        return {"VLLM_CPU_OMP_THREADS_BIND": cpu_cores}
+        return {"VLLM_CPU_OMP_THREADS_BIND": cpu_cores, "OMP_NUM_THREADS": str(len(parse_cores(cpu_cores)))}
     return {}
+
+
+def pin_cpu_cores(device: str, cpu_cores: str) -> set[int] | None:
+    """Binds this process (and so the engine core vLLM spawns next, which inherits it) to
+    `cpu_cores` on CPU; returns the cores, or None when there is nothing to pin."""
+    if device != "cpu" or not cpu_cores:
+        return None
+    cores = parse_cores(cpu_cores)
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+def parse_cores(spec: str) -> set[int]:
+    """"0", "2-3", "0,4-5" -> {0}, {2, 3}, {0, 4, 5}."""
+    cores: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        first, last = int(lo), int(hi or lo)
+        if last < first:
+            raise ValueError(f"bad core range {part!r} in {spec!r}")
+        cores.update(range(first, last + 1))
+    if not cores:
+        raise ValueError(f"no cores in {spec!r}")
+    return cores
 
 
 def _cpu_kwargs(kv_cache_memory_bytes: int | None) -> dict[str, Any]:

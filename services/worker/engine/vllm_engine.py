@@ -8,6 +8,7 @@ engine core in a spawned subprocess: an entry script that starts this engine nee
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -16,7 +17,9 @@ from typing import Any
 
 from services.common.domain import FinishReason, Sampling, StepSample
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
-from services.worker.engine.device import device_engine_kwargs, device_environment
+from services.worker.engine.device import device_engine_kwargs, device_environment, pin_cpu_cores
+
+log = logging.getLogger("hfx.worker.vllm")
 
 MiB = 1024 * 1024
 RECENT_STEPS = 32
@@ -184,6 +187,9 @@ class VllmEngine:
             os.environ.setdefault("VLLM_LOGGING_LEVEL", self.config.vllm_log_level)
         # Inherited by the engine core process that vLLM spawns next.
         os.environ.update(device_environment(self.config.device, cpu_cores=self.config.cpu_cores))
+        pinned = pin_cpu_cores(self.config.device, self.config.cpu_cores)
+        if pinned is not None:
+            log.info("bound to CPU cores %s (the engine core inherits it)", sorted(pinned))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
