@@ -85,12 +85,14 @@ class RunningCluster:
 
 @contextlib.contextmanager
 def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: str = "least-load",
-                  worker_args: tuple[str, ...] = (), engine: str = "vllm", classes: str = "") -> Iterator[RunningCluster]:
-    """engine "sim" starts SIMULATED workers (no vLLM); classes is a router task-class YAML."""
+                  worker_args: tuple[str, ...] = (), engine: str = "vllm", classes: str = "",
+                  http: bool = False) -> Iterator[RunningCluster]:
+    """engine "sim" starts SIMULATED workers (no vLLM); classes is a router task-class YAML;
+    http also serves the router's OpenAI-compatible API (state.http)."""
     model = str(ensure_default_model())
     opts = cluster.UpOptions(home=home, model=model, workers=workers, router_port=procs.free_port(), redis_url=None,
                              policy=policy, engine=engine, tracing=tracing, timeout_s=240, worker_args=worker_args,
-                             classes=classes)
+                             classes=classes, http_port=procs.free_port() if http else 0)
     state = cluster.up(opts)
     running = RunningCluster(state, home, model)
     try:

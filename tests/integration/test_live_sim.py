@@ -34,7 +34,8 @@ def classes_file(tmp_path) -> str:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live-sim")
-    with local_cluster(tmp / "home", workers=3, policy="hfx", engine="sim", classes=classes_file(tmp)) as running:
+    with local_cluster(tmp / "home", workers=3, policy="hfx", engine="sim", classes=classes_file(tmp),
+                       http=True) as running:
         yield running
 
 
@@ -65,6 +66,19 @@ def test_bench_target_runs_the_workload_and_writes_the_record_schema(mesh, tmp_p
     assert rec["completed"] + rec["rejected"] == 40 and rec["completed"] > 0
     assert set(rec["ttft_ms"]) >= {"p50", "p90", "p99"} and rec["ttft_ms"]["p50"] > 0
     assert "live target" in rec["engine"] and (tmp_path / "attainment_vs_rate.png").exists()
+
+
+def test_bench_target_speaks_openai_http_too(mesh, tmp_path):
+    """The same workload through the router's OpenAI API (the path a plain `vllm serve` takes):
+    model name from /v1/models, SLOs and class as headers, streamed completions measured."""
+    out = tmp_path / "http.json"
+    assert main(["bench", "--target", f"http://{mesh.state.http}", "--workload", DEFAULT_WORKLOAD,
+                 "--rate", "20", "--requests", "30", "--probes", "1", "--label", "hfx-http", "--quiet",
+                 "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())["records"]
+    assert rec["policy"] == "hfx-http" and rec["failed"] == 0 and rec["completed"] + rec["rejected"] == 30
+    assert rec["completed"] > 0 and rec["ttft_ms"]["p50"] > 0 and rec["tpot_ms"]["p50"] > 0
+    assert "live target http://" in rec["engine"]
 
 
 def test_impossible_slo_on_a_reject_class_is_resource_exhausted_with_a_retry_hint(mesh):
