@@ -53,14 +53,19 @@ def cpu_share(index: int, replicas: int, cores: list[int]) -> str:
     """The cores worker `index` of `replicas` gets, in vLLM's list syntax ("2" or "2,3").
 
     Engines on one machine must not share cores: each vLLM CPU engine spins its OpenMP threads
-    on the cores it binds, so two on the same cores slow each other severalfold. One worker
-    gets "" (vLLM binds all it sees); fewer workers than cores get contiguous chunks (the
-    remainder to the lowest indices); more workers than cores share core i mod n. A worker keeps
-    the share it started with when the replica count changes later.
+    on the cores it binds, so two on the same cores slow each other severalfold, and so does
+    anything else on them. With more cores than workers the lowest core is left to the control
+    plane (router, scheduler, Redis, the workers' own gRPC and detokenising threads): on 2 cores,
+    one worker under fcfs at 12 req/s then had TPOT p50 19.3 instead of 27.7 ms and mean E2E
+    2424 instead of 3404 ms (BENCHMARKS.md), though an idle step is slower on one core. The rest is split into contiguous chunks (the remainder to the lowest
+    indices); more workers than cores share core i mod n. A worker keeps the share it started
+    with when the replica count changes later.
     """
-    if replicas <= 1 or not cores:
+    if not cores:
         return ""
     ordered = sorted(cores)
+    if len(ordered) > max(1, replicas):
+        ordered = ordered[1:]
     n = len(ordered)
     if replicas >= n:
         return str(ordered[index % n])

@@ -27,8 +27,10 @@ def test_steady_state_does_nothing():
 def test_cpu_share_gives_engines_disjoint_cores():
     from services.scaler.reconcile import cpu_share
 
-    assert cpu_share(0, 1, [0, 1]) == ""                    # alone: vLLM binds everything
-    assert [cpu_share(i, 2, [1, 0]) for i in range(2)] == ["0", "1"]
-    assert [cpu_share(i, 3, list(range(8))) for i in range(3)] == ["0,1,2", "3,4,5", "6,7"]
+    assert cpu_share(0, 1, [0, 1]) == "1"                   # core 0 is left to the control plane
+    assert cpu_share(0, 1, [0, 1, 2, 3]) == "1,2,3"
+    assert cpu_share(0, 1, [5]) == "5"                      # nothing to spare
+    assert [cpu_share(i, 2, [1, 0]) for i in range(2)] == ["0", "1"]   # as many workers as cores
+    assert [cpu_share(i, 3, list(range(8))) for i in range(3)] == ["1,2,3", "4,5", "6,7"]
     assert [cpu_share(i, 3, [0, 1]) for i in range(3)] == ["0", "1", "0"]  # more engines than cores
     assert cpu_share(0, 2, []) == ""
