@@ -127,6 +127,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if load is not None:
                 metrics.set_instance_load(iid, load.running_requests, load.waiting_requests, load.kv_usage,
                                           len(self.state.running.get(iid, {})))
+        budgets = getattr(self.policy, "budgets_ms", None)  # only policies that keep budgets (hfx)
+        if budgets is not None:
+            for iid, budget_ms in budgets().items():
+                if iid in self.state.instances:
+                    metrics.set_instance_budget(iid, budget_ms)
         metrics.forget_instances(set(self.state.instances))
 
     def _expire(self, now_s: float) -> None:

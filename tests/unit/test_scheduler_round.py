@@ -121,3 +121,21 @@ def test_preemption_the_worker_cannot_hear_keeps_the_request_counted():
         await asyncio.gather(*s._background)
         assert "victim" in s.state.running["i0"]      # restored: the worker was never told
     asyncio.run(go())
+
+
+def test_hfx_budgets_reach_the_instance_budget_gauge():
+    from services.common import metrics
+
+    async def go():
+        s = servicer(policy="hfx")
+        entry = enqueue(s, make_spec(request_id="b1"), 0.0)
+        s.run_round(now_s=0.01)
+        iid = entry.future.result()[0].instance_id
+        s.export_instances()
+        placed = metrics.REGISTRY.get_sample_value("hfx_instance_budget_ms", {"instance": iid})
+        assert placed is not None and 0 < placed < float("inf")   # a protected request runs there
+        assert s.policy.budgets_ms()[iid] == placed
+        s.state.instances.pop(iid)                                 # gone: its series goes too
+        s.export_instances()
+        assert metrics.REGISTRY.get_sample_value("hfx_instance_budget_ms", {"instance": iid}) is None
+    asyncio.run(go())

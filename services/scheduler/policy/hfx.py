@@ -47,11 +47,19 @@ class Hfx:
         self.estimator.observe(task_class, output_tokens)
         self._best_effort_ids.discard(request_id)
 
+    def budgets_ms(self) -> dict[str, float]:
+        """Each instance's budget as of its last pass (inf: nothing protected runs there), for
+        the scheduler's hfx_instance_budget_ms gauge."""
+        return {iid: budget.bank_ms for iid, (_, budget) in self._budgets.items()}
+
     # -- one pass -------------------------------------------------------------------------------
 
     def schedule(self, waiting: Sequence[RequestSpec], cluster: ClusterSnapshot, now_s: float) -> ScheduleResult:
         if cluster.instances:
             self._ref_model = latency_model_of(cluster.instances[0], self.config)
+        if len(self._budgets) > len(cluster.instances):  # instances left: drop their cached budgets
+            live = {inst.instance_id for inst in cluster.instances}
+            self._budgets = {iid: hit for iid, hit in self._budgets.items() if iid in live}
         self.queue.sync(waiting, self._entry)
         decisions: list[Decision] = []
         budgets = [self._budget(inst) for inst in cluster.instances]
