@@ -186,8 +186,11 @@ class LiveRuns:
                     cluster.down(Path(home), quiet=True)
                     if self.args.keep_logs:
                         dest = Path(self.args.keep_logs) / policy
-                        shutil.copytree(home, dest, dirs_exist_ok=True)
-                        print(f"[{policy}] logs kept in {dest}", file=sys.stderr)
+                        try:
+                            shutil.copytree(home, dest, dirs_exist_ok=True)
+                            print(f"[{policy}] logs kept in {dest}", file=sys.stderr)
+                        except OSError as err:  # the figures still count; say what was lost
+                            print(f"[{policy}] warning: logs not kept in {dest}: {err}", file=sys.stderr)
         return reports, samples
 
     def _up_options(self, home: Path, policy: str, workers: int, sim_profile: str, classes: Path | None):

@@ -192,6 +192,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         spec = convert.spec_from_pb(request)
         if not spec.request_id:
             raise InvalidArgument("request_id", "must not be empty")
+        if spec.resumed_tokens < 0:
+            raise InvalidArgument("resumed_tokens", f"must be >= 0, got {spec.resumed_tokens}")
         parent = tracing.extract_context(context.invocation_metadata())
         with _tracer.start_as_current_span("scheduler.place", context=parent) as span:
             span.set_attribute(tracing.ATTR_REQUEST_ID, spec.request_id)

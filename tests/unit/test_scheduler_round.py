@@ -139,3 +139,23 @@ def test_hfx_budgets_reach_the_instance_budget_gauge():
         s.export_instances()
         assert metrics.REGISTRY.get_sample_value("hfx_instance_budget_ms", {"instance": iid}) is None
     asyncio.run(go())
+
+
+def test_place_refuses_a_negative_resumed_token_count_by_name():
+    import pytest
+
+    from services.common import convert
+    from services.common.errors import InvalidArgument
+
+    class Context:
+        def invocation_metadata(self):
+            return ()
+
+    async def go():
+        s = servicer(policy="hfx")
+        msg = convert.spec_to_pb(make_spec(request_id="x"))
+        msg.resumed_tokens = -1
+        with pytest.raises(InvalidArgument, match="resumed_tokens"):
+            await s.Place(msg, Context())
+        assert not s.state.waiting
+    asyncio.run(go())
