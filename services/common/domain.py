@@ -6,7 +6,7 @@ Wire messages become these once, in services.common.convert. Units live in the n
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class RequestState(enum.Enum):
@@ -76,6 +76,15 @@ class RequestSpec:
     def token_deadline_s(self, i: int) -> float:
         """Deadline of output token i (0 is the first token); early tokens bank slack."""
         return self.ttft_deadline_s + i * self.slo.tpot_ms / 1000.0
+
+    def resumed(self, generated: int) -> "RequestSpec":
+        """This request (as first placed) requeued after a preemption with `generated` tokens
+        streamed: they join the prompt (recomputed, not lost), and its "first token" deadline
+        becomes the deadline of its next token."""
+        return replace(self, prompt_tokens=self.prompt_tokens + generated,
+                       max_tokens=max(1, self.max_tokens - generated),
+                       slo=Slo(self.slo.ttft_ms + generated * self.slo.tpot_ms, self.slo.tpot_ms),
+                       resumed_tokens=generated)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ helpers carries a timeout and the current trace context.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -112,6 +113,35 @@ async def set_serving(health_servicer, service_names: Iterable[str], serving: bo
 
 def aio_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+
+class StubCache:
+    """One stub (and channel) per address, made on first use: `StubCache(WorkerStub)[address]`."""
+
+    def __init__(self, stub_class: Callable[[grpc.aio.Channel], Any]) -> None:
+        self._stub_class = stub_class
+        self._stubs: dict[str, Any] = {}
+
+    def __getitem__(self, address: str) -> Any:
+        if address not in self._stubs:
+            self._stubs[address] = self._stub_class(aio_channel(address))
+        return self._stubs[address]
+
+
+class Background:
+    """Calls made off the caller's path (each bounded by its own timeout): keeps a reference to
+    every task until it ends, so none is garbage-collected mid-flight; `drain` awaits them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        await asyncio.gather(*self._tasks)
 
 
 def sync_channel(address: str) -> grpc.Channel:

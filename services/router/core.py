@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import grpc
 
 from services.common import convert, grpcutil, metrics, tracing
-from services.common.domain import FinishReason, RequestSpec, Slo, Verdict
+from services.common.domain import FinishReason, RequestSpec, Verdict
 from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.router.config import RouterConfig
@@ -55,9 +55,9 @@ class RouterCore:
             default_max_tokens=config.default_max_tokens, max_prompt_bytes=config.max_prompt_bytes,
             max_stop_strings=config.max_stop_strings,
         )
-        self._workers: dict[str, worker_pb2_grpc.WorkerStub] = {}
+        self._workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
         self._active: dict[str, Active] = {}  # by request id and by client request id
-        self._background: set[asyncio.Task] = set()
+        self.background = grpcutil.Background()  # Complete calls, off the client's path
 
     # -- public ------------------------------------------------------------------------------
 
@@ -123,11 +123,6 @@ class RouterCore:
         span.set_attribute(tracing.ATTR_INSTANCE, placement.instance_id)
         return placement
 
-    def _worker(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        if address not in self._workers:
-            self._workers[address] = worker_pb2_grpc.WorkerStub(grpcutil.aio_channel(address))
-        return self._workers[address]
-
     async def _next_chunk(self, active: Active, timer: StreamTimer, instance_id: str):
         idle = self.config.first_token_timeout_s if timer.tokens == 0 else self.config.token_idle_timeout_s
         try:
@@ -169,7 +164,7 @@ class RouterCore:
         last = placement  # for the final message and the log, whatever happens to `placement`
         try:
             while True:  # one round per placement: more than one only after a preemption
-                active.call = self._worker(placement.address).Generate(
+                active.call = self._workers[placement.address].Generate(
                     self._worker_request(spec, valid, generated), metadata=grpcutil.outgoing_metadata(context=ctx))
                 preempted = False
                 while True:
@@ -222,9 +217,7 @@ class RouterCore:
     async def _resume(self, spec: RequestSpec, was_on: str, generated: int, span, ctx) -> scheduler_pb2.Placement:
         """Places a preempted request again. Its next token is due when its mean TPOT would still
         hold (as the simulator requeues it), and the scheduler never rejects it for its SLO."""
-        resumed = replace(spec, prompt_tokens=spec.prompt_tokens + generated, max_tokens=spec.max_tokens - generated,
-                          slo=Slo(spec.slo.ttft_ms + generated * spec.slo.tpot_ms, spec.slo.tpot_ms),
-                          resumed_tokens=generated)
+        resumed = spec.resumed(generated)
         span.add_event("preempted", {"instance": was_on, "output_tokens": generated})
         log.info("%s preempted on %s after %d tokens; placing it again", spec.request_id, was_on, generated)
         try:
@@ -253,9 +246,7 @@ class RouterCore:
             except grpc.aio.AioRpcError as err:
                 log.warning("complete %s not delivered: %s", spec.request_id, err.code().name)
 
-        task = asyncio.create_task(send())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.background.spawn(send())
 
 
 _OUTCOME_LABELS = {scheduler_pb2.OUTCOME_FINISHED: "finished", scheduler_pb2.OUTCOME_ABORTED: "aborted",

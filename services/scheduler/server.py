@@ -41,8 +41,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.state = ClusterState()
         self.models = InstanceModels(refine=config.refine_models)
         self._wake = asyncio.Event()
-        self._workers: dict[str, worker_pb2_grpc.WorkerStub] = {}
-        self._background: set[asyncio.Task] = set()
+        self._workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
+        self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
 
     # -- the scheduling round ------------------------------------------------------------------
@@ -92,7 +92,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         async def tell_worker() -> None:
             result = "sent"
             try:
-                reply = await self._worker(address).Abort(
+                reply = await self._workers[address].Abort(
                     worker_pb2.WorkerAbortRequest(request_id=pre.request_id, preempt=True, reason=pre.reason),
                     timeout=self.config.worker_call_timeout_s)
                 result = "sent" if reply.found else "gone"
@@ -103,9 +103,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 self.state.running.setdefault(pre.instance_id, {})[pre.request_id] = running
             metrics.PREEMPTIONS.labels(self.policy.name, result).inc()
 
-        task = asyncio.create_task(tell_worker())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.background.spawn(tell_worker())
 
     def _log_refined(self, instance_id: str, m, every_s: float = 10.0) -> None:
         now = time.monotonic()
@@ -114,11 +112,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.info("latency model of %s refined online: step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + "
                      "%.3g*kv_tokens", instance_id, m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
                      m.c3_ms_per_kv_token)
-
-    def _worker(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        if address not in self._workers:
-            self._workers[address] = worker_pb2_grpc.WorkerStub(grpcutil.aio_channel(address))
-        return self._workers[address]
 
     def export_instances(self) -> None:
         """Per-instance load as this scheduler sees it, for /metrics."""

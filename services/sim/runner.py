@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from services.common.domain import (ClusterSnapshot, InstanceLoad, InstanceView, RequestSpec, RunningRequest,
-                                    Slo, Verdict)
+                                    Verdict)
 from services.scheduler.policy import Policy, observe_completion
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile
@@ -175,14 +175,7 @@ class Simulation:
         rec = self.records[request_id]
         rec.preemptions += 1
         rec.reason = reason
-        # Requeue with what is left: generated tokens join the prompt (recomputed, not lost), and
-        # its "first token" deadline becomes the deadline of its next token.
-        orig = rec.spec
-        requeued = replace(orig, prompt_tokens=orig.prompt_tokens + rec.generated,
-                           max_tokens=max(1, orig.max_tokens - rec.generated),
-                           slo=Slo(orig.slo.ttft_ms + rec.generated * orig.slo.tpot_ms, orig.slo.tpot_ms),
-                           resumed_tokens=rec.generated)
-        self.waiting.add(requeued)
+        self.waiting.add(rec.spec.resumed(rec.generated))
         self._refresh_view(node, running_changed=True)
 
     # -- instances ------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_preempted_request_resumes_elsewhere_without_losing_tokens():
                     ids += item.delta.token_ids
                 else:
                     final = item.final
-            await asyncio.gather(*core._background)   # the router's Complete calls, sent off the stream's path
+            await core.background.drain()   # the router's Complete calls, sent off the stream's path
             return policy, ids, final, sched.state.inflight_count()
         finally:
             rounds.cancel()

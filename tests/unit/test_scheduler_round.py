@@ -118,7 +118,7 @@ def test_preemption_the_worker_cannot_hear_keeps_the_request_counted():
         s.state.place("i0", make_spec(request_id="victim"), 0.0)
         s.run_round(now_s=1.0)
         assert s.state.inflight_count() == 0          # released at once, so the next round sees the room
-        await asyncio.gather(*s._background)
+        await s.background.drain()
         assert "victim" in s.state.running["i0"]      # restored: the worker was never told
     asyncio.run(go())
 
