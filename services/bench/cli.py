@@ -208,12 +208,13 @@ class LiveRuns:
                                  classes=str(classes) if classes else "", metrics=False)
 
     def write(self, reports: list[RunReport], samples: dict) -> int:
-        from services.sim.cli import _print_table, _records
+        from services.sim.cli import _print_table, _records, print_comparison
 
         records = _records(reports)
         for r in records:
             r["engine"] = self.engine_label
         _print_table(records, self.engine_label)
+        summary = print_comparison(records)
         print(f"(SLOs from "
               + (f"profile {self.args.profile}" if self.profile else "the target's measured unloaded latency") + ")")
         if self.args.json:
@@ -222,7 +223,8 @@ class LiveRuns:
                 "workload": self.args.workload, "seed": self.args.seed, "max_model_len": self.max_len,
                 "unloaded": None if self.unloaded is None else {"ttft_ms": self.unloaded.ttft_ms,
                                                                 "tpot_ms": self.unloaded.tpot_ms},
-                "profile": self.args.profile if self.profile else None, "records": records}, indent=2))
+                "profile": self.args.profile if self.profile else None, "requests": self.args.requests,
+                "comparison": summary, "records": records}, indent=2))
             print(f"wrote {self.args.json}")
         if self.args.plot:
             from services.sim import plots

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from services.scheduler.policy import PolicyConfig, make_policy, policy_names
 from services.sim import ENGINE_LABEL
-from services.sim.metrics import RunReport, e2e_ms, goodput, report, tpot_ms, ttft_ms
+from services.sim.metrics import RunReport, comparison, describe_comparison, e2e_ms, goodput, report, tpot_ms, ttft_ms
 from services.sim.profiles import PROFILES, load_profile
 from services.sim.runner import simulate
 from services.sim.workload import as_live, generate, load_workload
@@ -105,10 +105,12 @@ def _run(args: argparse.Namespace) -> int:
             }
     records = _records(reports)
     _print_table(records)
+    summary = print_comparison(records)
     if args.json:
         Path(args.json).write_text(json.dumps({"engine": ENGINE_LABEL, "profile": profile.name,
                                                "instances": args.instances, "seed": args.seed,
-                                               "workload": args.workload, "records": records}, indent=2))
+                                               "workload": args.workload, "requests": args.requests,
+                                               "comparison": summary, "records": records}, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         from services.sim import plots  # matplotlib only when asked
@@ -138,6 +140,14 @@ def _print_table(records: list[dict], label: str = ENGINE_LABEL) -> None:
               f"{f(r['e2e_ms']['mean']):>9}{f(r['e2e_ms']['p99']):>8}{r['completed']:>6}{r['rejected']:>6}"
               f"{r['best_effort']:>6}{r['wall_s']:>7.1f}  {classes}")
     print(f"({label}; attainment counts rejected/failed as misses; latencies over completed requests)")
+
+
+def print_comparison(records: list[dict]) -> dict | None:
+    """The hfx-vs-fcfs headline of a sweep, printed when both policies ran (else None)."""
+    summary = comparison(records)
+    if summary is not None:
+        print(describe_comparison(summary))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,3 +105,68 @@ def goodput(reports: Sequence[RunReport]) -> float | None:
     """Highest swept rate whose attainment is >= 90% (None when no swept rate reaches it)."""
     ok = [r.rate_rps for r in reports if r.slo_attainment >= GOODPUT_ATTAINMENT]
     return max(ok) if ok else None
+
+
+# The issue's headline comparison is taken where the baseline has collapsed: the first swept rate
+# at which it attains at most this share.
+COLLAPSE_ATTAINMENT = 0.25
+
+
+def comparison(records: Sequence[dict], policy: str = "hfx", baseline: str = "fcfs",
+               at_most: float = COLLAPSE_ATTAINMENT) -> dict | None:
+    """`policy` against `baseline` over one sweep's records (the bench JSON's `records`).
+
+    - at the lowest swept rate where `baseline` attains <= `at_most` (None if none does): both
+      attainments, their ratio, and how much lower `policy`'s mean E2E is (a share of baseline's;
+      over completed requests, so a policy that rejects completes a different mix);
+    - goodput of `policy` over the best goodput among every other policy in the records (None
+      when some goodput is undefined: no swept rate reached 90%).
+    Returns None when either policy is missing from the records.
+    """
+    by = {(r["policy"], r["rate_rps"]): r for r in records}
+    names = {r["policy"] for r in records}
+    if policy not in names or baseline not in names:
+        return None
+    out: dict = {"policy": policy, "baseline": baseline, "at_most": at_most, "rate_rps": None}
+    for rate in sorted(rate for name, rate in by if name == baseline):
+        b, p = by[(baseline, rate)], by.get((policy, rate))
+        if p is None or b["slo_attainment"] > at_most:
+            continue
+        pe, be = p["e2e_ms"]["mean"], b["e2e_ms"]["mean"]
+        out.update(rate_rps=rate, attainment=p["slo_attainment"], baseline_attainment=b["slo_attainment"],
+                   attainment_ratio=(p["slo_attainment"] / b["slo_attainment"]) if b["slo_attainment"] > 0 else None,
+                   e2e_mean_ms=pe, baseline_e2e_mean_ms=be,
+                   e2e_mean_lower=(1.0 - pe / be) if pe is not None and be else None)
+        break
+    goodputs = {r["policy"]: r["goodput_rps"] for r in records}
+    others = [g for name, g in goodputs.items() if name != policy]
+    mine = goodputs[policy]
+    out["goodput_rps"] = mine
+    out["best_other_goodput_rps"] = None if None in others or not others else max(others)
+    out["goodput_ratio"] = (mine / out["best_other_goodput_rps"]
+                            if mine is not None and out["best_other_goodput_rps"] else None)
+    return out
+
+
+def describe_comparison(c: dict) -> str:
+    """One line for a person, e.g. `hfx vs fcfs at 28 req/s (first swept rate where fcfs attains
+    <= 25%): attainment 74.8% vs 9.8% (7.63x); mean E2E 1161 vs 7055 ms (83.5% lower); goodput 16
+    vs 12 req/s, the best other policy (1.33x)`."""
+    p, b = c["policy"], c["baseline"]
+    if c["rate_rps"] is None:
+        head = f"{p} vs {b}: {b} attains more than {c['at_most']:.0%} at every swept rate"
+    else:
+        ratio = "inf" if c["attainment_ratio"] is None else f"{c['attainment_ratio']:.2f}x"
+        e2e = ("mean E2E n/a" if c["e2e_mean_lower"] is None else
+               f"mean E2E {c['e2e_mean_ms']:.0f} vs {c['baseline_e2e_mean_ms']:.0f} ms "
+               f"({c['e2e_mean_lower']:.1%} lower)")
+        head = (f"{p} vs {b} at {c['rate_rps']:g} req/s (first swept rate where {b} attains <= {c['at_most']:.0%}): "
+                f"attainment {c['attainment']:.1%} vs {c['baseline_attainment']:.1%} ({ratio}); {e2e}")
+    fmt = lambda g: "none" if g is None else f"{g:g}"  # noqa: E731
+    if c["goodput_ratio"] is not None:
+        tail = (f"goodput {fmt(c['goodput_rps'])} vs {fmt(c['best_other_goodput_rps'])} req/s, the best other "
+                f"policy ({c['goodput_ratio']:.2f}x)")
+    else:
+        tail = (f"goodput (req/s) {p} {fmt(c['goodput_rps'])}, best other {fmt(c['best_other_goodput_rps'])}: "
+                "no ratio (a policy reached 90% at no swept rate)")
+    return f"{head}; {tail}"

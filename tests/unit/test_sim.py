@@ -10,7 +10,7 @@ from services.common.domain import LatencyModel
 from services.scheduler.policy import PolicyConfig, make_policy, policy_names
 from services.sim.cli import DEFAULT_WORKLOAD, main
 from services.sim.instance import SimInstance, SimSeq
-from services.sim.metrics import report
+from services.sim.metrics import comparison, describe_comparison, report
 from services.sim.profiles import get_profile
 from services.sim.runner import simulate
 from services.sim.workload import generate, load_workload
@@ -85,8 +85,40 @@ def test_bench_cli_json_and_bad_target_is_a_usage_error(tmp_path, capsys):
         assert key in rec
     assert set(rec["ttft_ms"]) >= {"p50", "p90", "p99"} and set(rec["e2e_ms"]) >= {"p50", "p90", "p99"}
     assert (tmp_path / "attainment_vs_rate.png").exists()
-    assert "engine: sim (simulated)" in capsys.readouterr().out
+    assert doc["comparison"]["policy"] == "hfx" and doc["comparison"]["baseline"] == "fcfs"
+    assert doc["requests"] == 50
+    printed = capsys.readouterr().out
+    assert "engine: sim (simulated)" in printed and "hfx vs fcfs" in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--target", "nonsense", "--quiet"])
     assert exit_info.value.code == 2
     assert "expected grpc://HOST:PORT" in capsys.readouterr().err
+
+
+def _rec(policy, rate, attain, e2e_mean, goodput):
+    return {"policy": policy, "rate_rps": rate, "slo_attainment": attain, "goodput_rps": goodput,
+            "e2e_ms": {"mean": e2e_mean}}
+
+
+def test_comparison_is_taken_at_the_first_rate_where_the_baseline_collapses():
+    records = [_rec("fcfs", 10, 0.95, 500.0, 10), _rec("fcfs", 20, 0.30, 2000.0, 10), _rec("fcfs", 30, 0.20, 4000.0, 10),
+               _rec("fcfs", 40, 0.05, 8000.0, 10), _rec("edf", 10, 0.96, 450.0, 10), _rec("edf", 20, 0.5, 900.0, 10),
+               _rec("hfx", 10, 0.99, 400.0, 20), _rec("hfx", 20, 0.92, 700.0, 20), _rec("hfx", 30, 0.80, 1000.0, 20),
+               _rec("hfx", 40, 0.70, 1200.0, 20)]
+    c = comparison(records)
+    # 30 req/s, not 40: the lowest rate at which fcfs is at or below 25%.
+    assert c["rate_rps"] == 30 and c["attainment_ratio"] == pytest.approx(4.0)
+    assert c["e2e_mean_lower"] == pytest.approx(0.75)
+    assert c["goodput_ratio"] == pytest.approx(2.0) and c["best_other_goodput_rps"] == 10
+    line = describe_comparison(c)
+    assert "at 30 req/s" in line and "4.00x" in line and "75.0% lower" in line and "2.00x" in line
+
+
+def test_comparison_says_when_the_baseline_never_collapses_or_a_goodput_is_undefined():
+    records = [_rec("fcfs", 10, 0.6, 900.0, None), _rec("hfx", 10, 0.9, 600.0, 10)]
+    c = comparison(records)
+    assert c["rate_rps"] is None and c["goodput_ratio"] is None
+    assert "more than 25% at every swept rate" in describe_comparison(c)
+    assert comparison([_rec("hfx", 10, 0.9, 600.0, 10)]) is None  # no baseline in the sweep
+    zero = comparison([_rec("fcfs", 10, 0.0, 900.0, None), _rec("hfx", 10, 0.5, 600.0, None)])
+    assert zero["attainment_ratio"] is None and "(inf)" in describe_comparison(zero)
