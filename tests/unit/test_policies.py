@@ -46,8 +46,10 @@ def test_prefill_ms_counts_chunks():
 
 
 def test_fit_checks_own_ttft_including_queue():
-    """New request x (L=100) behind 300 queued prompt tokens on i0 (budget as above):
-    ttft = ceil(400/98)=5 steps * 3 ms + 0.01*400 = 19 ms. A 15 ms TTFT SLO cannot fit; 30 ms fits."""
+    """New request x (L=100) behind 300 queued prompt tokens on i0 (budget as above): it first
+    waits for the step in flight, w = 3 + 0.01*min(300, 98) = 3.98 ms, then
+    ceil(400/98)=5 steps * 3 ms + 0.01*400 = 19 ms: ttft = 22.98 ms. A 15 ms TTFT SLO cannot
+    fit; 30 ms fits."""
     a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
     b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
     inst = make_instance(running=(a, b))
@@ -59,8 +61,25 @@ def test_fit_checks_own_ttft_including_queue():
     result = make_policy("hfx", CFG).schedule([loose], cluster(inst), 0.0)
     (d,) = result.decisions
     assert d.verdict == Verdict.ADMIT and d.instance_id == "i0"
-    assert d.predicted_ttft_ms == pytest.approx(19.0)
-    assert "predicted TTFT 19" in d.reason and "budget 45" in d.reason and "i0" in d.reason
+    assert d.predicted_ttft_ms == pytest.approx(22.98)
+    assert "predicted TTFT 23" in d.reason and "budget 45" in d.reason and "i0" in d.reason
+
+
+def test_the_step_in_flight_is_charged_on_a_busy_instance_only():
+    """Idle instance: x (L=100) gets its first token after prefill alone, 1 step * 2 ms + 0.01*100
+    = 3 ms. The same request with 20 ms of TTFT on i0 above (22.98 ms with the step in flight,
+    18.98 without) fits only when the wait for the step in flight is ignored."""
+    idle = make_instance(instance_id="idle")
+    (d,) = make_policy("hfx", CFG).schedule([make_request(request_id="x")], cluster(idle), 0.0).decisions
+    assert d.predicted_ttft_ms == pytest.approx(3.0)
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    busy = make_instance(running=(a, b))
+    x = make_request(request_id="x", slo=Slo(20.0, 10.0))
+    assert not any(d.verdict == Verdict.ADMIT for d in make_policy("hfx", CFG).schedule([x], cluster(busy), 0.0).decisions)
+    ignore = PolicyConfig(**{**CFG.__dict__, "inflight_step_share": 0.0})
+    (d,) = make_policy("hfx", ignore).schedule([x], cluster(busy), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(19.0)
 
 
 def test_fit_protects_running_tpot():

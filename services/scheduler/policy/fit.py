@@ -1,7 +1,9 @@
 """The HFX fit test for one request against every instance at once (vectorised over instances).
 
 A request fits instance m when, by m's latency model (notation in budget.py):
- (1) own first token:   ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now
+ (1) own first token:   w + ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now, where
+                        w = inflight_step_share * (s + c1*min(B, C')) on a busy instance (the step
+                        in flight, which it cannot join), 0 on an idle one
  (2) running requests:  bank - max_remaining*(s' - s) - c1*L  >=  0   (its chunked prefill and the
                         slower step s' eat into every running request's bank)
  (3) steady decode:     s' = c0 + c2*(n+1) + c3*(kv + L + O/2)  <=  min(TPOT of running, own TPOT)
@@ -58,6 +60,9 @@ class FitTable:
         self.bank_a = self.bank_ms - self.max_rem * self.c2
         self.bank_b = self.max_rem * self.c3
         self.kv_room = self.kv_limit - self.kv_peak
+        busy = (self.n > 0) | (self.backlog > 0)
+        self.inflight_ms = np.where(busy, self.config.inflight_step_share
+                                    * (self.s + self.c1 * np.minimum(self.backlog, self.per_step)), 0.0)
         self.open = self._open()
 
     def _load_row(self, idx: int, now_s: float) -> None:
@@ -81,7 +86,7 @@ class FitTable:
         L, O = float(spec.prompt_tokens), float(output_tokens)
         x = L + O / 2
         queued = self.backlog + L
-        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
+        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued + self.inflight_ms
         s_new = self.s_plus_c2 + self.c3 * x
         ok = self.open & (self.bank_a - self.bank_b * x - self.c1 * L >= 0) & (s_new <= self.min_tpot)
         ok &= self.kv_room >= L + O
