@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine sim: built-in latency profile or a JSON file from `hfx profile` (default %(default)s)")
     p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
                    help="workers profile their engine at start and store the fitted model in Redis (default on)")
-    p.add_argument("--policy", default="least-load", choices=policy_names(), help="scheduling policy")
+    p.add_argument("--policy", default="hfx", choices=policy_names(),
+                   help="scheduling policy: hfx (default, SLO-aware) or a baseline for comparison")
     p.add_argument("--router-port", type=int, default=50051)
     p.add_argument("--http-port", type=int, default=8000, help="router's OpenAI-compatible HTTP API; 0 = off")
     p.add_argument("--api-key", action="append", default=[], help="require this API key at the router (repeatable)")
@@ -267,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scheduler", help="run the scheduler process")
     _add_common(p)
     p.add_argument("--port", type=int, default=50052)
-    p.add_argument("--policy", default="least-load", choices=policy_names())
+    p.add_argument("--policy", default="hfx", choices=policy_names(),
+                   help="scheduling policy: hfx (default, SLO-aware) or a baseline for comparison")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
     p.set_defaults(func=cmd_scheduler)
 

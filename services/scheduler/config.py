@@ -11,7 +11,7 @@ from services.common.tracing import TracingConfig
 class SchedulerConfig:
     host: str = "127.0.0.1"
     port: int = 0
-    policy: str = "least-load"
+    policy: str = "hfx"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "hfx"
     registry_refresh_s: float = 0.5
