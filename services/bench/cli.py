@@ -47,6 +47,10 @@ def add_live_arguments(bench: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-logs", default="", metavar="DIR",
                    help="--live-policies: copy each cluster's logs (every process, decisions with reasons) "
                    "into DIR/POLICY/ before it is removed")
+    g.add_argument("--unloaded-from", default="", metavar="JSON",
+                   help="--target: take the unloaded latency (hence the absolute SLOs) from this earlier "
+                   "`hfx bench --json` output instead of probing the target, so two targets are held to the "
+                   "same SLOs (default: probe the target)")
     g.add_argument("--no-task-class", action="store_true", help="do not send the class name (targets that "
                    "do not know the workload's classes)")
 
@@ -79,6 +83,8 @@ def _validate(args) -> str | None:
             return str(err)
     if any(r <= 0 for r in args.rate) or args.requests <= 0:
         return "--rate and --requests must be > 0"
+    if args.unloaded_from and not args.target:
+        return "--unloaded-from applies to --target runs"
     if args.max_inflight <= 0 or args.request_timeout <= 0:
         return "--max-inflight and --request-timeout must be > 0"
     return None
@@ -96,11 +102,13 @@ def run_live_bench(args: argparse.Namespace, parser_error) -> int:
             from services.sim.profiles import load_profile
 
             profile = load_profile(args.profile)
+        unloaded = load_unloaded(args.unloaded_from) if args.unloaded_from else None
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     opts = LiveOptions(args.max_inflight, args.request_timeout, args.max_duration, not args.no_task_class)
     runs = LiveRuns(args, workload, model, vocab, max_len, profile, opts)
+    runs.unloaded = unloaded
 
     def terminated(signum, frame):
         raise KeyboardInterrupt  # unwinds through run_all, whose finally stops the cluster it started
@@ -235,6 +243,15 @@ class LiveRuns:
                      *plots.latency_cdfs(samples, out, self.engine_label)]
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
+
+
+def load_unloaded(path: str) -> Unloaded:
+    """The `unloaded` probe of an earlier `hfx bench --json` run."""
+    try:
+        doc = json.loads(Path(path).read_text())["unloaded"]
+        return Unloaded({str(k): float(v) for k, v in doc["ttft_ms"].items()}, float(doc["tpot_ms"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"--unloaded-from {path}: no unloaded-latency probe in it ({type(err).__name__}: {err})") from None
 
 
 async def _with_target(address, fn, args=None):
