@@ -21,9 +21,10 @@ import grpc
 from services.common import convert, grpcutil, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
 from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
-from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
+from services.router.sessions import Sessions, StreamFailed, TokenStream, WorkerSessionClient
 from services.router.tokenizer import Tokenizer
 from services.router.validate import Limits, ValidRequest, validate
 
@@ -36,8 +37,15 @@ DEFAULT_RETRY_AFTER_MS = 1000.0
 
 @dataclass
 class Active:
-    call: grpc.aio.UnaryStreamCall | None = None
+    stream: TokenStream | None = None
+    session: WorkerSessionClient | None = None
     aborted: bool = False
+
+    def stop(self) -> None:
+        """Stop listening and stop the worker (no-op once the stream finished)."""
+        if self.stream is not None:
+            self.stream.end()
+            self.session.abort(self.stream.request_id)
 
 
 class _WorkerFailed(Exception):
@@ -55,7 +63,7 @@ class RouterCore:
             default_max_tokens=config.default_max_tokens, max_prompt_bytes=config.max_prompt_bytes,
             max_stop_strings=config.max_stop_strings,
         )
-        self._workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
+        self.sessions = Sessions(config.first_token_timeout_s, config.token_idle_timeout_s)
         self._active: dict[str, Active] = {}  # by request id and by client request id
         self.background = grpcutil.Background()  # Complete calls, off the client's path
 
@@ -94,8 +102,7 @@ class RouterCore:
         if active is None:
             return False
         active.aborted = True
-        if active.call is not None:
-            active.call.cancel()
+        active.stop()
         return True
 
     # -- steps -------------------------------------------------------------------------------
@@ -123,25 +130,12 @@ class RouterCore:
         span.set_attribute(tracing.ATTR_INSTANCE, placement.instance_id)
         return placement
 
-    async def _next_chunk(self, active: Active, timer: StreamTimer, instance_id: str):
-        idle = self.config.first_token_timeout_s if timer.tokens == 0 else self.config.token_idle_timeout_s
+    @staticmethod
+    async def _next_chunk(active: Active, timer: StreamTimer, instance_id: str):
         try:
-            chunk = await asyncio.wait_for(active.call.read(), timeout=idle)
-        except asyncio.TimeoutError:
-            raise _WorkerFailed(f"instance {instance_id} sent nothing for {idle:.0f}s after {timer.tokens} tokens") from None
-        except grpc.aio.AioRpcError as err:
-            if active.aborted:
-                return None
-            raise _WorkerFailed(
-                f"instance {instance_id} failed after {timer.tokens} tokens: {err.code().name}: {err.details()}"
-            ) from None
-        except asyncio.CancelledError:
-            if active.aborted:  # our own call.cancel() from abort()
-                return None
-            raise
-        if chunk is grpc.aio.EOF:
-            raise _WorkerFailed(f"instance {instance_id} closed the stream without finishing")
-        return chunk
+            return await active.stream.next()  # None once aborted on request
+        except StreamFailed as err:
+            raise _WorkerFailed(f"instance {instance_id} failed after {timer.tokens} tokens: {err}") from None
 
     def _worker_request(self, spec: RequestSpec, valid: ValidRequest, generated: list[int]):
         # After a preemption the tokens already streamed join the prompt: recomputed, not lost.
@@ -164,8 +158,9 @@ class RouterCore:
         last = placement  # for the final message and the log, whatever happens to `placement`
         try:
             while True:  # one round per placement: more than one only after a preemption
-                active.call = self._workers[placement.address].Generate(
-                    self._worker_request(spec, valid, generated), metadata=grpcutil.outgoing_metadata(context=ctx))
+                active.session = self.sessions[placement.address]
+                active.stream = active.session.start(self._worker_request(spec, valid, generated),
+                                                     tracing.inject_metadata(ctx))
                 preempted = False
                 while True:
                     try:
@@ -202,8 +197,7 @@ class RouterCore:
         finally:
             for k in keys:
                 self._active.pop(k, None)
-            if active.call is not None:
-                active.call.cancel()  # no-op when finished; stops the worker when the client left
+            active.stop()  # no-op when finished; stops the worker when the client left
             met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
             if placement is not None:
                 self._complete_later(spec, placement.instance_id, outcome, timer)

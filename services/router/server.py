@@ -8,7 +8,7 @@ import signal
 
 import grpc
 
-from services.common import grpcutil, tracing
+from services.common import grpcutil, runtime, tracing
 from services.common.errors import NotFound
 from services.common.pb.hfx.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 from services.router import http
@@ -56,6 +56,7 @@ async def serve(config: RouterConfig) -> None:
     if config.http_port:
         web = await http.start(http.create_app(core, config.api_keys), config.host, config.http_port)
         log.info("router serving HTTP (OpenAI API, /metrics) on %s:%d", config.host, web.port)
+    runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
     log.info("router serving gRPC on %s:%d%s", config.host, port, " (API keys required)" if config.api_keys else "")
     stop = asyncio.Event()
@@ -65,4 +66,5 @@ async def serve(config: RouterConfig) -> None:
     if web is not None:
         await web.stop()
     await server.stop(grace=2.0)
+    await core.sessions.close()
     tracing.shutdown()

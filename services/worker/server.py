@@ -11,10 +11,11 @@ import asyncio
 import logging
 import signal
 import time
+from typing import AsyncIterator
 
 import grpc
 
-from services.common import convert, grpcutil, metrics, store, tracing
+from services.common import convert, grpcutil, metrics, runtime, store, tracing
 from services.common.domain import InstanceLoad
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
@@ -22,6 +23,7 @@ from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2_grpc, worker_pb2
 from services.worker.config import WorkerConfig
 from services.worker.engine import make_engine
 from services.worker.engine.base import Engine, EngineRequest
+from services.worker.session import WorkerSession
 
 log = logging.getLogger("hfx.worker")
 _tracer = tracing.tracer("hfx.worker")
@@ -47,13 +49,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return convert.load_to_pb(self.info.instance_id, load)
 
     async def Generate(self, request: worker_pb2.WorkerGenerateRequest, context: grpc.aio.ServicerContext):
+        async for chunk in self.run(request, tracing.extract_context(context.invocation_metadata())):
+            yield chunk
+
+    async def Session(self, request_iterator, context: grpc.aio.ServicerContext):
+        async for batch in WorkerSession(self.run).serve(request_iterator):
+            yield batch
+
+    async def run(self, request: worker_pb2.WorkerGenerateRequest, parent) -> AsyncIterator[worker_pb2.WorkerChunk]:
+        """One request on the engine, as chunks; raises InvalidArgument or Unavailable before the
+        first chunk. Shared by Generate (a stream of its own) and Session (multiplexed)."""
         if self.draining:
             raise Unavailable(f"instance {self.info.instance_id} is draining")
         if not request.prompt_token_ids:
             raise InvalidArgument("prompt_token_ids", "must not be empty")
         if request.request_id in self.inflight:
             raise InvalidArgument("request_id", f"{request.request_id!r} is already running here")
-        parent = tracing.extract_context(context.invocation_metadata())
         with tracing.detached_span(_tracer, "worker.generate", parent) as (span, _):
             span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
@@ -183,6 +194,7 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     if profile is not None:
         await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
     reporter = asyncio.create_task(_report_loop(config, servicer, cluster))
+    runtime.started()
     log.info("worker %s serving on %s", config.instance_id, info.address)
 
     stop = asyncio.Event()

@@ -40,6 +40,11 @@ class WorkerStub:
                 request_serializer=hfx_dot_v1_dot_worker__pb2.WorkerGenerateRequest.SerializeToString,
                 response_deserializer=hfx_dot_v1_dot_worker__pb2.WorkerChunk.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/hfx.v1.Worker/Session',
+                request_serializer=hfx_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+                response_deserializer=hfx_dot_v1_dot_worker__pb2.SessionBatch.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/hfx.v1.Worker/Abort',
                 request_serializer=hfx_dot_v1_dot_worker__pb2.WorkerAbortRequest.SerializeToString,
@@ -66,7 +71,18 @@ class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One request, one stream: for direct clients and tools.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """The router's token path: one long-lived stream per (router, worker) carrying every request
+        the router runs there. The router sends starts and aborts; the worker answers with one
+        batch per engine step holding each request's new tokens, so the messages that cross scale
+        with engine steps, not with tokens x requests. Ending the stream aborts what is still running.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -103,6 +119,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=hfx_dot_v1_dot_worker__pb2.WorkerGenerateRequest.FromString,
                     response_serializer=hfx_dot_v1_dot_worker__pb2.WorkerChunk.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=hfx_dot_v1_dot_worker__pb2.SessionRequest.FromString,
+                    response_serializer=hfx_dot_v1_dot_worker__pb2.SessionBatch.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -152,6 +173,33 @@ class Worker:
             '/hfx.v1.Worker/Generate',
             hfx_dot_v1_dot_worker__pb2.WorkerGenerateRequest.SerializeToString,
             hfx_dot_v1_dot_worker__pb2.WorkerChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hfx.v1.Worker/Session',
+            hfx_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+            hfx_dot_v1_dot_worker__pb2.SessionBatch.FromString,
             options,
             channel_credentials,
             insecure,
