@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from services.common import runtime
 from services.common.tracing import TracingConfig
 
 
@@ -81,7 +82,7 @@ def cmd_router(args) -> int:
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
         default_max_tokens=args.default_max_tokens, tracing=args.tracing,
     )
-    asyncio.run(serve(config))
+    runtime.run_service(serve(config))
     return 0
 
 
@@ -89,7 +90,7 @@ def cmd_scheduler(args) -> int:
     from services.scheduler.config import SchedulerConfig
     from services.scheduler.server import serve
 
-    asyncio.run(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
+    runtime.run_service(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
                                       metrics_port=args.metrics_port)))
     return 0
@@ -101,7 +102,7 @@ def cmd_scaler(args) -> int:
 
     tracing = args.tracing
     spec = tracing.exporter if tracing.exporter != "otlp" else f"otlp={tracing.otlp_endpoint}"
-    asyncio.run(serve(ScalerConfig(
+    runtime.run_service(serve(ScalerConfig(
         model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
         port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
@@ -123,7 +124,7 @@ def cmd_worker(args) -> int:
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
         profile_at_start=args.profile_at_start,
     )
-    asyncio.run(serve(config))
+    runtime.run_service(serve(config))
     return 0
 
 

@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from services.common import convert, grpcutil, metrics, store, tracing
+from services.common import convert, grpcutil, metrics, runtime, store, tracing
 from services.common.domain import Decision, Preemption, Verdict
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
@@ -258,6 +258,7 @@ async def serve(config: SchedulerConfig) -> None:
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()
     tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(servicer.registry_loop())]
+    runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
     log.info("scheduler (policy %s) serving on %s:%d", config.policy, config.host, port)
     stop = asyncio.Event()
