@@ -18,6 +18,9 @@ class SchedulerConfig:
     load_ttl_s: float = 5.0
     max_queue: int = 10_000            # bounded: overload is refused, never buffered without limit
     max_wait_s: float = 30.0           # longest a request waits in the queue before it is refused
+    # With nothing queued, in-flight protection runs at most this often (a round with a queue runs
+    # on every arrival, completion and load report).
+    protect_interval_s: float = 0.2
     worker_call_timeout_s: float = 2.0 # Worker.Abort when preempting a running request
     refine_models: bool = True         # refine instances' latency models online from reported steps
     tracing: TracingConfig = TracingConfig()

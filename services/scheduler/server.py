@@ -44,6 +44,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
         self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
+        self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
 
     # -- the scheduling round ------------------------------------------------------------------
 
@@ -53,7 +54,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if not self.state.waiting:
             metrics.QUEUE_DEPTH.labels(self.policy.name).set(0)
             if not self.state.inflight_count():
-                return  # with requests running the policy still runs: in-flight protection
+                return
+            # Nothing waits: the round would only protect running requests, which needs no
+            # answer within milliseconds. Bounding its rate keeps every completion and load
+            # report from costing a policy pass (CPU the engines need on small machines).
+            if now_s - self._protected_s < self.config.protect_interval_s:
+                return
+        self._protected_s = now_s
         waiting = [w.spec for w in self.state.waiting.values()]
         snapshot = self.state.snapshot()
         started = time.perf_counter()

@@ -123,6 +123,34 @@ def test_preemption_the_worker_cannot_hear_keeps_the_request_counted():
     asyncio.run(go())
 
 
+class _CountingPolicy:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def schedule(self, waiting, cluster, now_s):
+        from services.common.domain import ScheduleResult
+        self.calls.append(now_s)
+        return ScheduleResult((), ())
+
+
+def test_with_nothing_queued_protection_rounds_run_at_a_bounded_rate():
+    policy = _CountingPolicy()
+    s = SchedulerServicer(SchedulerConfig(protect_interval_s=0.2), policy, cluster=None)
+    s.state.set_instances([common_pb2.Instance(instance_id="i0", address="127.0.0.1:1")])
+    s.state.place("i0", make_spec(request_id="running"), 0.0)
+    for now_s in (1.0, 1.05, 1.1, 1.19, 1.21, 1.3, 1.45):  # wakes from completions and load reports
+        s.run_round(now_s)
+    assert policy.calls == [1.0, 1.21, 1.45]
+
+    async def queue_one() -> None:
+        s.state.waiting["queued"] = Waiting(make_spec(request_id="queued"), 1.42)
+        s.run_round(1.43)                                  # something waits: the round runs at once
+    asyncio.run(queue_one())
+    assert policy.calls[-1] == 1.43
+
+
 def test_hfx_budgets_reach_the_instance_budget_gauge():
     from services.common import metrics
 
