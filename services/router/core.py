@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 import grpc
 
@@ -31,8 +31,16 @@ from services.router.validate import Limits, ValidRequest, validate
 log = logging.getLogger("hfx.router")
 _tracer = tracing.tracer("hfx.router")
 
-OnPlaced = Callable[[str, str], Awaitable[None]]  # (request_id, instance_id)
 DEFAULT_RETRY_AFTER_MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Placed:
+    """generate()'s first item: admitted and placed, before any token. Front doors answer with
+    their response headers here; errors before it (validation, admission) are statuses."""
+
+    request_id: str
+    instance_id: str
 
 
 @dataclass
@@ -70,9 +78,10 @@ class RouterCore:
     # -- public ------------------------------------------------------------------------------
 
     async def generate(
-        self, request: router_pb2.GenerateRequest, parent=None, on_placed: OnPlaced | None = None
-    ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        """Deltas, then one final message. Raises InvalidArgument, Rejected or Unavailable."""
+        self, request: router_pb2.GenerateRequest, parent=None
+    ) -> AsyncIterator[Placed | router_pb2.GenerateResponse]:
+        """Placed, then deltas, then one final message. Raises InvalidArgument, Rejected or
+        Unavailable (before Placed) or Unavailable (after it)."""
         arrival_s = time.time()
         with tracing.detached_span(_tracer, "router.generate", parent) as (span, ctx):
             try:
@@ -87,8 +96,7 @@ class RouterCore:
             except HfxError as err:
                 metrics.record_request(self._class_label(request.task_class), _refusal_outcome(err))
                 raise
-            if on_placed is not None:
-                await on_placed(spec.request_id, placement.instance_id)
+            yield Placed(spec.request_id, placement.instance_id)
             async for item in self._stream(spec, valid, placement, span, ctx):
                 yield item
 

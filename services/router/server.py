@@ -14,7 +14,7 @@ from services.common.pb.hfx.v1 import router_pb2, router_pb2_grpc, scheduler_pb2
 from services.router import http
 from services.router.auth import ApiKeyInterceptor
 from services.router.config import RouterConfig
-from services.router.core import RouterCore
+from services.router.core import Placed, RouterCore
 from services.router.tokenizer import Tokenizer
 
 log = logging.getLogger("hfx.router")
@@ -26,12 +26,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.core = core
 
     async def Generate(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
-        async def on_placed(request_id: str, instance_id: str) -> None:
-            await context.send_initial_metadata((("x-hfx-request-id", request_id), ("x-hfx-instance", instance_id)))
-
         parent = tracing.extract_context(context.invocation_metadata())
-        async for item in self.core.generate(request, parent, on_placed):
-            yield item
+        async for item in self.core.generate(request, parent):
+            if isinstance(item, Placed):
+                await context.send_initial_metadata((("x-hfx-request-id", item.request_id),
+                                                     ("x-hfx-instance", item.instance_id)))
+            else:
+                yield item
 
     async def Abort(self, request: router_pb2.AbortRequest, context) -> router_pb2.AbortResponse:
         if not self.core.abort(request.request_id):

@@ -217,6 +217,21 @@ def test_completion_whole_with_token_ids():
                                  "token_ids": [5, 6]}
 
 
+def test_delta_events_are_the_chunks_byte_for_byte():
+    import random
+
+    rng = random.Random(3)
+    alphabet = ["a", " b", "\n", '"', "\\", "é", "日本", "🙂", "\t", "</s>", ""]
+    for chat in (False, True):
+        for ids_too in (False, True):
+            fast = Shaper(chat, "cmpl-1", "m/x", 7, ids_too)
+            slow = Shaper(chat, "cmpl-1", "m/x", 7, ids_too)
+            for _ in range(200):
+                text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+                ids = [rng.randint(0, 50000) for _ in range(rng.randint(0, 3))]
+                assert fast.delta_event(text, ids) == sse(slow.chunk(text, ids, None))
+
+
 def test_sse_framing():
     assert sse({"a": 1}) == b'data: {"a":1}\n\n'
 
@@ -224,7 +239,7 @@ def test_sse_framing():
 # -- SSE framing, including a failure mid-stream -------------------------------------------------
 
 class ScriptedRelay:
-    """Plays back messages, then raises or ends, like services.router.http.Relay."""
+    """Plays back messages, then raises or ends, like services.router.http.PlacedStream."""
 
     def __init__(self, items: list, error: Exception | None = None) -> None:
         self.items, self.error, self.closed = list(items), error, False

@@ -37,6 +37,13 @@ class Shaper:
         self.created = created_s
         self.token_ids = token_ids
         self._role_sent = False
+        # Every token's event is the same JSON around its text (and ids): rendered once here.
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        head = json.dumps({"id": response_id, "object": kind, "created": created_s, "model": model},
+                          separators=(",", ":"))[:-1]
+        opening = '"delta":{"content":' if chat else '"text":'
+        self._delta_prefix = f'data: {head},"choices":[{{"index":0,"logprobs":null,"finish_reason":null,{opening}'
+        self._delta_suffix = "}" if chat else ""
 
     def _envelope(self, kind: str, choices: list) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
@@ -56,6 +63,16 @@ class Shaper:
         if self.token_ids:
             choice["token_ids"] = ids
         return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+
+    def delta_event(self, text: str, ids) -> bytes:
+        """`sse(self.chunk(text, ids, None))`, byte for byte, without building the dict: this
+        runs once per token."""
+        if self.chat and (not self._role_sent or not text):
+            return sse(self.chunk(text, list(ids), None))
+        out = self._delta_prefix + json.dumps(text) + self._delta_suffix
+        if self.token_ids:
+            out += ',"token_ids":[' + ",".join(map(str, ids)) + "]"
+        return (out + "}]}\n\n").encode()
 
     def usage_chunk(self, final: router_pb2.FinalResult) -> dict:
         out = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])
