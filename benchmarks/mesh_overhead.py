@@ -5,7 +5,11 @@ Starts a local cluster with one vLLM worker (or uses --home's running cluster), 
 gRPC API, one at a time, with the same token-id prompt. Prints p50/p99 TTFT of both paths and
 their difference (router path = validation + Scheduler.Place + the extra hop).
 
+With --load-rate R, background requests (Poisson, R per second, --load-tokens each) stream
+through the router the whole time, so both paths are measured on a loaded engine and router.
+
   python benchmarks/mesh_overhead.py --requests 200
+  python benchmarks/mesh_overhead.py --requests 200 --load-rate 8
 """
 
 from __future__ import annotations
@@ -56,6 +60,56 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+class BackgroundLoad:
+    """Poisson arrivals through the router, each stream drained by its own thread, until stopped."""
+
+    def __init__(self, router: str, rate_rps: float, tokens: int, seed: int = 7) -> None:
+        import random
+        import threading
+
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._router, self._rate, self._tokens = router, rate_rps, tokens
+        self.sent = self.failed = 0
+        self._threads: list = []
+        self._driver = threading.Thread(target=self._drive, daemon=True)
+
+    def __enter__(self) -> "BackgroundLoad":
+        if self._rate > 0:
+            self._driver.start()
+            time.sleep(2.0)  # let the load reach its steady state before measuring
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._rate > 0:
+            self._driver.join()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def _one(self, stub) -> None:
+        sampling = common_pb2.SamplingParams(max_tokens=self._tokens, ignore_eos=True)
+        try:
+            for _ in stub.Generate(router_pb2.GenerateRequest(token_ids=router_pb2.TokenIds(ids=PROMPT * 8),
+                                                              sampling=sampling), timeout=60):
+                pass
+        except grpc.RpcError:
+            self.failed += 1
+
+    def _drive(self) -> None:
+        import threading
+
+        with grpc.insecure_channel(self._router) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            while not self._stop.wait(self._rng.expovariate(self._rate)):
+                t = threading.Thread(target=self._one, args=(stub,), daemon=True)
+                t.start()
+                self._threads.append(t)
+                self.sent += 1
+            for t in self._threads:
+                t.join(timeout=60)
+
+
 def measure(state: ClusterFile, worker_address: str, n: int, max_tokens: int) -> dict:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     via_router, direct = [], []
@@ -93,13 +147,19 @@ def _first_worker(state: ClusterFile) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--max-tokens", type=int, default=2, help="short requests: TTFT is what is measured")
+    parser.add_argument("--requests", type=int, default=200, help="probe requests per path (default %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=2,
+                        help="tokens per probe: TTFT is what is measured (default %(default)s)")
+    parser.add_argument("--load-rate", type=float, default=0.0,
+                        help="background requests per second through the router while probing (default 0: none)")
+    parser.add_argument("--load-tokens", type=int, default=64, help="tokens per background request (default %(default)s)")
     parser.add_argument("--home", type=Path, help="use the running cluster recorded here instead of starting one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be >= 1")
+    if args.max_tokens < 1 or args.load_tokens < 1 or args.load_rate < 0:
+        parser.error("--max-tokens and --load-tokens must be >= 1, --load-rate >= 0")
     with tempfile.TemporaryDirectory(prefix="hfx-overhead-") as tmp:
         home = args.home or Path(tmp)
         own = args.home is None
@@ -112,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             if state is None:
                 parser.error(f"no cluster recorded under {home}")
             worker_address = _first_worker(state)
-            result = measure(state, worker_address, args.requests, args.max_tokens)
+            with BackgroundLoad(state.router, args.load_rate, args.load_tokens) as load:
+                result = measure(state, worker_address, args.requests, args.max_tokens)
+            result["load"] = {"rate_rps": args.load_rate, "tokens": args.load_tokens, "sent": load.sent,
+                              "failed": load.failed}
         finally:
             if own:
                 cluster.down(home, quiet=True)
@@ -121,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for key in ("router_ttft_ms", "direct_ttft_ms", "overhead_ms"):
             print(f"{key:<16} " + "  ".join(f"{k} {v:7.2f}" for k, v in result[key].items()))
+        load = result["load"]
+        if load["rate_rps"]:
+            print(f"background load: {load['sent']} requests of {load['tokens']} tokens at {load['rate_rps']:g}/s "
+                  f"through the router, {load['failed']} failed")
     return 0
 
 
