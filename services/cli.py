@@ -17,8 +17,10 @@ import os
 import sys
 from pathlib import Path
 
+from services import argtypes
 from services.common import runtime
-from services.common.tracing import TracingConfig
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def _env(name: str, default: str) -> str:
@@ -27,34 +29,16 @@ def _env(name: str, default: str) -> str:
 
 def _add_common(p: argparse.ArgumentParser, redis: bool = True) -> None:
     if redis:
-        p.add_argument("--redis-url", default=_env("HFX_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                       help="cluster state store (default $HFX_REDIS_URL or %(default)s)")
-        p.add_argument("--redis-prefix", default="hfx", help="key prefix, to share one Redis between clusters")
-    p.add_argument("--tracing", default=_env("HFX_TRACING", "off"), type=TracingConfig.parse,
-                   help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--log-level", default="INFO")
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return number
-
-
-def _model_path(value: str) -> str:
-    path = Path(value).expanduser()
-    if not (path / "config.json").is_file():
-        raise argparse.ArgumentTypeError(f"{value}: not a Hugging Face checkpoint directory (no config.json)")
-    return str(path.resolve())
+        p.add_argument("--redis-url", default=_env("HFX_REDIS_URL", DEFAULT_REDIS_URL), type=argtypes.redis_url,
+                       help=f"cluster state store (default: $HFX_REDIS_URL, else {DEFAULT_REDIS_URL})")
+        p.add_argument("--redis-prefix", default="hfx", type=argtypes.non_empty,
+                       help="key prefix, to share one Redis between clusters (default %(default)s)")
+    p.add_argument("--tracing", default=_env("HFX_TRACING", "off"), type=argtypes.tracing_config,
+                   help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317) "
+                   "(default: $HFX_TRACING, else off)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level (default %(default)s)")
 
 
 def _default_model(args) -> str:
@@ -118,7 +102,7 @@ def cmd_worker(args) -> int:
     config = WorkerConfig(
         model=_default_model(args), instance_id=args.instance_id, host=args.host, port=args.port, engine=args.engine,
         device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
-        scheduler_address=args.scheduler, kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
+        scheduler_address=args.scheduler or "", kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
         cpu_cores=args.cpu_cores,
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
@@ -170,24 +154,6 @@ def _sim_profile_arg(value: str) -> str:
     return value if value in PROFILES else str(Path(value).resolve())
 
 
-def _engine_name(value: str) -> str:
-    from services.worker.engine import ENGINES
-
-    if value not in ENGINES:
-        raise argparse.ArgumentTypeError(f"unknown engine {value!r}; choose one of {', '.join(sorted(ENGINES))}")
-    return value
-
-
-def _sim_profile(value: str) -> str:
-    from services.sim.profiles import load_profile
-
-    try:
-        load_profile(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return value
-
-
 def cmd_profile(args) -> int:
     from services.worker.profile_cli import run_profile_command
 
@@ -207,118 +173,165 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="hfx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=resolve_home, default=resolve_home(None),
-                        help="where the local cluster keeps its state and logs (default $HFX_HOME or ~/.hfx)")
+                        help="where the local cluster keeps its state and logs (default: $HFX_HOME, else ~/.hfx)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="start a local cluster and wait until every part is ready")
-    p.add_argument("--workers", type=_positive_int, default=1, help="number of workers (default %(default)s)")
-    p.add_argument("--model", type=_model_path, help="local HF checkpoint dir (default: the built-in tiny model)")
-    p.add_argument("--engine", default="vllm", type=_engine_name,
-                   help="worker engine: vllm, or sim (SIMULATED: timing from a latency model, for scale tests)")
-    p.add_argument("--sim-profile", default="cpu-tiny", type=_sim_profile,
+    p.add_argument("--workers", type=argtypes.positive_int, default=1, help="number of workers (default %(default)s)")
+    p.add_argument("--model", type=argtypes.model_dir, help="local HF checkpoint dir (default: the built-in tiny model)")
+    p.add_argument("--engine", default="vllm", type=argtypes.engine_name,
+                   help="worker engine: vllm, or sim (SIMULATED: timing from a latency model, for scale tests) "
+                   "(default %(default)s)")
+    p.add_argument("--sim-profile", default="cpu-tiny", type=argtypes.sim_profile,
                    help="engine sim: built-in latency profile or a JSON file from `hfx profile` (default %(default)s)")
     p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
                    help="workers profile their engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--policy", default="hfx", choices=policy_names(),
-                   help="scheduling policy: hfx (default, SLO-aware) or a baseline for comparison")
-    p.add_argument("--router-port", type=int, default=50051)
-    p.add_argument("--http-port", type=int, default=8000, help="router's OpenAI-compatible HTTP API; 0 = off")
-    p.add_argument("--api-key", action="append", default=[], help="require this API key at the router (repeatable)")
-    p.add_argument("--classes", help="YAML task-class table for the router")
-    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
-    p.add_argument("--tracing", dest="tracing_spec", default="off", help="off | console | otlp[=HOST:PORT]")
-    p.add_argument("--timeout", type=_positive_float, default=300, help="seconds to wait for workers (default %(default)s)")
-    p.add_argument("--worker-arg", action="append", default=[], help="extra flag for every worker, e.g. --worker-arg=--kv-cache-mib=512")
-    p.add_argument("--detach", action="store_true", help="return once ready; stop later with `hfx down`")
-    p.set_defaults(func=cmd_up)
+                   help="scheduling policy: hfx (SLO-aware) or a baseline for comparison (default %(default)s)")
+    p.add_argument("--router-port", type=argtypes.port, default=50051, help="router's gRPC port (default %(default)s)")
+    p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
+                   help="router's OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
+    p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
+                   help="require this API key at the router (repeatable; default: none, the API is open)")
+    p.add_argument("--classes", type=argtypes.classes_file,
+                   help="YAML task-class table for the router (default: the built-in classes)")
+    p.add_argument("--redis-url", default=None, type=argtypes.redis_url,
+                   help="use this Redis instead of starting one (default: start one)")
+    p.add_argument("--tracing", dest="tracing_spec", default="off", type=argtypes.tracing_spec,
+                   help="off | console | otlp[=HOST:PORT] (default %(default)s)")
+    p.add_argument("--timeout", type=argtypes.positive_float, default=300,
+                   help="seconds to wait for workers (default %(default)s)")
+    p.add_argument("--worker-arg", action="append", default=[],
+                   help="extra flag for every worker, e.g. --worker-arg=--kv-cache-mib=512 (repeatable; default: none)")
+    p.add_argument("--detach", action="store_true",
+                   help="return once ready; stop later with `hfx down` (default: stay in the foreground until Ctrl-C)")
+    p.set_defaults(func=cmd_up, check=_check_up, parser_error=p.error)
 
     sub.add_parser("down", help="stop the local cluster, leaving no process behind").set_defaults(func=cmd_down)
 
     p = sub.add_parser("status", help="instances, roles and load, from Redis")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts) instead of a table")
     p.set_defaults(func=status)
 
     p = sub.add_parser("generate", help="stream one generation through the router")
-    p.add_argument("prompt")
-    p.add_argument("--max-tokens", type=int, default=0, help="default: the router's (64)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--ignore-eos", action="store_true")
-    p.add_argument("--ttft-ms", type=float, help="TTFT SLO (default: the task class's)")
-    p.add_argument("--tpot-ms", type=float, help="TPOT SLO (default: the task class's)")
-    p.add_argument("--task-class", default="default", help="default, chat, code, summarise, batch")
-    p.add_argument("--priority", type=int, help="higher is more important (default: the task class's)")
-    p.add_argument("--tenant", default="")
-    p.add_argument("--router", help="router address (default: the local cluster's)")
-    p.add_argument("--timeout", type=float, default=300, help="seconds for the whole call")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
-    p.add_argument("--api-key", default=_env("HFX_API_KEY", ""), help="the router's API key (default $HFX_API_KEY)")
+    p.add_argument("prompt", type=argtypes.non_empty, help="the prompt text")
+    p.add_argument("--max-tokens", type=argtypes.non_negative_int, default=0,
+                   help="most tokens to generate; 0 = the router's default, 64 unless set by the router's "
+                   "--default-max-tokens (default %(default)s)")
+    p.add_argument("--temperature", type=argtypes.non_negative_float, default=0.0,
+                   help="sampling temperature, 0 = greedy; the router accepts 0..2 (default %(default)s)")
+    p.add_argument("--seed", type=int, help="sampling seed, for repeatable output at temperature > 0 (default: none)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="keep generating past the end-of-sequence token, up to --max-tokens (default: stop at it)")
+    p.add_argument("--ttft-ms", type=argtypes.positive_float, help="TTFT SLO in ms (default: the task class's)")
+    p.add_argument("--tpot-ms", type=argtypes.positive_float, help="TPOT SLO in ms (default: the task class's)")
+    p.add_argument("--task-class", default="default", type=argtypes.non_empty,
+                   help="default, chat, code, summarise, batch, or a class of the router's --classes table "
+                   "(default %(default)s)")
+    p.add_argument("--priority", type=argtypes.non_negative_int,
+                   help="higher is more important (default: the task class's)")
+    p.add_argument("--tenant", default="", help="tenant name carried with the request (default: none)")
+    p.add_argument("--router", type=argtypes.address,
+                   help="router address HOST:PORT (default: the local cluster's, found under --home)")
+    p.add_argument("--timeout", type=argtypes.positive_float, default=300,
+                   help="seconds for the whole call (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming (default: stream)")
+    p.add_argument("--api-key", default=_env("HFX_API_KEY", ""),
+                   help="the router's API key (default: $HFX_API_KEY, else none)")
     p.set_defaults(func=generate)
 
     p = sub.add_parser("router", help="run the router process")
     _add_common(p, redis=False)
-    p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--model", type=_model_path, help="checkpoint dir, for its tokenizer")
-    p.add_argument("--scheduler", required=True, help="scheduler address host:port")
-    p.add_argument("--classes", help="YAML task-class table (SLO/priority defaults per class)")
-    p.add_argument("--default-max-tokens", type=int, default=64)
-    p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP API and /metrics; 0 = off")
-    p.add_argument("--api-key", action="append", default=[], help="require this API key (repeatable; none = open)")
+    p.add_argument("--port", type=argtypes.port, default=50051, help="gRPC port (default %(default)s)")
+    p.add_argument("--model", type=argtypes.model_dir,
+                   help="checkpoint dir, for its tokenizer (default: the built-in tiny model)")
+    p.add_argument("--scheduler", required=True, type=argtypes.address, help="scheduler address HOST:PORT (required)")
+    p.add_argument("--classes", type=argtypes.classes_file,
+                   help="YAML task-class table (SLO/priority defaults per class) (default: the built-in classes)")
+    p.add_argument("--default-max-tokens", type=argtypes.positive_int, default=64,
+                   help="max_tokens of requests that set none (default %(default)s)")
+    p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
+                   help="OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
+    p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
+                   help="require this API key (repeatable; default: none, the API is open)")
     p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("scheduler", help="run the scheduler process")
     _add_common(p)
-    p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--port", type=argtypes.port, default=50052, help="gRPC port (default %(default)s)")
     p.add_argument("--policy", default="hfx", choices=policy_names(),
-                   help="scheduling policy: hfx (default, SLO-aware) or a baseline for comparison")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
+                   help="scheduling policy: hfx (SLO-aware) or a baseline for comparison (default %(default)s)")
+    p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
+                   help="Prometheus /metrics port; 0 = off (default %(default)s)")
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("scaler", help="run the scaler process (it launches the workers)")
     _add_common(p)
-    p.add_argument("--port", type=int, default=50053)
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--model", type=_model_path)
-    p.add_argument("--scheduler", required=True)
-    p.add_argument("--engine", default="vllm")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--log-dir", default="./hfx-logs")
-    p.add_argument("--worker-arg", action="append", default=[])
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
-    p.add_argument("--worker-metrics", action="store_true", help="give each worker a /metrics port (a free one)")
+    p.add_argument("--port", type=argtypes.port, default=50053, help="gRPC port (default %(default)s)")
+    p.add_argument("--replicas", type=argtypes.non_negative_int, default=1,
+                   help="workers to start and keep running (default %(default)s)")
+    p.add_argument("--model", type=argtypes.model_dir,
+                   help="checkpoint dir for the workers (default: the built-in tiny model)")
+    p.add_argument("--scheduler", required=True, type=argtypes.address,
+                   help="scheduler address HOST:PORT, passed to the workers (required)")
+    p.add_argument("--engine", default="vllm", type=argtypes.engine_name,
+                   help="workers' engine: vllm, or sim (SIMULATED engine) (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"],
+                   help="workers' device (default %(default)s)")
+    p.add_argument("--log-dir", default="./hfx-logs", help="where worker logs and pid files go (default %(default)s)")
+    p.add_argument("--worker-arg", action="append", default=[],
+                   help="extra flag for every worker (repeatable; default: none)")
+    p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
+                   help="Prometheus /metrics port; 0 = off (default %(default)s)")
+    p.add_argument("--worker-metrics", action="store_true",
+                   help="give each worker a /metrics port (a free one) (default: none)")
     p.set_defaults(func=cmd_scaler)
 
     p = sub.add_parser("worker", help="run one worker process")
     _add_common(p)
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--instance-id", required=True)
-    p.add_argument("--model", type=_model_path)
-    p.add_argument("--engine", default="vllm", type=_engine_name, help="vllm, or sim (SIMULATED engine)")
-    p.add_argument("--sim-profile", default="cpu-tiny", type=_sim_profile,
+    p.add_argument("--port", type=argtypes.port_or_zero, default=0, help="gRPC port; 0 = a free one (default %(default)s)")
+    p.add_argument("--instance-id", required=True, type=argtypes.non_empty,
+                   help="this worker's id in the registry (required)")
+    p.add_argument("--model", type=argtypes.model_dir, help="checkpoint dir (default: the built-in tiny model)")
+    p.add_argument("--engine", default="vllm", type=argtypes.engine_name,
+                   help="vllm, or sim (SIMULATED engine) (default %(default)s)")
+    p.add_argument("--sim-profile", default="cpu-tiny", type=argtypes.sim_profile,
                    help="engine sim: built-in latency profile name or profile JSON file (default %(default)s)")
-    p.add_argument("--sim-seed", type=int, default=0, help="engine sim: seed for token ids and step noise")
+    p.add_argument("--sim-seed", type=argtypes.non_negative_int, default=0,
+                   help="engine sim: seed for token ids and step noise (default %(default)s)")
     p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
                    help="profile the engine at start and store the fitted model in Redis (default on)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
-    p.add_argument("--scheduler", default="", help="scheduler address for load reports")
-    p.add_argument("--kv-cache-mib", type=_positive_int, default=256, help="KV cache size on CPU (default %(default)s)")
-    p.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most requests batched at once")
-    p.add_argument("--max-model-len", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"], help="device (default %(default)s)")
+    p.add_argument("--scheduler", type=argtypes.address,
+                   help="scheduler address HOST:PORT for load reports (default: none, no reports)")
+    p.add_argument("--kv-cache-mib", type=argtypes.positive_int, default=256,
+                   help="KV cache size on CPU, MiB (default %(default)s)")
+    p.add_argument("--max-num-seqs", type=argtypes.positive_int, default=64,
+                   help="most requests batched at once (default %(default)s)")
+    p.add_argument("--max-model-len", type=argtypes.non_negative_int, default=0,
+                   help="context length in tokens; 0 = the model's own (default %(default)s)")
     p.add_argument("--cpu-cores", default="", help="device cpu: cores for the engine's threads, e.g. 0 or 2-3 "
-                   "(the scaler gives each worker its own share)")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off")
+                   "(the scaler gives each worker its own share) (default: not pinned)")
+    p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
+                   help="Prometheus /metrics port; 0 = off (default %(default)s)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("profile", help="profile an engine's step times, fit the latency model, write a profile JSON")
-    p.add_argument("--model", type=_model_path, help="checkpoint dir (default: the built-in tiny model)")
-    p.add_argument("--engine", default="vllm", type=_engine_name, help="vllm, or sim (profiles the simulator)")
-    p.add_argument("--sim-profile", default="cpu-tiny", type=_sim_profile, help="engine sim: the profile to simulate")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
-    p.add_argument("--kv-cache-mib", type=_positive_int, default=256, help="KV cache size on CPU (default %(default)s)")
-    p.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most requests batched at once")
-    p.add_argument("--grid", default="full", choices=["full", "quick"], help="probe grid (quick: what workers run at start)")
-    p.add_argument("--out", help="write the profile JSON here (usable as --sim-profile and `hfx sim --profile`)")
-    p.add_argument("--json", action="store_true", help="print the profile JSON instead of a table")
+    p.add_argument("--model", type=argtypes.model_dir, help="checkpoint dir (default: the built-in tiny model)")
+    p.add_argument("--engine", default="vllm", type=argtypes.engine_name,
+                   help="vllm, or sim (profiles the simulator) (default %(default)s)")
+    p.add_argument("--sim-profile", default="cpu-tiny", type=argtypes.sim_profile,
+                   help="engine sim: the profile to simulate (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"], help="device (default %(default)s)")
+    p.add_argument("--kv-cache-mib", type=argtypes.positive_int, default=256,
+                   help="KV cache size on CPU, MiB (default %(default)s)")
+    p.add_argument("--max-num-seqs", type=argtypes.positive_int, default=64,
+                   help="most requests batched at once (default %(default)s)")
+    p.add_argument("--grid", default="full", choices=["full", "quick"],
+                   help="probe grid; quick is what workers run at start (default %(default)s)")
+    p.add_argument("--out", type=argtypes.output_file,
+                   help="write the profile JSON here, usable as --sim-profile and `hfx sim --profile` (default: not written)")
+    p.add_argument("--json", action="store_true", help="print the profile JSON instead of a table (default: a table)")
     p.set_defaults(func=cmd_profile)
 
     from services.common.model import add_model_commands
@@ -330,8 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_up(args) -> str | None:
+    """What one flag's type cannot see: flags that contradict each other."""
+    if args.router_port == args.http_port:
+        return f"--router-port and --http-port are both {args.router_port}"
+    return None
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, then run the command's cross-flag `check`: its complaint is a usage error (exit 2)."""
+    args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    problem = check(args) if check else None
+    if problem:
+        getattr(args, "parser_error", parser.error)(problem)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     _logging(args)
     try:
         return int(args.func(args) or 0)

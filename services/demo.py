@@ -66,9 +66,14 @@ def _table(address: str, results: list[dict], classes) -> None:
 def main(argv: list[str] | None = None) -> int:
     from services.router.config import DEFAULT_CLASSES
 
+    from services import argtypes
+    from services.scheduler.policy import policy_names
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--policy", default="hfx")
+    parser.add_argument("--workers", type=argtypes.positive_int, default=2,
+                        help="vLLM workers to start (default %(default)s)")
+    parser.add_argument("--policy", default="hfx", choices=policy_names(),
+                        help="scheduling policy (default %(default)s)")
     args = parser.parse_args(argv)
     print(f"model: {ensure_default_model()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="hfx-demo-") as tmp:

@@ -126,7 +126,7 @@ def peer(model: str, engines: int, logs: Path):
 def hfx(model: str, engines: int, home: Path, extra: list[str]):
     """`hfx up --workers N` with the OpenAI API on a free port; yields (url, roots)."""
     http_port, router_port = procs.free_port(), procs.free_port()
-    cmd = procs.hfx_command("--home", str(home), "up", "--workers", str(engines), "--model", model, "--detach",
+    cmd = procs.hfx_command("--home", str(home), "up", "--workers", str(engines), "--model", model, "--detach", "--timeout", "900",
                             "--router-port", str(router_port), "--http-port", str(http_port), *extra)
     try:
         subprocess.run(cmd, check=True, cwd=ROOT, timeout=600)

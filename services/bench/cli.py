@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from services import argtypes
 from services.bench.live import LiveOptions, Unloaded, probe, run_live, with_slos
-from services.bench.targets import check_address, make_target
+from services.bench.targets import make_target
 from services.sim.metrics import RunReport, e2e_ms, report, tpot_ms, ttft_ms
 from services.sim.workload import Workload, as_live, generate, load_workload
 
@@ -25,34 +26,46 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-def add_live_arguments(bench: argparse.ArgumentParser) -> None:
+def add_live_arguments(bench: argparse.ArgumentParser, mode) -> None:
+    """The live flags; `mode` is the bench's mutually exclusive group (--sim | --target)."""
+    from services.scheduler.policy import policy_names
+
+    mode.add_argument("--live-policies", nargs="+", metavar="POLICY", choices=policy_names(),
+                      help="live: for each policy start a local cluster (hfx up --policy P), bench it, stop it "
+                      "(default: none, simulate)")
     g = bench.add_argument_group("live runs (--target / --live-policies)")
-    g.add_argument("--live-policies", nargs="+", metavar="POLICY",
-                   help="for each policy: start a local cluster (hfx up --policy P), bench it, stop it")
-    g.add_argument("--engine", default="sim", choices=["sim", "vllm"], help="--live-policies: worker engine")
-    g.add_argument("--workers", type=int, default=0, help="--live-policies: workers (default: --instances)")
-    g.add_argument("--sim-profile", default="", help="--live-policies with --engine sim: the workers' profile "
-                   "(default: --profile, else cpu-tiny)")
+    g.add_argument("--engine", default="sim", choices=["sim", "vllm"],
+                   help="--live-policies: worker engine (default %(default)s)")
+    g.add_argument("--workers", type=argtypes.positive_int, default=None,
+                   help="--live-policies: workers (default: --instances)")
+    g.add_argument("--sim-profile", default=None, type=argtypes.sim_profile,
+                   help="--live-policies with --engine sim: the workers' profile (default: --profile, else cpu-tiny)")
     g.add_argument("--label", default="", help="--target: the policy name in records (default: target)")
-    g.add_argument("--model", default="", help="checkpoint dir: vocabulary and max_model_len of the target "
-                   "(default: the built-in tiny model)")
-    g.add_argument("--max-model-len", type=int, default=0, help="context of the target (default: the model's)")
-    g.add_argument("--target-model", default="", help="HTTP targets: the model name (default: the first in /v1/models)")
-    g.add_argument("--api-key", default="", help="the target's API key")
-    g.add_argument("--probes", type=int, default=3, help="sequential probes per class for the unloaded latency, counted after max(2, --workers or --instances) warm-ups")
-    g.add_argument("--max-inflight", type=int, default=1024, help="bound on requests in flight")
-    g.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request")
-    g.add_argument("--max-duration", type=float, default=0.0,
-                   help="seconds per run (default: last arrival + request timeout)")
+    g.add_argument("--model", default=None, type=argtypes.model_dir,
+                   help="checkpoint dir: vocabulary and max_model_len of the target (default: the built-in tiny model)")
+    g.add_argument("--max-model-len", type=argtypes.non_negative_int, default=0,
+                   help="context of the target; 0 = the model's (default %(default)s)")
+    g.add_argument("--target-model", default="",
+                   help="HTTP targets: the model name (default: the first in /v1/models)")
+    g.add_argument("--api-key", default="", help="the target's API key (default: none)")
+    g.add_argument("--probes", type=argtypes.positive_int, default=3,
+                   help="sequential probes per class for the unloaded latency, counted after "
+                   "max(2, --workers or --instances) warm-ups (default %(default)s)")
+    g.add_argument("--max-inflight", type=argtypes.positive_int, default=1024,
+                   help="bound on requests in flight (default %(default)s)")
+    g.add_argument("--request-timeout", type=argtypes.positive_float, default=120.0,
+                   help="seconds per request (default %(default)s)")
+    g.add_argument("--max-duration", type=argtypes.non_negative_float, default=0.0,
+                   help="seconds per run; 0 = last arrival + request timeout (default %(default)s)")
     g.add_argument("--keep-logs", default="", metavar="DIR",
                    help="--live-policies: copy each cluster's logs (every process, decisions with reasons) "
-                   "into DIR/POLICY/ before it is removed")
+                   "into DIR/POLICY/ before it is removed (default: not kept)")
     g.add_argument("--unloaded-from", default="", metavar="JSON",
                    help="--target: take the unloaded latency (hence the absolute SLOs) from this earlier "
                    "`hfx bench --json` output instead of probing the target, so two targets are held to the "
                    "same SLOs (default: probe the target)")
     g.add_argument("--no-task-class", action="store_true", help="do not send the class name (targets that "
-                   "do not know the workload's classes)")
+                   "do not know the workload's classes) (default: send it)")
 
 
 def _model_facts(args) -> tuple[str, int, int]:
@@ -73,27 +86,11 @@ def _classes_yaml(workload: Workload, path: Path) -> None:
     path.write_text(yaml.safe_dump({"classes": rows}))
 
 
-def _validate(args) -> str | None:
-    if args.live_policies and args.target:
-        return "--target and --live-policies are alternatives"
-    if args.target:
-        try:
-            check_address(args.target)
-        except ValueError as err:
-            return str(err)
-    if any(r <= 0 for r in args.rate) or args.requests <= 0:
-        return "--rate and --requests must be > 0"
+def run_live_bench(args: argparse.Namespace) -> int:
+    """Flags were checked while parsing (services.argtypes; --target and --live-policies exclude each other)."""
     if args.unloaded_from and not args.target:
-        return "--unloaded-from applies to --target runs"
-    if args.max_inflight <= 0 or args.request_timeout <= 0:
-        return "--max-inflight and --request-timeout must be > 0"
-    return None
-
-
-def run_live_bench(args: argparse.Namespace, parser_error) -> int:
-    problem = _validate(args)
-    if problem:
-        parser_error(problem)
+        print("error: --unloaded-from applies to --target runs", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         workload = load_workload(args.workload)
         model, vocab, max_len = _model_facts(args)

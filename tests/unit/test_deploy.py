@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services import cli
+from services import argtypes, cli
 from services.router.config import DEFAULT_CLASSES, load_classes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,12 +54,13 @@ def parser():
             raise ValueError(f"--model {value}: the image builds its model at {image_model}")
         return value
 
-    original = cli._model_path
-    cli._model_path = model_path
+    # The classes file too lives only in the image; test_compose_router_classes_file_loads loads its source.
+    originals = argtypes.model_dir, argtypes.classes_file
+    argtypes.model_dir, argtypes.classes_file = model_path, str
     try:
         yield cli.build_parser()
     finally:
-        cli._model_path = original
+        argtypes.model_dir, argtypes.classes_file = originals
 
 
 def _parse(parser, argv: list[str], where: str):
@@ -326,7 +327,8 @@ def test_k8s_config_maps(manifests, tmp_path):
     maps = _of_kind(manifests, "ConfigMap")
     config = maps["hfx-config"]["data"]
     assert config["HFX_REDIS_URL"] == "redis://redis:6379/0"
-    cli.TracingConfig.parse(config["HFX_TRACING"])  # what the CLI does with it
+    argtypes.tracing_config(config["HFX_TRACING"])  # what the CLI does with it
+    argtypes.redis_url(config["HFX_REDIS_URL"])
     classes_file = tmp_path / "classes.yaml"
     classes_file.write_text(maps["hfx-classes"]["data"]["classes.yaml"])
     assert load_classes(classes_file) == load_classes(COMPOSE_DIR / "config" / "classes.yaml")

@@ -1,0 +1,182 @@
+"""argparse `type=` validators shared by every `hfx` command. A bad value becomes argparse's usage
+line plus `error: argument --FLAG: why` and exit code 2, while parsing, before anything starts.
+
+Only ArgumentTypeError's message reaches the user (argparse hides ValueError's), so each
+validator raises that, saying what was expected and what it got."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+MAX_PORT = 65535
+
+
+def _number(value: str, kind: type) -> float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if kind is float and not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    number = _number(value, int)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    number = _number(value, int)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    number = _number(value, float)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    number = _number(value, float)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
+    return number
+
+
+def port(value: str) -> int:
+    """A TCP port to listen on, 1-65535."""
+    number = _number(value, int)
+    if not 1 <= number <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a port in 1..{MAX_PORT}, got {value}")
+    return number
+
+
+def port_or_zero(value: str) -> int:
+    """A TCP port, or 0 (off, or a free one: the flag's help says which)."""
+    return 0 if _number(value, int) == 0 else port(value)
+
+
+def non_empty(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def address(value: str) -> str:
+    """HOST:PORT of a gRPC service."""
+    host, _, number = value.rpartition(":")
+    if not host or not number.isdigit() or not 1 <= int(number) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def existing_file(value: str) -> str:
+    if not Path(value).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return value
+
+
+def output_file(value: str) -> str:
+    """A file to write at the end of a run: its directory must exist now, not after the run."""
+    parent = Path(value).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: directory {parent} does not exist")
+    if Path(value).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory; expected a file name")
+    return value
+
+
+def redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(f"expected redis://HOST:PORT/DB (or rediss://, unix://), got {value!r}")
+    return value
+
+
+def model_dir(value: str) -> str:
+    """A local Hugging Face checkpoint directory, as an absolute path (children run elsewhere)."""
+    path = Path(value).expanduser()
+    if not (path / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{value}: not a Hugging Face checkpoint directory (no config.json)")
+    return str(path.resolve())
+
+
+def engine_name(value: str) -> str:
+    from services.worker.engine import ENGINES
+
+    if value not in ENGINES:
+        raise argparse.ArgumentTypeError(f"unknown engine {value!r}; choose one of {', '.join(sorted(ENGINES))}")
+    return value
+
+
+def tracing_spec(value: str) -> str:
+    """The --tracing spec as text (handed on to child processes), checked here."""
+    from services.common.tracing import TracingConfig
+
+    try:
+        TracingConfig.parse(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def tracing_config(value: str):
+    """The --tracing spec parsed into a TracingConfig (services that set up tracing themselves)."""
+    from services.common.tracing import TracingConfig
+
+    try:
+        return TracingConfig.parse(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def target_address(value: str) -> str:
+    """`hfx bench --target`: grpc://HOST:PORT, HOST:PORT or http(s)://HOST:PORT."""
+    from services.bench.targets import check_address
+
+    try:
+        return check_address(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def sim_profile(value: str) -> str:
+    """A built-in latency profile name or a profile JSON file from `hfx profile`."""
+    from services.sim.profiles import load_profile
+
+    try:
+        load_profile(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def workload_file(value: str) -> str:
+    """A workload YAML that loads (its trace file included)."""
+    from services.sim.workload import load_workload
+
+    try:
+        load_workload(value)
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def classes_file(value: str) -> str:
+    """A router task-class YAML that loads."""
+    import yaml
+
+    from services.router.config import load_classes
+
+    try:
+        load_classes(value)
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as err:
+        raise argparse.ArgumentTypeError(f"{value}: {err}") from None
+    return value

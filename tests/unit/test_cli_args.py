@@ -1,0 +1,136 @@
+"""The `hfx` command line checks its arguments while parsing (exit 2, one line naming the flag,
+nothing started), and every flag of every subcommand explains itself and its default (issue 18)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from services.cli import build_parser, main, parse_args
+
+# (argv after the subcommand's name, what the error line must name)
+BAD = {
+    "sim": [
+        (["--instances", "0"], "--instances"), (["--instances", "-2"], "--instances"),
+        (["--instances", "two"], "--instances"), (["--requests", "0"], "--requests"),
+        (["--requests", "-100"], "--requests"), (["--rate"], "--rate"), (["--rate", "0"], "--rate"),
+        (["--rate", "10", "-5"], "--rate"), (["--rate", "nan"], "--rate"), (["--seed", "-1"], "--seed"),
+        (["--policy", "nope"], "--policy"), (["--policy"], "--policy"),
+        (["--workload", "/nonexistent/w.yaml"], "--workload"), (["--profile", "nope"], "--profile"),
+        (["--placement", "random"], "--placement"), (["--max-model-len", "-1"], "--max-model-len"),
+        (["--json", "/nonexistent/dir/out.json"], "--json"),
+    ],
+    "bench": [
+        (["--instances", "0"], "--instances"), (["--requests", "0"], "--requests"), (["--rate"], "--rate"),
+        (["--rate", "-1"], "--rate"), (["--workers", "0"], "--workers"), (["--workers", "-4"], "--workers"),
+        (["--probes", "0"], "--probes"), (["--probes", "-1"], "--probes"),
+        (["--max-inflight", "0"], "--max-inflight"), (["--request-timeout", "0"], "--request-timeout"),
+        (["--max-duration", "-1"], "--max-duration"), (["--max-model-len", "-1"], "--max-model-len"),
+        (["--target", "nonsense"], "--target"), (["--target", "127.0.0.1:1", "--live-policies", "hfx"], "--live-policies"),
+        (["--sim", "--target", "127.0.0.1:1"], "--target"), (["--live-policies", "nope"], "--live-policies"),
+        (["--live-policies"], "--live-policies"), (["--engine", "tgi"], "--engine"),
+        (["--sim-profile", "nope"], "--sim-profile"), (["--model", "/nonexistent"], "--model"),
+    ],
+    "up": [
+        (["--workers", "0"], "--workers"), (["--workers", "-3"], "--workers"), (["--timeout", "0"], "--timeout"),
+        (["--router-port", "0"], "--router-port"), (["--router-port", "70000"], "--router-port"),
+        (["--http-port", "-1"], "--http-port"), (["--router-port", "4321", "--http-port", "4321"], "--http-port"),
+        (["--redis-url", "localhost:6379"], "--redis-url"), (["--tracing", "jaeger"], "--tracing"),
+        (["--classes", "/nonexistent/c.yaml"], "--classes"), (["--engine", "nope"], "--engine"),
+        (["--sim-profile", "nope"], "--sim-profile"), (["--model", "/nonexistent"], "--model"),
+        (["--policy", "nope"], "--policy"), (["--api-key", ""], "--api-key"),
+    ],
+    "generate": [
+        ([""], "prompt"), (["   "], "prompt"), (["hi", "--max-tokens", "-1"], "--max-tokens"),
+        (["hi", "--temperature", "-0.5"], "--temperature"), (["hi", "--ttft-ms", "0"], "--ttft-ms"),
+        (["hi", "--tpot-ms", "-1"], "--tpot-ms"), (["hi", "--priority", "-1"], "--priority"),
+        (["hi", "--timeout", "0"], "--timeout"), (["hi", "--router", "nohost"], "--router"),
+        (["hi", "--router", "host:port"], "--router"), (["hi", "--task-class", ""], "--task-class"),
+        (["hi", "--seed", "x"], "--seed"),
+    ],
+    "profile": [
+        (["--kv-cache-mib", "0"], "--kv-cache-mib"), (["--max-num-seqs", "-1"], "--max-num-seqs"),
+        (["--engine", "nope"], "--engine"), (["--out", "/nonexistent/dir/p.json"], "--out"),
+        (["--grid", "huge"], "--grid"), (["--sim-profile", "nope"], "--sim-profile"), (["--device", "tpu"], "--device"),
+        (["--model", "/nonexistent"], "--model"),
+    ],
+}
+CASES = [(cmd, argv, name) for cmd, rows in BAD.items() for argv, name in rows]
+
+
+def _usage_error(capsys, cmd: str, name: str, run) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run()
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"hfx {cmd}: error: ") and name in errors[0], err
+    assert out == ""                  # a run prints its header first (sim, bench)
+
+
+@pytest.mark.parametrize("cmd,argv,name", CASES, ids=[f"{c} {' '.join(a)}" for c, a, _ in CASES])
+def test_a_bad_argument_is_a_usage_error_that_names_it(tmp_path, capsys, cmd, argv, name):
+    # `main` parses exactly so before it runs anything; parsing alone here means a check that
+    # regressed fails this test instead of starting a cluster or an engine.
+    home = tmp_path / "home"
+    _usage_error(capsys, cmd, name, lambda: parse_args(build_parser(), ["--home", str(home), cmd, *argv]))
+    assert not home.exists()
+
+
+SAFE_TO_RUN = [c for c in CASES if c[0] in ("sim", "generate") or (c[0] == "bench" and "--live-policies" not in c[1])]
+
+
+@pytest.mark.parametrize("cmd,argv,name", SAFE_TO_RUN, ids=[f"{c} {' '.join(a)}" for c, a, _ in SAFE_TO_RUN])
+def test_main_exits_2_and_runs_nothing(tmp_path, capsys, cmd, argv, name):
+    home = tmp_path / "home"
+    _usage_error(capsys, cmd, name, lambda: main(["--home", str(home), cmd, *argv, "--quiet"] if cmd != "generate"
+                                                 else ["--home", str(home), cmd, *argv]))
+    assert not home.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["sim"], ["bench"], ["bench", "--live-policies", "fcfs", "hfx", "--workers", "2"], ["up"],
+    ["up", "--http-port", "0", "--engine", "sim", "--redis-url", "redis://127.0.0.1:6400/0"],
+    ["generate", "hi"], ["generate", "hi", "--max-tokens", "0", "--seed", "-3", "--router", "[::1]:50051"],
+    ["profile"], ["profile", "--out", "p.json"], ["router", "--scheduler", "127.0.0.1:50052"],
+    ["worker", "--instance-id", "w0", "--port", "0"], ["model", "init"],
+])
+def test_the_defaults_and_good_values_parse(argv):
+    build_parser().parse_args(argv)
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helped = {a.dest for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert name in helped, f"`{path} {name}` has no help line in `{path} --help`"
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def _flags():
+    for path, parser in _parsers(build_parser(), "hfx"):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            yield f"{path} {'/'.join(action.option_strings) or action.dest}", formatter, action
+
+
+FLAGS = list(_flags())
+
+
+def test_the_walk_reaches_nested_subcommands():
+    names = {name for name, _, _ in FLAGS}
+    assert "hfx model init --out" in names and "hfx bench --probes" in names and "hfx generate prompt" in names
+
+
+@pytest.mark.parametrize("name,formatter,action", FLAGS, ids=[f[0] for f in FLAGS])
+def test_every_flag_says_what_it_does_and_its_default(name, formatter, action):
+    assert action.help and action.help != argparse.SUPPRESS, f"{name} has no help"
+    text = formatter._expand_help(action)
+    assert len(text.split()) >= 2, f"{name}: help {text!r} explains nothing"
+    if action.default not in (None, False, [], "", argparse.SUPPRESS) and not action.required:
+        assert "default" in text, f"{name}: help {text!r} does not give its default {action.default!r}"
