@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,7 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
         f"x-slo-ttft-ms={args.ttft_ms:g}", f"x-slo-tpot-ms={args.tpot_ms:g}"]
     for rate in args.rate:
         recorder = flame.Recorder(roots, Path(args.flame), f"{name}-{rate:g}") if args.flame else None
+        load_before = round(os.getloadavg()[0], 2)  # the machine's other work, which skews every figure
         before = cputime.tree_cpu_s(roots, cputime.snapshot())
         try:
             run = serve_bench(url, model, args, rate, out / name, headers)
@@ -190,7 +192,8 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
                 recorder.stop()
                 _print_top(name, rate, recorder.paths)
         tokens = run.get("total_output_tokens", 0) or 1
-        results["serve"].append({"target": name, "rate_rps": rate, **{k: run.get(k) for k in SERVE_FIELDS},
+        results["serve"].append({"target": name, "rate_rps": rate, "loadavg_1m_before": load_before,
+                                 **{k: run.get(k) for k in SERVE_FIELDS},
                                  "failed": args.requests - int(run.get("completed", 0)), "cpu_s": cpu,
                                  "output_tokens": tokens})
         print(f"  {name} @ {rate:g} req/s: goodput {run.get('request_goodput', 0):.2f} req/s, "
@@ -212,11 +215,11 @@ def _print_top(name: str, rate: float, paths: dict[str, Path]) -> None:
 def _print(results: dict) -> None:
     print(f"\nvLLM serving benchmark (random {results['input_len']}/{results['output_len']}, "
           f"{results['requests']} requests, goodput SLO ttft:{results['ttft_ms']:g} tpot:{results['tpot_ms']:g} ms)")
-    print(f"{'target':<8}{'rate':>6}{'goodput':>9}{'done':>6}{'TTFT p50':>10}{'p99':>8}{'TPOT mean':>11}{'p99':>8}"
+    print(f"{'target':<8}{'load':>6}{'rate':>6}{'goodput':>9}{'done':>6}{'TTFT p50':>10}{'p99':>8}{'TPOT mean':>11}{'p99':>8}"
           f"{'router CPU s':>14}{'ms/token':>10}")
     for r in results["serve"]:
         router_s = r["cpu_s"].get("router", 0.0)
-        print(f"{r['target']:<8}{r['rate_rps']:>6g}{r['request_goodput'] or 0:>9.2f}{r['completed']:>6}"
+        print(f"{r['target']:<8}{r['loadavg_1m_before']:>6.1f}{r['rate_rps']:>6g}{r['request_goodput'] or 0:>9.2f}{r['completed']:>6}"
               f"{r['median_ttft_ms']:>10.1f}{r['p99_ttft_ms']:>8.1f}{r['mean_tpot_ms']:>11.2f}{r['p99_tpot_ms']:>8.2f}"
               f"{router_s:>14.2f}{1000 * router_s / r['output_tokens']:>10.3f}")
     print("\nCPU seconds per process over each run (X/children: its descendants, e.g. a vLLM engine core)")
