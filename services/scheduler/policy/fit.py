@@ -4,8 +4,9 @@ A request fits instance m when, by m's latency model (notation in budget.py):
  (1) own first token:   w + ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now, where
                         w = inflight_step_share * (s + c1*min(B, C')) on a busy instance (the step
                         in flight, which it cannot join), 0 on an idle one
- (2) running requests:  bank - max_remaining*(s' - s) - c1*L  >=  0   (its chunked prefill and the
-                        slower step s' eat into every running request's bank)
+ (2) running requests:  bank - min(O, max_remaining)*(s' - s) - c1*L  >=  0   (its chunked prefill
+                        and the slower step s' eat into every running request's bank; the slower
+                        step lasts only while x decodes, at most O steps)
  (3) steady decode:     s' = c0 + c2*(n+1) + c3*(kv + L + O/2)  <=  min(TPOT of running, own TPOT)
  (4) KV:                kv_peak + L + O  <=  capacity * (1 - watermark)
  (5) own mean TPOT:     (O-1) * (TPOT - s')  >=  c1*B  (config.backlog_interferes, the default):
@@ -56,9 +57,6 @@ class FitTable:
         self.s = self.c0 + self.c2 * self.n + self.c3 * self.kv_mean
         self.s_plus_c2 = self.s + self.c2
         self.per_step = np.maximum(1.0, self.config.chunk_tokens - self.n)
-        # bank - max_rem*(s' - s) - c1*L with s' - s = c2 + c3*X:  (bank - max_rem*c2) - max_rem*c3*X - c1*L
-        self.bank_a = self.bank_ms - self.max_rem * self.c2
-        self.bank_b = self.max_rem * self.c3
         self.kv_room = self.kv_limit - self.kv_peak
         busy = (self.n > 0) | (self.backlog > 0)
         self.inflight_ms = np.where(busy, self.config.inflight_step_share
@@ -88,7 +86,9 @@ class FitTable:
         queued = self.backlog + L
         ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued + self.inflight_ms
         s_new = self.s_plus_c2 + self.c3 * x
-        ok = self.open & (self.bank_a - self.bank_b * x - self.c1 * L >= 0) & (s_new <= self.min_tpot)
+        # The slower step lasts while x decodes: at most min(O, max_rem) of a running request's steps.
+        slowed = np.minimum(O, self.max_rem)
+        ok = self.open & (self.bank_ms - slowed * (s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
         ok &= self.kv_room >= L + O
         if self.has_max_len:
             ok &= (self.max_len <= 0) | (L + spec.max_tokens <= self.max_len)
