@@ -75,16 +75,24 @@ class FitTable:
         return (self.allowed & (self.outstanding < self.config.max_requests_per_instance)
                 & (self.bank_ms > 0) & (self.kv_peak < self.kv_limit) & (step_plus_one <= self.min_tpot))
 
+    def longest_step_ms(self) -> float:
+        """The slowest steady step among open instances: about the longest gap between passes
+        while anything runs (each step end brings a pass)."""
+        return float(self.s[self.open].max()) if self.open.any() else 0.0
+
     def any_open(self) -> bool:
         return bool(self.open.any())
 
     def fit(self, spec: RequestSpec, output_tokens: int, now_s: float,
-            best_effort: bool) -> tuple[int, float, int] | None:
-        """(instance index, predicted TTFT ms, how many fit) of the chosen instance, or None."""
+            best_effort: bool, optimistic: bool = False) -> tuple[int, float, int] | None:
+        """(instance index, predicted TTFT ms, how many fit) of the chosen instance, or None.
+        optimistic: test (1) without the wait for the step in flight (it may be about to end)."""
         L, O = float(spec.prompt_tokens), float(output_tokens)
         x = L + O / 2
         queued = self.backlog + L
-        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued + self.inflight_ms
+        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
+        if not optimistic:
+            ttft_ms = ttft_ms + self.inflight_ms
         s_new = self.s_plus_c2 + self.c3 * x
         # The slower step lasts while x decodes: at most min(O, max_rem) of a running request's steps.
         slowed = np.minimum(O, self.max_rem)

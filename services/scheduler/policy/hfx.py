@@ -67,6 +67,8 @@ class Hfx:
         banned = {p.instance_id for p in preemptions}
         self._demote(now_s, decisions)
         self._expire_best_effort(now_s, decisions)
+        if not self.queue.known:   # nothing to place (protection still ran): skip the fit table
+            return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned)
         if table.any_open():
             self._place(table, now_s, decisions)
@@ -205,6 +207,12 @@ class Hfx:
         late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
         if self._try(entry, table, now_s, decisions, best_effort=late_resume) is not None:
             return True
+        # Last chance: it becomes hopeless before the next pass is likely. Rejecting or demoting
+        # it is a certain miss that buys nothing if it fits once the step in flight is not charged
+        # (tests 2-5 still protect everyone else): place it at its own risk.
+        if (not late_resume and entry.slack_ms(now_s) <= table.longest_step_ms()
+                and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
+            return True
         self._pressure_until_s = now_s + self.config.pressure_window_ms / 1000.0
         return False
 
@@ -231,9 +239,9 @@ class Hfx:
         return failed
 
     def _try(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision],
-             best_effort: bool) -> Decision | None:
+             best_effort: bool, optimistic: bool = False) -> Decision | None:
         spec = entry.spec
-        fit = table.fit(spec, entry.output_tokens, now_s, best_effort)
+        fit = table.fit(spec, entry.output_tokens, now_s, best_effort, optimistic)
         if fit is None:
             return None
         idx, ttft_ms, n_fit = fit
@@ -249,7 +257,8 @@ class Hfx:
             verdict = Verdict.BEST_EFFORT
         else:
             reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
-                      f"budget {budget_ms:.0f} ms; {self.config.placement} -> {inst_id} ({n_fit} fit)")
+                      f"budget {budget_ms:.0f} ms; {self.config.placement} -> {inst_id} ({n_fit} fit)"
+                      + ("; last chance, not counting the step in flight" if optimistic else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=inst_id,
                             predicted_ttft_ms=ttft_ms, slack_ms=slack_ms)
