@@ -42,8 +42,9 @@ class PolicyConfig:
     # demotion is rejected with retry-after instead of waiting without bound. 0 = wait forever.
     best_effort_max_wait_ms: float = 1000.0
     # Deferral under pressure: for `pressure_window_ms` after an SLO request could not be placed
-    # (or was rejected as hopeless), requests with more than `defer_slack_ms` of slack are not
-    # placed; they can wait, the ones turned away could not. 0 disables deferral.
+    # (or was rejected as hopeless), requests with more than `defer_slack_ms` of slack (both
+    # priority-credited and their own) are not placed; they can wait, the ones turned away could
+    # not. 0 disables deferral.
     defer_slack_ms: float = 200.0
     pressure_window_ms: float = 500.0
     # Ranking: each priority level above 1 is worth this much slack (additive, so the order of
