@@ -70,6 +70,9 @@ class PolicyConfig:
     # default workload it was +4.4..+6.4 points at 14-18 req/s with 16 cpu-tiny-x10 instances
     # (3 seeds) and +0.4..+1.4 with 4 cpu-tiny instances at 20-28 req/s; 1.5 was worse than 1.0.
     inflight_step_share: float = 1.0
+    # Placement of a request whose time left to its TTFT deadline is below this many times its
+    # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
+    tight_ttft_factor: float = 2.0
 
 
 class Policy(Protocol):

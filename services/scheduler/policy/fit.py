@@ -84,8 +84,8 @@ class FitTable:
         return bool(self.open.any())
 
     def fit(self, spec: RequestSpec, output_tokens: int, now_s: float,
-            best_effort: bool, optimistic: bool = False) -> tuple[int, float, int] | None:
-        """(instance index, predicted TTFT ms, how many fit) of the chosen instance, or None.
+            best_effort: bool, optimistic: bool = False) -> tuple[int, float, int, str] | None:
+        """(instance index, predicted TTFT ms, how many fit, how it was chosen) or None.
         optimistic: test (1) without the wait for the step in flight (it may be about to end)."""
         L, O = float(spec.prompt_tokens), float(output_tokens)
         x = L + O / 2
@@ -107,8 +107,14 @@ class FitTable:
         n_fit = int(ok.sum())
         if n_fit == 0:
             return None
-        idx = self.choose(ok, spec.slo.tpot_ms)
-        return idx, float(ttft_ms[idx]), n_fit
+        budget_ms = (spec.ttft_deadline_s - now_s) * 1000.0
+        if not best_effort and budget_ms < self.config.tight_ttft_factor * float(ttft_ms[ok].min()):
+            # Tight first token: the least predicted TTFT wins (the prediction is a mean; the
+            # spare is too small to trade for balance).
+            idx, how = int(np.argmin(np.where(ok, ttft_ms, np.inf))), "least TTFT"
+        else:
+            idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
+        return idx, float(ttft_ms[idx]), n_fit, how
 
     def affinity_band(self, tpot_ms: float) -> np.ndarray:
         """0 where the instance's tightest running TPOT is within a factor `affinity_tolerance` of

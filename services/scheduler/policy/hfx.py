@@ -244,7 +244,7 @@ class Hfx:
         fit = table.fit(spec, entry.output_tokens, now_s, best_effort, optimistic)
         if fit is None:
             return None
-        idx, ttft_ms, n_fit = fit
+        idx, ttft_ms, n_fit, how = fit
         budget_ms = table.bank_ms[idx]
         table.place(idx, spec, entry.output_tokens, now_s, protected=not best_effort)
         self.queue.settle(entry)
@@ -257,7 +257,7 @@ class Hfx:
             verdict = Verdict.BEST_EFFORT
         else:
             reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
-                      f"budget {budget_ms:.0f} ms; {self.config.placement} -> {inst_id} ({n_fit} fit)"
+                      f"budget {budget_ms:.0f} ms; {how} -> {inst_id} ({n_fit} fit)"
                       + ("; last chance, not counting the step in flight" if optimistic else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=inst_id,
