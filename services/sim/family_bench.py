@@ -54,7 +54,7 @@ def verdict(attain: dict[str, dict[float, float]], target: str = TARGET) -> dict
         diffs[r] = d
         if best >= GOODPUT_ATTAINMENT:
             worst = d if worst is None else min(worst, d)
-            if d < -TOLERANCE:
+            if d < -TOLERANCE - 1e-9:   # exactly 1 point below is not "more than 1 point below"
                 violations.append(r)
     ratio = None if best_g is None or mine is None else mine / best_g
     return {
