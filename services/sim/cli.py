@@ -38,14 +38,28 @@ def add_sim_commands(subparsers) -> None:
     from services.bench.cli import add_live_arguments
 
     add_live_arguments(bench, mode)
+    fam = bench.add_argument_group("workload family (--sim --family N)")
+    fam.add_argument("--family", type=argtypes.non_negative_int, default=0, metavar="N",
+                     help="run every policy over N random workloads of family --seed, each at rates from light "
+                     "load to overload (multiples of its estimated capacity), and compare hfx with the best "
+                     "baseline (default %(default)s: off)")
+    fam.add_argument("--rate-factors", nargs="+", type=argtypes.positive_float, default=None, metavar="X",
+                     help="--family: rates as multiples of each workload's estimated capacity "
+                     "(default: services/sim/family.py RATE_FACTORS)")
+    fam.add_argument("--worst", type=argtypes.non_negative_int, default=5,
+                     help="--family: how many worst workloads to write out (default %(default)s)")
+    fam.add_argument("--family-out", default="family-worst", metavar="DIR",
+                     help="--family: where the worst workloads' YAML goes (default %(default)s)")
     bench.set_defaults(func=run_bench)
 
 
 def _common(p: argparse.ArgumentParser, rates_default: list[float], policies_default: list[str]) -> None:
     p.add_argument("--workload", default=str(DEFAULT_WORKLOAD), type=argtypes.workload_file,
                    help="workload YAML (default: the built-in mix)")
-    p.add_argument("--policy", nargs="+", default=policies_default, choices=policy_names(),
-                   help=f"scheduling policies, each run on the same requests (default {' '.join(policies_default)})")
+    p.add_argument("--policy", nargs="+", default=None, choices=policy_names(),
+                   help=f"scheduling policies, each run on the same requests (default {' '.join(policies_default)}; "
+                   "with --family: all)")
+    p.set_defaults(policies_default=policies_default)
     p.add_argument("--rate", nargs="+", type=argtypes.positive_float, default=rates_default,
                    help=f"request rate(s), req/s (default {' '.join(f'{r:g}' for r in rates_default)})")
     p.add_argument("--requests", type=argtypes.positive_int, default=2000,
@@ -74,11 +88,26 @@ def run_bench(args: argparse.Namespace) -> int:
         from services.bench.cli import run_live_bench
 
         args.profile_given = args.profile is not None
+        args.policy = args.policy or args.policies_default
         return run_live_bench(args)
+    if args.family:
+        return _run_family(args)
     return _run(args)
 
 
+def _run_family(args: argparse.Namespace) -> int:
+    from services.sim.family_bench import run_family
+
+    try:
+        profile = load_profile(args.profile or "cpu-tiny")
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_family(args, profile, args.policy or policy_names())
+
+
 def _run(args: argparse.Namespace) -> int:
+    args.policy = args.policy or args.policies_default
     try:
         workload = load_workload(args.workload)
         profile = load_profile(args.profile or "cpu-tiny")

@@ -77,11 +77,13 @@ class SimInstance:
         self.waiting.append(seq)
 
     def remove(self, request_id: str) -> SimSeq | None:
-        """Take a request off (policy preemption); not allowed mid-step for simplicity of KV."""
+        """Take a request off (policy preemption). Mid-step it also leaves the step in flight:
+        what that step would have produced for it is discarded, as an engine abort does."""
         for seq in self.running:
             if seq.request_id == request_id:
                 self.running.remove(seq)
                 self.kv_used_tokens -= seq.held_kv_tokens
+                self._plan = [(s, take) for s, take in self._plan if s is not seq]
                 return seq
         for seq in self.waiting:
             if seq.request_id == request_id:

@@ -41,6 +41,18 @@ def test_instance_preempts_newest_when_kv_runs_out():
     assert inst.kv_used_tokens <= 205
 
 
+def test_instance_removal_mid_step_drops_the_request_from_the_step_in_flight():
+    """A policy preemption can land while a step is in flight: the removed request gets nothing
+    from that step (it used to be finished there, and end_step failed removing it twice)."""
+    inst = SimInstance("i", MODEL, kv_capacity_tokens=1000, chunk_tokens=100, max_num_seqs=8)
+    inst.add(SimSeq("a", 10, 1))
+    inst.add(SimSeq("b", 10, 1))
+    inst.begin_step()
+    assert inst.remove("a").request_id == "a"
+    out = inst.end_step()
+    assert out.finished == ["b"] and out.first_tokens == ["b"] and inst.kv_used_tokens == 0
+
+
 def run(policy: str, seed: int = 3, rate: float = 15.0, n: int = 300):
     prof = get_profile("cpu-tiny")
     wl = load_workload(DEFAULT_WORKLOAD)

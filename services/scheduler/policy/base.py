@@ -42,8 +42,9 @@ class PolicyConfig:
     # demotion is rejected with retry-after instead of waiting without bound. 0 = wait forever.
     best_effort_max_wait_ms: float = 1000.0
     # Deferral under pressure: for `pressure_window_ms` after an SLO request could not be placed
-    # (or was rejected as hopeless), requests with more than `defer_slack_ms` of slack are not
-    # placed; they can wait, the ones turned away could not. 0 disables deferral.
+    # (or was rejected as hopeless), requests with more than `defer_slack_ms` of slack (both
+    # priority-credited and their own) are not placed; they can wait, the ones turned away could
+    # not. 0 disables deferral.
     defer_slack_ms: float = 200.0
     pressure_window_ms: float = 500.0
     # Ranking: each priority level above 1 is worth this much slack (additive, so the order of
@@ -69,6 +70,9 @@ class PolicyConfig:
     # default workload it was +4.4..+6.4 points at 14-18 req/s with 16 cpu-tiny-x10 instances
     # (3 seeds) and +0.4..+1.4 with 4 cpu-tiny instances at 20-28 req/s; 1.5 was worse than 1.0.
     inflight_step_share: float = 1.0
+    # Placement of a request whose time left to its TTFT deadline is below this many times its
+    # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
+    tight_ttft_factor: float = 2.0
 
 
 class Policy(Protocol):

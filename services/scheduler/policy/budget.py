@@ -69,7 +69,8 @@ class InstanceBudget:
         self.kv_mean_tokens += spec.prompt_tokens + output_tokens / 2
         self.kv_peak_tokens += spec.prompt_tokens + output_tokens
         s_new = self.steady_ms()
-        self.bank_ms -= self.max_remaining_tokens * (s_new - s_old) + self.model.c1_ms_per_prefill_token * spec.prompt_tokens
+        slowed = min(float(output_tokens), self.max_remaining_tokens)  # steps x decodes beside the others
+        self.bank_ms -= slowed * (s_new - s_old) + self.model.c1_ms_per_prefill_token * spec.prompt_tokens
         if protected:
             self.min_tpot_ms = min(self.min_tpot_ms, spec.slo.tpot_ms)
             self.bank_ms = min(self.bank_ms, (output_tokens - 1) * (spec.slo.tpot_ms - s_new))

@@ -4,8 +4,9 @@ A request fits instance m when, by m's latency model (notation in budget.py):
  (1) own first token:   w + ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now, where
                         w = inflight_step_share * (s + c1*min(B, C')) on a busy instance (the step
                         in flight, which it cannot join), 0 on an idle one
- (2) running requests:  bank - max_remaining*(s' - s) - c1*L  >=  0   (its chunked prefill and the
-                        slower step s' eat into every running request's bank)
+ (2) running requests:  bank - min(O, max_remaining)*(s' - s) - c1*L  >=  0   (its chunked prefill
+                        and the slower step s' eat into every running request's bank; the slower
+                        step lasts only while x decodes, at most O steps)
  (3) steady decode:     s' = c0 + c2*(n+1) + c3*(kv + L + O/2)  <=  min(TPOT of running, own TPOT)
  (4) KV:                kv_peak + L + O  <=  capacity * (1 - watermark)
  (5) own mean TPOT:     (O-1) * (TPOT - s')  >=  c1*B  (config.backlog_interferes, the default):
@@ -56,9 +57,6 @@ class FitTable:
         self.s = self.c0 + self.c2 * self.n + self.c3 * self.kv_mean
         self.s_plus_c2 = self.s + self.c2
         self.per_step = np.maximum(1.0, self.config.chunk_tokens - self.n)
-        # bank - max_rem*(s' - s) - c1*L with s' - s = c2 + c3*X:  (bank - max_rem*c2) - max_rem*c3*X - c1*L
-        self.bank_a = self.bank_ms - self.max_rem * self.c2
-        self.bank_b = self.max_rem * self.c3
         self.kv_room = self.kv_limit - self.kv_peak
         busy = (self.n > 0) | (self.backlog > 0)
         self.inflight_ms = np.where(busy, self.config.inflight_step_share
@@ -77,18 +75,28 @@ class FitTable:
         return (self.allowed & (self.outstanding < self.config.max_requests_per_instance)
                 & (self.bank_ms > 0) & (self.kv_peak < self.kv_limit) & (step_plus_one <= self.min_tpot))
 
+    def longest_step_ms(self) -> float:
+        """The slowest steady step among open instances: about the longest gap between passes
+        while anything runs (each step end brings a pass)."""
+        return float(self.s[self.open].max()) if self.open.any() else 0.0
+
     def any_open(self) -> bool:
         return bool(self.open.any())
 
     def fit(self, spec: RequestSpec, output_tokens: int, now_s: float,
-            best_effort: bool) -> tuple[int, float, int] | None:
-        """(instance index, predicted TTFT ms, how many fit) of the chosen instance, or None."""
+            best_effort: bool, optimistic: bool = False) -> tuple[int, float, int, str] | None:
+        """(instance index, predicted TTFT ms, how many fit, how it was chosen) or None.
+        optimistic: test (1) without the wait for the step in flight (it may be about to end)."""
         L, O = float(spec.prompt_tokens), float(output_tokens)
         x = L + O / 2
         queued = self.backlog + L
-        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued + self.inflight_ms
+        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
+        if not optimistic:
+            ttft_ms = ttft_ms + self.inflight_ms
         s_new = self.s_plus_c2 + self.c3 * x
-        ok = self.open & (self.bank_a - self.bank_b * x - self.c1 * L >= 0) & (s_new <= self.min_tpot)
+        # The slower step lasts while x decodes: at most min(O, max_rem) of a running request's steps.
+        slowed = np.minimum(O, self.max_rem)
+        ok = self.open & (self.bank_ms - slowed * (s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
         ok &= self.kv_room >= L + O
         if self.has_max_len:
             ok &= (self.max_len <= 0) | (L + spec.max_tokens <= self.max_len)
@@ -99,8 +107,14 @@ class FitTable:
         n_fit = int(ok.sum())
         if n_fit == 0:
             return None
-        idx = self.choose(ok, spec.slo.tpot_ms)
-        return idx, float(ttft_ms[idx]), n_fit
+        budget_ms = (spec.ttft_deadline_s - now_s) * 1000.0
+        if not best_effort and budget_ms < self.config.tight_ttft_factor * float(ttft_ms[ok].min()):
+            # Tight first token: the least predicted TTFT wins (the prediction is a mean; the
+            # spare is too small to trade for balance).
+            idx, how = int(np.argmin(np.where(ok, ttft_ms, np.inf))), "least TTFT"
+        else:
+            idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
+        return idx, float(ttft_ms[idx]), n_fit, how
 
     def affinity_band(self, tpot_ms: float) -> np.ndarray:
         """0 where the instance's tightest running TPOT is within a factor `affinity_tolerance` of

@@ -67,6 +67,8 @@ class Hfx:
         banned = {p.instance_id for p in preemptions}
         self._demote(now_s, decisions)
         self._expire_best_effort(now_s, decisions)
+        if not self.queue.known:   # nothing to place (protection still ran): skip the fit table
+            return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned)
         if table.any_open():
             self._place(table, now_s, decisions)
@@ -152,29 +154,45 @@ class Hfx:
                 f"(slack {entry.slack_ms(now_s):.0f} ms)",
                 slack_ms=entry.slack_ms(now_s), retry_after_ms=self.config.retry_after_ms))
 
+    def _deferrable(self, entry: Entry, now_s: float) -> bool:
+        """Under pressure, a request that can still wait does: both its credited slack (the heap's
+        order) and its own slack exceed defer_slack_ms. Its own slack bounds it so that a low
+        priority never turns deferral into a miss: once it is due it competes like any other."""
+        limit = self.config.defer_slack_ms
+        return (self._under_pressure(now_s) and entry.rank_slack_ms(now_s) > limit
+                and entry.slack_ms(now_s) > limit)
+
     def _place(self, table: FitTable, now_s: float, decisions: list[Decision]) -> None:
         cfg = self.config
         skipped: list[Entry] = []
         deferred: Entry | None = None
+        tried: set[str] = set()
+        stopped_early = False
         for _ in range(cfg.max_attempts_per_call):
             if not table.any_open() or len(skipped) >= cfg.max_misses_per_call:
+                stopped_early = True
                 break
             entry = self.queue.pop_ranked()
             if entry is None:
                 break
-            if self._under_pressure(now_s) and entry.rank_slack_ms(now_s) > cfg.defer_slack_ms:
-                # Everything behind it in the heap has at least as much (credited) slack.
+            if self._deferrable(entry, now_s):
+                # Everything behind it in the heap has at least as much credited slack; the ones
+                # among them that are due (low priority, little slack of their own) come next.
                 deferred = entry
                 self.deferrals += 1
                 break
-            late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
-            if self._try(entry, table, now_s, decisions, best_effort=late_resume) is None:
+            tried.add(entry.spec.request_id)
+            if not self._attempt(entry, table, now_s, decisions):
                 skipped.append(entry)
-                self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
+        else:
+            stopped_early = True
         for entry in skipped:
             self.queue.push_back(entry)
         if deferred is not None:
             self.queue.push_back(deferred)
+        if deferred is not None or stopped_early:
+            skipped += self._place_due(table, now_s, decisions, tried)
+        if deferred is not None:
             return
         # Best effort (one per pass keeps it gentle) only after every SLO request tried this pass, and not while the cluster is
         # under pressure (an SLO request was turned away in the last pressure window): its SLO
@@ -183,13 +201,50 @@ class Hfx:
         if entry is not None and not skipped and not self._under_pressure(now_s) and table.any_open():
             self._try(entry, table, now_s, decisions, best_effort=True)
 
+    def _attempt(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision]) -> bool:
+        """Try an SLO request (a resumed one past its deadline goes best effort); a failure puts
+        the cluster under pressure."""
+        late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
+        if self._try(entry, table, now_s, decisions, best_effort=late_resume) is not None:
+            return True
+        # Last chance: it becomes hopeless before the next pass is likely. Rejecting or demoting
+        # it is a certain miss that buys nothing if it fits once the step in flight is not charged
+        # (tests 2-5 still protect everyone else): place it at its own risk.
+        if (not late_resume and entry.slack_ms(now_s) <= table.longest_step_ms()
+                and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
+            return True
+        self._pressure_until_s = now_s + self.config.pressure_window_ms / 1000.0
+        return False
+
+    def _place_due(self, table: FitTable, now_s: float, decisions: list[Decision], tried: set[str]) -> list[Entry]:
+        """Requests whose own slack is at most defer_slack_ms and that the ranked pass did not reach
+        (behind a deferred entry or past its attempt limit: in practice low-priority ones) get
+        one try each, least slack first: priority orders who goes first, it never decides alone
+        that a request misses. Returns the ones that did not fit."""
+        cfg = self.config
+        due_before_s = now_s + cfg.defer_slack_ms / 1000.0
+        popped: list[Entry] = []
+        failed: list[Entry] = []
+        for _ in range(cfg.max_attempts_per_call):
+            if not table.any_open() or len(failed) >= cfg.max_misses_per_call:
+                break
+            entry = self.queue.pop_due(due_before_s)
+            if entry is None:
+                break
+            popped.append(entry)
+            if entry.spec.request_id not in tried and not self._attempt(entry, table, now_s, decisions):
+                failed.append(entry)
+        for entry in popped:
+            self.queue.push_due(entry)   # placed ones are settled and skipped as stale later
+        return failed
+
     def _try(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision],
-             best_effort: bool) -> Decision | None:
+             best_effort: bool, optimistic: bool = False) -> Decision | None:
         spec = entry.spec
-        fit = table.fit(spec, entry.output_tokens, now_s, best_effort)
+        fit = table.fit(spec, entry.output_tokens, now_s, best_effort, optimistic)
         if fit is None:
             return None
-        idx, ttft_ms, n_fit = fit
+        idx, ttft_ms, n_fit, how = fit
         budget_ms = table.bank_ms[idx]
         table.place(idx, spec, entry.output_tokens, now_s, protected=not best_effort)
         self.queue.settle(entry)
@@ -202,7 +257,8 @@ class Hfx:
             verdict = Verdict.BEST_EFFORT
         else:
             reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
-                      f"budget {budget_ms:.0f} ms; {self.config.placement} -> {inst_id} ({n_fit} fit)")
+                      f"budget {budget_ms:.0f} ms; {how} -> {inst_id} ({n_fit} fit)"
+                      + ("; last chance, not counting the step in flight" if optimistic else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=inst_id,
                             predicted_ttft_ms=ttft_ms, slack_ms=slack_ms)

@@ -98,6 +98,19 @@ class RankedQueue:
                 return entry
         return None
 
+    def pop_due(self, before_s: float) -> Entry | None:
+        """The live entry that becomes hopeless first, if that is before `before_s` (removed from
+        the deadline heap; `push_due` puts it back when it stays queued)."""
+        heap = self._by_deadline
+        while heap and not self._live(heap[0][2]):
+            heapq.heappop(heap)
+        if not heap or heap[0][0] >= before_s:
+            return None
+        return heapq.heappop(heap)[2]
+
+    def push_due(self, entry: Entry) -> None:
+        heapq.heappush(self._by_deadline, (entry.hopeless_at_s, entry.seq, entry))
+
     def pop_ranked(self) -> Entry | None:
         heap = self._by_rank
         while heap:

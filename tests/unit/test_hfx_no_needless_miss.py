@@ -1,0 +1,71 @@
+"""HFX turns a request away only when that buys attainment for others (issue 17): priority orders,
+it never decides alone; a running request is charged only for the steps a newcomer decodes beside
+it; a request on its last chance is not rejected for the worst-case step in flight."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.domain import ClusterSnapshot, Slo, Verdict
+from services.scheduler.policy import PolicyConfig, make_policy
+from tests.unit.helpers_sched import MODEL, make_instance, make_request
+
+# step_ms = 2 + 0.01*p + 0.5*n (c3 = 0); chunk 100 tokens; 10 output tokens until one is seen.
+CFG = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, prior_output_tokens=10, preempt_margin_ms=0.0)
+
+
+def cluster(*instances):
+    return ClusterSnapshot(tuple(instances))
+
+
+def test_a_low_priority_request_competes_once_its_own_slack_is_due():
+    """As in test_loose_requests_deferred_while_slo_requests_are_turned_away: "tight" does not fit
+    beside r (bank 9.9 ms) and puts the cluster under pressure. "patient" (priority 1, L=100, TTFT
+    303 ms: slack 300 ms > 200) is deferred and stops the ranked pass. "low" (priority 0, TTFT
+    150 ms: own slack 147 ms <= 200, credited 647 ms) sits behind it in the heap; before issue 17 it
+    was deferred on its credited slack until it was hopeless. Now it is due and gets its try: it
+    fits (9.9 - 9*0.5 - 0.01*100 = 4.4 >= 0)."""
+    r = make_request(request_id="r", slo=Slo(1000.0, 3.6))
+    inst = make_instance(running=(r,), placed_s=-10.0)
+    tight = make_request(request_id="tight", prompt_tokens=600, slo=Slo(100.0, 50.0))
+    patient = make_request(request_id="patient", slo=Slo(303.0, 50.0))
+    low = make_request(request_id="low", priority=0, slo=Slo(150.0, 50.0), task_class="batch")
+    hfx = make_policy("hfx", CFG)
+    (d,) = hfx.schedule([tight, patient, low], cluster(inst), 0.0).decisions
+    assert d.request_id == "low" and d.verdict == Verdict.ADMIT and hfx.deferrals == 1
+    # With plenty of its own slack a low-priority request still waits out the pressure.
+    hfx = make_policy("hfx", CFG)
+    calm = make_request(request_id="calm", priority=0, slo=Slo(5000.0, 50.0), task_class="batch")
+    assert hfx.schedule([tight, calm], cluster(inst), 0.0).decisions == ()
+
+
+def test_a_short_output_is_charged_only_for_the_steps_it_decodes():
+    """r: O=100 (max_tokens 100, prior 100), TPOT 3.0 ms, alone at step 2.5 ms: bank 99*0.5 = 49.5
+    ms. x (L=100) makes the step 3.0 ms for as long as it decodes. With O=2 that costs r 2*0.5 +
+    0.01*100 = 2 ms: fits (the old charge, 99*0.5 + 1 = 50.5 > 49.5, refused it). With O=100 it
+    costs 99*0.5 + 1 = 50.5 ms > 49.5: no fit."""
+    cfg = PolicyConfig(**{**CFG.__dict__, "prior_output_tokens": 100})
+    r = make_request(request_id="r", max_tokens=100, slo=Slo(1000.0, 3.0))
+    inst = make_instance(running=(r,), placed_s=-10.0)
+    short = make_request(request_id="short", max_tokens=2, slo=Slo(1000.0, 50.0))
+    long_ = make_request(request_id="long", max_tokens=100, slo=Slo(1000.0, 50.0))
+    (d,) = make_policy("hfx", cfg).schedule([short], cluster(inst), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and "budget 50 ms" in d.reason
+    assert make_policy("hfx", cfg).schedule([long_], cluster(inst), 0.0).decisions == ()
+
+
+def test_last_chance_placement_ignores_the_step_in_flight():
+    """Busy i0 (a, b as in the worked example, long drained: no backlog, step s = 3 ms). x (L=50):
+    unloaded prefill 2 + 0.5 = 2.5 ms; on i0 1 step * 3 + 0.5 = 3.5 ms, plus the step in flight
+    (3 ms) = 6.5 ms. With 5 ms left its slack is 2.5 ms <= the longest step (3 ms): on its last
+    chance it is admitted at its own risk (3.5 <= 5). With 6 ms left (slack 3.5 ms) it is not on
+    its last chance and waits (6.5 > 6)."""
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    busy = make_instance(running=(a, b), placed_s=-10.0)
+    last = make_request(request_id="x", prompt_tokens=50, arrival_s=0.0, slo=Slo(5.0, 10.0))
+    (d,) = make_policy("hfx", CFG).schedule([last], cluster(busy), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(3.5)
+    assert "last chance" in d.reason and "least TTFT" in d.reason
+    waits = make_request(request_id="y", prompt_tokens=50, arrival_s=0.0, slo=Slo(6.0, 10.0))
+    assert make_policy("hfx", CFG).schedule([waits], cluster(busy), 0.0).decisions == ()
