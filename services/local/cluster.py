@@ -1,20 +1,24 @@
 """`hfx up` and `hfx down`: Redis, scheduler, scaler (which launches workers) and router as local
-processes, each in its own process group, recorded in the state file so `down` leaves none behind."""
+processes, each in its own process group, recorded in the state file so `down` leaves none behind.
+
+Every process of the cluster carries the cluster's id in its environment (statefile.CLUSTER_ID_ENV);
+after stopping the recorded groups, `down` looks for any process still carrying it and kills it."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import procs, redis_server
+from services.common import procs, proctable, redis_server
 from services.common.keys import Keys
-from services.local.statefile import ClusterFile
+from services.local.statefile import CLUSTER_ID_ENV, ClusterFile
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class UpOptions:
     api_keys: tuple[str, ...] = ()     # required by the router (HTTP and gRPC) when set
     classes: str = ""                  # YAML task-class table for the router; "" = built-in classes
     metrics: bool = True               # /metrics on free ports for scheduler, scaler and each worker
+    # The services die with the calling process, however it dies (SIGKILL too): a foreground
+    # `hfx up`, a test, a benchmark. False for `hfx up --detach`, whose caller exits at once.
+    tied_to_caller: bool = True
 
 
 def _step(msg: str, t0: float) -> None:
@@ -117,7 +124,8 @@ def up(opts: UpOptions) -> ClusterFile:
     t0 = time.monotonic()
     log_dir = opts.home / "logs" / time.strftime("%Y%m%d-%H%M%S")
     state = ClusterFile(router=f"127.0.0.1:{opts.router_port}", scheduler="", scaler="", redis_url=opts.redis_url or "",
-                        redis_prefix="hfx", model=opts.model, log_dir=str(log_dir), started_unix_s=time.time())
+                        redis_prefix="hfx", model=opts.model, log_dir=str(log_dir), started_unix_s=time.time(),
+                        cluster_id=uuid.uuid4().hex)
     try:
         _start_all(opts, state, log_dir, t0)
     except BaseException:
@@ -140,9 +148,10 @@ def _fixed_ports(opts: UpOptions) -> frozenset[int]:
 
 def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) -> None:
     fixed = _fixed_ports(opts)
+    mark = {"env": {CLUSTER_ID_ENV: state.cluster_id}, "die_with_parent": opts.tied_to_caller}
     if not opts.redis_url:
         port = procs.free_port(avoid=fixed)
-        proc = redis_server.start(port, log_dir, log_dir / "redis.log")
+        proc = redis_server.start(port, log_dir, log_dir / "redis.log", **mark)
         state.pgids["redis"] = proc.pid
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
@@ -152,7 +161,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
-                        log_dir / "scheduler.log")
+                        log_dir / "scheduler.log", **mark)
     state.pgids["scheduler"] = sched.pid
     wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log", "hfx.v1.Scheduler")
     _step(f"scheduler ready at {state.scheduler} (policy {opts.policy})", t0)
@@ -161,7 +170,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     router = procs.spawn(
         procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
                           "--scheduler", state.scheduler, "--tracing", opts.tracing, *_router_flags(opts, state)),
-        log_dir / "router.log",
+        log_dir / "router.log", **mark,
     )
     state.pgids["router"] = router.pid
     state.save(opts.home)
@@ -174,7 +183,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
                           "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else [])),
-        log_dir / "scaler.log",
+        log_dir / "scaler.log", **mark,
     )
     state.pgids["scaler"] = scaler.pid
     wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log", "hfx.v1.Scaler")
@@ -206,24 +215,71 @@ def _router_flags(opts: UpOptions, state: ClusterFile) -> list[str]:
 
 
 def down(home: Path, quiet: bool = False) -> bool:
-    """Stops the recorded cluster: router first (no new work), then scaler (drains workers), then the rest."""
+    """Stops the recorded cluster: router first (no new work), then scaler (drains workers), then
+    the rest; then checks that no process of the cluster is left, kills any that is, and says so."""
     state = ClusterFile.load(home)
     if state is None:
         if not quiet:
             print("no local cluster recorded", file=sys.stderr)
         return False
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr)
+
     order = ["router", "scaler", "scheduler", "redis"]
     for name in sorted(state.pgids, key=lambda n: order.index(n) if n in order else len(order)):
-        procs.stop_group(state.pgids[name], timeout_s=40.0 if name == "scaler" else 10.0)
-        if not quiet:
-            print(f"  stopped {name}", file=sys.stderr)
-    for pidfile in Path(state.log_dir).glob("*.pid"):  # workers are in their own groups
-        try:
-            procs.stop_group(int(pidfile.read_text()), timeout_s=10.0)
-        except (ValueError, OSError):
-            pass
+        if _ours(state, state.pgids[name]):
+            killed = procs.stop_group(state.pgids[name], timeout_s=40.0 if name == "scaler" else 10.0)
+            say(f"  stopped {name}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
+    for pgid in worker_groups(Path(state.log_dir)):  # normally stopped by the scaler already
+        if _ours(state, pgid):
+            killed = procs.stop_group(pgid, timeout_s=10.0)
+            say(f"  stopped worker group {pgid}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
+    left = leftovers(state)
+    if left:
+        say(f"  {len(left)} process(es) of the cluster were still running; killed: {_describe(left)}")
+        survivors = procs.kill_processes(left)
+        if survivors:
+            say(f"  warning: still running after SIGKILL: {_describe(survivors)}")
+    else:
+        say("  checked: no process of the cluster is left")
     ClusterFile.path(home).unlink(missing_ok=True)
     return True
+
+
+def worker_groups(log_dir: Path) -> list[int]:
+    """Every process group the scaler recorded for a worker (one a line, each start appends)."""
+    groups: list[int] = []
+    for pidfile in sorted(log_dir.glob("*.pid")):
+        try:
+            groups += [int(line) for line in pidfile.read_text().split()]
+        except (ValueError, OSError):
+            continue
+    return groups
+
+
+def _ours(state: ClusterFile, pgid: int) -> bool:
+    """Whether recorded group `pgid` still has a process of this cluster: a group id can be reused
+    once its processes are gone, and another program's group must not be stopped."""
+    members = proctable.group_members(proctable.snapshot(), pgid)
+    if not state.cluster_id:  # a state file from before cluster ids: trust the record
+        return bool(members)
+    return any(proctable.environ_has(p.pid, CLUSTER_ID_ENV, state.cluster_id) for p in members)
+
+
+def leftovers(state: ClusterFile) -> list[proctable.ProcInfo]:
+    """The live processes of this cluster: those carrying its id (wherever they were re-parented);
+    for a state file without an id, the live members of its recorded groups."""
+    table = proctable.snapshot()
+    if state.cluster_id:
+        return proctable.marked(table, CLUSTER_ID_ENV, state.cluster_id)
+    groups = set(state.pgids.values()) | set(worker_groups(Path(state.log_dir)))
+    return [p for pgid in sorted(groups) for p in proctable.group_members(table, pgid)]
+
+
+def _describe(found: list[proctable.ProcInfo]) -> str:
+    return ", ".join(f"{p.pid} ({p.comm})" for p in found)
 
 
 def wait_for_interrupt() -> None:

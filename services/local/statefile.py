@@ -1,4 +1,5 @@
-"""Where a local cluster records its addresses and process groups, so client commands find it."""
+"""Where a local cluster records its addresses, process groups and id, so client commands find it
+(and `hfx down` finds every process of it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+# Every process of a local cluster is started with HFX_CLUSTER_ID=<its cluster_id> in its
+# environment, and its descendants (vLLM's engine processes) inherit it: `hfx down` finds what is
+# left of the cluster by this id, wherever a process was re-parented, never by process names.
+CLUSTER_ID_ENV = "HFX_CLUSTER_ID"
 
 
 def resolve_home(explicit: str | None) -> Path:
@@ -26,6 +32,7 @@ class ClusterFile:
     started_unix_s: float = 0.0
     http: str = ""                                         # the router's HTTP API (host:port), "" if off
     metrics: dict[str, str] = field(default_factory=dict)  # service name -> host:port of its /metrics
+    cluster_id: str = ""                                   # in every process's environment (CLUSTER_ID_ENV)
 
     @staticmethod
     def path(home: Path) -> Path:
