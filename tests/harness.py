@@ -78,7 +78,7 @@ class RunningCluster:
 
     def worker_pid(self, instance_id: str) -> int:
         """The pid (and process group id) of the worker's latest start."""
-        return int((self.log_dir / f"{instance_id}.pid").read_text().split()[-1])
+        return procs.read_group_records(self.log_dir / f"{instance_id}.pid")[-1][0]
 
     def logs(self) -> str:
         return "\n".join(f"==> {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))

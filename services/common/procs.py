@@ -108,6 +108,30 @@ def kill_group(pgid: int, wait_s: float = 5.0) -> list[proctable.ProcInfo]:
         time.sleep(0.05)
 
 
+def append_group_record(path: Path, pid: int) -> None:
+    """Records child `pid` (leader of its own session and group) as a line `PID START_TICKS`, so
+    another process can later find what is left of it, and never mistake a reused id for it."""
+    ticks = proctable.start_ticks_of(pid)
+    with open(path, "a") as f:
+        f.write(f"{pid} {ticks if ticks is not None else ''}".rstrip() + "\n")
+
+
+def read_group_records(path: Path) -> list[tuple[int, int | None]]:
+    """The (pid, start ticks or None) lines of `path`; a line it cannot read is skipped."""
+    records: list[tuple[int, int | None]] = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        parts = line.split()
+        try:
+            records.append((int(parts[0]), int(parts[1]) if len(parts) > 1 else None))
+        except (ValueError, IndexError):
+            continue
+    return records
+
+
 def exited(pid: int) -> bool:
     """Whether child `pid` has exited, WITHOUT reaping it: until it is reaped its pid, and so its
     process group id, cannot be reused, so its group can still be killed safely by that id."""

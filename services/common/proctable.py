@@ -1,8 +1,9 @@
-"""What /proc says about processes: parents, process groups, start times, environment markers.
+"""What /proc says about processes: parents, process groups, sessions, start times.
 
 Used to find what is left of a worker or a cluster by the ids HFX recorded (pids, process
-groups, the cluster id in the environment), never by matching process names. The parsers are
-pure; `snapshot()` and `environ_has()` read /proc (Linux only: elsewhere they see nothing).
+groups and sessions, with the start time of their leader), never by matching process names.
+The parsers are pure; `snapshot()` and `start_ticks_of()` read /proc (Linux only: elsewhere they
+see nothing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class ProcInfo:
     state: str         # "R", "S", "D", "Z" (zombie: dead, waiting for its parent to reap it), ...
     ppid: int
     pgid: int
+    sid: int           # session id: inherited by every descendant that does not call setsid()
     start_ticks: int   # start time in clock ticks since boot: with the pid, one process's identity
 
     @property
@@ -38,7 +40,7 @@ def parse_stat(text: str) -> ProcInfo:
     # After the name: state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
     # utime stime cutime cstime priority nice num_threads itrealvalue starttime ...
     return ProcInfo(pid=int(pid_text), comm=comm, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]),
-                    start_ticks=int(fields[19]))
+                    sid=int(fields[3]), start_ticks=int(fields[19]))
 
 
 def snapshot(proc: Path = PROC) -> dict[int, ProcInfo]:
@@ -91,19 +93,24 @@ def still_running(table: Mapping[int, ProcInfo], known: Iterable[ProcInfo]) -> l
     return out
 
 
-def environ_has(pid: int, key: str, value: str, proc: Path = PROC) -> bool:
-    """Whether process `pid` was started with `key=value` in its environment. Another user's
-    process (unreadable) or one that is gone counts as not having it."""
+def start_ticks_of(pid: int, proc: Path = PROC) -> int | None:
+    """The start time of process `pid` (clock ticks since boot), or None when it is gone."""
     try:
-        data = (proc / str(pid) / "environ").read_bytes()
-    except OSError:
-        return False
-    return f"{key}={value}".encode() in data.split(b"\0")
+        return parse_stat((proc / str(pid) / "stat").read_text()).start_ticks
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def marked(table: Mapping[int, ProcInfo], key: str, value: str, proc: Path = PROC) -> list[ProcInfo]:
-    """The live processes of `table` started with `key=value` in their environment (descendants
-    inherit it, so this finds a cluster's processes wherever they were re-parented)."""
-    me = os.getpid()
-    return [p for p in sorted(table.values(), key=lambda p: p.pid)
-            if p.alive and p.pid != me and environ_has(p.pid, key, value, proc)]
+def session_members(table: Mapping[int, ProcInfo], sid: int, leader_start_ticks: int | None) -> list[ProcInfo]:
+    """The live processes of session `sid`, which HFX recorded with its leader's start time.
+
+    Every process HFX spawns leads a new session, and its descendants stay in it (vLLM's engine
+    processes included) even once re-parented, so this finds all of them. A session id is the
+    leader's pid, which cannot be reused while any process of the session lives; if a process
+    with that pid runs but started at another time, the session is gone and the id reused, so
+    nothing is returned (another program's processes must not be taken for ours).
+    """
+    leader = table.get(sid)
+    if leader is not None and leader_start_ticks is not None and leader.start_ticks != leader_start_ticks:
+        return []
+    return sorted((p for p in table.values() if p.sid == sid and p.alive), key=lambda p: p.pid)

@@ -26,13 +26,12 @@ def find_redis_server() -> str:
     return str(binary)
 
 
-def start(port: int, workdir: Path, log_path: Path, env: dict[str, str] | None = None,
-          die_with_parent: bool = False) -> subprocess.Popen:
+def start(port: int, workdir: Path, log_path: Path, die_with_parent: bool = False) -> subprocess.Popen:
     cmd = [
         find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--dir", str(workdir), "--protected-mode", "yes",
     ]
-    return procs.spawn(cmd, log_path, env=env, die_with_parent=die_with_parent)
+    return procs.spawn(cmd, log_path, die_with_parent=die_with_parent)
 
 
 def wait_ready(url: str, timeout_s: float = 10.0) -> None:

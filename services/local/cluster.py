@@ -1,15 +1,13 @@
 """`hfx up` and `hfx down`: Redis, scheduler, scaler (which launches workers) and router as local
-processes, each in its own process group, recorded in the state file so `down` leaves none behind.
-
-Every process of the cluster carries the cluster's id in its environment (statefile.CLUSTER_ID_ENV);
-after stopping the recorded groups, `down` looks for any process still carrying it and kills it."""
+processes, each in its own session and process group, recorded in the state file (workers: in
+their pid files) so `down` leaves none behind: after stopping the recorded groups it looks for any
+process still in one of the recorded sessions, kills it and says so."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import procs, proctable, redis_server
 from services.common.keys import Keys
-from services.local.statefile import CLUSTER_ID_ENV, ClusterFile
+from services.local.statefile import ClusterFile
 
 
 @dataclass(frozen=True)
@@ -119,13 +117,12 @@ def _wait_workers(state: ClusterFile, count: int, timeout_s: float, log_dir: Pat
 def up(opts: UpOptions) -> ClusterFile:
     """Starts everything and returns the recorded cluster; on any failure stops what it started."""
     existing = ClusterFile.load(opts.home)
-    if existing and any(procs.group_alive(p) for p in existing.pgids.values()):
+    if existing and any(_members(p, existing.starts.get(str(p))) for p in existing.pgids.values()):
         raise RuntimeError(f"a cluster is already running (router {existing.router}); run `hfx down` first")
     t0 = time.monotonic()
     log_dir = opts.home / "logs" / time.strftime("%Y%m%d-%H%M%S")
     state = ClusterFile(router=f"127.0.0.1:{opts.router_port}", scheduler="", scaler="", redis_url=opts.redis_url or "",
-                        redis_prefix="hfx", model=opts.model, log_dir=str(log_dir), started_unix_s=time.time(),
-                        cluster_id=uuid.uuid4().hex)
+                        redis_prefix="hfx", model=opts.model, log_dir=str(log_dir), started_unix_s=time.time())
     try:
         _start_all(opts, state, log_dir, t0)
     except BaseException:
@@ -148,11 +145,11 @@ def _fixed_ports(opts: UpOptions) -> frozenset[int]:
 
 def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) -> None:
     fixed = _fixed_ports(opts)
-    mark = {"env": {CLUSTER_ID_ENV: state.cluster_id}, "die_with_parent": opts.tied_to_caller}
+    mark = {"die_with_parent": opts.tied_to_caller}
     if not opts.redis_url:
         port = procs.free_port(avoid=fixed)
         proc = redis_server.start(port, log_dir, log_dir / "redis.log", **mark)
-        state.pgids["redis"] = proc.pid
+        state.record("redis", proc.pid)
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
         _step(f"redis ready at {state.redis_url}", t0)
@@ -162,7 +159,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
                         log_dir / "scheduler.log", **mark)
-    state.pgids["scheduler"] = sched.pid
+    state.record("scheduler", sched.pid)
     wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log", "hfx.v1.Scheduler")
     _step(f"scheduler ready at {state.scheduler} (policy {opts.policy})", t0)
 
@@ -172,7 +169,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                           "--scheduler", state.scheduler, "--tracing", opts.tracing, *_router_flags(opts, state)),
         log_dir / "router.log", **mark,
     )
-    state.pgids["router"] = router.pid
+    state.record("router", router.pid)
     state.save(opts.home)
     wait_serving(state.router, 120, router, "router", log_dir / "router.log", "hfx.v1.Router")
     _step(f"router ready at {state.router}" + (f", HTTP at http://{state.http}" if state.http else ""), t0)
@@ -185,7 +182,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else [])),
         log_dir / "scaler.log", **mark,
     )
-    state.pgids["scaler"] = scaler.pid
+    state.record("scaler", scaler.pid)
     wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log", "hfx.v1.Scaler")
     _step(f"scaler ready at {state.scaler}, launching {opts.workers} {opts.engine} worker(s)", t0)
 
@@ -229,11 +226,12 @@ def down(home: Path, quiet: bool = False) -> bool:
 
     order = ["router", "scaler", "scheduler", "redis"]
     for name in sorted(state.pgids, key=lambda n: order.index(n) if n in order else len(order)):
-        if _ours(state, state.pgids[name]):
-            killed = procs.stop_group(state.pgids[name], timeout_s=40.0 if name == "scaler" else 10.0)
+        pgid = state.pgids[name]
+        if _members(pgid, state.starts.get(str(pgid))):
+            killed = procs.stop_group(pgid, timeout_s=40.0 if name == "scaler" else 10.0)
             say(f"  stopped {name}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
-    for pgid in worker_groups(Path(state.log_dir)):  # normally stopped by the scaler already
-        if _ours(state, pgid):
+    for pgid, ticks in worker_groups(Path(state.log_dir)):  # normally stopped by the scaler already
+        if _members(pgid, ticks):
             killed = procs.stop_group(pgid, timeout_s=10.0)
             say(f"  stopped worker group {pgid}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
     left = leftovers(state)
@@ -248,34 +246,29 @@ def down(home: Path, quiet: bool = False) -> bool:
     return True
 
 
-def worker_groups(log_dir: Path) -> list[int]:
-    """Every process group the scaler recorded for a worker (one a line, each start appends)."""
-    groups: list[int] = []
-    for pidfile in sorted(log_dir.glob("*.pid")):
-        try:
-            groups += [int(line) for line in pidfile.read_text().split()]
-        except (ValueError, OSError):
-            continue
-    return groups
+def worker_groups(log_dir: Path) -> list[tuple[int, int | None]]:
+    """Every worker group the scaler recorded, with its leader's start time: each start of a
+    worker appends a line to its pid file, so a crashed worker's group is still known."""
+    return [record for pidfile in sorted(log_dir.glob("*.pid")) for record in procs.read_group_records(pidfile)]
 
 
-def _ours(state: ClusterFile, pgid: int) -> bool:
-    """Whether recorded group `pgid` still has a process of this cluster: a group id can be reused
-    once its processes are gone, and another program's group must not be stopped."""
-    members = proctable.group_members(proctable.snapshot(), pgid)
-    if not state.cluster_id:  # a state file from before cluster ids: trust the record
-        return bool(members)
-    return any(proctable.environ_has(p.pid, CLUSTER_ID_ENV, state.cluster_id) for p in members)
+def recorded_sessions(state: ClusterFile) -> list[tuple[int, int | None]]:
+    """(session id, its leader's start time) for every service and worker the cluster started."""
+    services = [(pgid, state.starts.get(str(pgid))) for pgid in state.pgids.values()]
+    return services + worker_groups(Path(state.log_dir))
 
 
 def leftovers(state: ClusterFile) -> list[proctable.ProcInfo]:
-    """The live processes of this cluster: those carrying its id (wherever they were re-parented);
-    for a state file without an id, the live members of its recorded groups."""
+    """The live processes of the cluster: of its recorded sessions (each service and worker leads
+    its own, and its descendants stay in it wherever they are re-parented: vLLM's engine too)."""
     table = proctable.snapshot()
-    if state.cluster_id:
-        return proctable.marked(table, CLUSTER_ID_ENV, state.cluster_id)
-    groups = set(state.pgids.values()) | set(worker_groups(Path(state.log_dir)))
-    return [p for pgid in sorted(groups) for p in proctable.group_members(table, pgid)]
+    found = {p.pid: p for sid, ticks in recorded_sessions(state) for p in proctable.session_members(table, sid, ticks)}
+    return [found[pid] for pid in sorted(found)]
+
+
+def _members(pgid: int, leader_start_ticks: int | None) -> list[proctable.ProcInfo]:
+    """The live processes of a recorded session/group, none if its id now names another one."""
+    return proctable.session_members(proctable.snapshot(), pgid, leader_start_ticks)
 
 
 def _describe(found: list[proctable.ProcInfo]) -> str:

@@ -68,8 +68,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log", die_with_parent=True)
         # Every group this slot ever had, one a line: `hfx down` checks them all, even if this
         # scaler was killed before it could reap an exited worker's leftovers.
-        with open(self.config.log_dir / f"{w.instance_id}.pid", "a") as pidfile:
-            pidfile.write(f"{w.proc.pid}\n")
+        procs.append_group_record(self.config.log_dir / f"{w.instance_id}.pid", w.proc.pid)
         w.exited_at_s, w.stopping = None, False
         log.info("started worker %s (pid %d, port %d, restarts %d)", w.instance_id, w.proc.pid, w.port, w.restarts)
 
