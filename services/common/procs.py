@@ -89,12 +89,16 @@ def stop_group(pgid: int, timeout_s: float = 15.0) -> list[proctable.ProcInfo]:
         if not group_alive(pgid):
             return []
         time.sleep(0.1)
-    return kill_group(pgid)
+    killed = kill_group(pgid)
+    _reap(pgid)
+    return killed
 
 
 def kill_group(pgid: int, wait_s: float = 5.0) -> list[proctable.ProcInfo]:
     """SIGKILLs what is left of process group `pgid` (its leader may be gone already) and waits
-    up to `wait_s` until none of it runs. Returns the live processes it found in the group."""
+    up to `wait_s` until none of it runs. Returns the live processes it found in the group.
+    It does not reap the leader (a child of the caller): the caller decides when, and reads its
+    exit status."""
     found = proctable.group_members(proctable.snapshot(), pgid)
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -102,7 +106,6 @@ def kill_group(pgid: int, wait_s: float = 5.0) -> list[proctable.ProcInfo]:
         return found
     deadline = time.monotonic() + wait_s
     while True:
-        _reap(pgid)
         if not proctable.still_running(proctable.snapshot(), found) or time.monotonic() >= deadline:
             return found
         time.sleep(0.05)

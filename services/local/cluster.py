@@ -227,9 +227,11 @@ def down(home: Path, quiet: bool = False) -> bool:
     order = ["router", "scaler", "scheduler", "redis"]
     for name in sorted(state.pgids, key=lambda n: order.index(n) if n in order else len(order)):
         pgid = state.pgids[name]
-        if _members(pgid, state.starts.get(str(pgid))):
-            killed = procs.stop_group(pgid, timeout_s=40.0 if name == "scaler" else 10.0)
-            say(f"  stopped {name}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
+        if not _members(pgid, state.starts.get(str(pgid))):
+            say(f"  {name} was not running")
+            continue
+        killed = procs.stop_group(pgid, timeout_s=40.0 if name == "scaler" else 10.0)
+        say(f"  stopped {name}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
     for pgid, ticks in worker_groups(Path(state.log_dir)):  # normally stopped by the scaler already
         if _members(pgid, ticks):
             killed = procs.stop_group(pgid, timeout_s=10.0)

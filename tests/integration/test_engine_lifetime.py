@@ -98,6 +98,7 @@ def test_sigkill_of_the_worker_alone_takes_its_engine_and_the_replacement_serves
     assert gone_within(engine, GONE_WITHIN_S), proctable.still_running(proctable.snapshot(), engine)
 
     new_pid = wait_replacement_serving(mesh, pid)
+    assert f"worker {WORKER} exited with -9" in (mesh.log_dir / "scaler.log").read_text()
     final = generate(mesh)
     assert final.instance_id == WORKER and final.usage.completion_tokens == 8
     # Exactly one engine per worker: every process of the cluster is a service, the worker, or

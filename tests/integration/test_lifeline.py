@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.common import lifeline, procs, proctable
+from services.local import cluster
+from services.local.statefile import ClusterFile
 from tests.harness import REPO, wait_until
 
 pytestmark = pytest.mark.slow
@@ -164,5 +166,32 @@ def test_kill_group_kills_what_is_left_of_a_group_whose_leader_is_gone(tmp_path)
         parent.poll()
         assert [p.pid for p in found] == [p.pid for p in started]
         assert not proctable.still_running(proctable.snapshot(), started)
+    finally:
+        _cleanup(parent, started)
+
+
+def test_down_kills_and_names_what_is_left_in_a_recorded_session(tmp_path, capsys):
+    # A "service" whose child left its process group (so stopping the group misses it) but, as
+    # every descendant that does not call setsid, stayed in its session.
+    code = """
+        import os, signal, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import os, time; os.setpgid(0, 0); time.sleep(120)"])
+        time.sleep(0.5)
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{child.pid}\\n")
+        time.sleep(120)
+    """
+    parent, started = _run_parent(tmp_path, code)
+    try:
+        state = ClusterFile(router="r", scheduler="s", scaler="c", redis_url="u", redis_prefix="hfx", model="m",
+                            log_dir=str(tmp_path / "logs"))
+        state.record("router", parent.pid)
+        state.save(tmp_path)
+        assert cluster.down(tmp_path)
+        err = capsys.readouterr().err
+        assert "stopped router" in err
+        assert f"1 process(es) of the cluster were still running; killed: {started[0].pid} (" in err
+        assert not proctable.still_running(proctable.snapshot(), started)
+        assert ClusterFile.load(tmp_path) is None
     finally:
         _cleanup(parent, started)
