@@ -31,7 +31,8 @@ log = logging.getLogger("hfx.lifeline")
 PR_SET_PDEATHSIG = 1
 
 # Runs as `python -I -S -c ... PARENT_PID CMD ARGS...`: stdlib only, no site-packages, so it
-# starts in a few milliseconds and does not depend on the environment it is given.
+# does not depend on the environment it passes on. It adds one interpreter start to a spawn
+# (44-82 ms measured on a loaded 2-core machine), small beside a service's own start.
 _TIE = """\
 import ctypes, os, signal, sys
 ctypes.CDLL(None, use_errno=True).prctl(%d, signal.SIGKILL)
