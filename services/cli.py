@@ -127,7 +127,7 @@ def cmd_up(args) -> int:
         home=args.home, model=model, workers=args.workers, router_port=args.router_port, redis_url=args.redis_url,
         policy=args.policy, engine=args.engine, tracing=args.tracing_spec, timeout_s=args.timeout,
         worker_args=tuple(worker_args), http_port=args.http_port, api_keys=tuple(args.api_key),
-        classes=args.classes or "",
+        classes=args.classes or "", tied_to_caller=not args.detach,
     )
     print(f"starting HFX: {args.workers} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:

@@ -77,7 +77,8 @@ class RunningCluster:
         return grpc.insecure_channel(self.state.router)
 
     def worker_pid(self, instance_id: str) -> int:
-        return int((self.log_dir / f"{instance_id}.pid").read_text())
+        """The pid (and process group id) of the worker's latest start."""
+        return procs.read_group_records(self.log_dir / f"{instance_id}.pid")[-1][0]
 
     def logs(self) -> str:
         return "\n".join(f"==> {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))

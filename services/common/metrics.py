@@ -81,6 +81,9 @@ SCALER_DESIRED = Gauge("hfx_scaler_desired_replicas", "Workers the scaler is ask
 SCALER_WORKERS = Gauge("hfx_scaler_workers", "Managed workers by state", ["cluster", "state"], registry=REGISTRY)
 SCALER_RESTARTS = Gauge("hfx_scaler_worker_restarts", "Restarts of crashed workers since the scaler started",
                         ["cluster"], registry=REGISTRY)
+SCALER_LEFTOVERS = Counter("hfx_scaler_leftover_processes_killed", "Processes (engine core, engine workers) "
+                           "still running in an exited worker's process group that the scaler had to SIGKILL",
+                           ["cluster"], registry=REGISTRY)
 
 OUTCOMES = ("finished", "aborted", "failed", "rejected", "unavailable", "invalid")
 _SLO_COUNTED = {"finished", "failed", "rejected", "unavailable"}

@@ -1,5 +1,6 @@
 """Child processes: each in its own session so that stopping it stops its children too
-(vLLM's engine core runs in a child of the worker)."""
+(vLLM's engine core runs in a child of the worker); optionally tied to their parent's life
+(services/common/lifeline.py); leftovers of a group found and killed by its id."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from services.common import lifeline, proctable
 
 
 def free_port(host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> int:
@@ -43,8 +46,15 @@ def hfx_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", *args]
 
 
-def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
+          die_with_parent: bool = False) -> subprocess.Popen:
+    """Starts `cmd` in a new session (its pid is its process group id), output to `log_path`.
+    die_with_parent: it is SIGKILLed when this process dies, however that happens; call from the
+    main thread then (the kernel ties it to the starting thread)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if die_with_parent:
+        lifeline.check_tie_thread()
+        cmd = lifeline.tied_command(cmd, os.getpid())
     log = open(log_path, "ab", buffering=0)
     try:
         return subprocess.Popen(
@@ -73,23 +83,88 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_group(pgid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the process group, wait, then SIGKILL whatever is left. Never leaves orphans."""
+def stop_group(pgid: int, timeout_s: float = 15.0) -> list[proctable.ProcInfo]:
+    """SIGTERM the process group, wait, then SIGKILL whatever is left. Never leaves orphans.
+    Returns the processes it had to SIGKILL (empty when the group stopped on SIGTERM)."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        return []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _reap(pgid)
         if not group_alive(pgid):
-            return
+            return []
         time.sleep(0.1)
+    killed = kill_group(pgid)
+    _reap(pgid)
+    return killed
+
+
+def kill_group(pgid: int, wait_s: float = 5.0) -> list[proctable.ProcInfo]:
+    """SIGKILLs what is left of process group `pgid` (its leader may be gone already) and waits
+    up to `wait_s` until none of it runs. Returns the live processes it found in the group.
+    It does not reap the leader (a child of the caller): the caller decides when, and reads its
+    exit status."""
+    found = proctable.group_members(proctable.snapshot(), pgid)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
-    _reap(pgid)
+        return found
+    deadline = time.monotonic() + wait_s
+    while True:
+        if not proctable.still_running(proctable.snapshot(), found) or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def append_group_record(path: Path, pid: int) -> None:
+    """Records child `pid` (leader of its own session and group) as a line `PID START_TICKS`, so
+    another process can later find what is left of it, and never mistake a reused id for it."""
+    ticks = proctable.start_ticks_of(pid)
+    with open(path, "a") as f:
+        f.write(f"{pid} {ticks if ticks is not None else ''}".rstrip() + "\n")
+
+
+def read_group_records(path: Path) -> list[tuple[int, int | None]]:
+    """The (pid, start ticks or None) lines of `path`; a line it cannot read is skipped."""
+    records: list[tuple[int, int | None]] = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        parts = line.split()
+        try:
+            records.append((int(parts[0]), int(parts[1]) if len(parts) > 1 else None))
+        except (ValueError, IndexError):
+            continue
+    return records
+
+
+def exited(pid: int) -> bool:
+    """Whether child `pid` has exited, WITHOUT reaping it: until it is reaped its pid, and so its
+    process group id, cannot be reused, so its group can still be killed safely by that id."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def kill_processes(known: list[proctable.ProcInfo], wait_s: float = 5.0) -> list[proctable.ProcInfo]:
+    """SIGKILLs those of `known` that still run as the same processes (pid and start time);
+    returns the ones still running after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = proctable.still_running(proctable.snapshot(), known)
+        if not left or time.monotonic() >= deadline:
+            return left
+        for info in left:
+            try:
+                os.kill(info.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
 
 
 def _reap(pid: int) -> None:

@@ -26,12 +26,12 @@ def find_redis_server() -> str:
     return str(binary)
 
 
-def start(port: int, workdir: Path, log_path: Path) -> subprocess.Popen:
+def start(port: int, workdir: Path, log_path: Path, die_with_parent: bool = False) -> subprocess.Popen:
     cmd = [
         find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--dir", str(workdir), "--protected-mode", "yes",
     ]
-    return procs.spawn(cmd, log_path)
+    return procs.spawn(cmd, log_path, die_with_parent=die_with_parent)
 
 
 def wait_ready(url: str, timeout_s: float = 10.0) -> None:

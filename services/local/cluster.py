@@ -1,5 +1,7 @@
 """`hfx up` and `hfx down`: Redis, scheduler, scaler (which launches workers) and router as local
-processes, each in its own process group, recorded in the state file so `down` leaves none behind."""
+processes, each in its own session and process group, recorded in the state file (workers: in
+their pid files) so `down` leaves none behind: after stopping the recorded groups it looks for any
+process still in one of the recorded sessions, kills it and says so."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import procs, redis_server
+from services.common import procs, proctable, redis_server
 from services.common.keys import Keys
 from services.local.statefile import ClusterFile
 
@@ -33,6 +35,9 @@ class UpOptions:
     api_keys: tuple[str, ...] = ()     # required by the router (HTTP and gRPC) when set
     classes: str = ""                  # YAML task-class table for the router; "" = built-in classes
     metrics: bool = True               # /metrics on free ports for scheduler, scaler and each worker
+    # The services die with the calling process, however it dies (SIGKILL too): a foreground
+    # `hfx up`, a test, a benchmark. False for `hfx up --detach`, whose caller exits at once.
+    tied_to_caller: bool = True
 
 
 def _step(msg: str, t0: float) -> None:
@@ -112,7 +117,7 @@ def _wait_workers(state: ClusterFile, count: int, timeout_s: float, log_dir: Pat
 def up(opts: UpOptions) -> ClusterFile:
     """Starts everything and returns the recorded cluster; on any failure stops what it started."""
     existing = ClusterFile.load(opts.home)
-    if existing and any(procs.group_alive(p) for p in existing.pgids.values()):
+    if existing and any(_members(p, existing.starts.get(str(p))) for p in existing.pgids.values()):
         raise RuntimeError(f"a cluster is already running (router {existing.router}); run `hfx down` first")
     t0 = time.monotonic()
     log_dir = opts.home / "logs" / time.strftime("%Y%m%d-%H%M%S")
@@ -140,10 +145,11 @@ def _fixed_ports(opts: UpOptions) -> frozenset[int]:
 
 def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) -> None:
     fixed = _fixed_ports(opts)
+    mark = {"die_with_parent": opts.tied_to_caller}
     if not opts.redis_url:
         port = procs.free_port(avoid=fixed)
-        proc = redis_server.start(port, log_dir, log_dir / "redis.log")
-        state.pgids["redis"] = proc.pid
+        proc = redis_server.start(port, log_dir, log_dir / "redis.log", **mark)
+        state.record("redis", proc.pid)
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
         _step(f"redis ready at {state.redis_url}", t0)
@@ -152,8 +158,8 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
-                        log_dir / "scheduler.log")
-    state.pgids["scheduler"] = sched.pid
+                        log_dir / "scheduler.log", **mark)
+    state.record("scheduler", sched.pid)
     wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log", "hfx.v1.Scheduler")
     _step(f"scheduler ready at {state.scheduler} (policy {opts.policy})", t0)
 
@@ -161,9 +167,9 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     router = procs.spawn(
         procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
                           "--scheduler", state.scheduler, "--tracing", opts.tracing, *_router_flags(opts, state)),
-        log_dir / "router.log",
+        log_dir / "router.log", **mark,
     )
-    state.pgids["router"] = router.pid
+    state.record("router", router.pid)
     state.save(opts.home)
     wait_serving(state.router, 120, router, "router", log_dir / "router.log", "hfx.v1.Router")
     _step(f"router ready at {state.router}" + (f", HTTP at http://{state.http}" if state.http else ""), t0)
@@ -174,9 +180,9 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
                           "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else [])),
-        log_dir / "scaler.log",
+        log_dir / "scaler.log", **mark,
     )
-    state.pgids["scaler"] = scaler.pid
+    state.record("scaler", scaler.pid)
     wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log", "hfx.v1.Scaler")
     _step(f"scaler ready at {state.scaler}, launching {opts.workers} {opts.engine} worker(s)", t0)
 
@@ -206,24 +212,69 @@ def _router_flags(opts: UpOptions, state: ClusterFile) -> list[str]:
 
 
 def down(home: Path, quiet: bool = False) -> bool:
-    """Stops the recorded cluster: router first (no new work), then scaler (drains workers), then the rest."""
+    """Stops the recorded cluster: router first (no new work), then scaler (drains workers), then
+    the rest; then checks that no process of the cluster is left, kills any that is, and says so."""
     state = ClusterFile.load(home)
     if state is None:
         if not quiet:
             print("no local cluster recorded", file=sys.stderr)
         return False
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr)
+
     order = ["router", "scaler", "scheduler", "redis"]
     for name in sorted(state.pgids, key=lambda n: order.index(n) if n in order else len(order)):
-        procs.stop_group(state.pgids[name], timeout_s=40.0 if name == "scaler" else 10.0)
-        if not quiet:
-            print(f"  stopped {name}", file=sys.stderr)
-    for pidfile in Path(state.log_dir).glob("*.pid"):  # workers are in their own groups
-        try:
-            procs.stop_group(int(pidfile.read_text()), timeout_s=10.0)
-        except (ValueError, OSError):
-            pass
+        pgid = state.pgids[name]
+        if not _members(pgid, state.starts.get(str(pgid))):
+            say(f"  {name} was not running")
+            continue
+        killed = procs.stop_group(pgid, timeout_s=40.0 if name == "scaler" else 10.0)
+        say(f"  stopped {name}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
+    for pgid, ticks in worker_groups(Path(state.log_dir)):  # normally stopped by the scaler already
+        if _members(pgid, ticks):
+            killed = procs.stop_group(pgid, timeout_s=10.0)
+            say(f"  stopped worker group {pgid}" + (f" (had to SIGKILL {_describe(killed)})" if killed else ""))
+    left = leftovers(state)
+    if left:
+        say(f"  {len(left)} process(es) of the cluster were still running; killed: {_describe(left)}")
+        survivors = procs.kill_processes(left)
+        if survivors:
+            say(f"  warning: still running after SIGKILL: {_describe(survivors)}")
+    else:
+        say("  checked: no process of the cluster is left")
     ClusterFile.path(home).unlink(missing_ok=True)
     return True
+
+
+def worker_groups(log_dir: Path) -> list[tuple[int, int | None]]:
+    """Every worker group the scaler recorded, with its leader's start time: each start of a
+    worker appends a line to its pid file, so a crashed worker's group is still known."""
+    return [record for pidfile in sorted(log_dir.glob("*.pid")) for record in procs.read_group_records(pidfile)]
+
+
+def recorded_sessions(state: ClusterFile) -> list[tuple[int, int | None]]:
+    """(session id, its leader's start time) for every service and worker the cluster started."""
+    services = [(pgid, state.starts.get(str(pgid))) for pgid in state.pgids.values()]
+    return services + worker_groups(Path(state.log_dir))
+
+
+def leftovers(state: ClusterFile) -> list[proctable.ProcInfo]:
+    """The live processes of the cluster: of its recorded sessions (each service and worker leads
+    its own, and its descendants stay in it wherever they are re-parented: vLLM's engine too)."""
+    table = proctable.snapshot()
+    found = {p.pid: p for sid, ticks in recorded_sessions(state) for p in proctable.session_members(table, sid, ticks)}
+    return [found[pid] for pid in sorted(found)]
+
+
+def _members(pgid: int, leader_start_ticks: int | None) -> list[proctable.ProcInfo]:
+    """The live processes of a recorded session/group, none if its id now names another one."""
+    return proctable.session_members(proctable.snapshot(), pgid, leader_start_ticks)
+
+
+def _describe(found: list[proctable.ProcInfo]) -> str:
+    return ", ".join(f"{p.pid} ({p.comm})" for p in found)
 
 
 def wait_for_interrupt() -> None:

@@ -1,4 +1,5 @@
-"""Where a local cluster records its addresses and process groups, so client commands find it."""
+"""Where a local cluster records its addresses and process groups (with their leaders' start
+times), so client commands find it and `hfx down` finds every process of it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from services.common import proctable
 
 
 def resolve_home(explicit: str | None) -> Path:
@@ -26,6 +29,16 @@ class ClusterFile:
     started_unix_s: float = 0.0
     http: str = ""                                         # the router's HTTP API (host:port), "" if off
     metrics: dict[str, str] = field(default_factory=dict)  # service name -> host:port of its /metrics
+    # process group id (as text) -> its leader's start time (clock ticks since boot), so that
+    # `down` never takes a reused id for the group it recorded
+    starts: dict[str, int] = field(default_factory=dict)
+
+    def record(self, name: str, pid: int) -> None:
+        """A service started as `pid`, the leader of its own session and process group."""
+        self.pgids[name] = pid
+        ticks = proctable.start_ticks_of(pid)
+        if ticks is not None:
+            self.starts[str(pid)] = ticks
 
     @staticmethod
     def path(home: Path) -> Path:

@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from services.common import convert, grpcutil, metrics, procs, store
+from services.common import convert, grpcutil, metrics, procs, proctable, store
 from services.common.domain import Role
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
@@ -37,6 +37,7 @@ class Managed:
     exit_code: int = 0
     restarts: int = 0
     stopping: bool = False
+    leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
@@ -56,15 +57,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             w = self.workers[index] = Managed(index, self._instance_id(index), procs.free_port())
         elif w.proc is not None:
             w.restarts += 1
+            self._check_gone(w)
         cmd = procs.hfx_command(
             "worker", "--model", self.config.model, "--instance-id", w.instance_id, "--port", str(w.port),
             "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
             "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
             "--tracing", self.config.tracing_spec, *self._cpu_flag(w), *self.config.worker_args, *self._metrics_flag(w),
         )
-        w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log")
-        # Recorded so `hfx down` can stop the worker's group even if this scaler was killed.
-        (self.config.log_dir / f"{w.instance_id}.pid").write_text(str(w.proc.pid))
+        # Tied to this scaler: if it dies, however, its workers die too (and their engines with them).
+        w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log", die_with_parent=True)
+        # Every group this slot ever had, one a line: `hfx down` checks them all, even if this
+        # scaler was killed before it could reap an exited worker's leftovers.
+        procs.append_group_record(self.config.log_dir / f"{w.instance_id}.pid", w.proc.pid)
         w.exited_at_s, w.stopping = None, False
         log.info("started worker %s (pid %d, port %d, restarts %d)", w.instance_id, w.proc.pid, w.port, w.restarts)
 
@@ -85,6 +89,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def export_metrics(self) -> None:
         name = self.config.cluster_name
+        metrics.SCALER_LEFTOVERS.labels(name).inc(0)  # the series exists from the start, at 0
         metrics.SCALER_DESIRED.labels(name).set(self.desired)
         metrics.SCALER_RESTARTS.labels(name).set(sum(w.restarts for w in self.workers.values()))
         states = {"starting": 0, "ready": 0, "stopping": 0, "exited": 0}
@@ -100,17 +105,41 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def _stop(self, index: int) -> None:
         w = self.workers[index]
-        if w.proc is not None and w.proc.poll() is None:
+        if w.proc is not None and not procs.exited(w.proc.pid):  # not poll(): it would reap (see _observe_exit)
             w.stopping = True
             w.proc.send_signal(signal.SIGTERM)  # the worker drains, then exits
+
+    def _observe_exit(self, w: Managed, now_s: float) -> None:
+        """A worker that exited has its process group killed BEFORE it is reaped: until then its
+        pid cannot be reused, so the group id still names only its processes (its engine's)."""
+        if w.proc is None or w.exited_at_s is not None or not procs.exited(w.proc.pid):
+            return
+        found = procs.kill_group(w.proc.pid)
+        w.proc.poll()  # reaps it
+        w.exited_at_s, w.exit_code = now_s, w.proc.returncode
+        if not w.stopping:
+            log.warning("worker %s exited with %s", w.instance_id, w.exit_code)
+        if found:
+            metrics.SCALER_LEFTOVERS.labels(self.config.cluster_name).inc(len(found))
+            log.warning("worker %s (pid %d) left %d process(es) running in its group; killed: %s",
+                        w.instance_id, w.proc.pid, len(found), _describe(found))
+        w.leftovers = tuple(proctable.still_running(proctable.snapshot(), found))
+
+    def _check_gone(self, w: Managed) -> None:
+        """Before a replacement starts: the old worker's processes must be gone (an engine left
+        running would hold the cores or device memory the new one needs)."""
+        if not w.leftovers:
+            return
+        left = procs.kill_processes(list(w.leftovers))
+        if left:
+            log.error("starting worker %s although %d process(es) of its previous run survive SIGKILL: %s",
+                      w.instance_id, len(left), _describe(left))
+        w.leftovers = tuple(left)
 
     def step(self, now_s: float) -> None:
         """Observe exits, then apply reconcile's actions."""
         for w in self.workers.values():
-            if w.proc is not None and w.exited_at_s is None and w.proc.poll() is not None:
-                w.exited_at_s, w.exit_code = now_s, w.proc.returncode
-                if not w.stopping:
-                    log.warning("worker %s exited with %s", w.instance_id, w.exit_code)
+            self._observe_exit(w, now_s)
         slots = [
             WorkerSlot(w.index, w.exited_at_s is None, w.exited_at_s, w.restarts)
             for w in self.workers.values()
@@ -138,12 +167,14 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def shutdown(self) -> None:
         for w in self.workers.values():
-            if w.proc is not None and w.proc.poll() is None:
+            if w.proc is not None and not procs.exited(w.proc.pid):
                 w.stopping = True
                 w.proc.send_signal(signal.SIGTERM)
         for w in self.workers.values():
-            if w.proc is not None:
-                procs.stop_group(w.proc.pid, timeout_s=30.0)
+            if w.proc is not None and w.exited_at_s is None:  # an exited one's group was killed then
+                killed = procs.stop_group(w.proc.pid, timeout_s=30.0)
+                if killed:
+                    log.warning("worker %s did not stop within 30 s; killed: %s", w.instance_id, _describe(killed))
 
     async def Scale(self, request: scaler_pb2.ScaleRequest, context) -> scaler_pb2.ScaleResponse:
         if not request.decision_id:
@@ -177,6 +208,10 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
             )
         return out
+
+
+def _describe(found: list[proctable.ProcInfo] | tuple[proctable.ProcInfo, ...]) -> str:
+    return ", ".join(f"{p.pid} ({p.comm})" for p in found)
 
 
 async def serve(config: ScalerConfig) -> None:

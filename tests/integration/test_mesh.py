@@ -16,6 +16,7 @@ import time
 import grpc
 import pytest
 
+from services.common import proctable
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.harness import local_cluster, vllm_reference, wait_until
 
@@ -196,12 +197,13 @@ def test_worker_killed_mid_stream_fails_fast_and_the_cluster_goes_on(mesh, route
     # this process gets the CPU. The stream is open once the router has sent its initial
     # metadata naming the instance; then that worker dies and the other one is thawed.
     workers = {iid: mesh.worker_pid(iid) for iid in ("hfx-w0", "hfx-w1")}
+    engines = {iid: proctable.descendants(proctable.snapshot(), pid) for iid, pid in workers.items()}
     for pid in workers.values():
         os.killpg(pid, signal.SIGSTOP)
     try:
         stream = router.Generate(greedy(PROMPT_IDS, 1900), timeout=120)
         instance = dict(stream.initial_metadata())["x-hfx-instance"]
-        os.killpg(workers[instance], signal.SIGKILL)
+        os.kill(workers[instance], signal.SIGKILL)  # the worker alone: its engine must go with it
         killed_at = time.monotonic()
     finally:
         for pid in workers.values():
@@ -217,6 +219,7 @@ def test_worker_killed_mid_stream_fails_fast_and_the_cluster_goes_on(mesh, route
     assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
     assert instance in info.value.details()
     assert received < 1900
+    assert wait_until(lambda: not proctable.still_running(proctable.snapshot(), engines[instance]), 5)
     # The survivor serves what follows; the dead instance is not chosen again.
     for _ in range(3):
         tokens, _, final = collect(router, greedy(PROMPT_IDS, 8))

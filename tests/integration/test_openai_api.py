@@ -222,7 +222,7 @@ def test_client_leaving_a_stream_aborts_the_request(base_url, live):
     # The worker is frozen so the decode cannot finish before the client leaves, however late this
     # process gets the CPU; the response headers come before any token (Starlette sends them first
     # and watches for the disconnect while it waits), then the client leaves and the worker thaws.
-    worker = int((Path(live.log_dir) / "hfx-w0.pid").read_text())
+    worker = procs.read_group_records(Path(live.log_dir) / "hfx-w0.pid")[-1][0]  # its latest start
     body = {"prompt": PROMPT_IDS, "max_tokens": 1900, "ignore_eos": True, "stream": True}
     os.killpg(worker, signal.SIGSTOP)
     try:

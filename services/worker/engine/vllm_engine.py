@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common import lifeline
 from services.common.domain import FinishReason, Sampling, StepSample
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
 from services.worker.engine.device import device_engine_kwargs, device_environment, pin_cpu_cores
@@ -178,6 +179,7 @@ class VllmEngine:
         self._sink = _StatsSink()
         self.engine_timed_steps = True  # recent_steps are timed by the engine core (for the profiler)
         self._live: set[str] = set()
+        self._reaper: Any = None
 
     async def start(self) -> None:
         # Blocks the event loop while the engine core boots (tens of seconds on CPU), as
@@ -190,6 +192,9 @@ class VllmEngine:
         pinned = pin_cpu_cores(self.config.device, self.config.cpu_cores)
         if pinned is not None:
             log.info("bound to CPU cores %s (the engine core inherits it)", sorted(pinned))
+        # vLLM's engine core and its workers run in this process's group; if this process dies,
+        # by SIGKILL too, the reaper kills the group, so no engine outlives its worker.
+        self._reaper = lifeline.start_group_reaper()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
