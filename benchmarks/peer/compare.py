@@ -134,7 +134,7 @@ def hfx(model: str, engines: int, home: Path, extra: list[str]):
         state = json.loads((home / "cluster.json").read_text())
         roots = dict(state["pgids"])
         for pidfile in Path(state["log_dir"]).glob("*.pid"):  # workers, started by the scaler
-            roots[pidfile.stem] = int(pidfile.read_text())
+            roots[pidfile.stem] = procs.read_group_records(pidfile)[-1][0]  # the latest start
         yield f"http://127.0.0.1:{http_port}", roots
     finally:
         subprocess.run(procs.hfx_command("--home", str(home), "down"), cwd=ROOT, timeout=120,
