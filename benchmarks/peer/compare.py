@@ -31,6 +31,7 @@ from pathlib import Path
 
 from benchmarks.peer import cputime, flame
 from services.common import procs
+from services.worker.engine.device import device_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +105,11 @@ def peer(model: str, engines: int, logs: Path):
             cmd = ["taskset", "-c", str(i), sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                    "--model", model, "--served-model-name", Path(model).name, "--port", str(port), "--enforce-eager", "--max-model-len", "2048",
                    "--gpu-memory-utilization", "0.12"]
-            proc = procs.spawn(cmd, logs / f"api_server-{i}.log", env={"VLLM_LOGGING_LEVEL": "WARNING"})
+            # The same engine environment HFX gives its workers (one core, an OpenMP pool of that
+            # size bound to it): with taskset alone vLLM's CPU backend sizes its threads from the
+            # NUMA node and reserves a core, and each engine ran ~20x slower here.
+            env = {"VLLM_LOGGING_LEVEL": "WARNING", **device_environment("cpu", cpu_cores=str(i))}
+            proc = procs.spawn(cmd, logs / f"api_server-{i}.log", env=env)
             started.append(proc)
             urls.append(f"http://127.0.0.1:{port}")
             roots[f"api_server-{i}"] = proc.pid
@@ -112,7 +117,8 @@ def peer(model: str, engines: int, logs: Path):
             _wait_http(f"{url}/health", 300, started[i], f"api_server-{i}")
         port = procs.free_port()
         router = procs.spawn([str(Path(sys.executable).parent / "vllm-router"), "--host", "127.0.0.1",
-                              "--port", str(port), "--policy", "round_robin", "--worker-urls", *urls],
+                              "--port", str(port), "--policy", "round_robin", "--worker-urls", *urls,
+                              "--prometheus-host", "127.0.0.1", "--prometheus-port", str(procs.free_port())],
                              logs / "vllm-router.log")
         started.append(router)
         roots["router"] = router.pid
