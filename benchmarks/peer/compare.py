@@ -30,42 +30,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.peer import cputime, flame
+from services import argtypes
 from services.common import procs
 from services.worker.engine.device import device_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _positive_int(value: str) -> int:
-    if int(value) <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return int(value)
-
-
-def _positive_float(value: str) -> float:
-    if not float(value) > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return float(value)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engines", type=_positive_int, default=2, help="vLLM engines per target (default %(default)s)")
-    p.add_argument("--rate", type=_positive_float, nargs="+", default=[20.0],
+    p.add_argument("--engines", type=argtypes.positive_int, default=2, help="vLLM engines per target (default %(default)s)")
+    p.add_argument("--rate", type=argtypes.positive_float, nargs="+", default=[20.0],
                    help="request rates (req/s) for vLLM's serving benchmark (default %(default)s)")
-    p.add_argument("--requests", type=_positive_int, default=200, help="requests per rate (default %(default)s)")
-    p.add_argument("--input-len", type=_positive_int, default=256, help="random prompt tokens (default %(default)s)")
-    p.add_argument("--output-len", type=_positive_int, default=64, help="output tokens (default %(default)s)")
-    p.add_argument("--ttft-ms", type=_positive_float, default=200.0, help="goodput TTFT SLO (default %(default)s)")
-    p.add_argument("--tpot-ms", type=_positive_float, default=20.0, help="goodput TPOT SLO (default %(default)s)")
+    p.add_argument("--requests", type=argtypes.positive_int, default=200, help="requests per rate (default %(default)s)")
+    p.add_argument("--input-len", type=argtypes.positive_int, default=256, help="random prompt tokens (default %(default)s)")
+    p.add_argument("--output-len", type=argtypes.positive_int, default=64, help="output tokens (default %(default)s)")
+    p.add_argument("--ttft-ms", type=argtypes.positive_float, default=200.0, help="goodput TTFT SLO (default %(default)s)")
+    p.add_argument("--tpot-ms", type=argtypes.positive_float, default=20.0, help="goodput TPOT SLO (default %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="benchmark seed (default %(default)s)")
     p.add_argument("--targets", nargs="+", choices=["peer", "hfx"], default=["peer", "hfx"],
                    help="what to measure, in this order (default: %(default)s)")
     p.add_argument("--no-slo-headers", action="store_true",
                    help="do not send x-slo-ttft-ms / x-slo-tpot-ms to HFX (default: send the goodput SLOs)")
-    p.add_argument("--multi-slo", type=_positive_float, nargs="*", default=[], metavar="RATE",
+    p.add_argument("--multi-slo", type=argtypes.positive_float, nargs="*", default=[], metavar="RATE",
                    help="also run HFX's multi-class workload at these rates against both (default: none)")
-    p.add_argument("--multi-slo-requests", type=_positive_int, default=300,
+    p.add_argument("--multi-slo-requests", type=argtypes.positive_int, default=300,
                    help="requests per rate of the multi-class workload (default %(default)s)")
     p.add_argument("--hfx-arg", action="append", default=[], metavar="ARG",
                    help="extra `hfx up` argument, repeatable (e.g. --hfx-arg=--policy=fcfs)")
