@@ -9,7 +9,6 @@ stop placing on that instance).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
