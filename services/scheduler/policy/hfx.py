@@ -9,6 +9,8 @@ best fitting one; best-effort requests only take room no SLO request could use.
 
 from __future__ import annotations
 
+import copy
+
 from typing import Sequence
 
 from services.common.domain import (ClusterSnapshot, Decision, InstanceView, Preemption, RequestSpec,
@@ -37,6 +39,7 @@ class Hfx:
         self.estimator = OutputLengthEstimator(config.prior_output_tokens)
         self.queue = RankedQueue()
         self._budgets: dict[str, tuple[tuple, InstanceBudget]] = {}
+        self._pass_budgets: dict[str, InstanceBudget] = {}  # this pass's copies, after its placements
         self._best_effort_ids: set[str] = set()   # placed best effort, still running
         self._ref_model = config.default_latency_model
         self._pressure_until_s = float("-inf")   # see PolicyConfig.defer_slack_ms
@@ -50,7 +53,7 @@ class Hfx:
     def budgets_ms(self) -> dict[str, float]:
         """Each instance's budget as of its last pass (inf: nothing protected runs there), for
         the scheduler's hfx_instance_budget_ms gauge."""
-        return {iid: budget.bank_ms for iid, (_, budget) in self._budgets.items()}
+        return {iid: budget.bank_ms for iid, budget in self._pass_budgets.items()}
 
     # -- one pass -------------------------------------------------------------------------------
 
@@ -63,6 +66,7 @@ class Hfx:
         self.queue.sync(waiting, self._entry)
         decisions: list[Decision] = []
         budgets = [self._budget(inst) for inst in cluster.instances]
+        self._pass_budgets = {inst.instance_id: b for inst, b in zip(cluster.instances, budgets)}
         preemptions = self._protect(cluster.instances, budgets)
         banned = {p.instance_id for p in preemptions}
         self._demote(now_s, decisions)
@@ -87,15 +91,19 @@ class Hfx:
         return entry
 
     def _budget(self, inst: InstanceView) -> InstanceBudget:
+        """This pass's budget of `inst`: a copy, because the pass mutates it as it places
+        (FitTable.place). The cached original must stay as the snapshot showed the instance:
+        an idle instance's running set is the one empty tuple in every snapshot, so a mutated
+        cache entry would carry the requests placed there in earlier passes forever."""
         # Cached while the running set, model and capacity are the same objects/values: a
         # snapshot producer that keeps unchanged tuples makes a pass O(instances), not O(running).
         sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens)
         hit = self._budgets.get(inst.instance_id)
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
-            return hit[1]
+            return copy.copy(hit[1])
         budget = summarise(inst, self.config, self.estimator, self._best_effort_ids)
         self._budgets[inst.instance_id] = (sig, budget)
-        return budget
+        return copy.copy(budget)
 
     def _protect(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget]) -> list[Preemption]:
         if not self.config.preempt:
