@@ -15,14 +15,13 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
-import grpc
-
-from services.common import convert, grpcutil, metrics, tracing
+from services.common import convert, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
 from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
+from services.router.scheduler_link import SchedulerLink
 from services.router.sessions import Sessions, StreamFailed, TokenStream, WorkerSessionClient
 from services.router.tokenizer import Tokenizer
 from services.router.validate import Limits, ValidRequest, validate
@@ -71,8 +70,8 @@ class RouterCore:
             max_stop_strings=config.max_stop_strings,
         )
         self.sessions = Sessions(config.first_token_timeout_s, config.token_idle_timeout_s)
+        self.link = SchedulerLink(scheduler)  # Place and Complete, on one stream
         self._active: dict[str, Active] = {}  # by request id and by client request id
-        self.background = grpcutil.Background()  # Complete calls, off the client's path
 
     # -- public ------------------------------------------------------------------------------
 
@@ -114,13 +113,17 @@ class RouterCore:
 
     # -- steps -------------------------------------------------------------------------------
 
+    async def close(self) -> None:
+        await self.link.close()
+        await self.sessions.close()
+
+    async def _place(self, spec: RequestSpec, ctx) -> scheduler_pb2.Placement:
+        msg = convert.spec_to_pb(spec)
+        msg.trace_context.update(tracing.inject_metadata(ctx))
+        return await self.link.place(msg, self.config.place_timeout_s)
+
     async def _admit(self, spec: RequestSpec, valid: ValidRequest, span, ctx) -> scheduler_pb2.Placement:
-        try:
-            placement = await self.scheduler.Place(
-                convert.spec_to_pb(spec), timeout=self.config.place_timeout_s, metadata=grpcutil.outgoing_metadata(context=ctx)
-            )
-        except grpc.aio.AioRpcError as err:
-            raise Unavailable(f"scheduler unavailable: {err.code().name}: {err.details()}") from None
+        placement = await self._place(spec, ctx)
         verdict = convert.verdict_from_pb(placement.verdict)
         span.set_attribute(tracing.ATTR_VERDICT, verdict.value)
         span.set_attribute(tracing.ATTR_REASON, placement.reason)
@@ -222,32 +225,21 @@ class RouterCore:
         span.add_event("preempted", {"instance": was_on, "output_tokens": generated})
         log.info("%s preempted on %s after %d tokens; placing it again", spec.request_id, was_on, generated)
         try:
-            placement = await self.scheduler.Place(
-                convert.spec_to_pb(resumed), timeout=self.config.place_timeout_s,
-                metadata=grpcutil.outgoing_metadata(context=ctx))
-        except grpc.aio.AioRpcError as err:
-            raise Unavailable(f"preempted after {generated} tokens; scheduler unavailable: "
-                              f"{err.code().name}: {err.details()}") from None
+            placement = await self._place(resumed, ctx)
+        except Unavailable as err:
+            raise Unavailable(f"preempted after {generated} tokens; {err}") from None
         if convert.verdict_from_pb(placement.verdict) is Verdict.REJECT:
             raise Unavailable(f"preempted after {generated} tokens and not placed again: {placement.reason}")
         span.add_event("resumed", {"instance": placement.instance_id, "reason": placement.reason})
         return placement
 
     def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer) -> None:
-        """Tells the scheduler the request ended, off the client's path, bounded by a timeout."""
-        msg = scheduler_pb2.CompleteRequest(
+        """Tells the scheduler the request ended, off the client's path (batched on the link)."""
+        self.link.complete(scheduler_pb2.CompleteRequest(
             request_id=spec.request_id, instance_id=instance_id, outcome=outcome, ttft_ms=timer.ttft_ms,
             tpot_ms=timer.tpot_ms, output_tokens=timer.tokens, task_class=spec.task_class,
             slo_met=outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo),
-        )
-
-        async def send() -> None:
-            try:
-                await self.scheduler.Complete(msg, timeout=self.config.scheduler_call_timeout_s)
-            except grpc.aio.AioRpcError as err:
-                log.warning("complete %s not delivered: %s", spec.request_id, err.code().name)
-
-        self.background.spawn(send())
+        ))
 
 
 _OUTCOME_LABELS = {scheduler_pb2.OUTCOME_FINISHED: "finished", scheduler_pb2.OUTCOME_ABORTED: "aborted",

@@ -67,5 +67,5 @@ async def serve(config: RouterConfig) -> None:
     if web is not None:
         await web.stop()
     await server.stop(grace=2.0)
-    await core.sessions.close()
+    await core.close()
     tracing.shutdown()

@@ -16,7 +16,7 @@ import grpc
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
 from services.common.domain import Decision, Preemption, Verdict
-from services.common.errors import InvalidArgument
+from services.common.errors import HfxError, InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.scheduler.config import SchedulerConfig
@@ -146,9 +146,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._wake.set()
 
     async def round_loop(self) -> None:
+        """A round on every wake (arrival, completion, load report, registry refresh), and at
+        least every 50 ms while requests wait (their deadlines move on their own) or every
+        protect_interval_s while requests run. An idle scheduler sleeps until woken: a timer
+        firing 20 times a second costs CPU that the engines on a small machine need."""
         while True:
+            if self.state.waiting:
+                timeout = 0.05
+            elif self.state.inflight_count():
+                timeout = self.config.protect_interval_s
+            else:
+                timeout = None
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.05)
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -189,12 +199,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     # -- RPCs ----------------------------------------------------------------------------------
 
     async def Place(self, request: scheduler_pb2.PlaceRequest, context) -> scheduler_pb2.Placement:
+        return await self.place(request, tracing.extract_context(context.invocation_metadata()))
+
+    async def place(self, request: scheduler_pb2.PlaceRequest, parent) -> scheduler_pb2.Placement:
+        """Place (unary) and Connect share this: enqueue, run a round, wait for the verdict.
+        Raises InvalidArgument; cancelled when the caller stops waiting (the entry leaves)."""
         spec = convert.spec_from_pb(request)
         if not spec.request_id:
             raise InvalidArgument("request_id", "must not be empty")
         if spec.resumed_tokens < 0:
             raise InvalidArgument("resumed_tokens", f"must be >= 0, got {spec.resumed_tokens}")
-        parent = tracing.extract_context(context.invocation_metadata())
         with _tracer.start_as_current_span("scheduler.place", context=parent) as span:
             span.set_attribute(tracing.ATTR_REQUEST_ID, spec.request_id)
             span.set_attribute(tracing.ATTR_POLICY, self.policy.name)
@@ -223,6 +237,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             return convert.decision_to_placement(decision, address, self.policy.name)
 
     async def Complete(self, request: scheduler_pb2.CompleteRequest, context) -> scheduler_pb2.CompleteResponse:
+        self.complete(request)
+        return scheduler_pb2.CompleteResponse()
+
+    def complete(self, request: scheduler_pb2.CompleteRequest) -> None:
         done = self.state.complete(request.instance_id, request.request_id)
         if request.outcome == scheduler_pb2.OUTCOME_FAILED and request.instance_id:
             log.warning("instance %s failed request %s; no new work there until it reports again",
@@ -231,9 +249,30 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if done is not None and request.outcome == scheduler_pb2.OUTCOME_FINISHED:
             observe_completion(self.policy, done.spec.task_class, request.output_tokens, request.request_id)
         self.wake()
-        return scheduler_pb2.CompleteResponse()
+
+    async def Connect(self, request_iterator, context):
+        """The router's link (see scheduler.proto). Each place runs as its own task, as a unary
+        Place would; answers ready together leave in one message. When the router closes the
+        stream or it breaks, the placements it still waits for are withdrawn from the queue."""
+        link = Link(self)
+        reader = asyncio.create_task(link.read(request_iterator))
+        try:
+            while (placements := await link.ready()) is not None:
+                yield scheduler_pb2.LinkResponse(placements=placements)
+        finally:
+            reader.cancel()
+            link.close()
 
     async def ReportLoad(self, request: common_pb2.LoadReport, context) -> scheduler_pb2.ReportLoadResponse:
+        self.report_load(request)
+        return scheduler_pb2.ReportLoadResponse()
+
+    async def StreamLoad(self, request_iterator, context) -> scheduler_pb2.ReportLoadResponse:
+        async for report in request_iterator:
+            self.report_load(report)
+        return scheduler_pb2.ReportLoadResponse()
+
+    def report_load(self, request: common_pb2.LoadReport) -> None:
         load = convert.load_from_pb(request)
         self.state.set_load(request.instance_id, load)
         model = self.models.observe(request.instance_id, load)
@@ -242,7 +281,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 self._log_refined(request.instance_id, model)
             self.state.models[request.instance_id] = model
         self.wake()
-        return scheduler_pb2.ReportLoadResponse()
 
     async def GetClusterState(self, request, context) -> scheduler_pb2.ClusterState:
         out = scheduler_pb2.ClusterState(policy=self.policy.name, inflight_requests=self.state.inflight_count())
@@ -252,6 +290,76 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if iid in self.state.loads:
                 copy.load.CopyFrom(convert.load_to_pb(iid, self.state.loads[iid]))
         return out
+
+
+
+class Link:
+    """One router's Connect stream: its places in flight and the answers not yet sent."""
+
+    def __init__(self, servicer: SchedulerServicer) -> None:
+        self._servicer = servicer
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._ready: list[scheduler_pb2.Placement] = []
+        self._wake = asyncio.Event()
+        self._ended = False
+
+    async def read(self, request_iterator) -> None:
+        try:
+            async for msg in request_iterator:
+                for done in msg.completes:
+                    self._servicer.complete(done)
+                for rid in msg.cancel_request_ids:
+                    task = self._tasks.pop(rid, None)
+                    if task is not None:
+                        task.cancel()
+                for place in msg.places:
+                    if place.request_id in self._tasks:
+                        self._answer(_link_error(place.request_id, InvalidArgument(
+                            "request_id", f"{place.request_id!r} is already being placed")))
+                        continue
+                    self._tasks[place.request_id] = asyncio.create_task(self._place(place))
+        except grpc.aio.AioRpcError:
+            pass  # the router went away: close() withdraws what it waited for
+        finally:
+            self._ended = True
+            self._wake.set()
+
+    async def _place(self, request: scheduler_pb2.PlaceRequest) -> None:
+        try:
+            placement = await self._servicer.place(request, tracing.extract_context(dict(request.trace_context)))
+            placement.request_id = request.request_id
+        except HfxError as err:
+            placement = _link_error(request.request_id, err)
+        except Exception as err:  # a bug must answer this request, not hang it until its timeout
+            log.exception("place %s failed", request.request_id)
+            placement = _link_error(request.request_id, err)
+        self._tasks.pop(request.request_id, None)
+        self._answer(placement)
+
+    def _answer(self, placement: scheduler_pb2.Placement) -> None:
+        self._ready.append(placement)
+        self._wake.set()
+
+    async def ready(self) -> list[scheduler_pb2.Placement] | None:
+        """The answers ready now (waits for one); None once the router closed the stream."""
+        while not self._ready:
+            if self._ended:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        out, self._ready = self._ready, []
+        return out
+
+    def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+
+
+def _link_error(request_id: str, err: Exception) -> scheduler_pb2.Placement:
+    code = err.code if isinstance(err, HfxError) else grpc.StatusCode.INTERNAL
+    return scheduler_pb2.Placement(request_id=request_id, verdict=scheduler_pb2.VERDICT_REJECT,
+                                   error_code=code.value[0], error_message=str(err))
 
 
 async def serve(config: SchedulerConfig) -> None:

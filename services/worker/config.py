@@ -19,6 +19,7 @@ class WorkerConfig:
     redis_prefix: str = "hfx"
     scheduler_address: str = ""          # empty: do not push load reports
     heartbeat_ttl_s: float = 5.0
+    heartbeat_interval_s: float = 1.0  # registry + load to Redis; the scheduler gets loads every report_interval_s
     report_interval_s: float = 0.25
     report_timeout_s: float = 1.0
     drain_timeout_s: float = 30.0

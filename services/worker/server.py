@@ -125,22 +125,51 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
 
 async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: store.ClusterStore) -> None:
-    scheduler = None
-    if config.scheduler_address:
-        scheduler = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(config.scheduler_address))
-    while True:
-        report = servicer.load_report()
-        _export_load(report)
+    """Every report_interval_s: the load to the scheduler, on one long-lived StreamLoad stream
+    (a stream message costs both sides far less CPU than a unary call); every
+    heartbeat_interval_s: the registry heartbeat with the same report to Redis."""
+    link = _LoadStream(config.scheduler_address, config.report_timeout_s) if config.scheduler_address else None
+    next_heartbeat_s = 0.0
+    try:
+        while True:
+            report = servicer.load_report()
+            _export_load(report)
+            now = time.monotonic()
+            if now >= next_heartbeat_s:
+                next_heartbeat_s = now + config.heartbeat_interval_s
+                try:
+                    await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s)
+                except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
+                    log.warning("heartbeat to redis failed: %s", err)
+            if link is not None:
+                await link.send(report)
+            await asyncio.sleep(config.report_interval_s)
+    finally:
+        if link is not None:
+            link.close()
+
+
+class _LoadStream:
+    """The worker's Scheduler.StreamLoad call, reopened after it breaks."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self._stub = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(address))
+        self._timeout_s = timeout_s
+        self._call = None
+
+    async def send(self, report: common_pb2.LoadReport) -> None:
         try:
-            await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s)
-        except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
-            log.warning("heartbeat to redis failed: %s", err)
-        if scheduler is not None:
-            try:
-                await scheduler.ReportLoad(report, timeout=config.report_timeout_s)
-            except grpc.aio.AioRpcError as err:
-                log.debug("load report to scheduler failed: %s", err.code())
-        await asyncio.sleep(config.report_interval_s)
+            if self._call is None or self._call.done():
+                self._call = self._stub.StreamLoad()
+            await asyncio.wait_for(self._call.write(report), self._timeout_s)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.TimeoutError) as err:
+            log.debug("load report to scheduler failed: %s", err)
+            self.close()
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
 
 
 def _export_load(report: common_pb2.LoadReport) -> None:

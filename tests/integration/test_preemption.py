@@ -86,7 +86,7 @@ def test_preempted_request_resumes_elsewhere_without_losing_tokens():
                     ids += item.delta.token_ids
                 else:
                     final = item.final
-            await core.background.drain()   # the router's Complete calls, sent off the stream's path
+            await core.link.close()   # its Completes ride the link: closing it delivers them first
             return policy, ids, final, sched.state.inflight_count()
         finally:
             rounds.cancel()

@@ -31,7 +31,14 @@ OUTCOME_ABORTED: Outcome
 OUTCOME_FAILED: Outcome
 
 class PlaceRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "slo", "priority", "task_class", "tenant", "arrival_unix_s", "resumed_tokens")
+    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "slo", "priority", "task_class", "tenant", "arrival_unix_s", "resumed_tokens", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +48,7 @@ class PlaceRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     RESUMED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     max_tokens: int
@@ -50,10 +58,11 @@ class PlaceRequest(_message.Message):
     tenant: str
     arrival_unix_s: float
     resumed_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., resumed_tokens: _Optional[int] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., resumed_tokens: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("verdict", "instance_id", "address", "reason", "policy", "retry_after_ms", "predicted_ttft_ms", "slack_ms")
+    __slots__ = ("verdict", "instance_id", "address", "reason", "policy", "retry_after_ms", "predicted_ttft_ms", "slack_ms", "request_id", "error_code", "error_message")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +71,9 @@ class Placement(_message.Message):
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     SLACK_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
     instance_id: str
     address: str
@@ -70,7 +82,26 @@ class Placement(_message.Message):
     retry_after_ms: float
     predicted_ttft_ms: float
     slack_ms: float
-    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., retry_after_ms: _Optional[float] = ..., predicted_ttft_ms: _Optional[float] = ..., slack_ms: _Optional[float] = ...) -> None: ...
+    request_id: str
+    error_code: int
+    error_message: str
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., retry_after_ms: _Optional[float] = ..., predicted_ttft_ms: _Optional[float] = ..., slack_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class LinkRequest(_message.Message):
+    __slots__ = ("places", "completes", "cancel_request_ids")
+    PLACES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    places: _containers.RepeatedCompositeFieldContainer[PlaceRequest]
+    completes: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
+    cancel_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, places: _Optional[_Iterable[_Union[PlaceRequest, _Mapping]]] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., cancel_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LinkResponse(_message.Message):
+    __slots__ = ("placements",)
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    placements: _containers.RepeatedCompositeFieldContainer[Placement]
+    def __init__(self, placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
     __slots__ = ("request_id", "instance_id", "outcome", "ttft_ms", "tpot_ms", "output_tokens", "slo_met", "task_class")
