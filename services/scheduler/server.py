@@ -21,7 +21,7 @@ from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.models import InstanceModels
-from services.scheduler.policy import Policy, make_policy, observe_completion
+from services.scheduler.policy import KeepsBudgets, Policy, make_policy, observe_completion
 from services.scheduler.state import ClusterState, Waiting
 
 log = logging.getLogger("hfx.scheduler")
@@ -127,9 +127,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if load is not None:
                 metrics.set_instance_load(iid, load.running_requests, load.waiting_requests, load.kv_usage,
                                           len(self.state.running.get(iid, {})))
-        budgets = getattr(self.policy, "budgets_ms", None)  # only policies that keep budgets (hfx)
-        if budgets is not None:
-            for iid, budget_ms in budgets().items():
+        if isinstance(self.policy, KeepsBudgets):  # only policies that keep budgets (hfx)
+            for iid, budget_ms in self.policy.budgets_ms().items():
                 if iid in self.state.instances:
                     metrics.set_instance_budget(iid, budget_ms)
         metrics.forget_instances(set(self.state.instances))

@@ -30,7 +30,7 @@ from pathlib import Path
 from services.common.domain import Sampling, StepSample
 from services.scheduler.latency import Fit, fit
 from services.sim.profiles import Profile, profile_to_dict
-from services.worker.engine.base import Engine, EngineRequest
+from services.worker.engine.base import DeclaresProfile, Engine, EngineRequest, HasStepBudget, TimesItsSteps
 
 
 SEGMENT = 4  # decode tokens per timed segment
@@ -103,7 +103,7 @@ class Profiler:
         return out
 
     async def run(self, grid: ProfileGrid) -> list[StepSample]:
-        if getattr(self.engine, "engine_timed_steps", False):
+        if isinstance(self.engine, TimesItsSteps) and self.engine.engine_timed_steps:
             return await self.run_engine_timed(grid)
         samples: list[StepSample] = []
         await self.prefill(grid.prefill_lengths[0])  # warm-up, not kept
@@ -132,7 +132,7 @@ class Profiler:
 
     async def _background(self, stop: asyncio.Event) -> None:
         """One request decoding until `stop`, restarted whenever it reaches its max_tokens."""
-        budget = max(16, min(1024, int(getattr(self.engine, "max_model_len", 0) or 2048) - 64))
+        budget = max(16, min(1024, (self.engine.max_model_len or 2048) - 64))
         while not stop.is_set():
             stream = self.engine.generate(self._request(16, budget))
             try:
@@ -227,14 +227,14 @@ def vocab_size_of(model_dir: str) -> int:
 def measured_profile(result: Fit, engine: Engine, name: str, max_num_seqs: int) -> Profile:
     """A Profile from a fit: KV capacity and step budget from the engine where it knows them."""
     return Profile(name, result.model, engine.stats().kv_capacity_tokens or 65_536,
-                   int(getattr(engine, "chunk_tokens", 0) or 2048), max_num_seqs,
+                   (engine.chunk_tokens if isinstance(engine, HasStepBudget) else 0) or 2048, max_num_seqs,
                    step_noise=round(result.mape, 4), note=f"measured by `hfx profile`: {name}")
 
 
 async def startup_profile(engine: Engine, engine_name: str, model_dir: str, max_num_seqs: int) -> dict:
     """What a worker stores in Redis at start: a quick measured profile, or for a simulated engine
     the model it simulates (measuring a simulator only adds noise to a known answer)."""
-    declared = getattr(engine, "profile", None)
+    declared = engine.profile if isinstance(engine, DeclaresProfile) else None
     if engine_name == "sim" and isinstance(declared, Profile):
         return profile_to_dict(declared, engine="sim", source=f"declared: simulated profile {declared.name}")
     started = time.monotonic()

@@ -1,13 +1,14 @@
 """Scheduling policies: pure cores over (waiting requests, cluster snapshot, now).
 
 Each policy is a small class with `name` and `schedule()`; `make_policy(name)` builds one by its
-configured name. The same objects drive the scheduler service and the simulator. Policies that
-learn output lengths also have `observe_completion(task_class, output_tokens, request_id="")`.
+configured name. The same objects drive the scheduler service and the simulator. Optional
+capabilities are declared protocols (base.py): `LearnsFromCompletions` (observe_completion) and
+`KeepsBudgets` (budgets_ms); callers test for them with isinstance, never by attribute probing.
 """
 
 from __future__ import annotations
 
-from services.scheduler.policy.base import Policy, PolicyConfig
+from services.scheduler.policy.base import KeepsBudgets, LearnsFromCompletions, Policy, PolicyConfig
 from services.scheduler.policy.edf import Edf
 from services.scheduler.policy.fcfs import FcfsRoundRobin
 from services.scheduler.policy.headroom import Headroom
@@ -33,9 +34,8 @@ def make_policy(name: str, config: PolicyConfig | None = None) -> Policy:
 
 def observe_completion(policy: Policy, task_class: str, output_tokens: int, request_id: str = "") -> None:
     """Tell a policy a request finished, if it learns from completions (no-op otherwise)."""
-    hook = getattr(policy, "observe_completion", None)
-    if hook is not None:
-        hook(task_class, output_tokens, request_id)
+    if isinstance(policy, LearnsFromCompletions):
+        policy.observe_completion(task_class, output_tokens, request_id)
 
 
-__all__ = ["Policy", "PolicyConfig", "make_policy", "observe_completion", "policy_names"]
+__all__ = ["KeepsBudgets", "LearnsFromCompletions", "Policy", "PolicyConfig", "make_policy", "observe_completion", "policy_names"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 from services.common.domain import ClusterSnapshot, InstanceView, LatencyModel, RequestSpec, ScheduleResult
 
@@ -73,6 +73,20 @@ class PolicyConfig:
     # Placement of a request whose time left to its TTFT deadline is below this many times its
     # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
     tight_ttft_factor: float = 2.0
+
+
+@runtime_checkable
+class LearnsFromCompletions(Protocol):
+    """A policy that learns from finished requests (e.g. output lengths per task class)."""
+
+    def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None: ...
+
+
+@runtime_checkable
+class KeepsBudgets(Protocol):
+    """A policy that keeps a per-instance budget (ms), exported as hfx_instance_budget_ms."""
+
+    def budgets_ms(self) -> dict[str, float]: ...
 
 
 class Policy(Protocol):

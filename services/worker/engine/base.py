@@ -45,6 +45,29 @@ class EngineStats:
 
 
 @runtime_checkable
+class TimesItsSteps(Protocol):
+    """An engine whose recent_steps are timed by the engine itself (vLLM's engine core), not by
+    the gaps between outputs the worker sees: the profiler then reads steps instead of timing
+    streams."""
+
+    engine_timed_steps: bool
+
+
+@runtime_checkable
+class HasStepBudget(Protocol):
+    """An engine that knows its token budget per step (vLLM's max_num_batched_tokens)."""
+
+    chunk_tokens: int
+
+
+@runtime_checkable
+class DeclaresProfile(Protocol):
+    """A simulated engine: its latency profile is declared, not measured."""
+
+    profile: object
+
+
+@runtime_checkable
 class Engine(Protocol):
     max_model_len: int
     """Longest prompt + output the engine accepts, in tokens; valid after start()."""
