@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 from services.common import convert, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
 from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
-from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2
+from services.common.pb.hfx.v1 import router_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
+from services.router.request_run import Phase, RequestRun
 from services.router.scheduler_link import SchedulerLink
 from services.router.sessions import Sessions, StreamFailed, TokenStream, WorkerSessionClient
 from services.router.tokenizer import Tokenizer
@@ -52,10 +53,6 @@ class Active:
         if self.stream is not None:
             self.stream.end()
             self.session.abort(self.stream.request_id)
-
-
-class _WorkerFailed(Exception):
-    pass
 
 
 class RouterCore:
@@ -140,83 +137,57 @@ class RouterCore:
         span.set_attribute(tracing.ATTR_INSTANCE, placement.instance_id)
         return placement
 
-    @staticmethod
-    async def _next_chunk(active: Active, timer: StreamTimer, instance_id: str):
-        try:
-            return await active.stream.next()  # None once aborted on request
-        except StreamFailed as err:
-            raise _WorkerFailed(f"instance {instance_id} failed after {timer.tokens} tokens: {err}") from None
-
-    def _worker_request(self, spec: RequestSpec, valid: ValidRequest, generated: list[int]):
-        # After a preemption the tokens already streamed join the prompt: recomputed, not lost.
-        sampling = valid.sampling
-        if generated:
-            sampling = replace(sampling, max_tokens=sampling.max_tokens - len(generated))
-        return worker_pb2.WorkerGenerateRequest(
-            request_id=spec.request_id, prompt_token_ids=valid.prompt_token_ids + tuple(generated),
-            sampling=convert.sampling_to_pb(sampling), priority=spec.priority, slo=convert.slo_to_pb(spec.slo),
-        )
-
     async def _stream(self, spec: RequestSpec, valid: ValidRequest, placement: scheduler_pb2.Placement, span, ctx):
-        timer = StreamTimer(spec.arrival_s)
+        """Drives the request's state machine (request_run.py) until a terminal phase: opens the
+        worker stream, relays chunks, places it again after a preemption."""
+        run = RequestRun(spec, valid, placement, StreamTimer(spec.arrival_s))
         active = Active()
         keys = [spec.request_id] + ([valid.client_request_id] if valid.client_request_id else [])
         for k in keys:
             self._active[k] = active
-        outcome, finish = scheduler_pb2.OUTCOME_ABORTED, FinishReason.ABORT  # until proven otherwise
-        generated: list[int] = []
-        last = placement  # for the final message and the log, whatever happens to `placement`
         try:
-            while True:  # one round per placement: more than one only after a preemption
-                active.session = self.sessions[placement.address]
-                active.stream = active.session.start(self._worker_request(spec, valid, generated),
-                                                     tracing.inject_metadata(ctx))
-                preempted = False
-                while True:
+            while not run.phase.terminal:
+                if run.phase is Phase.PLACED:
+                    active.session = self.sessions[run.placement.address]
+                    active.stream = active.session.start(run.worker_request(), tracing.inject_metadata(ctx))
+                    run.started()
+                elif run.phase is Phase.RUNNING:
                     try:
-                        chunk = await self._next_chunk(active, timer, placement.instance_id)
-                    except _WorkerFailed as err:
-                        outcome, finish = scheduler_pb2.OUTCOME_FAILED, FinishReason.ERROR
-                        raise Unavailable(str(err)) from None
+                        chunk = await active.stream.next()
+                    except StreamFailed as err:
+                        run.worker_failed(str(err))
+                        break
                     if chunk is None:  # aborted on request: finish cleanly with what we have
+                        run.stopped()
                         break
                     now = time.time()
-                    timer.on_tokens(len(chunk.token_ids), now)
-                    generated.extend(chunk.token_ids)
-                    if chunk.token_ids or chunk.text:
+                    if run.on_chunk(chunk, now):
                         yield router_pb2.GenerateResponse(
-                            delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now)
-                        )
-                    if chunk.finished:
-                        preempted = chunk.finish_reason == common_pb2.FINISH_REASON_PREEMPTED
-                        if not preempted:
-                            outcome = scheduler_pb2.OUTCOME_FINISHED
-                            finish = convert.finish_from_pb(chunk.finish_reason) or FinishReason.STOP
+                            delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now))
+                elif run.phase is Phase.PREEMPTED:
+                    if active.aborted:
+                        run.stopped()
                         break
-                if not preempted or active.aborted:
-                    break
-                # The scheduler already took it off that instance: no Complete for it.
-                placement = None
-                try:
-                    placement = last = await self._resume(spec, last.instance_id, len(generated), span, ctx)
-                except Unavailable:
-                    outcome, finish = scheduler_pb2.OUTCOME_FAILED, FinishReason.ERROR
-                    raise
-            met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
-            yield router_pb2.GenerateResponse(final=_final(spec, last, timer, met, finish))
+                    try:
+                        run.placed_again(await self._resume(spec, run.last.instance_id, len(run.generated), span, ctx))
+                    except Unavailable as err:
+                        run.not_placed_again(str(err))
+            if run.phase is Phase.FAILED:
+                raise Unavailable(run.error)
+            yield router_pb2.GenerateResponse(final=_final(spec, run.last, run.timer, run.slo_met, run.finish))
         finally:
+            run.stopped()  # still running here: the client left (the generator was closed)
             for k in keys:
                 self._active.pop(k, None)
             active.stop()  # no-op when finished; stops the worker when the client left
-            met = outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo)
-            if placement is not None:
-                self._complete_later(spec, placement.instance_id, outcome, timer)
-            _result_attributes(span, timer, met, outcome)
-            metrics.record_request(spec.task_class, _OUTCOME_LABELS[outcome], met, timer.ttft_ms, timer.tpot_ms,
-                                   timer.e2e_ms(time.time()), timer.tokens)
+            if run.placement is not None:
+                self._complete_later(spec, run.placement.instance_id, run.outcome, run.timer)
+            _result_attributes(span, run.timer, run.slo_met, run.outcome)
+            metrics.record_request(spec.task_class, _OUTCOME_LABELS[run.outcome], run.slo_met, run.timer.ttft_ms,
+                                   run.timer.tpot_ms, run.timer.e2e_ms(time.time()), run.timer.tokens)
             log.info("%s %s on %s: %d tokens ttft %.1fms tpot %.1fms slo_met=%s (%s)", spec.request_id,
-                     scheduler_pb2.Outcome.Name(outcome), last.instance_id, timer.tokens, timer.ttft_ms,
-                     timer.tpot_ms, met, last.reason)
+                     scheduler_pb2.Outcome.Name(run.outcome), run.last.instance_id, run.timer.tokens,
+                     run.timer.ttft_ms, run.timer.tpot_ms, run.slo_met, run.last.reason)
 
     async def _resume(self, spec: RequestSpec, was_on: str, generated: int, span, ctx) -> scheduler_pb2.Placement:
         """Places a preempted request again. Its next token is due when its mean TPOT would still

@@ -223,6 +223,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 entry = Waiting(spec, time.time())
                 self.state.waiting[spec.request_id] = entry
                 self.run_round(time.time())
+                self.wake()  # the round loop re-arms its timer: something waits or runs now
                 try:
                     decision, address = await entry.future
                 except asyncio.CancelledError:  # the router gave up (deadline, client gone)
