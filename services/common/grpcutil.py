@@ -144,6 +144,25 @@ class Background:
         await asyncio.gather(*self._tasks)
 
 
+def outbox_call(method: Callable[[Any], Any], merge: Callable[[Any, Any], None] | None = None) -> tuple[Any, asyncio.Queue]:
+    """Opens a bidi-streaming call whose requests are what is put on the returned queue (None
+    ends them). With `merge(into, more)`, messages queued while a write was in flight leave
+    folded into one."""
+    outbox: asyncio.Queue = asyncio.Queue()
+
+    async def requests():
+        while (msg := await outbox.get()) is not None:
+            while merge is not None and not outbox.empty():
+                more = outbox.get_nowait()
+                if more is None:
+                    yield msg
+                    return
+                merge(msg, more)
+            yield msg
+
+    return method(requests()), outbox
+
+
 def sync_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
 

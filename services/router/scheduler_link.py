@@ -18,6 +18,7 @@ import logging
 
 import grpc
 
+from services.common import grpcutil
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.pb.hfx.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -101,24 +102,8 @@ class SchedulerLink:
         self._outbox.put_nowait(msg)
 
     def _open(self) -> None:
-        outbox: asyncio.Queue = asyncio.Queue()
-        self._outbox = outbox
-
-        async def requests():
-            while (msg := await outbox.get()) is not None:
-                # Whatever queued while the last write was in flight leaves in one message.
-                while not outbox.empty():
-                    more = outbox.get_nowait()
-                    if more is None:
-                        yield msg
-                        return
-                    msg.places.extend(more.places)
-                    msg.completes.extend(more.completes)
-                    msg.cancel_request_ids.extend(more.cancel_request_ids)
-                yield msg
-
-        call = self._stub.Connect(requests())
-        self._reader = asyncio.create_task(self._read(call, outbox))
+        call, self._outbox = grpcutil.outbox_call(self._stub.Connect, _merge)
+        self._reader = asyncio.create_task(self._read(call, self._outbox))
 
     async def _read(self, call, outbox: asyncio.Queue) -> None:
         why = "the scheduler closed the link"
@@ -143,3 +128,9 @@ class SchedulerLink:
             for future in self._waiting.values():
                 if not future.done():
                     future.set_exception(Unavailable(f"scheduler unavailable: {why}"))
+
+
+def _merge(into: scheduler_pb2.LinkRequest, more: scheduler_pb2.LinkRequest) -> None:
+    into.places.extend(more.places)
+    into.completes.extend(more.completes)
+    into.cancel_request_ids.extend(more.cancel_request_ids)

@@ -103,15 +103,8 @@ class WorkerSessionClient:
             self._outbox.put_nowait(worker_pb2.SessionRequest(abort_request_id=request_id))
 
     def _open(self) -> None:
-        outbox: asyncio.Queue = asyncio.Queue()
-        self._outbox = outbox
-
-        async def requests():
-            while (msg := await outbox.get()) is not None:
-                yield msg
-
-        call = self._stub.Session(requests())
-        self._reader = asyncio.create_task(self._read(call, outbox))
+        call, self._outbox = grpcutil.outbox_call(self._stub.Session)
+        self._reader = asyncio.create_task(self._read(call, self._outbox))
 
     async def _read(self, call, outbox: asyncio.Queue) -> None:
         why = "closed the session"
