@@ -1,4 +1,6 @@
-"""Scheduler gRPC service: adapter between Place/Complete/ReportLoad and the pure policy.
+"""Scheduler gRPC service: adapter between the pure policy and its callers: routers on their
+Connect streams (link.py; unary Place/Complete for other clients), workers on StreamLoad
+(unary ReportLoad too).
 
 Place enqueues the request and waits for the policy to settle it. A scheduling round runs the
 policy over (waiting, snapshot, now) whenever something changes: an arrival, a completion, a
