@@ -22,7 +22,7 @@ from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.engine import make_engine
-from services.worker.engine.base import Engine, EngineRequest
+from services.worker.engine.base import Engine, EngineRequest, ReportsWeights, describe_weights
 from services.worker.session import WorkerSession
 
 log = logging.getLogger("hfx.worker")
@@ -168,13 +168,34 @@ async def _profile_at_start(config: WorkerConfig, engine: Engine) -> dict | None
     return profile
 
 
+async def _serve_weights(config: WorkerConfig) -> str:
+    """Start this worker's weight stream (a donor); returns its address, or "" when it cannot."""
+    from services.worker.weights.source import CheckpointSource
+    from services.worker.weights.transport import TransportUnavailable, transport_for
+
+    try:
+        transport = transport_for(config.device)
+    except TransportUnavailable as err:
+        log.warning("not serving weights: %s", err)
+        return ""
+    started = time.monotonic()
+    source = await asyncio.get_running_loop().run_in_executor(None, CheckpointSource.load, config.model)
+    handle = transport.serve(source, config.host, config.weights_port)
+    log.info("serving weights on %s (%s, %.0f MB in memory, %d tensors, read in %.2fs, model %s)", handle.address,
+             transport.name, source.nbytes / 1e6, source.tensor_count, time.monotonic() - started, source.identity[:12])
+    return handle.address
+
+
 async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
+    entered_unix_s = time.time()
     tracing.setup(f"hfx-worker", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     engine = engine or make_engine(config.engine, config)
     started = time.monotonic()
     await engine.start()
-    log.info("engine %s ready in %.1fs (max_model_len %d)", config.engine, time.monotonic() - started, engine.max_model_len)
+    engine_ready_s = time.monotonic()
+    log.info("engine %s ready in %.1fs (max_model_len %d)", config.engine, engine_ready_s - started, engine.max_model_len)
+    weights_address = await _serve_weights(config) if config.serve_weights else ""
     profile = await _profile_at_start(config, engine)
 
     server, health = grpcutil.make_server([], [SERVICE_NAME])
@@ -182,20 +203,28 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     info = common_pb2.Instance(
         instance_id=config.instance_id, address=f"{config.host}:{port}", role=common_pb2.ROLE_COLOCATED,
         model=config.model, engine=config.engine, device=config.device, max_model_len=engine.max_model_len,
-        registered_unix_s=time.time(),
+        registered_unix_s=time.time(), weights_address=weights_address,
     )
+    if isinstance(engine, ReportsWeights):
+        info.weights_source = describe_weights(engine.weights_report)
+        info.startup_s.update(engine.timings)
     servicer = WorkerServicer(engine, info)
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     await server.start()
     await grpcutil.set_serving(health, [SERVICE_NAME])
 
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
+    # Registration: the phase from a ready engine (and weights) to being placeable.
+    info.startup_s["registration_s"] = time.monotonic() - engine_ready_s
+    info.startup_s["entered_unix_s"] = entered_unix_s
+    info.registered_unix_s = time.time()
     await cluster.register(info, config.heartbeat_ttl_s)
     if profile is not None:
         await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
     reporter = asyncio.create_task(_report_loop(config, servicer, cluster))
     runtime.started()
-    log.info("worker %s serving on %s", config.instance_id, info.address)
+    log.info("worker %s serving on %s; weights from %s; start-up %s", config.instance_id, info.address,
+             info.weights_source or "n/a", {k: round(v, 3) for k, v in info.startup_s.items()})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
