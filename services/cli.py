@@ -90,7 +90,7 @@ def cmd_scaler(args) -> int:
         model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
         port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
-        metrics_port=args.metrics_port, worker_metrics=args.worker_metrics,
+        metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
     )))
     return 0
 
@@ -287,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
     p.add_argument("--worker-metrics", action="store_true",
                    help="give each worker a /metrics port (a free one) (default: none)")
+    p.add_argument("--d2d", action="store_true",
+                   help="engine vllm: workers serve their weights, and a new worker pulls them from the least "
+                        "loaded live worker of the model instead of reading storage; each donor holds the "
+                        "checkpoint's size in RAM (default: off)")
     p.set_defaults(func=cmd_scaler)
 
     p = sub.add_parser("worker", help="run one worker process")

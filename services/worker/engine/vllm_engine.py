@@ -222,11 +222,13 @@ class VllmEngine:
         self._sink.kv_capacity_tokens = self._kv_capacity_tokens
         if self.config.weights_from:
             t1 = time.monotonic()
+            self.timings["weight_load_started_unix_s"] = time.time()
             if self.config.weights_from == "storage":
                 await self.load_from_storage()
             else:
                 await self.pull_weights(self.config.weights_from)
             self.timings["weight_load_s"] = time.monotonic() - t1
+            self.timings["weight_load_ended_unix_s"] = time.time()
 
     async def pull_weights(self, address: str, *, fallback: bool = True) -> dict[str, Any]:
         """Replace every weight with the donor's stream at `address` (checked tensor by tensor);
