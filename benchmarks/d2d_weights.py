@@ -16,7 +16,8 @@ Scenarios: storage-cold (page cache of the checkpoint evicted with posix_fadvise
 `fincore` shows whether the kernel honoured it), storage-warm (files read just before), d2d
 (a donor worker started first with --serve-weights; its serving slowdown while it streams is
 measured with back-to-back greedy requests), vllm-cold / vllm-warm (vLLM's own loading path, for
-the total only). Also in the same run: memcpy bandwidth (numpy copy between two pre-faulted
+the total only), standby-d2d (a worker started ahead with --standby, dummy weights, unregistered;
+the decision is its LoadWeights call with the donor's address). Also in the same run: memcpy bandwidth (numpy copy between two pre-faulted
 buffers of the checkpoint's size) and the TCP transport alone (this process pulls the donor's
 stream and checks it, loading nothing).
 
@@ -53,7 +54,7 @@ from services.worker.weights import checkpoint
 from services.worker.weights.tcp import ReceiveStats, receive
 
 PROMPT = [1, 43, 343, 1515, 1196, 15, 262, 1294]
-SCENARIOS = ("storage-cold", "storage-warm", "d2d", "vllm-cold", "vllm-warm")
+SCENARIOS = ("storage-cold", "storage-warm", "d2d", "standby-d2d", "vllm-cold", "vllm-warm")
 
 
 def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
@@ -103,6 +104,16 @@ class Run:
         self.keys = Keys(self.prefix)
         self.redis = redis.Redis.from_url(self.redis_url, socket_timeout=2)
         self.procs: list = []
+        self._donor: common_pb2.Instance | None = None
+
+    def donor(self, files: list[Path]) -> common_pb2.Instance:
+        """The serving peer, started once (its own start is not measured)."""
+        if self._donor is None:
+            warm(files)
+            proc = self.spawn_worker("donor", self.args.donor_cores, "--serve-weights")
+            self._donor = self.wait_registered("donor", proc, self.args.timeout, donor=True)
+            first_token_s(self._donor.address, 4)  # the donor's first request path, warmed
+        return self._donor
 
     def start_redis(self) -> None:
         self.procs.append(redis_server.start(self.redis_port, self.home, self.home / "redis.log", die_with_parent=True))
@@ -117,12 +128,15 @@ class Run:
         self.procs.append(proc)
         return proc
 
-    def wait_registered(self, name: str, proc, timeout_s: float) -> common_pb2.Instance:
+    def wait_registered(self, name: str, proc, timeout_s: float, donor: bool = False) -> common_pb2.Instance:
+        """The registry entry once there (with donor: once it advertises its weight stream)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             blob = self.redis.hget(self.keys.instance(name), "pb")
             if blob:
-                return common_pb2.Instance.FromString(blob)
+                info = common_pb2.Instance.FromString(blob)
+                if not donor or info.weights_address:
+                    return info
             if proc.poll() is not None:
                 raise RuntimeError(f"worker {name} exited with {proc.returncode}; see {self.home / (name + '.log')}")
             time.sleep(0.02)
@@ -151,16 +165,44 @@ def first_token_s(address: str, max_tokens: int = 1, timeout_s: float = 120.0) -
         return time.monotonic() - t0, arrivals
 
 
-def scale_up(run: Run, name: str, cores: str, *extra: str) -> dict:
+def wait_grpc(address: str, proc, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"standby worker exited with {proc.returncode}")
+            try:
+                stub.GetLoad(worker_pb2.GetLoadRequest(), timeout=1)
+                return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"standby worker at {address} not up after {timeout_s:.0f}s")
+
+
+def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | None = None) -> dict:
+    """One scale-up. standby_load: start a standby worker first (not timed), and let the decision be
+    its LoadWeights call with this donor address."""
+    if standby_load is not None:
+        port = procs.free_port()
+        proc = run.spawn_worker(name, cores, "--standby", "--port", str(port))
+        wait_grpc(f"127.0.0.1:{port}", proc, run.args.timeout)
     decided_unix = time.time()
     t0 = time.monotonic()
-    proc = run.spawn_worker(name, cores, *extra)
+    if standby_load is None:
+        proc = run.spawn_worker(name, cores, *extra)
+    else:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            worker_pb2_grpc.WorkerStub(channel).LoadWeights(
+                worker_pb2.LoadWeightsRequest(donor_address=standby_load), timeout=run.args.timeout)
     info = run.wait_registered(name, proc, run.args.timeout)
     seen = time.monotonic()
     token_s, _ = first_token_s(info.address)
     total = time.monotonic() - t0
     s = dict(info.startup_s)
     process_start = s["entered_unix_s"] - decided_unix
+    if standby_load is not None:  # process and engine were up before the decision
+        process_start, s["engine_init_s"] = 0.0, 0.0
     registered_at = info.registered_unix_s - decided_unix
     engine, weights, reg = s.get("engine_init_s", 0.0), s.get("weight_load_s", 0.0), s.get("registration_s", 0.0)
     row = {
@@ -274,19 +316,18 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
     if name.startswith("storage-"):
         extra = ["--weights-from", "storage"]
     donor_info = load = None
-    if name == "d2d":
-        warm(files)  # the donor's own start is not measured
-        donor = run.spawn_worker(f"donor{i}", args.donor_cores, "--serve-weights")
-        donor_info = run.wait_registered(f"donor{i}", donor, args.timeout)
-        first_token_s(donor_info.address, 4)  # warm the donor's first request path
+    d2d = name in ("d2d", "standby-d2d")
+    if d2d:
+        donor_info = run.donor(files)
         extra = ["--weights-from", donor_info.weights_address]
         if args.donor_load_tokens:
             load = DonorLoad(donor_info.address, args.donor_load_tokens).start()
             time.sleep(5.0)  # a baseline before the decision
-    row = scale_up(run, f"new{i}", args.receiver_cores, *extra)
+    standby = donor_info.weights_address if name == "standby-d2d" else None
+    row = scale_up(run, f"new{i}", args.receiver_cores, *extra, standby_load=standby)
     proc = row.pop("proc")
     row["page_cache"] = cache
-    if name == "d2d":
+    if d2d:
         if load is not None:
             load.stop()
             lo, hi = row["weight_load_window_unix"]
@@ -310,12 +351,12 @@ def print_table(result: dict) -> None:
     for name, row in result["scenarios"].items():
         if row["page_cache"]:
             print(f"{name} page cache: {row['page_cache']}")
-        if name == "d2d":
+        if "transport_alone" in row:
             t = row["transport_alone"]
-            print(f"d2d: pull into vLLM {row['pull_gbps']:.2f} GB/s end to end (weight load phase); transport alone "
+            print(f"{name}: pull into vLLM {row['pull_gbps']:.2f} GB/s end to end (weight load phase); transport alone "
                   f"{t['gbps']:.2f} GB/s ({t['gbps'] / result['memcpy_gbps']:.0%} of memcpy)")
             if "donor_tpot_ms_before" in row:
-                print(f"d2d: donor TPOT {row['donor_tpot_ms_before']:.2f} ms before ({row['donor_tokens_before']} tokens), "
+                print(f"{name}: donor TPOT {row['donor_tpot_ms_before']:.2f} ms before ({row['donor_tokens_before']} tokens), "
                       f"{row['donor_tpot_ms_during_pull']:.2f} ms during the pull ({row['donor_tokens_during_pull']} tokens)")
 
 

@@ -108,7 +108,7 @@ def cmd_worker(args) -> int:
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
         profile_at_start=args.profile_at_start, weights_from=args.weights_from or "",
         weights_stall_timeout_s=args.weights_stall_timeout, weights_deadline_s=args.weights_deadline,
-        serve_weights=args.serve_weights, weights_port=args.weights_port,
+        serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
     )
     runtime.run_service(serve(config))
     return 0
@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off)")
     p.add_argument("--weights-port", type=argtypes.port_or_zero, default=0,
                    help="port of the weight stream with --serve-weights; 0 = a free one (default %(default)s)")
+    p.add_argument("--standby", action="store_true",
+                   help="engine vllm: start the engine with dummy weights and wait, unregistered, for a LoadWeights "
+                        "call (donor address or storage) before registering (default: off)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("profile", help="profile an engine's step times, fit the latency model, write a profile JSON")

@@ -42,3 +42,6 @@ class WorkerConfig:
     # Serve this worker's weights to new workers (a donor): costs the checkpoint's size in memory.
     serve_weights: bool = False
     weights_port: int = 0                # 0 = a free port
+    # Standby: start the engine with dummy weights, serve gRPC, stay out of the registry until a
+    # LoadWeights call loads the weights (from a donor or storage); then register and serve.
+    standby: bool = False

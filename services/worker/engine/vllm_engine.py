@@ -48,6 +48,7 @@ class VllmEngineConfig:
     weights_from: str = ""
     weights_stall_timeout_s: float = 10.0   # a donor silent this long counts as dead
     weights_deadline_s: float = 300.0       # a whole pull slower than this falls back to storage
+    standby: bool = False  # start with dummy weights and load none: pull_weights / load_from_storage later
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
     extra_engine_args: Mapping[str, Any] = field(default_factory=dict)
@@ -74,7 +75,7 @@ def engine_args(config: VllmEngineConfig) -> dict[str, Any]:
         "max_model_len": config.max_model_len,
         "max_num_seqs": config.max_num_seqs,
         "enforce_eager": config.enforce_eager,
-        "load_format": "dummy" if config.weights_from else config.load_format,
+        "load_format": "dummy" if config.weights_from or config.standby else config.load_format,
         # HFX ranks requests itself and passes priorities down; vLLM's FCFS would ignore them.
         "scheduling_policy": "priority",
         # Only our own stat logger runs: no periodic throughput lines in the log.
@@ -201,7 +202,7 @@ class VllmEngine:
         pinned = pin_cpu_cores(self.config.device, self.config.cpu_cores)
         if pinned is not None:
             log.info("bound to CPU cores %s (the engine core inherits it)", sorted(pinned))
-        if self.config.weights_from:
+        if self.config.weights_from or self.config.standby:
             # collective_rpc passes engine_side's functions by reference (pickled); vLLM refuses
             # that unless told to. Inherited by the engine core spawned next.
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
@@ -220,7 +221,9 @@ class VllmEngine:
         self._kv_capacity_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
         self.chunk_tokens = int(self._llm.vllm_config.scheduler_config.max_num_batched_tokens or 0)
         self._sink.kv_capacity_tokens = self._kv_capacity_tokens
-        if self.config.weights_from:
+        if self.config.standby:
+            self.weights_report = {"source": "none (standby, dummy weights)"}
+        elif self.config.weights_from:
             t1 = time.monotonic()
             self.timings["weight_load_started_unix_s"] = time.time()
             if self.config.weights_from == "storage":
