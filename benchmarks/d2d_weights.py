@@ -15,11 +15,12 @@ phases in the registry (`Instance.startup_s`), so the time splits into:
 Scenarios: storage-cold (page cache of the checkpoint evicted with posix_fadvise DONTNEED;
 `fincore` shows whether the kernel honoured it), storage-warm (files read just before), d2d
 (a donor worker started first with --serve-weights; its serving slowdown while it streams is
-measured with back-to-back greedy requests), vllm-cold / vllm-warm (vLLM's own loading path, for
+measured with back-to-back greedy requests; the pull maps the donor's memory, "shm"), d2d-tcp (the
+same over a TCP stream), vllm-cold / vllm-warm (vLLM's own loading path, for
 the total only), standby-d2d (a worker started ahead with --standby, dummy weights, unregistered;
 the decision is its LoadWeights call with the donor's address). Also in the same run: memcpy bandwidth (numpy copy between two pre-faulted
-buffers of the checkpoint's size) and the TCP transport alone (this process pulls the donor's
-stream and checks it, loading nothing).
+buffers of the checkpoint's size) and each transport alone (this process pulls from the donor
+over shm and over TCP and checks every tensor, loading nothing).
 
   python -m benchmarks.d2d_weights                         # the tiny model
   python -m services.cli model init --params 500M          # ~1 GB checkpoint, once
@@ -51,15 +52,17 @@ from services.common.keys import Keys
 from services.common.model import ensure_default_model, parse_params
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.worker.weights import checkpoint
-from services.worker.weights.tcp import ReceiveStats, receive
+from services.worker.weights.tcp import ReceiveStats
+from services.worker.weights.transport import transport_for
 
 PROMPT = [1, 43, 343, 1515, 1196, 15, 262, 1294]
-SCENARIOS = ("storage-cold", "storage-warm", "d2d", "standby-d2d", "vllm-cold", "vllm-warm")
+SCENARIOS = ("storage-cold", "storage-warm", "d2d", "d2d-tcp", "standby-d2d", "vllm-cold", "vllm-warm")
 
 
 def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
     src = np.ones(nbytes, dtype=np.uint8)
-    dst = np.zeros(nbytes, dtype=np.uint8)  # both touched: page faults are not part of the copy
+    dst = np.empty(nbytes, dtype=np.uint8)
+    dst.fill(0)  # both touched: page faults are not part of the copy
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -244,12 +247,13 @@ class DonorLoad:
         return (statistics.mean(sel) * 1000 if sel else float("nan")), len(sel)
 
 
-def transport_alone(address: str, model_dir: Path) -> dict:
+def transport_alone(address: str, model_dir: Path, mode: str) -> dict:
     index_list = checkpoint.read_index(model_dir)
     index = {t.name: t for t in index_list}
     stats = ReceiveStats()
     t0 = time.monotonic()
-    for _ in receive(address, checkpoint.identity(model_dir, index_list), index, stats=stats):
+    transport = transport_for("cpu", mode)
+    for _ in transport.receive(address, checkpoint.identity(model_dir, index_list), index, stats=stats):
         pass
     elapsed = time.monotonic() - t0
     return {"bytes": stats.bytes, "seconds": elapsed, "gbps": stats.bytes / elapsed / 1e9,
@@ -316,10 +320,12 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
     if name.startswith("storage-"):
         extra = ["--weights-from", "storage"]
     donor_info = load = None
-    d2d = name in ("d2d", "standby-d2d")
+    d2d = name in ("d2d", "d2d-tcp", "standby-d2d")
     if d2d:
         donor_info = run.donor(files)
         extra = ["--weights-from", donor_info.weights_address]
+        if name == "d2d-tcp":
+            extra += ["--weights-transport", "tcp"]
         if args.donor_load_tokens:
             load = DonorLoad(donor_info.address, args.donor_load_tokens).start()
             time.sleep(5.0)  # a baseline before the decision
@@ -333,7 +339,8 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
             lo, hi = row["weight_load_window_unix"]
             row["donor_tpot_ms_before"], row["donor_tokens_before"] = load.tpot_ms(hi=lo - 1e-3 if lo else None)
             row["donor_tpot_ms_during_pull"], row["donor_tokens_during_pull"] = load.tpot_ms(lo, hi)
-        row["transport_alone"] = transport_alone(donor_info.weights_address, model_dir)
+        row["transport_alone"] = {mode: transport_alone(donor_info.weights_address, model_dir, mode)
+                                  for mode in ("shm", "tcp")}
         row["pull_gbps"] = result["checkpoint_bytes"] / row["weight_load_s"] / 1e9 if row["weight_load_s"] else None
     run.stop(proc)
     return row
@@ -352,9 +359,10 @@ def print_table(result: dict) -> None:
         if row["page_cache"]:
             print(f"{name} page cache: {row['page_cache']}")
         if "transport_alone" in row:
-            t = row["transport_alone"]
-            print(f"{name}: pull into vLLM {row['pull_gbps']:.2f} GB/s end to end (weight load phase); transport alone "
-                  f"{t['gbps']:.2f} GB/s ({t['gbps'] / result['memcpy_gbps']:.0%} of memcpy)")
+            alone = ", ".join(f"{mode} {t['gbps']:.2f} GB/s ({t['gbps'] / result['memcpy_gbps']:.0%} of memcpy)"
+                              for mode, t in row["transport_alone"].items())
+            print(f"{name}: pull into vLLM {row['pull_gbps']:.2f} GB/s end to end (weight load phase, "
+                  f"{row['weights_source']}); transports alone, with checks: {alone}")
             if "donor_tpot_ms_before" in row:
                 print(f"{name}: donor TPOT {row['donor_tpot_ms_before']:.2f} ms before ({row['donor_tokens_before']} tokens), "
                       f"{row['donor_tpot_ms_during_pull']:.2f} ms during the pull ({row['donor_tokens_during_pull']} tokens)")

@@ -108,6 +108,7 @@ def cmd_worker(args) -> int:
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
         profile_at_start=args.profile_at_start, weights_from=args.weights_from or "",
         weights_stall_timeout_s=args.weights_stall_timeout, weights_deadline_s=args.weights_deadline,
+        weights_transport=args.weights_transport,
         serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
     )
     runtime.run_service(serve(config))
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without a byte from the donor before falling back to storage (default %(default)s)")
     p.add_argument("--weights-deadline", type=argtypes.positive_float, default=300.0,
                    help="seconds a whole pull may take before falling back to storage (default %(default)s)")
+    p.add_argument("--weights-transport", default="auto", choices=["auto", "tcp", "shm"],
+                   help="how a pull crosses: shm maps the donor's memory (same host only), tcp streams it; auto "
+                        "tries shm, then tcp (default %(default)s)")
     p.add_argument("--serve-weights", action="store_true",
                    help="be a donor: keep the checkpoint in memory (its size in RAM) and stream it to new workers "
                         "(default: off)")

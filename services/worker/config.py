@@ -39,6 +39,7 @@ class WorkerConfig:
     weights_from: str = ""
     weights_stall_timeout_s: float = 10.0
     weights_deadline_s: float = 300.0
+    weights_transport: str = "auto"      # "auto": shared memory when the donor is on this host, else TCP
     # Serve this worker's weights to new workers (a donor): costs the checkpoint's size in memory.
     serve_weights: bool = False
     weights_port: int = 0                # 0 = a free port

@@ -9,6 +9,7 @@ each failure case, so a case passes only if its fallback really reloaded every w
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -82,18 +83,17 @@ def expected(reference):
     return [int(t) for t in line[7:].split(",")]
 
 
+_ids = itertools.count()
+
+
 def greedy(eng, loop) -> list[int]:
-    req = EngineRequest(request_id=f"g{id(loop)}-{greedy.calls}", prompt_token_ids=list(PROMPT_TOKEN_IDS),
+    req = EngineRequest(request_id=f"greedy-{next(_ids)}", prompt_token_ids=list(PROMPT_TOKEN_IDS),
                         sampling=Sampling(max_tokens=GREEDY_TOKENS, temperature=0.0, ignore_eos=True))
-    greedy.calls += 1
 
     async def collect():
         return [t async for out in eng.generate(req) for t in out.new_token_ids]
 
     return loop.run(collect())
-
-
-greedy.calls = 0
 
 
 def serve_once(source):

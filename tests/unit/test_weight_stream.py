@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from services.worker.weights import checkpoint, wire
-from services.worker.weights.source import CheckpointSource, Entry
+from services.worker.weights.shm import ShmUnavailable
+from services.worker.weights.source import CheckpointSource
 from services.worker.weights.tcp import ReceiveStats, TcpWeightServer, receive
+from services.worker.weights.transport import transport_for
 from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
 from tests.weight_helpers import DyingSource, ListSource, write_checkpoint
 
@@ -174,3 +176,70 @@ def test_server_keeps_serving_after_a_receiver_leaves(model_dir):
         assert len(pull(server.address, model_dir)) == 3
     finally:
         server.close()
+
+
+# -- one host: the donor's memfds mapped by the receiver (transport "shm"; "auto" tries it first) --
+
+
+
+def pull_via(mode: str, address: str, model_dir: Path, **opts) -> tuple[dict[str, bytes], ReceiveStats]:
+    stats = ReceiveStats()
+    index = {t.name: t for t in checkpoint.read_index(model_dir)}
+    stream = transport_for("cpu", mode).receive(address, checkpoint.identity(model_dir), index, stats=stats, **opts)
+    return {info.name: bytes(buf) for info, buf in stream}, stats
+
+
+def test_shm_pull_maps_the_donors_pages_and_checks_them(model_dir):
+    handle = transport_for("cpu").serve(CheckpointSource.load(model_dir), "127.0.0.1", 0)
+    try:
+        got, stats = pull_via("auto", handle.address, model_dir)
+        tcp_got, tcp_stats = pull_via("tcp", handle.address, model_dir)
+    finally:
+        handle.close()
+    expected = {name: data for name, (_, _, data) in sample_tensors().items()}
+    assert got == expected and stats.extra["transport"] == "shm"
+    assert tcp_got == expected and tcp_stats.extra["transport"] == "tcp"
+
+
+def test_auto_takes_tcp_when_the_donor_has_no_shared_memory(model_dir):
+    source = CheckpointSource.load(model_dir)
+    server = serve(ListSource(source.identity, list(source.entries())))  # TCP only
+    try:
+        got, stats = pull_via("auto", server.address, model_dir)
+        with pytest.raises(ShmUnavailable) as forced:
+            pull_via("shm", server.address, model_dir)
+    finally:
+        server.close()
+    assert len(got) == 3 and stats.extra["transport"] == "tcp"
+    assert isinstance(forced.value, DonorLost)  # so a forced shm pull falls back to storage
+
+
+def test_shm_detects_corruption_in_the_shared_pages(model_dir):
+    source = CheckpointSource.load(model_dir)
+    victim = list(source.entries())[2]
+    handle = transport_for("cpu").serve(source, "127.0.0.1", 0)
+    try:
+        victim.data[3] ^= 0x10  # the donor's memory changes after its checksum was taken
+        with pytest.raises(IntegrityError, match="lm_head.weight.*CRC32"):
+            pull_via("shm", handle.address, model_dir)
+    finally:
+        handle.close()
+
+
+class DyingCheckpointSource(CheckpointSource):
+    def entries(self):
+        for i, e in enumerate(super().entries()):
+            if i == 1:
+                raise RuntimeError("donor died")
+            yield e
+
+
+def test_shm_donor_dying_mid_stream_raises_donor_lost(model_dir):
+    loaded = CheckpointSource.load(model_dir)
+    source = DyingCheckpointSource(loaded.identity, list(loaded.entries()), loaded._buffers, loaded.fds, loaded.file_index)
+    handle = transport_for("cpu", "shm").serve(source, "127.0.0.1", 0)
+    try:
+        with pytest.raises(DonorLost):
+            pull_via("shm", handle.address, model_dir)
+    finally:
+        handle.close()

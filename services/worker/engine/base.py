@@ -82,7 +82,8 @@ class ReportsWeights(Protocol):
 def describe_weights(report: dict) -> str:
     """One line for the registry and logs: how the weights arrived."""
     if report.get("source") == "donor":
-        return f"donor {report.get('address', '?')}"
+        over = f" over {report['transport']}" if report.get("transport") else ""
+        return f"donor {report.get('address', '?')}{over}"
     if report.get("failure"):
         return f"storage after {report['failure']}"
     return str(report.get("source", "storage"))

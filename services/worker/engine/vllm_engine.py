@@ -48,6 +48,7 @@ class VllmEngineConfig:
     weights_from: str = ""
     weights_stall_timeout_s: float = 10.0   # a donor silent this long counts as dead
     weights_deadline_s: float = 300.0       # a whole pull slower than this falls back to storage
+    weights_transport: str = "auto"  # "auto" (shared memory on one host, else TCP), "tcp", "shm"
     standby: bool = False  # start with dummy weights and load none: pull_weights / load_from_storage later
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
@@ -240,6 +241,7 @@ class VllmEngine:
         from services.worker.weights.engine_side import pull_weights
 
         spec = {"address": address, "model_dir": self.config.model, "device": self.config.device, "fallback": fallback,
+                "transport": self.config.weights_transport,
                 "stall_timeout_s": self.config.weights_stall_timeout_s, "deadline_s": self.config.weights_deadline_s}
         (report,) = await self._llm.collective_rpc(pull_weights, args=(spec,))
         self.weights_report = report

@@ -39,17 +39,16 @@ def pull_weights(worker: Any, spec: dict) -> dict:
     report: dict[str, Any] = {"address": spec["address"], "identity": identity}
     dtypes = _torch_dtypes(torch)
 
-    def alloc(nbytes: int) -> memoryview:
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        alloc.last = buf  # the tensor whose memory the view below writes into
-        return memoryview(buf.numpy())
+    def alloc(nbytes: int) -> memoryview:  # TCP receives straight into a tensor's memory
+        return memoryview(torch.empty(nbytes, dtype=torch.uint8).numpy())
 
     def stream():
-        transport = transport_for(spec.get("device", "cpu"))
-        for info, _ in transport.receive(spec["address"], identity, index, alloc=alloc, stats=stats,
-                                         stall_timeout_s=spec.get("stall_timeout_s", 10.0),
-                                         deadline_s=spec.get("deadline_s", 300.0)):
-            yield info.name, alloc.last.view(dtypes[info.dtype]).reshape(info.shape)
+        transport = transport_for(spec.get("device", "cpu"), spec.get("transport", "auto"))
+        for info, buf in transport.receive(spec["address"], identity, index, alloc=alloc, stats=stats,
+                                           stall_timeout_s=spec.get("stall_timeout_s", 10.0),
+                                           deadline_s=spec.get("deadline_s", 300.0)):
+            raw = torch.frombuffer(buf, dtype=torch.uint8) if info.nbytes else torch.empty(0, dtype=torch.uint8)
+            yield info.name, raw.view(dtypes[info.dtype]).reshape(info.shape)
 
     try:
         runner.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
@@ -63,7 +62,7 @@ def pull_weights(worker: Any, spec: dict) -> dict:
         runner.reload_weights(weights_iterator=storage_weights(model_dir), is_checkpoint_format=True)
         report.update(source="storage", storage_load_s=time.monotonic() - t1, load_s=time.monotonic() - t0)
     report.update(tensors=stats.tensors, bytes=stats.bytes, connect_s=stats.connect_s, stream_s=stats.stream_s,
-                  recv_s=stats.recv_s, crc_s=stats.crc_s)
+                  recv_s=stats.recv_s, crc_s=stats.crc_s, transport=stats.extra.get("transport", ""))
     return report
 
 

@@ -11,6 +11,8 @@ Cost: the checkpoint's size in host memory per donor, counted as `nbytes`.
 
 from __future__ import annotations
 
+import mmap
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,23 +42,39 @@ class WeightSource(Protocol):
 class CheckpointSource:
     """Every tensor of a checkpoint held in this process's memory, with its checksum."""
 
-    def __init__(self, identity: str, entries: list[Entry], buffers: list[bytearray]) -> None:
+    def __init__(self, identity: str, entries: list[Entry], buffers: list, fds: list[int] | None = None,
+                 file_index: dict[str, int] | None = None) -> None:
         self.identity = identity
         self._entries = entries
         self._buffers = buffers  # keeps the memory the entries' views point into
+        # One memfd per weight file (Linux): a receiver on this host can map the same pages
+        # instead of reading a stream (the shm transport); file_index: weight file name -> fd position.
+        self.fds = fds or []
+        self.file_index = file_index or {}
         self.total_bytes = sum(e.info.nbytes for e in entries)
         self.tensor_count = len(entries)
         self.nbytes = sum(len(b) for b in buffers)
 
     @classmethod
     def load(cls, model_dir: Path) -> CheckpointSource:
-        """Read every weight file of `model_dir` whole into memory (one read per file)."""
+        """Read every weight file of `model_dir` whole into memory (one read per file), into
+        memfd-backed shared memory where the OS has it, else into a bytearray."""
         model_dir = Path(model_dir)
         entries: list[Entry] = []
-        buffers: list[bytearray] = []
+        buffers: list = []
+        fds: list[int] = []
+        file_index: dict[str, int] = {}
         index: list[TensorInfo] = []
         for path in checkpoint.weight_files(model_dir):
-            buf = bytearray(path.stat().st_size)
+            size = path.stat().st_size
+            if hasattr(os, "memfd_create") and size > 0:
+                fd = os.memfd_create(f"hfx-weights-{path.name}", os.MFD_CLOEXEC)
+                os.ftruncate(fd, size)
+                buf = mmap.mmap(fd, size)
+                file_index[path.name] = len(fds)
+                fds.append(fd)
+            else:
+                buf = bytearray(size)
             with open(path, "rb", buffering=0) as f:
                 view, got = memoryview(buf), 0
                 while got < len(buf):
@@ -72,7 +90,7 @@ class CheckpointSource:
                 data = memoryview(buf)[info.begin:info.end]
                 entries.append(Entry(info, zlib.crc32(data), data))
                 index.append(info)
-        return cls(checkpoint.identity(model_dir, index), entries, buffers)
+        return cls(checkpoint.identity(model_dir, index), entries, buffers, fds, file_index)
 
     def entries(self) -> Iterator[Entry]:
         return iter(self._entries)

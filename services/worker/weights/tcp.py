@@ -129,6 +129,7 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
     except OSError as err:
         raise DonorLost(f"cannot connect to donor {address}: {err}") from None
     stats.connect_s = time.monotonic() - t0
+    stats.extra["transport"] = "tcp"
     try:
         with conn:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
