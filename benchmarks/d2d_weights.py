@@ -154,8 +154,10 @@ class Run:
                 procs.stop_group(p.pid, timeout_s=30.0)
 
 
-def first_token_s(address: str, max_tokens: int = 1, timeout_s: float = 120.0) -> tuple[float, list[float]]:
-    """Seconds to the last chunk of a greedy request, and each token's arrival time (monotonic)."""
+def first_token_s(address: str, max_tokens: int = 1, timeout_s: float = 120.0, tokens: list | None = None
+                  ) -> tuple[float, list[float]]:
+    """Seconds to the last chunk of a greedy request, and each token's arrival time (monotonic);
+    the token ids are appended to `tokens` when given."""
     with grpc.insecure_channel(address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         req = worker_pb2.WorkerGenerateRequest(
@@ -165,6 +167,8 @@ def first_token_s(address: str, max_tokens: int = 1, timeout_s: float = 120.0) -
         arrivals = []
         for chunk in stub.Generate(req, timeout=timeout_s):
             arrivals.extend([time.monotonic()] * len(chunk.token_ids))
+            if tokens is not None:
+                tokens.extend(chunk.token_ids)
         return time.monotonic() - t0, arrivals
 
 
@@ -225,6 +229,7 @@ class DonorLoad:
     def __init__(self, address: str, tokens: int) -> None:
         self.address, self.tokens = address, tokens
         self.gaps: list[tuple[float, float]] = []  # (unix time of the token, gap to the previous one in s)
+        self.outputs: list[tuple[float, float, tuple[int, ...]]] = []  # (start, end unix, greedy tokens)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -239,8 +244,18 @@ class DonorLoad:
     def _loop(self) -> None:
         offset = time.time() - time.monotonic()
         while not self._stop.is_set():
-            _, arrivals = first_token_s(self.address, self.tokens)
+            tokens: list[int] = []
+            started = time.time()
+            _, arrivals = first_token_s(self.address, self.tokens, tokens=tokens)
             self.gaps.extend((b + offset, b - a) for a, b in zip(arrivals, arrivals[1:]))
+            self.outputs.append((started, time.time(), tuple(tokens)))
+
+    def outputs_identical(self, lo: float, hi: float) -> tuple[bool, int]:
+        """Whether every request that overlapped [lo, hi] produced the same greedy tokens as the
+        first request (the same prompt each time), and how many overlapped."""
+        reference = self.outputs[0][2] if self.outputs else ()
+        during = [out for start, end, out in self.outputs if end >= lo and start <= hi]
+        return all(out == reference for out in during), len(during)
 
     def tpot_ms(self, lo: float | None = None, hi: float | None = None) -> tuple[float, int]:
         sel = [g for t, g in self.gaps if (lo is None or t >= lo) and (hi is None or t <= hi)]
@@ -339,6 +354,7 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
             lo, hi = row["weight_load_window_unix"]
             row["donor_tpot_ms_before"], row["donor_tokens_before"] = load.tpot_ms(hi=lo - 1e-3 if lo else None)
             row["donor_tpot_ms_during_pull"], row["donor_tokens_during_pull"] = load.tpot_ms(lo, hi)
+            row["donor_outputs_unchanged_during_pull"], row["donor_requests_during_pull"] = load.outputs_identical(lo, hi)
         row["transport_alone"] = {mode: transport_alone(donor_info.weights_address, model_dir, mode)
                                   for mode in ("shm", "tcp")}
         row["pull_gbps"] = result["checkpoint_bytes"] / row["weight_load_s"] / 1e9 if row["weight_load_s"] else None
@@ -365,7 +381,9 @@ def print_table(result: dict) -> None:
                   f"{row['weights_source']}); transports alone, with checks: {alone}")
             if "donor_tpot_ms_before" in row:
                 print(f"{name}: donor TPOT {row['donor_tpot_ms_before']:.2f} ms before ({row['donor_tokens_before']} tokens), "
-                      f"{row['donor_tpot_ms_during_pull']:.2f} ms during the pull ({row['donor_tokens_during_pull']} tokens)")
+                      f"{row['donor_tpot_ms_during_pull']:.2f} ms during the pull ({row['donor_tokens_during_pull']} tokens); "
+                      f"its {row['donor_requests_during_pull']} requests overlapping the pull gave the same greedy tokens "
+                      f"as before: {row['donor_outputs_unchanged_during_pull']}")
 
 
 if __name__ == "__main__":
