@@ -2,8 +2,8 @@
 
 Two engines in all: vLLM's offline LLM loading the tiny model from storage (the reference, in a
 subprocess, started first so the two start-ups overlap) and one VllmEngine started with dummy
-weights that pulls them from a donor serving the checkpoint from memory over TCP, as a donor
-worker does. The engine is then spoiled on purpose (a well-formed stream of wrong weights) before
+weights that pulls them from a donor serving the checkpoint from memory, as a donor worker does
+(over shared memory at start, the way a donor on the same host is reached; over TCP after). The engine is then spoiled on purpose (a well-formed stream of wrong weights) before
 each failure case, so a case passes only if its fallback really reloaded every weight.
 """
 
@@ -24,6 +24,7 @@ from services.worker.engine.base import EngineRequest
 from services.worker.engine.vllm_engine import VllmEngineConfig
 from services.worker.weights.source import CheckpointSource
 from services.worker.weights.tcp import TcpWeightServer
+from services.worker.weights.transport import transport_for
 from tests.integration.test_vllm_engine import _LoopThread
 from tests.weight_helpers import DyingSource, ListSource, corrupt_one, rolled
 
@@ -59,9 +60,9 @@ def source(model_dir):
 
 @pytest.fixture(scope="module")
 def donor(source):
-    server = TcpWeightServer(source).start()
-    yield server
-    server.close()
+    handle = transport_for("cpu").serve(source, "127.0.0.1", 0)  # TCP and shared memory, as a worker serves
+    yield handle
+    handle.close()
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +115,24 @@ def spoil(eng, loop, source, expected) -> None:
 def test_engine_started_dummy_serves_vllm_tokens_after_the_pull(engine, expected, source):
     eng, loop = engine
     report = eng.weights_report
-    assert report["source"] == "donor", report
+    assert report["source"] == "donor" and report["transport"] == "shm", report
     assert report["bytes"] == source.total_bytes and report["tensors"] == source.tensor_count
     assert eng.timings["weight_load_s"] > 0
     tokens = greedy(eng, loop)
     assert tokens == expected
     assert len(set(tokens)) > 1
+
+
+def test_a_pull_over_tcp_replaces_wrong_weights_exactly(engine, expected, source):
+    eng, loop = engine
+    spoil(eng, loop, source, expected)
+    tcp_only = serve_once(source)
+    try:
+        report = loop.run(eng.pull_weights(tcp_only.address, fallback=False))
+    finally:
+        tcp_only.close()
+    assert report["source"] == "donor" and report["transport"] == "tcp", report
+    assert greedy(eng, loop) == expected
 
 
 def test_donor_dying_mid_stream_falls_back_to_storage(engine, expected, source):
