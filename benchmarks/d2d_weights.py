@@ -5,6 +5,7 @@ spawned, and stops when a one-token greedy request to it returns. The worker rep
 phases in the registry (`Instance.startup_s`), so the time splits into:
 
   process start   spawn -> the worker's serve() runs (interpreter, imports)
+  vllm import     importing vLLM in the worker (the first time in that process)
   engine init     vLLM's AsyncLLM start (with dummy weights in every scenario but vllm-*)
   weight load     storage-*: reload from the checkpoint files; d2d: pull from the donor's stream
                   (vllm-*: inside engine init, not split)
@@ -212,9 +213,11 @@ def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | N
         process_start, s["engine_init_s"] = 0.0, 0.0
     registered_at = info.registered_unix_s - decided_unix
     engine, weights, reg = s.get("engine_init_s", 0.0), s.get("weight_load_s", 0.0), s.get("registration_s", 0.0)
+    imports = s.get("vllm_import_s", 0.0) if standby_load is None else 0.0
     row = {
-        "total_s": total, "process_start_s": process_start, "engine_init_s": engine, "weight_load_s": weights,
-        "registration_s": reg, "other_s": registered_at - process_start - engine - weights - reg,
+        "total_s": total, "process_start_s": process_start, "vllm_import_s": imports, "engine_init_s": engine,
+        "weight_load_s": weights, "registration_s": reg,
+        "other_s": registered_at - process_start - imports - engine - weights - reg,
         "discovery_and_token_s": total - registered_at, "first_token_call_s": token_s,
         "seen_after_registered_s": seen - t0 - registered_at, "weights_source": info.weights_source,
         "weight_load_window_unix": [s.get("weight_load_started_unix_s"), s.get("weight_load_ended_unix_s")],
@@ -363,7 +366,7 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
 
 
 def print_table(result: dict) -> None:
-    cols = ("process_start_s", "engine_init_s", "weight_load_s", "registration_s", "other_s",
+    cols = ("process_start_s", "vllm_import_s", "engine_init_s", "weight_load_s", "registration_s", "other_s",
             "discovery_and_token_s", "total_s")
     print()
     print(f"checkpoint {result['checkpoint_bytes'] / 1e9:.3f} GB; memcpy {result['memcpy_gbps']:.2f} GB/s")

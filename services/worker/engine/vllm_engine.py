@@ -210,8 +210,11 @@ class VllmEngine:
         # vLLM's engine core and its workers run in this process's group; if this process dies,
         # by SIGKILL too, the reaper kills the group, so no engine outlives its worker.
         self._reaper = lifeline.start_group_reaper()
+        t_import = time.monotonic()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.timings["vllm_import_s"] = time.monotonic() - t_import
 
         args = AsyncEngineArgs(**engine_args(self.config))
         t0 = time.monotonic()
