@@ -201,6 +201,11 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         if first:
             log.info("scale decision %s: %d -> %d (%s)", request.decision_id, self.desired, request.replicas, request.reason)
             self.desired = request.replicas
+            if self.config.d2d:  # the donor choice reads the registry as it is now, not as of the last loop
+                try:
+                    self.registry = await self.store.instances()
+                except Exception as err:
+                    log.warning("registry read failed, choosing donors from the last one: %s", err)
             self.step(time.time())
         return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first, replicas=self.desired)
 
