@@ -78,6 +78,13 @@ def address(value: str) -> str:
     return value
 
 
+def weights_from(value: str) -> str:
+    """A worker's --weights-from: "storage" or a donor's HOST:PORT."""
+    if value == "storage":
+        return value
+    return address(value)
+
+
 def existing_file(value: str) -> str:
     if not Path(value).expanduser().is_file():
         raise argparse.ArgumentTypeError(f"no such file: {value}")

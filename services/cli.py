@@ -90,7 +90,7 @@ def cmd_scaler(args) -> int:
         model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
         port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
-        metrics_port=args.metrics_port, worker_metrics=args.worker_metrics,
+        metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
     )))
     return 0
 
@@ -106,7 +106,10 @@ def cmd_worker(args) -> int:
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
         cpu_cores=args.cpu_cores,
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
-        profile_at_start=args.profile_at_start,
+        profile_at_start=args.profile_at_start, weights_from=args.weights_from or "",
+        weights_stall_timeout_s=args.weights_stall_timeout, weights_deadline_s=args.weights_deadline,
+        weights_transport=args.weights_transport,
+        serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
     )
     runtime.run_service(serve(config))
     return 0
@@ -285,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
     p.add_argument("--worker-metrics", action="store_true",
                    help="give each worker a /metrics port (a free one) (default: none)")
+    p.add_argument("--d2d", action="store_true",
+                   help="engine vllm: workers serve their weights, and a new worker pulls them from the least "
+                        "loaded live worker of the model instead of reading storage; each donor holds the "
+                        "checkpoint's size in RAM (default: off)")
     p.set_defaults(func=cmd_scaler)
 
     p = sub.add_parser("worker", help="run one worker process")
@@ -314,6 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the scaler gives each worker its own share) (default: not pinned)")
     p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
+    p.add_argument("--weights-from", type=argtypes.weights_from, default=None,
+                   help="engine vllm: start with dummy weights, then take them from a donor worker's weight stream "
+                        "HOST:PORT (falls back to the checkpoint if the donor dies, stalls or sends anything that "
+                        "does not check out), or 'storage' (reload from the checkpoint, timed apart) "
+                        "(default: vLLM reads the checkpoint while it starts)")
+    p.add_argument("--weights-stall-timeout", type=argtypes.positive_float, default=10.0,
+                   help="seconds without a byte from the donor before falling back to storage (default %(default)s)")
+    p.add_argument("--weights-deadline", type=argtypes.positive_float, default=300.0,
+                   help="seconds a whole pull may take before falling back to storage (default %(default)s)")
+    p.add_argument("--weights-transport", default="auto", choices=["auto", "tcp", "shm"],
+                   help="how a pull crosses: shm maps the donor's memory (same host only), tcp streams it; auto "
+                        "tries shm, then tcp (default %(default)s)")
+    p.add_argument("--serve-weights", action="store_true",
+                   help="be a donor: keep the checkpoint in memory (its size in RAM) and stream it to new workers "
+                        "(default: off)")
+    p.add_argument("--weights-port", type=argtypes.port_or_zero, default=0,
+                   help="port of the weight stream with --serve-weights; 0 = a free one (default %(default)s)")
+    p.add_argument("--standby", action="store_true",
+                   help="engine vllm: start the engine with dummy weights and wait, unregistered, for a LoadWeights "
+                        "call (donor address or storage) before registering (default: off)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("profile", help="profile an engine's step times, fit the latency model, write a profile JSON")

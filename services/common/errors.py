@@ -48,3 +48,9 @@ class Unavailable(HfxError):
 
 class NotFound(HfxError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(HfxError):
+    """The call is valid but not in this state (e.g. loading weights into a worker that has them)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

@@ -160,34 +160,73 @@ def corpus() -> str:
     return _PARAGRAPHS + _generated_sentences() + "\n"
 
 
-def model_tag() -> str:
+# Shapes for `--params N`: big enough that loading weights takes measurable time on a CPU
+# (issue 12's weight-transfer benchmark); the layer count is chosen to land near N parameters.
+LARGE_SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 16, "num_key_value_heads": 4}
+MEDIUM_SHAPE = {"hidden_size": 1024, "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 4}
+
+
+def parse_params(text: str) -> int:
+    """"500M", "1.2B", "30000000" -> a parameter count."""
+    scale = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a parameter count like 500M or 1B, got {text!r}") from None
+    if not 10**6 <= value <= 20 * 10**9:
+        raise argparse.ArgumentTypeError(f"parameter count must be between 1M and 20B, got {text!r}")
+    return int(value)
+
+
+def model_spec(params: int | None = None, vocab_size: int = VOCAB_SIZE_TARGET) -> dict:
+    """The default tiny spec (params None), or a Llama spec with about `params` parameters."""
+    if params is None:
+        return dict(MODEL_SPEC)
+    shape = LARGE_SHAPE if params >= 200 * 10**6 else MEDIUM_SHAPE
+    h, inter = shape["hidden_size"], shape["intermediate_size"]
+    kv_dim = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    per_layer = 2 * h * h + 2 * h * kv_dim + 3 * h * inter + 2 * h
+    layers = max(1, round((params - 2 * vocab_size * h) / per_layer))
+    # 0.02 (the usual): wide random layers at 0.1 push activations to extremes.
+    return {**MODEL_SPEC, **shape, "num_hidden_layers": layers, "initializer_range": 0.02}
+
+
+def params_label(params: int) -> str:
+    return f"{params / 10**9:g}B" if params >= 10**9 else f"{params / 10**6:g}M"
+
+
+def model_tag(spec: dict | None = None) -> str:
     """A short hash of everything that determines the checkpoint's bytes."""
-    spec = {"recipe": RECIPE_VERSION, "vocab": VOCAB_SIZE_TARGET, "model": MODEL_SPEC,
+    spec = {"recipe": RECIPE_VERSION, "vocab": VOCAB_SIZE_TARGET, "model": spec or MODEL_SPEC,
             "seed": WEIGHT_SEED, "special": SPECIAL_TOKENS, "chat": CHAT_TEMPLATE}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update(corpus().encode())
     return digest.hexdigest()[:8]
 
 
-def default_model_dir(cache_root: Path | None = None) -> Path:
-    """Where the default model lives: <cache_root or ~/.cache/hfx>/models/tiny-llama-<tag>."""
+def default_model_dir(cache_root: Path | None = None, params: int | None = None) -> Path:
+    """Where the default model lives: <cache_root or ~/.cache/hfx>/models/tiny-llama-<tag>
+    (llama-<params>-<tag> for a model built with `params`)."""
     root = cache_root if cache_root is not None else Path.home() / ".cache" / "hfx"
-    return root / "models" / f"tiny-llama-{model_tag()}"
+    if params is None:
+        return root / "models" / f"tiny-llama-{model_tag()}"
+    return root / "models" / f"llama-{params_label(params)}-{model_tag(model_spec(params))}"
 
 
-def ensure_default_model(out: Path | None = None) -> Path:
+def ensure_default_model(out: Path | None = None, params: int | None = None) -> Path:
     """Return the model directory, building it first if absent.
 
     Safe when processes race: each builds into its own temporary directory beside the target
     and renames it into place; the rename is atomic, so a directory that exists is complete.
     """
-    out = Path(out) if out is not None else default_model_dir()
+    out = Path(out) if out is not None else default_model_dir(params=params)
     if out.is_dir():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        build_model(tmp)
+        build_model(tmp, params)
         os.rename(tmp, out)
     except OSError:
         if not out.is_dir():
@@ -198,12 +237,12 @@ def ensure_default_model(out: Path | None = None) -> Path:
     return out
 
 
-def build_model(out: Path) -> None:
+def build_model(out: Path, params: int | None = None) -> None:
     """Write tokenizer and weights into an existing, empty directory `out`."""
     tokenizer = _build_tokenizer()
     tokenizer.save_pretrained(out)
     _normalise_tokenizer_config(out)
-    _build_weights(tokenizer, out)
+    _build_weights(tokenizer, out, params)
     _make_readable(out)
 
 
@@ -260,7 +299,7 @@ def _make_readable(out: Path) -> None:
         path.chmod(0o644)
 
 
-def _build_weights(tokenizer, out: Path) -> None:
+def _build_weights(tokenizer, out: Path, params: int | None = None) -> None:
     try:
         import torch
     except ImportError:  # torch is in the engine extra, not the base install
@@ -273,10 +312,18 @@ def _build_weights(tokenizer, out: Path) -> None:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **MODEL_SPEC,
+        **model_spec(params),
     )
     torch.manual_seed(WEIGHT_SEED)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    if params is None:
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    else:  # built in bf16 directly: a float32 copy of a large model would double the memory and time
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(previous)
     model.config.dtype = torch.bfloat16
     model.save_pretrained(out, safe_serialization=True)
     GenerationConfig(
@@ -290,12 +337,16 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add `model init [--out DIR]` to a CLI's subparsers; each command's `func` returns an exit code."""
     model = subparsers.add_parser("model", help="manage the default local model")
     commands = model.add_subparsers(dest="model_command", required=True)
-    init = commands.add_parser("init", help="build the default tiny model (idempotent)")
+    init = commands.add_parser("init", help="build the default tiny model, or a larger one with --params (idempotent)")
     init.add_argument("--out", type=Path, default=None,
-                      help="target directory (default: ~/.cache/hfx/models/tiny-llama-<tag>)")
+                      help="target directory (default: ~/.cache/hfx/models/tiny-llama-<tag>, "
+                           "or llama-<params>-<tag> with --params)")
+    init.add_argument("--params", type=parse_params, default=None,
+                      help="build a Llama of about this many parameters instead of the tiny one, e.g. 500M "
+                           "(about 1 GB in bf16) or 1B; same tokenizer, random weights (default: the tiny model, 2.5M)")
     init.set_defaults(func=_cmd_init)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    print(ensure_default_model(args.out))
+    print(ensure_default_model(args.out, params=args.params))
     return 0

@@ -24,3 +24,6 @@ class ScalerConfig:
     cluster_name: str = "hfx"
     metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off
     worker_metrics: bool = False         # give each worker its own /metrics port (a free one)
+    # Issue 12: vLLM workers serve their weights (--serve-weights) and a new worker pulls them from
+    # the least loaded live one (services/scaler/donor.py) instead of reading storage.
+    d2d: bool = False

@@ -21,6 +21,7 @@ from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
 from services.scaler.config import ScalerConfig
+from services.scaler.donor import DonorCandidate, choose_donor
 from services.scaler.reconcile import WorkerSlot, cpu_share, reconcile
 
 log = logging.getLogger("hfx.scaler")
@@ -47,6 +48,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         self.desired = config.replicas
         self.workers: dict[int, Managed] = {}
         self.ready_ids: set[str] = set()
+        self.registry: list[common_pb2.Instance] = []  # live instances as last read (donor choice)
 
     def _instance_id(self, index: int) -> str:
         return f"{self.config.cluster_name}-w{index}"
@@ -63,6 +65,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
             "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
             "--tracing", self.config.tracing_spec, *self._cpu_flag(w), *self.config.worker_args, *self._metrics_flag(w),
+            *self._weights_flags(w),
         )
         # Tied to this scaler: if it dies, however, its workers die too (and their engines with them).
         w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log", die_with_parent=True)
@@ -78,6 +81,14 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             return []
         share = cpu_share(w.index, self.desired, sorted(os.sched_getaffinity(0)))
         return ["--cpu-cores", share] if share else []
+
+    def _weights_flags(self, w: Managed) -> list[str]:
+        """With d2d: every vLLM worker is a donor, and a new one pulls from the chosen donor."""
+        if not self.config.d2d or self.config.engine != "vllm":
+            return []
+        choice = choose_donor((DonorCandidate.from_pb(i) for i in self.registry), self.config.model, w.instance_id)
+        log.info("weights for %s: %s", w.instance_id, choice.reason)
+        return ["--serve-weights", *(["--weights-from", choice.address] if choice.address else [])]
 
     def _metrics_flag(self, w: Managed) -> list[str]:
         if not self.config.worker_metrics:
@@ -159,7 +170,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         while True:
             self.step(time.time())
             try:
-                self.ready_ids = {i.instance_id for i in await self.store.instances()}
+                self.registry = await self.store.instances()
+                self.ready_ids = {i.instance_id for i in self.registry}
             except Exception as err:
                 log.warning("registry read failed: %s", err)
             self.export_metrics()
@@ -189,6 +201,11 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         if first:
             log.info("scale decision %s: %d -> %d (%s)", request.decision_id, self.desired, request.replicas, request.reason)
             self.desired = request.replicas
+            if self.config.d2d:  # the donor choice reads the registry as it is now, not as of the last loop
+                try:
+                    self.registry = await self.store.instances()
+                except Exception as err:
+                    log.warning("registry read failed, choosing donors from the last one: %s", err)
             self.step(time.time())
         return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first, replicas=self.desired)
 

@@ -34,3 +34,16 @@ class WorkerConfig:
     # Profile the engine at start and store the fitted step-time model in Redis for the scheduler
     # (a sim engine stores the model it simulates, without measuring).
     profile_at_start: bool = True
+    # Weights (issue 12). weights_from: "" = vLLM reads the checkpoint at start; "storage" = start
+    # with dummy weights then reload from the files (timed apart); "HOST:PORT" = pull them from
+    # that donor worker, falling back to storage if it dies, stalls or sends anything wrong.
+    weights_from: str = ""
+    weights_stall_timeout_s: float = 10.0
+    weights_deadline_s: float = 300.0
+    weights_transport: str = "auto"      # "auto": shared memory when the donor is on this host, else TCP
+    # Serve this worker's weights to new workers (a donor): costs the checkpoint's size in memory.
+    serve_weights: bool = False
+    weights_port: int = 0                # 0 = a free port
+    # Standby: start the engine with dummy weights, serve gRPC, stay out of the registry until a
+    # LoadWeights call loads the weights (from a donor or storage); then register and serve.
+    standby: bool = False

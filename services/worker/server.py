@@ -17,12 +17,22 @@ import grpc
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
 from services.common.domain import InstanceLoad
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
+
+
+def argtypes_address(value: str) -> None:
+    """INVALID_ARGUMENT unless HOST:PORT."""
+    from services.argtypes import address
+
+    try:
+        address(value)
+    except Exception as err:
+        raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import Engine, EngineRequest
+from services.worker.engine.base import Engine, EngineRequest, ReportsWeights, describe_weights
 from services.worker.session import WorkerSession
 
 log = logging.getLogger("hfx.worker")
@@ -31,9 +41,14 @@ SERVICE_NAME = "hfx.v1.Worker"
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: Engine, info: common_pb2.Instance) -> None:
+    def __init__(self, engine: Engine, info: common_pb2.Instance, standby: bool = False) -> None:
         self.engine = engine
         self.info = info
+        # A standby worker's engine holds dummy weights until LoadWeights: it serves nothing before.
+        self.weights_loaded = asyncio.Event()
+        if not standby:
+            self.weights_loaded.set()
+        self._loading = False
         self.draining = False
         self.inflight: set[str] = set()
         self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
@@ -61,6 +76,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         first chunk. Shared by Generate (a stream of its own) and Session (multiplexed)."""
         if self.draining:
             raise Unavailable(f"instance {self.info.instance_id} is draining")
+        if not self.weights_loaded.is_set():
+            raise Unavailable(f"instance {self.info.instance_id} is a standby without weights (LoadWeights first)")
         if not request.prompt_token_ids:
             raise InvalidArgument("prompt_token_ids", "must not be empty")
         if request.request_id in self.inflight:
@@ -118,6 +135,27 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         info.CopyFrom(self.info)
         info.load.CopyFrom(self.load_report())
         return info
+
+    async def LoadWeights(self, request: worker_pb2.LoadWeightsRequest, context) -> worker_pb2.LoadWeightsResponse:
+        if self.weights_loaded.is_set() or self._loading or not isinstance(self.engine, ReportsWeights):
+            raise FailedPrecondition(f"instance {self.info.instance_id} is not a standby waiting for weights")
+        if request.donor_address:
+            argtypes_address(request.donor_address)
+        self._loading = True
+        started = time.monotonic()
+        try:
+            self.engine.timings["weight_load_started_unix_s"] = time.time()
+            if request.donor_address:
+                await self.engine.pull_weights(request.donor_address)
+            else:
+                await self.engine.load_from_storage()
+            self.engine.timings["weight_load_s"] = time.monotonic() - started
+            self.engine.timings["weight_load_ended_unix_s"] = time.time()
+        finally:
+            self._loading = False
+        self.weights_loaded.set()
+        return worker_pb2.LoadWeightsResponse(weights_source=describe_weights(self.engine.weights_report),
+                                              load_s=self.engine.timings["weight_load_s"])
 
     async def Drain(self, request, context) -> worker_pb2.DrainResponse:
         self.draining = True
@@ -197,13 +235,39 @@ async def _profile_at_start(config: WorkerConfig, engine: Engine) -> dict | None
     return profile
 
 
+async def _serve_weights(config: WorkerConfig) -> str:
+    """Start this worker's weight stream (a donor); returns its address, or "" when it cannot."""
+    from services.worker.weights.source import CheckpointSource
+    from services.worker.weights.transport import TransportUnavailable, transport_for
+
+    try:
+        transport = transport_for(config.device)
+    except TransportUnavailable as err:
+        log.warning("not serving weights: %s", err)
+        return ""
+    started = time.monotonic()
+    try:
+        source = await asyncio.get_running_loop().run_in_executor(None, CheckpointSource.load, config.model)
+        handle = transport.serve(source, config.host, config.weights_port)
+    except Exception as err:  # serving tokens matters more than donating weights
+        log.warning("not serving weights: %s", err)
+        return ""
+    log.info("serving weights on %s (%s, %.0f MB in memory, %d tensors, read in %.2fs, model %s)", handle.address,
+             transport.name, source.nbytes / 1e6, source.tensor_count, time.monotonic() - started, source.identity[:12])
+    return handle.address
+
+
 async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
+    entered_unix_s = time.time()
     tracing.setup(f"hfx-worker", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     engine = engine or make_engine(config.engine, config)
+    if config.standby and not isinstance(engine, ReportsWeights):
+        raise ValueError(f"--standby needs an engine that loads weights apart (vllm), not {config.engine!r}")
     started = time.monotonic()
     await engine.start()
-    log.info("engine %s ready in %.1fs (max_model_len %d)", config.engine, time.monotonic() - started, engine.max_model_len)
+    engine_ready_s = time.monotonic()
+    log.info("engine %s ready in %.1fs (max_model_len %d)", config.engine, engine_ready_s - started, engine.max_model_len)
     profile = await _profile_at_start(config, engine)
 
     server, health = grpcutil.make_server([], [SERVICE_NAME])
@@ -211,25 +275,46 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     info = common_pb2.Instance(
         instance_id=config.instance_id, address=f"{config.host}:{port}", role=common_pb2.ROLE_COLOCATED,
         model=config.model, engine=config.engine, device=config.device, max_model_len=engine.max_model_len,
-        registered_unix_s=time.time(),
     )
-    servicer = WorkerServicer(engine, info)
+    servicer = WorkerServicer(engine, info, standby=config.standby)
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     await server.start()
     await grpcutil.set_serving(health, [SERVICE_NAME])
-
-    cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    await cluster.register(info, config.heartbeat_ttl_s)
-    if profile is not None:
-        await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
-    reporter = asyncio.create_task(_report_loop(config, servicer, cluster))
-    runtime.started()
-    log.info("worker %s serving on %s", config.instance_id, info.address)
-
+    # From here SIGTERM drains (before, it ends the process: nothing is served yet).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config.standby:
+        log.info("standby on %s: engine up with dummy weights, not registered; waiting for LoadWeights", info.address)
+        waiter = asyncio.create_task(servicer.weights_loaded.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel(), stopper.cancel()
+        if stop.is_set():
+            await server.stop(grace=1.0)
+            await engine.shutdown()
+            return
+        engine_ready_s = time.monotonic()  # registration counts from the end of the load
+    if isinstance(engine, ReportsWeights):
+        info.weights_source = describe_weights(engine.weights_report)
+        info.startup_s.update(engine.timings)
+
+    cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
+    # Registration: the phase from a ready engine (and weights) to being placeable.
+    info.startup_s["registration_s"] = time.monotonic() - engine_ready_s
+    info.startup_s["entered_unix_s"] = entered_unix_s
+    info.registered_unix_s = time.time()
+    await cluster.register(info, config.heartbeat_ttl_s)
+    if profile is not None:
+        await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
+    reporter = asyncio.create_task(_report_loop(config, servicer, cluster))
+    if config.serve_weights:  # after registering: serving first; the heartbeat then advertises it
+        donor = asyncio.create_task(_serve_weights(config))
+        donor.add_done_callback(lambda t: setattr(info, "weights_address", t.result()))
+    runtime.started()
+    log.info("worker %s serving on %s; weights from %s; start-up %s", config.instance_id, info.address,
+             info.weights_source or "n/a", {k: round(v, 3) for k, v in info.startup_s.items()})
     await stop.wait()
 
     # Drain: refuse new work, let running requests finish (bounded), then leave the registry.

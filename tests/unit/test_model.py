@@ -84,3 +84,26 @@ def test_model_init_command_prints_path(built, capsys):
     args = parser.parse_args(["model", "init", "--out", str(built[0])])
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip() == str(built[0])
+
+
+@pytest.mark.parametrize("text, target", [("500M", 500 * 10**6), ("1B", 10**9), ("30M", 30 * 10**6)])
+def test_params_spec_lands_near_the_requested_size(text, target):
+    n = model.parse_params(text)
+    assert n == target
+    s = model.model_spec(n)
+    h, inter, layers = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
+    kv = h // s["num_attention_heads"] * s["num_key_value_heads"]
+    total = 2 * model.VOCAB_SIZE_TARGET * h + layers * (2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h)
+    assert abs(total - target) / target < 0.1
+    assert model.default_model_dir(params=n) != model.default_model_dir()
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "10", "50B"])
+def test_params_refuses_nonsense(bad):
+    with pytest.raises(argparse.ArgumentTypeError):
+        model.parse_params(bad)
+
+
+def test_default_spec_and_dir_unchanged_by_params_option():
+    assert model.model_spec() == model.MODEL_SPEC
+    assert model.default_model_dir().name == f"tiny-llama-{model.model_tag()}"

@@ -90,3 +90,23 @@ class Engine(Protocol):
 
     async def shutdown(self) -> None:
         """Called once when the worker stops; releases the engine's processes and memory."""
+
+
+@runtime_checkable
+class ReportsWeights(Protocol):
+    """An engine that can say how it got its weights (vLLM); the simulator has none."""
+
+    weights_report: dict
+    """source ("storage (vLLM load)", "storage", "donor"), address, failure, bytes, timings."""
+    timings: dict[str, float]
+    """start() phases in seconds: engine_init_s, weight_load_s (when loaded apart)."""
+
+
+def describe_weights(report: dict) -> str:
+    """One line for the registry and logs: how the weights arrived."""
+    if report.get("source") == "donor":
+        over = f" over {report['transport']}" if report.get("transport") else ""
+        return f"donor {report.get('address', '?')}{over}"
+    if report.get("failure"):
+        return f"storage after {report['failure']}"
+    return str(report.get("source", "storage"))

@@ -42,6 +42,14 @@ class VllmEngineConfig:
     seed: int = 0
     enforce_eager: bool = True
     load_format: str = "auto"  # "dummy" starts without reading weights (for streamed loading)
+    # Where the weights come from: "" = vLLM reads the checkpoint while it starts; "storage" = start
+    # with dummy weights, then reload from the checkpoint files (timed apart, like a pull);
+    # "HOST:PORT" = start with dummy weights, then pull from that donor (falls back to storage).
+    weights_from: str = ""
+    weights_stall_timeout_s: float = 10.0   # a donor silent this long counts as dead
+    weights_deadline_s: float = 300.0       # a whole pull slower than this falls back to storage
+    weights_transport: str = "auto"  # "auto" (shared memory on one host, else TCP), "tcp", "shm"
+    standby: bool = False  # start with dummy weights and load none: pull_weights / load_from_storage later
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
     extra_engine_args: Mapping[str, Any] = field(default_factory=dict)
@@ -68,7 +76,7 @@ def engine_args(config: VllmEngineConfig) -> dict[str, Any]:
         "max_model_len": config.max_model_len,
         "max_num_seqs": config.max_num_seqs,
         "enforce_eager": config.enforce_eager,
-        "load_format": config.load_format,
+        "load_format": "dummy" if config.weights_from or config.standby else config.load_format,
         # HFX ranks requests itself and passes priorities down; vLLM's FCFS would ignore them.
         "scheduling_policy": "priority",
         # Only our own stat logger runs: no periodic throughput lines in the log.
@@ -180,6 +188,9 @@ class VllmEngine:
         self.engine_timed_steps = True  # recent_steps are timed by the engine core (for the profiler)
         self._live: set[str] = set()
         self._reaper: Any = None
+        # How this engine got its weights, and how long the phases of start() took (seconds).
+        self.weights_report: dict[str, Any] = {"source": "storage (vLLM load)"}
+        self.timings: dict[str, float] = {}
 
     async def start(self) -> None:
         # Blocks the event loop while the engine core boots (tens of seconds on CPU), as
@@ -192,19 +203,60 @@ class VllmEngine:
         pinned = pin_cpu_cores(self.config.device, self.config.cpu_cores)
         if pinned is not None:
             log.info("bound to CPU cores %s (the engine core inherits it)", sorted(pinned))
+        if self.config.weights_from or self.config.standby:
+            # collective_rpc passes engine_side's functions by reference (pickled); vLLM refuses
+            # that unless told to. Inherited by the engine core spawned next.
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         # vLLM's engine core and its workers run in this process's group; if this process dies,
         # by SIGKILL too, the reaper kills the group, so no engine outlives its worker.
         self._reaper = lifeline.start_group_reaper()
+        t_import = time.monotonic()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        self.timings["vllm_import_s"] = time.monotonic() - t_import
+
         args = AsyncEngineArgs(**engine_args(self.config))
+        t0 = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self._sink)])
+        self.timings["engine_init_s"] = time.monotonic() - t0
         self.max_model_len = self._llm.model_config.max_model_len
         cache = self._llm.vllm_config.cache_config
         self._kv_capacity_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
         self.chunk_tokens = int(self._llm.vllm_config.scheduler_config.max_num_batched_tokens or 0)
         self._sink.kv_capacity_tokens = self._kv_capacity_tokens
+        if self.config.standby:
+            self.weights_report = {"source": "none (standby, dummy weights)"}
+        elif self.config.weights_from:
+            t1 = time.monotonic()
+            self.timings["weight_load_started_unix_s"] = time.time()
+            if self.config.weights_from == "storage":
+                await self.load_from_storage()
+            else:
+                await self.pull_weights(self.config.weights_from)
+            self.timings["weight_load_s"] = time.monotonic() - t1
+            self.timings["weight_load_ended_unix_s"] = time.time()
+
+    async def pull_weights(self, address: str, *, fallback: bool = True) -> dict[str, Any]:
+        """Replace every weight with the donor's stream at `address` (checked tensor by tensor);
+        when the stream fails, reload from the checkpoint files instead (unless fallback=False:
+        then raise). Returns and keeps the report (source, timings, bytes, failure)."""
+        from services.worker.weights.engine_side import pull_weights
+
+        spec = {"address": address, "model_dir": self.config.model, "device": self.config.device, "fallback": fallback,
+                "transport": self.config.weights_transport,
+                "stall_timeout_s": self.config.weights_stall_timeout_s, "deadline_s": self.config.weights_deadline_s}
+        (report,) = await self._llm.collective_rpc(pull_weights, args=(spec,))
+        self.weights_report = report
+        log.info("weights: %s", report)
+        return report
+
+    async def load_from_storage(self) -> dict[str, Any]:
+        from services.worker.weights.engine_side import load_from_storage
+
+        (report,) = await self._llm.collective_rpc(load_from_storage, args=(self.config.model,))
+        self.weights_report = report
+        return report
 
     async def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
         prompt = await self._render(req.prompt_token_ids)

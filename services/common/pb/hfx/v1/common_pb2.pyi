@@ -94,7 +94,14 @@ class StepSample(_message.Message):
     def __init__(self, prefill_tokens: _Optional[int] = ..., decode_seqs: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., step_ms: _Optional[float] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("instance_id", "address", "role", "model", "engine", "device", "max_model_len", "load", "registered_unix_s")
+    __slots__ = ("instance_id", "address", "role", "model", "engine", "device", "max_model_len", "load", "registered_unix_s", "weights_address", "weights_source", "startup_s")
+    class StartupSEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +111,9 @@ class Instance(_message.Message):
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STARTUP_S_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     address: str
     role: Role
@@ -113,4 +123,7 @@ class Instance(_message.Message):
     max_model_len: int
     load: LoadReport
     registered_unix_s: float
-    def __init__(self, instance_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., max_model_len: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., registered_unix_s: _Optional[float] = ...) -> None: ...
+    weights_address: str
+    weights_source: str
+    startup_s: _containers.ScalarMap[str, float]
+    def __init__(self, instance_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., max_model_len: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., registered_unix_s: _Optional[float] = ..., weights_address: _Optional[str] = ..., weights_source: _Optional[str] = ..., startup_s: _Optional[_Mapping[str, float]] = ...) -> None: ...

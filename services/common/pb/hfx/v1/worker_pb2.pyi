@@ -97,3 +97,17 @@ class DrainResponse(_message.Message):
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     remaining: int
     def __init__(self, remaining: _Optional[int] = ...) -> None: ...
+
+class LoadWeightsRequest(_message.Message):
+    __slots__ = ("donor_address",)
+    DONOR_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    donor_address: str
+    def __init__(self, donor_address: _Optional[str] = ...) -> None: ...
+
+class LoadWeightsResponse(_message.Message):
+    __slots__ = ("weights_source", "load_s")
+    WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_S_FIELD_NUMBER: _ClassVar[int]
+    weights_source: str
+    load_s: float
+    def __init__(self, weights_source: _Optional[str] = ..., load_s: _Optional[float] = ...) -> None: ...

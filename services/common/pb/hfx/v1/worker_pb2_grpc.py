@@ -65,6 +65,11 @@ class WorkerStub:
                 request_serializer=hfx_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
                 response_deserializer=hfx_dot_v1_dot_worker__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.LoadWeights = channel.unary_unary(
+                '/hfx.v1.Worker/LoadWeights',
+                request_serializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.SerializeToString,
+                response_deserializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -112,6 +117,15 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadWeights(self, request, context):
+        """Standby workers only (started with --standby: engine up, dummy weights, not registered): load
+        the weights from a donor's weight stream (storage when donor_address is empty, or when the
+        pull fails), then register. FAILED_PRECONDITION on a worker that already has its weights.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +158,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=hfx_dot_v1_dot_worker__pb2.DrainRequest.FromString,
                     response_serializer=hfx_dot_v1_dot_worker__pb2.DrainResponse.SerializeToString,
+            ),
+            'LoadWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadWeights,
+                    request_deserializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.FromString,
+                    response_serializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +327,33 @@ class Worker:
             '/hfx.v1.Worker/Drain',
             hfx_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
             hfx_dot_v1_dot_worker__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfx.v1.Worker/LoadWeights',
+            hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.SerializeToString,
+            hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

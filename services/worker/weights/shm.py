@@ -1,0 +1,178 @@
+"""The one-host transport: the donor's weight files shared as memfds, mapped by the receiver.
+
+When donor and receiver share a host (and a network namespace), the receiver connects to the
+donor's Unix socket (abstract name derived from its TCP address) and gets, with the manifest, one
+file descriptor per weight file (SCM_RIGHTS). It maps them copy-on-write and hands vLLM views into
+the mapping: no bytes cross a socket, and vLLM's own copy into its parameters is the transfer. The
+headers still come one per tensor with name, dtype, shape, CRC32 (plus file and offset), and the
+receiver checks all of it over the mapped bytes exactly as over a stream (wire.py). A donor that
+dies leaves the receiver's mapping valid (the memfd lives while mapped) but ends the header
+stream: DonorLost, as on TCP. No socket there (another host, no memfds): ShmUnavailable, and the
+caller uses TCP.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+
+from services.worker.weights import wire
+from services.worker.weights.checkpoint import TensorInfo
+from services.worker.weights.source import CheckpointSource
+from services.worker.weights.tcp import HELLO_TIMEOUT_S, ReceiveStats, _check_header, _read_frame
+from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
+
+log = logging.getLogger("hfx.worker.weights")
+
+
+class ShmUnavailable(DonorLost):
+    """No shared-memory donor at this address from here; use the TCP stream (transport "auto"),
+    or fall back to storage like any lost donor (transport "shm")."""
+
+    kind = "no-shm"
+
+
+def socket_name(address: str) -> bytes:
+    """The abstract Unix socket name paired with a donor's TCP address."""
+    return b"\0hfx-weights-" + address.encode()
+
+
+class ShmWeightServer:
+    def __init__(self, source: CheckpointSource, tcp_address: str) -> None:
+        if not source.fds:
+            raise OSError("the source is not in shared memory")
+        self.source = source
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(socket_name(tcp_address))
+        self._sock.listen(8)
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept_loop, name="weights-shm-accept", daemon=True)
+
+    def start(self) -> ShmWeightServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_one, args=(conn,), name="weights-shm-send", daemon=True).start()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.settimeout(HELLO_TIMEOUT_S)
+                _read_frame(conn)
+                src = self.source
+                manifest = wire.frame({"version": wire.VERSION, "identity": src.identity, "tensors": src.tensor_count,
+                                       "total_bytes": src.total_bytes, "files": len(src.fds)})
+                socket.send_fds(conn, [manifest], src.fds)
+                sent = 0
+                for e in src.entries():
+                    conn.sendall(wire.frame({"name": e.info.name, "dtype": e.info.dtype, "shape": list(e.info.shape),
+                                             "nbytes": e.info.nbytes, "crc32": e.crc32,
+                                             "file": src.file_index[e.info.file], "offset": e.info.begin}))
+                    sent += 1
+                conn.sendall(wire.frame({"end": True, "tensors": sent}))
+        except Exception as err:
+            log.warning("shared-memory weight stream ended early: %s", err)
+
+
+def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_timeout_s: float = 10.0,
+            deadline_s: float = 300.0, stats: ReceiveStats | None = None, **_: object
+            ) -> Iterator[tuple[TensorInfo, memoryview]]:
+    """As tcp.receive, but the bytes are views into the donor's shared pages (copy-on-write)."""
+    stats = stats if stats is not None else ReceiveStats()
+    t0 = time.monotonic()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(stall_timeout_s)
+        conn.connect(socket_name(address))
+    except OSError as err:
+        conn.close()
+        raise ShmUnavailable(f"no shared-memory donor for {address} here: {err}") from None
+    stats.connect_s = time.monotonic() - t0
+    stats.extra["transport"] = "shm"
+    deadline = t0 + deadline_s
+    maps: list[mmap.mmap] = []
+    try:
+        with conn:
+            conn.sendall(wire.frame({"version": wire.VERSION, "identity": identity}))
+            t1 = time.monotonic()
+            head, fds, _, _ = socket.recv_fds(conn, 4, 16)
+            if len(head) < 4:
+                raise DonorLost(f"donor {address} closed before its manifest")
+            body = _recv_exact(conn, wire.parse_frame_length(head))
+            manifest = wire.parse_frame_body(body)
+            try:
+                for fd in fds:
+                    size = os.fstat(fd).st_size
+                    maps.append(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            stats.donor_identity = str(manifest.get("identity", ""))
+            if manifest.get("version") != wire.VERSION:
+                raise IntegrityError(f"donor {address} speaks wire version {manifest.get('version')}")
+            if stats.donor_identity != identity:
+                raise IdentityMismatch(f"donor {address} serves model {stats.donor_identity[:12]}, "
+                                       f"this worker loads {identity[:12]}")
+            seen: set[str] = set()
+            while True:
+                if time.monotonic() > deadline:
+                    raise DonorTooSlow(f"donor {address}: stream passed its deadline")
+                header = _read_frame(conn)
+                if header.get("end"):
+                    missing = sorted(set(index) - seen)
+                    if missing or header.get("tensors") != len(seen):
+                        raise IntegrityError(f"donor {address} ended after {len(seen)} of {len(index)} tensors "
+                                             f"(missing e.g. {missing[:3]})")
+                    stats.stream_s = time.monotonic() - t1
+                    return
+                info = _check_header(header, index, seen, address)
+                k, offset = header.get("file"), header.get("offset")
+                if not isinstance(k, int) or not 0 <= k < len(maps) or not isinstance(offset, int) \
+                        or offset < 0 or offset + info.nbytes > len(maps[k]):
+                    raise IntegrityError(f"tensor {info.name}: donor {address} points outside its shared files")
+                view = memoryview(maps[k])[offset:offset + info.nbytes]
+                c0 = time.monotonic()
+                crc = zlib.crc32(view)
+                stats.crc_s += time.monotonic() - c0
+                if crc != header.get("crc32"):
+                    raise IntegrityError(f"tensor {info.name} from donor {address}: CRC32 {crc:#010x} "
+                                         f"!= header's {header.get('crc32')!r}")
+                seen.add(info.name)
+                stats.tensors += 1
+                stats.bytes += info.nbytes
+                yield info, view
+    except socket.timeout:
+        raise DonorTooSlow(f"donor {address} sent nothing for {stall_timeout_s:.1f}s") from None
+    except (ConnectionError, OSError) as err:
+        raise DonorLost(f"donor {address} connection failed: {err}") from None
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if k == 0:
+            raise DonorLost("donor closed the stream mid-way")
+        got += k
+    return bytes(buf)

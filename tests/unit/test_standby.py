@@ -1,0 +1,77 @@
+"""A standby worker's servicer: nothing served before LoadWeights, one load only, bad input refused.
+
+The engine here is a stand-in for VllmEngine's weight-loading surface (the code under test is the
+servicer); the real pull is tested against vLLM in tests/integration/test_d2d_weights.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.pb.hfx.v1 import common_pb2, worker_pb2
+from services.worker.engine.base import ReportsWeights
+from services.worker.server import WorkerServicer
+
+
+class WeightsEngine:
+    max_model_len = 64
+
+    def __init__(self) -> None:
+        self.weights_report = {"source": "none (standby, dummy weights)"}
+        self.timings: dict[str, float] = {}
+        self.pulls: list[str] = []
+
+    async def pull_weights(self, address: str) -> dict:
+        self.pulls.append(address)
+        self.weights_report = {"source": "donor", "address": address}
+        return self.weights_report
+
+    async def load_from_storage(self) -> dict:
+        self.pulls.append("storage")
+        self.weights_report = {"source": "storage"}
+        return self.weights_report
+
+
+def request() -> worker_pb2.WorkerGenerateRequest:
+    return worker_pb2.WorkerGenerateRequest(request_id="r", prompt_token_ids=[1, 2],
+                                            sampling=common_pb2.SamplingParams(max_tokens=1))
+
+
+def test_standby_serves_nothing_until_loaded_then_loads_once():
+    async def scenario():
+        engine = WeightsEngine()
+        assert isinstance(engine, ReportsWeights)
+        servicer = WorkerServicer(engine, common_pb2.Instance(instance_id="s0"), standby=True)
+        with pytest.raises(Unavailable, match="standby without weights"):
+            await servicer.run(request(), None).__anext__()
+        with pytest.raises(InvalidArgument, match="donor_address"):
+            await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(donor_address="nohostport"), None)
+        reply = await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(donor_address="127.0.0.1:7001"), None)
+        assert reply.weights_source == "donor 127.0.0.1:7001" and reply.load_s >= 0
+        assert servicer.weights_loaded.is_set() and engine.pulls == ["127.0.0.1:7001"]
+        with pytest.raises(FailedPrecondition):
+            await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(), None)
+        assert engine.pulls == ["127.0.0.1:7001"]
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_is_not_standby_refuses_load_weights():
+    async def scenario():
+        servicer = WorkerServicer(WeightsEngine(), common_pb2.Instance(instance_id="w0"))
+        with pytest.raises(FailedPrecondition, match="not a standby"):
+            await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(), None)
+
+    asyncio.run(scenario())
+
+
+def test_empty_donor_means_storage():
+    async def scenario():
+        engine = WeightsEngine()
+        servicer = WorkerServicer(engine, common_pb2.Instance(instance_id="s1"), standby=True)
+        reply = await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(), None)
+        assert engine.pulls == ["storage"] and reply.weights_source == "storage"
+
+    asyncio.run(scenario())
