@@ -110,7 +110,7 @@ class Autoscaler:
         undrained = {a.instance_id for a in actions if isinstance(a, Undrain)}
         for inst in draining:
             if inst.inflight == 0 and inst.instance_id not in undrained:
-                actions.append(Remove(self._id(), f"drained: nothing in flight (draining since {inst.since_s:.0f}s)",
+                actions.append(Remove(self._id(), f"remove {inst.instance_id}: drained, nothing in flight (draining since {inst.since_s:.0f}s)",
                                       inst.instance_id))
         hold = ""
         if needed <= len(active) and not grew:
