@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.scaler.autoscale.config import AutoscaleConfig
+from services.scaler.autoscaling import LiveOptions
+
 
 @dataclass(frozen=True)
 class ScalerConfig:
@@ -24,3 +27,8 @@ class ScalerConfig:
     cluster_name: str = "hfx"
     metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off
     worker_metrics: bool = False         # give each worker its own /metrics port (a free one)
+    # Elastic scaling (None: keep `replicas` workers). `replicas` is then the starting count,
+    # clamped to [min, max].
+    autoscale: AutoscaleConfig | None = None
+    autoscale_options: LiveOptions = field(default_factory=LiveOptions)
+    actuator: str = "local"
