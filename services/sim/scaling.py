@@ -1,7 +1,7 @@
 """Autoscaling in the simulator: the same autoscaler objects as the live scaler, on the virtual clock.
 
 Every `tick_s` the driver builds the autoscaler's Signals from the simulation (instances with
-their phase and in-flight count, arrivals and SLO attainment over `window_s`, the scheduler's
+their phase and in-flight count, arrivals over `rate_window_s`, SLO attainment over `window_s`, the scheduler's
 queue and how late it runs) and applies the plan: a start becomes an instance after the ready time
 of its start kind, a drain stops placements there (the scheduling policy skips a draining
 instance), a removal takes away an instance with nothing left on it. Instance-seconds count every
@@ -25,7 +25,8 @@ class ScalingSetup:
     ready_s: dict = field(default_factory=lambda: {StartKind.COLD: 60.0, StartKind.PEER: 15.0})
     peer_start: bool = True                   # a start may pull weights from a ready peer (issue 12)
     tick_s: float = 5.0
-    window_s: float = 30.0
+    window_s: float = 30.0                    # SLO attainment and rejections
+    rate_window_s: float = 10.0               # arrival rate (short: a spike shows within a tick or two)
 
 
 @dataclass
@@ -93,9 +94,9 @@ class ScalingDriver:
         self.phase[instance_id] = (Phase.READY, sim.now_s)
 
     def signals(self, sim) -> Signals:
-        now, w = sim.now_s, self.setup.window_s
-        span = min(w, now) or 1.0
-        arrivals = bisect.bisect_right(self._arrivals, now) - bisect.bisect_right(self._arrivals, now - w)
+        now, w, rw = sim.now_s, self.setup.window_s, self.setup.rate_window_s
+        span = min(rw, now) or 1.0
+        arrivals = bisect.bisect_right(self._arrivals, now) - bisect.bisect_right(self._arrivals, now - rw)
         while self._ended and self._ended[0][0] < now - w:
             self._ended.popleft()
         att: dict[str, list[int]] = {}

@@ -331,3 +331,16 @@ def test_baselines_refuse_min_above_max():
         QueueThreshold(5, 2)
     with pytest.raises(InvalidArgument):
         ThroughputPlanner(1, 4, capacity_rps=-1.0)
+
+
+def test_after_a_spike_every_spare_instance_drains_at_once_and_no_more():
+    scaler = Autoscaler(make_config(scale_down_cooldown_s=0.0, scale_down_horizon_s=0.0))
+    # 8 instances, 11 req/s: 2 survivors would run at 55% <= 60%, 1 at 110%: drain 6.
+    plan = scaler.on_tick(signals(ready(8), 11.0), 1000.0)
+    drains = [a for a in plan.actions if isinstance(a, Drain)]
+    assert len(drains) == 6 and plan.desired == 2 and "2 survivors" in drains[0].reason
+
+
+def test_above_a_lowered_max_the_extras_drain():
+    plan = Autoscaler(make_config(max_replicas=3)).on_tick(signals(ready(5), 1.0), 0.0)
+    assert sum(isinstance(a, Drain) for a in plan.actions) == 2 and "> max 3" in plan.actions[0].reason

@@ -12,10 +12,10 @@ Per tick (docs/AUTOSCALING.md has the worked numbers):
    are turned away) adds one more, once the last added capacity has warmed up.
 4. Short: undrain draining instances first (no start time, no new cost), then start the
    cheapest (device, start kind) that is ready in time (`cost.py`).
-5. Otherwise shrink by one, by draining, only when: past the cool-down since the last action,
+5. Otherwise shrink, by draining, only when: past the cool-down since the last action,
    nothing starting or draining, SLOs met, no backlog, and the survivors are predicted to carry
    max(now, forecast over ready time + horizon) at or below scale_down_utilization of their SLO
-   capacity. The gap up to target_utilization is the hysteresis that stops a steady boundary
+   capacity; as many instances at once as keep that true (after a spike, all the extra ones). The gap up to target_utilization is the hysteresis that stops a steady boundary
    load from flapping.
 """
 
@@ -118,7 +118,7 @@ class Autoscaler:
             if isinstance(shrink, str):
                 hold = shrink
             else:
-                actions.insert(0, shrink)
+                actions[:0] = shrink
         elif not grew:
             hold = f"hold at {len(active)}: {why_needed}"
         if any(not isinstance(a, Remove) for a in actions):
@@ -180,14 +180,14 @@ class Autoscaler:
 
     def _shrink(self, signals: Signals, ready: list[InstanceSignal], starting: list[InstanceSignal],
                 draining: list[InstanceSignal], caps: dict[str, float], predicted: float, lead_s: float,
-                now_s: float) -> Drain | str:
-        """A Drain of one instance, or why not (a string starting with "hold")."""
+                now_s: float) -> list[Drain] | str:
+        """Drains (as many as the survivors can spare at once), or why not (a "hold ..." string)."""
         cfg = self.config
         n = len(ready) + len(starting)
+        victims = self._victims(ready)
         if n > cfg.max_replicas and ready:
-            victim = self._victim(ready)
-            return Drain(self._id(), f"drain {victim.instance_id}: {n} active > max {cfg.max_replicas}",
-                         victim.instance_id)
+            return [Drain(self._id(), f"drain {v.instance_id}: {n} active > max {cfg.max_replicas}", v.instance_id)
+                    for v in victims[:n - cfg.max_replicas]]
         if n <= cfg.min_replicas:
             return f"hold at {n}: at min {cfg.min_replicas}"
         if starting or [d for d in draining if d.inflight > 0]:
@@ -200,24 +200,30 @@ class Autoscaler:
             return f"hold at {n}: SLO attainment {att.share:.1%} below {cfg.target_attainment:.0%}"
         if signals.queue_depth or signals.slack_deficit_ms > 0:
             return f"hold at {n}: {signals.queue_depth} queued, {signals.slack_deficit_ms:.0f} ms late"
+        # The survivors must carry the load predicted over a restart's lead time and the horizon
+        # beyond it: if we are wrong, capacity comes back no sooner than that.
         horizon = max(predicted, self.forecast.at(lead_s + cfg.scale_down_horizon_s))
-        victim = self._victim(ready)
-        survivors_cap = sum(caps[i.instance_id] for i in ready if i is not victim)
-        if survivors_cap <= 0:
-            if horizon > 0:
-                return f"hold at {n}: the last instance has load ({horizon:.2f} req/s)"
-            util = 0.0
-        else:
-            util = horizon / survivors_cap
-        if util > cfg.scale_down_utilization:
+        total = sum(caps[i.instance_id] for i in ready)
+        removed, removed_cap = [], 0.0
+        for v in victims[:max(0, n - max(cfg.min_replicas, 1 if horizon > 0 else 0))]:
+            survivors_cap = total - removed_cap - caps[v.instance_id]
+            util = horizon / survivors_cap if survivors_cap > 0 else (0.0 if horizon <= 0 else math.inf)
+            if util > cfg.scale_down_utilization:
+                break
+            removed.append((v, util, survivors_cap))
+            removed_cap += caps[v.instance_id]
+        if not removed:
+            survivors_cap = total - caps[victims[0].instance_id] if victims else 0.0
+            util = horizon / survivors_cap if survivors_cap > 0 else math.inf
             return (f"hold at {n}: survivors would run at {util:.0%} of SLO capacity for {horizon:.2f} req/s "
                     f"(> {cfg.scale_down_utilization:.0%})")
-        return Drain(self._id(), f"drain {victim.instance_id}: {n - 1} survivors carry predicted {horizon:.2f} req/s "
-                     f"at {util:.0%} of their SLO capacity {survivors_cap:.2f} (<= {cfg.scale_down_utilization:.0%})",
-                     victim.instance_id)
+        _, util, survivors_cap = removed[-1]
+        why = (f"{n - len(removed)} survivors carry predicted {horizon:.2f} req/s at {util:.0%} of their SLO "
+               f"capacity {survivors_cap:.2f} (<= {cfg.scale_down_utilization:.0%})")
+        return [Drain(self._id(), f"drain {v.instance_id}: {why}", v.instance_id) for v, _, _ in removed]
 
-    def _victim(self, ready: list[InstanceSignal]) -> InstanceSignal:
-        """The dearest per unit of capacity, then the quickest to drain, then the newest."""
+    def _victims(self, ready: list[InstanceSignal]) -> list[InstanceSignal]:
+        """Removal order: the dearest per unit of capacity, then the quickest to drain, then the newest."""
         cfg = self.config
-        return max(ready, key=lambda i: (cfg.prices.get(i.device, 0.0) / (i.capacity_rps or cfg.default_capacity(i.device)),
-                                         -i.inflight, i.since_s))
+        return sorted(ready, reverse=True, key=lambda i: (
+            cfg.prices.get(i.device, 0.0) / (i.capacity_rps or cfg.default_capacity(i.device)), -i.inflight, i.since_s))
