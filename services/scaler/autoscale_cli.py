@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from services import argtypes
+from services.common.errors import InvalidArgument
 from services.scaler.autoscale.config import AutoscaleConfig
 from services.scaler.autoscale.signals import StartKind
 
@@ -52,6 +53,12 @@ def check(args) -> str | None:
     """Cross-flag problems as a usage error (None when fine)."""
     if args.autoscale and args.min_replicas > args.max_replicas:
         return f"--min {args.min_replicas} is above --max {args.max_replicas}"
+    if args.autoscale and args.actuator == "kubernetes":
+        return "--actuator kubernetes is not implemented in this build (issue 13); use --actuator local"
+    try:
+        config_from_args(args)
+    except InvalidArgument as err:
+        return err.message
     return None
 
 
