@@ -108,7 +108,8 @@ class AutoscaleLoop:
             self.drain_since.pop(iid, None)
         for iid in set(self.ready_since) - alive:
             del self.ready_since[iid]
-        ready_times = {StartKind.COLD: sum(self.ready_times[-5:]) / len(self.ready_times[-5:])} if self.ready_times else {}
+        recent = self.ready_times[-5:]
+        ready_times = {StartKind.COLD: sum(recent) / len(recent)} if recent else {}
         return Signals(tuple(instances), self.window.arrival_rps(), self.window.attainment(), counters.queue_depth,
                        0.0, self.window.rejections(), ready_times, (StartKind.COLD,))
 

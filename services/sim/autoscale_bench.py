@@ -135,7 +135,8 @@ def run_one(name: str, args, requests, profile: Profile, workload: Workload, cap
         "peak_instances": max((p.instances for p in driver.timeline), default=initial),
         "mean_instances": result.instance_seconds / result.makespan_s if result.makespan_s else 0.0,
         "makespan_s": result.makespan_s, "wall_s": wall,
-        "actions": {k: sum(1 for _, kind, _ in driver.decisions if kind == k) for k in ("Start", "Drain", "Undrain", "Remove")},
+        "actions": {k: sum(1 for _, kind, _ in driver.decisions if kind == k)
+                    for k in ("Start", "Drain", "Undrain", "Remove")},
         "timeline": [(p.t_s, p.instances, p.ready) for p in driver.timeline],
         "attainment_over_time": [((k + 0.5) * bucket_s, sum(v) / len(v)) for k, v in sorted(buckets.items())],
         "last_reasons": [f"{t:.0f}s {kind}: {why}" for t, kind, why in driver.decisions[-3:]],

@@ -61,7 +61,10 @@ def test_a_burst_scales_out_and_its_end_drains_and_removes_without_losing_a_requ
                        scaler_args=AUTOSCALE) as mesh:
         keys = Keys(mesh.state.redis_prefix)
         r = redis.Redis.from_url(mesh.state.redis_url, socket_timeout=2)
-        live = lambda: sorted(i.decode() for i in r.smembers(keys.instances()) if r.exists(keys.instance(i.decode())))  # noqa: E731
+
+        def live() -> list[str]:
+            return sorted(i.decode() for i in r.smembers(keys.instances()) if r.exists(keys.instance(i.decode())))
+
         results, lock = [], threading.Lock()
         with ThreadPoolExecutor(max_workers=64) as pool:
             # The burst: 6 req/s against 2 req/s of configured capacity per worker.

@@ -28,7 +28,8 @@ class _Counted:
 
     def __init__(self, min_replicas: int, max_replicas: int, device: str = "cpu", id_prefix: str = "") -> None:
         if min_replicas < 0 or max_replicas < 1 or min_replicas > max_replicas:
-            raise InvalidArgument("min_replicas", f"need 0 <= min <= max and max >= 1, got {min_replicas}, {max_replicas}")
+            raise InvalidArgument("min_replicas",
+                                  f"need 0 <= min <= max and max >= 1, got {min_replicas}, {max_replicas}")
         self.min_replicas, self.max_replicas, self.device = min_replicas, max_replicas, device
         self.id_prefix = id_prefix or self.name
         self._seq = 0

@@ -29,7 +29,8 @@ def slo_capacity_rps(model: LatencyModel, mean_prompt_tokens: float, mean_output
     per_seq_ms = model.c2_ms_per_decode_seq + model.c3_ms_per_kv_token * kv_per_seq
     room_ms = tpot_slo_ms * step_share - model.c0_ms
     batch = int(room_ms // per_seq_ms) if per_seq_ms > 0 else max_num_seqs
-    batch = max(1, min(batch, max_num_seqs, int(kv_capacity_tokens // max(1.0, mean_prompt_tokens + mean_output_tokens))))
+    kv_room = int(kv_capacity_tokens // max(1.0, mean_prompt_tokens + mean_output_tokens))
+    batch = max(1, min(batch, max_num_seqs, kv_room))
     per_request_ms = (mean_output_tokens * (model.c0_ms / batch + per_seq_ms)
                       + model.c1_ms_per_prefill_token * mean_prompt_tokens)
     return 1000.0 / per_request_ms

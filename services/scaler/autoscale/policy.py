@@ -15,7 +15,8 @@ Per tick (docs/AUTOSCALING.md has the worked numbers):
 5. Otherwise shrink, by draining, only when: past the cool-down since the last action,
    nothing starting or draining, SLOs met, no backlog, and the survivors are predicted to carry
    max(now, forecast over ready time + horizon) at or below scale_down_utilization of their SLO
-   capacity; as many instances at once as keep that true (after a spike, all the extra ones). The gap up to target_utilization is the hysteresis that stops a steady boundary
+   capacity; as many instances at once as keep that true (after a spike, all the extra ones).
+   The gap up to target_utilization is the hysteresis that stops a steady boundary
    load from flapping.
 """
 
@@ -110,8 +111,8 @@ class Autoscaler:
         undrained = {a.instance_id for a in actions if isinstance(a, Undrain)}
         for inst in draining:
             if inst.inflight == 0 and inst.instance_id not in undrained:
-                actions.append(Remove(self._id(), f"remove {inst.instance_id}: drained, nothing in flight (draining since {inst.since_s:.0f}s)",
-                                      inst.instance_id))
+                actions.append(Remove(self._id(), f"remove {inst.instance_id}: drained, nothing in flight "
+                                      f"(draining since {inst.since_s:.0f}s)", inst.instance_id))
         hold = ""
         if needed <= len(active) and not grew:
             shrink = self._shrink(signals, ready, starting, draining, caps, predicted, lead_s, now_s)
