@@ -32,7 +32,7 @@ def one_request(address: str, results: list, lock: threading.Lock) -> None:
     try:
         with grpc.insecure_channel(address) as channel:
             stream = router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
-                token_ids=common_pb2.TokenIds(ids=list(range(5, 69))),
+                token_ids=router_pb2.TokenIds(ids=list(range(5, 69))),
                 sampling=common_pb2.SamplingParams(max_tokens=TOKENS, ignore_eos=True)), timeout=120)
             for msg in stream:
                 if msg.HasField("final"):
