@@ -69,6 +69,13 @@ def add_autoscale_bench(subparsers) -> None:
                    help="queue autoscaler: target queued requests per instance (default %(default)s)")
     p.add_argument("--planner-interval-s", type=argtypes.positive_float, default=60.0,
                    help="throughput planner: adjustment interval (default %(default)s)")
+    hfx = AutoscaleConfig()
+    p.add_argument("--hfx-target-utilization", type=argtypes.positive_float, default=hfx.target_utilization,
+                   help="hfx: scale up above this share of SLO capacity (default %(default)s)")
+    p.add_argument("--hfx-scale-down-utilization", type=argtypes.positive_float, default=hfx.scale_down_utilization,
+                   help="hfx: survivors must stay at or below this share (default %(default)s)")
+    p.add_argument("--hfx-cooldown-s", type=argtypes.non_negative_float, default=hfx.scale_down_cooldown_s,
+                   help="hfx: seconds after a scale action before a removal (default %(default)s)")
     p.add_argument("--tick-s", type=argtypes.positive_float, default=5.0,
                    help="how often every autoscaler is asked (default %(default)s)")
     p.add_argument("--seed", type=argtypes.non_negative_int, default=1, help="(default %(default)s)")
@@ -111,7 +118,10 @@ def make_autoscaler(name: str, args, capacity: float, static_n: int):
     if name == "planner":
         return ThroughputPlanner(args.min_instances, args.max_instances, capacity, args.planner_interval_s)
     return Autoscaler(AutoscaleConfig(min_replicas=args.min_instances, max_replicas=args.max_instances,
-                                      capacity_rps={"cpu": capacity}, ready_times_s=ready))
+                                      capacity_rps={"cpu": capacity}, ready_times_s=ready,
+                                      target_utilization=args.hfx_target_utilization,
+                                      scale_down_utilization=args.hfx_scale_down_utilization,
+                                      scale_down_cooldown_s=args.hfx_cooldown_s))
 
 
 def run_one(name: str, args, requests, profile: Profile, workload: Workload, capacity: float, static_n: int) -> dict:

@@ -344,3 +344,13 @@ def test_after_a_spike_every_spare_instance_drains_at_once_and_no_more():
 def test_above_a_lowered_max_the_extras_drain():
     plan = Autoscaler(make_config(max_replicas=3)).on_tick(signals(ready(5), 1.0), 0.0)
     assert sum(isinstance(a, Drain) for a in plan.actions) == 2 and "> max 3" in plan.actions[0].reason
+
+
+def test_a_step_in_load_is_not_extrapolated_past_the_growth_cap():
+    scaler = Autoscaler(make_config(forecast_max_growth=0.5))
+    for k in range(10):
+        scaler.on_tick(signals(ready(2), 10.0), 5.0 * k)
+    plan = scaler.on_tick(signals(ready(2), 30.0), 50.0)       # a spike: 3x in one tick
+    assert 30.0 <= plan.predicted_rps <= 45.0
+    starts = sum(isinstance(a, Start) for a in plan.actions)
+    assert starts == 4          # ceil((45 / 0.8 - 20) / 10), not what the raw trend would buy

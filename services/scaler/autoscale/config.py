@@ -40,6 +40,9 @@ class AutoscaleConfig:
     # Holt linear-trend forecast of the arrival rate (smoothing of level and trend per tick).
     forecast_alpha: float = 0.5
     forecast_beta: float = 0.3
+    # The forecast may exceed the measured rate by at most this share: a step (a spike) makes
+    # a steep trend whose extrapolation would buy far more than the step itself.
+    forecast_max_growth: float = 0.5
     # Look this far past the ready time when deciding a removal (the survivors must carry it).
     scale_down_horizon_s: float = 60.0
 
@@ -68,7 +71,8 @@ class AutoscaleConfig:
                                   f"({self.target_utilization}), got {self.scale_down_utilization}")
         if not 0 < self.target_attainment <= 1:
             raise InvalidArgument("target_attainment", f"must be in (0, 1], got {self.target_attainment}")
-        for name in ("scale_down_cooldown_s", "scale_up_cooldown_s", "warmup_s", "scale_down_horizon_s"):
+        for name in ("scale_down_cooldown_s", "scale_up_cooldown_s", "warmup_s", "scale_down_horizon_s",
+                     "forecast_max_growth"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(name, f"must be >= 0, got {getattr(self, name)}")
         for kind, t in self.ready_times_s.items():

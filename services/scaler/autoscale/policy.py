@@ -83,7 +83,8 @@ class Autoscaler:
         cap = self._capacity_of(signals, cfg.device, now_s)
         caps = {i.instance_id: self._instance_capacity(i, signals, now_s) for i in active}
         total_cap = sum(caps.values())
-        predicted = max(signals.arrival_rps, self.forecast.at(lead_s))
+        predicted = max(signals.arrival_rps,
+                        min(self.forecast.at(lead_s), signals.arrival_rps * (1 + cfg.forecast_max_growth)))
         backlog_rps = signals.queue_depth / max(lead_s, 1.0)
         demand = predicted + backlog_rps
         # What the instances in service (or on their way) carry at the target utilization; the
