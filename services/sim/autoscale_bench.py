@@ -67,6 +67,9 @@ def add_autoscale_bench(subparsers) -> None:
     p.add_argument("--no-peer-start", action="store_true", help="only cold starts (default: peer starts allowed)")
     p.add_argument("--queue-target", type=argtypes.positive_float, default=1.0,
                    help="queue autoscaler: target queued requests per instance (default %(default)s)")
+    p.add_argument("--planner-utilization", type=argtypes.positive_float, default=1.0,
+                   help="throughput planner: plan for this share of the profiled throughput (1 = none spare) "
+                   "(default %(default)s)")
     p.add_argument("--planner-interval-s", type=argtypes.positive_float, default=60.0,
                    help="throughput planner: adjustment interval (default %(default)s)")
     hfx = AutoscaleConfig()
@@ -116,7 +119,8 @@ def make_autoscaler(name: str, args, capacity: float, static_n: int):
     if name == "queue":
         return QueueThreshold(args.min_instances, args.max_instances, args.queue_target)
     if name == "planner":
-        return ThroughputPlanner(args.min_instances, args.max_instances, capacity, args.planner_interval_s)
+        return ThroughputPlanner(args.min_instances, args.max_instances, capacity * args.planner_utilization,
+                                 args.planner_interval_s)
     return Autoscaler(AutoscaleConfig(min_replicas=args.min_instances, max_replicas=args.max_instances,
                                       capacity_rps={"cpu": capacity}, ready_times_s=ready,
                                       target_utilization=args.hfx_target_utilization,
