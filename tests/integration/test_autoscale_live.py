@@ -74,7 +74,8 @@ def test_a_burst_scales_out_and_its_end_drains_and_removes_without_losing_a_requ
             trickle = send(mesh.state.router, pool, 1.0, 25.0, results, lock)
             for f in burst + trickle:
                 f.result()
-            assert wait_until(lambda: live() == ["hfx-w0"], 60, 0.5), f"not back to one worker: {live()}"
+            # Either worker may go: the policy drains the one with least in flight, then the newest.
+            assert wait_until(lambda: len(live()) == 1, 60, 0.5), f"not back to one worker: {live()}"
         decisions = [json.loads(r.get(k)) for k in r.scan_iter(f"{keys.prefix}:scale:*")]
         drains = [d for d in decisions if d["action"] == "drain"]
         removes = [d for d in decisions if d["action"] == "remove"]
@@ -86,10 +87,13 @@ def test_a_burst_scales_out_and_its_end_drains_and_removes_without_losing_a_requ
             [x for x in results if x["error"] or x["tokens"] != TOKENS][:5]
         on_new = [x for x in results if x["instance"] == "hfx-w1"]
         assert on_new, "the new worker took no traffic"
-        drained_at = min(d["at"] for d in drains if d["instance_id"] == "hfx-w1")
-        in_flight_at_drain = [x for x in on_new if x["start"] < drained_at < x["end"]]
-        print(f"{len(results)} requests, {len(on_new)} on hfx-w1, {len(in_flight_at_drain)} in flight there at "
-              f"its drain; all finished")
+        (gone,) = {"hfx-w0", "hfx-w1"} - set(live())
+        assert gone in {d["instance_id"] for d in removes}
+        drained_at = min(d["at"] for d in drains if d["instance_id"] == gone)
+        in_flight_at_drain = [x for x in results if x["instance"] == gone and x["start"] < drained_at < x["end"]]
+        with capsys.disabled():
+            print(f"\n{len(results)} requests, {len(on_new)} on hfx-w1; {gone} drained and removed with "
+                  f"{len(in_flight_at_drain)} in flight at its drain; all finished with {TOKENS} tokens")
 
         assert main(["--home", str(mesh.home), "status"]) == 0
         out = capsys.readouterr().out
