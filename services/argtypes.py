@@ -187,3 +187,14 @@ def classes_file(value: str) -> str:
     except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as err:
         raise argparse.ArgumentTypeError(f"{value}: {err}") from None
     return value
+
+
+def device_price(value: str) -> tuple[str, float]:
+    """DEVICE=PRICE: a device kind's price per instance-second, e.g. cpu=1 or gpu=12.5 (>= 0)."""
+    device, sep, price = value.partition("=")
+    if not sep or not device:
+        raise argparse.ArgumentTypeError(f"expected DEVICE=PRICE (e.g. cpu=1.0), got {value!r}")
+    number = _number(price, float)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"price of {device!r} must be >= 0, got {price}")
+    return device, number

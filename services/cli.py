@@ -19,6 +19,8 @@ from pathlib import Path
 
 from services import argtypes
 from services.common import runtime
+from services.scaler.autoscale_cli import add_autoscale_flags
+from services.scaler.autoscale_cli import check as autoscale_check
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -81,9 +83,17 @@ def cmd_scheduler(args) -> int:
 
 
 def cmd_scaler(args) -> int:
+    from services.common.errors import InvalidArgument
+    from services.scaler.autoscale_cli import config_from_args
+    from services.scaler.autoscaling import LiveOptions
     from services.scaler.config import ScalerConfig
     from services.scaler.server import serve
 
+    try:
+        autoscale = config_from_args(args)
+    except InvalidArgument as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
     tracing = args.tracing
     spec = tracing.exporter if tracing.exporter != "otlp" else f"otlp={tracing.otlp_endpoint}"
     runtime.run_service(serve(ScalerConfig(
@@ -91,6 +101,9 @@ def cmd_scaler(args) -> int:
         port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
+        autoscale=autoscale, actuator=args.actuator,
+        autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
+                                      args.router_metrics or ""),
     )))
     return 0
 
@@ -118,7 +131,17 @@ def cmd_worker(args) -> int:
 # -- local cluster and client ------------------------------------------------------------------
 
 def cmd_up(args) -> int:
+    from services.common.errors import InvalidArgument
     from services.local import cluster
+    from services.scaler.autoscale_cli import config_from_args, forward_flags
+
+    try:
+        autoscale = config_from_args(args)
+    except InvalidArgument as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
+    if autoscale is not None:  # start within the bounds; the autoscaler takes it from there
+        args.workers = max(autoscale.min_replicas, min(autoscale.max_replicas, args.workers))
 
     model = _default_model(args)
     worker_args = list(args.worker_arg)
@@ -130,7 +153,7 @@ def cmd_up(args) -> int:
         home=args.home, model=model, workers=args.workers, router_port=args.router_port, redis_url=args.redis_url,
         policy=args.policy, engine=args.engine, tracing=args.tracing_spec, timeout_s=args.timeout,
         worker_args=tuple(worker_args), http_port=args.http_port, api_keys=tuple(args.api_key),
-        classes=args.classes or "", tied_to_caller=not args.detach,
+        classes=args.classes or "", tied_to_caller=not args.detach, scaler_args=tuple(forward_flags(args)),
     )
     print(f"starting HFX: {args.workers} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:
@@ -208,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra flag for every worker, e.g. --worker-arg=--kv-cache-mib=512 (repeatable; default: none)")
     p.add_argument("--detach", action="store_true",
                    help="return once ready; stop later with `hfx down` (default: stay in the foreground until Ctrl-C)")
+    add_autoscale_flags(p)
     p.set_defaults(func=cmd_up, check=_check_up, parser_error=p.error)
 
     sub.add_parser("down", help="stop the local cluster, leaving no process behind").set_defaults(func=cmd_down)
@@ -292,7 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine vllm: workers serve their weights, and a new worker pulls them from the least "
                         "loaded live worker of the model instead of reading storage; each donor holds the "
                         "checkpoint's size in RAM (default: off)")
-    p.set_defaults(func=cmd_scaler)
+    add_autoscale_flags(p)
+    p.add_argument("--scheduler-metrics", type=argtypes.address,
+                   help="--autoscale: the scheduler's /metrics HOST:PORT (arrivals, rejections, queue) (default: none)")
+    p.add_argument("--router-metrics", type=argtypes.address,
+                   help="--autoscale: the router's /metrics HOST:PORT (SLO attainment) (default: none)")
+    p.set_defaults(func=cmd_scaler, check=autoscale_check, parser_error=p.error)
 
     p = sub.add_parser("worker", help="run one worker process")
     _add_common(p)
@@ -374,7 +403,7 @@ def _check_up(args) -> str | None:
     """What one flag's type cannot see: flags that contradict each other."""
     if args.router_port == args.http_port:
         return f"--router-port and --http-port are both {args.router_port}"
-    return None
+    return autoscale_check(args)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -109,11 +110,13 @@ def status(args) -> int:
                 "waiting": load.waiting_requests, "kv_usage": round(load.kv_usage, 4), "draining": load.draining,
                 "mean_step_ms": round(sum(steps) / len(steps), 3) if steps else None,
             })
+        raw = client.get(keys.autoscale())
+        autoscale = json.loads(raw) if raw else None
     except redis.exceptions.ConnectionError as err:
         print(f"error: cannot reach redis at {state.redis_url}: {err}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps({"router": state.router, "instances": rows}, indent=2))
+        print(json.dumps({"router": state.router, "instances": rows, "autoscale": autoscale}, indent=2))
         return 0
     print(f"router {state.router}  scheduler {state.scheduler}  redis {state.redis_url}")
     print(f"{'instance':<14}{'role':<11}{'engine':<8}{'running':>8}{'waiting':>8}{'kv':>7}{'step ms':>9}  address")
@@ -123,4 +126,24 @@ def status(args) -> int:
               f"{r['kv_usage']:>7.1%}{step:>9}  {r['address']}{' (draining)' if r['draining'] else ''}")
     if not rows:
         print("(no instances registered)")
+    if autoscale:
+        print(describe_autoscale(autoscale, time.time()))
     return 0
+
+
+def describe_autoscale(a: dict, now_s: float) -> str:
+    """Desired vs actual and the last decision with its reason (the scaler writes it each tick)."""
+    actual = a.get("actual", {})
+    lines = [f"autoscale ({a.get('policy')}, {a.get('actuator')}, {a.get('min')}-{a.get('max')}): desired "
+             f"{a.get('desired')}, actual {actual.get('ready', 0)} ready + {actual.get('starting', 0)} starting + "
+             f"{actual.get('draining', 0)} draining; {a.get('arrival_rps', 0):.2f} req/s, predicted "
+             f"{a.get('predicted_rps', 0):.2f}, {a.get('capacity_rps', 0):.2f} per worker "
+             f"(as of {now_s - a.get('at', now_s):.0f}s ago)",
+             f"  now: {a.get('reason', '')}"]
+    last = a.get("last_decision")
+    if last:
+        lines.append(f"  last decision {last['decision_id']} ({now_s - last['at']:.0f}s ago): {last['action']} "
+                     f"{last.get('instance_id', '')}: {last['reason']}")
+    else:
+        lines.append("  no decision yet")
+    return "\n".join(lines)

@@ -7,6 +7,8 @@ Layout (prefix defaults to "hfx", so clusters can share one Redis under differen
   {p}:profile:{id}         string fitted latency model (JSON) of an instance
   {p}:request:{id}         hash   durable request record (state, instance, timings) for recovery
   {p}:scale:{decision_id}  string applied scaling decision (JSON), for idempotence
+  {p}:draining             set    ids of instances being drained: the scheduler places nothing new there
+  {p}:autoscale            string the autoscaler's last tick (JSON: desired, actual, last decision, reason)
 """
 
 from __future__ import annotations
@@ -35,3 +37,9 @@ class Keys:
 
     def scale_decision(self, decision_id: str) -> str:
         return f"{self.prefix}:scale:{decision_id}"
+
+    def draining(self) -> str:
+        return f"{self.prefix}:draining"
+
+    def autoscale(self) -> str:
+        return f"{self.prefix}:autoscale"

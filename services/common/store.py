@@ -88,3 +88,21 @@ class ClusterStore:
     async def get_profile(self, instance_id: str) -> dict | None:
         raw = await self.redis.get(self.keys.profile(instance_id))
         return json.loads(raw) if raw else None
+
+    # -- draining (the scaler marks, the scheduler reads) and the autoscaler's status -------------
+
+    async def mark_draining(self, instance_id: str, draining: bool = True) -> None:
+        if draining:
+            await self.redis.sadd(self.keys.draining(), instance_id)
+        else:
+            await self.redis.srem(self.keys.draining(), instance_id)
+
+    async def draining_ids(self) -> set[str]:
+        return {i.decode() for i in await self.redis.smembers(self.keys.draining())}
+
+    async def put_autoscale_status(self, status: dict) -> None:
+        await self.redis.set(self.keys.autoscale(), json.dumps(status))
+
+    async def get_autoscale_status(self) -> dict | None:
+        raw = await self.redis.get(self.keys.autoscale())
+        return json.loads(raw) if raw else None

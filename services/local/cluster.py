@@ -38,6 +38,7 @@ class UpOptions:
     # The services die with the calling process, however it dies (SIGKILL too): a foreground
     # `hfx up`, a test, a benchmark. False for `hfx up --detach`, whose caller exits at once.
     tied_to_caller: bool = True
+    scaler_args: tuple[str, ...] = ()  # autoscaling flags for the scaler (services/scaler/autoscale_cli.py)
 
 
 def _step(msg: str, t0: float) -> None:
@@ -179,7 +180,8 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
         procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
                           "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
-                          *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else [])),
+                          *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else []),
+                          *opts.scaler_args, *_signal_sources(opts, state)),
         log_dir / "scaler.log", **mark,
     )
     state.record("scaler", scaler.pid)
@@ -197,6 +199,13 @@ def _metrics_flag(opts: UpOptions, state: ClusterFile, service: str, fixed: froz
         return []
     state.metrics[service] = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     return ["--metrics-port", state.metrics[service].split(":")[1]]
+
+
+def _signal_sources(opts: UpOptions, state: ClusterFile) -> list[str]:
+    """An autoscaling scaler reads the scheduler's and the router's /metrics."""
+    if "--autoscale" not in opts.scaler_args:
+        return []
+    return [f"--{name}-metrics={state.metrics[name]}" for name in ("scheduler", "router") if name in state.metrics]
 
 
 def _router_flags(opts: UpOptions, state: ClusterFile) -> list[str]:

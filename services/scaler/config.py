@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.scaler.autoscale.config import AutoscaleConfig
+from services.scaler.autoscaling import LiveOptions
+
 
 @dataclass(frozen=True)
 class ScalerConfig:
@@ -27,3 +30,8 @@ class ScalerConfig:
     # Issue 12: vLLM workers serve their weights (--serve-weights) and a new worker pulls them from
     # the least loaded live one (services/scaler/donor.py) instead of reading storage.
     d2d: bool = False
+    # Elastic scaling (None: keep `replicas` workers). `replicas` is then the starting count,
+    # clamped to [min, max].
+    autoscale: AutoscaleConfig | None = None
+    autoscale_options: LiveOptions = field(default_factory=LiveOptions)
+    actuator: str = "local"

@@ -49,6 +49,33 @@ def reconcile(desired: int, slots: list[WorkerSlot], now_s: float, restart_backo
     return Actions(tuple(start), tuple(stop), "; ".join(parts) or f"at desired {desired}")
 
 
+def reconcile_set(wanted: set[int], slots: list[WorkerSlot], now_s: float, restart_backoff_s: float = 2.0) -> Actions:
+    """As `reconcile`, for an autoscaled pool where any slot may be retired: start wanted slots
+    that are missing or crashed (after the same backoff), stop running slots no longer wanted
+    (the autoscaler drained them first)."""
+    by_index = {s.index: s for s in slots}
+    start, waiting = [], []
+    for i in sorted(wanted):
+        slot = by_index.get(i)
+        if slot is None:
+            start.append(i)
+        elif not slot.running:
+            backoff = restart_backoff_s * (2 ** min(slot.restarts, 5))
+            if slot.exited_at_s is None or now_s - slot.exited_at_s >= backoff:
+                start.append(i)
+            else:
+                waiting.append(i)
+    stop = sorted((s.index for s in slots if s.index not in wanted and s.running), reverse=True)
+    parts = []
+    if start:
+        parts.append(f"start {start}")
+    if waiting:
+        parts.append(f"{waiting} crashed, restarting after backoff")
+    if stop:
+        parts.append(f"stop retired {stop}")
+    return Actions(tuple(start), tuple(stop), "; ".join(parts) or f"at wanted {sorted(wanted)}")
+
+
 def cpu_share(index: int, replicas: int, cores: list[int]) -> str:
     """The cores worker `index` of `replicas` gets, in vLLM's list syntax ("2" or "2,3").
 

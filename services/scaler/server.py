@@ -22,7 +22,7 @@ from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
-from services.scaler.reconcile import WorkerSlot, cpu_share, reconcile
+from services.scaler.reconcile import WorkerSlot, cpu_share, reconcile, reconcile_set
 
 log = logging.getLogger("hfx.scaler")
 SERVICE_NAME = "hfx.v1.Scaler"
@@ -38,6 +38,7 @@ class Managed:
     exit_code: int = 0
     restarts: int = 0
     stopping: bool = False
+    started_s: float = 0.0      # when its current process was launched (ready time = registered - this)
     leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
 
 
@@ -49,6 +50,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         self.workers: dict[int, Managed] = {}
         self.ready_ids: set[str] = set()
         self.registry: list[common_pb2.Instance] = []  # live instances as last read (donor choice)
+        # Autoscaled: the slots wanted (any may be retired after a drain); None: the first `desired`.
+        self.wanted: set[int] | None = None
+        if config.autoscale is not None:
+            a = config.autoscale
+            self.desired = max(a.min_replicas, min(a.max_replicas, config.replicas))
+            self.wanted = set(range(self.desired))
 
     def _instance_id(self, index: int) -> str:
         return f"{self.config.cluster_name}-w{index}"
@@ -72,7 +79,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         # Every group this slot ever had, one a line: `hfx down` checks them all, even if this
         # scaler was killed before it could reap an exited worker's leftovers.
         procs.append_group_record(self.config.log_dir / f"{w.instance_id}.pid", w.proc.pid)
-        w.exited_at_s, w.stopping = None, False
+        w.exited_at_s, w.stopping, w.started_s = None, False, time.time()
         log.info("started worker %s (pid %d, port %d, restarts %d)", w.instance_id, w.proc.pid, w.port, w.restarts)
 
     def _cpu_flag(self, w: Managed) -> list[str]:
@@ -156,7 +163,10 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             for w in self.workers.values()
             if self.config.restart_crashed or w.exited_at_s is None or w.stopping
         ]
-        actions = reconcile(self.desired, slots, now_s)
+        if self.wanted is not None:
+            actions = reconcile_set(self.wanted, slots, now_s)
+        else:
+            actions = reconcile(self.desired, slots, now_s)
         for index in actions.start:
             if index in self.workers and self.workers[index].stopping:
                 continue
@@ -165,6 +175,33 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             self._stop(index)
         if actions.start or actions.stop:
             log.info("reconcile: %s", actions.reason)
+
+    # -- slots under an autoscaler (services/scaler/actuator.py LocalProcesses) -------------------
+
+    def live_slots(self) -> list[Managed]:
+        """Workers wanted and running (starting or ready); retired ones on their way out are not."""
+        return [w for i, w in sorted(self.workers.items())
+                if self.wanted is not None and i in self.wanted and w.exited_at_s is None and not w.stopping]
+
+    def add_slot(self, now_s: float) -> str:
+        """One more worker, in the lowest free slot; returns its instance id."""
+        assert self.wanted is not None, "add_slot needs autoscaling"
+        index = next(i for i in range(len(self.workers) + len(self.wanted) + 1)
+                     if i not in self.wanted and (i not in self.workers or self.workers[i].exited_at_s is not None))
+        self.wanted.add(index)
+        self.desired = len(self.wanted)
+        self.step(now_s)
+        return self._instance_id(index)
+
+    def retire_slot(self, instance_id: str, now_s: float) -> None:
+        """Stop a drained worker (SIGTERM: it finishes anything left, deregisters, exits)."""
+        assert self.wanted is not None, "retire_slot needs autoscaling"
+        index = next((i for i, w in self.workers.items() if w.instance_id == instance_id), None)
+        if index is None or index not in self.wanted:
+            return
+        self.wanted.discard(index)
+        self.desired = len(self.wanted)
+        self.step(now_s)
 
     async def loop(self) -> None:
         while True:
@@ -195,6 +232,13 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             raise InvalidArgument("replicas", f"must be >= 0, got {request.replicas}")
         if convert.role_from_pb(request.role) is not Role.COLOCATED:
             raise InvalidArgument("role", "only colocated workers can be scaled in this build")
+        if self.config.autoscale is not None:
+            a = self.config.autoscale
+            if not a.min_replicas <= request.replicas <= a.max_replicas:
+                raise InvalidArgument("replicas", f"{request.replicas} is outside the autoscaler's bounds "
+                                      f"[{a.min_replicas}, {a.max_replicas}]")
+            raise InvalidArgument("replicas", "the autoscaler decides the count within "
+                                  f"[{a.min_replicas}, {a.max_replicas}]; change --min/--max instead")
         first = await self.store.claim_decision(
             request.decision_id, {"replicas": request.replicas, "reason": request.reason, "at": time.time()}
         )
@@ -239,12 +283,27 @@ async def serve(config: ScalerConfig) -> None:
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()
     await grpcutil.set_serving(health, [SERVICE_NAME])
-    task = asyncio.create_task(servicer.loop())
-    log.info("scaler serving on %s:%d, %d workers wanted", config.host, port, config.replicas)
+    tasks = [asyncio.create_task(servicer.loop())]
+    if config.autoscale is not None:
+        tasks.append(asyncio.create_task(_autoscaler(config, servicer, cluster).run()))
+    log.info("scaler serving on %s:%d, %d workers wanted%s", config.host, port, servicer.desired,
+             f" (autoscaling {config.autoscale.min_replicas}-{config.autoscale.max_replicas})"
+             if config.autoscale else "")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
-    task.cancel()
+    for task in tasks:
+        task.cancel()
     await asyncio.get_running_loop().run_in_executor(None, servicer.shutdown)
     await server.stop(grace=1.0)
+
+
+def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.ClusterStore):
+    from services.scaler.actuator import ACTUATORS
+    from services.scaler.autoscale import Autoscaler
+    from services.scaler.autoscaling import AutoscaleLoop
+
+    actuator = ACTUATORS[config.actuator](servicer, cluster)
+    policy = Autoscaler(config.autoscale, id_prefix=f"{config.cluster_name}-{int(time.time() * 1000)}")
+    return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address)

@@ -170,6 +170,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         while True:
             try:
                 self.state.set_instances(await self.store.instances())
+                self.state.draining = await self.store.draining_ids()
                 await self.load_profiles()
                 self.export_instances()
                 self.wake()
@@ -292,6 +293,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             copy.CopyFrom(inst)
             if iid in self.state.loads:
                 copy.load.CopyFrom(convert.load_to_pb(iid, self.state.loads[iid]))
+            if iid in self.state.draining:  # what placement sees (the scaler waits for this)
+                copy.load.instance_id, copy.load.draining = iid, True
         return out
 
 

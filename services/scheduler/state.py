@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.common import convert
 from services.common.domain import (
@@ -29,6 +29,9 @@ class ClusterState:
     # instance -> when a request failed on it. It takes no new work until it reports load again
     # after that time: a dead worker stays in the registry until its heartbeat TTL runs out.
     quarantined: dict[str, float] = field(default_factory=dict)
+    # Instances the scaler is draining (Redis {prefix}:draining): they finish what runs there
+    # and get no new placements, whatever their own load reports say.
+    draining: set[str] = field(default_factory=set)
 
     def set_instances(self, instances: list[common_pb2.Instance]) -> None:
         self.instances = {i.instance_id: i for i in instances}
@@ -64,13 +67,16 @@ class ClusterState:
             if iid in self.quarantined:
                 continue
             inst = self.instances[iid]
+            load = self.loads.get(iid, InstanceLoad())
+            if iid in self.draining and not load.draining:
+                load = replace(load, draining=True)
             views.append(
                 InstanceView(
                     instance_id=iid,
                     address=inst.address,
                     role=convert.role_from_pb(inst.role),
                     max_model_len=inst.max_model_len,
-                    load=self.loads.get(iid, InstanceLoad()),
+                    load=load,
                     running=tuple(self.running.get(iid, {}).values()),
                     latency_model=self.models.get(iid),
                 )

@@ -51,6 +51,9 @@ def add_sim_commands(subparsers) -> None:
     fam.add_argument("--family-out", default="family-worst", metavar="DIR",
                      help="--family: where the worst workloads' YAML goes (default %(default)s)")
     bench.set_defaults(func=run_bench)
+    from services.sim.autoscale_bench import add_autoscale_bench
+
+    add_autoscale_bench(subparsers)
 
 
 def _common(p: argparse.ArgumentParser, rates_default: list[float], policies_default: list[str]) -> None:

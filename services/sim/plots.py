@@ -55,3 +55,33 @@ def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_d
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def autoscale_timeline(results: Sequence[dict], rate_fn, out_dir: Path, label: str = ENGINE_LABEL) -> Path:
+    """Instances paid for (top), with the offered rate when known, and SLO attainment of the
+    requests arriving in each 30 s bucket (bottom), one line per autoscaler."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for r in results:
+        ts = [t for t, _, _ in r["timeline"]]
+        top.step(ts, [n for _, n, _ in r["timeline"]], where="post", label=f"{r['autoscaler']} "
+                 f"({r['instance_seconds']:.0f} inst-s, {r['slo_attainment']:.1%})")
+        bottom.plot([t for t, _ in r["attainment_over_time"]], [100 * a for _, a in r["attainment_over_time"]],
+                    label=r["autoscaler"])
+    if rate_fn is not None and results:
+        end = max(t for r in results for t, _, _ in r["timeline"])
+        xs = np.linspace(0, end, 2000)
+        ax2 = top.twinx()
+        ax2.plot(xs, [rate_fn(x) for x in xs], color="grey", linewidth=0.7, alpha=0.6)
+        ax2.set_ylabel("offered rate (req/s)", color="grey")
+    top.set_ylabel("instances")
+    top.legend(fontsize=7, loc="upper left")
+    bottom.axhline(90, color="grey", linestyle=":", linewidth=1)
+    bottom.set_ylabel("SLO attainment (%)")
+    bottom.set_xlabel("time (s)")
+    bottom.legend(fontsize=7)
+    top.set_title(f"autoscalers on one trace ({label})", fontsize=9)
+    path = out_dir / "autoscale_timeline.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

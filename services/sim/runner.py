@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from services.common.domain import (ClusterSnapshot, InstanceLoad, InstanceView, RequestSpec, RunningRequest,
                                     Verdict)
@@ -18,6 +18,9 @@ from services.scheduler.policy import Policy, observe_completion
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile
 from services.sim.workload import SimRequestSpec
+
+if TYPE_CHECKING:
+    from services.sim.scaling import ScalingDriver
 
 TICK_S = 0.02          # re-run the scheduler this often while requests wait and nothing else happens
 STALL_TICKS = 5000     # give up on requests no policy pass places for this long with the cluster idle
@@ -79,18 +82,17 @@ class _Node:
     placed: dict[str, RunningRequest] = field(default_factory=dict)
     running_view: tuple[RunningRequest, ...] = ()
     view: InstanceView | None = None
+    draining: bool = False      # set by an autoscaler (services/sim/scaling.py): no new placements
 
 
 class Simulation:
     def __init__(self, policy: Policy, profile: Profile, instances: int, seed: int,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, scaling: "ScalingDriver | None" = None) -> None:
         self.policy = policy
         self.profile = profile
-        self.nodes = [
-            _Node(SimInstance(f"sim-{i:02d}", profile.model, profile.kv_capacity_tokens, profile.chunk_tokens,
-                              profile.max_num_seqs, profile.step_noise, seed=seed * 1000 + i))
-            for i in range(instances)
-        ]
+        self.seed = seed
+        self.scaling = scaling      # None: a fixed set of instances
+        self.nodes = [self.new_node(i) for i in range(instances)]
         self.by_id = {n.sim.instance_id: n for n in self.nodes}
         self.progress = progress or (lambda done: None)
         self._events: list = []
@@ -103,6 +105,29 @@ class Simulation:
         self._busy_s = 0.0
         self._done = 0
 
+    def new_node(self, index: int) -> _Node:
+        p = self.profile
+        return _Node(SimInstance(f"sim-{index:02d}", p.model, p.kv_capacity_tokens, p.chunk_tokens, p.max_num_seqs,
+                                 p.step_noise, seed=self.seed * 1000 + index))
+
+    def add_node(self, node: _Node) -> None:
+        self.nodes.append(node)
+        self.by_id[node.sim.instance_id] = node
+        self._refresh_view(node)
+
+    def remove_node(self, instance_id: str) -> None:
+        """Only a node with nothing placed and no step in flight can go (drain first)."""
+        node = self.by_id[instance_id]
+        if node.placed or node.sim.busy or node.sim.has_work:
+            raise ValueError(f"{instance_id} still has work; drain it first")
+        self.nodes.remove(node)
+        del self.by_id[instance_id]
+
+    def set_draining(self, instance_id: str, draining: bool) -> None:
+        node = self.by_id[instance_id]
+        node.draining = draining
+        self._refresh_view(node)
+
     # -- events ---------------------------------------------------------------------------------
 
     def _push(self, t_s: float, kind: str, payload) -> None:
@@ -114,6 +139,8 @@ class Simulation:
             self._push(r.spec.arrival_s, "arrival", r.spec)
         for node in self.nodes:
             self._refresh_view(node)
+        if self.scaling is not None:
+            self.scaling.begin(self)
         idle_ticks, ticking = 0, False
         while self._events:
             self.now_s, _, kind, payload = heapq.heappop(self._events)
@@ -123,6 +150,8 @@ class Simulation:
                 self._end_step(payload)
             elif kind == "tick":
                 ticking = False
+            elif kind == "scale":
+                self.scaling.on_event(self, payload)
             placed_before = self.decisions
             self._schedule()
             self._start_idle_steps()
@@ -134,7 +163,8 @@ class Simulation:
                 self._push(self.now_s + TICK_S, "tick", None)
                 ticking = True
         makespan = max((r.finish_s or r.spec.arrival_s for r in self.records.values()), default=0.0)
-        return SimResult(list(self.records.values()), len(self.nodes) * makespan, makespan, self.decisions,
+        instance_s = self.scaling.instance_seconds(makespan) if self.scaling else len(self.nodes) * makespan
+        return SimResult(list(self.records.values()), instance_s, makespan, self.decisions,
                          sum(n.sim.engine_preemptions for n in self.nodes), self.policy_preemptions)
 
     # -- scheduler pass -------------------------------------------------------------------------
@@ -210,12 +240,20 @@ class Simulation:
             node.running_view = tuple(node.placed.values())
         load = InstanceLoad(len(sim.running), len(sim.waiting), sim.kv_used_tokens / sim.kv_capacity_tokens,
                             sim.kv_capacity_tokens, (sim.last_step_ms,), self.now_s)
+        if node.draining:
+            load = replace(load, draining=True)
         node.view = InstanceView(sim.instance_id, f"sim://{sim.instance_id}", load=load,
                                  running=node.running_view, latency_model=sim.model)
 
     def _finish(self, rec: RequestRecord) -> None:
         self._done += 1
         self.progress(self._done)
+        if self.scaling is not None:
+            self.scaling.on_finish(rec, self.now_s)
+
+    @property
+    def done(self) -> int:
+        return self._done
 
     def _fail_waiting(self, reason: str) -> None:
         for spec in list(self.waiting):

@@ -201,8 +201,6 @@ def generate(workload: Workload, rate_rps: float, requests: int, seed: int, mode
     if rate_rps <= 0 or requests <= 0:
         raise ValueError(f"rate and requests must be > 0, got rate {rate_rps}, requests {requests}")
     rng = random.Random(seed)
-    slos = {c.name: c.slo(model, chunk_tokens) for c in workload.classes}
-    weights = [c.weight for c in workload.classes]
     if workload.trace:
         rows = read_azure_trace(workload.trace)[:requests]
         span_s = rows[-1][0] or 1.0
@@ -213,6 +211,15 @@ def generate(workload: Workload, rate_rps: float, requests: int, seed: int, mode
         for gap in _gaps_s(workload, rate_rps, requests, rng):
             t += gap
             shapes.append((t, -1, -1))
+    return at_times(workload, shapes, rng, model, chunk_tokens)
+
+
+def at_times(workload: Workload, shapes: list[tuple[float, int, int]], rng: random.Random, model: LatencyModel,
+             chunk_tokens: int) -> list[SimRequestSpec]:
+    """Requests arriving at the given times, each of a class drawn by weight; a shape's lengths
+    (> 0, from a trace) are kept, others drawn from the class's distributions."""
+    slos = {c.name: c.slo(model, chunk_tokens) for c in workload.classes}
+    weights = [c.weight for c in workload.classes]
     out = []
     for i, (t_s, prompt, output) in enumerate(shapes):
         cls = rng.choices(workload.classes, weights)[0]

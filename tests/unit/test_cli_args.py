@@ -134,3 +134,19 @@ def test_every_flag_says_what_it_does_and_its_default(name, formatter, action):
     assert len(text.split()) >= 2, f"{name}: help {text!r} explains nothing"
     if action.default not in (None, False, [], "", argparse.SUPPRESS) and not action.required:
         assert "default" in text, f"{name}: help {text!r} does not give its default {action.default!r}"
+
+
+def test_autoscale_flags_refuse_contradictions_before_anything_starts(capsys):
+    import pytest
+
+    from services.cli import main
+
+    for argv, says in ((["up", "--autoscale", "--min", "5", "--max", "2"], "--min 5 is above --max 2"),
+                       (["up", "--autoscale", "--price", "cpu=-3"], "must be >= 0"),
+                       (["up", "--autoscale", "--price", "cpu"], "expected DEVICE=PRICE"),
+                       (["up", "--autoscale", "--actuator", "kubernetes"], "not implemented"),
+                       (["up", "--autoscale", "--scale-down-utilization", "0.9"], "scale_down_utilization")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err, (argv, err)

@@ -34,3 +34,35 @@ def test_cpu_share_gives_engines_disjoint_cores():
     assert [cpu_share(i, 3, list(range(8))) for i in range(3)] == ["1,2,3", "4,5", "6,7"]
     assert [cpu_share(i, 3, [0, 1]) for i in range(3)] == ["0", "1", "0"]  # more engines than cores
     assert cpu_share(0, 2, []) == ""
+
+
+def test_reconcile_set_retires_any_slot_and_keeps_the_others():
+    from services.scaler.reconcile import reconcile_set
+
+    slots = [WorkerSlot(i, True) for i in range(3)]
+    actions = reconcile_set({0, 2}, slots, now_s=0)          # slot 1 was drained: only it stops
+    assert actions.stop == (1,) and actions.start == ()
+    assert reconcile_set({0, 2, 3}, slots[:1] + slots[2:], now_s=0).start == (3,)
+    crashed = WorkerSlot(2, False, exited_at_s=100.0, restarts=0)
+    assert reconcile_set({2}, [crashed], now_s=101).start == ()
+    assert reconcile_set({2}, [crashed], now_s=102).start == (2,)
+
+
+def test_scale_beyond_the_autoscalers_max_is_refused_and_changes_nothing(tmp_path):
+    import asyncio
+
+    import pytest
+
+    from services.common.errors import InvalidArgument
+    from services.common.pb.hfx.v1 import scaler_pb2
+    from services.scaler.autoscale import AutoscaleConfig
+    from services.scaler.config import ScalerConfig
+    from services.scaler.server import ScalerServicer
+
+    config = ScalerConfig(model="m", scheduler_address="127.0.0.1:1", log_dir=tmp_path, replicas=9,
+                          autoscale=AutoscaleConfig(min_replicas=1, max_replicas=4))
+    servicer = ScalerServicer(config, cluster=None)
+    assert servicer.desired == 4 and servicer.wanted == {0, 1, 2, 3}   # the start count is clamped
+    with pytest.raises(InvalidArgument, match=r"outside the autoscaler's bounds \[1, 4\]"):
+        asyncio.run(servicer.Scale(scaler_pb2.ScaleRequest(decision_id="d1", replicas=9), None))
+    assert servicer.desired == 4 and servicer.wanted == {0, 1, 2, 3}

@@ -187,3 +187,17 @@ def test_place_refuses_a_negative_resumed_token_count_by_name():
             await s.Place(msg, Context())
         assert not s.state.waiting
     asyncio.run(go())
+
+
+def test_an_instance_the_scaler_drains_takes_no_new_placements():
+    from services.common.domain import InstanceLoad
+    from services.common.pb.hfx.v1 import common_pb2
+    from services.scheduler.state import ClusterState
+
+    state = ClusterState()
+    state.set_instances([common_pb2.Instance(instance_id=i, address=f"a{i}") for i in ("w0", "w1")])
+    state.set_load("w1", InstanceLoad(running_requests=2, reported_s=1.0))
+    state.draining = {"w1"}
+    views = {v.instance_id: v for v in state.snapshot().instances}
+    assert views["w0"].accepting and not views["w1"].accepting
+    assert views["w1"].load.running_requests == 2      # still seen, so its running requests are protected

@@ -66,3 +66,47 @@ def test_prefixes_keep_clusters_apart(redis_url):
         await a.register(common_pb2.Instance(instance_id="x"), ttl_s=5)
         assert [i.instance_id for i in await a.instances()] == ["x"] and await b.instances() == []
     run(go())
+
+
+def test_draining_marks_and_autoscale_status(redis_url):
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t-drain"))
+        assert await s.draining_ids() == set()
+        await s.mark_draining("w1")
+        await s.mark_draining("w2")
+        await s.mark_draining("w1", False)
+        assert await s.draining_ids() == {"w2"}
+        assert await s.get_autoscale_status() is None
+        await s.put_autoscale_status({"desired": 3, "reason": "hold"})
+        assert (await s.get_autoscale_status())["desired"] == 3
+    run(go())
+
+
+def test_autoscale_decisions_apply_once_even_when_replayed(redis_url):
+    """A restarted scaler replaying a plan (same decision ids) does not act twice."""
+    from services.scaler.autoscale import Drain, Plan, Start, StartKind
+    from services.scaler.autoscaling import AutoscaleLoop, LiveOptions
+
+    class Recorder:  # the actuator: records what it is asked to do
+        kind = "test"
+
+        def __init__(self):
+            self.calls = []
+
+        async def start(self, device, start_kind):
+            self.calls.append(("start", device))
+            return "w9"
+
+        async def drain(self, instance_id):
+            self.calls.append(("drain", instance_id))
+
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t-once"))
+        plan = Plan((Start("run1-1", "why", "cpu", StartKind.COLD), Drain("run1-2", "why", "w3")), 2, "why")
+        actuator = Recorder()
+        for _ in range(2):
+            loop = AutoscaleLoop(None, s, actuator, None, LiveOptions(), "127.0.0.1:1")
+            await loop.apply(plan, 100.0)
+        assert actuator.calls == [("start", "cpu"), ("drain", "w3")]
+        assert loop.last_decision is None   # the replaying loop applied nothing
+    run(go())

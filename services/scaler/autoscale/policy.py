@@ -1,0 +1,231 @@
+"""HFX's autoscaling policy: scale on predicted demand against SLO capacity, drain to shrink.
+
+Per tick (docs/AUTOSCALING.md has the worked numbers):
+1. A draining instance with nothing in flight is removed; nothing in flight is ever aborted.
+2. Capacity per instance is the median SLO capacity of warmed-up instances (`capacity.py`); new
+   instances' warm-up samples do not count. Starting instances count (they will be ready soon),
+   draining ones do not.
+3. Demand is the larger of the measured arrival rate and its forecast at now + the ready time
+   of the quickest way to start an instance (a decision later than that cannot help in time),
+   plus the scheduler's backlog spread over that time. Needed = ceil(demand / (capacity *
+   target_utilization)). SLO pressure (attainment below target while requests queue, run late or
+   are turned away) adds one more, once the last added capacity has warmed up.
+4. Short: undrain draining instances first (no start time, no new cost), then start the
+   cheapest (device, start kind) that is ready in time (`cost.py`).
+5. Otherwise shrink, by draining, only when: past the cool-down since the last action,
+   nothing starting or draining, SLOs met, no backlog, and the survivors are predicted to carry
+   max(now, forecast over ready time + horizon) at or below scale_down_utilization of their SLO
+   capacity; as many instances at once as keep that true (after a spike, all the extra ones).
+   The gap up to target_utilization is the hysteresis that stops a steady boundary
+   load from flapping.
+"""
+
+from __future__ import annotations
+
+import math
+
+from services.scaler.autoscale.actions import Action, Drain, Plan, Remove, Start, Undrain
+from services.scaler.autoscale.capacity import estimate_capacity, warmed_up
+from services.scaler.autoscale.config import AutoscaleConfig
+from services.scaler.autoscale.cost import Option, choose
+from services.scaler.autoscale.forecast import HoltForecast
+from services.scaler.autoscale.signals import InstanceSignal, Phase, Signals
+
+NEVER = -math.inf
+
+
+class Autoscaler:
+    name = "hfx"
+
+    def __init__(self, config: AutoscaleConfig, id_prefix: str = "hfx") -> None:
+        self.config = config
+        self.id_prefix = id_prefix
+        self.forecast = HoltForecast(config.forecast_alpha, config.forecast_beta)
+        self._seq = 0
+        self.last_action_s = NEVER
+        self.last_slo_start_s = NEVER
+        self._capacity: dict[str, float] = {}      # last measured, kept while no warmed sample exists
+
+    def _id(self) -> str:
+        self._seq += 1
+        return f"{self.id_prefix}-{self._seq}"
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _capacity_of(self, signals: Signals, device: str, now_s: float) -> float:
+        fallback = self._capacity.get(device, self.config.default_capacity(device))
+        cap, samples = estimate_capacity(signals.instances, device, now_s, self.config.warmup_s, fallback)
+        if samples:
+            self._capacity[device] = cap
+        return cap
+
+    def _instance_capacity(self, inst: InstanceSignal, signals: Signals, now_s: float) -> float:
+        if inst.capacity_rps and warmed_up(inst, now_s, self.config.warmup_s):
+            return inst.capacity_rps
+        return self._capacity_of(signals, inst.device, now_s)
+
+    def _options(self, signals: Signals, now_s: float) -> list[Option]:
+        cfg = self.config
+        return [Option(device, kind, signals.ready_times_s.get(kind, cfg.ready_times_s.get(kind, 0.0)), price,
+                       self._capacity_of(signals, device, now_s))
+                for device, price in cfg.prices.items() for kind in signals.start_kinds]
+
+    # -- the tick --------------------------------------------------------------------------------
+
+    def on_tick(self, signals: Signals, now_s: float) -> Plan:
+        cfg = self.config
+        self.forecast.observe(signals.arrival_rps, now_s)
+        ready, starting = signals.of(Phase.READY), signals.of(Phase.STARTING)
+        draining = signals.of(Phase.DRAINING)
+        active = ready + starting
+        options = self._options(signals, now_s)
+        lead_s = min((o.ready_s for o in options), default=0.0)
+        cap = self._capacity_of(signals, cfg.device, now_s)
+        caps = {i.instance_id: self._instance_capacity(i, signals, now_s) for i in active}
+        total_cap = sum(caps.values())
+        predicted = max(signals.arrival_rps,
+                        min(self.forecast.at(lead_s), signals.arrival_rps * (1 + cfg.forecast_max_growth)))
+        backlog_rps = signals.queue_depth / max(lead_s, 1.0)
+        demand = predicted + backlog_rps
+        # What the instances in service (or on their way) carry at the target utilization; the
+        # shortfall is bought in instances of the default device's measured capacity.
+        shortfall = demand / cfg.target_utilization - total_cap
+        needed = len(active) + max(0, math.ceil(shortfall / cap - 1e-9))
+        why_needed = (f"predicted {predicted:.2f} req/s in {lead_s:.0f}s (now {signals.arrival_rps:.2f}) + backlog "
+                      f"{signals.queue_depth}: {total_cap:.2f} req/s of SLO capacity in {len(active)} at <= "
+                      f"{cfg.target_utilization:.0%} -> {needed}")
+        slo = self._slo_pressure(signals, now_s, ready, starting)
+        if slo and needed <= len(active):
+            needed = len(active) + 1
+            why_needed = f"{slo}; {len(active)} active -> {needed}"
+        needed = max(cfg.min_replicas, min(cfg.max_replicas, needed))
+        details = {"predicted_rps": predicted, "capacity_rps": cap, "active": len(active), "needed": needed,
+                   "lead_s": lead_s, "utilization": demand / total_cap if total_cap else None}
+
+        actions: list[Action] = []
+        if needed > len(active):
+            actions += self._grow(needed - len(active), shortfall, draining, options, signals, total_cap, why_needed)
+            if slo:
+                self.last_slo_start_s = now_s
+        grew = bool(actions)
+        # A drained instance is removed unless it was just taken back into service.
+        undrained = {a.instance_id for a in actions if isinstance(a, Undrain)}
+        for inst in draining:
+            if inst.inflight == 0 and inst.instance_id not in undrained:
+                actions.append(Remove(self._id(), f"remove {inst.instance_id}: drained, nothing in flight "
+                                      f"(draining since {inst.since_s:.0f}s)", inst.instance_id))
+        hold = ""
+        if needed <= len(active) and not grew:
+            shrink = self._shrink(signals, ready, starting, draining, caps, predicted, lead_s, now_s)
+            if isinstance(shrink, str):
+                hold = shrink
+            else:
+                actions[:0] = shrink
+        elif not grew:
+            hold = f"hold at {len(active)}: {why_needed}"
+        if any(not isinstance(a, Remove) for a in actions):
+            self.last_action_s = now_s
+        reason = "; ".join([hold] * bool(hold) + [a.reason for a in actions])
+        starts = sum(isinstance(a, (Start, Undrain)) for a in actions)
+        drains = sum(isinstance(a, Drain) for a in actions)
+        return Plan(tuple(actions), len(active) + starts - drains, reason, predicted, cap, details)
+
+    def _slo_pressure(self, signals: Signals, now_s: float, ready: list[InstanceSignal],
+                      starting: list[InstanceSignal]) -> str:
+        """Why the SLOs ask for more than demand does ("" when they do not): attainment below
+        target while requests queue, run late or are turned away. Waits for capacity already
+        added to start and warm up, so one shortfall does not buy several instances."""
+        cfg = self.config
+        att = signals.overall_attainment()
+        if att.total < cfg.min_attainment_samples or att.share >= cfg.target_attainment:
+            return ""
+        rejected = sum(signals.rejections.values())
+        if not (signals.queue_depth or signals.slack_deficit_ms > 0 or rejected):
+            return ""
+        if starting or any(not warmed_up(i, now_s, cfg.warmup_s) for i in ready):
+            return ""
+        if now_s - self.last_slo_start_s < cfg.scale_up_cooldown_s:
+            return ""
+        return (f"SLO attainment {att.share:.1%} < {cfg.target_attainment:.0%} with {signals.queue_depth} queued, "
+                f"{signals.slack_deficit_ms:.0f} ms late, {rejected} turned away")
+
+    def _grow(self, deficit: int, shortfall_rps: float, draining: list[InstanceSignal], options: list[Option],
+              signals: Signals, total_cap: float, why: str) -> list[Action]:
+        """`deficit` instances of the default device's capacity; fewer when a bigger kind wins."""
+        out: list[Action] = []
+        undrain_cap = 0.0
+        # Warmest first: the one with most in flight has its caches fullest.
+        for inst in sorted(draining, key=lambda i: -i.inflight)[:deficit]:
+            out.append(Undrain(self._id(), f"undrain {inst.instance_id} (ready now, no start cost): {why}",
+                               inst.instance_id))
+            undrain_cap += inst.capacity_rps or 0.0
+        deficit -= len(out)
+        if deficit <= 0:
+            return out
+        # How soon the capacity is needed: now if demand already exceeds what is active,
+        # else when the forecast trend reaches it.
+        limit = total_cap * self.config.target_utilization
+        trend = self.forecast.trend_per_s
+        if signals.arrival_rps >= limit:
+            deadline_s = 0.0
+        elif trend > 0:
+            deadline_s = (limit - self.forecast.at(0.0)) / trend
+        else:
+            deadline_s = math.inf
+        option, how = choose(options, deadline_s)
+        if option.capacity_rps > 0 and shortfall_rps > undrain_cap:
+            # Min/max and SLO pressure set `deficit`; a bigger device covers it with fewer.
+            deficit = min(deficit, max(1, math.ceil((shortfall_rps - undrain_cap) / option.capacity_rps - 1e-9)))
+        for _ in range(deficit):
+            out.append(Start(self._id(), f"start {how}: {why}", option.device, option.start_kind))
+        return out
+
+    def _shrink(self, signals: Signals, ready: list[InstanceSignal], starting: list[InstanceSignal],
+                draining: list[InstanceSignal], caps: dict[str, float], predicted: float, lead_s: float,
+                now_s: float) -> list[Drain] | str:
+        """Drains (as many as the survivors can spare at once), or why not (a "hold ..." string)."""
+        cfg = self.config
+        n = len(ready) + len(starting)
+        victims = self._victims(ready)
+        if n > cfg.max_replicas and ready:
+            return [Drain(self._id(), f"drain {v.instance_id}: {n} active > max {cfg.max_replicas}", v.instance_id)
+                    for v in victims[:n - cfg.max_replicas]]
+        if n <= cfg.min_replicas:
+            return f"hold at {n}: at min {cfg.min_replicas}"
+        if starting or [d for d in draining if d.inflight > 0]:
+            return f"hold at {n}: a start or a drain is under way"
+        wait = cfg.scale_down_cooldown_s - (now_s - self.last_action_s)
+        if wait > 0:
+            return f"hold at {n}: cool-down, {wait:.0f}s left"
+        att = signals.overall_attainment()
+        if att.total >= cfg.min_attainment_samples and att.share < cfg.target_attainment:
+            return f"hold at {n}: SLO attainment {att.share:.1%} below {cfg.target_attainment:.0%}"
+        if signals.queue_depth or signals.slack_deficit_ms > 0:
+            return f"hold at {n}: {signals.queue_depth} queued, {signals.slack_deficit_ms:.0f} ms late"
+        # The survivors must carry the load predicted over a restart's lead time and the horizon
+        # beyond it: if we are wrong, capacity comes back no sooner than that.
+        horizon = max(predicted, self.forecast.at(lead_s + cfg.scale_down_horizon_s))
+        total = sum(caps[i.instance_id] for i in ready)
+        removed, removed_cap = [], 0.0
+        for v in victims[:max(0, n - max(cfg.min_replicas, 1 if horizon > 0 else 0))]:
+            survivors_cap = total - removed_cap - caps[v.instance_id]
+            util = horizon / survivors_cap if survivors_cap > 0 else (0.0 if horizon <= 0 else math.inf)
+            if util > cfg.scale_down_utilization:
+                break
+            removed.append((v, util, survivors_cap))
+            removed_cap += caps[v.instance_id]
+        if not removed:
+            survivors_cap = total - caps[victims[0].instance_id] if victims else 0.0
+            util = horizon / survivors_cap if survivors_cap > 0 else math.inf
+            return (f"hold at {n}: survivors would run at {util:.0%} of SLO capacity for {horizon:.2f} req/s "
+                    f"(> {cfg.scale_down_utilization:.0%})")
+        _, util, survivors_cap = removed[-1]
+        why = (f"{n - len(removed)} survivors carry predicted {horizon:.2f} req/s at {util:.0%} of their SLO "
+               f"capacity {survivors_cap:.2f} (<= {cfg.scale_down_utilization:.0%})")
+        return [Drain(self._id(), f"drain {v.instance_id}: {why}", v.instance_id) for v, _, _ in removed]
+
+    def _victims(self, ready: list[InstanceSignal]) -> list[InstanceSignal]:
+        """Removal order: the dearest per unit of capacity, then the quickest to drain, then the newest."""
+        cfg = self.config
+        return sorted(ready, reverse=True, key=lambda i: (
+            cfg.prices.get(i.device, 0.0) / (i.capacity_rps or cfg.default_capacity(i.device)), -i.inflight, i.since_s))

@@ -1,0 +1,90 @@
+"""The autoscaling flags shared by `hfx up` and `hfx scaler`, and the config they make.
+
+`hfx up --autoscale` forwards the same flags to the scaler it starts (forward_flags), so there is
+one definition of each flag and its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from services import argtypes
+from services.common.errors import InvalidArgument
+from services.scaler.autoscale.config import AutoscaleConfig
+from services.scaler.autoscale.signals import StartKind
+
+_DEFAULTS = AutoscaleConfig()
+
+
+def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("autoscaling (with --autoscale)")
+    g.add_argument("--autoscale", action="store_true",
+                   help="scale workers on SLO signals between --min and --max (default: a fixed --workers/--replicas)")
+    g.add_argument("--min", dest="min_replicas", type=argtypes.non_negative_int, default=_DEFAULTS.min_replicas,
+                   help="fewest workers (default %(default)s)")
+    g.add_argument("--max", dest="max_replicas", type=argtypes.positive_int, default=_DEFAULTS.max_replicas,
+                   help="most workers (default %(default)s)")
+    g.add_argument("--price", action="append", type=argtypes.device_price, default=[], metavar="DEVICE=PRICE",
+                   help="price per instance-second of a device kind (repeatable; default cpu=1)")
+    g.add_argument("--capacity-rps", type=argtypes.positive_float, default=4.0,
+                   help="requests/s one worker carries within the SLOs, until measured (default %(default)s)")
+    g.add_argument("--target-utilization", type=argtypes.positive_float, default=_DEFAULTS.target_utilization,
+                   help="scale up above this share of SLO capacity (default %(default)s)")
+    g.add_argument("--scale-down-utilization", type=argtypes.positive_float,
+                   default=_DEFAULTS.scale_down_utilization,
+                   help="scale down only if the survivors stay at or below this share (default %(default)s)")
+    g.add_argument("--scale-down-cooldown-s", type=argtypes.non_negative_float,
+                   default=_DEFAULTS.scale_down_cooldown_s,
+                   help="seconds after any scale action before a removal (default %(default)s)")
+    g.add_argument("--warmup-s", type=argtypes.non_negative_float, default=_DEFAULTS.warmup_s,
+                   help="a new worker's capacity samples count after this long (default %(default)s)")
+    g.add_argument("--cold-start-s", type=argtypes.non_negative_float,
+                   default=_DEFAULTS.ready_times_s[StartKind.COLD],
+                   help="expected launch-to-ready time until one is measured (default %(default)s)")
+    g.add_argument("--autoscale-tick-s", type=argtypes.positive_float, default=5.0,
+                   help="seconds between decisions (default %(default)s)")
+    g.add_argument("--autoscale-window-s", type=argtypes.positive_float, default=30.0,
+                   help="window of arrival rate and SLO attainment (default %(default)s)")
+    g.add_argument("--actuator", default="local", choices=["local", "kubernetes"],
+                   help="how workers are started and stopped; kubernetes is not implemented yet (default %(default)s)")
+
+
+def check(args) -> str | None:
+    """Cross-flag problems as a usage error (None when fine)."""
+    if args.autoscale and args.min_replicas > args.max_replicas:
+        return f"--min {args.min_replicas} is above --max {args.max_replicas}"
+    if args.autoscale and args.actuator == "kubernetes":
+        return "--actuator kubernetes is not implemented in this build (issue 13); use --actuator local"
+    try:
+        config_from_args(args)
+    except InvalidArgument as err:
+        return err.message
+    return None
+
+
+def config_from_args(args) -> AutoscaleConfig | None:
+    """Raises services.common.errors.InvalidArgument on contradictory values."""
+    if not args.autoscale:
+        return None
+    prices = dict(args.price) or {"cpu": 1.0}
+    device = "cpu" if "cpu" in prices else next(iter(prices))
+    return AutoscaleConfig(
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, prices=prices, device=device,
+        capacity_rps={d: args.capacity_rps for d in prices}, target_utilization=args.target_utilization,
+        scale_down_utilization=args.scale_down_utilization, scale_down_cooldown_s=args.scale_down_cooldown_s,
+        warmup_s=args.warmup_s, ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s})
+
+
+def forward_flags(args) -> list[str]:
+    """The flags for the scaler process that `hfx up` starts."""
+    if not args.autoscale:
+        return []
+    out = ["--autoscale", "--min", str(args.min_replicas), "--max", str(args.max_replicas),
+           "--capacity-rps", str(args.capacity_rps), "--target-utilization", str(args.target_utilization),
+           "--scale-down-utilization", str(args.scale_down_utilization),
+           "--scale-down-cooldown-s", str(args.scale_down_cooldown_s), "--warmup-s", str(args.warmup_s),
+           "--cold-start-s", str(args.cold_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),
+           "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator]
+    for device, price in args.price:
+        out += ["--price", f"{device}={price}"]
+    return out

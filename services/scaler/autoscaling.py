@@ -1,0 +1,159 @@
+"""The live autoscaler: a thin adapter between the pure policy (services/scaler/autoscale) and
+the cluster. Every tick it gathers Signals (the scaler's own workers, the Redis registry and
+load reports, the scheduler's view of draining, /metrics counters), asks the policy, claims each
+decision id in Redis (a decision is applied at most once, even by a restarted scaler that replays
+it) and applies it through the actuator, then records desired vs actual and the last decision
+with its reason for `hfx status`.
+
+Draining, end to end: Drain marks the instance in Redis; the scheduler, on its next registry
+refresh, places nothing new there and reports it draining in GetClusterState. Until the
+scheduler confirms, the instance counts as busy, so the policy cannot remove it; after that it
+is removed only once neither the worker's load report nor the scheduler's placements show
+anything in flight, and the worker's own SIGTERM drain finishes any straggler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from services.common import grpcutil
+from services.common.pb.hfx.v1 import scheduler_pb2, scheduler_pb2_grpc
+from services.common.store import ClusterStore
+from services.scaler.autoscale import Drain, InstanceSignal, Phase, Plan, Remove, Signals, Start, StartKind, Undrain
+from services.scaler.live_signals import Window, parse, scrape
+
+log = logging.getLogger("hfx.scaler.autoscale")
+CALL_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    tick_s: float = 5.0
+    window_s: float = 30.0
+    scheduler_metrics: str = ""     # HOST:PORT of the scheduler's /metrics
+    router_metrics: str = ""        # HOST:PORT of the router's /metrics (SLO attainment)
+
+
+class AutoscaleLoop:
+    def __init__(self, servicer, cluster: ClusterStore, actuator, autoscaler, options: LiveOptions,
+                 scheduler_address: str) -> None:
+        self.servicer = servicer
+        self.store = cluster
+        self.actuator = actuator
+        self.autoscaler = autoscaler
+        self.options = options
+        self.window = Window(options.window_s)
+        self.scheduler = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(scheduler_address))
+        self.ready_since: dict[str, float] = {}
+        self.drain_since: dict[str, float] = {}
+        self.ready_times: list[float] = []
+        self.last_decision: dict | None = None
+        self._warned: set[str] = set()
+
+    def _warn_once(self, what: str, err: Exception) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("autoscaler: %s unavailable (%s); deciding without it", what, err)
+
+    async def gather(self, now_s: float) -> Signals:
+        sched_text = router_text = ""
+        try:
+            sched_text = await scrape(self.options.scheduler_metrics)
+        except OSError as err:
+            self._warn_once("scheduler /metrics", err)
+        try:
+            router_text = await scrape(self.options.router_metrics)
+        except OSError as err:
+            self._warn_once("router /metrics", err)
+        counters = parse(now_s, sched_text, router_text)
+        self.window.add(counters)
+        registry = {i.instance_id: i for i in await self.store.instances()}
+        marked = await self.store.draining_ids()
+        confirmed: set[str] = set()
+        try:
+            state = await self.scheduler.GetClusterState(scheduler_pb2.GetClusterStateRequest(),
+                                                         timeout=CALL_TIMEOUT_S)
+            confirmed = {i.instance_id for i in state.instances if i.load.draining}
+        except grpc.aio.AioRpcError as err:
+            self._warn_once("scheduler GetClusterState", err)
+        instances = []
+        alive = set()
+        for w in self.servicer.live_slots():
+            iid = w.instance_id
+            alive.add(iid)
+            inst = registry.get(iid)
+            load_inflight = (inst.load.running_requests + inst.load.waiting_requests) if inst is not None else 0
+            inflight = max(load_inflight, counters.placed.get(iid, 0))
+            queued = inst.load.waiting_requests if inst is not None else 0
+            if iid in marked:
+                since = self.drain_since.setdefault(iid, now_s)
+                # Not yet confirmed by the scheduler: it may still place there, so it is not empty.
+                instances.append(InstanceSignal(iid, Phase.DRAINING, since, "cpu",
+                                                inflight if iid in confirmed else max(1, inflight), queued))
+            elif inst is not None:
+                if iid not in self.ready_since:
+                    self.ready_since[iid] = now_s
+                    self.ready_times.append(now_s - w.started_s)
+                instances.append(InstanceSignal(iid, Phase.READY, self.ready_since[iid], "cpu", inflight, queued))
+            else:
+                instances.append(InstanceSignal(iid, Phase.STARTING, w.started_s))
+        # Marks of instances that are gone (removed and deregistered) are cleared.
+        for iid in marked - alive - set(registry):
+            await self.store.mark_draining(iid, False)
+            self.drain_since.pop(iid, None)
+        for iid in set(self.ready_since) - alive:
+            del self.ready_since[iid]
+        recent = self.ready_times[-5:]
+        ready_times = {StartKind.COLD: sum(recent) / len(recent)} if recent else {}
+        return Signals(tuple(instances), self.window.arrival_rps(), self.window.attainment(), counters.queue_depth,
+                       0.0, self.window.rejections(), ready_times, (StartKind.COLD,))
+
+    async def apply(self, plan: Plan, now_s: float) -> None:
+        for action in plan.actions:
+            record = {"action": type(action).__name__.lower(), "reason": action.reason, "at": now_s,
+                      "instance_id": getattr(action, "instance_id", "")}
+            if not await self.store.claim_decision(action.decision_id, record):
+                log.info("autoscale decision %s already applied; skipped", action.decision_id)
+                continue
+            if isinstance(action, Start):
+                record["instance_id"] = await self.actuator.start(action.device, action.start_kind)
+            elif isinstance(action, Drain):
+                await self.actuator.drain(action.instance_id)
+                self.drain_since[action.instance_id] = now_s
+            elif isinstance(action, Undrain):
+                await self.actuator.undrain(action.instance_id)
+                self.drain_since.pop(action.instance_id, None)
+            elif isinstance(action, Remove):
+                await self.actuator.remove(action.instance_id)
+            log.info("autoscale %s %s %s: %s", action.decision_id, record["action"], record["instance_id"],
+                     action.reason)
+            self.last_decision = {"decision_id": action.decision_id, **record}
+
+    async def tick(self, now_s: float) -> Plan:
+        signals = await self.gather(now_s)
+        plan = self.autoscaler.on_tick(signals, now_s)
+        await self.apply(plan, now_s)
+        phases = [i.phase for i in signals.instances]
+        cfg = getattr(self.autoscaler, "config", None)
+        await self.store.put_autoscale_status({
+            "at": now_s, "policy": self.autoscaler.name, "actuator": self.actuator.kind,
+            "desired": plan.desired, "reason": plan.reason,
+            "actual": {p.value: phases.count(p) for p in Phase},
+            "min": getattr(cfg, "min_replicas", None), "max": getattr(cfg, "max_replicas", None),
+            "arrival_rps": signals.arrival_rps, "predicted_rps": plan.predicted_rps,
+            "capacity_rps": plan.capacity_rps, "last_decision": self.last_decision,
+        })
+        return plan
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick(time.time())
+            except Exception:  # a Redis or policy hiccup must not end autoscaling
+                log.exception("autoscale tick failed")
+            await asyncio.sleep(self.options.tick_s)

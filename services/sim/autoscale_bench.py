@@ -1,0 +1,224 @@
+"""`hfx autoscale-bench`: autoscalers side by side on one bursty trace in the simulator.
+
+Static provisioning at the peak, a queue-length threshold autoscaler (an HPA on queue length), a
+throughput planner (predicted load / profiled per-instance throughput) and HFX's policy each run
+the same requests through the same scheduling policy and instance profile; it prints
+instance-seconds and SLO attainment per autoscaler, HFX's saving against each, and optionally
+plots instances and attainment over time. Every figure is simulated (engine: sim).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+from services import argtypes
+from services.scaler.autoscale import AutoscaleConfig, Autoscaler, StartKind
+from services.scaler.autoscale.baselines import QueueThreshold, Static, ThroughputPlanner
+from services.scaler.autoscale.capacity import slo_capacity_rps
+from services.scheduler.policy import PolicyConfig, make_policy, policy_names
+from services.sim import ENGINE_LABEL
+from services.sim.metrics import attainment, met_slo
+from services.sim.profiles import Profile, load_profile
+from services.sim.runner import Simulation
+from services.sim.scaling import ScalingDriver, ScalingSetup
+from services.sim.traces import SwellSpikes
+from services.sim.workload import Workload, at_times, load_workload, read_azure_trace
+
+AUTOSCALERS = ("static", "queue", "planner", "hfx")
+DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
+
+
+def add_autoscale_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "autoscale-bench", help="autoscalers (static peak, queue threshold, throughput planner, hfx) on a bursty "
+        "trace in the simulator: instance-seconds and SLO attainment")
+    p.add_argument("--trace", default="swell", metavar="swell|FILE",
+                   help="'swell' (a slow swell with sharp spikes, services/sim/traces.py) or an Azure LLM trace CSV "
+                   "(TIMESTAMP, ContextTokens, GeneratedTokens) replayed at its own times (default %(default)s)")
+    p.add_argument("--trace-speedup", type=argtypes.positive_float, default=1.0,
+                   help="Azure trace: divide its timestamps by this (default %(default)s)")
+    p.add_argument("--duration-s", type=argtypes.positive_float, default=1800.0,
+                   help="swell trace: length in seconds; Azure trace: replay at most this long (default %(default)s)")
+    p.add_argument("--peak-rps", type=argtypes.positive_float, default=None,
+                   help="swell trace: the peak rate (default: 75%% of --max-instances' SLO capacity)")
+    p.add_argument("--workload", default=str(DEFAULT_WORKLOAD), type=argtypes.workload_file,
+                   help="task classes (lengths, SLOs) of the requests; its arrival process is ignored "
+                   "(default: the built-in mix)")
+    p.add_argument("--profile", default="cpu-tiny", type=argtypes.sim_profile,
+                   help="instance latency profile, built-in name or `hfx profile` JSON (default %(default)s)")
+    p.add_argument("--policy", default="hfx", choices=policy_names(),
+                   help="scheduling policy for every run (default %(default)s)")
+    p.add_argument("--autoscalers", nargs="+", default=list(AUTOSCALERS), choices=AUTOSCALERS,
+                   help=f"which to run (default {' '.join(AUTOSCALERS)})")
+    p.add_argument("--min-instances", type=argtypes.positive_int, default=1, help="(default %(default)s)")
+    p.add_argument("--max-instances", type=argtypes.positive_int, default=32, help="(default %(default)s)")
+    p.add_argument("--static-instances", type=argtypes.positive_int, default=None,
+                   help="static: instances (default: the peak rate / per-instance SLO capacity, at most max)")
+    p.add_argument("--cold-start-s", type=argtypes.non_negative_float, default=60.0,
+                   help="time to ready from storage (default %(default)s)")
+    p.add_argument("--peer-start-s", type=argtypes.non_negative_float, default=15.0,
+                   help="time to ready pulling weights from a ready peer (default %(default)s)")
+    p.add_argument("--no-peer-start", action="store_true", help="only cold starts (default: peer starts allowed)")
+    p.add_argument("--queue-target", type=argtypes.positive_float, default=1.0,
+                   help="queue autoscaler: target queued requests per instance (default %(default)s)")
+    p.add_argument("--planner-utilization", type=argtypes.positive_float, default=1.0,
+                   help="throughput planner: plan for this share of the profiled throughput (1 = none spare) "
+                   "(default %(default)s)")
+    p.add_argument("--planner-interval-s", type=argtypes.positive_float, default=60.0,
+                   help="throughput planner: adjustment interval (default %(default)s)")
+    hfx = AutoscaleConfig()
+    p.add_argument("--hfx-target-utilization", type=argtypes.positive_float, default=hfx.target_utilization,
+                   help="hfx: scale up above this share of SLO capacity (default %(default)s)")
+    p.add_argument("--hfx-scale-down-utilization", type=argtypes.positive_float, default=hfx.scale_down_utilization,
+                   help="hfx: survivors must stay at or below this share (default %(default)s)")
+    p.add_argument("--hfx-cooldown-s", type=argtypes.non_negative_float, default=hfx.scale_down_cooldown_s,
+                   help="hfx: seconds after a scale action before a removal (default %(default)s)")
+    p.add_argument("--tick-s", type=argtypes.positive_float, default=5.0,
+                   help="how often every autoscaler is asked (default %(default)s)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=1, help="(default %(default)s)")
+    p.add_argument("--json", type=argtypes.output_file, help="write the results here (default: not written)")
+    p.add_argument("--plot", help="write autoscale_timeline.png into this directory (default: no plot)")
+    p.set_defaults(func=run_autoscale_bench)
+
+
+def workload_means(workload: Workload) -> tuple[float, float]:
+    total = sum(c.weight for c in workload.classes)
+    prompt = sum(c.weight * c.prompt_tokens.mean for c in workload.classes) / total
+    output = sum(c.weight * c.output_tokens.mean for c in workload.classes) / total
+    return prompt, output
+
+
+def instance_capacity(profile: Profile, workload: Workload) -> float:
+    """Profiled per-instance SLO capacity for this mix (the tightest class's TPOT SLO)."""
+    prompt, output = workload_means(workload)
+    tpot = min(c.slo(profile.model, profile.chunk_tokens).tpot_ms for c in workload.classes)
+    return slo_capacity_rps(profile.model, prompt, output, tpot, profile.kv_capacity_tokens, profile.max_num_seqs)
+
+
+def make_requests(args, workload: Workload, profile: Profile, peak_rps: float):
+    rng = random.Random(args.seed)
+    if args.trace == "swell":
+        trace = SwellSpikes(args.duration_s, peak_rps)
+        shapes = [(t, -1, -1) for t in trace.arrivals(args.seed)]
+        return at_times(workload, shapes, rng, profile.model, profile.chunk_tokens), trace.rate
+    rows = read_azure_trace(args.trace)
+    shapes = [(t / args.trace_speedup, c, g) for t, c, g in rows if t / args.trace_speedup < args.duration_s]
+    return at_times(workload, shapes, rng, profile.model, profile.chunk_tokens), None
+
+
+def make_autoscaler(name: str, args, capacity: float, static_n: int):
+    ready = {StartKind.COLD: args.cold_start_s, StartKind.PEER: args.peer_start_s}
+    if name == "static":
+        return Static(static_n)
+    if name == "queue":
+        return QueueThreshold(args.min_instances, args.max_instances, args.queue_target)
+    if name == "planner":
+        return ThroughputPlanner(args.min_instances, args.max_instances, capacity * args.planner_utilization,
+                                 args.planner_interval_s)
+    return Autoscaler(AutoscaleConfig(min_replicas=args.min_instances, max_replicas=args.max_instances,
+                                      capacity_rps={"cpu": capacity}, ready_times_s=ready,
+                                      target_utilization=args.hfx_target_utilization,
+                                      scale_down_utilization=args.hfx_scale_down_utilization,
+                                      scale_down_cooldown_s=args.hfx_cooldown_s))
+
+
+def run_one(name: str, args, requests, profile: Profile, workload: Workload, capacity: float, static_n: int) -> dict:
+    config = PolicyConfig(placement="best_fit", default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
+                          default_kv_capacity_tokens=profile.kv_capacity_tokens,
+                          reject_classes=workload.reject_classes())
+    initial = static_n if name == "static" else args.min_instances
+    setup = ScalingSetup(initial, capacity, {StartKind.COLD: args.cold_start_s, StartKind.PEER: args.peer_start_s},
+                         peer_start=not args.no_peer_start, tick_s=args.tick_s)
+    driver = ScalingDriver(make_autoscaler(name, args, capacity, static_n), setup)
+    started = time.perf_counter()
+    result = Simulation(make_policy(args.policy, config), profile, initial, args.seed, scaling=driver).run(requests)
+    wall = time.perf_counter() - started
+    bucket_s = 30.0
+    buckets: dict[int, list[bool]] = {}
+    for r in result.records:
+        buckets.setdefault(int(r.spec.arrival_s // bucket_s), []).append(met_slo(r))
+    return {
+        "autoscaler": name, "instance_seconds": result.instance_seconds, "slo_attainment": attainment(result.records),
+        "requests": len(result.records), "rejected": sum(r.verdict == "reject" for r in result.records),
+        "peak_instances": max((p.instances for p in driver.timeline), default=initial),
+        "mean_instances": result.instance_seconds / result.makespan_s if result.makespan_s else 0.0,
+        "makespan_s": result.makespan_s, "wall_s": wall,
+        "actions": {k: sum(1 for _, kind, _ in driver.decisions if kind == k)
+                    for k in ("Start", "Drain", "Undrain", "Remove")},
+        "timeline": [(p.t_s, p.instances, p.ready) for p in driver.timeline],
+        "attainment_over_time": [((k + 0.5) * bucket_s, sum(v) / len(v)) for k, v in sorted(buckets.items())],
+        "last_reasons": [f"{t:.0f}s {kind}: {why}" for t, kind, why in driver.decisions[-3:]],
+    }
+
+
+def run_autoscale_bench(args: argparse.Namespace) -> int:
+    try:
+        workload = load_workload(args.workload)
+        profile = load_profile(args.profile)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.min_instances > args.max_instances:
+        print(f"error: --min-instances {args.min_instances} > --max-instances {args.max_instances}", file=sys.stderr)
+        return 2
+    capacity = instance_capacity(profile, workload)
+    peak = args.peak_rps or 0.75 * args.max_instances * capacity
+    try:
+        requests, rate_fn = make_requests(args, workload, profile, peak)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not requests:
+        print("error: the trace has no requests in --duration-s", file=sys.stderr)
+        return 2
+    static_n = args.static_instances or min(args.max_instances, math.ceil(peak / capacity))
+    print(f"{ENGINE_LABEL}; profile {profile.name}; policy {args.policy}; trace {args.trace} "
+          f"({len(requests)} requests over {requests[-1].spec.arrival_s:.0f}s, peak {peak:.1f} req/s); "
+          f"per-instance SLO capacity {capacity:.2f} req/s; instances {args.min_instances}-{args.max_instances}, "
+          f"static {static_n}; ready: cold {args.cold_start_s:g}s, peer "
+          f"{'off' if args.no_peer_start else f'{args.peer_start_s:g}s'}; seed {args.seed}", flush=True)
+    results = []
+    for name in args.autoscalers:
+        results.append(run_one(name, args, requests, profile, workload, capacity, static_n))
+        r = results[-1]
+        print(f"  {name}: done in {r['wall_s']:.0f}s wall", file=sys.stderr, flush=True)
+    _print(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"engine": ENGINE_LABEL, "profile": profile.name, "trace": args.trace,
+                                               "peak_rps": peak, "capacity_rps": capacity, "seed": args.seed,
+                                               "results": results}, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        from services.sim.plots import autoscale_timeline
+
+        out = Path(args.plot)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {autoscale_timeline(results, rate_fn, out)}")
+    return 0
+
+
+def _print(results: list[dict]) -> None:
+    static = next((r for r in results if r["autoscaler"] == "static"), None)
+    hfx = next((r for r in results if r["autoscaler"] == "hfx"), None)
+    print(f"{'autoscaler':<11}{'inst-s':>9}{'vs static':>10}{'attain':>8}{'peak':>6}{'mean':>7}{'rejected':>9}"
+          f"{'starts':>7}{'drains':>7}")
+    for r in results:
+        vs = f"{r['instance_seconds'] / static['instance_seconds'] - 1:+.1%}" if static else "-"
+        print(f"{r['autoscaler']:<11}{r['instance_seconds']:>9.0f}{vs:>10}{r['slo_attainment']:>8.1%}"
+              f"{r['peak_instances']:>6}{r['mean_instances']:>7.1f}{r['rejected']:>9}{r['actions']['Start']:>7}"
+              f"{r['actions']['Drain']:>7}")
+    print("(instance-seconds from launch to removal, starting and draining included; 'vs static' = change in "
+          "instance-seconds; attainment counts rejected requests as misses)")
+    if hfx:
+        for r in results:
+            if r is hfx:
+                continue
+            saving = 1 - hfx["instance_seconds"] / r["instance_seconds"]
+            print(f"hfx vs {r['autoscaler']}: {saving:.1%} fewer instance-seconds, attainment "
+                  f"{hfx['slo_attainment']:.1%} vs {r['slo_attainment']:.1%}")
