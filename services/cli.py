@@ -117,6 +117,7 @@ def cmd_worker(args) -> int:
         device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         scheduler_address=args.scheduler or "", kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
+        session_coalesce_ms=args.session_coalesce_ms,
         cpu_cores=args.cpu_cores,
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
         profile_at_start=args.profile_at_start, weights_from=args.weights_from or "",
@@ -194,6 +195,7 @@ def cmd_down(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from services.client import generate, status
+    from services.worker.config import WorkerConfig
     from services.local.statefile import resolve_home
     from services.scheduler.policy import policy_names
 
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache size on CPU, MiB (default %(default)s)")
     p.add_argument("--max-num-seqs", type=argtypes.positive_int, default=64,
                    help="most requests batched at once (default %(default)s)")
+    p.add_argument("--session-coalesce-ms", type=argtypes.non_negative_float, default=WorkerConfig.session_coalesce_ms,
+                   help="send further decode tokens at most this often per router stream (first tokens and "
+                        "ends go at once); fewer messages, less CPU; 0 = every engine step (default %(default)s)")
     p.add_argument("--max-model-len", type=argtypes.non_negative_int, default=0,
                    help="context length in tokens; 0 = the model's own (default %(default)s)")
     p.add_argument("--cpu-cores", default="", help="device cpu: cores for the engine's threads, e.g. 0 or 2-3 "

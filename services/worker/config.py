@@ -21,6 +21,10 @@ class WorkerConfig:
     heartbeat_ttl_s: float = 5.0
     heartbeat_interval_s: float = 1.0  # registry + load to Redis; the scheduler gets loads every report_interval_s
     report_interval_s: float = 0.25
+    # Decode tokens of requests that already streamed ride the next Session message if it leaves
+    # within this many ms of the last (first tokens, ends and errors go at once): fewer messages,
+    # less CPU on router and worker, at most this much later delivery of a middle token.
+    session_coalesce_ms: float = 0.0
     report_timeout_s: float = 1.0
     drain_timeout_s: float = 30.0
     kv_cache_memory_bytes: int = 256 * 1024 * 1024

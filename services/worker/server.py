@@ -41,9 +41,11 @@ SERVICE_NAME = "hfx.v1.Worker"
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: Engine, info: common_pb2.Instance, standby: bool = False) -> None:
+    def __init__(self, engine: Engine, info: common_pb2.Instance, standby: bool = False,
+                 session_coalesce_s: float = 0.0) -> None:
         self.engine = engine
         self.info = info
+        self.session_coalesce_s = session_coalesce_s
         # A standby worker's engine holds dummy weights until LoadWeights: it serves nothing before.
         self.weights_loaded = asyncio.Event()
         if not standby:
@@ -68,7 +70,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             yield chunk
 
     async def Session(self, request_iterator, context: grpc.aio.ServicerContext):
-        async for batch in WorkerSession(self.run).serve(request_iterator):
+        async for batch in WorkerSession(self.run, self.session_coalesce_s).serve(request_iterator):
             yield batch
 
     async def run(self, request: worker_pb2.WorkerGenerateRequest, parent) -> AsyncIterator[worker_pb2.WorkerChunk]:
@@ -276,7 +278,8 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
         instance_id=config.instance_id, address=f"{config.host}:{port}", role=common_pb2.ROLE_COLOCATED,
         model=config.model, engine=config.engine, device=config.device, max_model_len=engine.max_model_len,
     )
-    servicer = WorkerServicer(engine, info, standby=config.standby)
+    servicer = WorkerServicer(engine, info, standby=config.standby,
+                              session_coalesce_s=config.session_coalesce_ms / 1000.0)
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     await server.start()
     await grpcutil.set_serving(health, [SERVICE_NAME])

@@ -2,8 +2,12 @@
 
 Each started request runs as its own task over the engine; whatever the tasks produce is queued
 and sent as one SessionBatch once the tasks woken by the same engine step have all added theirs.
-So a step that advances N of this router's requests costs one message, not N. An abort, or the
-router closing the stream, cancels the request's task; the engine aborts it in its own `finally`.
+So a step that advances N of this router's requests costs one message, not N. With
+`coalesce_s` > 0, a batch holding only further tokens of requests that already streamed waits
+until `coalesce_s` after the previous batch, so consecutive engine steps share a message too,
+and a request's tokens from those steps share one chunk (so the router writes one event); a
+first token, a request's end or an error goes at once. An abort, or the router closing the
+stream, cancels the request's task; the engine aborts it in its own `finally`.
 """
 
 from __future__ import annotations
@@ -32,15 +36,22 @@ def error_chunk(request_id: str, err: BaseException) -> worker_pb2.WorkerChunk:
 
 
 class WorkerSession:
-    def __init__(self, run: RunRequest) -> None:
+    def __init__(self, run: RunRequest, coalesce_s: float = 0.0) -> None:
         self._run = run
+        self._coalesce_s = coalesce_s
         self._out: list[worker_pb2.WorkerChunk] = []
+        self._urgent = False                     # _out holds a first token, an end or an error
+        self._streamed: set[str] = set()         # requests that have sent a chunk
+        self._held: dict[str, worker_pb2.WorkerChunk] = {}  # each request's chunk in _out
+        self._timer: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
         self._tasks: dict[str, asyncio.Task] = {}
         self._reading = True
 
     async def serve(self, requests: AsyncIterator[worker_pb2.SessionRequest]) -> AsyncIterator[worker_pb2.SessionBatch]:
+        loop = asyncio.get_running_loop()
         reader = asyncio.create_task(self._read(requests))
+        last_sent = float("-inf")
         try:
             while self._reading or self._tasks or self._out:
                 await self._ready.wait()
@@ -48,10 +59,22 @@ class WorkerSession:
                 # one more pass of the loop lets them all add their chunks to this batch.
                 await asyncio.sleep(0)
                 self._ready.clear()
-                batch, self._out = self._out, []
-                if batch:
-                    yield worker_pb2.SessionBatch(chunks=batch)
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if not self._out:
+                    continue
+                wait_s = last_sent + self._coalesce_s - loop.time()
+                if not self._urgent and wait_s > 0 and self._reading:
+                    self._timer = loop.call_later(wait_s, self._fire)
+                    continue
+                batch, self._out, self._urgent = self._out, [], False
+                self._held.clear()
+                last_sent = loop.time()
+                yield worker_pb2.SessionBatch(chunks=batch)
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             reader.cancel()
             tasks = list(self._tasks.values())
             for task in tasks:
@@ -96,8 +119,26 @@ class WorkerSession:
         finally:
             if self._tasks.get(rid) is asyncio.current_task():
                 del self._tasks[rid]
+            self._streamed.discard(rid)
             self._ready.set()
 
-    def _emit(self, chunk: worker_pb2.WorkerChunk) -> None:
-        self._out.append(chunk)
+    def _fire(self) -> None:
+        self._timer = None
         self._ready.set()
+
+    def _emit(self, chunk: worker_pb2.WorkerChunk) -> None:
+        held = self._held.get(chunk.request_id)
+        if held is not None and not held.finished and not chunk.error_code:
+            # A later step of a request already in this batch: one chunk, so one event downstream.
+            held.token_ids.extend(chunk.token_ids)
+            held.text += chunk.text
+            if chunk.finished:
+                held.finished, held.finish_reason = True, chunk.finish_reason
+        else:
+            self._out.append(chunk)
+            self._held[chunk.request_id] = chunk
+        if chunk.finished or chunk.request_id not in self._streamed:
+            self._urgent = True
+            self._streamed.add(chunk.request_id)
+        if self._urgent or self._timer is None:
+            self._ready.set()
