@@ -17,7 +17,6 @@ import logging
 import mmap
 import os
 import socket
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from collections.abc import Iterator
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
 from services.worker.weights.source import CheckpointSource
-from services.worker.weights.tcp import HELLO_TIMEOUT_S, ReceiveStats, _check_header, _read_frame
+from services.worker.weights.tcp import HELLO_TIMEOUT_S, ReceiveStats, ThreadedServer, _check_header, _read_frame
 from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
 
 log = logging.getLogger("hfx.worker.weights")
@@ -43,36 +42,18 @@ def socket_name(address: str) -> bytes:
     return b"\0hfx-weights-" + address.encode()
 
 
-class ShmWeightServer:
+class ShmWeightServer(ThreadedServer):
     def __init__(self, source: CheckpointSource, tcp_address: str) -> None:
         if not source.fds:
             raise OSError("the source is not in shared memory")
         self.source = source
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(socket_name(tcp_address))
-        self._sock.listen(8)
-        self._closed = False
-        self._thread = threading.Thread(target=self._accept_loop, name="weights-shm-accept", daemon=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(socket_name(tcp_address))
+        sock.listen(8)
+        super().__init__(sock, "weights-shm")
 
-    def start(self) -> ShmWeightServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve_one, args=(conn,), name="weights-shm-send", daemon=True).start()
+    def accept(self, conn: socket.socket, peer) -> None:
+        self.spawn(self._serve_one, conn)
 
     def _serve_one(self, conn: socket.socket) -> None:
         try:

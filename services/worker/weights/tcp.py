@@ -26,19 +26,17 @@ HELLO_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 30.0  # a receiver that reads nothing for this long is dropped
 
 
-class TcpWeightServer:
-    """Serves `source` to every receiver that connects, at most `max_streams` at once."""
+class ThreadedServer:
+    """A listening socket served on threads (sends release the GIL): `accept(conn, peer)` for
+    each connection; the shared part of the TCP and shared-memory donors."""
 
-    def __init__(self, source: WeightSource, host: str = "127.0.0.1", port: int = 0, max_streams: int = 2) -> None:
-        self.source = source
-        self._sock = socket.create_server((host, port), reuse_port=False)
-        self.address = f"{host}:{self._sock.getsockname()[1]}"
-        self._slots = threading.BoundedSemaphore(max_streams)
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self._sock = sock
+        self._name = name
         self._closed = False
-        self.streams_served = 0
-        self._thread = threading.Thread(target=self._accept_loop, name="weights-accept", daemon=True)
+        self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-accept", daemon=True)
 
-    def start(self) -> TcpWeightServer:
+    def start(self):
         self._thread.start()
         return self
 
@@ -56,11 +54,31 @@ class TcpWeightServer:
                 conn, peer = self._sock.accept()
             except OSError:
                 return  # closed
-            if not self._slots.acquire(blocking=False):
-                log.warning("weight stream to %s refused: %s streams already running", peer, "max")
-                conn.close()
-                continue
-            threading.Thread(target=self._serve_one, args=(conn, peer), name="weights-send", daemon=True).start()
+            self.accept(conn, peer)
+
+    def spawn(self, target, *args) -> None:
+        threading.Thread(target=target, args=args, name=f"{self._name}-send", daemon=True).start()
+
+    def accept(self, conn: socket.socket, peer) -> None:
+        raise NotImplementedError
+
+
+class TcpWeightServer(ThreadedServer):
+    """Serves `source` to every receiver that connects, at most `max_streams` at once."""
+
+    def __init__(self, source: WeightSource, host: str = "127.0.0.1", port: int = 0, max_streams: int = 2) -> None:
+        self.source = source
+        super().__init__(socket.create_server((host, port), reuse_port=False), "weights")
+        self.address = f"{host}:{self._sock.getsockname()[1]}"
+        self._slots = threading.BoundedSemaphore(max_streams)
+        self.streams_served = 0
+
+    def accept(self, conn: socket.socket, peer) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("weight stream to %s refused: %s streams already running", peer, "max")
+            conn.close()
+            return
+        self.spawn(self._serve_one, conn, peer)
 
     def _serve_one(self, conn: socket.socket, peer) -> None:
         started = time.monotonic()
