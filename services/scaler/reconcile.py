@@ -20,15 +20,13 @@ class Actions:
     reason: str = ""
 
 
-def reconcile(desired: int, slots: list[WorkerSlot], now_s: float, restart_backoff_s: float = 2.0) -> Actions:
-    """Start missing or crashed slots (after a backoff), stop the highest indices beyond `desired`.
-
-    Crashed workers are restarted in place (same index, same instance id) so the scheduler's and
-    Redis's view stays stable.
-    """
+def _plan(wanted: list[int], slots: list[WorkerSlot], now_s: float,
+          restart_backoff_s: float) -> tuple[list[int], list[int], list[int]]:
+    """(start, waiting for backoff, stop): start wanted slots that are missing or crashed (after
+    an exponential backoff), stop running slots not wanted (highest index first)."""
     by_index = {s.index: s for s in slots}
     start, waiting = [], []
-    for i in range(desired):
+    for i in wanted:
         slot = by_index.get(i)
         if slot is None:
             start.append(i)
@@ -38,7 +36,18 @@ def reconcile(desired: int, slots: list[WorkerSlot], now_s: float, restart_backo
                 start.append(i)
             else:
                 waiting.append(i)
-    stop = sorted((s.index for s in slots if s.index >= desired and s.running), reverse=True)
+    keep = set(wanted)
+    stop = sorted((s.index for s in slots if s.index not in keep and s.running), reverse=True)
+    return start, waiting, stop
+
+
+def reconcile(desired: int, slots: list[WorkerSlot], now_s: float, restart_backoff_s: float = 2.0) -> Actions:
+    """Start missing or crashed slots (after a backoff), stop the highest indices beyond `desired`.
+
+    Crashed workers are restarted in place (same index, same instance id) so the scheduler's and
+    Redis's view stays stable.
+    """
+    start, waiting, stop = _plan(list(range(desired)), slots, now_s, restart_backoff_s)
     parts = []
     if start:
         parts.append(f"start {start} to reach {desired}")
@@ -53,19 +62,7 @@ def reconcile_set(wanted: set[int], slots: list[WorkerSlot], now_s: float, resta
     """As `reconcile`, for an autoscaled pool where any slot may be retired: start wanted slots
     that are missing or crashed (after the same backoff), stop running slots no longer wanted
     (the autoscaler drained them first)."""
-    by_index = {s.index: s for s in slots}
-    start, waiting = [], []
-    for i in sorted(wanted):
-        slot = by_index.get(i)
-        if slot is None:
-            start.append(i)
-        elif not slot.running:
-            backoff = restart_backoff_s * (2 ** min(slot.restarts, 5))
-            if slot.exited_at_s is None or now_s - slot.exited_at_s >= backoff:
-                start.append(i)
-            else:
-                waiting.append(i)
-    stop = sorted((s.index for s in slots if s.index not in wanted and s.running), reverse=True)
+    start, waiting, stop = _plan(sorted(wanted), slots, now_s, restart_backoff_s)
     parts = []
     if start:
         parts.append(f"start {start}")

@@ -18,13 +18,13 @@ import mmap
 import os
 import socket
 import time
-import zlib
 from collections.abc import Iterator
 
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
 from services.worker.weights.source import CheckpointSource
-from services.worker.weights.tcp import HELLO_TIMEOUT_S, ReceiveStats, ThreadedServer, _check_header, _read_frame
+from services.worker.weights.tcp import (HELLO_TIMEOUT_S, ReceiveStats, ThreadedServer, _accept_tensor, _check_header,
+                                         _read_frame)
 from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
 
 log = logging.getLogger("hfx.worker.weights")
@@ -132,15 +132,7 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
                         or offset < 0 or offset + info.nbytes > len(maps[k]):
                     raise IntegrityError(f"tensor {info.name}: donor {address} points outside its shared files")
                 view = memoryview(maps[k])[offset:offset + info.nbytes]
-                c0 = time.monotonic()
-                crc = zlib.crc32(view)
-                stats.crc_s += time.monotonic() - c0
-                if crc != header.get("crc32"):
-                    raise IntegrityError(f"tensor {info.name} from donor {address}: CRC32 {crc:#010x} "
-                                         f"!= header's {header.get('crc32')!r}")
-                seen.add(info.name)
-                stats.tensors += 1
-                stats.bytes += info.nbytes
+                _accept_tensor(info, view, header, address, seen, stats)
                 yield info, view
     except socket.timeout:
         raise DonorTooSlow(f"donor {address} sent nothing for {stall_timeout_s:.1f}s") from None

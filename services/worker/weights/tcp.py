@@ -174,15 +174,7 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
                 info = _check_header(header, index, seen, address)
                 buf = alloc(info.nbytes)
                 reader.into(buf)
-                c0 = time.monotonic()
-                crc = zlib.crc32(buf)
-                stats.crc_s += time.monotonic() - c0
-                if crc != header.get("crc32"):
-                    raise IntegrityError(f"tensor {info.name} from donor {address}: CRC32 {crc:#010x} "
-                                         f"!= header's {header.get('crc32')!r}")
-                seen.add(info.name)
-                stats.tensors += 1
-                stats.bytes += info.nbytes
+                _accept_tensor(info, buf, header, address, seen, stats)
                 yield info, buf
     except (ConnectionError, OSError) as err:
         if isinstance(err, socket.timeout):
@@ -244,3 +236,17 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
             raise ConnectionError("peer closed")
         got += k
     return bytes(buf)
+
+
+def _accept_tensor(info: TensorInfo, data, header: dict, address: str, seen: set[str], stats: ReceiveStats) -> None:
+    """The last check of a tensor on any transport: its bytes against the header's CRC32; then it
+    counts as received. Raises IntegrityError."""
+    c0 = time.monotonic()
+    crc = zlib.crc32(data)
+    stats.crc_s += time.monotonic() - c0
+    if crc != header.get("crc32"):
+        raise IntegrityError(f"tensor {info.name} from donor {address}: CRC32 {crc:#010x} "
+                             f"!= header's {header.get('crc32')!r}")
+    seen.add(info.name)
+    stats.tensors += 1
+    stats.bytes += info.nbytes
