@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from services.common import domain as d
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2
 
@@ -118,9 +120,17 @@ def load_from_pb(pb: common_pb2.LoadReport) -> d.InstanceLoad:
     )
 
 
-def decision_to_placement(decision: d.Decision, address: str, policy: str) -> scheduler_pb2.Placement:
+def decision_to_placement(decision: d.Decision, address: str, policy: str,
+                          leg_addresses: Mapping[str, str] | None = None) -> scheduler_pb2.Placement:
+    """`address` is the first leg's; `leg_addresses` (instance id -> address) the others', for P/D."""
+    addresses = dict(leg_addresses or {})
+    if decision.instance_id:
+        addresses.setdefault(decision.instance_id, address)
+    legs = [scheduler_pb2.Leg(role=role_to_pb(leg.role), instance_id=leg.instance_id,
+                              address=addresses.get(leg.instance_id, ""))
+            for leg in decision.legs]
     return scheduler_pb2.Placement(
         verdict=verdict_to_pb(decision.verdict), instance_id=decision.instance_id, address=address,
         reason=decision.reason, policy=policy, retry_after_ms=decision.retry_after_ms,
-        predicted_ttft_ms=decision.predicted_ttft_ms, slack_ms=decision.slack_ms,
+        predicted_ttft_ms=decision.predicted_ttft_ms, slack_ms=decision.slack_ms, legs=legs,
     )

@@ -162,6 +162,14 @@ class ClusterSnapshot:
 
 
 @dataclass(frozen=True)
+class Leg:
+    """One stage of a placement: the role an instance plays for one request."""
+
+    role: Role
+    instance_id: str
+
+
+@dataclass(frozen=True)
 class Decision:
     """A policy's verdict on one waiting request, with the reason that goes into logs and spans.
 
@@ -175,6 +183,15 @@ class Decision:
     predicted_ttft_ms: float = 0.0
     slack_ms: float = 0.0
     retry_after_ms: float = 0.0
+    # Stage by stage. Empty: colocated on instance_id. (prefill, decode): prefill on the first leg,
+    # KV handed to the second; instance_id is then the first leg's.
+    legs: tuple[Leg, ...] = ()
+
+    def stages(self) -> tuple[Leg, ...]:
+        """The legs, with a colocated placement spelled as its one leg."""
+        if self.legs:
+            return self.legs
+        return (Leg(Role.COLOCATED, self.instance_id),) if self.instance_id else ()
 
 
 @dataclass(frozen=True)

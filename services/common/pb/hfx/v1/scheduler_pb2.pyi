@@ -62,7 +62,7 @@ class PlaceRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., resumed_tokens: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("verdict", "instance_id", "address", "reason", "policy", "retry_after_ms", "predicted_ttft_ms", "slack_ms", "request_id", "error_code", "error_message")
+    __slots__ = ("verdict", "instance_id", "address", "reason", "policy", "retry_after_ms", "predicted_ttft_ms", "slack_ms", "request_id", "error_code", "error_message", "legs")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class Placement(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
     instance_id: str
     address: str
@@ -85,7 +86,18 @@ class Placement(_message.Message):
     request_id: str
     error_code: int
     error_message: str
-    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., retry_after_ms: _Optional[float] = ..., predicted_ttft_ms: _Optional[float] = ..., slack_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    legs: _containers.RepeatedCompositeFieldContainer[Leg]
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., retry_after_ms: _Optional[float] = ..., predicted_ttft_ms: _Optional[float] = ..., slack_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
+
+class Leg(_message.Message):
+    __slots__ = ("role", "instance_id", "address")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    role: _common_pb2.Role
+    instance_id: str
+    address: str
+    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class LinkRequest(_message.Message):
     __slots__ = ("places", "completes", "cancel_request_ids")
