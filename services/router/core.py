@@ -119,8 +119,22 @@ class RouterCore:
         msg.trace_context.update(tracing.inject_metadata(ctx))
         return await self.link.place(msg, self.config.place_timeout_s)
 
+    def _on_ticket(self, spec: RequestSpec, ctx) -> scheduler_pb2.Placement | None:
+        """A placement from a ticket the scheduler granted ahead of time (no round trip), or None."""
+        ticket = self.link.take_ticket(spec, time.time())
+        if ticket is None:
+            return None
+        msg = convert.spec_to_pb(spec)
+        msg.trace_context.update(tracing.inject_metadata(ctx))
+        msg.ticket_id = ticket.ticket_id
+        self.link.redeemed(msg)
+        return scheduler_pb2.Placement(
+            verdict=scheduler_pb2.VERDICT_ADMIT, instance_id=ticket.instance_id, address=ticket.address,
+            reason=ticket.reason, policy=ticket.policy, predicted_ttft_ms=ticket.predicted_ttft_ms,
+            request_id=spec.request_id)
+
     async def _admit(self, spec: RequestSpec, valid: ValidRequest, span, ctx) -> scheduler_pb2.Placement:
-        placement = await self._place(spec, ctx)
+        placement = self._on_ticket(spec, ctx) or await self._place(spec, ctx)
         verdict = convert.verdict_from_pb(placement.verdict)
         span.set_attribute(tracing.ATTR_VERDICT, verdict.value)
         span.set_attribute(tracing.ATTR_REASON, placement.reason)
