@@ -74,7 +74,7 @@ def cmd_router(args) -> int:
         model=_default_model(args), scheduler_address=args.scheduler, host=args.host, port=args.port,
         http_port=args.http_port, api_keys=tuple(args.api_key),
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
-        default_max_tokens=args.default_max_tokens, tracing=args.tracing,
+        default_max_tokens=args.default_max_tokens, tracing=args.tracing, max_failovers=args.max_failovers,
     )
     runtime.run_service(serve(config))
     return 0
@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
     p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
                    help="require this API key (repeatable; default: none, the API is open)")
+    p.add_argument("--max-failovers", type=argtypes.non_negative_int, default=2,
+                   help="a request whose instance fails under it (dies, ends its stream, goes silent) is placed "
+                   "again elsewhere with the tokens already streamed, up to this many times; 0 = it fails "
+                   "(default %(default)s)")
     p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("scheduler", help="run the scheduler process")
