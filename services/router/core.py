@@ -169,7 +169,7 @@ class RouterCore:
                     try:
                         chunk = await active.stream.next()
                     except StreamFailed as err:
-                        run.worker_failed(str(err))
+                        run.worker_failed(str(err), err.retryable)
                         if run.phase is Phase.FAILING_OVER:
                             # The scheduler hears of the failure before the place that follows
                             # (one link message, completions first): it will not pick it again.

@@ -91,13 +91,13 @@ class RequestRun:
         if not self.phase.terminal:
             self.phase, self.finish = Phase.ABORTED, FinishReason.ABORT
 
-    def worker_failed(self, why: str) -> None:
+    def worker_failed(self, why: str, retryable: bool = True) -> None:
         """Its instance failed: fail over while failovers are left, else fail with the reason.
-        The router tells the scheduler the instance failed either way (`failed_instance`)."""
+        Not `retryable` (the worker refused the request itself, e.g. INVALID_ARGUMENT): it fails."""
         self._check(Phase.RUNNING)
         self.error = f"instance {self.last.instance_id} failed after {self.timer.tokens} tokens: {why}"
         self.failed_instances.append(self.last.instance_id)
-        if self.failovers_left > 0:
+        if retryable and self.failovers_left > 0:
             self.failovers_left -= 1
             self.phase, self.placement = Phase.FAILING_OVER, None   # told FAILED now, not at the end
         else:

@@ -111,3 +111,13 @@ def test_a_failover_that_finds_no_instance_fails_with_both_reasons():
     assert run.phase is Phase.FAILED and "instance i0 failed" in run.error and "scheduler unavailable" in run.error
     with pytest.raises(InvalidTransition):
         run.placed_again(scheduler_pb2.Placement(instance_id="i1"))
+
+
+def test_a_request_the_worker_refused_itself_does_not_fail_over():
+    spec = make_spec(max_tokens=8, slo=Slo(1000, 100), arrival_s=100.0)
+    valid = ValidRequest((1, 2, 3), Sampling(max_tokens=8), spec.slo, 1, "chat", "", "", "reject")
+    run = RequestRun(spec, valid, scheduler_pb2.Placement(instance_id="i0", address="a0"), StreamTimer(100.0),
+                     failovers_left=2)
+    run.started()
+    run.worker_failed("INVALID_ARGUMENT: prompt too long", retryable=False)
+    assert run.phase is Phase.FAILED and run.failovers_left == 2
