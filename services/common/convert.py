@@ -148,3 +148,8 @@ def grant_to_ticket(grant: d.Grant, ticket_id: str, address: str, policy: str) -
 
 def ticket_bound(ticket: scheduler_pb2.Ticket) -> d.TicketBound:
     return d.TicketBound(ticket.max_prompt_tokens, ticket.max_tokens, ticket.min_ttft_ms, ticket.min_tpot_ms)
+
+
+def running_from_pb(pb: common_pb2.RunningEntry) -> d.ReportedRun:
+    return d.ReportedRun(pb.request_id, pb.prompt_tokens, pb.max_tokens, pb.output_tokens, slo_from_pb(pb.slo),
+                         pb.priority, pb.started_unix_s)

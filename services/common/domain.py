@@ -137,6 +137,26 @@ class RunningRequest:
 
 
 @dataclass(frozen=True)
+class ReportedRun:
+    """A request a worker says it is running (its load report), with what it streamed so far."""
+
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    output_tokens: int
+    slo: Slo
+    priority: int
+    started_s: float
+
+    def as_spec(self) -> "RequestSpec":
+        """The request as the scheduler would have placed it, resumed after the tokens it has."""
+        spec = RequestSpec(request_id=self.request_id, prompt_tokens=self.prompt_tokens,
+                           max_tokens=self.max_tokens, slo=self.slo, priority=self.priority,
+                           arrival_s=self.started_s)
+        return spec.resumed(self.output_tokens) if self.output_tokens > 0 else spec
+
+
+@dataclass(frozen=True)
 class InstanceView:
     """One instance as a policy sees it: registry facts, last load report, own placements."""
 

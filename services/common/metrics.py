@@ -43,6 +43,9 @@ HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route a
                          ["route", "status_code"], registry=REGISTRY)
 
 # -- scheduler -------------------------------------------------------------------------------------
+RECONCILED = Counter("hfx_scheduler_reconciled_requests", "Running requests the scheduler adopted from a worker's "
+                     "report (not counted, e.g. after a restart) or let go (counted, no longer running there)",
+                     ["action"], registry=REGISTRY)
 TICKETS_OUTSTANDING = Gauge("hfx_scheduler_tickets_outstanding", "Tickets (standing placements) routers hold now",
                             ["policy"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("hfx_scheduler_queue_depth", "Requests waiting for placement", ["policy"], registry=REGISTRY)

@@ -9,6 +9,7 @@ stop placing on that instance).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from services.common.pb.hfx.v1 import router_pb2, scheduler_pb2, scheduler_pb2_g
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
 from services.router.request_run import Phase, RequestRun
-from services.router.scheduler_link import SchedulerLink
+from services.router.scheduler_link import LinkDown, SchedulerLink
 from services.router.sessions import Sessions, StreamFailed, TokenStream, WorkerSessionClient
 from services.router.tokenizer import Tokenizer
 from services.router.validate import Limits, ValidRequest, validate
@@ -115,9 +116,22 @@ class RouterCore:
         await self.sessions.close()
 
     async def _place(self, spec: RequestSpec, ctx) -> scheduler_pb2.Placement:
+        """The scheduler's placement. A link that breaks (the scheduler restarting) is asked again
+        on a new one with capped backoff, until the place deadline: the request waits out a
+        restart instead of failing."""
         msg = convert.spec_to_pb(spec)
         msg.trace_context.update(tracing.inject_metadata(ctx))
-        return await self.link.place(msg, self.config.place_timeout_s)
+        deadline = time.monotonic() + self.config.place_timeout_s
+        backoff_s = 0.05
+        while True:
+            try:
+                return await self.link.place(msg, max(0.001, deadline - time.monotonic()))
+            except LinkDown as err:
+                if time.monotonic() + backoff_s >= deadline:
+                    raise Unavailable(f"{err.message} (asked again until the place deadline)") from None
+                log.info("%s: %s; asking again in %.2fs", spec.request_id, err.message, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(1.0, backoff_s * 2)
 
     def _on_ticket(self, spec: RequestSpec, ctx) -> scheduler_pb2.Placement | None:
         """A placement from a ticket the scheduler granted ahead of time (no round trip), or None."""

@@ -31,6 +31,11 @@ log = logging.getLogger("hfx.router.link")
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
 
 
+class LinkDown(Unavailable):
+    """The link broke (or could not open) while this place waited: the scheduler never answered
+    it, so asking again (on a new link) is safe."""
+
+
 class SchedulerLink:
     def __init__(self, stub: scheduler_pb2_grpc.SchedulerStub, complete_delay_s: float = 0.02) -> None:
         self._stub = stub
@@ -150,7 +155,7 @@ class SchedulerLink:
                             why, len(self._waiting))
             for future in self._waiting.values():
                 if not future.done():
-                    future.set_exception(Unavailable(f"scheduler unavailable: {why}"))
+                    future.set_exception(LinkDown(f"scheduler unavailable: {why}"))
 
 
 def _merge(into: scheduler_pb2.LinkRequest, more: scheduler_pb2.LinkRequest) -> None:

@@ -21,6 +21,7 @@ from services.common.domain import Decision, Preemption, Verdict
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.scheduler import inflight
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.models import InstanceModels
@@ -302,8 +303,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.warning("instance %s failed request %s; no new work there until it reports again",
                         request.instance_id, request.request_id)
             self.state.quarantine(request.instance_id, time.time())
-        if done is not None and request.outcome == scheduler_pb2.OUTCOME_FINISHED:
-            observe_completion(self.policy, done.spec.task_class, request.output_tokens, request.request_id)
+        if request.outcome == scheduler_pb2.OUTCOME_FINISHED:
+            # Learnt even when a reconcile let it go first (its Complete came after the report).
+            task_class = request.task_class or (done.spec.task_class if done is not None else "default")
+            observe_completion(self.policy, task_class, request.output_tokens, request.request_id)
         self.wake()
 
     async def Connect(self, request_iterator, context):
@@ -337,12 +340,31 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def report_load(self, request: common_pb2.LoadReport) -> None:
         load = convert.load_from_pb(request)
         self.state.set_load(request.instance_id, load)
+        if request.lists_running and request.instance_id in self.state.instances:
+            self._reconcile(request)
         model = self.models.observe(request.instance_id, load)
         if model is not None and request.instance_id in self.state.instances:
             if model is not self.state.models.get(request.instance_id):
                 self._log_refined(request.instance_id, model)
             self.state.models[request.instance_id] = model
         self.wake()
+
+    def _reconcile(self, report: common_pb2.LoadReport) -> None:
+        """The running set of one instance against its worker's list (services/scheduler/inflight.py)."""
+        iid = report.instance_id
+        known = self.state.running.get(iid, {})
+        adopt, gone = inflight.reconcile(known, [convert.running_from_pb(r) for r in report.running],
+                                         report.reported_unix_s)
+        for run in adopt:
+            self.state.running.setdefault(iid, {})[run.spec.request_id] = run
+        for rid in gone:
+            known.pop(rid, None)
+        if adopt or gone:
+            metrics.RECONCILED.labels("adopted").inc(len(adopt))
+            metrics.RECONCILED.labels("let_go").inc(len(gone))
+            log.info("running set of %s reconciled with its worker: adopted %d it runs that were not counted "
+                     "here (%s), let go %d it no longer runs (%s)", iid, len(adopt),
+                     ", ".join(r.spec.request_id for r in adopt[:5]), len(gone), ", ".join(gone[:5]))
 
     async def GetClusterState(self, request, context) -> scheduler_pb2.ClusterState:
         out = scheduler_pb2.ClusterState(policy=self.policy.name, inflight_requests=self.state.inflight_count())

@@ -52,7 +52,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.weights_loaded.set()
         self._loading = False
         self.draining = False
-        self.inflight: set[str] = set()
+        self.inflight: dict[str, common_pb2.RunningEntry] = {}   # what load reports list
         self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
 
     def load_report(self) -> common_pb2.LoadReport:
@@ -63,7 +63,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             recent_step_ms=tuple(stats.recent_step_ms), reported_s=time.time(), draining=self.draining,
             recent_steps=tuple(stats.recent_steps), steps_total=stats.steps_total,
         )
-        return convert.load_to_pb(self.info.instance_id, load)
+        report = convert.load_to_pb(self.info.instance_id, load)
+        report.running.extend(self.inflight.values())
+        report.lists_running = True
+        return report
 
     async def Generate(self, request: worker_pb2.WorkerGenerateRequest, context: grpc.aio.ServicerContext):
         async for chunk in self.run(request, tracing.extract_context(context.invocation_metadata())):
@@ -94,13 +97,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 sampling=convert.sampling_from_pb(request.sampling),
                 priority=request.priority,
             )
-            self.inflight.add(request.request_id)
+            entry = self.inflight[request.request_id] = common_pb2.RunningEntry(
+                request_id=request.request_id, prompt_tokens=len(request.prompt_token_ids),
+                max_tokens=request.sampling.max_tokens, slo=request.slo, priority=request.priority,
+                started_unix_s=time.time())
             produced, ended = 0, False
             try:
                 # The engine aborts its request in its own finally when this loop is cancelled
                 # (client gone, router abort), so nothing keeps decoding for nobody.
                 async for out in self.engine.generate(engine_request):
                     produced += len(out.new_token_ids)
+                    entry.output_tokens = produced
                     finish = convert.finish_to_pb(out.finish_reason)
                     if out.finished and request.request_id in self.preempted:
                         finish = common_pb2.FINISH_REASON_PREEMPTED
@@ -114,7 +121,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 if not ended and request.request_id in self.preempted:  # ended with no last output
                     yield worker_pb2.WorkerChunk(finished=True, finish_reason=common_pb2.FINISH_REASON_PREEMPTED)
             finally:
-                self.inflight.discard(request.request_id)
+                self.inflight.pop(request.request_id, None)
                 self.preempted.pop(request.request_id, None)
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
                 metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)

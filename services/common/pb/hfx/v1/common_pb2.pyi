@@ -58,7 +58,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_capacity_tokens", "recent_step_ms", "reported_unix_s", "draining", "recent_steps", "steps_total")
+    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_capacity_tokens", "recent_step_ms", "reported_unix_s", "draining", "recent_steps", "steps_total", "running", "lists_running")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class LoadReport(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     RECENT_STEPS_FIELD_NUMBER: _ClassVar[int]
     STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    LISTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     running_requests: int
     waiting_requests: int
@@ -79,7 +81,27 @@ class LoadReport(_message.Message):
     draining: bool
     recent_steps: _containers.RepeatedCompositeFieldContainer[StepSample]
     steps_total: int
-    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., recent_step_ms: _Optional[_Iterable[float]] = ..., reported_unix_s: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_steps: _Optional[_Iterable[_Union[StepSample, _Mapping]]] = ..., steps_total: _Optional[int] = ...) -> None: ...
+    running: _containers.RepeatedCompositeFieldContainer[RunningEntry]
+    lists_running: bool
+    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., recent_step_ms: _Optional[_Iterable[float]] = ..., reported_unix_s: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_steps: _Optional[_Iterable[_Union[StepSample, _Mapping]]] = ..., steps_total: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningEntry, _Mapping]]] = ..., lists_running: _Optional[bool] = ...) -> None: ...
+
+class RunningEntry(_message.Message):
+    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "output_tokens", "slo", "priority", "started_unix_s")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SLO_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    output_tokens: int
+    slo: Slo
+    priority: int
+    started_unix_s: float
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., slo: _Optional[_Union[Slo, _Mapping]] = ..., priority: _Optional[int] = ..., started_unix_s: _Optional[float] = ...) -> None: ...
 
 class StepSample(_message.Message):
     __slots__ = ("prefill_tokens", "decode_seqs", "kv_tokens", "step_ms")
