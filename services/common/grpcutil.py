@@ -21,13 +21,29 @@ log = logging.getLogger(__name__)
 
 # Generous enough for 1 MiB+ prompts given as token ids; bounded so one client can't exhaust memory.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Keepalive, agreed on both ends: clients ping every CLIENT_PING_MS, also with no call open (a
+# long-lived Session or Connect stream may carry nothing for minutes while a prefill runs), and
+# servers accept pings that often. gRPC's server defaults (no pings without calls, at most one
+# per 5 minutes) answer such a client with GOAWAY "too_many_pings" and break its streams.
+CLIENT_PING_MS = 10_000
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_time_ms", CLIENT_PING_MS),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+]
+_SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", CLIENT_PING_MS // 2),
+    ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_MS // 2),
+    # The server pings quiet clients too, so a peer that vanished (no FIN) is noticed.
+    ("grpc.keepalive_time_ms", 3 * CLIENT_PING_MS),
+    ("grpc.keepalive_timeout_ms", 10_000),
 ]
 
 
@@ -90,11 +106,7 @@ def make_server(
     """
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorInterceptor()],
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_SERVER_OPTIONS,
     )
     for add, servicer in register:
         add(servicer, server)
