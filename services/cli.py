@@ -75,6 +75,7 @@ def cmd_router(args) -> int:
         http_port=args.http_port, api_keys=tuple(args.api_key),
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
         default_max_tokens=args.default_max_tokens, tracing=args.tracing, max_failovers=args.max_failovers,
+        max_body_bytes=args.max_body_bytes, max_inflight=args.max_inflight,
     )
     runtime.run_service(serve(config))
     return 0
@@ -293,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
     p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
                    help="require this API key (repeatable; default: none, the API is open)")
+    p.add_argument("--max-body-bytes", type=argtypes.positive_int, default=4 << 20,
+                   help="largest HTTP request body; a bigger one is refused with 413 before it is parsed or its "
+                   "API key checked (default %(default)s)")
+    p.add_argument("--max-inflight", type=argtypes.positive_int, default=4096,
+                   help="requests in this router at once, both front doors; more are refused with 429 / "
+                   "RESOURCE_EXHAUSTED and a retry hint (default %(default)s)")
     p.add_argument("--max-failovers", type=argtypes.non_negative_int, default=2,
                    help="a request whose instance fails under it (dies, ends its stream, goes silent) is placed "
                    "again elsewhere with the tokens already streamed, up to this many times; 0 = it fails "

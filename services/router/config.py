@@ -63,6 +63,8 @@ class RouterConfig:
     classes: tuple[TaskClass, ...] = DEFAULT_CLASSES
     default_max_tokens: int = 64
     max_prompt_bytes: int = 1 << 20        # checked before tokenising, so huge inputs cost nothing
+    max_body_bytes: int = 4 << 20          # HTTP bodies, checked before parsing and before auth
+    max_inflight: int = 4096               # requests in the router at once (both front doors); more: refused
     max_stop_strings: int = 16
     place_timeout_s: float = 35.0          # scheduler queue wait (30 s) plus margin
     first_token_timeout_s: float = 120.0   # a worker that says nothing this long is treated as failed

@@ -70,6 +70,7 @@ class RouterCore:
         self.sessions = Sessions(config.first_token_timeout_s, config.token_idle_timeout_s)
         self.link = SchedulerLink(scheduler)  # Place and Complete, on one stream
         self._active: dict[str, Active] = {}  # by request id and by client request id
+        self.inflight = 0                     # generate() calls in progress (bounded: max_inflight)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -79,6 +80,17 @@ class RouterCore:
         """Placed, then deltas, then one final message. Raises InvalidArgument, Rejected or
         Unavailable (before Placed) or Unavailable (after it)."""
         arrival_s = time.time()
+        if self.inflight >= self.config.max_inflight:
+            metrics.record_request(self._class_label(request.task_class), "rejected")
+            raise Rejected(f"router at its limit of {self.config.max_inflight} requests in flight", DEFAULT_RETRY_AFTER_MS)
+        self.inflight += 1
+        try:
+            async for item in self._generate(request, parent, arrival_s):
+                yield item
+        finally:
+            self.inflight -= 1
+
+    async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float):
         with tracing.detached_span(_tracer, "router.generate", parent) as (span, ctx):
             try:
                 valid = validate(request, self.tokenizer.encode, self.classes, self.limits)

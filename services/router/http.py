@@ -26,6 +26,7 @@ from services.common.errors import HfxError
 from services.common.pb.hfx.v1 import router_pb2
 from services.router.auth import key_allowed
 from services.router.core import Placed, RouterCore
+from services.router.http_limits import BodyLimit
 from services.router.oai import requests as oai_requests
 from services.router.oai.errors import ApiError, from_domain
 from services.router.oai.responses import SSE_DONE, Shaper, finish_reason, sse
@@ -193,7 +194,8 @@ def _hints(request: Request, body: CommonBody) -> oai_requests.SloHints:
 def create_app(core: RouterCore, api_keys: tuple[str, ...] = ()) -> FastAPI:
     model = ServedModel(Path(core.config.model).name, core.config.model, core.tokenizer.max_model_len)
     app = FastAPI(title="HFX router", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_CountResponses)
+    app.add_middleware(BodyLimit, max_bytes=core.config.max_body_bytes)   # inner: before routing and auth
+    app.add_middleware(_CountResponses)                                   # outer: counts the 413s too
     _install_error_handlers(app)
 
     async def require_key(request: Request) -> None:

@@ -21,7 +21,7 @@ from services.scheduler.server import SchedulerServicer
 from tests.integration.test_preemption import start_worker
 
 
-async def _mesh(model: str, max_failovers: int):
+async def _mesh(model: str, max_failovers: int, **router: object):
     workers = {n: await start_worker(n, model) for n in ("i0", "i1")}
     sched = SchedulerServicer(SchedulerConfig(), make_policy("least-load"), cluster=None)
     sched.state.set_instances([common_pb2.Instance(instance_id=n, address=w[2], max_model_len=2048)
@@ -31,7 +31,8 @@ async def _mesh(model: str, max_failovers: int):
     port = grpcutil.bind(server, "127.0.0.1", 0)
     await server.start()
     rounds = asyncio.create_task(sched.round_loop())
-    core = RouterCore(RouterConfig(model=model, scheduler_address=f"127.0.0.1:{port}", max_failovers=max_failovers),
+    core = RouterCore(RouterConfig(model=model, scheduler_address=f"127.0.0.1:{port}", max_failovers=max_failovers,
+                                   **router),
                       Tokenizer.load(model), scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(f"127.0.0.1:{port}")))
     return workers, sched, server, rounds, core
 
