@@ -119,7 +119,7 @@ def cmd_scaler(args) -> int:
 
 def cmd_worker(args) -> int:
     from services.worker.config import WorkerConfig
-    from services.worker.server import serve
+    from services.worker.server import EngineFailed, serve
 
     config = WorkerConfig(
         model=_default_model(args), instance_id=args.instance_id, host=args.host, port=args.port, engine=args.engine,
@@ -134,7 +134,11 @@ def cmd_worker(args) -> int:
         weights_transport=args.weights_transport,
         serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
     )
-    runtime.run_service(serve(config))
+    try:
+        runtime.run_service(serve(config))
+    except EngineFailed as err:
+        print(f"error: worker {args.instance_id}: {err}; exiting so that it is replaced", file=sys.stderr)
+        return 3
     return 0
 
 

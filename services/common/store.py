@@ -36,14 +36,19 @@ class ClusterStore:
             pipe.sadd(self.keys.instances(), instance.instance_id)
             await pipe.execute()
 
-    async def heartbeat(self, instance: common_pb2.Instance, load: common_pb2.LoadReport, ttl_s: float) -> None:
-        """Refreshes the registry entry (re-creating it if it expired) and stores the load."""
+    async def heartbeat(self, instance: common_pb2.Instance, load: common_pb2.LoadReport, ttl_s: float,
+                        profile: dict | None = None) -> None:
+        """Refreshes the registry entry (re-creating it if it expired) and stores the load. With
+        `profile`, also puts it back when it is missing: a Redis that restarted empty has every
+        key again within one heartbeat, the latency profile included."""
         ttl_ms = int(ttl_s * 1000)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.instance(instance.instance_id), mapping={"pb": instance.SerializeToString()})
             pipe.pexpire(self.keys.instance(instance.instance_id), ttl_ms)
             pipe.sadd(self.keys.instances(), instance.instance_id)
             pipe.set(self.keys.load(instance.instance_id), load.SerializeToString(), px=ttl_ms)
+            if profile is not None:
+                pipe.set(self.keys.profile(instance.instance_id), json.dumps(profile), nx=True)
             await pipe.execute()
 
     async def put_load(self, load: common_pb2.LoadReport, ttl_s: float) -> None:

@@ -27,6 +27,7 @@ class WorkerConfig:
     session_coalesce_ms: float = 0.0
     report_timeout_s: float = 1.0
     drain_timeout_s: float = 30.0
+    engine_check_s: float = 1.0        # how often the worker checks its engine is alive (ReportsHealth)
     kv_cache_memory_bytes: int = 256 * 1024 * 1024
     max_num_seqs: int = 64
     cpu_cores: str = ""                  # CPU engines: cores for this worker's engine threads

@@ -32,7 +32,7 @@ def argtypes_address(value: str) -> None:
     except Exception as err:
         raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import Engine, EngineRequest, ReportsWeights, describe_weights
+from services.worker.engine.base import Engine, EngineRequest, ReportsHealth, ReportsWeights, describe_weights
 from services.worker.session import WorkerSession
 
 log = logging.getLogger("hfx.worker")
@@ -171,7 +171,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.DrainResponse(remaining=len(self.inflight))
 
 
-async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: store.ClusterStore) -> None:
+async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: store.ClusterStore,
+                       profile: dict | None = None) -> None:
     """Every report_interval_s: the load to the scheduler, on one long-lived StreamLoad stream
     (a stream message costs both sides far less CPU than a unary call); every
     heartbeat_interval_s: the registry heartbeat with the same report to Redis."""
@@ -185,7 +186,7 @@ async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: 
             if now >= next_heartbeat_s:
                 next_heartbeat_s = now + config.heartbeat_interval_s
                 try:
-                    await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s)
+                    await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s, profile)
                 except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
                     log.warning("heartbeat to redis failed: %s", err)
             if link is not None:
@@ -318,19 +319,22 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     await cluster.register(info, config.heartbeat_ttl_s)
     if profile is not None:
         await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
-    reporter = asyncio.create_task(_report_loop(config, servicer, cluster))
+    reporter = asyncio.create_task(_report_loop(config, servicer, cluster, profile))
     if config.serve_weights:  # after registering: serving first; the heartbeat then advertises it
         donor = asyncio.create_task(_serve_weights(config))
         donor.add_done_callback(lambda t: setattr(info, "weights_address", t.result()))
+    failed: list[str] = []
+    watchdog = asyncio.create_task(_watch_engine(engine, stop, failed, config.engine_check_s))
     runtime.started()
     log.info("worker %s serving on %s; weights from %s; start-up %s", config.instance_id, info.address,
              info.weights_source or "n/a", {k: round(v, 3) for k, v in info.startup_s.items()})
     await stop.wait()
+    watchdog.cancel()
 
     # Drain: refuse new work, let running requests finish (bounded), then leave the registry.
     servicer.draining = True
     await grpcutil.set_serving(health, [SERVICE_NAME], serving=False)
-    deadline = time.monotonic() + config.drain_timeout_s
+    deadline = time.monotonic() + (0.0 if failed else config.drain_timeout_s)   # a dead engine finishes nothing
     while servicer.inflight and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     reporter.cancel()
@@ -341,3 +345,25 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     await server.stop(grace=1.0)
     await engine.shutdown()
     tracing.shutdown()
+    if failed:   # a non-zero exit: whoever launched the worker (the scaler) starts a new one
+        raise EngineFailed(failed[0])
+
+
+class EngineFailed(RuntimeError):
+    """The worker's engine can no longer serve; the worker left the registry and exits."""
+
+
+async def _watch_engine(engine: Engine, stop: asyncio.Event, failed: list[str], every_s: float) -> None:
+    """Health reflects the engine, not only this process: an engine that died (vLLM's engine core
+    killed, crashed) ends the worker like SIGTERM does (no new work, deregistered at once), then
+    the worker exits with an error so it is replaced."""
+    if not isinstance(engine, ReportsHealth):
+        return
+    while not stop.is_set():
+        await asyncio.sleep(every_s)
+        why = engine.failure()
+        if why is not None:
+            log.error("engine failed (%s): leaving the registry and exiting so a new worker replaces this one", why)
+            failed.append(why)
+            stop.set()
+            return

@@ -109,6 +109,24 @@ def test_sigkill_of_the_worker_alone_takes_its_engine_and_the_replacement_serves
     assert len(new_engine) == len(engine)
 
 
+def test_an_engine_core_that_dies_under_a_live_worker_ends_it_and_a_replacement_serves(mesh):
+    # Health reflects the engine: the worker process lives on, but vLLM's engine core (the
+    # worker's child that has children of its own) is killed. The worker leaves the registry and
+    # exits with an error; the scaler starts a replacement that serves.
+    pid = mesh.worker_pid(WORKER)
+    procs = engine_of(pid)
+    parents = {p.ppid for p in procs}
+    core = [p for p in procs if p.ppid == pid and p.pid in parents]
+    assert len(core) == 1, procs
+    worker = proctable.snapshot()[pid]
+    os.kill(core[0].pid, signal.SIGKILL)
+    assert wait_until(lambda: not proctable.still_running(proctable.snapshot(), [worker]), 30), mesh.logs()
+    worker_log = (mesh.log_dir / f"{WORKER}.log").read_text()
+    assert "engine failed" in worker_log and "exiting so that it is replaced" in worker_log
+    wait_replacement_serving(mesh, pid)
+    final = generate(mesh)
+    assert final.instance_id == WORKER and final.usage.completion_tokens == 8
+
 def test_an_exited_workers_group_is_killed_by_the_scaler_and_counted(mesh):
     # Freeze the worker's whole group first, so its reaper cannot act: what happens next is the
     # scaler's doing alone (it kills the group of a worker it sees exit, before reaping it).
@@ -152,3 +170,4 @@ def test_a_killed_scaler_takes_its_workers_and_their_engines_with_it(tmp_path):
         workers = [proctable.snapshot()[pid], *engine_of(pid)]
         os.kill(running.state.pgids["scaler"], signal.SIGKILL)  # the scaler alone
         assert gone_within(workers, GONE_WITHIN_S), proctable.still_running(proctable.snapshot(), workers)
+

@@ -110,3 +110,23 @@ def test_autoscale_decisions_apply_once_even_when_replayed(redis_url):
         assert actuator.calls == [("start", "cpu"), ("drain", "w3")]
         assert loop.last_decision is None   # the replaying loop applied nothing
     run(go())
+
+
+def test_a_redis_that_restarted_empty_has_the_entry_load_and_profile_back_after_one_heartbeat(redis_url):
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t9"))
+        inst = common_pb2.Instance(instance_id="w0", address="127.0.0.1:9")
+        profile = {"source": "profile", "c0_ms": 3.0}
+        await s.register(inst, ttl_s=5)
+        await s.put_profile("w0", profile)
+        await s.redis.flushdb()                      # what a restart without persistence leaves
+        assert await s.instances() == [] and await s.get_profile("w0") is None
+        await s.heartbeat(inst, common_pb2.LoadReport(instance_id="w0", running_requests=1), ttl_s=5, profile=profile)
+        (got,) = await s.instances()
+        assert got.address == "127.0.0.1:9" and got.load.running_requests == 1
+        assert await s.get_profile("w0") == profile
+        # a profile refined since (put by its owner) is never overwritten by the heartbeat's copy
+        await s.put_profile("w0", {"source": "refined", "c0_ms": 2.0})
+        await s.heartbeat(inst, common_pb2.LoadReport(instance_id="w0"), ttl_s=5, profile=profile)
+        assert (await s.get_profile("w0"))["source"] == "refined"
+    run(go())

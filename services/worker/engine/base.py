@@ -93,6 +93,14 @@ class Engine(Protocol):
 
 
 @runtime_checkable
+class ReportsHealth(Protocol):
+    """An engine that can fail apart from its worker process (vLLM's engine core is a process of
+    its own): `failure()` says why it can no longer serve, None while it can."""
+
+    def failure(self) -> str | None: ...
+
+
+@runtime_checkable
 class ReportsWeights(Protocol):
     """An engine that can say how it got its weights (vLLM); the simulator has none."""
 

@@ -237,6 +237,12 @@ class VllmEngine:
             self.timings["weight_load_s"] = time.monotonic() - t1
             self.timings["weight_load_ended_unix_s"] = time.time()
 
+    def failure(self) -> str | None:
+        """ReportsHealth: vLLM marks its client errored once the engine core process is gone."""
+        if self._llm is not None and self._llm.errored:
+            return f"vLLM engine core dead: {self._llm.dead_error}"
+        return None
+
     async def pull_weights(self, address: str, *, fallback: bool = True) -> dict[str, Any]:
         """Replace every weight with the donor's stream at `address` (checked tensor by tensor);
         when the stream fails, reload from the checkpoint files instead (unless fallback=False:
