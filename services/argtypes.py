@@ -134,6 +134,11 @@ def tracing_spec(value: str) -> str:
     return value
 
 
+def up_tracing_spec(value: str) -> str:
+    """`hfx up --tracing`: also "local", the cluster's own span store (HOME/traces)."""
+    return value if value == "local" else tracing_spec(value)
+
+
 def tracing_config(value: str):
     """The --tracing spec parsed into a TracingConfig (services that set up tracing themselves)."""
     from services.common.tracing import TracingConfig

@@ -36,7 +36,7 @@ def _add_common(p: argparse.ArgumentParser, redis: bool = True) -> None:
         p.add_argument("--redis-prefix", default="hfx", type=argtypes.non_empty,
                        help="key prefix, to share one Redis between clusters (default %(default)s)")
     p.add_argument("--tracing", default=_env("HFX_TRACING", "off"), type=argtypes.tracing_config,
-                   help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317) "
+                   help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317) | file=DIR (local span store) "
                    "(default: $HFX_TRACING, else off)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -94,8 +94,7 @@ def cmd_scaler(args) -> int:
     except InvalidArgument as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
-    tracing = args.tracing
-    spec = tracing.exporter if tracing.exporter != "otlp" else f"otlp={tracing.otlp_endpoint}"
+    spec = args.tracing.spec()
     runtime.run_service(serve(ScalerConfig(
         model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
         port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
@@ -225,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML task-class table for the router (default: the built-in classes)")
     p.add_argument("--redis-url", default=None, type=argtypes.redis_url,
                    help="use this Redis instead of starting one (default: start one)")
-    p.add_argument("--tracing", dest="tracing_spec", default="off", type=argtypes.tracing_spec,
-                   help="off | console | otlp[=HOST:PORT] (default %(default)s)")
+    p.add_argument("--tracing", dest="tracing_spec", default="local", type=argtypes.up_tracing_spec,
+                   help="local (spans kept under HOME/traces, read by `hfx explain`) | off | console | "
+                   "otlp[=HOST:PORT] (to Jaeger or any OTLP collector) | file=DIR (default %(default)s)")
     p.add_argument("--timeout", type=argtypes.positive_float, default=300,
                    help="seconds to wait for workers (default %(default)s)")
     p.add_argument("--worker-arg", action="append", default=[],

@@ -28,7 +28,7 @@ class UpOptions:
     redis_url: str | None
     policy: str
     engine: str
-    tracing: str
+    tracing: str                       # a --tracing spec, or "local": spans in traces_dir(home)
     timeout_s: float
     worker_args: tuple[str, ...] = ()
     http_port: int = 0                 # the router's OpenAI-compatible HTTP API; 0 = off
@@ -39,6 +39,11 @@ class UpOptions:
     # `hfx up`, a test, a benchmark. False for `hfx up --detach`, whose caller exits at once.
     tied_to_caller: bool = True
     scaler_args: tuple[str, ...] = ()  # autoscaling flags for the scaler (services/scaler/autoscale_cli.py)
+
+
+def traces_dir(home: Path) -> Path:
+    """The local span store of the cluster under `home` (`--tracing local`, what `hfx explain` reads)."""
+    return home / "traces"
 
 
 def _step(msg: str, t0: float) -> None:
@@ -154,7 +159,8 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
         _step(f"redis ready at {state.redis_url}", t0)
-    common = ["--redis-url", state.redis_url, "--tracing", opts.tracing]
+    tracing = f"file={traces_dir(opts.home).resolve()}" if opts.tracing == "local" else opts.tracing
+    common = ["--redis-url", state.redis_url, "--tracing", tracing]
 
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
@@ -167,7 +173,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     # The router binds its fixed ports before the scaler picks ports for workers, so they cannot collide.
     router = procs.spawn(
         procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
-                          "--scheduler", state.scheduler, "--tracing", opts.tracing, *_router_flags(opts, state)),
+                          "--scheduler", state.scheduler, "--tracing", tracing, *_router_flags(opts, state)),
         log_dir / "router.log", **mark,
     )
     state.record("router", router.pid)
