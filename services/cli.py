@@ -6,6 +6,7 @@
   hfx model init                  write the default tiny model
   hfx sim / bench                 the simulator and the workload benchmark (--sim, or --target live)
   hfx profile                     profile an engine and fit its step-time model
+  hfx explain REQUEST_ID          why a request missed its SLO, from its trace (--missed: all misses)
 """
 
 from __future__ import annotations
@@ -401,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.sim.cli import add_sim_commands
 
     add_sim_commands(sub)
+    from services.explain.cli import add_parser as add_explain
+
+    add_explain(sub)
     return parser
 
 
