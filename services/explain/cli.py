@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="why a request missed its SLO, from its trace",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("request_id", nargs="?", help="the request id (the final message's request_id, "
-                   "the x-request-id header of the HTTP API)")
+                   "the x-hfx-request-id header of the HTTP API)")
     p.add_argument("--missed", action="store_true", help="explain every request that missed its SLO instead")
     p.add_argument("--since", type=argtypes.duration_s, default=None,
                    help="how far back to look: 90s, 5m, 2h, 1d (default: 1d for one request, 5m with --missed)")
