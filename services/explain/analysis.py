@@ -135,8 +135,11 @@ def explain(spans: Sequence[SpanRecord], request_id: str) -> Explanation:
     first_s = arrival + measured["ttft_ms"] / 1000.0 if measured["output_tokens"] else None
     last_s = first_s + measured["tpot_ms"] * max(0, measured["output_tokens"] - 1) / 1000.0 if first_s else None
     ttft_end = first_s if first_s is not None else root.end_unix_s
-    ttft_split = _split(intervals, arrival, ttft_end)
-    decode_split = _split(intervals, first_s, last_s) if first_s is not None and last_s > first_s else {}
+    # Decode cannot be part of the TTFT, nor prefill of the decode (a resumed leg's recompute is
+    # preemption): where a worker's leg edge and the router's clock disagree, that is relay.
+    ttft_split = _split(intervals, arrival, ttft_end, exclude={"decode", "decode_interference"})
+    decode_split = (_split(intervals, first_s, last_s, exclude={"prefill", "prefill_interference"})
+                    if first_s is not None and last_s > first_s else {})
     met = a.get(t.ATTR_SLO_MET) is True
     missed = {} if met else t.slo_misses(slo["ttft_ms"], slo["tpot_ms"], measured["ttft_ms"], measured["tpot_ms"],
                                          measured["output_tokens"])
@@ -210,10 +213,11 @@ def _intervals(root: SpanRecord, places: list[SpanRecord], legs: list[Leg], kv: 
     return [iv for iv in out if iv.end_s > iv.start_s]
 
 
-def _split(intervals: list[Interval], lo: float, hi: float) -> dict[str, float]:
-    """ms of [lo, hi] under each label (highest priority wins); the rest is relay."""
+def _split(intervals: list[Interval], lo: float, hi: float, exclude: set[str]) -> dict[str, float]:
+    """ms of [lo, hi] under each label but `exclude` (highest priority wins); the rest is relay."""
     if hi is None or lo is None or hi <= lo:
         return {}
+    intervals = [iv for iv in intervals if iv.label not in exclude]
     cuts = sorted({lo, hi, *(x for iv in intervals for x in (iv.start_s, iv.end_s) if lo < x < hi)})
     out: dict[str, float] = {}
     for a, b in zip(cuts, cuts[1:]):

@@ -22,7 +22,7 @@ def waterfall(exp: Explanation, path: Path) -> Path:
     for iv in exp.intervals:
         if iv.lane not in lanes:
             lanes.append(iv.lane)
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * max(1, len(lanes))))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.5 * max(1, len(lanes))))
     t0 = exp.arrival_unix_s
     # Draw low priority first, so what counts (the higher label) is on top where bars overlap.
     for iv in sorted(exp.intervals, key=lambda iv: LABELS[iv.label][0]):
@@ -38,7 +38,7 @@ def waterfall(exp: Explanation, path: Path) -> Path:
     ax.set_xlabel("ms since arrival")
     used = sorted({iv.label for iv in exp.intervals}, key=lambda k: -LABELS[k][0])
     handles = [plt.Rectangle((0, 0), 1, 1, color=_COLOURS.get(k, "#795548")) for k in used]
-    ax.legend(handles, used, fontsize=7, loc="lower right", ncol=3)
+    ax.legend(handles, used, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     verdict = "met" if exp.met else f"missed {', '.join(exp.missed) or exp.outcome}"
     ax.set_title(f"{exp.request_id}: {verdict}" + (f" - {exp.cause}" if exp.cause else ""), fontsize=9)
     fig.tight_layout()

@@ -2,8 +2,9 @@
 
 The worker sees every request it runs start, produce its first token and end, whatever the
 engine; a request's prefill is taken as [start, first token]. For request r, the prefills of the
-others that overlap r's wait for its first token were ahead of it or shared its steps (a tight
-TTFT behind a long prompt); those that overlap r's decode shared its steps (each such step is
+others that were ahead of it (started first, or reached their first token first) and overlap its
+wait for its first token delayed it (a tight TTFT behind a long prompt); those that overlap r's
+decode shared its steps (each such step is
 slower, so r's TPOT grows). The overlap is time in flight together, not engine time spent on the
 other prefill: an engine-agnostic measure, exact for neither vLLM's nor the simulator's batching,
 but it names the requests that got in the way and how long they did. It goes on the worker's
@@ -64,7 +65,11 @@ class PrefillLedger:
             if other_id == request_id:
                 continue
             span = (q.start_s, q.prefill_end(now_s))
-            b = _clip(span, (r.start_s, first))
+            # Before r's first token, only a prefill ahead of r counts: one that started first, or
+            # that got its first token first (it overtook r or shared its steps). One that merely
+            # waited behind r did not delay it.
+            ahead = q.start_s <= r.start_s or q.prefill_end(now_s) <= first
+            b = _clip(span, (r.start_s, first)) if ahead else None
             d = _clip(span, (first, r.end_s))
             if b:
                 before.append(b)

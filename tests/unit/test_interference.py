@@ -12,9 +12,20 @@ def test_a_request_behind_a_long_prefill_sees_it_before_its_first_token():
     seen = ledger.ended("short", 2.5)
     assert round(seen.before_first_ms, 6) == 1800.0 and seen.before_first_tokens == 1900
     assert seen.during_decode_ms == 0.0 and seen.requests == ("long",)
-    # long's own view: short's prefill (0.2..2.1) overlapped its wait (0.2..2.0) and its decode (2.0..2.1).
+    # long's own view: short waited behind it (started later, first token later), so it did not
+    # delay long's first token; its prefill (0.2..2.1) did share long's decode from 2.0 to 2.1.
     seen = ledger.ended("long", 3.0)
-    assert round(seen.before_first_ms, 6) == 1800.0 and round(seen.during_decode_ms, 6) == 100.0
+    assert seen.before_first_ms == 0.0 and round(seen.during_decode_ms, 6) == 100.0
+
+
+def test_a_later_prefill_that_finishes_first_counts_before_the_first_token():
+    ledger = PrefillLedger()
+    ledger.started("r", 3000, 0.0)
+    ledger.started("q", 50, 0.5)       # shorter, overtakes r (chunked prefill shares the steps)
+    ledger.first_token("q", 0.8)
+    ledger.first_token("r", 3.0)
+    seen = ledger.ended("r", 3.5)
+    assert round(seen.before_first_ms, 6) == 300.0 and seen.requests == ("q",)
 
 
 def test_prefills_during_decode_are_a_union_not_a_sum():
