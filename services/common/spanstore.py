@@ -101,6 +101,7 @@ class JsonLinesSpanExporter(SpanExporter):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -108,6 +109,8 @@ class JsonLinesSpanExporter(SpanExporter):
         return cls(Path(directory) / f"{service_name}-{os.getpid()}.jsonl")
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._closed:
+            return SpanExportResult.FAILURE
         text = "".join(to_line(s) + "\n" for s in spans)
         try:
             with self._lock:
@@ -128,7 +131,7 @@ class JsonLinesSpanExporter(SpanExporter):
         os.replace(self.path, self.path.with_name(self.path.stem + ".old.jsonl"))
 
     def shutdown(self) -> None:
-        pass
+        self._closed = True
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
