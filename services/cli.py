@@ -163,6 +163,8 @@ def cmd_up(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"HFX cluster ready. router: {state.router}   (logs: {state.log_dir})")
+    if args.tracing_spec == "local":
+        print(f"spans kept in {cluster.traces_dir(args.home)}: `hfx explain REQUEST_ID` says why a request missed its SLO")
     if state.http:
         print(f"OpenAI-compatible API: http://{state.http}/v1   metrics: http://{state.http}/metrics")
     if args.detach:

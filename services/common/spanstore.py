@@ -137,6 +137,19 @@ class JsonLinesSpanExporter(SpanExporter):
         return True
 
 
+def prune(directory: str | os.PathLike, max_age_s: float, now_unix_s: float) -> int:
+    """Deletes store files not written for max_age_s (processes long gone); returns how many."""
+    removed = 0
+    for path in Path(directory).glob("*.jsonl"):
+        try:
+            if now_unix_s - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def read_spans(directory: str | os.PathLike, since_unix_s: float | None = None) -> list[SpanRecord]:
     """Every span in the store (ended at or after since_unix_s when given), sorted by start.
     Lines that do not parse (a process mid-write) are skipped."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import procs, proctable, redis_server
+from services.common import procs, proctable, redis_server, spanstore
 from services.common.keys import Keys
 from services.local.statefile import ClusterFile
 
@@ -39,6 +39,9 @@ class UpOptions:
     # `hfx up`, a test, a benchmark. False for `hfx up --detach`, whose caller exits at once.
     tied_to_caller: bool = True
     scaler_args: tuple[str, ...] = ()  # autoscaling flags for the scaler (services/scaler/autoscale_cli.py)
+
+
+SPAN_STORE_KEEP_S = 7 * 86400.0  # `hfx up` deletes span files of processes that stopped writing longer ago
 
 
 def traces_dir(home: Path) -> Path:
@@ -159,7 +162,10 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
         _step(f"redis ready at {state.redis_url}", t0)
-    tracing = f"file={traces_dir(opts.home).resolve()}" if opts.tracing == "local" else opts.tracing
+    tracing = opts.tracing
+    if tracing == "local":
+        tracing = f"file={traces_dir(opts.home).resolve()}"
+        spanstore.prune(traces_dir(opts.home), SPAN_STORE_KEEP_S, time.time())
     common = ["--redis-url", state.redis_url, "--tracing", tracing]
 
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from services.common import tracing
-from services.common.spanstore import JsonLinesSpanExporter, read_spans
+from services.common.spanstore import JsonLinesSpanExporter, prune, read_spans
 
 
 def _provider(exporter) -> TracerProvider:
@@ -78,3 +80,13 @@ def test_slo_rule_and_attributes():
     assert set(span.attributes) == {tracing.ATTR_TTFT_SLO_MS, tracing.ATTR_TPOT_SLO_MS}
 
 
+
+
+def test_prune_deletes_only_files_left_alone_long_enough(tmp_path):
+    old, fresh = tmp_path / "a-1.jsonl", tmp_path / "b-2.jsonl"
+    old.write_text("{}\n")
+    fresh.write_text("{}\n")
+    os.utime(old, (1000.0, 1000.0))
+    os.utime(fresh, (5000.0, 5000.0))
+    assert prune(tmp_path, max_age_s=2000.0, now_unix_s=6000.0) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["b-2.jsonl"]
