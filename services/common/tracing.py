@@ -53,6 +53,8 @@ ATTR_PREFILL_BEFORE_TOKENS = "hfx.interference.prefill_before_first_token_tokens
 ATTR_PREFILL_DURING_MS = "hfx.interference.prefill_during_decode_ms"
 ATTR_PREFILL_DURING_TOKENS = "hfx.interference.prefill_during_decode_tokens"
 ATTR_PREFILL_REQUESTS = "hfx.interference.requests"  # the other requests, largest overlap first
+ATTR_PREEMPT_DELIVERY = "hfx.preempt.delivery"  # scheduler.preempt: the Abort was sent | gone | failed
+ATTR_ABORT_FOUND = "hfx.abort.found"            # worker.abort: the request was running here
 # Span and event names `hfx explain` reads.
 SPAN_ROUTER = "router.generate"
 SPAN_PLACE = "scheduler.place"

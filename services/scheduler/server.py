@@ -122,7 +122,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 log.warning("preempt %s on %s not delivered: %s", pre.request_id, pre.instance_id, err.code().name)
                 self.state.running.setdefault(pre.instance_id, {})[pre.request_id] = running
             finally:
-                span.set_attribute("hfx.preempt.delivery", result)
+                span.set_attribute(tracing.ATTR_PREEMPT_DELIVERY, result)
                 span.end()
             metrics.PREEMPTIONS.labels(self.policy.name, result).inc()
 

@@ -92,7 +92,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_PROMPT_TOKENS, len(request.prompt_token_ids))
             leg, finished = LegTimes(), False
-            self.prefills.started(request.request_id, len(request.prompt_token_ids), time.time())
             engine_request = EngineRequest(
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
@@ -100,6 +99,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 priority=request.priority,
             )
             self.inflight.add(request.request_id)
+            self.prefills.started(request.request_id, len(request.prompt_token_ids), time.time())
             produced, ended = 0, False
             try:
                 # The engine aborts its request in its own finally when this loop is cancelled
@@ -136,7 +136,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_REASON, request.reason)
             reply = await self._abort(request)
-            span.set_attribute("hfx.abort.found", reply.found)
+            span.set_attribute(tracing.ATTR_ABORT_FOUND, reply.found)
             return reply
 
     async def _abort(self, request: worker_pb2.WorkerAbortRequest) -> worker_pb2.WorkerAbortResponse:

@@ -121,4 +121,4 @@ def test_explain_names_the_preemption_as_the_cause_of_a_tpot_miss(tmp_path):
     assert {tracing.SPAN_PREEMPT, tracing.SPAN_WORKER_ABORT, tracing.SPAN_COMPLETE} <= set(mine)
     assert mine[tracing.SPAN_WORKER_ABORT].parent_id == mine[tracing.SPAN_PREEMPT].span_id
     assert mine[tracing.SPAN_PREEMPT].parent_id == root.span_id
-    assert mine[tracing.SPAN_WORKER_ABORT].attributes["hfx.abort.found"] is True
+    assert mine[tracing.SPAN_WORKER_ABORT].attributes[tracing.ATTR_ABORT_FOUND] is True
