@@ -57,6 +57,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.inflight: set[str] = set()
         self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
         self.prefills = PrefillLedger()  # whose prefills ran alongside whom, for the spans
+        self.slos: dict[str, common_pb2.Slo] = {}  # running requests' SLOs, for the worker.abort span
 
     def load_report(self) -> common_pb2.LoadReport:
         stats = self.engine.stats()
@@ -99,6 +100,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 priority=request.priority,
             )
             self.inflight.add(request.request_id)
+            self.slos[request.request_id] = request.slo
             self.prefills.started(request.request_id, len(request.prompt_token_ids), time.time())
             produced, ended = 0, False
             try:
@@ -124,6 +126,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     yield worker_pb2.WorkerChunk(finished=True, finish_reason=common_pb2.FINISH_REASON_PREEMPTED)
             finally:
                 self.inflight.discard(request.request_id)
+                self.slos.pop(request.request_id, None)
                 self.preempted.pop(request.request_id, None)
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
                 record_leg(span, request, leg, finished, self.prefills.ended(request.request_id, time.time()))
@@ -135,6 +138,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_REASON, request.reason)
+            slo = self.slos.get(request.request_id)
+            if slo is not None:
+                tracing.set_slo_attributes(span, slo.ttft_ms, slo.tpot_ms)
             reply = await self._abort(request)
             span.set_attribute(tracing.ATTR_ABORT_FOUND, reply.found)
             return reply

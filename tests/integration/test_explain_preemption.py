@@ -122,3 +122,6 @@ def test_explain_names_the_preemption_as_the_cause_of_a_tpot_miss(tmp_path):
     assert mine[tracing.SPAN_WORKER_ABORT].parent_id == mine[tracing.SPAN_PREEMPT].span_id
     assert mine[tracing.SPAN_PREEMPT].parent_id == root.span_id
     assert mine[tracing.SPAN_WORKER_ABORT].attributes[tracing.ATTR_ABORT_FOUND] is True
+    # Every span of the request carries its SLO targets (a resumed placement: the shifted TTFT one).
+    for span in (s for s in spans if s.trace_id == root.trace_id):
+        assert span.attributes[tracing.ATTR_TPOT_SLO_MS] == 6.0, span.name
