@@ -91,7 +91,8 @@ def run(args) -> int:
     else:
         if args.missed and not explained:
             print(f"no request missed its SLO in the last {args.since or 300:g}s ({len(spans)} spans read)")
-        print("\n\n".join(render.text(e) for e in explained))
+        else:
+            print("\n\n".join(render.text(e) for e in explained))
     return 0
 
 
