@@ -134,12 +134,18 @@ def setup(service_name: str, config: TracingConfig) -> None:
         exporter = OTLPSpanExporter(endpoint=config.otlp_endpoint, insecure=True, timeout=5)
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     elif config.exporter == "file":
-        from services.common.spanstore import JsonLinesSpanExporter
-
-        exporter = JsonLinesSpanExporter.for_process(config.directory, service_name)
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        provider.add_span_processor(store_processor(config.directory, service_name))
     trace.set_tracer_provider(provider)
     _provider = provider
+
+
+def store_processor(directory: str, service_name: str) -> BatchSpanProcessor:
+    """The local span store's processor. Its queue holds 8x the SDK's default (2048), so a burst
+    of requests is written, not dropped ("Queue full, dropping Span"): a file append is cheap."""
+    from services.common.spanstore import JsonLinesSpanExporter
+
+    return BatchSpanProcessor(JsonLinesSpanExporter.for_process(directory, service_name), max_queue_size=16384,
+                              max_export_batch_size=2048, schedule_delay_millis=500)
 
 
 def shutdown() -> None:
