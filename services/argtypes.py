@@ -134,6 +134,11 @@ def tracing_spec(value: str) -> str:
     return value
 
 
+def up_tracing_spec(value: str) -> str:
+    """`hfx up --tracing`: also "local", the cluster's own span store (HOME/traces)."""
+    return value if value == "local" else tracing_spec(value)
+
+
 def tracing_config(value: str):
     """The --tracing spec parsed into a TracingConfig (services that set up tracing themselves)."""
     from services.common.tracing import TracingConfig
@@ -198,3 +203,18 @@ def device_price(value: str) -> tuple[str, float]:
     if number < 0:
         raise argparse.ArgumentTypeError(f"price of {device!r} must be >= 0, got {price}")
     return device, number
+
+
+def duration_s(value: str) -> float:
+    """A duration: a number with a unit, s, m, h or d ('90s', '5m', '2h'); a bare number is seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    text = value.strip().lower()
+    scale = units.get(text[-1:], None)
+    number = text[:-1] if scale is not None else text
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 5m, 2h or 1d, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive duration, got {value!r}")
+    return seconds

@@ -6,6 +6,7 @@
   hfx model init                  write the default tiny model
   hfx sim / bench                 the simulator and the workload benchmark (--sim, or --target live)
   hfx profile                     profile an engine and fit its step-time model
+  hfx explain REQUEST_ID          why a request missed its SLO, from its trace (--missed: all misses)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser, redis: bool = True) -> None:
         p.add_argument("--redis-prefix", default="hfx", type=argtypes.non_empty,
                        help="key prefix, to share one Redis between clusters (default %(default)s)")
     p.add_argument("--tracing", default=_env("HFX_TRACING", "off"), type=argtypes.tracing_config,
-                   help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317) "
+                   help="off | console | otlp | otlp=HOST:PORT (OTLP/gRPC, e.g. Jaeger on 4317) | file=DIR (local span store) "
                    "(default: $HFX_TRACING, else off)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -103,8 +104,7 @@ def cmd_scaler(args) -> int:
     except InvalidArgument as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
-    tracing = args.tracing
-    spec = tracing.exporter if tracing.exporter != "otlp" else f"otlp={tracing.otlp_endpoint}"
+    spec = args.tracing.spec()
     runtime.run_service(serve(ScalerConfig(
         model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
         port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
@@ -177,6 +177,8 @@ def cmd_up(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"HFX cluster ready. router: {state.router}   (logs: {state.log_dir})")
+    if args.tracing_spec == "local":
+        print(f"spans kept in {cluster.traces_dir(args.home)}: `hfx explain REQUEST_ID` says why a request missed its SLO")
     if state.http:
         print(f"OpenAI-compatible API: http://{state.http}/v1   metrics: http://{state.http}/metrics")
     if args.detach:
@@ -240,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML task-class table for the router (default: the built-in classes)")
     p.add_argument("--redis-url", default=None, type=argtypes.redis_url,
                    help="use this Redis instead of starting one (default: start one)")
-    p.add_argument("--tracing", dest="tracing_spec", default="off", type=argtypes.tracing_spec,
-                   help="off | console | otlp[=HOST:PORT] (default %(default)s)")
+    p.add_argument("--tracing", dest="tracing_spec", default="local", type=argtypes.up_tracing_spec,
+                   help="local (spans kept under HOME/traces, read by `hfx explain`) | off | console | "
+                   "otlp[=HOST:PORT] (to Jaeger or any OTLP collector) | file=DIR (default %(default)s)")
     p.add_argument("--timeout", type=argtypes.positive_float, default=300,
                    help="seconds to wait for workers (default %(default)s)")
     p.add_argument("--worker-arg", action="append", default=[],
@@ -427,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.sim.cli import add_sim_commands
 
     add_sim_commands(sub)
+    from services.explain.cli import add_parser as add_explain
+
+    add_explain(sub)
     return parser
 
 

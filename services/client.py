@@ -79,7 +79,10 @@ def generate(args) -> int:
     else:
         print()
         print(f"--- ttft {final.ttft_ms:.1f} ms | tpot {final.tpot_ms:.1f} ms | {final.usage.completion_tokens} tokens | "
-              f"slo {'met' if final.slo_met else 'MISSED'} | finish {finish} | {final.instance_id}", file=sys.stderr)
+              f"slo {'met' if final.slo_met else 'MISSED'} | finish {finish} | {final.instance_id} | {final.request_id}",
+              file=sys.stderr)
+        if not final.slo_met:
+            print(f"--- why: hfx explain {final.request_id}", file=sys.stderr)
     return 0
 
 

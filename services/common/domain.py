@@ -206,6 +206,8 @@ class Decision:
     # Stage by stage. Empty: colocated on instance_id. (prefill, decode): prefill on the first leg,
     # KV handed to the second; instance_id is then the first leg's.
     legs: tuple[Leg, ...] = ()
+    # The chosen instance's budget as the policy saw it (policies that keep budgets; else None).
+    budget_ms: float | None = None
 
     def stages(self) -> tuple[Leg, ...]:
         """The legs, with a colocated placement spelled as its one leg."""

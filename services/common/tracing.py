@@ -1,7 +1,9 @@
 """OpenTelemetry set-up and W3C trace-context propagation through gRPC metadata.
 
 Each process calls `setup(service_name, exporter)` once at start; exporter is "off", "console",
-or "otlp" with an endpoint (host:port of an OTLP/gRPC collector such as Jaeger's).
+"otlp" with an endpoint (host:port of an OTLP/gRPC collector such as Jaeger's), or "file" with a
+directory: the local span store (spanstore.py) that `hfx up` uses by default and `hfx explain`
+reads. The span attribute names every service uses, and the SLO rule they record, live here.
 """
 
 from __future__ import annotations
@@ -32,20 +34,90 @@ ATTR_TPOT_MS = "hfx.tpot_ms"
 ATTR_SLO_MET = "hfx.slo_met"
 ATTR_PROMPT_TOKENS = "hfx.prompt_tokens"
 ATTR_OUTPUT_TOKENS = "hfx.output_tokens"
+ATTR_SLO_MISSED = "hfx.slo.missed"            # which SLOs a finished request missed: "ttft", "tpot", "ttft,tpot", ""
+ATTR_OUTCOME = "hfx.outcome"
+# The decision and what it saw (scheduler.place).
+ATTR_PREDICTED_TTFT_MS = "hfx.predicted_ttft_ms"
+ATTR_SLACK_MS = "hfx.slack_ms"
+ATTR_BUDGET_MS = "hfx.budget_ms"              # the chosen instance's budget when the policy keeps budgets
+ATTR_QUEUE_WAIT_MS = "hfx.queue_wait_ms"      # enqueued in the scheduler -> decided
+ATTR_RESUMED_TOKENS = "hfx.resumed_tokens"    # > 0: a placement after a preemption
+ATTR_LOAD_RUNNING = "hfx.load.running_requests"
+ATTR_LOAD_WAITING = "hfx.load.waiting_requests"
+ATTR_LOAD_KV_USAGE = "hfx.load.kv_usage"
+ATTR_LOAD_AGE_MS = "hfx.load.report_age_ms"   # how old the chosen instance's load report was
+# Prefills of other requests on the same worker while this one ran (worker.generate): before its
+# first token (it queued or shared steps behind them) and during its decode (they shared its steps).
+ATTR_PREFILL_BEFORE_MS = "hfx.interference.prefill_before_first_token_ms"
+ATTR_PREFILL_BEFORE_TOKENS = "hfx.interference.prefill_before_first_token_tokens"
+ATTR_PREFILL_DURING_MS = "hfx.interference.prefill_during_decode_ms"
+ATTR_PREFILL_DURING_TOKENS = "hfx.interference.prefill_during_decode_tokens"
+ATTR_PREFILL_REQUESTS = "hfx.interference.requests"  # the other requests, largest overlap first
+ATTR_PREEMPT_DELIVERY = "hfx.preempt.delivery"  # scheduler.preempt: the Abort was sent | gone | failed
+ATTR_ABORT_FOUND = "hfx.abort.found"            # worker.abort: the request was running here
+# Span and event names `hfx explain` reads.
+SPAN_ROUTER = "router.generate"
+SPAN_PLACE = "scheduler.place"
+SPAN_COMPLETE = "scheduler.complete"
+SPAN_PREEMPT = "scheduler.preempt"
+SPAN_WORKER = "worker.generate"
+SPAN_WORKER_ABORT = "worker.abort"
+SPAN_KV_PREFIX = "kv."                        # KV transfer spans (P/D), whatever their suffix
+EVENT_FIRST_TOKEN = "first_token"
+EVENT_PREEMPTED = "preempted"
+EVENT_RESUMED = "resumed"
+
+
+def slo_misses(ttft_target_ms: float, tpot_target_ms: float, ttft_ms: float, tpot_ms: float,
+               tokens: int) -> dict[str, float]:
+    """The one SLO rule (DESIGN: TTFT <= its target and mean TPOT over the decode <= its target;
+    TPOT counts only with 2+ tokens): each missed SLO with how many ms it was over."""
+    missed = {}
+    if ttft_ms > ttft_target_ms:
+        missed["ttft"] = ttft_ms - ttft_target_ms
+    if tokens >= 2 and tpot_ms > tpot_target_ms:
+        missed["tpot"] = tpot_ms - tpot_target_ms
+    return missed
+
+
+def set_slo_attributes(span, ttft_target_ms: float, tpot_target_ms: float, ttft_ms: float | None = None,
+                       tpot_ms: float = 0.0, tokens: int = 0, finished: bool = True) -> None:
+    """Targets always; measured TTFT/TPOT and the verdict once measured (ttft_ms not None). A
+    request that did not finish (aborted, failed, preempted leg) is not met."""
+    span.set_attribute(ATTR_TTFT_SLO_MS, ttft_target_ms)
+    span.set_attribute(ATTR_TPOT_SLO_MS, tpot_target_ms)
+    if ttft_ms is None:
+        return
+    missed = slo_misses(ttft_target_ms, tpot_target_ms, ttft_ms, tpot_ms, tokens)
+    span.set_attribute(ATTR_TTFT_MS, ttft_ms)
+    span.set_attribute(ATTR_TPOT_MS, tpot_ms)
+    span.set_attribute(ATTR_SLO_MET, finished and not missed)
+    span.set_attribute(ATTR_SLO_MISSED, ",".join(missed))
 
 
 @dataclass(frozen=True)
 class TracingConfig:
-    exporter: str = "off"  # off | console | otlp
+    exporter: str = "off"  # off | console | otlp | file
     otlp_endpoint: str = "127.0.0.1:4317"
+    directory: str = ""    # exporter "file": the local span store's directory
 
     @staticmethod
     def parse(spec: str) -> "TracingConfig":
-        """'off', 'console', 'otlp' (default endpoint) or 'otlp=HOST:PORT'."""
-        kind, _, endpoint = spec.partition("=")
+        """'off', 'console', 'otlp' (default endpoint), 'otlp=HOST:PORT' or 'file=DIR'."""
+        kind, _, value = spec.partition("=")
+        if kind == "file":
+            if not value:
+                raise ValueError("tracing: file=DIR needs a directory")
+            return TracingConfig("file", directory=value)
         if kind not in {"off", "console", "otlp"}:
-            raise ValueError(f"tracing: expected off, console, otlp or otlp=HOST:PORT, got {spec!r}")
-        return TracingConfig(kind, endpoint or TracingConfig.otlp_endpoint)
+            raise ValueError(f"tracing: expected off, console, otlp, otlp=HOST:PORT or file=DIR, got {spec!r}")
+        return TracingConfig(kind, value or TracingConfig.otlp_endpoint)
+
+    def spec(self) -> str:
+        """The text parse() reads back (handed on to child processes)."""
+        if self.exporter == "otlp":
+            return f"otlp={self.otlp_endpoint}"
+        return f"file={self.directory}" if self.exporter == "file" else self.exporter
 
 
 _provider: TracerProvider | None = None
@@ -61,8 +133,19 @@ def setup(service_name: str, config: TracingConfig) -> None:
 
         exporter = OTLPSpanExporter(endpoint=config.otlp_endpoint, insecure=True, timeout=5)
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    elif config.exporter == "file":
+        provider.add_span_processor(store_processor(config.directory, service_name))
     trace.set_tracer_provider(provider)
     _provider = provider
+
+
+def store_processor(directory: str, service_name: str) -> BatchSpanProcessor:
+    """The local span store's processor. Its queue holds 8x the SDK's default (2048), so a burst
+    of requests is written, not dropped ("Queue full, dropping Span"): a file append is cheap."""
+    from services.common.spanstore import JsonLinesSpanExporter
+
+    return BatchSpanProcessor(JsonLinesSpanExporter.for_process(directory, service_name), max_queue_size=16384,
+                              max_export_batch_size=2048, schedule_delay_millis=500)
 
 
 def shutdown() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import procs, proctable, redis_server
+from services.common import procs, proctable, redis_server, spanstore
 from services.common.keys import Keys
 from services.local.statefile import ClusterFile
 
@@ -28,7 +28,7 @@ class UpOptions:
     redis_url: str | None
     policy: str
     engine: str
-    tracing: str
+    tracing: str                       # a --tracing spec, or "local": spans in traces_dir(home)
     timeout_s: float
     worker_args: tuple[str, ...] = ()
     http_port: int = 0                 # the router's OpenAI-compatible HTTP API; 0 = off
@@ -40,6 +40,14 @@ class UpOptions:
     tied_to_caller: bool = True
     scaler_args: tuple[str, ...] = ()  # autoscaling flags for the scaler (services/scaler/autoscale_cli.py)
     tickets: bool = True               # the scheduler grants routers tickets (see `hfx scheduler --help`)
+
+
+SPAN_STORE_KEEP_S = 7 * 86400.0  # `hfx up` deletes span files of processes that stopped writing longer ago
+
+
+def traces_dir(home: Path) -> Path:
+    """The local span store of the cluster under `home` (`--tracing local`, what `hfx explain` reads)."""
+    return home / "traces"
 
 
 def _step(msg: str, t0: float) -> None:
@@ -155,7 +163,11 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
         _step(f"redis ready at {state.redis_url}", t0)
-    common = ["--redis-url", state.redis_url, "--tracing", opts.tracing]
+    tracing = opts.tracing
+    if tracing == "local":
+        tracing = f"file={traces_dir(opts.home).resolve()}"
+        spanstore.prune(traces_dir(opts.home), SPAN_STORE_KEEP_S, time.time())
+    common = ["--redis-url", state.redis_url, "--tracing", tracing]
 
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
@@ -169,7 +181,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     # The router binds its fixed ports before the scaler picks ports for workers, so they cannot collide.
     router = procs.spawn(
         procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
-                          "--scheduler", state.scheduler, "--tracing", opts.tracing, *_router_flags(opts, state)),
+                          "--scheduler", state.scheduler, "--tracing", tracing, *_router_flags(opts, state)),
         log_dir / "router.log", **mark,
     )
     state.record("router", router.pid)

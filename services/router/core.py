@@ -167,7 +167,8 @@ class RouterCore:
         span.set_attribute(tracing.ATTR_POLICY, placement.policy)
         if verdict is Verdict.BEST_EFFORT and valid.on_miss == "reject":
             # Placed, but this class prefers a fast "no" to a slow answer: give the slot back.
-            self._complete_later(spec, placement.instance_id, scheduler_pb2.OUTCOME_ABORTED, StreamTimer(spec.arrival_s))
+            self._complete_later(spec, placement.instance_id, scheduler_pb2.OUTCOME_ABORTED, StreamTimer(spec.arrival_s),
+                                 ctx)
             verdict = Verdict.REJECT
         if verdict is Verdict.REJECT:
             span.set_attribute(tracing.ATTR_SLO_MET, False)
@@ -189,7 +190,7 @@ class RouterCore:
             while not run.phase.terminal:
                 if run.phase is Phase.PLACED:
                     active.session = self.sessions[run.placement.address]
-                    active.stream = active.session.start(run.worker_request(), tracing.inject_metadata(ctx))
+                    active.stream = active.session.start(_worker_request(run), tracing.inject_metadata(ctx))
                     run.started()
                 elif run.phase is Phase.RUNNING:
                     try:
@@ -199,7 +200,8 @@ class RouterCore:
                         if run.phase is Phase.FAILING_OVER:
                             # The scheduler hears of the failure before the place that follows
                             # (one link message, completions first): it will not pick it again.
-                            self._complete_later(spec, run.failed_instances[-1], scheduler_pb2.OUTCOME_FAILED, run.timer)
+                            self._complete_later(spec, run.failed_instances[-1], scheduler_pb2.OUTCOME_FAILED, run.timer,
+                                                ctx)
                         continue
                     if chunk is None:  # aborted on request: finish cleanly with what we have
                         run.stopped()
@@ -226,8 +228,8 @@ class RouterCore:
                 self._active.pop(k, None)
             active.stop()  # no-op when finished; stops the worker when the client left
             if run.placement is not None:
-                self._complete_later(spec, run.placement.instance_id, run.outcome, run.timer)
-            _result_attributes(span, run.timer, run.slo_met, run.outcome)
+                self._complete_later(spec, run.placement.instance_id, run.outcome, run.timer, ctx)
+            _result_attributes(span, run)
             metrics.record_request(spec.task_class, _OUTCOME_LABELS[run.outcome], run.slo_met, run.timer.ttft_ms,
                                    run.timer.tpot_ms, run.timer.e2e_ms(time.time()), run.timer.tokens)
             log.info("%s %s on %s: %d tokens ttft %.1fms tpot %.1fms slo_met=%s (%s)", spec.request_id,
@@ -251,12 +253,14 @@ class RouterCore:
         span.add_event("resumed", {"instance": placement.instance_id, "reason": placement.reason})
         return placement
 
-    def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer) -> None:
-        """Tells the scheduler the request ended, off the client's path (batched on the link)."""
+    def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer, ctx) -> None:
+        """Tells the scheduler the request ended, off the client's path (batched on the link),
+        with the request's trace context so the scheduler's record of the end joins its trace."""
         self.link.complete(scheduler_pb2.CompleteRequest(
             request_id=spec.request_id, instance_id=instance_id, outcome=outcome, ttft_ms=timer.ttft_ms,
             tpot_ms=timer.tpot_ms, output_tokens=timer.tokens, task_class=spec.task_class,
             slo_met=outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo),
+            trace_context=tracing.inject_metadata(ctx),
         ))
 
 
@@ -279,12 +283,22 @@ def _request_attributes(span, spec: RequestSpec) -> None:
         span.set_attribute(key, value)
 
 
-def _result_attributes(span, timer: StreamTimer, met: bool, outcome: int) -> None:
-    span.set_attribute(tracing.ATTR_TTFT_MS, timer.ttft_ms)
-    span.set_attribute(tracing.ATTR_TPOT_MS, timer.tpot_ms)
+def _worker_request(run: RequestRun):
+    """The worker's request, with when the request arrived and (after a preemption) when its first
+    token reached the client, so the worker's span measures the TTFT the client saw."""
+    request = run.worker_request()
+    request.arrival_unix_s = run.spec.arrival_s
+    request.first_token_unix_s = run.timer.first_token_s or 0.0
+    return request
+
+
+def _result_attributes(span, run: RequestRun) -> None:
+    timer, met, outcome = run.timer, run.slo_met, run.outcome
+    finished = run.phase is Phase.FINISHED and timer.first_token_s is not None
+    tracing.set_slo_attributes(span, run.spec.slo.ttft_ms, run.spec.slo.tpot_ms, timer.ttft_ms, timer.tpot_ms,
+                               timer.tokens, finished)
     span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, timer.tokens)
-    span.set_attribute(tracing.ATTR_SLO_MET, met)
-    span.set_attribute("hfx.outcome", scheduler_pb2.Outcome.Name(outcome))
+    span.set_attribute(tracing.ATTR_OUTCOME, scheduler_pb2.Outcome.Name(outcome))
     if not met:
         span.add_event("slo_missed", {"ttft_ms": timer.ttft_ms, "tpot_ms": timer.tpot_ms,
                                       "outcome": scheduler_pb2.Outcome.Name(outcome)})

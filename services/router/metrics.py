@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.domain import Slo
+from services.common.tracing import slo_misses
 
 
 @dataclass
@@ -42,4 +43,4 @@ class StreamTimer:
     def slo_met(self, slo: Slo) -> bool:
         if self.first_token_s is None:
             return False
-        return self.ttft_ms <= slo.ttft_ms and (self.tokens < 2 or self.tpot_ms <= slo.tpot_ms)
+        return not slo_misses(slo.ttft_ms, slo.tpot_ms, self.ttft_ms, self.tpot_ms, self.tokens)

@@ -15,6 +15,7 @@ import signal
 import time
 
 import grpc
+from opentelemetry import trace
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
 from services.common.domain import Decision, Preemption, Verdict
@@ -28,6 +29,8 @@ from services.scheduler.models import InstanceModels
 from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, make_policy, observe_completion
 from services.scheduler.state import ClusterState, Waiting
 from services.scheduler.tickets import TicketDesk
+from services.scheduler.trace_spans import RequestTraces, complete_span as _complete_span
+from services.scheduler.trace_spans import decision_attributes as _decision_attributes
 
 log = logging.getLogger("hfx.scheduler")
 _tracer = tracing.tracer("hfx.scheduler")
@@ -51,6 +54,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
         self.desk = TicketDesk(policy.name) if config.tickets and isinstance(policy, IssuesTickets) else None
+        self.traces = RequestTraces()  # placed requests' trace contexts, for their preemption and end
 
     # -- the scheduling round ------------------------------------------------------------------
 
@@ -121,19 +125,28 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if running is None:
             return
         log.info("preempt %s on %s: %s", pre.request_id, pre.instance_id, pre.reason)
+        span = _tracer.start_span(tracing.SPAN_PREEMPT, context=self.traces.get(pre.request_id))
+        for key, value in ((tracing.ATTR_REQUEST_ID, pre.request_id), (tracing.ATTR_INSTANCE, pre.instance_id),
+                           (tracing.ATTR_REASON, pre.reason), (tracing.ATTR_POLICY, self.policy.name)):
+            span.set_attribute(key, value)
+        tracing.set_slo_attributes(span, running.spec.slo.ttft_ms, running.spec.slo.tpot_ms)
 
         async def tell_worker() -> None:
             result = "sent"
             try:
                 reply = await self._workers[address].Abort(
                     worker_pb2.WorkerAbortRequest(request_id=pre.request_id, preempt=True, reason=pre.reason),
-                    timeout=self.config.worker_call_timeout_s)
+                    timeout=self.config.worker_call_timeout_s,
+                    metadata=grpcutil.outgoing_metadata(context=trace.set_span_in_context(span)))
                 result = "sent" if reply.found else "gone"
             except grpc.aio.AioRpcError as err:
                 # It keeps running there; count it again so budgets stay honest.
                 result = "failed"
                 log.warning("preempt %s on %s not delivered: %s", pre.request_id, pre.instance_id, err.code().name)
                 self.state.running.setdefault(pre.instance_id, {})[pre.request_id] = running
+            finally:
+                span.set_attribute(tracing.ATTR_PREEMPT_DELIVERY, result)
+                span.end()
             metrics.PREEMPTIONS.labels(self.policy.name, result).inc()
 
         self.background.spawn(tell_worker())
@@ -235,11 +248,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             raise InvalidArgument("request_id", "must not be empty")
         if spec.resumed_tokens < 0:
             raise InvalidArgument("resumed_tokens", f"must be >= 0, got {spec.resumed_tokens}")
-        with _tracer.start_as_current_span("scheduler.place", context=parent) as span:
+        with _tracer.start_as_current_span(tracing.SPAN_PLACE, context=parent) as span:
             span.set_attribute(tracing.ATTR_REQUEST_ID, spec.request_id)
             span.set_attribute(tracing.ATTR_POLICY, self.policy.name)
-            span.set_attribute(tracing.ATTR_TTFT_SLO_MS, spec.slo.ttft_ms)
-            span.set_attribute(tracing.ATTR_TPOT_SLO_MS, spec.slo.tpot_ms)
+            tracing.set_slo_attributes(span, spec.slo.ttft_ms, spec.slo.tpot_ms)
+            span.set_attribute(tracing.ATTR_RESUMED_TOKENS, spec.resumed_tokens)
             span.set_attribute(tracing.ATTR_PRIORITY, spec.priority)
             span.set_attribute(tracing.ATTR_TASK_CLASS, spec.task_class)
             if spec.request_id in self.state.waiting:
@@ -251,16 +264,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             else:
                 entry = Waiting(spec, time.time())
                 self.state.waiting[spec.request_id] = entry
+                self.traces.remember(spec.request_id, parent)
                 self.run_round(time.time())
                 self.wake()  # the round loop re-arms its timer: something waits or runs now
                 try:
                     decision, address = await entry.future
                 except asyncio.CancelledError:  # the router gave up (deadline, client gone)
                     self.state.waiting.pop(spec.request_id, None)
+                    self.traces.forget(spec.request_id)
                     raise
-            span.set_attribute(tracing.ATTR_VERDICT, decision.verdict.value)
-            span.set_attribute(tracing.ATTR_REASON, decision.reason)
-            span.set_attribute(tracing.ATTR_INSTANCE, decision.instance_id)
+                span.set_attribute(tracing.ATTR_QUEUE_WAIT_MS, (time.time() - entry.enqueued_s) * 1000.0)
+            if decision.verdict is Verdict.REJECT:
+                self.traces.forget(spec.request_id)
+            _decision_attributes(span, decision, self.state.loads.get(decision.instance_id))
             metrics.record_verdict(self.policy.name, decision.verdict.value, decision.reason)
             log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, decision.instance_id, decision.reason)
             return convert.decision_to_placement(decision, address, self.policy.name)
@@ -283,6 +299,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.set_attribute(tracing.ATTR_REASON, reason)
         if instance_id in self.state.instances:
             self.state.place(instance_id, spec, now)
+            self.traces.remember(spec.request_id, parent)
         else:
             log.warning("ticket %s of %s names no instance known here (%r); not counted",
                         request.ticket_id, spec.request_id, instance_id)
@@ -294,11 +311,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.wake()
 
     async def Complete(self, request: scheduler_pb2.CompleteRequest, context) -> scheduler_pb2.CompleteResponse:
-        self.complete(request)
+        self.complete(request, tracing.extract_context(context.invocation_metadata()))
         return scheduler_pb2.CompleteResponse()
 
-    def complete(self, request: scheduler_pb2.CompleteRequest) -> None:
+    def complete(self, request: scheduler_pb2.CompleteRequest, parent=None) -> None:
+        """`parent`: the trace context of a unary call's metadata; on the link the message's own."""
         done = self.state.complete(request.instance_id, request.request_id)
+        self.traces.forget(request.request_id)
+        if request.trace_context:
+            parent = tracing.extract_context(dict(request.trace_context))
+        _complete_span(request, done, parent)
         if request.outcome == scheduler_pb2.OUTCOME_FAILED and request.instance_id:
             log.warning("instance %s failed request %s; no new work there until it reports again",
                         request.instance_id, request.request_id)
@@ -376,8 +398,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if iid in self.state.draining:  # what placement sees (the scaler waits for this)
                 copy.load.instance_id, copy.load.draining = iid, True
         return out
-
-
 
 
 async def serve(config: SchedulerConfig) -> None:

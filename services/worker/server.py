@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import grpc
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import InstanceLoad
+from services.common.domain import FinishReason, InstanceLoad
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -33,7 +33,9 @@ def argtypes_address(value: str) -> None:
         raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
 from services.worker.engine.base import Engine, EngineRequest, ReportsHealth, ReportsWeights, describe_weights
+from services.worker.interference import PrefillLedger
 from services.worker.session import WorkerSession
+from services.worker.trace_spans import LegTimes, record_leg
 
 log = logging.getLogger("hfx.worker")
 _tracer = tracing.tracer("hfx.worker")
@@ -54,6 +56,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.draining = False
         self.inflight: dict[str, common_pb2.RunningEntry] = {}   # what load reports list
         self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
+        self.prefills = PrefillLedger()  # whose prefills ran alongside whom, for the spans
 
     def load_report(self) -> common_pb2.LoadReport:
         stats = self.engine.stats()
@@ -87,10 +90,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument("prompt_token_ids", "must not be empty")
         if request.request_id in self.inflight:
             raise InvalidArgument("request_id", f"{request.request_id!r} is already running here")
-        with tracing.detached_span(_tracer, "worker.generate", parent) as (span, _):
+        with tracing.detached_span(_tracer, tracing.SPAN_WORKER, parent) as (span, _):
             span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_PROMPT_TOKENS, len(request.prompt_token_ids))
+            leg, finished = LegTimes(), False
             engine_request = EngineRequest(
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
@@ -101,6 +105,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 request_id=request.request_id, prompt_tokens=len(request.prompt_token_ids),
                 max_tokens=request.sampling.max_tokens, slo=request.slo, priority=request.priority,
                 started_unix_s=time.time())
+            self.prefills.started(request.request_id, len(request.prompt_token_ids), time.time())
             produced, ended = 0, False
             try:
                 # The engine aborts its request in its own finally when this loop is cancelled
@@ -108,11 +113,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 async for out in self.engine.generate(engine_request):
                     produced += len(out.new_token_ids)
                     entry.output_tokens = produced
+                    if leg.on_tokens(len(out.new_token_ids), time.time()):
+                        self.prefills.first_token(request.request_id, leg.first_s)
+                        span.add_event(tracing.EVENT_FIRST_TOKEN)
                     finish = convert.finish_to_pb(out.finish_reason)
+                    finished = finished or out.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
                     if out.finished and request.request_id in self.preempted:
-                        finish = common_pb2.FINISH_REASON_PREEMPTED
-                        span.add_event("preempted", {"reason": self.preempted[request.request_id],
-                                                     "output_tokens": produced})
+                        finish, finished = common_pb2.FINISH_REASON_PREEMPTED, False
+                        span.add_event(tracing.EVENT_PREEMPTED, {"reason": self.preempted[request.request_id],
+                                                                 "output_tokens": produced})
                     yield worker_pb2.WorkerChunk(
                         token_ids=out.new_token_ids, text=out.text_delta, finished=out.finished,
                         finish_reason=finish, prompt_tokens=out.prompt_tokens,
@@ -124,9 +133,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 self.inflight.pop(request.request_id, None)
                 self.preempted.pop(request.request_id, None)
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
+                record_leg(span, request, leg, finished, self.prefills.ended(request.request_id, time.time()))
                 metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)
 
     async def Abort(self, request: worker_pb2.WorkerAbortRequest, context) -> worker_pb2.WorkerAbortResponse:
+        with _tracer.start_as_current_span(tracing.SPAN_WORKER_ABORT,
+                                           context=tracing.extract_context(context.invocation_metadata())) as span:
+            span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
+            span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
+            span.set_attribute(tracing.ATTR_REASON, request.reason)
+            running = self.inflight.get(request.request_id)
+            if running is not None:
+                tracing.set_slo_attributes(span, running.slo.ttft_ms, running.slo.tpot_ms)
+            reply = await self._abort(request)
+            span.set_attribute(tracing.ATTR_ABORT_FOUND, reply.found)
+            return reply
+
+    async def _abort(self, request: worker_pb2.WorkerAbortRequest) -> worker_pb2.WorkerAbortResponse:
         found = request.request_id in self.inflight
         if found:
             if request.preempt:

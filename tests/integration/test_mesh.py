@@ -97,7 +97,7 @@ def test_one_trace_covers_router_scheduler_and_worker(router, otlp):
     spans = wait_until(spans_of_request, timeout_s=15)
     assert spans, f"spans seen: {[(s['service'], s['name']) for s in otlp.snapshot()][-20:]}"
     assert len({s["trace_id"] for s in spans}) == 1
-    by_service = {s["service"]: s for s in spans}
+    by_service = {s["service"]: s for s in spans if s["name"] != "scheduler.complete"}
     root = by_service["hfx-router"]
     assert root["attributes"]["hfx.slo.ttft_ms"] == 5000.0
     assert root["attributes"]["hfx.task_class"] == "code"
@@ -106,6 +106,11 @@ def test_one_trace_covers_router_scheduler_and_worker(router, otlp):
     sched = by_service["hfx-scheduler"]
     assert sched["attributes"]["hfx.verdict"] == "admit" and sched["attributes"]["hfx.reason"]
     assert sched["parent"] == root["span_id"] and by_service["hfx-worker"]["parent"] == root["span_id"]
+    # The end of the request reaches the scheduler on the same trace (Complete carries the context).
+    complete = wait_until(lambda: [s for s in otlp.snapshot() if s["name"] == "scheduler.complete"
+                                   and s["attributes"].get("hfx.request_id") == final.request_id], timeout_s=15)
+    assert complete and complete[0]["trace_id"] == root["trace_id"] and complete[0]["parent"] == root["span_id"]
+    assert complete[0]["attributes"]["hfx.slo_met"] is final.slo_met
 
 
 BAD_INPUTS = {

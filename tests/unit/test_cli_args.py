@@ -55,6 +55,11 @@ BAD = {
         (["--grid", "huge"], "--grid"), (["--sim-profile", "nope"], "--sim-profile"), (["--device", "tpu"], "--device"),
         (["--model", "/nonexistent"], "--model"),
     ],
+    "explain": [
+        (["r-1", "--since", "abc"], "--since"), (["r-1", "--since", "-5m"], "--since"),
+        (["r-1", "--limit", "0"], "--limit"), (["r-1", "--plot", "w.svg"], "--plot"),
+        (["r-1", "--missed"], "REQUEST_ID or --missed"), ([], "REQUEST_ID or --missed"),
+    ],
 }
 CASES = [(cmd, argv, name) for cmd, rows in BAD.items() for argv, name in rows]
 

@@ -293,7 +293,7 @@ class Hfx:
                       + ("; last chance, not counting the step in flight" if optimistic else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=inst_id,
-                            predicted_ttft_ms=ttft_ms, slack_ms=slack_ms)
+                            predicted_ttft_ms=ttft_ms, slack_ms=slack_ms, budget_ms=budget_ms)
         decisions.append(decision)
         return decision
 
