@@ -48,7 +48,7 @@ import grpc
 import numpy as np
 import redis
 
-from services.common import procs, redis_server
+from services.common import grpcutil, procs, redis_server
 from services.common.keys import Keys
 from services.common.model import ensure_default_model, parse_params
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -159,7 +159,7 @@ def first_token_s(address: str, max_tokens: int = 1, timeout_s: float = 120.0, t
                   ) -> tuple[float, list[float]]:
     """Seconds to the last chunk of a greedy request, and each token's arrival time (monotonic);
     the token ids are appended to `tokens` when given."""
-    with grpc.insecure_channel(address) as channel:
+    with grpcutil.sync_channel(address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         req = worker_pb2.WorkerGenerateRequest(
             request_id=uuid.uuid4().hex, prompt_token_ids=PROMPT,
@@ -175,7 +175,7 @@ def first_token_s(address: str, max_tokens: int = 1, timeout_s: float = 120.0, t
 
 def wait_grpc(address: str, proc, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with grpcutil.sync_channel(address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -200,7 +200,7 @@ def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | N
     if standby_load is None:
         proc = run.spawn_worker(name, cores, *extra)
     else:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpcutil.sync_channel(f"127.0.0.1:{port}") as channel:
             worker_pb2_grpc.WorkerStub(channel).LoadWeights(
                 worker_pb2.LoadWeightsRequest(donor_address=standby_load), timeout=run.args.timeout)
     info = run.wait_registered(name, proc, run.args.timeout)

@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from services.common import procs
+from services.common import grpcutil, internal_auth, procs
 from services.common.model import ensure_default_model
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.local import cluster
@@ -99,7 +99,7 @@ class BackgroundLoad:
     def _drive(self) -> None:
         import threading
 
-        with grpc.insecure_channel(self._router) as channel:
+        with grpcutil.sync_channel(self._router) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             while not self._stop.wait(self._rng.expovariate(self._rate)):
                 t = threading.Thread(target=self._one, args=(stub,), daemon=True)
@@ -113,7 +113,7 @@ class BackgroundLoad:
 def measure(state: ClusterFile, worker_address: str, n: int, max_tokens: int) -> dict:
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     via_router, direct = [], []
-    with grpc.insecure_channel(state.router) as rc, grpc.insecure_channel(worker_address) as wc:
+    with grpcutil.sync_channel(state.router) as rc, grpcutil.sync_channel(worker_address) as wc:
         router, worker = router_pb2_grpc.RouterStub(rc), worker_pb2_grpc.WorkerStub(wc)
         for i in range(3):  # warm both paths (connections, engine caches)
             list(router.Generate(router_pb2.GenerateRequest(token_ids=router_pb2.TokenIds(ids=PROMPT), sampling=sampling), timeout=30))
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hfx-overhead-") as tmp:
         home = args.home or Path(tmp)
         own = args.home is None
+        if not own and (home / internal_auth.TOKEN_FILE_NAME).exists():
+            internal_auth.use_token_file(home / internal_auth.TOKEN_FILE_NAME)   # the worker is internal
         if own:
             cluster.up(cluster.UpOptions(home=home, model=str(ensure_default_model()), workers=1,
                                          router_port=procs.free_port(), redis_url=None, policy=args.policy,

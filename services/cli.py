@@ -73,7 +73,7 @@ def cmd_router(args) -> int:
 
     config = RouterConfig(
         model=_default_model(args), scheduler_address=args.scheduler, host=args.host, port=args.port,
-        http_port=args.http_port, api_keys=tuple(args.api_key),
+        http_port=args.http_port, api_keys=tuple(args.api_key) + _key_file(args.api_key_file),
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
         default_max_tokens=args.default_max_tokens, tracing=args.tracing, max_failovers=args.max_failovers,
         max_body_bytes=args.max_body_bytes, max_inflight=args.max_inflight,
@@ -166,7 +166,8 @@ def cmd_up(args) -> int:
     opts = cluster.UpOptions(
         home=args.home, model=model, workers=args.workers, router_port=args.router_port, redis_url=args.redis_url,
         policy=args.policy, engine=args.engine, tracing=args.tracing_spec, timeout_s=args.timeout,
-        worker_args=tuple(worker_args), http_port=args.http_port, api_keys=tuple(args.api_key),
+        worker_args=tuple(worker_args), http_port=args.http_port,
+        api_keys=tuple(args.api_key) + _key_file(args.api_key_file),
         classes=args.classes or "", tied_to_caller=not args.detach, scaler_args=tuple(forward_flags(args)),
         tickets=args.tickets,
     )
@@ -237,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
                    help="router's OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
     p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
-                   help="require this API key at the router (repeatable; default: none, the API is open)")
+                   help="require this API key at the router (repeatable; visible in this command's process "
+                   "listing: prefer --api-key-file) (default: none, the API is open)")
+    p.add_argument("--api-key-file", default=_env("HFX_API_KEY_FILE", ""),
+                   help="require the API keys in this file, one per line (default: $HFX_API_KEY_FILE, else none)")
     p.add_argument("--classes", type=argtypes.classes_file,
                    help="YAML task-class table for the router (default: the built-in classes)")
     p.add_argument("--redis-url", default=None, type=argtypes.redis_url,
@@ -300,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
                    help="OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
     p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
-                   help="require this API key (repeatable; default: none, the API is open)")
+                   help="require this API key (repeatable; visible in the process listing: prefer --api-key-file) "
+                   "(default: none, the API is open)")
+    p.add_argument("--api-key-file", default=_env("HFX_API_KEY_FILE", ""),
+                   help="require the API keys in this file, one per line, # comments (default: $HFX_API_KEY_FILE, "
+                   "else none)")
     p.add_argument("--max-body-bytes", type=argtypes.positive_int, default=4 << 20,
                    help="largest HTTP request body; a bigger one is refused with 413 before it is parsed or its "
                    "API key checked (default %(default)s)")
@@ -453,9 +461,31 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def _key_file(path: str) -> tuple[str, ...]:
+    if not path:
+        return ()
+    from services.router.auth import read_key_file
+
+    try:
+        return read_key_file(path)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _present_cluster_token(args) -> None:
+    """Commands run beside a local cluster (`hfx status`, `down`, `bench`...) present its internal
+    token on their calls to its services; the services `hfx up` starts have it already."""
+    from services.common import internal_auth
+
+    path = getattr(args, "home", None) and args.home / internal_auth.TOKEN_FILE_NAME
+    if path and path.exists() and not os.environ.get(internal_auth.TOKEN_FILE_ENV):
+        internal_auth.use_token_file(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     _logging(args)
+    _present_cluster_token(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

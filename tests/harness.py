@@ -16,7 +16,7 @@ from typing import Iterator
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from services.common import procs
+from services.common import grpcutil, procs
 from services.common.model import ensure_default_model
 from services.local import cluster
 from services.local.statefile import ClusterFile
@@ -74,7 +74,7 @@ class RunningCluster:
         self.log_dir = Path(self.state.log_dir)
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.state.router)
+        return grpcutil.sync_channel(self.state.router)
 
     def worker_pid(self, instance_id: str) -> int:
         """The pid (and process group id) of the worker's latest start."""

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import tracing
+from services.common import internal_auth, tracing
 from services.common.errors import HfxError
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,18 @@ def make_server(
     register: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
     service_names: Iterable[str],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    internal: bool = True,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
     """A grpc.aio server with our interceptor, health checking and reflection.
 
     `register` pairs each generated `add_XServicer_to_server` with its servicer; `interceptors`
-    run before the error interceptor (e.g. the router's API-key check).
+    run before the error interceptor (e.g. the router's API-key check). An `internal` service
+    requires the mesh's internal token when this process has one (services/common/internal_auth.py).
     """
+    required = internal_auth.token() if internal else None
+    guard = [internal_auth.RequireToken(required)] if required else []
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorInterceptor()],
+        interceptors=[*guard, *interceptors, ErrorInterceptor()],
         options=_SERVER_OPTIONS,
     )
     for add, servicer in register:
@@ -124,7 +128,10 @@ async def set_serving(health_servicer, service_names: Iterable[str], serving: bo
 
 
 def aio_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    """A channel to another HFX service; it presents the internal token when there is one."""
+    value = internal_auth.token()
+    interceptors = internal_auth.aio_interceptors(value) if value else None
+    return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS, interceptors=interceptors)
 
 
 class StubCache:
@@ -176,7 +183,10 @@ def outbox_call(method: Callable[[Any], Any], merge: Callable[[Any, Any], None] 
 
 
 def sync_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    """The blocking twin of aio_channel (tools, tests, `hfx` commands)."""
+    channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    value = internal_auth.token()
+    return grpc.intercept_channel(channel, internal_auth.PresentToken(value)) if value else channel
 
 
 def outgoing_metadata(*extra: tuple[str, str], context=None) -> tuple[tuple[str, str], ...]:

@@ -5,6 +5,7 @@ process still in one of the recorded sessions, kills it and says so."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import procs, proctable, redis_server, spanstore
+from services.common import grpcutil, internal_auth, procs, proctable, redis_server, spanstore
 from services.common.keys import Keys
 from services.local.statefile import ClusterFile
 
@@ -87,7 +88,7 @@ def _crashed_worker(scaler_address: str, log_dir: Path) -> str | None:
     """A description of a worker that keeps crashing at start, or None."""
     from services.common.pb.hfx.v1 import scaler_pb2, scaler_pb2_grpc
 
-    with grpc.insecure_channel(scaler_address) as channel:
+    with grpcutil.sync_channel(scaler_address) as channel:
         try:
             listing = scaler_pb2_grpc.ScalerStub(channel).ListWorkers(scaler_pb2.ListWorkersRequest(), timeout=2)
         except grpc.RpcError:
@@ -155,6 +156,9 @@ def _fixed_ports(opts: UpOptions) -> frozenset[int]:
 
 def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) -> None:
     fixed = _fixed_ports(opts)
+    # One internal token per cluster: every service it starts presents it and the internal ones
+    # require it (services/common/internal_auth.py); so does this process, for its own calls in.
+    internal_auth.use_token_file(internal_auth.write_token_file(opts.home / internal_auth.TOKEN_FILE_NAME))
     mark = {"die_with_parent": opts.tied_to_caller}
     if not opts.redis_url:
         port = procs.free_port(avoid=fixed)
@@ -229,8 +233,12 @@ def _router_flags(opts: UpOptions, state: ClusterFile) -> list[str]:
         state.metrics["router"] = state.http  # the router serves /metrics on its HTTP port
     if opts.classes:
         flags += ["--classes", opts.classes]
-    for key in opts.api_keys:
-        flags += ["--api-key", key]
+    if opts.api_keys:   # in a file of the owner's: never on the router's command line
+        path = opts.home / "api-keys"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(opts.api_keys) + "\n")
+        flags += ["--api-key-file", str(path)]
     return flags
 
 

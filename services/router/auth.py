@@ -10,7 +10,22 @@ import hmac
 
 import grpc
 
+from services.common.internal_auth import deny_handler
+
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def read_key_file(path: str) -> tuple[str, ...]:
+    """API keys from a file, one per line (blank lines and # comments skipped): how keys reach
+    the router without appearing in any process's command line. Raises ValueError."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as err:
+        raise ValueError(f"cannot read API key file {path}: {err.strerror}") from None
+    keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    if not keys:
+        raise ValueError(f"API key file {path} holds no key")
+    return keys
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -55,19 +70,4 @@ _DENIED = "missing or invalid API key: send metadata 'authorization: Bearer <key
 
 
 def _deny(handler):
-    """A handler of the same shape as `handler` that only refuses the call."""
-
-    async def unary(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
-
-    async def stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
-        yield  # pragma: no cover  (makes this an async generator, as streaming handlers must be)
-
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-    return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+    return deny_handler(handler, grpc.StatusCode.UNAUTHENTICATED, _DENIED)

@@ -50,7 +50,7 @@ async def serve(config: RouterConfig) -> None:
     core = build_core(config)
     interceptors = [ApiKeyInterceptor(config.api_keys)] if config.api_keys else []
     server, health = grpcutil.make_server([(router_pb2_grpc.add_RouterServicer_to_server, RouterServicer(core))],
-                                          [SERVICE_NAME], interceptors)
+                                          [SERVICE_NAME], interceptors, internal=False)   # the public door
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()
     web = None

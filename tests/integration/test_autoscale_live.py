@@ -14,6 +14,7 @@ import grpc
 import pytest
 import redis
 
+from services.common import grpcutil
 from services.cli import main
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -30,7 +31,7 @@ def one_request(address: str, results: list, lock: threading.Lock) -> None:
     started = time.time()
     row = {"start": started, "instance": "", "tokens": 0, "finish": "", "error": ""}
     try:
-        with grpc.insecure_channel(address) as channel:
+        with grpcutil.sync_channel(address) as channel:
             stream = router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
                 token_ids=router_pb2.TokenIds(ids=list(range(5, 69))),
                 sampling=common_pb2.SamplingParams(max_tokens=TOKENS, ignore_eos=True)), timeout=120)

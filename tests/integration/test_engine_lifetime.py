@@ -17,7 +17,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common import proctable
+from services.common import grpcutil, proctable
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc, scaler_pb2, scaler_pb2_grpc
 from services.local import cluster
 from tests.harness import RunningCluster, local_cluster, wait_until
@@ -55,7 +55,7 @@ def cluster_processes(running: RunningCluster) -> list[proctable.ProcInfo]:
 
 
 def scaler_workers(running: RunningCluster) -> dict[str, scaler_pb2.ManagedWorker]:
-    with grpc.insecure_channel(running.state.scaler) as channel:
+    with grpcutil.sync_channel(running.state.scaler) as channel:
         listing = scaler_pb2_grpc.ScalerStub(channel).ListWorkers(scaler_pb2.ListWorkersRequest(), timeout=5)
     return {w.instance_id: w for w in listing.workers}
 
@@ -160,7 +160,7 @@ def test_a_killed_scaler_takes_its_workers_and_their_engines_with_it(tmp_path):
     # core runs (booting), which saves waiting for the engine to be ready; the worker and its
     # engine are tied to the scaler from their start on.
     with local_cluster(tmp_path / "home", workers=0, worker_args=FAST_START) as running:
-        with grpc.insecure_channel(running.state.scaler) as channel:
+        with grpcutil.sync_channel(running.state.scaler) as channel:
             scaler_pb2_grpc.ScalerStub(channel).Scale(
                 scaler_pb2.ScaleRequest(decision_id="lifetime-1", replicas=1, reason="test"), timeout=10)
         pidfile = running.log_dir / f"{WORKER}.pid"

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from services.cli import main
-from services.common import tracing
+from services.common import grpcutil, tracing
 from services.common.pb.hfx.v1 import (common_pb2, router_pb2, router_pb2_grpc, scheduler_pb2,
                                        scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc)
 from services.common.spanstore import read_spans
@@ -56,10 +56,10 @@ def _final(stub, request) -> router_pb2.FinalResult:
 
 
 def _worker_running(mesh) -> int:
-    with grpc.insecure_channel(mesh.state.scheduler) as channel:
+    with grpcutil.sync_channel(mesh.state.scheduler) as channel:
         state = scheduler_pb2_grpc.SchedulerStub(channel).GetClusterState(scheduler_pb2.GetClusterStateRequest(),
                                                                           timeout=5)
-    with grpc.insecure_channel(state.instances[0].address) as channel:
+    with grpcutil.sync_channel(state.instances[0].address) as channel:
         return worker_pb2_grpc.WorkerStub(channel).GetLoad(worker_pb2.GetLoadRequest(), timeout=5).running_requests
 
 

@@ -9,6 +9,7 @@ import grpc
 import pytest
 import yaml
 
+from services.common import grpcutil
 from services.cli import main
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.scheduler.policy import policy_names
@@ -40,7 +41,7 @@ def mesh(tmp_path_factory):
 
 
 def generate(address: str, **fields) -> list:
-    with grpc.insecure_channel(address) as channel:
+    with grpcutil.sync_channel(address) as channel:
         return list(router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(**fields), timeout=30))
 
 

@@ -17,7 +17,7 @@ import time
 import grpc
 import pytest
 
-from services.common import proctable
+from services.common import grpcutil, proctable
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.harness import local_cluster, vllm_reference, wait_until
 
@@ -180,7 +180,7 @@ def test_generate_cli_json(mesh):
 def _services_via_reflection(address: str) -> set[str]:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with grpcutil.sync_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         (reply,) = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
         return {s.name for s in reply.list_services_response.service}
@@ -196,7 +196,7 @@ def test_every_service_serves_health_and_reflection(mesh):
                 mesh.state.scaler: "hfx.v1.Scaler", **{w["address"]: "hfx.v1.Worker" for w in workers}}
     for address, service in expected.items():
         assert {service, "grpc.health.v1.Health"} <= _services_via_reflection(address), address
-        with grpc.insecure_channel(address) as channel:
+        with grpcutil.sync_channel(address) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert status.status == health_pb2.HealthCheckResponse.SERVING
 

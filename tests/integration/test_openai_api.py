@@ -21,7 +21,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common import procs
+from services.common import grpcutil, procs
 from services.common.model import ensure_default_model
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.local import cluster
@@ -79,7 +79,7 @@ def model_id(live) -> str:
 @pytest.fixture(scope="module")
 def grpc_greedy(live):
     """Greedy token ids and text through the gRPC path, for a given prompt of token ids."""
-    channel = grpc.insecure_channel(live.router)
+    channel = grpcutil.sync_channel(live.router)
 
     def run(ids: list[int]) -> tuple[list[int], str]:
         req = router_pb2.GenerateRequest(
@@ -192,7 +192,7 @@ def test_bad_key_is_401_on_http_and_unauthenticated_on_grpc(base_url, model_id, 
         openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).models.list()
     assert error_of(post(base_url, "/v1/completions", {"prompt": "x"}, key="wrong"), 401)["code"] == "invalid_api_key"
     assert httpx.get(f"{base_url}/health", timeout=5).status_code == 200  # health stays open
-    with grpc.insecure_channel(live.router) as channel:
+    with grpcutil.sync_channel(live.router) as channel:
         with pytest.raises(grpc.RpcError) as info:
             list(router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(text="x"), timeout=10))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

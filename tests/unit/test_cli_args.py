@@ -155,3 +155,29 @@ def test_autoscale_flags_refuse_contradictions_before_anything_starts(capsys):
             main(argv)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and says in err, (argv, err)
+
+
+def test_api_keys_come_from_a_file_and_hfx_up_never_puts_them_on_the_routers_command_line(tmp_path):
+    import os
+    import stat
+
+    from services.local import cluster
+    from services.local.statefile import ClusterFile
+    from services.router.auth import read_key_file
+
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nk-one\n\n  k-two  \n")
+    assert read_key_file(str(keys)) == ("k-one", "k-two")
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="holds no key"):
+        read_key_file(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_key_file(str(tmp_path / "missing"))
+
+    opts = cluster.UpOptions(home=tmp_path, model="m", workers=1, router_port=1, redis_url=None, policy="hfx",
+                             engine="sim", tracing="off", timeout_s=1, api_keys=("secret-1",))
+    flags = cluster._router_flags(opts, ClusterFile(router="", scheduler="", scaler="", redis_url="",
+                                                    redis_prefix="hfx", model="m", log_dir="", started_unix_s=0))
+    assert "secret-1" not in " ".join(flags)
+    path = flags[flags.index("--api-key-file") + 1]
+    assert read_key_file(path) == ("secret-1",) and stat.S_IMODE(os.stat(path).st_mode) == 0o600
