@@ -98,6 +98,9 @@ def merge_hints(headers: SloHints, body: HfxExtension | None, user: str | None) 
                     ext.tenant if ext.tenant is not None else user, headers.from_headers)
 
 
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
 def _refuse_unsupported(body: CommonBody) -> None:
     if body.n not in (None, 1):
         raise bad_request("n", "only 1 is supported")
@@ -118,6 +121,8 @@ def _sampling(body: CommonBody, max_tokens: int | None) -> common_pb2.SamplingPa
     temperature = OPENAI_DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
     if max_tokens is not None and max_tokens <= 0:
         raise bad_request("max_tokens", f"must be > 0, got {max_tokens}")
+    if max_tokens is not None and max_tokens > _INT32_MAX:
+        raise bad_request("max_tokens", f"must be at most {_INT32_MAX}, got {max_tokens}")
     sampling = common_pb2.SamplingParams(
         max_tokens=max_tokens or 0, temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p,
         stop=stop, ignore_eos=body.ignore_eos,
@@ -146,6 +151,8 @@ def _prompt(body: CompletionBody, req: router_pb2.GenerateRequest) -> None:
     if isinstance(prompt, str):
         req.text = prompt
     elif prompt and all(isinstance(t, int) for t in prompt):
+        if not all(_INT32_MIN <= t <= _INT32_MAX for t in prompt):
+            raise bad_request("prompt", "token ids must be 32-bit integers")
         req.token_ids.ids.extend(prompt)
     elif not prompt:
         raise bad_request("prompt", "must not be empty")
