@@ -65,6 +65,7 @@ class RouterConfig:
     max_prompt_bytes: int = 1 << 20        # checked before tokenising, so huge inputs cost nothing
     max_body_bytes: int = 4 << 20          # HTTP bodies, checked before parsing and before auth
     max_inflight: int = 4096               # requests in the router at once (both front doors); more: refused
+    inline_tokenize_chars: int = 16_384    # longer text prompts (and chats) are tokenised off the event loop
     max_stop_strings: int = 16
     place_timeout_s: float = 35.0          # scheduler queue wait (30 s) plus margin
     first_token_timeout_s: float = 120.0   # a worker that says nothing this long is treated as failed

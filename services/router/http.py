@@ -229,8 +229,12 @@ def create_app(core: RouterCore, api_keys: tuple[str, ...] = ()) -> FastAPI:
     async def chat_completions(body: ChatBody, request: Request) -> Response:
         model.check(body.model)
         hints = _hints(request, body)
-        req = oai_requests.chat_request(body, hints, render_chat(core), core.config.max_prompt_bytes,
-                                        request.headers.get(oai_requests.HEADER_REQUEST_ID, ""))
+        args = (body, hints, render_chat(core), core.config.max_prompt_bytes,
+                request.headers.get(oai_requests.HEADER_REQUEST_ID, ""))
+        if sum(len(str(m.content or "")) for m in body.messages) > core.config.inline_tokenize_chars:
+            req = await asyncio.to_thread(oai_requests.chat_request, *args)   # rendering off the event loop
+        else:
+            req = oai_requests.chat_request(*args)
         return await _respond(core, model, body, req, request, True, hints)
 
     return app

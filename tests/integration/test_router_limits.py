@@ -47,3 +47,31 @@ def test_past_max_inflight_a_request_is_refused_with_a_retry_hint_and_the_count_
     refused, during, done, after = asyncio.run(main())
     assert "limit of 2 requests in flight" in refused.message and refused.retry_after_ms > 0
     assert during == 2 and done == [200, 200] and after == 0
+
+
+def test_a_long_prompt_is_tokenised_off_the_event_loop_and_a_short_one_on_it():
+    import threading
+
+    model = str(ensure_default_model())
+
+    async def main():
+        workers, sched, server, rounds, core = await _mesh(model, max_failovers=0, inline_tokenize_chars=1000)
+        threads: list[int] = []
+        encode = core.tokenizer.encode
+
+        def spy(text):   # records where tokenising ran, then does it
+            threads.append(threading.get_ident())
+            return encode(text)
+
+        core.tokenizer.encode = spy
+        try:
+            for text in ("hello " * 10, "hello " * 400):
+                request = router_pb2.GenerateRequest(text=text, sampling=common_pb2.SamplingParams(max_tokens=2))
+                async for _ in core.generate(request):
+                    pass
+            return threads, threading.get_ident()
+        finally:
+            await _teardown(workers, server, rounds, core)
+
+    threads, loop_thread = asyncio.run(main())
+    assert threads[0] == loop_thread and threads[1] != loop_thread
