@@ -19,6 +19,7 @@ from services.scheduler.policy.base import PolicyConfig, latency_model_of
 from services.scheduler.policy.budget import InstanceBudget, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
+from services.scheduler.policy.pd import legs_of, plan
 from services.scheduler.policy.ranking import Entry, RankedQueue
 
 MAX_DEMOTIONS_PER_CALL = 256
@@ -249,27 +250,28 @@ class Hfx:
     def _try(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision],
              best_effort: bool, optimistic: bool = False) -> Decision | None:
         spec = entry.spec
-        fit = table.fit(spec, entry.output_tokens, now_s, best_effort, optimistic)
-        if fit is None:
+        where = plan(table, spec, entry.output_tokens, now_s, self.config, best_effort, optimistic)
+        if where is None:
             return None
-        idx, ttft_ms, n_fit, how = fit
-        budget_ms = table.bank_ms[idx]
-        table.place(idx, spec, entry.output_tokens, now_s, protected=not best_effort)
+        last_idx = where.legs[-1][1]          # the decode leg's instance: whose budget it joins
+        budget_ms = table.bank_ms[last_idx]
+        for role, idx in where.legs:
+            table.place(idx, spec, entry.output_tokens, now_s, protected=not best_effort, role=role)
         self.queue.settle(entry)
         slack_ms = entry.slack_ms(now_s)
-        inst_id = table.ids[idx]
+        first_id = table.ids[where.legs[0][1]]
+        mode = f"{where.why}; " if where.why else ""
         if best_effort:
             self._best_effort_ids.add(spec.request_id)
-            reason = (f"best effort (slack {slack_ms:.0f} ms, SLO out of reach): spare room on {inst_id}, "
+            reason = (f"best effort (slack {slack_ms:.0f} ms, SLO out of reach): {mode}spare room: {where.how}, "
                       f"budget {budget_ms:.0f} ms")
             verdict = Verdict.BEST_EFFORT
         else:
-            reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
-                      f"budget {budget_ms:.0f} ms; {how} -> {inst_id} ({n_fit} fit)"
+            reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {where.ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
+                      f"budget {budget_ms:.0f} ms; {mode}{where.how}"
                       + ("; last chance, not counting the step in flight" if optimistic else ""))
             verdict = Verdict.ADMIT
-        decision = Decision(spec.request_id, verdict, reason, instance_id=inst_id,
-                            predicted_ttft_ms=ttft_ms, slack_ms=slack_ms)
+        decision = Decision(spec.request_id, verdict, reason, instance_id=first_id,
+                            predicted_ttft_ms=where.ttft_ms, slack_ms=slack_ms, legs=legs_of(where, table))
         decisions.append(decision)
         return decision
-
