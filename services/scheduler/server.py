@@ -18,13 +18,14 @@ import grpc
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
 from services.common.domain import Decision, Preemption, Verdict
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.models import InstanceModels
-from services.scheduler.policy import KeepsBudgets, Policy, make_policy, observe_completion
+from services.scheduler.policy import KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
+from services.scheduler.policy.base import serving_gap
 from services.scheduler.state import ClusterState, Waiting
 
 log = logging.getLogger("hfx.scheduler")
@@ -37,9 +38,11 @@ def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, config: SchedulerConfig, policy: Policy, cluster: store.ClusterStore | None) -> None:
+    def __init__(self, config: SchedulerConfig, policy: Policy, cluster: store.ClusterStore | None,
+                 policy_config: PolicyConfig | None = None) -> None:
         self.config = config
         self.policy = policy
+        self.policy_config = policy_config or PolicyConfig()   # what serving_gap checks against
         self.store = cluster
         self.state = ClusterState()
         self.models = InstanceModels(refine=config.refine_models)
@@ -79,13 +82,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             entry = self.state.waiting.pop(decision.request_id, None)
             if entry is None:
                 continue
-            address = ""
+            addresses: dict[str, str] = {}
             if decision.verdict is not Verdict.REJECT:
-                # Taken now: the registry may drop the instance before Place resumes.
-                address = snapshot.get(decision.instance_id).address
-                self.state.place(decision.instance_id, entry.spec, now_s)
+                # Addresses taken now: the registry may drop an instance before Place resumes.
+                # Each leg counts on its own instance (a split request on P and on D).
+                for leg in decision.stages():
+                    addresses[leg.instance_id] = snapshot.get(leg.instance_id).address
+                    self.state.place(leg.instance_id, entry.spec, now_s, leg.role)
             if not entry.future.done():
-                entry.future.set_result((decision, address))
+                entry.future.set_result((decision, addresses))
         for pre in result.preemptions:
             self._preempt(pre, snapshot.get(pre.instance_id).address, now_s)
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
@@ -94,7 +99,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """In-flight protection: stop the victim on its worker. Its stream then ends PREEMPTED and
         the router places it again with the tokens it has streamed (Place with resumed_tokens).
         It leaves the instance's running set now, so the next round sees the budget it frees."""
-        running = self.state.complete(pre.instance_id, pre.request_id)
+        running = self.state.finish(pre.request_id)   # every leg: it is placed again from scratch
         if running is None:
             return
         log.info("preempt %s on %s: %s", pre.request_id, pre.instance_id, pre.reason)
@@ -110,7 +115,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 # It keeps running there; count it again so budgets stay honest.
                 result = "failed"
                 log.warning("preempt %s on %s not delivered: %s", pre.request_id, pre.instance_id, err.code().name)
-                self.state.running.setdefault(pre.instance_id, {})[pre.request_id] = running
+                self.state.place(pre.instance_id, running.spec, running.placed_s, running.role)
             metrics.PREEMPTIONS.labels(self.policy.name, result).inc()
 
         self.background.spawn(tell_worker())
@@ -142,7 +147,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 del self.state.waiting[rid]
                 if not entry.future.done():
                     reason = f"waited {self.config.max_wait_s:.0f}s in queue with no instance able to take it"
-                    entry.future.set_result((_reject(rid, reason, 1000.0), ""))
+                    entry.future.set_result((_reject(rid, reason, 1000.0), {}))
 
     def wake(self) -> None:
         self._wake.set()
@@ -221,31 +226,47 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.set_attribute(tracing.ATTR_TASK_CLASS, spec.task_class)
             if spec.request_id in self.state.waiting:
                 raise InvalidArgument("request_id", f"{spec.request_id!r} is already queued")
+            gap = serving_gap(self.state.snapshot(), self.policy_config)
+            if gap:
+                span.set_attribute(tracing.ATTR_REASON, gap)
+                log.warning("place %s refused: %s", spec.request_id, gap)
+                raise Unavailable(gap)
             if len(self.state.waiting) >= self.config.max_queue:
-                decision, address = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0), ""
+                decision, addresses = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0), {}
             else:
                 entry = Waiting(spec, time.time())
                 self.state.waiting[spec.request_id] = entry
                 self.run_round(time.time())
                 self.wake()  # the round loop re-arms its timer: something waits or runs now
                 try:
-                    decision, address = await entry.future
+                    decision, addresses = await entry.future
                 except asyncio.CancelledError:  # the router gave up (deadline, client gone)
                     self.state.waiting.pop(spec.request_id, None)
                     raise
             span.set_attribute(tracing.ATTR_VERDICT, decision.verdict.value)
             span.set_attribute(tracing.ATTR_REASON, decision.reason)
             span.set_attribute(tracing.ATTR_INSTANCE, decision.instance_id)
+            legs = " -> ".join(f"{leg.role.value}:{leg.instance_id}" for leg in decision.legs)
+            if legs:
+                span.set_attribute(tracing.ATTR_LEGS, legs)
             metrics.record_verdict(self.policy.name, decision.verdict.value, decision.reason)
-            log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, decision.instance_id, decision.reason)
-            return convert.decision_to_placement(decision, address, self.policy.name)
+            log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, legs or decision.instance_id,
+                     decision.reason)
+            return convert.decision_to_placement(decision, addresses.get(decision.instance_id, ""), self.policy.name,
+                                                 addresses)
 
     async def Complete(self, request: scheduler_pb2.CompleteRequest, context) -> scheduler_pb2.CompleteResponse:
         self.complete(request)
         return scheduler_pb2.CompleteResponse()
 
     def complete(self, request: scheduler_pb2.CompleteRequest) -> None:
-        done = self.state.complete(request.instance_id, request.request_id)
+        """A leg ended (CompleteRequest.leg): a prefill leg frees only its P instance; anything
+        else ends the request on every instance it still held (so a router may name either leg)."""
+        if request.leg == common_pb2.ROLE_PREFILL:
+            done = None
+            self.state.complete(request.instance_id, request.request_id)
+        else:
+            done = self.state.finish(request.request_id)
         if request.outcome == scheduler_pb2.OUTCOME_FAILED and request.instance_id:
             log.warning("instance %s failed request %s; no new work there until it reports again",
                         request.instance_id, request.request_id)
@@ -304,7 +325,8 @@ async def serve(config: SchedulerConfig) -> None:
     tracing.setup("hfx-scheduler", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    servicer = SchedulerServicer(config, make_policy(config.policy), cluster)
+    policy_config = PolicyConfig()
+    servicer = SchedulerServicer(config, make_policy(config.policy, policy_config), cluster, policy_config)
     server, health = grpcutil.make_server(
         [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)], [SERVICE_NAME]
     )

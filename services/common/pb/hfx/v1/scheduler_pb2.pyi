@@ -116,7 +116,7 @@ class LinkResponse(_message.Message):
     def __init__(self, placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("request_id", "instance_id", "outcome", "ttft_ms", "tpot_ms", "output_tokens", "slo_met", "task_class")
+    __slots__ = ("request_id", "instance_id", "outcome", "ttft_ms", "tpot_ms", "output_tokens", "slo_met", "task_class", "leg")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class CompleteRequest(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SLO_MET_FIELD_NUMBER: _ClassVar[int]
     TASK_CLASS_FIELD_NUMBER: _ClassVar[int]
+    LEG_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     instance_id: str
     outcome: Outcome
@@ -133,7 +134,8 @@ class CompleteRequest(_message.Message):
     output_tokens: int
     slo_met: bool
     task_class: str
-    def __init__(self, request_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., output_tokens: _Optional[int] = ..., slo_met: _Optional[bool] = ..., task_class: _Optional[str] = ...) -> None: ...
+    leg: _common_pb2.Role
+    def __init__(self, request_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., output_tokens: _Optional[int] = ..., slo_met: _Optional[bool] = ..., task_class: _Optional[str] = ..., leg: _Optional[_Union[_common_pb2.Role, str]] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ()
