@@ -23,5 +23,6 @@ class SchedulerConfig:
     protect_interval_s: float = 0.2
     worker_call_timeout_s: float = 2.0 # Worker.Abort when preempting a running request
     refine_models: bool = True         # refine instances' latency models online from reported steps
+    pd_local_prefill: bool = True      # PolicyConfig.pd_local_prefill: may decode instances prefill?
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

@@ -325,7 +325,7 @@ async def serve(config: SchedulerConfig) -> None:
     tracing.setup("hfx-scheduler", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    policy_config = PolicyConfig()
+    policy_config = PolicyConfig(pd_local_prefill=config.pd_local_prefill)
     servicer = SchedulerServicer(config, make_policy(config.policy, policy_config), cluster, policy_config)
     server, health = grpcutil.make_server(
         [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)], [SERVICE_NAME]

@@ -141,12 +141,15 @@ def stage_roles(cluster: ClusterSnapshot) -> tuple[Role, ...]:
 
 
 def serving_gap(cluster: ClusterSnapshot, config: PolicyConfig) -> str:
-    """Why this cluster can serve no request at all ("" when it can): nothing can prefill."""
-    if not cluster.instances or has_role(cluster, Role.COLOCATED) or has_role(cluster, Role.PREFILL):
-        return ""
-    if config.pd_local_prefill:
+    """Why this cluster can serve no request at all ("" when it can): nothing can prefill, or
+    nothing can decode. An empty cluster is not a gap (workers may be starting: requests wait)."""
+    if not cluster.instances or has_role(cluster, Role.COLOCATED):
         return ""
     ids = ", ".join(i.instance_id for i in cluster.instances)
+    if not has_role(cluster, Role.DECODE):
+        return f"no decode capacity: the cluster has only prefill instances ({ids}); start colocated or decode workers"
+    if has_role(cluster, Role.PREFILL) or config.pd_local_prefill:
+        return ""
     return (f"no prefill capacity: the cluster has only decode instances ({ids}) and decode instances "
             f"may not prefill (pd_local_prefill off); start colocated or prefill workers")
 
