@@ -17,25 +17,14 @@ import sys
 from pathlib import Path
 
 from services import argtypes
-from services.common.domain import Role
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.sim import ENGINE_LABEL
 from services.sim.metrics import report
 from services.sim.profiles import load_profile
-from services.sim.runner import simulate
+from services.sim.runner import pd_roles, simulate
 from services.sim.workload import generate, load_workload
 
 PD_WORKLOAD = Path(__file__).resolve().parent.parent / "services" / "sim" / "workloads" / "pd.yaml"
-
-
-def roles_for(ratio: str, instances: int) -> tuple[Role, ...]:
-    """"P:D" -> P prefill then D decode instances; "colocated" -> all colocated."""
-    if ratio == "colocated":
-        return (Role.COLOCATED,) * instances
-    p, d = (int(x) for x in ratio.split(":"))
-    if p < 1 or d < 1 or p + d != instances:
-        raise ValueError(f"ratio {ratio}: P and D must be >= 1 and add up to {instances} instances")
-    return (Role.PREFILL,) * p + (Role.DECODE,) * d
 
 
 def row(setup: str, policy: str, rate: float, rep) -> dict:
@@ -70,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         workload = load_workload(args.workload)
         profile = load_profile(args.profile)
-        setups = {s: roles_for(s, args.instances) for s in ["colocated", *args.ratios]}
+        setups = {s: pd_roles(s, args.instances) for s in ["colocated", *args.ratios]}
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -326,6 +326,20 @@ class Simulation:
             self._finish(rec)
 
 
+def pd_roles(split: str, instances: int) -> tuple[Role, ...]:
+    """"P:D" -> P prefill, then D decode, then colocated instances up to `instances`; "" or
+    "colocated" -> all colocated."""
+    if split in ("", "colocated"):
+        return (Role.COLOCATED,) * instances
+    try:
+        p, d = (int(x) for x in split.split(":"))
+    except ValueError:
+        raise ValueError(f"P/D split {split!r}: expected P:D, e.g. 4:12") from None
+    if p < 1 or d < 1 or p + d > instances:
+        raise ValueError(f"P/D split {split}: P and D must be >= 1 and at most {instances} instances together")
+    return (Role.PREFILL,) * p + (Role.DECODE,) * d + (Role.COLOCATED,) * (instances - p - d)
+
+
 def simulate(policy: Policy, profile: Profile, requests: Sequence[SimRequestSpec], instances: int, seed: int,
              progress: Callable[[int], None] | None = None, roles: Sequence[Role] = ()) -> SimResult:
     return Simulation(policy, profile, instances, seed, progress, roles=roles).run(requests)

@@ -53,7 +53,8 @@ def options(table: FitTable, spec: RequestSpec, config: PolicyConfig) -> tuple[l
     xfer_ms = float(table.xfer[table.role_rows[Role.PREFILL]].min()) * L
     if own_ms <= xfer_ms:
         return local + [SPLIT], f"prefill {own_ms:.1f} ms <= KV transfer {xfer_ms:.1f} ms"
-    return [SPLIT] + local[:1], f"prefill {own_ms:.1f} ms > KV transfer {xfer_ms:.1f} ms"
+    fallback = [WHOLE_ON_COLOCATED] if table.has(Role.COLOCATED) else []   # never a long prefill on D
+    return [SPLIT] + fallback, f"prefill {own_ms:.1f} ms > KV transfer {xfer_ms:.1f} ms"
 
 
 def unloaded_prefill_ms(table: FitTable, prompt_tokens: int, config: PolicyConfig) -> float:
