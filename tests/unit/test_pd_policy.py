@@ -67,10 +67,15 @@ def test_long_prompt_is_split_with_transfer_charged_to_ttft():
 
 def test_ttft_deadline_counts_the_transfer():
     """Same request with TTFT 33 ms: 30 ms of prefill alone would fit, with the transfer and D's
-    first step (34.01 ms) it does not, so it is not admitted."""
+    first step (34.01 ms) the split does not. Idle d0 prefills it itself (30 ms) instead; without
+    local prefill it is not admitted."""
     req = long_request(slo=Slo(33.0, 10.0))
-    result = make_policy("hfx", CFG).schedule([req], cluster(node("p0", Role.PREFILL), node("d0", Role.DECODE)), 0.0)
-    assert not any(d.verdict is Verdict.ADMIT for d in result.decisions)
+    pd = cluster(node("p0", Role.PREFILL), node("d0", Role.DECODE))
+    d = only(make_policy("hfx", CFG).schedule([req], pd, 0.0))
+    assert d.legs == () and d.instance_id == "d0" and d.predicted_ttft_ms == pytest.approx(30.0)
+    assert "prefill on D: prefill 30.0 ms > KV transfer 2.0 ms; P/D did not fit" in d.reason
+    result = make_policy("hfx", replace(CFG, pd_local_prefill=False)).schedule([req], pd, 0.0)
+    assert not any(x.verdict is Verdict.ADMIT for x in result.decisions)
 
 
 def test_short_prompt_is_prefilled_on_d_itself():
