@@ -17,7 +17,7 @@ import time
 import grpc
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import Decision, Preemption, Verdict
+from services.common.domain import ClusterSnapshot, Decision, Preemption, Role, Verdict
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -35,6 +35,14 @@ SERVICE_NAME = "hfx.v1.Scheduler"
 
 def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
     return Decision(request_id, Verdict.REJECT, reason, retry_after_ms=retry_after_ms)
+
+
+def _mode(decision: Decision, snapshot: ClusterSnapshot) -> str:
+    """How a placed request runs, for hfx_scheduler_placements."""
+    if decision.legs:
+        return "split"
+    inst = snapshot.get(decision.instance_id)
+    return "prefill_on_decode" if inst is not None and inst.role is Role.DECODE else "colocated"
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -89,6 +97,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 for leg in decision.stages():
                     addresses[leg.instance_id] = snapshot.get(leg.instance_id).address
                     self.state.place(leg.instance_id, entry.spec, now_s, leg.role)
+                metrics.PLACEMENTS.labels(self.policy.name, _mode(decision, snapshot)).inc()
             if not entry.future.done():
                 entry.future.set_result((decision, addresses))
         for pre in result.preemptions:

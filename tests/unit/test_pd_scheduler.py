@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from services.cli import build_parser, parse_args
-from services.common import convert
+from services.common import convert, metrics
 from services.common.domain import Leg, Role, Verdict
 from services.common.errors import Unavailable
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2
@@ -74,7 +74,9 @@ def test_a_request_ended_before_its_prefill_leg_frees_both():
 def test_hfx_placement_reason_reaches_the_placement():
     async def go():
         s = servicer(*PD)
+        split_before = metrics.PLACEMENTS.labels("hfx", "split")._value.get()
         decision, addresses = place_now(s, make_spec(request_id="z", prompt_tokens=2000, max_tokens=16))
+        assert metrics.PLACEMENTS.labels("hfx", "split")._value.get() == split_before + 1
         assert decision.verdict is Verdict.ADMIT and len(decision.legs) == 2
         assert "P/D: prefill" in decision.reason and "KV transfer" in decision.reason
         assert set(addresses) == {"p0", "d0"}
