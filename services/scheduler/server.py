@@ -17,7 +17,7 @@ import time
 import grpc
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import ClusterSnapshot, Decision, Preemption, Role, Verdict
+from services.common.domain import ClusterSnapshot, Decision, InstanceView, Preemption, Role, Verdict
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -59,6 +59,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
+        self._gap: tuple[tuple, str] = ((), "")   # (instances' roles, serving_gap of them)
 
     # -- the scheduling round ------------------------------------------------------------------
 
@@ -213,6 +214,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                      iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
                      m.c3_ms_per_kv_token)
 
+    def _serving_gap(self) -> str:
+        """serving_gap of the registered instances, recomputed only when their roles change (it is
+        asked on every Place)."""
+        roles = tuple(sorted((iid, inst.role) for iid, inst in self.state.instances.items()))
+        if roles != self._gap[0]:
+            views = tuple(InstanceView(iid, "", convert.role_from_pb(role)) for iid, role in roles)
+            self._gap = (roles, serving_gap(ClusterSnapshot(views), self.policy_config))
+        return self._gap[1]
+
     # -- RPCs ----------------------------------------------------------------------------------
 
     async def Place(self, request: scheduler_pb2.PlaceRequest, context) -> scheduler_pb2.Placement:
@@ -235,7 +245,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.set_attribute(tracing.ATTR_TASK_CLASS, spec.task_class)
             if spec.request_id in self.state.waiting:
                 raise InvalidArgument("request_id", f"{spec.request_id!r} is already queued")
-            gap = serving_gap(self.state.snapshot(), self.policy_config)
+            gap = self._serving_gap()
             if gap:
                 span.set_attribute(tracing.ATTR_REASON, gap)
                 log.warning("place %s refused: %s", spec.request_id, gap)
