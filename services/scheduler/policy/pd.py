@@ -50,7 +50,8 @@ def options(table: FitTable, spec: RequestSpec, config: PolicyConfig) -> tuple[l
     if config.pd_local_prefill and table.has(Role.DECODE):
         local.append(WHOLE_ON_DECODE)
     if not (table.has(Role.PREFILL) and table.has(Role.DECODE)):
-        return local, "" if table.has(Role.COLOCATED) and not table.has(Role.PREFILL) else "no P/D pair"
+        only_colocated = not (table.has(Role.PREFILL) or table.has(Role.DECODE))
+        return local, "" if only_colocated else "no P/D pair"
     L = spec.prompt_tokens
     if L <= config.pd_local_prompt_tokens:
         return local + [SPLIT], f"short prompt ({L} <= {config.pd_local_prompt_tokens} tokens)"
