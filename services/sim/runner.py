@@ -103,7 +103,9 @@ class Simulation:
         self.nodes = [self.new_node(i, roles[i] if roles else Role.COLOCATED) for i in range(instances)]
         self._decode_on: dict[str, str] = {}    # split request -> its D node, from placement to finish
         self._prefill_on: dict[str, str] = {}   # split request -> its P node, until its prefill ends
-        self._in_transfer: set[str] = set()     # split requests whose KV is on its way to D
+        # split request -> its placement's number (RequestRecord.preemptions) while its KV is on
+        # its way to D: a transfer of an earlier placement (preempted since) is dropped on arrival.
+        self._in_transfer: dict[str, int] = {}
         self.by_id = {n.sim.instance_id: n for n in self.nodes}
         self.progress = progress or (lambda done: None)
         self._events: list = []
@@ -229,13 +231,14 @@ class Simulation:
         running = node.placed.pop(rid)
         self._prefill_on.pop(rid, None)
         per_token = node.sim.model.kv_transfer_ms_per_token or DEFAULT_KV_TRANSFER_MS_PER_TOKEN
-        self._in_transfer.add(rid)
-        self._push(self.now_s + per_token * running.spec.prompt_tokens / 1000.0, "kv", rid)
+        self._in_transfer[rid] = self.records[rid].preemptions
+        self._push(self.now_s + per_token * running.spec.prompt_tokens / 1000.0, "kv", (rid, self._in_transfer[rid]))
 
-    def _kv_arrived(self, rid: str) -> None:
-        if rid not in self._in_transfer:   # preempted on D meanwhile
+    def _kv_arrived(self, transfer: tuple[str, int]) -> None:
+        rid, placement = transfer
+        if self._in_transfer.get(rid) != placement:   # preempted on D meanwhile
             return
-        self._in_transfer.discard(rid)
+        del self._in_transfer[rid]
         node = self.by_id[self._decode_on[rid]]
         rec, spec = self.records[rid], node.placed[rid].spec
         # The prompt's KV is there; D recomputes only its last token, which yields the first token.
@@ -247,10 +250,11 @@ class Simulation:
         node = self.by_id[instance_id]
         running = node.placed.pop(request_id, None)
         seq = node.sim.remove(request_id)
-        in_transfer = request_id in self._in_transfer
-        if running is None or (seq is None and not in_transfer):
+        # A split request's decode leg is live before its KV arrives: in transfer, or still in prefill on P.
+        pending = request_id in self._in_transfer or request_id in self._prefill_on
+        if running is None or (seq is None and not pending):
             return
-        self._in_transfer.discard(request_id)
+        self._in_transfer.pop(request_id, None)
         self._decode_on.pop(request_id, None)
         prefill_id = self._prefill_on.pop(request_id, None)
         if prefill_id is not None:   # its prefill leg still runs on P: stop it too

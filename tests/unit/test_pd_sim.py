@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.domain import LatencyModel, Role, Slo
+from services.common.domain import Decision, LatencyModel, Leg, Preemption, Role, ScheduleResult, Slo, Verdict
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.sim.cli import DEFAULT_WORKLOAD
 from services.sim.metrics import ttft_ms
@@ -56,3 +56,31 @@ def test_small_pd_cluster_serves_the_default_workload(policy):
         assert split and all(r.instance_id.split("->")[0] in ("sim-00", "sim-01") for r in split)
     else:
         assert len(split) == len(served)
+
+
+class Scripted:
+    """A policy that splits the request, preempts its decode leg while P still prefills it, then
+    places it whole on D: the sequence a real policy produces under pressure, made certain."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def schedule(self, waiting, cluster, now_s):
+        self.calls += 1
+        specs = list(waiting)
+        if self.calls == 1:
+            return ScheduleResult(decisions=(Decision(specs[0].request_id, Verdict.ADMIT, "split", "sim-00",
+                                                      legs=(Leg(Role.PREFILL, "sim-00"), Leg(Role.DECODE, "sim-01"))),))
+        if self.calls == 2:
+            return ScheduleResult(preemptions=(Preemption("sim-01", "x", "scripted"),))
+        return ScheduleResult(decisions=tuple(Decision(s.request_id, Verdict.ADMIT, "whole", "sim-01") for s in specs))
+
+
+def test_decode_leg_preempted_while_p_still_prefills_is_placed_again():
+    req = SimRequestSpec(make_request(request_id="x", prompt_tokens=1000, max_tokens=10, slo=Slo(1000.0, 10.0)), 10)
+    result = simulate(Scripted(), PROFILE, [req], instances=2, seed=1, roles=PD_ROLES)
+    (rec,) = result.records
+    assert rec.preemptions == 1 and rec.instance_id == "sim-01" and rec.generated == 10
+    assert result.policy_preemptions == 1
