@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-rate", type=float, default=0.0,
                         help="background requests per second through the router while probing (default 0: none)")
     parser.add_argument("--load-tokens", type=int, default=64, help="tokens per background request (default %(default)s)")
+    parser.add_argument("--policy", default="hfx", help="scheduling policy of the cluster started (default %(default)s)")
+    parser.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True,
+                        help="the scheduler grants the router tickets (`hfx scheduler --help`) (default on)")
     parser.add_argument("--home", type=Path, help="use the running cluster recorded here instead of starting one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -165,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         own = args.home is None
         if own:
             cluster.up(cluster.UpOptions(home=home, model=str(ensure_default_model()), workers=1,
-                                         router_port=procs.free_port(), redis_url=None, policy="least-load",
-                                         engine="vllm", tracing="off", timeout_s=300))
+                                         router_port=procs.free_port(), redis_url=None, policy=args.policy,
+                                         engine="vllm", tracing="off", timeout_s=300, tickets=args.tickets))
         try:
             state = ClusterFile.load(home)
             if state is None:
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_address = _first_worker(state)
             with BackgroundLoad(state.router, args.load_rate, args.load_tokens) as load:
                 result = measure(state, worker_address, args.requests, args.max_tokens)
+            result["cluster"] = {"policy": args.policy, "tickets": args.tickets} if own else {"home": str(home)}
             result["load"] = {"rate_rps": args.load_rate, "tokens": args.load_tokens, "sent": load.sent,
                               "failed": load.failed}
         finally:
@@ -184,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for key in ("router_ttft_ms", "direct_ttft_ms", "overhead_ms"):
             print(f"{key:<16} " + "  ".join(f"{k} {v:7.2f}" for k, v in result[key].items()))
+        print("cluster: " + ", ".join(f"{k} {v}" for k, v in result["cluster"].items()))
         load = result["load"]
         if load["rate_rps"]:
             print(f"background load: {load['sent']} requests of {load['tokens']} tokens at {load['rate_rps']:g}/s "

@@ -29,6 +29,14 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _add_tickets_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True,
+                   help="while nothing waits, the scheduler grants each router tickets: standing placements "
+                   "for one request within a bound (prompt and output at most, SLOs at least), checked by the "
+                   "policy's own fit test, so such a request starts without a round trip to the scheduler; "
+                   "--no-tickets: every request waits for its placement (default on)")
+
+
 def _add_common(p: argparse.ArgumentParser, redis: bool = True) -> None:
     if redis:
         p.add_argument("--redis-url", default=_env("HFX_REDIS_URL", DEFAULT_REDIS_URL), type=argtypes.redis_url,
@@ -66,7 +74,7 @@ def cmd_router(args) -> int:
         model=_default_model(args), scheduler_address=args.scheduler, host=args.host, port=args.port,
         http_port=args.http_port, api_keys=tuple(args.api_key),
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
-        default_max_tokens=args.default_max_tokens, tracing=args.tracing,
+        default_max_tokens=args.default_max_tokens, tracing=args.tracing, max_failovers=args.max_failovers,
     )
     runtime.run_service(serve(config))
     return 0
@@ -78,7 +86,8 @@ def cmd_scheduler(args) -> int:
 
     runtime.run_service(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
-                                      metrics_port=args.metrics_port, pd_local_prefill=args.pd_local_prefill)))
+                                      metrics_port=args.metrics_port, tickets=args.tickets,
+                                      pd_local_prefill=args.pd_local_prefill)))
     return 0
 
 
@@ -157,6 +166,7 @@ def cmd_up(args) -> int:
         worker_args=tuple(worker_args), http_port=args.http_port, api_keys=tuple(args.api_key),
         classes=args.classes or "", tied_to_caller=not args.detach, scaler_args=tuple(forward_flags(args)),
         prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
+        tickets=args.tickets,
     )
     print(f"starting HFX: {opts.describe_workers()} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:
@@ -224,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workers profile their engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--policy", default="hfx", choices=policy_names(),
                    help="scheduling policy: hfx (SLO-aware) or a baseline for comparison (default %(default)s)")
+    _add_tickets_flag(p)
     p.add_argument("--router-port", type=argtypes.port, default=50051, help="router's gRPC port (default %(default)s)")
     p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
                    help="router's OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
@@ -291,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
     p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
                    help="require this API key (repeatable; default: none, the API is open)")
+    p.add_argument("--max-failovers", type=argtypes.non_negative_int, default=2,
+                   help="a request whose instance fails under it (dies, ends its stream, goes silent) is placed "
+                   "again elsewhere with the tokens already streamed, up to this many times; 0 = it fails "
+                   "(default %(default)s)")
     p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("scheduler", help="run the scheduler process")
@@ -300,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scheduling policy: hfx (SLO-aware) or a baseline for comparison (default %(default)s)")
     p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
+    _add_tickets_flag(p)
     _add_pd_local_prefill(p)
     p.set_defaults(func=cmd_scheduler)
 

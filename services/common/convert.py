@@ -134,3 +134,17 @@ def decision_to_placement(decision: d.Decision, address: str, policy: str,
         reason=decision.reason, policy=policy, retry_after_ms=decision.retry_after_ms,
         predicted_ttft_ms=decision.predicted_ttft_ms, slack_ms=decision.slack_ms, legs=legs,
     )
+
+
+def grant_to_ticket(grant: d.Grant, ticket_id: str, address: str, policy: str) -> scheduler_pb2.Ticket:
+    b = grant.bound
+    return scheduler_pb2.Ticket(
+        ticket_id=ticket_id, instance_id=grant.instance_id, address=address,
+        max_prompt_tokens=b.max_prompt_tokens, max_tokens=b.max_tokens, min_ttft_ms=b.min_ttft_ms,
+        min_tpot_ms=b.min_tpot_ms, predicted_ttft_ms=grant.predicted_ttft_ms, rank=grant.rank,
+        reason=grant.reason, policy=policy,
+    )
+
+
+def ticket_bound(ticket: scheduler_pb2.Ticket) -> d.TicketBound:
+    return d.TicketBound(ticket.max_prompt_tokens, ticket.max_tokens, ticket.min_ttft_ms, ticket.min_tpot_ms)

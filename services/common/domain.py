@@ -202,6 +202,44 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class TicketBound:
+    """The largest request a ticket covers (see docs/ARCHITECTURE.md, "Tickets"): prompt and
+    output at most these, SLOs at least these. The fit test is monotone in each (a shorter
+    prompt, fewer tokens or a looser SLO never fits worse), so a bound that fits covers every
+    request inside it."""
+
+    max_prompt_tokens: int
+    max_tokens: int
+    min_ttft_ms: float
+    min_tpot_ms: float
+
+    def covers(self, spec: "RequestSpec", now_s: float) -> bool:
+        """The first-token SLO must still hold `min_ttft_ms` from now (time spent before the
+        router looked is gone), and a resumed request always goes through a full pass."""
+        left_ms = spec.slo.ttft_ms - (now_s - spec.arrival_s) * 1000.0
+        return (not spec.resumed_tokens and spec.prompt_tokens <= self.max_prompt_tokens
+                and spec.max_tokens <= self.max_tokens and left_ms >= self.min_ttft_ms
+                and spec.slo.tpot_ms >= self.min_tpot_ms)
+
+    def probe(self, request_id: str, now_s: float) -> "RequestSpec":
+        """The bound as a request arriving now, for the fit test."""
+        return RequestSpec(request_id=request_id, prompt_tokens=self.max_prompt_tokens,
+                           max_tokens=self.max_tokens, slo=Slo(self.min_ttft_ms, self.min_tpot_ms),
+                           arrival_s=now_s)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A policy's standing yes: `instance_id` takes one request within `bound` without a pass."""
+
+    instance_id: str
+    bound: TicketBound
+    predicted_ttft_ms: float
+    rank: int      # the policy's placement order among grants (lower first)
+    reason: str
+
+
+@dataclass(frozen=True)
 class Preemption:
     instance_id: str
     request_id: str

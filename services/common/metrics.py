@@ -43,6 +43,8 @@ HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route a
                          ["route", "status_code"], registry=REGISTRY)
 
 # -- scheduler -------------------------------------------------------------------------------------
+TICKETS_OUTSTANDING = Gauge("hfx_scheduler_tickets_outstanding", "Tickets (standing placements) routers hold now",
+                            ["policy"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("hfx_scheduler_queue_depth", "Requests waiting for placement", ["policy"], registry=REGISTRY)
 VERDICTS = Counter("hfx_scheduler_verdicts", "Placement verdicts (admit, best_effort, reject) by reason kind",
                    ["policy", "verdict", "reason"], registry=REGISTRY)
@@ -97,6 +99,7 @@ _REASON_KINDS = (
     ("waited", "queue_timeout"),
     ("cannot meet", "slo_unreachable"),
     ("best effort", "best_effort"),
+    ("ticket", "ticket"),
 )
 
 

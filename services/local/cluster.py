@@ -39,6 +39,7 @@ class UpOptions:
     # `hfx up`, a test, a benchmark. False for `hfx up --detach`, whose caller exits at once.
     tied_to_caller: bool = True
     scaler_args: tuple[str, ...] = ()  # autoscaling flags for the scaler (services/scaler/autoscale_cli.py)
+    tickets: bool = True               # the scheduler grants routers tickets (see `hfx scheduler --help`)
     prefill: int = 0                   # P/D: prefill and decode workers beside the `workers` colocated ones
     decode: int = 0
     pd_local_prefill: bool = True      # the scheduler's --pd-local-prefill (may D prefill short prompts?)
@@ -170,7 +171,9 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
 
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
-                                          *([] if opts.pd_local_prefill else ["--no-pd-local-prefill"]), *common, *_metrics_flag(opts, state, "scheduler", fixed)),
+                                          *([] if opts.tickets else ["--no-tickets"]),
+                                          *([] if opts.pd_local_prefill else ["--no-pd-local-prefill"]),
+                                          *common, *_metrics_flag(opts, state, "scheduler", fixed)),
                         log_dir / "scheduler.log", **mark)
     state.record("scheduler", sched.pid)
     wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log", "hfx.v1.Scheduler")

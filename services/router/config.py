@@ -67,5 +67,8 @@ class RouterConfig:
     place_timeout_s: float = 35.0          # scheduler queue wait (30 s) plus margin
     first_token_timeout_s: float = 120.0   # a worker that says nothing this long is treated as failed
     token_idle_timeout_s: float = 30.0
+    # A request whose instance fails under it (dies, closes its stream, goes silent) is placed
+    # again elsewhere with the tokens it streamed, this many times, before it fails.
+    max_failovers: int = 2
     scheduler_call_timeout_s: float = 2.0
     tracing: TracingConfig = field(default_factory=TracingConfig)

@@ -119,8 +119,22 @@ class RouterCore:
         msg.trace_context.update(tracing.inject_metadata(ctx))
         return await self.link.place(msg, self.config.place_timeout_s)
 
+    def _on_ticket(self, spec: RequestSpec, ctx) -> scheduler_pb2.Placement | None:
+        """A placement from a ticket the scheduler granted ahead of time (no round trip), or None."""
+        ticket = self.link.take_ticket(spec, time.time())
+        if ticket is None:
+            return None
+        msg = convert.spec_to_pb(spec)
+        msg.trace_context.update(tracing.inject_metadata(ctx))
+        msg.ticket_id = ticket.ticket_id
+        self.link.redeemed(msg)
+        return scheduler_pb2.Placement(
+            verdict=scheduler_pb2.VERDICT_ADMIT, instance_id=ticket.instance_id, address=ticket.address,
+            reason=ticket.reason, policy=ticket.policy, predicted_ttft_ms=ticket.predicted_ttft_ms,
+            request_id=spec.request_id)
+
     async def _admit(self, spec: RequestSpec, valid: ValidRequest, span, ctx) -> scheduler_pb2.Placement:
-        placement = await self._place(spec, ctx)
+        placement = self._on_ticket(spec, ctx) or await self._place(spec, ctx)
         verdict = convert.verdict_from_pb(placement.verdict)
         span.set_attribute(tracing.ATTR_VERDICT, verdict.value)
         span.set_attribute(tracing.ATTR_REASON, placement.reason)
@@ -140,7 +154,7 @@ class RouterCore:
     async def _stream(self, spec: RequestSpec, valid: ValidRequest, placement: scheduler_pb2.Placement, span, ctx):
         """Drives the request's state machine (request_run.py) until a terminal phase: opens the
         worker stream, relays chunks, places it again after a preemption."""
-        run = RequestRun(spec, valid, placement, StreamTimer(spec.arrival_s))
+        run = RequestRun(spec, valid, placement, StreamTimer(spec.arrival_s), failovers_left=self.config.max_failovers)
         active = Active()
         keys = [spec.request_id] + ([valid.client_request_id] if valid.client_request_id else [])
         for k in keys:
@@ -155,8 +169,12 @@ class RouterCore:
                     try:
                         chunk = await active.stream.next()
                     except StreamFailed as err:
-                        run.worker_failed(str(err))
-                        break
+                        run.worker_failed(str(err), err.retryable)
+                        if run.phase is Phase.FAILING_OVER:
+                            # The scheduler hears of the failure before the place that follows
+                            # (one link message, completions first): it will not pick it again.
+                            self._complete_later(spec, run.failed_instances[-1], scheduler_pb2.OUTCOME_FAILED, run.timer)
+                        continue
                     if chunk is None:  # aborted on request: finish cleanly with what we have
                         run.stopped()
                         break
@@ -164,12 +182,13 @@ class RouterCore:
                     if run.on_chunk(chunk, now):
                         yield router_pb2.GenerateResponse(
                             delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now))
-                elif run.phase is Phase.PREEMPTED:
+                elif run.phase in (Phase.PREEMPTED, Phase.FAILING_OVER):
                     if active.aborted:
                         run.stopped()
                         break
+                    why = "preempted" if run.phase is Phase.PREEMPTED else "failed over"
                     try:
-                        run.placed_again(await self._resume(spec, run.last.instance_id, len(run.generated), span, ctx))
+                        run.placed_again(await self._resume(spec, run.last.instance_id, len(run.generated), span, ctx, why))
                     except Unavailable as err:
                         run.not_placed_again(str(err))
             if run.phase is Phase.FAILED:
@@ -189,18 +208,20 @@ class RouterCore:
                      scheduler_pb2.Outcome.Name(run.outcome), run.last.instance_id, run.timer.tokens,
                      run.timer.ttft_ms, run.timer.tpot_ms, run.slo_met, run.last.reason)
 
-    async def _resume(self, spec: RequestSpec, was_on: str, generated: int, span, ctx) -> scheduler_pb2.Placement:
-        """Places a preempted request again. Its next token is due when its mean TPOT would still
-        hold (as the simulator requeues it), and the scheduler never rejects it for its SLO."""
+    async def _resume(self, spec: RequestSpec, was_on: str, generated: int, span, ctx,
+                      why: str = "preempted") -> scheduler_pb2.Placement:
+        """Places a preempted (or failed-over) request again. Its next token is due when its mean
+        TPOT would still hold (as the simulator requeues it), and the scheduler never rejects it
+        for its SLO once it has streamed tokens."""
         resumed = spec.resumed(generated)
-        span.add_event("preempted", {"instance": was_on, "output_tokens": generated})
-        log.info("%s preempted on %s after %d tokens; placing it again", spec.request_id, was_on, generated)
+        span.add_event(why.replace(" ", "_"), {"instance": was_on, "output_tokens": generated})
+        log.info("%s %s on %s after %d tokens; placing it again", spec.request_id, why, was_on, generated)
         try:
             placement = await self._place(resumed, ctx)
         except Unavailable as err:
-            raise Unavailable(f"preempted after {generated} tokens; {err}") from None
+            raise Unavailable(f"{why} after {generated} tokens; {err}") from None
         if convert.verdict_from_pb(placement.verdict) is Verdict.REJECT:
-            raise Unavailable(f"preempted after {generated} tokens and not placed again: {placement.reason}")
+            raise Unavailable(f"{why} after {generated} tokens and not placed again: {placement.reason}")
         span.add_event("resumed", {"instance": placement.instance_id, "reason": placement.reason})
         return placement
 

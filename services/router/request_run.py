@@ -8,7 +8,13 @@ metrics are told at the end. Modelled on vLLM's RequestStatus (vllm/v1/request.p
                           |  \\--chunk(preempted)--> PREEMPTED --placed_again--> PLACED
                           |                               \\--not_placed_again--> FAILED
                           |--stopped (client left / abort)--> ABORTED
-                          \\--worker_failed--> FAILED
+                          |--worker_failed (failovers left)--> FAILING_OVER --placed_again--> PLACED
+                          |                                         \\--not_placed_again--> FAILED
+                          \\--worker_failed (none left)--> FAILED
+
+A failover is a preemption the router starts itself: the instance died or went silent under the
+request, so it goes elsewhere with the tokens already streamed as part of its prompt; the
+client's stream goes on, every token once.
 
 A P/D request adds its legs (prefill, KV transfer, decode) as further phases here.
 """
@@ -29,6 +35,7 @@ class Phase(enum.Enum):
     PLACED = "placed"          # has an instance; its worker stream is not open yet
     RUNNING = "running"        # tokens streaming from that instance
     PREEMPTED = "preempted"    # the scheduler took it off its instance; to be placed again
+    FAILING_OVER = "failing_over"  # its instance failed under it; to be placed again elsewhere
     FINISHED = "finished"      # terminal: the engine ended it (stop, length)
     ABORTED = "aborted"        # terminal: the client left or asked to abort
     FAILED = "failed"          # terminal: worker error or silence, or no placement after preemption
@@ -55,6 +62,8 @@ class RequestRun:
     generated: list[int] = field(default_factory=list)
     finish: FinishReason = FinishReason.ABORT
     error: str = ""
+    failovers_left: int = 0
+    failed_instances: list[str] = field(default_factory=list)   # where it failed, in order
 
     def __post_init__(self) -> None:
         self.last = self.placement  # the latest placement, for the final message and the log
@@ -82,17 +91,27 @@ class RequestRun:
         if not self.phase.terminal:
             self.phase, self.finish = Phase.ABORTED, FinishReason.ABORT
 
-    def worker_failed(self, why: str) -> None:
-        self._move(Phase.FAILED, Phase.RUNNING)
-        self.finish, self.error = FinishReason.ERROR, f"instance {self.last.instance_id} failed after {self.timer.tokens} tokens: {why}"
+    def worker_failed(self, why: str, retryable: bool = True) -> None:
+        """Its instance failed: fail over while failovers are left, else fail with the reason.
+        Not `retryable` (the worker refused the request itself, e.g. INVALID_ARGUMENT): it fails."""
+        self._check(Phase.RUNNING)
+        self.error = f"instance {self.last.instance_id} failed after {self.timer.tokens} tokens: {why}"
+        self.failed_instances.append(self.last.instance_id)
+        if retryable and self.failovers_left > 0:
+            self.failovers_left -= 1
+            self.phase, self.placement = Phase.FAILING_OVER, None   # told FAILED now, not at the end
+        else:
+            self.phase, self.finish = Phase.FAILED, FinishReason.ERROR
 
     def placed_again(self, placement: scheduler_pb2.Placement) -> None:
-        self._move(Phase.PLACED, Phase.PREEMPTED)
+        self._move(Phase.PLACED, Phase.PREEMPTED, Phase.FAILING_OVER)
         self.placement = self.last = placement
 
     def not_placed_again(self, why: str) -> None:
-        self._move(Phase.FAILED, Phase.PREEMPTED)
-        self.finish, self.error = FinishReason.ERROR, why
+        was_failover = self.phase is Phase.FAILING_OVER
+        self._move(Phase.FAILED, Phase.PREEMPTED, Phase.FAILING_OVER)
+        self.finish = FinishReason.ERROR
+        self.error = f"{self.error}; {why}" if was_failover else why
 
     # -- what follows from the phase -------------------------------------------------------------
 

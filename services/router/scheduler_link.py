@@ -5,6 +5,10 @@ request_id); `complete(msg)` queues a completion, sent with the next place or at
 `complete_delay_s` later, so completions cost the scheduler one message per batch, not a call
 each. Whatever is queued when a write happens leaves in one LinkRequest.
 
+Tickets (scheduler.proto, Ticket): the scheduler keeps this router's current set up to date on the
+link; `take_ticket(spec, now)` spends the best one that covers a request (None: ask with place),
+and `redeemed(request)` tells the scheduler, at once, that the request started on it.
+
 A link that breaks (scheduler restarted, stream reset) fails the places waiting on it with
 Unavailable at once; the next call opens a new stream. Completions queued but not yet written
 are sent on the new stream; ones written on a stream that then broke may be lost, as a unary
@@ -18,7 +22,8 @@ import logging
 
 import grpc
 
-from services.common import grpcutil
+from services.common import convert, grpcutil
+from services.common.domain import RequestSpec
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.pb.hfx.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -37,6 +42,7 @@ class SchedulerLink:
         self._outbox: asyncio.Queue | None = None
         self._reader: asyncio.Task | None = None
         self._flush_at: asyncio.TimerHandle | None = None
+        self._tickets: list[scheduler_pb2.Ticket] = []   # best (lowest rank) first
 
     # -- public ------------------------------------------------------------------------------
 
@@ -66,6 +72,20 @@ class SchedulerLink:
                 raise InvalidArgument("place", placement.error_message)
             raise Unavailable(f"scheduler unavailable: {code.name}: {placement.error_message}")
         return placement
+
+    def take_ticket(self, spec: RequestSpec, now_s: float) -> scheduler_pb2.Ticket | None:
+        """The best-ranked ticket whose bound covers `spec`, spent (gone from the set); None when
+        none does (the scheduler has work queued, or granted none that fits this request)."""
+        for k, ticket in enumerate(self._tickets):
+            if convert.ticket_bound(ticket).covers(spec, now_s):
+                return self._tickets.pop(k)
+        return None
+
+    def redeemed(self, request: scheduler_pb2.PlaceRequest) -> None:
+        """`request` started on the ticket in its ticket_id: tell the scheduler now (it counts
+        the request there before its next decision)."""
+        self._places.append(request)
+        self._flush()
 
     def complete(self, request: scheduler_pb2.CompleteRequest) -> None:
         self._completes.append(request)
@@ -109,6 +129,8 @@ class SchedulerLink:
         why = "the scheduler closed the link"
         try:
             async for response in call:
+                if response.HasField("tickets"):
+                    self._tickets = sorted(response.tickets.tickets, key=lambda t: t.rank)
                 for placement in response.placements:
                     future = self._waiting.get(placement.request_id)
                     if future is not None and not future.done():
@@ -119,6 +141,7 @@ class SchedulerLink:
             why = "router shutting down"
             raise
         finally:
+            self._tickets = []   # granted on a stream that is gone: a new one brings its own
             if self._outbox is outbox:
                 self._outbox = None
             outbox.put_nowait(None)

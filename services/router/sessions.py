@@ -25,13 +25,23 @@ _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 class StreamFailed(Exception):
-    """The worker failed this request: it errored, closed the session, or went silent."""
+    """The worker failed this request: it errored, closed the session, or went silent.
+    `retryable`: the instance failed (another may serve it), not the request itself."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+# Errors that are the request's own fault: the same request fails the same way anywhere.
+_REQUEST_FAULTS = {grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                   grpc.StatusCode.OUT_OF_RANGE.value[0], grpc.StatusCode.ALREADY_EXISTS.value[0]}
 
 
 class TokenStream:
     """One request's chunks from its session, in order; a tiny single-consumer channel."""
 
-    __slots__ = ("request_id", "tokens", "last_s", "_items", "_waiter", "_error", "_ended")
+    __slots__ = ("request_id", "tokens", "last_s", "_items", "_waiter", "_error", "_retryable", "_ended")
 
     def __init__(self, request_id: str, now_s: float) -> None:
         self.request_id = request_id
@@ -40,6 +50,7 @@ class TokenStream:
         self._items: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._error: str | None = None
+        self._retryable = True
         self._ended = False      # closed by the router: next() returns None
 
     def push(self, chunk: worker_pb2.WorkerChunk, now_s: float) -> None:
@@ -48,9 +59,9 @@ class TokenStream:
         self._items.append(chunk)
         self._wake()
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, retryable: bool = True) -> None:
         if self._error is None:
-            self._error = message
+            self._error, self._retryable = message, retryable
         self._wake()
 
     def end(self) -> None:
@@ -70,7 +81,7 @@ class TokenStream:
             if self._items:
                 return self._items.popleft()
             if self._error is not None:
-                raise StreamFailed(self._error)
+                raise StreamFailed(self._error, self._retryable)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -117,7 +128,8 @@ class WorkerSessionClient:
                         continue  # aborted here meanwhile
                     if chunk.error_code:
                         del self.streams[chunk.request_id]
-                        stream.fail(f"{_STATUS_NAMES.get(chunk.error_code, chunk.error_code)}: {chunk.error_message}")
+                        stream.fail(f"{_STATUS_NAMES.get(chunk.error_code, chunk.error_code)}: {chunk.error_message}",
+                                    retryable=chunk.error_code not in _REQUEST_FAULTS)
                         continue
                     if chunk.finished:
                         del self.streams[chunk.request_id]

@@ -23,6 +23,10 @@ class SchedulerConfig:
     protect_interval_s: float = 0.2
     worker_call_timeout_s: float = 2.0 # Worker.Abort when preempting a running request
     refine_models: bool = True         # refine instances' latency models online from reported steps
+    # While nothing waits, grant routers tickets (standing placements, docs/ARCHITECTURE.md) so a
+    # request within a ticket's bound starts without a round trip here. Policies that cannot
+    # grant them (IssuesTickets) never do.
+    tickets: bool = True
     pd_local_prefill: bool = True      # PolicyConfig.pd_local_prefill: may decode instances prefill?
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

@@ -23,6 +23,8 @@ class Servicer(Protocol):
 
     def complete(self, request: scheduler_pb2.CompleteRequest) -> None: ...
 
+    def redeem(self, link: "Link", request: scheduler_pb2.PlaceRequest, parent) -> None: ...
+
 
 class Link:
     """One router's Connect stream: its places in flight and the answers not yet sent."""
@@ -31,6 +33,7 @@ class Link:
         self._servicer = servicer
         self._tasks: dict[str, asyncio.Task] = {}
         self._ready: list[scheduler_pb2.Placement] = []
+        self._tickets: scheduler_pb2.TicketSet | None = None   # a new set not sent yet
         self._wake = asyncio.Event()
         self._ended = False
 
@@ -44,6 +47,9 @@ class Link:
                     if task is not None:
                         task.cancel()
                 for place in msg.places:
+                    if place.ticket_id:   # already started on a ticket: count it, answer nothing
+                        self._redeem(place)
+                        continue
                     if place.request_id in self._tasks:
                         self._answer(_link_error(place.request_id, InvalidArgument(
                             "request_id", f"{place.request_id!r} is already being placed")))
@@ -67,18 +73,32 @@ class Link:
         self._tasks.pop(request.request_id, None)
         self._answer(placement)
 
+    def _redeem(self, place: scheduler_pb2.PlaceRequest) -> None:
+        try:
+            self._servicer.redeem(self, place, tracing.extract_context(dict(place.trace_context)))
+        except Exception:  # nothing to answer: the router already started it; keep the link up
+            log.exception("ticketed place %s (ticket %s) not recorded", place.request_id, place.ticket_id)
+
     def _answer(self, placement: scheduler_pb2.Placement) -> None:
         self._ready.append(placement)
         self._wake.set()
 
-    async def ready(self) -> list[scheduler_pb2.Placement] | None:
-        """The answers ready now (waits for one); None once the router closed the stream."""
-        while not self._ready:
+    def offer_tickets(self, tickets: scheduler_pb2.TicketSet) -> None:
+        """This router's tickets from now on (replaces any set not sent yet)."""
+        self._tickets = tickets
+        self._wake.set()
+
+    async def ready(self) -> scheduler_pb2.LinkResponse | None:
+        """What is ready to send now (waits for something); None once the router closed the stream."""
+        while not self._ready and self._tickets is None:
             if self._ended:
                 return None
             self._wake.clear()
             await self._wake.wait()
-        out, self._ready = self._ready, []
+        out = scheduler_pb2.LinkResponse(placements=self._ready)
+        if self._tickets is not None:
+            out.tickets.CopyFrom(self._tickets)
+        self._ready, self._tickets = [], None
         return out
 
     def close(self) -> None:

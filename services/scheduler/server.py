@@ -24,9 +24,10 @@ from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_g
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.models import InstanceModels
-from services.scheduler.policy import KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
+from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
 from services.scheduler.policy.base import serving_gap
 from services.scheduler.state import ClusterState, Waiting
+from services.scheduler.tickets import TicketDesk
 
 log = logging.getLogger("hfx.scheduler")
 _tracer = tracing.tracer("hfx.scheduler")
@@ -60,11 +61,32 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
         self._gap: tuple[tuple, str] = ((), "")   # (instances' roles, serving_gap of them)
+        self.desk = TicketDesk(policy.name) if config.tickets and isinstance(policy, IssuesTickets) else None
 
     # -- the scheduling round ------------------------------------------------------------------
 
     def run_round(self, now_s: float) -> None:
-        """One policy call over the queue; applies its decisions and resolves waiting Place calls."""
+        """One policy call over the queue; applies its decisions and resolves waiting Place calls;
+        then the routers' tickets follow the new state."""
+        self._round(now_s)
+        self.refresh_tickets(now_s)
+
+    def refresh_tickets(self, now_s: float) -> None:
+        """Grants while nothing waits, none while something does (a ticket must not let a new
+        request past a ranked queue)."""
+        if self.desk is None:
+            return
+        grants = []
+        if not self.state.waiting:
+            snapshot = self.state.snapshot()
+            grants = self.policy.tickets(snapshot, self.desk.bounds(), now_s)
+            addresses = {inst.instance_id: inst.address for inst in snapshot.instances}
+        else:
+            addresses = {}
+        self.desk.refresh(grants, addresses)
+        metrics.TICKETS_OUTSTANDING.labels(self.policy.name).set(self.desk.outstanding())
+
+    def _round(self, now_s: float) -> None:
         self._expire(now_s)
         if not self.state.waiting:
             metrics.QUEUE_DEPTH.labels(self.policy.name).set(0)
@@ -250,6 +272,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 span.set_attribute(tracing.ATTR_REASON, gap)
                 log.warning("place %s refused: %s", spec.request_id, gap)
                 raise Unavailable(gap)
+            if self.desk is not None:
+                self.desk.saw(spec)
             if len(self.state.waiting) >= self.config.max_queue:
                 decision, addresses = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0), {}
             else:
@@ -273,6 +297,34 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                      decision.reason)
             return convert.decision_to_placement(decision, addresses.get(decision.instance_id, ""), self.policy.name,
                                                  addresses)
+
+    def redeem(self, link, request: scheduler_pb2.PlaceRequest, parent) -> None:
+        """A router started a request on a ticket: count it where it runs, as a placement would.
+        A ticket revoked while the router spent it is counted all the same (the request runs);
+        the log says so. Raises InvalidArgument on a malformed request."""
+        spec = convert.spec_from_pb(request)
+        if not spec.request_id:
+            raise InvalidArgument("request_id", "must not be empty")
+        now = time.time()
+        instance_id, ticket = self.desk.redeem(link, request.ticket_id) if self.desk is not None else ("", None)
+        with _tracer.start_as_current_span("scheduler.place", context=parent) as span:
+            span.set_attribute(tracing.ATTR_REQUEST_ID, spec.request_id)
+            span.set_attribute(tracing.ATTR_POLICY, self.policy.name)
+            span.set_attribute(tracing.ATTR_VERDICT, "admit")
+            span.set_attribute(tracing.ATTR_INSTANCE, instance_id)
+            reason = ticket.reason if ticket is not None else f"ticket {request.ticket_id} (revoked while spent)"
+            span.set_attribute(tracing.ATTR_REASON, reason)
+        if instance_id in self.state.instances:
+            self.state.place(instance_id, spec, now)
+        else:
+            log.warning("ticket %s of %s names no instance known here (%r); not counted",
+                        request.ticket_id, spec.request_id, instance_id)
+        if self.desk is not None:
+            self.desk.saw(spec)
+        metrics.record_verdict(self.policy.name, "admit", "ticket" if ticket is not None else "revoked ticket")
+        log.info("place %s -> admit %s on a ticket (%s)", spec.request_id, instance_id, reason)
+        self.refresh_tickets(now)
+        self.wake()
 
     async def Complete(self, request: scheduler_pb2.CompleteRequest, context) -> scheduler_pb2.CompleteResponse:
         self.complete(request)
@@ -300,12 +352,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         stream or it breaks, the placements it still waits for are withdrawn from the queue."""
         link = Link(self)
         reader = asyncio.create_task(link.read(request_iterator))
+        if self.desk is not None:
+            self.desk.attach(link)
+            self.refresh_tickets(time.time())
         try:
-            while (placements := await link.ready()) is not None:
-                yield scheduler_pb2.LinkResponse(placements=placements)
+            while (response := await link.ready()) is not None:
+                yield response
         finally:
             reader.cancel()
             link.close()
+            if self.desk is not None:
+                self.desk.detach(link)
+                self.refresh_tickets(time.time())
 
     async def ReportLoad(self, request: common_pb2.LoadReport, context) -> scheduler_pb2.ReportLoadResponse:
         self.report_load(request)

@@ -6,6 +6,7 @@ The tests share one cluster and run in file order; the worker-kill test is last 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -23,6 +24,12 @@ from tests.harness import local_cluster, vllm_reference, wait_until
 pytestmark = pytest.mark.slow
 
 PROMPT_IDS = [1, 43, 343, 1515, 1196, 15, 262, 1294, 77, 901]
+
+
+@functools.lru_cache(maxsize=None)
+def reference(model: str, max_tokens: int) -> tuple[int, ...]:
+    """vLLM's own greedy output for PROMPT_IDS (one offline engine run per length)."""
+    return tuple(vllm_reference(model, PROMPT_IDS, max_tokens))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +63,7 @@ def collect(stub, request, timeout=60):
 
 def test_greedy_output_through_the_mesh_equals_vllm(mesh, router):
     tokens, deltas, final = collect(router, greedy(PROMPT_IDS, 24))
-    expected = vllm_reference(mesh.model, PROMPT_IDS, 24)
-    assert tokens == expected
+    assert tokens == list(reference(mesh.model, 24))
     assert final.usage.completion_tokens == 24 and final.usage.prompt_tokens == len(PROMPT_IDS)
     assert final.finish_reason == common_pb2.FINISH_REASON_LENGTH
     assert final.ttft_ms > 0 and final.e2e_ms >= final.ttft_ms
@@ -191,17 +197,19 @@ def test_every_service_serves_health_and_reflection(mesh):
 
 
 
-def test_worker_killed_mid_stream_fails_fast_and_the_cluster_goes_on(mesh, router):
+def test_a_worker_killed_under_a_request_fails_it_over_and_the_cluster_goes_on(mesh, router):
     # Deterministic on a loaded 2-core machine: the workers are frozen (SIGSTOP) before the
     # request, so the chosen one cannot finish the stream before it is killed, however late
     # this process gets the CPU. The stream is open once the router has sent its initial
-    # metadata naming the instance; then that worker dies and the other one is thawed.
+    # metadata naming the instance; then that worker dies and the other one is thawed. The
+    # router places the request again on the survivor (failover; nothing had streamed yet), and
+    # the client gets one whole stream, vLLM's own greedy output.
     workers = {iid: mesh.worker_pid(iid) for iid in ("hfx-w0", "hfx-w1")}
     engines = {iid: proctable.descendants(proctable.snapshot(), pid) for iid, pid in workers.items()}
     for pid in workers.values():
         os.killpg(pid, signal.SIGSTOP)
     try:
-        stream = router.Generate(greedy(PROMPT_IDS, 1900), timeout=120)
+        stream = router.Generate(greedy(PROMPT_IDS, 24), timeout=120)
         instance = dict(stream.initial_metadata())["x-hfx-instance"]
         os.kill(workers[instance], signal.SIGKILL)  # the worker alone: its engine must go with it
         killed_at = time.monotonic()
@@ -211,14 +219,15 @@ def test_worker_killed_mid_stream_fails_fast_and_the_cluster_goes_on(mesh, route
                 os.killpg(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-    received = 0
-    with pytest.raises(grpc.RpcError) as info:
-        for msg in stream:
-            received += len(msg.delta.token_ids)
-    assert time.monotonic() - killed_at < 10
-    assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
-    assert instance in info.value.details()
-    assert received < 1900
+    tokens, final = [], None
+    for msg in stream:
+        if msg.HasField("delta"):
+            tokens += msg.delta.token_ids
+        else:
+            final = msg.final
+    assert time.monotonic() - killed_at < 30
+    assert final.instance_id != instance and final.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert tokens == list(reference(mesh.model, 24))
     assert wait_until(lambda: not proctable.still_running(proctable.snapshot(), engines[instance]), 5)
     # The survivor serves what follows; the dead instance is not chosen again.
     for _ in range(3):

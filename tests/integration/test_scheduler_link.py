@@ -19,8 +19,8 @@ from services.scheduler.server import SchedulerServicer
 from tests.unit.helpers import make_spec
 
 
-async def _scheduler(instances=("i0", "i1")):
-    s = SchedulerServicer(SchedulerConfig(), make_policy("least-load"), cluster=None)
+async def _scheduler(instances=("i0", "i1"), policy="least-load"):
+    s = SchedulerServicer(SchedulerConfig(), make_policy(policy), cluster=None)
     s.state.set_instances([common_pb2.Instance(instance_id=i, address=f"127.0.0.1:{n + 1}", max_model_len=2048)
                            for n, i in enumerate(instances)])
     server, _ = grpcutil.make_server([(scheduler_pb2_grpc.add_SchedulerServicer_to_server, s)], ["hfx.v1.Scheduler"])
@@ -137,6 +137,65 @@ def test_worker_load_reports_on_one_stream_reach_the_scheduler():
             await call.done_writing()
             assert isinstance(await call, scheduler_pb2.ReportLoadResponse)
         finally:
+            rounds.cancel()
+            await server.stop(None)
+    asyncio.run(go())
+
+
+async def _until(check, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    return check()
+
+
+def test_tickets_reach_the_router_a_spent_one_is_counted_and_a_queue_revokes_them():
+    async def go():
+        s, server, rounds, stub = await _scheduler(policy="hfx")
+        link = SchedulerLink(stub)
+        try:
+            first = await link.place(_place_msg("shape"), 5.0)   # the scheduler learns the shape
+            assert first.verdict == scheduler_pb2.VERDICT_ADMIT
+            # Spend one the way the router does: start it, then tell the scheduler.
+            spec2 = make_spec(request_id="fast2", arrival_s=time.time())
+            assert await _until(lambda: bool(link._tickets))
+            ticket = link.take_ticket(spec2, time.time())
+            assert ticket is not None and ticket.address
+            msg = convert.spec_to_pb(spec2)
+            msg.ticket_id = ticket.ticket_id
+            before = s.state.inflight_count()
+            link.redeemed(msg)
+            assert await _until(lambda: "fast2" in s.state.running.get(ticket.instance_id, {}))
+            assert s.state.inflight_count() == before + 1
+            # A request that fits nowhere waits at the scheduler: every ticket is taken back.
+            for iid in ("i0", "i1"):
+                s.report_load(common_pb2.LoadReport(instance_id=iid, kv_capacity_tokens=120,
+                                                    reported_unix_s=time.time()))
+            stuck = asyncio.create_task(link.place(_place_msg("too-big"), 30.0))
+            assert await _until(lambda: "too-big" in s.state.waiting)
+            assert await _until(lambda: not link._tickets)
+            assert link.take_ticket(make_spec(request_id="x", arrival_s=time.time()), time.time()) is None
+            stuck.cancel()
+        finally:
+            await link.close()
+            rounds.cancel()
+            await server.stop(None)
+    asyncio.run(go())
+
+
+def test_a_ticket_bound_does_not_cover_a_bigger_request_and_it_takes_a_pass():
+    async def go():
+        s, server, rounds, stub = await _scheduler(policy="hfx")
+        link = SchedulerLink(stub)
+        try:
+            await link.place(_place_msg("shape"), 5.0)
+            assert await _until(lambda: bool(link._tickets))
+            big = make_spec(request_id="big", prompt_tokens=1000, arrival_s=time.time())
+            assert link.take_ticket(big, time.time()) is None
+            placed = await link.place(convert.spec_to_pb(big), 5.0)   # the ordinary way still works
+            assert placed.verdict == scheduler_pb2.VERDICT_ADMIT and placed.request_id == "big"
+        finally:
+            await link.close()
             rounds.cancel()
             await server.stop(None)
     asyncio.run(go())

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from services.common.domain import (ClusterSnapshot, LatencyModel, Leg, Role, RunningRequest, Slo, Verdict)
+from services.common.domain import (ClusterSnapshot, LatencyModel, Leg, Role, RunningRequest, Slo, TicketBound,
+                                    Verdict)
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.scheduler.policy.base import candidates, serving_gap
 from services.scheduler.policy.budget import summarise
@@ -210,3 +211,13 @@ def test_serving_gap_names_what_is_missing():
     assert serving_gap(cluster(node("p0", Role.PREFILL)), CFG).startswith("no decode capacity")
     assert serving_gap(cluster(node("c0", Role.COLOCATED), node("d0", Role.DECODE)),
                        replace(CFG, pd_local_prefill=False)) == ""
+
+
+def test_tickets_only_for_requests_the_policy_would_run_whole():
+    """Tickets (standing placements) start a request whole on a colocated instance: a bound of
+    long prompts, which HFX would split over P and D, gets none; a bound of short ones does."""
+    c = cluster(node("c0", Role.COLOCATED), node("p0", Role.PREFILL), node("d0", Role.DECODE))
+    hfx = make_policy("hfx", CFG)
+    assert hfx.tickets(c, [TicketBound(1000, 10, 1000.0, 10.0)], 0.0) == []
+    (grant,) = hfx.tickets(c, [TicketBound(50, 10, 1000.0, 10.0)], 0.0)
+    assert grant.instance_id == "c0"

@@ -78,3 +78,46 @@ def test_events_out_of_order_are_programming_errors():
         run.placed_again(scheduler_pb2.Placement())  # not preempted
     with pytest.raises(InvalidTransition):
         run.started()                             # already running
+
+
+def test_an_instance_failing_under_a_request_fails_it_over_with_its_tokens_until_none_are_left():
+    spec = make_spec(max_tokens=8, slo=Slo(1000, 100), arrival_s=100.0)
+    valid = ValidRequest((1, 2, 3), Sampling(max_tokens=8), spec.slo, 1, "chat", "", "", "reject")
+    run = RequestRun(spec, valid, scheduler_pb2.Placement(instance_id="i0", address="a0"), StreamTimer(100.0),
+                     failovers_left=1)
+    run.started()
+    run.on_chunk(_chunk([7, 8]), 100.01)
+    run.worker_failed("UNAVAILABLE: gone")
+    assert run.phase is Phase.FAILING_OVER and run.failed_instances == ["i0"]
+    assert run.placement is None        # the failure is told now; no Complete for i0 at the end
+    run.placed_again(scheduler_pb2.Placement(instance_id="i1", address="a1"))
+    req = run.worker_request()
+    assert list(req.prompt_token_ids) == [1, 2, 3, 7, 8] and req.sampling.max_tokens == 6
+    run.started()
+    run.on_chunk(_chunk([9]), 100.02)
+    run.worker_failed("sent nothing for 30s")   # no failover left: the request fails, saying where
+    assert run.phase is Phase.FAILED and run.failed_instances == ["i0", "i1"]
+    assert run.error.startswith("instance i1 failed after 3 tokens") and run.outcome == scheduler_pb2.OUTCOME_FAILED
+
+
+def test_a_failover_that_finds_no_instance_fails_with_both_reasons():
+    spec = make_spec(max_tokens=8, slo=Slo(1000, 100), arrival_s=100.0)
+    valid = ValidRequest((1, 2, 3), Sampling(max_tokens=8), spec.slo, 1, "chat", "", "", "reject")
+    run = RequestRun(spec, valid, scheduler_pb2.Placement(instance_id="i0", address="a0"), StreamTimer(100.0),
+                     failovers_left=2)
+    run.started()
+    run.worker_failed("UNAVAILABLE: gone")
+    run.not_placed_again("failed over after 0 tokens; scheduler unavailable")
+    assert run.phase is Phase.FAILED and "instance i0 failed" in run.error and "scheduler unavailable" in run.error
+    with pytest.raises(InvalidTransition):
+        run.placed_again(scheduler_pb2.Placement(instance_id="i1"))
+
+
+def test_a_request_the_worker_refused_itself_does_not_fail_over():
+    spec = make_spec(max_tokens=8, slo=Slo(1000, 100), arrival_s=100.0)
+    valid = ValidRequest((1, 2, 3), Sampling(max_tokens=8), spec.slo, 1, "chat", "", "", "reject")
+    run = RequestRun(spec, valid, scheduler_pb2.Placement(instance_id="i0", address="a0"), StreamTimer(100.0),
+                     failovers_left=2)
+    run.started()
+    run.worker_failed("INVALID_ARGUMENT: prompt too long", retryable=False)
+    assert run.phase is Phase.FAILED and run.failovers_left == 2

@@ -3,12 +3,12 @@
 Each policy is a small class with `name` and `schedule()`; `make_policy(name)` builds one by its
 configured name. The same objects drive the scheduler service and the simulator. Optional
 capabilities are declared protocols (base.py): `LearnsFromCompletions` (observe_completion) and
-`KeepsBudgets` (budgets_ms); callers test for them with isinstance, never by attribute probing.
+`KeepsBudgets` (budgets_ms) and `IssuesTickets` (tickets); callers test for them with isinstance, never by attribute probing.
 """
 
 from __future__ import annotations
 
-from services.scheduler.policy.base import KeepsBudgets, LearnsFromCompletions, Policy, PolicyConfig
+from services.scheduler.policy.base import IssuesTickets, KeepsBudgets, LearnsFromCompletions, Policy, PolicyConfig
 from services.scheduler.policy.edf import Edf
 from services.scheduler.policy.fcfs import FcfsRoundRobin
 from services.scheduler.policy.headroom import Headroom
@@ -38,4 +38,4 @@ def observe_completion(policy: Policy, task_class: str, output_tokens: int, requ
         policy.observe_completion(task_class, output_tokens, request_id)
 
 
-__all__ = ["KeepsBudgets", "LearnsFromCompletions", "Policy", "PolicyConfig", "make_policy", "observe_completion", "policy_names"]
+__all__ = ["IssuesTickets", "KeepsBudgets", "LearnsFromCompletions", "Policy", "PolicyConfig", "make_policy", "observe_completion", "policy_names"]

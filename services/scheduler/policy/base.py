@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
-from services.common.domain import ClusterSnapshot, InstanceView, LatencyModel, RequestSpec, Role, ScheduleResult
+from services.common.domain import (ClusterSnapshot, Grant, InstanceView, LatencyModel, RequestSpec, Role,
+                                    ScheduleResult, TicketBound)
 
 # Used when an instance has not reported a fitted model yet. Illustrative numbers for a tiny
 # model on a CPU (see services/sim/profiles.py); `hfx profile` replaces them per instance.
@@ -101,6 +102,14 @@ class KeepsBudgets(Protocol):
     """A policy that keeps a per-instance budget (ms), exported as hfx_instance_budget_ms."""
 
     def budgets_ms(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class IssuesTickets(Protocol):
+    """A policy that can grant standing placements (tickets) while nothing waits: for each bound
+    (widest first), the instances where a request within it fits by the policy's own test."""
+
+    def tickets(self, cluster: ClusterSnapshot, bounds: Sequence[TicketBound], now_s: float) -> list[Grant]: ...
 
 
 class Policy(Protocol):

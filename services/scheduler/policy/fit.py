@@ -106,6 +106,23 @@ class FitTable:
             best_effort: bool, optimistic: bool = False, role: Role = Role.COLOCATED) -> tuple[int, float, int, str] | None:
         """A whole request on an instance of `role`: (instance index, predicted TTFT ms, how many
         fit, how it was chosen) or None. optimistic: see ttft_ms."""
+        ok, ttft_ms = self.fits(spec, output_tokens, now_s, best_effort, optimistic, role)
+        n_fit = int(ok.sum())
+        if n_fit == 0:
+            return None
+        budget_ms = (spec.ttft_deadline_s - now_s) * 1000.0
+        if not best_effort and budget_ms < self.config.tight_ttft_factor * float(ttft_ms[ok].min()):
+            # Tight first token: the least predicted TTFT wins (the prediction is a mean; the
+            # spare is too small to trade for balance).
+            idx, how = int(np.argmin(np.where(ok, ttft_ms, np.inf))), "least TTFT"
+        else:
+            idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
+        return idx, float(ttft_ms[idx]), n_fit, how
+
+    def fits(self, spec: RequestSpec, output_tokens: int, now_s: float, best_effort: bool,
+             optimistic: bool = False, role: Role = Role.COLOCATED) -> tuple[np.ndarray, np.ndarray]:
+        """Tests (1)-(5) on every instance of `role` (False elsewhere): (fits, predicted TTFT ms),
+        one entry per instance."""
         L, O = float(spec.prompt_tokens), float(output_tokens)
         x = L + O / 2
         ttft_ms = self.ttft_ms(L, optimistic)
@@ -119,17 +136,17 @@ class FitTable:
             ok &= (ttft_ms <= (spec.ttft_deadline_s - now_s) * 1000.0) & (s_new <= spec.slo.tpot_ms)
             if self.config.backlog_interferes and O > 1:
                 ok &= (O - 1) * (spec.slo.tpot_ms - s_new) >= self.c1 * self.backlog
-        n_fit = int(ok.sum())
-        if n_fit == 0:
-            return None
-        budget_ms = (spec.ttft_deadline_s - now_s) * 1000.0
-        if not best_effort and budget_ms < self.config.tight_ttft_factor * float(ttft_ms[ok].min()):
-            # Tight first token: the least predicted TTFT wins (the prediction is a mean; the
-            # spare is too small to trade for balance).
-            idx, how = int(np.argmin(np.where(ok, ttft_ms, np.inf))), "least TTFT"
-        else:
-            idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
-        return idx, float(ttft_ms[idx]), n_fit, how
+        return ok, ttft_ms
+
+    def fits_every_output(self, spec: RequestSpec, now_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """fits(), for the request with any output from 1 to spec.max_tokens tokens. Tests (1)-(4)
+        only get harder as the output grows, so they run at max_tokens; test (5) does not, so
+        it runs in a form that holds for every output of 2 or more: (TPOT - s'(max)) >= c1*B."""
+        ok, ttft_ms = self.fits(spec, spec.max_tokens, now_s, best_effort=False)
+        if self.config.backlog_interferes:
+            s_max = self.s_plus_c2 + self.c3 * (spec.prompt_tokens + spec.max_tokens / 2)
+            ok &= (spec.slo.tpot_ms - s_max) >= self.c1 * self.backlog
+        return ok, ttft_ms
 
     def affinity_band(self, tpot_ms: float) -> np.ndarray:
         """0 where the instance's tightest running TPOT is within a factor `affinity_tolerance` of
@@ -150,10 +167,13 @@ class FitTable:
         """Among fitting instances: lowest affinity band first, then spread (fewest decoding
         sequences) or best fit (most: consolidates so the scaler can release the idle ones).
         Ties go to the lower index (deterministic)."""
+        return int(np.argmin(self.preference(ok, tpot_ms)))
+
+    def preference(self, ok: np.ndarray, tpot_ms: float) -> np.ndarray:
+        """choose()'s order as a key per instance (lower first; inf where not ok)."""
         band = self.affinity_band(tpot_ms)
         load = self.n if self.config.placement == "spread" else -self.n
-        key = np.where(ok, band * 1e6 + load, np.inf)
-        return int(np.argmin(key))
+        return np.where(ok, band * 1e6 + load, np.inf)
 
     def place(self, idx: int, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool,
               role: Role = Role.COLOCATED) -> None:

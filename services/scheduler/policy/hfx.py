@@ -13,13 +13,15 @@ import copy
 
 from typing import Sequence
 
-from services.common.domain import (ClusterSnapshot, Decision, InstanceView, Preemption, RequestSpec,
-                                    ScheduleResult, Verdict)
+import numpy as np
+
+from services.common.domain import (ClusterSnapshot, Decision, Grant, InstanceView, Preemption, RequestSpec,
+                                    ScheduleResult, TicketBound, Verdict)
 from services.scheduler.policy.base import PolicyConfig, latency_model_of
 from services.scheduler.policy.budget import InstanceBudget, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
-from services.scheduler.policy.pd import legs_of, plan
+from services.scheduler.policy.pd import SPLIT, legs_of, options, plan
 from services.scheduler.policy.ranking import Entry, RankedQueue
 
 MAX_DEMOTIONS_PER_CALL = 256
@@ -55,6 +57,30 @@ class Hfx:
         """Each instance's budget as of its last pass (inf: nothing protected runs there), for
         the scheduler's hfx_instance_budget_ms gauge."""
         return {iid: budget.bank_ms for iid, budget in self._pass_budgets.items()}
+
+    def tickets(self, cluster: ClusterSnapshot, bounds: Sequence[TicketBound], now_s: float) -> list[Grant]:
+        """Standing placements while nothing waits (IssuesTickets): per instance, the widest bound
+        whose every request fits it by tests (1)-(5) (FitTable.fits_every_output: the guarantee
+        a router relies on). Ranked as a pass would choose."""
+        if not cluster.instances or not bounds:
+            return []
+        budgets = [self._budget(inst) for inst in cluster.instances]
+        table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set())
+        granted: dict[int, Grant] = {}
+        for bound in bounds:
+            probe = bound.probe("ticket-probe", now_s)
+            if options(table, probe, self.config)[0][:1] == [SPLIT]:
+                continue   # requests this long are split over P and D; a ticket runs one whole
+            ok, ttft_ms = table.fits_every_output(probe, now_s)
+            order = table.preference(ok, bound.min_tpot_ms)
+            for idx in map(int, np.flatnonzero(ok)):
+                if idx not in granted:
+                    granted[idx] = Grant(
+                        table.ids[idx], bound, float(ttft_ms[idx]), int(order[idx]),
+                        f"ticket: up to {bound.max_prompt_tokens}+{bound.max_tokens} tokens with TTFT >= "
+                        f"{bound.min_ttft_ms:.0f} ms and TPOT >= {bound.min_tpot_ms:.1f} ms fits {table.ids[idx]} "
+                        f"(predicted TTFT {float(ttft_ms[idx]):.0f} ms, budget {table.bank_ms[idx]:.0f} ms)")
+        return sorted(granted.values(), key=lambda g: (g.rank, g.instance_id))
 
     # -- one pass -------------------------------------------------------------------------------
 

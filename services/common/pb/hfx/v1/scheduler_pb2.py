@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb.hfx.v1 import common_pb2 as hfx_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfx/v1/scheduler.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\xc1\x02\n\x0cPlaceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x18\n\x03slo\x18\x04 \x01(\x0b\x32\x0b.hfx.v1.Slo\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ntask_class\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x16\n\x0e\x61rrival_unix_s\x18\x08 \x01(\x01\x12\x16\n\x0eresumed_tokens\x18\t \x01(\x05\x12=\n\rtrace_context\x18\n \x03(\x0b\x32&.hfx.v1.PlaceRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x02\n\tPlacement\x12 \n\x07verdict\x18\x01 \x01(\x0e\x32\x0f.hfx.v1.Verdict\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x01\x12\x19\n\x11predicted_ttft_ms\x18\x07 \x01(\x01\x12\x10\n\x08slack_ms\x18\x08 \x01(\x01\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\x05\x12\x15\n\rerror_message\x18\x0b \x01(\t\x12\x19\n\x04legs\x18\x0c \x03(\x0b\x32\x0b.hfx.v1.Leg\"G\n\x03Leg\x12\x1a\n\x04role\x18\x01 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"{\n\x0bLinkRequest\x12$\n\x06places\x18\x01 \x03(\x0b\x32\x14.hfx.v1.PlaceRequest\x12*\n\tcompletes\x18\x02 \x03(\x0b\x32\x17.hfx.v1.CompleteRequest\x12\x1a\n\x12\x63\x61ncel_request_ids\x18\x03 \x03(\t\"5\n\x0cLinkResponse\x12%\n\nplacements\x18\x01 \x03(\x0b\x32\x11.hfx.v1.Placement\"\xd5\x01\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.hfx.v1.Outcome\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x05 \x01(\x01\x12\x15\n\routput_tokens\x18\x06 \x01(\x05\x12\x0f\n\x07slo_met\x18\x07 \x01(\x08\x12\x12\n\ntask_class\x18\x08 \x01(\t\x12\x19\n\x03leg\x18\t \x01(\x0e\x32\x0c.hfx.v1.Role\"\x12\n\x10\x43ompleteResponse\"\x14\n\x12ReportLoadResponse\"\x18\n\x16GetClusterStateRequest\"^\n\x0c\x43lusterState\x12#\n\tinstances\x18\x01 \x03(\x0b\x32\x10.hfx.v1.Instance\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x19\n\x11inflight_requests\x18\x03 \x01(\x05*b\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ADMIT\x10\x01\x12\x17\n\x13VERDICT_BEST_EFFORT\x10\x02\x12\x12\n\x0eVERDICT_REJECT\x10\x03*a\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_FINISHED\x10\x01\x12\x13\n\x0fOUTCOME_ABORTED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x32\xfd\x02\n\tScheduler\x12\x30\n\x05Place\x12\x14.hfx.v1.PlaceRequest\x1a\x11.hfx.v1.Placement\x12=\n\x08\x43omplete\x12\x17.hfx.v1.CompleteRequest\x1a\x18.hfx.v1.CompleteResponse\x12<\n\nReportLoad\x12\x12.hfx.v1.LoadReport\x1a\x1a.hfx.v1.ReportLoadResponse\x12>\n\nStreamLoad\x12\x12.hfx.v1.LoadReport\x1a\x1a.hfx.v1.ReportLoadResponse(\x01\x12\x38\n\x07\x43onnect\x12\x13.hfx.v1.LinkRequest\x1a\x14.hfx.v1.LinkResponse(\x01\x30\x01\x12G\n\x0fGetClusterState\x12\x1e.hfx.v1.GetClusterStateRequest\x1a\x14.hfx.v1.ClusterStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfx/v1/scheduler.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\xd4\x02\n\x0cPlaceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x18\n\x03slo\x18\x04 \x01(\x0b\x32\x0b.hfx.v1.Slo\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ntask_class\x18\x06 \x01(\t\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x16\n\x0e\x61rrival_unix_s\x18\x08 \x01(\x01\x12\x16\n\x0eresumed_tokens\x18\t \x01(\x05\x12=\n\rtrace_context\x18\n \x03(\x0b\x32&.hfx.v1.PlaceRequest.TraceContextEntry\x12\x11\n\tticket_id\x18\x0b \x01(\t\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x02\n\tPlacement\x12 \n\x07verdict\x18\x01 \x01(\x0e\x32\x0f.hfx.v1.Verdict\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x01\x12\x19\n\x11predicted_ttft_ms\x18\x07 \x01(\x01\x12\x10\n\x08slack_ms\x18\x08 \x01(\x01\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\x05\x12\x15\n\rerror_message\x18\x0b \x01(\t\x12\x19\n\x04legs\x18\x0c \x03(\x0b\x32\x0b.hfx.v1.Leg\"G\n\x03Leg\x12\x1a\n\x04role\x18\x01 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"{\n\x0bLinkRequest\x12$\n\x06places\x18\x01 \x03(\x0b\x32\x14.hfx.v1.PlaceRequest\x12*\n\tcompletes\x18\x02 \x03(\x0b\x32\x17.hfx.v1.CompleteRequest\x12\x1a\n\x12\x63\x61ncel_request_ids\x18\x03 \x03(\t\"Y\n\x0cLinkResponse\x12%\n\nplacements\x18\x01 \x03(\x0b\x32\x11.hfx.v1.Placement\x12\"\n\x07tickets\x18\x02 \x01(\x0b\x32\x11.hfx.v1.TicketSet\",\n\tTicketSet\x12\x1f\n\x07tickets\x18\x01 \x03(\x0b\x32\x0e.hfx.v1.Ticket\"\xe3\x01\n\x06Ticket\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x19\n\x11max_prompt_tokens\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x13\n\x0bmin_ttft_ms\x18\x06 \x01(\x01\x12\x13\n\x0bmin_tpot_ms\x18\x07 \x01(\x01\x12\x19\n\x11predicted_ttft_ms\x18\x08 \x01(\x01\x12\x0c\n\x04rank\x18\t \x01(\x05\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x0e\n\x06policy\x18\x0b \x01(\t\"\xd5\x01\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.hfx.v1.Outcome\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x05 \x01(\x01\x12\x15\n\routput_tokens\x18\x06 \x01(\x05\x12\x0f\n\x07slo_met\x18\x07 \x01(\x08\x12\x12\n\ntask_class\x18\x08 \x01(\t\x12\x19\n\x03leg\x18\t \x01(\x0e\x32\x0c.hfx.v1.Role\"\x12\n\x10\x43ompleteResponse\"\x14\n\x12ReportLoadResponse\"\x18\n\x16GetClusterStateRequest\"^\n\x0c\x43lusterState\x12#\n\tinstances\x18\x01 \x03(\x0b\x32\x10.hfx.v1.Instance\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x19\n\x11inflight_requests\x18\x03 \x01(\x05*b\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ADMIT\x10\x01\x12\x17\n\x13VERDICT_BEST_EFFORT\x10\x02\x12\x12\n\x0eVERDICT_REJECT\x10\x03*a\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_FINISHED\x10\x01\x12\x13\n\x0fOUTCOME_ABORTED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x32\xfd\x02\n\tScheduler\x12\x30\n\x05Place\x12\x14.hfx.v1.PlaceRequest\x1a\x11.hfx.v1.Placement\x12=\n\x08\x43omplete\x12\x17.hfx.v1.CompleteRequest\x1a\x18.hfx.v1.CompleteResponse\x12<\n\nReportLoad\x12\x12.hfx.v1.LoadReport\x1a\x1a.hfx.v1.ReportLoadResponse\x12>\n\nStreamLoad\x12\x12.hfx.v1.LoadReport\x1a\x1a.hfx.v1.ReportLoadResponse(\x01\x12\x38\n\x07\x43onnect\x12\x13.hfx.v1.LinkRequest\x1a\x14.hfx.v1.LinkResponse(\x01\x30\x01\x12G\n\x0fGetClusterState\x12\x1e.hfx.v1.GetClusterStateRequest\x1a\x14.hfx.v1.ClusterStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,32 +34,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PLACEREQUEST_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_PLACEREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=1289
-  _globals['_VERDICT']._serialized_end=1387
-  _globals['_OUTCOME']._serialized_start=1389
-  _globals['_OUTCOME']._serialized_end=1486
+  _globals['_VERDICT']._serialized_start=1620
+  _globals['_VERDICT']._serialized_end=1718
+  _globals['_OUTCOME']._serialized_start=1720
+  _globals['_OUTCOME']._serialized_end=1817
   _globals['_PLACEREQUEST']._serialized_start=56
-  _globals['_PLACEREQUEST']._serialized_end=377
-  _globals['_PLACEREQUEST_TRACECONTEXTENTRY']._serialized_start=326
-  _globals['_PLACEREQUEST_TRACECONTEXTENTRY']._serialized_end=377
-  _globals['_PLACEMENT']._serialized_start=380
-  _globals['_PLACEMENT']._serialized_end=654
-  _globals['_LEG']._serialized_start=656
-  _globals['_LEG']._serialized_end=727
-  _globals['_LINKREQUEST']._serialized_start=729
-  _globals['_LINKREQUEST']._serialized_end=852
-  _globals['_LINKRESPONSE']._serialized_start=854
-  _globals['_LINKRESPONSE']._serialized_end=907
-  _globals['_COMPLETEREQUEST']._serialized_start=910
-  _globals['_COMPLETEREQUEST']._serialized_end=1123
-  _globals['_COMPLETERESPONSE']._serialized_start=1125
-  _globals['_COMPLETERESPONSE']._serialized_end=1143
-  _globals['_REPORTLOADRESPONSE']._serialized_start=1145
-  _globals['_REPORTLOADRESPONSE']._serialized_end=1165
-  _globals['_GETCLUSTERSTATEREQUEST']._serialized_start=1167
-  _globals['_GETCLUSTERSTATEREQUEST']._serialized_end=1191
-  _globals['_CLUSTERSTATE']._serialized_start=1193
-  _globals['_CLUSTERSTATE']._serialized_end=1287
-  _globals['_SCHEDULER']._serialized_start=1489
-  _globals['_SCHEDULER']._serialized_end=1870
+  _globals['_PLACEREQUEST']._serialized_end=396
+  _globals['_PLACEREQUEST_TRACECONTEXTENTRY']._serialized_start=345
+  _globals['_PLACEREQUEST_TRACECONTEXTENTRY']._serialized_end=396
+  _globals['_PLACEMENT']._serialized_start=399
+  _globals['_PLACEMENT']._serialized_end=673
+  _globals['_LEG']._serialized_start=675
+  _globals['_LEG']._serialized_end=746
+  _globals['_LINKREQUEST']._serialized_start=748
+  _globals['_LINKREQUEST']._serialized_end=871
+  _globals['_LINKRESPONSE']._serialized_start=873
+  _globals['_LINKRESPONSE']._serialized_end=962
+  _globals['_TICKETSET']._serialized_start=964
+  _globals['_TICKETSET']._serialized_end=1008
+  _globals['_TICKET']._serialized_start=1011
+  _globals['_TICKET']._serialized_end=1238
+  _globals['_COMPLETEREQUEST']._serialized_start=1241
+  _globals['_COMPLETEREQUEST']._serialized_end=1454
+  _globals['_COMPLETERESPONSE']._serialized_start=1456
+  _globals['_COMPLETERESPONSE']._serialized_end=1474
+  _globals['_REPORTLOADRESPONSE']._serialized_start=1476
+  _globals['_REPORTLOADRESPONSE']._serialized_end=1496
+  _globals['_GETCLUSTERSTATEREQUEST']._serialized_start=1498
+  _globals['_GETCLUSTERSTATEREQUEST']._serialized_end=1522
+  _globals['_CLUSTERSTATE']._serialized_start=1524
+  _globals['_CLUSTERSTATE']._serialized_end=1618
+  _globals['_SCHEDULER']._serialized_start=1820
+  _globals['_SCHEDULER']._serialized_end=2201
 # @@protoc_insertion_point(module_scope)

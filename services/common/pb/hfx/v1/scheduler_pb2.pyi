@@ -31,7 +31,7 @@ OUTCOME_ABORTED: Outcome
 OUTCOME_FAILED: Outcome
 
 class PlaceRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "slo", "priority", "task_class", "tenant", "arrival_unix_s", "resumed_tokens", "trace_context")
+    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "slo", "priority", "task_class", "tenant", "arrival_unix_s", "resumed_tokens", "trace_context", "ticket_id")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class PlaceRequest(_message.Message):
     ARRIVAL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     RESUMED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    TICKET_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     max_tokens: int
@@ -59,7 +60,8 @@ class PlaceRequest(_message.Message):
     arrival_unix_s: float
     resumed_tokens: int
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., resumed_tokens: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    ticket_id: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., slo: _Optional[_Union[_common_pb2.Slo, _Mapping]] = ..., priority: _Optional[int] = ..., task_class: _Optional[str] = ..., tenant: _Optional[str] = ..., arrival_unix_s: _Optional[float] = ..., resumed_tokens: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., ticket_id: _Optional[str] = ...) -> None: ...
 
 class Placement(_message.Message):
     __slots__ = ("verdict", "instance_id", "address", "reason", "policy", "retry_after_ms", "predicted_ttft_ms", "slack_ms", "request_id", "error_code", "error_message", "legs")
@@ -110,10 +112,44 @@ class LinkRequest(_message.Message):
     def __init__(self, places: _Optional[_Iterable[_Union[PlaceRequest, _Mapping]]] = ..., completes: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ..., cancel_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LinkResponse(_message.Message):
-    __slots__ = ("placements",)
+    __slots__ = ("placements", "tickets")
     PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    TICKETS_FIELD_NUMBER: _ClassVar[int]
     placements: _containers.RepeatedCompositeFieldContainer[Placement]
-    def __init__(self, placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ...) -> None: ...
+    tickets: TicketSet
+    def __init__(self, placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., tickets: _Optional[_Union[TicketSet, _Mapping]] = ...) -> None: ...
+
+class TicketSet(_message.Message):
+    __slots__ = ("tickets",)
+    TICKETS_FIELD_NUMBER: _ClassVar[int]
+    tickets: _containers.RepeatedCompositeFieldContainer[Ticket]
+    def __init__(self, tickets: _Optional[_Iterable[_Union[Ticket, _Mapping]]] = ...) -> None: ...
+
+class Ticket(_message.Message):
+    __slots__ = ("ticket_id", "instance_id", "address", "max_prompt_tokens", "max_tokens", "min_ttft_ms", "min_tpot_ms", "predicted_ttft_ms", "rank", "reason", "policy")
+    TICKET_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIN_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ticket_id: str
+    instance_id: str
+    address: str
+    max_prompt_tokens: int
+    max_tokens: int
+    min_ttft_ms: float
+    min_tpot_ms: float
+    predicted_ttft_ms: float
+    rank: int
+    reason: str
+    policy: str
+    def __init__(self, ticket_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_ttft_ms: _Optional[float] = ..., min_tpot_ms: _Optional[float] = ..., predicted_ttft_ms: _Optional[float] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
     __slots__ = ("request_id", "instance_id", "outcome", "ttft_ms", "tpot_ms", "output_tokens", "slo_met", "task_class", "leg")
