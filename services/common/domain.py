@@ -154,6 +154,9 @@ class InstanceView:
     load: InstanceLoad = field(default_factory=InstanceLoad)
     running: tuple[RunningRequest, ...] = ()
     latency_model: LatencyModel | None = None
+    # When a prefill leg last ended here (P instances): the prefill still queued started no
+    # earlier, however long ago it was placed (its RunningRequest is all the queue left).
+    prefill_done_s: float = float("-inf")
 
     @property
     def accepting(self) -> bool:

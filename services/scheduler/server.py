@@ -335,7 +335,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         else ends the request on every instance it still held (so a router may name either leg)."""
         if request.leg == common_pb2.ROLE_PREFILL:
             done = None
-            self.state.complete(request.instance_id, request.request_id)
+            if self.state.complete(request.instance_id, request.request_id) is not None:
+                self.state.prefill_done[request.instance_id] = time.time()
         else:
             done = self.state.finish(request.request_id)
         if request.outcome == scheduler_pb2.OUTCOME_FAILED and request.instance_id:

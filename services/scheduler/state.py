@@ -32,6 +32,7 @@ class ClusterState:
     # Instances the scaler is draining (Redis {prefix}:draining): they finish what runs there
     # and get no new placements, whatever their own load reports say.
     draining: set[str] = field(default_factory=set)
+    prefill_done: dict[str, float] = field(default_factory=dict)  # instance -> its last prefill leg's end
     # request -> the instances it holds (one, or P and D for a split request until P's leg ends).
     held: dict[str, set[str]] = field(default_factory=dict)
 
@@ -100,6 +101,7 @@ class ClusterState:
                     load=load,
                     running=tuple(self.running.get(iid, {}).values()),
                     latency_model=self.models.get(iid),
+                    prefill_done_s=self.prefill_done.get(iid, float("-inf")),
                 )
             )
         return ClusterSnapshot(instances=tuple(views))

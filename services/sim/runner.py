@@ -87,6 +87,7 @@ class _Node:
     view: InstanceView | None = None
     draining: bool = False      # set by an autoscaler (services/sim/scaling.py): no new placements
     role: Role = Role.COLOCATED
+    prefill_done_s: float = float("-inf")   # when a prefill leg last ended here (InstanceView)
 
 
 class Simulation:
@@ -229,6 +230,7 @@ class Simulation:
     def _prefill_done(self, node: _Node, rid: str) -> None:
         """A split request's prefill leg ended on P: its KV leaves for D (no token to the client)."""
         running = node.placed.pop(rid)
+        node.prefill_done_s = self.now_s
         self._prefill_on.pop(rid, None)
         per_token = node.sim.model.kv_transfer_ms_per_token or DEFAULT_KV_TRANSFER_MS_PER_TOKEN
         self._in_transfer[rid] = self.records[rid].preemptions
@@ -310,7 +312,8 @@ class Simulation:
         if node.draining:
             load = replace(load, draining=True)
         node.view = InstanceView(sim.instance_id, f"sim://{sim.instance_id}", role=node.role, load=load,
-                                 running=node.running_view, latency_model=sim.model)
+                                 running=node.running_view, latency_model=sim.model,
+                                 prefill_done_s=node.prefill_done_s)
 
     def _finish(self, rec: RequestRecord) -> None:
         self._done += 1

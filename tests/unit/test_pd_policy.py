@@ -221,3 +221,16 @@ def test_tickets_only_for_requests_the_policy_would_run_whole():
     assert hfx.tickets(c, [TicketBound(1000, 10, 1000.0, 10.0)], 0.0) == []
     (grant,) = hfx.tickets(c, [TicketBound(50, 10, 1000.0, 10.0)], 0.0)
     assert grant.instance_id == "c0"
+
+
+def test_prefill_queue_on_p_starts_no_earlier_than_the_last_leg_that_ended():
+    """A 1000-token prefill leg placed at t=0 on p0 waited behind a leg that ended at t=0.5 s (and
+    left the running set). P prefills 100 tokens per 2 + 0.01*100 = 3 ms step: 33.3 tokens/ms. At
+    t=0.51 s 1000 - 333.3 = 666.7 tokens remain; without the end time the queue would look
+    drained since t=0.03 s."""
+    leg = long_request()
+    p0 = node("p0", Role.PREFILL, legs=((leg, Role.PREFILL),))
+    est = OutputLengthEstimator(10)
+    assert summarise(p0, CFG, est).backlog_tokens(0.51) == 0
+    waited = replace(p0, prefill_done_s=0.5)
+    assert summarise(waited, CFG, est).backlog_tokens(0.51) == pytest.approx(1000 - 100 / 3 * 10)

@@ -114,6 +114,9 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
     out.prefill_rate_tps = per_step / step_with_chunk_ms * 1000.0
     # Walk newest to oldest: suffix sums give both the FIFO backlog anchor and the interference
     # each request suffers from prefills placed after it.
+    total_prefill = sum(p for p, _ in shapes)
+    if total_prefill:   # none of it started before the last prefill leg here ended
+        out.backlog_anchor_tokens = total_prefill + out.prefill_rate_tps * inst.prefill_done_s
     after_tokens = 0.0
     victim_key: tuple = ()
     for r, (prefill, o) in zip(reversed(running), reversed(shapes)):

@@ -124,7 +124,7 @@ class Hfx:
         cache entry would carry the requests placed there in earlier passes forever."""
         # Cached while the running set, model and capacity are the same objects/values: a
         # snapshot producer that keeps unchanged tuples makes a pass O(instances), not O(running).
-        sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens)
+        sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens, inst.prefill_done_s)
         hit = self._budgets.get(inst.instance_id)
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
             return copy.copy(hit[1])
