@@ -54,6 +54,7 @@ def test_split_placement_carries_both_legs_with_addresses_and_counts_on_both():
         s.complete(scheduler_pb2.CompleteRequest(request_id="x", instance_id="p0", leg=common_pb2.ROLE_PREFILL,
                                                  outcome=scheduler_pb2.OUTCOME_FINISHED))
         assert "x" not in s.state.running["p0"] and "x" in s.state.running["d0"]
+        assert s.state.snapshot().get("p0").prefill_done_s > 0   # P's queue restarts from now
         # The request ends (the router may name the first leg): D is freed too.
         s.complete(scheduler_pb2.CompleteRequest(request_id="x", instance_id="p0",
                                                  outcome=scheduler_pb2.OUTCOME_FINISHED, output_tokens=5))
