@@ -11,10 +11,10 @@ The rule, per request:
   is what protects tight TPOTs); when no (P, D) pair fits (P's queue too long for its TTFT, say),
   whole on C, then prefilled on D itself, each only if its fit test passes: that test charges the
   prefill to every request running there (fit.py (2), (5)), so D's decodes stay protected.
-  (Measured in the simulator before the P-queue fix, pd.yaml, 16 instances at 40 req/s, seed 1: on the first 1500
-  requests this fallback took HFX from 88.4% to 96.1% at 4:12 and from 94.3% to 95.3% at 6:10,
-  chat requests stuck behind long prefills on P being refused without it; on 3000 requests it
-  changed nothing, 95.8% / 92.2% both ways.)
+  (Measured in the simulator before the P-queue fix, pd.yaml, 16 instances at 40 req/s, seed 1:
+  on the first 1500 requests this fallback took HFX from 88.4% to 96.1% at 4:12 and from 94.3%
+  to 95.3% at 6:10, chat requests stuck behind long prefills on P being refused without it; on
+  3000 requests it changed nothing, 95.8% / 92.2% both ways.)
 Each option is tested by the fit tests (fit.py for whole, stages.py for split); the first that
 fits wins, and the Placement's reason says which option won and why the earlier ones did not.
 """
