@@ -123,6 +123,17 @@ def engine_name(value: str) -> str:
     return value
 
 
+def worker_role(value: str):
+    """--role: colocated, prefill or decode (services.common.domain.Role)."""
+    from services.common.domain import Role
+
+    try:
+        return Role(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown role {value!r}; choose one of {', '.join(r.value for r in Role)}") from None
+
+
 def tracing_spec(value: str) -> str:
     """The --tracing spec as text (handed on to child processes), checked here."""
     from services.common.tracing import TracingConfig

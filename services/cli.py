@@ -88,7 +88,8 @@ def cmd_scheduler(args) -> int:
 
     runtime.run_service(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
-                                      metrics_port=args.metrics_port, tickets=args.tickets)))
+                                      metrics_port=args.metrics_port, tickets=args.tickets,
+                                      pd_local_prefill=args.pd_local_prefill)))
     return 0
 
 
@@ -107,7 +108,8 @@ def cmd_scaler(args) -> int:
     spec = args.tracing.spec()
     runtime.run_service(serve(ScalerConfig(
         model=_default_model(args), scheduler_address=args.scheduler, log_dir=Path(args.log_dir), host=args.host,
-        port=args.port, replicas=args.replicas, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
+        port=args.port, replicas=args.replicas, prefill_replicas=args.prefill, decode_replicas=args.decode,
+        redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
         autoscale=autoscale, actuator=args.actuator,
@@ -123,7 +125,7 @@ def cmd_worker(args) -> int:
 
     config = WorkerConfig(
         model=_default_model(args), instance_id=args.instance_id, host=args.host, port=args.port, engine=args.engine,
-        device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
+        role=args.role, device=args.device, redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         scheduler_address=args.scheduler or "", kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
         session_coalesce_ms=args.session_coalesce_ms,
@@ -169,9 +171,10 @@ def cmd_up(args) -> int:
         worker_args=tuple(worker_args), http_port=args.http_port,
         api_keys=tuple(args.api_key) + _key_file(args.api_key_file),
         classes=args.classes or "", tied_to_caller=not args.detach, scaler_args=tuple(forward_flags(args)),
+        prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
         tickets=args.tickets,
     )
-    print(f"starting HFX: {args.workers} {args.engine} worker(s), model {model}", file=sys.stderr)
+    print(f"starting HFX: {opts.describe_workers()} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:
         state = cluster.up(opts)
     except (RuntimeError, TimeoutError) as err:
@@ -222,7 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="start a local cluster and wait until every part is ready")
-    p.add_argument("--workers", type=argtypes.positive_int, default=1, help="number of workers (default %(default)s)")
+    p.add_argument("--workers", type=argtypes.non_negative_int, default=None,
+                   help="colocated workers (default 1, or 0 with --prefill/--decode)")
+    p.add_argument("--prefill", type=argtypes.non_negative_int, default=0,
+                   help="P/D: prefill workers (role prefill) (default %(default)s)")
+    p.add_argument("--decode", type=argtypes.non_negative_int, default=0,
+                   help="P/D: decode workers (role decode) (default %(default)s)")
+    _add_pd_local_prefill(p)
     p.add_argument("--model", type=argtypes.model_dir, help="local HF checkpoint dir (default: the built-in tiny model)")
     p.add_argument("--engine", default="vllm", type=argtypes.engine_name,
                    help="worker engine: vllm, or sim (SIMULATED: timing from a latency model, for scale tests) "
@@ -329,13 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
     _add_tickets_flag(p)
+    _add_pd_local_prefill(p)
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("scaler", help="run the scaler process (it launches the workers)")
     _add_common(p)
     p.add_argument("--port", type=argtypes.port, default=50053, help="gRPC port (default %(default)s)")
     p.add_argument("--replicas", type=argtypes.non_negative_int, default=1,
-                   help="workers to start and keep running (default %(default)s)")
+                   help="colocated workers to start and keep running (default %(default)s)")
+    p.add_argument("--prefill", type=argtypes.non_negative_int, default=0,
+                   help="P/D: prefill workers to start and keep running (default %(default)s)")
+    p.add_argument("--decode", type=argtypes.non_negative_int, default=0,
+                   help="P/D: decode workers to start and keep running (default %(default)s)")
     p.add_argument("--model", type=argtypes.model_dir,
                    help="checkpoint dir for the workers (default: the built-in tiny model)")
     p.add_argument("--scheduler", required=True, type=argtypes.address,
@@ -374,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine sim: built-in latency profile name or profile JSON file (default %(default)s)")
     p.add_argument("--sim-seed", type=argtypes.non_negative_int, default=0,
                    help="engine sim: seed for token ids and step noise (default %(default)s)")
+    p.add_argument("--role", type=argtypes.worker_role, default="colocated", metavar="{colocated,prefill,decode}",
+                   help="what the scheduler places here: whole requests (colocated), the prefill legs of P/D "
+                        "requests (prefill) or their decode legs (decode) (default %(default)s)")
     p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
                    help="profile the engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"], help="device (default %(default)s)")
@@ -444,11 +461,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_pd_local_prefill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pd-local-prefill", action=argparse.BooleanOptionalAction, default=True,
+                   help="P/D: a decode worker may prefill a short prompt itself instead of taking its KV from a "
+                        "prefill worker (default on; off: only colocated and prefill workers prefill)")
+
+
 def _check_up(args) -> str | None:
     """What one flag's type cannot see: flags that contradict each other."""
     if args.router_port == args.http_port:
         return f"--router-port and --http-port are both {args.router_port}"
-    return autoscale_check(args)
+    if args.workers is None:   # one colocated worker unless P/D workers were asked for
+        args.workers = 0 if args.prefill or args.decode else 1
+    problem = pd_counts_problem(args.workers, args.prefill, args.decode, args.pd_local_prefill)
+    return problem or autoscale_check(args)
+
+
+def pd_counts_problem(colocated: int, prefill: int, decode: int, local_prefill: bool) -> str | None:
+    """A mix of workers that cannot serve a request: the scheduler's own rule (serving_gap), asked
+    before anything starts."""
+    from services.common.domain import ClusterSnapshot, InstanceView, Role
+    from services.scheduler.policy import PolicyConfig
+    from services.scheduler.policy.base import serving_gap
+
+    if colocated + prefill + decode == 0:
+        return "no workers: give --workers, or --prefill and --decode"
+    views = [InstanceView(f"{role.value}-{i}", "", role) for role, n in
+             ((Role.COLOCATED, colocated), (Role.PREFILL, prefill), (Role.DECODE, decode)) for i in range(n)]
+    gap = serving_gap(ClusterSnapshot(tuple(views)), PolicyConfig(pd_local_prefill=local_prefill))
+    return f"--workers {colocated} --prefill {prefill} --decode {decode}: {gap}" if gap else None
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -95,6 +95,10 @@ class LatencyModel:
     c1_ms_per_prefill_token: float
     c2_ms_per_decode_seq: float
     c3_ms_per_kv_token: float
+    # Moving one token's KV from this (prefill) instance to a decode instance; 0 = not measured
+    # (policies then use PolicyConfig.default_kv_transfer_ms_per_token). Not a step term: the
+    # transfer runs beside the engine's steps, so it is charged to the request's TTFT only.
+    kv_transfer_ms_per_token: float = 0.0
 
     def step_ms(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
         return (
@@ -134,6 +138,9 @@ class RunningRequest:
 
     spec: RequestSpec
     placed_s: float
+    # The leg this instance runs: COLOCATED (prefill and decode), PREFILL (prefill only, then its
+    # KV leaves), DECODE (decode only: the prompt's KV arrives from the prefill instance).
+    role: Role = Role.COLOCATED
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,9 @@ class InstanceView:
     load: InstanceLoad = field(default_factory=InstanceLoad)
     running: tuple[RunningRequest, ...] = ()
     latency_model: LatencyModel | None = None
+    # When a prefill leg last ended here (P instances): the prefill still queued started no
+    # earlier, however long ago it was placed (its RunningRequest is all the queue left).
+    prefill_done_s: float = float("-inf")
 
     @property
     def accepting(self) -> bool:

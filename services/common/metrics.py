@@ -51,6 +51,9 @@ TICKETS_OUTSTANDING = Gauge("hfx_scheduler_tickets_outstanding", "Tickets (stand
 QUEUE_DEPTH = Gauge("hfx_scheduler_queue_depth", "Requests waiting for placement", ["policy"], registry=REGISTRY)
 VERDICTS = Counter("hfx_scheduler_verdicts", "Placement verdicts (admit, best_effort, reject) by reason kind",
                    ["policy", "verdict", "reason"], registry=REGISTRY)
+PLACEMENTS = Counter("hfx_scheduler_placements", "Requests placed, by how they run: colocated (whole on a "
+                     "colocated instance), split (prefill on P, decode on D), prefill_on_decode (whole on a decode "
+                     "instance)", ["policy", "mode"], registry=REGISTRY)
 PREEMPTIONS = Counter("hfx_scheduler_preemptions", "Running requests preempted by in-flight protection, by "
                       "result (sent: the worker stopped it, gone: it had already ended, failed: the worker "
                       "could not be told)", ["policy", "result"], registry=REGISTRY)

@@ -41,6 +41,18 @@ class UpOptions:
     tied_to_caller: bool = True
     scaler_args: tuple[str, ...] = ()  # autoscaling flags for the scaler (services/scaler/autoscale_cli.py)
     tickets: bool = True               # the scheduler grants routers tickets (see `hfx scheduler --help`)
+    prefill: int = 0                   # P/D: prefill and decode workers beside the `workers` colocated ones
+    decode: int = 0
+    pd_local_prefill: bool = True      # the scheduler's --pd-local-prefill (may D prefill short prompts?)
+
+    @property
+    def total_workers(self) -> int:
+        return self.workers + self.prefill + self.decode
+
+    def describe_workers(self) -> str:
+        parts = [f"{n} {what}" for n, what in ((self.workers, "colocated"), (self.prefill, "prefill"),
+                                               (self.decode, "decode")) if n]
+        return " + ".join(parts) or "0"
 
 
 SPAN_STORE_KEEP_S = 7 * 86400.0  # `hfx up` deletes span files of processes that stopped writing longer ago
@@ -176,6 +188,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
                                           *([] if opts.tickets else ["--no-tickets"]),
+                                          *([] if opts.pd_local_prefill else ["--no-pd-local-prefill"]),
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
                         log_dir / "scheduler.log", **mark)
     state.record("scheduler", sched.pid)
@@ -196,6 +209,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     state.scaler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     scaler = procs.spawn(
         procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
+                          "--prefill", str(opts.prefill), "--decode", str(opts.decode),
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
                           "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else []),
@@ -204,10 +218,10 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     )
     state.record("scaler", scaler.pid)
     wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log", "hfx.v1.Scaler")
-    _step(f"scaler ready at {state.scaler}, launching {opts.workers} {opts.engine} worker(s)", t0)
+    _step(f"scaler ready at {state.scaler}, launching {opts.describe_workers()} {opts.engine} worker(s)", t0)
 
-    _wait_workers(state, opts.workers, opts.timeout_s, log_dir, scaler)
-    _step(f"{opts.workers} worker(s) ready", t0)
+    _wait_workers(state, opts.total_workers, opts.timeout_s, log_dir, scaler)
+    _step(f"{opts.total_workers} worker(s) ready", t0)
     for path in sorted(log_dir.glob("*.metrics")):  # written by the scaler for each worker it starts
         state.metrics[path.stem] = path.read_text().strip()
 

@@ -16,7 +16,11 @@ class ScalerConfig:
     log_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
-    replicas: int = 1
+    replicas: int = 1                    # colocated workers
+    # P/D (issue 10): prefill and decode workers beside the colocated ones (fixed counts; the
+    # autoscaler scales the colocated pool only).
+    prefill_replicas: int = 0
+    decode_replicas: int = 0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "hfx"
     engine: str = "vllm"

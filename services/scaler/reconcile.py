@@ -73,6 +73,27 @@ def reconcile_set(wanted: set[int], slots: list[WorkerSlot], now_s: float, resta
     return Actions(tuple(start), tuple(stop), "; ".join(parts) or f"at wanted {sorted(wanted)}")
 
 
+# Worker slots of each role live in their own index range, so one pool's reconcile never stops
+# another's workers: colocated 0.., prefill 1000.., decode 2000...
+POOL_STRIDE = 1000
+POOLS = ("colocated", "prefill", "decode")   # Role values, in index-range order
+ID_LETTER = {"colocated": "w", "prefill": "p", "decode": "d"}
+
+
+def pool_of(index: int) -> str:
+    return POOLS[index // POOL_STRIDE]
+
+
+def pool_slots(role: str, count: int) -> set[int]:
+    base = POOLS.index(role) * POOL_STRIDE
+    return set(range(base, base + count))
+
+
+def slot_name(cluster: str, index: int) -> str:
+    """The instance id of a slot: hfx-w0 (colocated), hfx-p0 (prefill), hfx-d0 (decode)."""
+    return f"{cluster}-{ID_LETTER[pool_of(index)]}{index % POOL_STRIDE}"
+
+
 def cpu_share(index: int, replicas: int, cores: list[int]) -> str:
     """The cores worker `index` of `replicas` gets, in vLLM's list syntax ("2" or "2,3").
 

@@ -22,7 +22,8 @@ from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
-from services.scaler.reconcile import WorkerSlot, cpu_share, reconcile, reconcile_set
+from services.scaler.reconcile import (POOL_STRIDE, WorkerSlot, cpu_share, pool_of, pool_slots, reconcile, reconcile_set,
+                                       slot_name)
 
 log = logging.getLogger("hfx.scaler")
 SERVICE_NAME = "hfx.v1.Scaler"
@@ -52,13 +53,19 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         self.registry: list[common_pb2.Instance] = []  # live instances as last read (donor choice)
         # Autoscaled: the slots wanted (any may be retired after a drain); None: the first `desired`.
         self.wanted: set[int] | None = None
+        # Prefill and decode slots (fixed counts, set by config or a Scale call with that role).
+        self.pd_wanted = pool_slots("prefill", config.prefill_replicas) | pool_slots("decode", config.decode_replicas)
         if config.autoscale is not None:
             a = config.autoscale
             self.desired = max(a.min_replicas, min(a.max_replicas, config.replicas))
             self.wanted = set(range(self.desired))
 
     def _instance_id(self, index: int) -> str:
-        return f"{self.config.cluster_name}-w{index}"
+        return slot_name(self.config.cluster_name, index)
+
+    def _role_flag(self, index: int) -> list[str]:
+        role = pool_of(index)
+        return [] if role == "colocated" else ["--role", role]
 
     def _spawn(self, index: int) -> None:
         w = self.workers.get(index)
@@ -71,7 +78,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             "worker", "--model", self.config.model, "--instance-id", w.instance_id, "--port", str(w.port),
             "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
             "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
-            "--tracing", self.config.tracing_spec, *self._cpu_flag(w), *self.config.worker_args, *self._metrics_flag(w),
+            "--tracing", self.config.tracing_spec, *self._role_flag(index), *self._cpu_flag(w), *self.config.worker_args, *self._metrics_flag(w),
             *self._weights_flags(w),
         )
         # Tied to this scaler: if it dies, however, its workers die too (and their engines with them).
@@ -86,7 +93,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         """vLLM engines on this machine's CPU each get their own cores (see reconcile.cpu_share)."""
         if self.config.engine != "vllm" or self.config.device != "cpu":
             return []
-        share = cpu_share(w.index, self.desired, sorted(os.sched_getaffinity(0)))
+        # P/D workers take the shares after the colocated ones.
+        position = w.index
+        if w.index >= POOL_STRIDE:
+            pd = sorted(self.pd_wanted | {w.index})
+            position = self.desired + pd.index(w.index)
+        share = cpu_share(position, self.desired + len(self.pd_wanted), sorted(os.sched_getaffinity(0)))
         return ["--cpu-cores", share] if share else []
 
     def _weights_flags(self, w: Managed) -> list[str]:
@@ -163,18 +175,21 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             for w in self.workers.values()
             if self.config.restart_crashed or w.exited_at_s is None or w.stopping
         ]
+        colocated = [s for s in slots if s.index < POOL_STRIDE]
         if self.wanted is not None:
-            actions = reconcile_set(self.wanted, slots, now_s)
+            actions = reconcile_set(self.wanted, colocated, now_s)
         else:
-            actions = reconcile(self.desired, slots, now_s)
-        for index in actions.start:
-            if index in self.workers and self.workers[index].stopping:
-                continue
-            self._spawn(index)
-        for index in actions.stop:
-            self._stop(index)
-        if actions.start or actions.stop:
-            log.info("reconcile: %s", actions.reason)
+            actions = reconcile(self.desired, colocated, now_s)
+        pd_actions = reconcile_set(self.pd_wanted, [s for s in slots if s.index >= POOL_STRIDE], now_s)
+        for acts in (actions, pd_actions):
+            for index in acts.start:
+                if index in self.workers and self.workers[index].stopping:
+                    continue
+                self._spawn(index)
+            for index in acts.stop:
+                self._stop(index)
+            if acts.start or acts.stop:
+                log.info("reconcile: %s", acts.reason)
 
     # -- slots under an autoscaler (services/scaler/actuator.py LocalProcesses) -------------------
 
@@ -230,8 +245,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             raise InvalidArgument("decision_id", "must not be empty (it makes Scale idempotent)")
         if request.replicas < 0:
             raise InvalidArgument("replicas", f"must be >= 0, got {request.replicas}")
-        if convert.role_from_pb(request.role) is not Role.COLOCATED:
-            raise InvalidArgument("role", "only colocated workers can be scaled in this build")
+        role = convert.role_from_pb(request.role)
+        if role is not Role.COLOCATED:
+            return await self._scale_pool(request, role)
         if self.config.autoscale is not None:
             a = self.config.autoscale
             if not a.min_replicas <= request.replicas <= a.max_replicas:
@@ -253,6 +269,22 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             self.step(time.time())
         return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first, replicas=self.desired)
 
+    async def _scale_pool(self, request: scaler_pb2.ScaleRequest, role: Role) -> scaler_pb2.ScaleResponse:
+        """A fixed count of prefill or decode workers (the autoscaler scales colocated ones only)."""
+        if request.replicas >= POOL_STRIDE:
+            raise InvalidArgument("replicas", f"at most {POOL_STRIDE - 1} {role.value} workers, got {request.replicas}")
+        first = await self.store.claim_decision(
+            request.decision_id,
+            {"replicas": request.replicas, "role": role.value, "reason": request.reason, "at": time.time()})
+        mine = pool_slots(role.value, POOL_STRIDE)
+        if first:
+            log.info("scale decision %s: %s %d -> %d (%s)", request.decision_id, role.value,
+                     len(self.pd_wanted & mine), request.replicas, request.reason)
+            self.pd_wanted = (self.pd_wanted - mine) | pool_slots(role.value, request.replicas)
+            self.step(time.time())
+        return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first,
+                                        replicas=len(self.pd_wanted & mine))
+
     async def ListWorkers(self, request, context) -> scaler_pb2.ListWorkersResponse:
         out = scaler_pb2.ListWorkersResponse()
         for w in sorted(self.workers.values(), key=lambda w: w.index):
@@ -265,7 +297,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             else:
                 state = scaler_pb2.WORKER_STATE_STARTING
             out.workers.add(
-                instance_id=w.instance_id, address=f"127.0.0.1:{w.port}", role=common_pb2.ROLE_COLOCATED,
+                instance_id=w.instance_id, address=f"127.0.0.1:{w.port}",
+                role=convert.role_to_pb(Role(pool_of(w.index))),
                 state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
             )
         return out
@@ -286,7 +319,8 @@ async def serve(config: ScalerConfig) -> None:
     tasks = [asyncio.create_task(servicer.loop())]
     if config.autoscale is not None:
         tasks.append(asyncio.create_task(_autoscaler(config, servicer, cluster).run()))
-    log.info("scaler serving on %s:%d, %d workers wanted%s", config.host, port, servicer.desired,
+    log.info("scaler serving on %s:%d, %d colocated + %d prefill + %d decode workers wanted%s", config.host, port,
+             servicer.desired, config.prefill_replicas, config.decode_replicas,
              f" (autoscaling {config.autoscale.min_replicas}-{config.autoscale.max_replicas})"
              if config.autoscale else "")
     stop = asyncio.Event()

@@ -93,5 +93,6 @@ class OnlineLatencyModel:
     @property
     def model(self) -> LatencyModel:
         k, m = self.scale, self.start
+        # The KV transfer is the link's, not the engine's steps': it is not scaled with them.
         return LatencyModel(m.c0_ms * k, m.c1_ms_per_prefill_token * k, m.c2_ms_per_decode_seq * k,
-                            m.c3_ms_per_kv_token * k)
+                            m.c3_ms_per_kv_token * k, m.kv_transfer_ms_per_token)

@@ -15,9 +15,11 @@ PUBLISH_CHANGE = 0.02
 
 
 def model_from_profile(doc: dict) -> LatencyModel:
+    """The model of a profile document (`hfx profile`, a worker's stored profile). Its optional
+    kv_transfer_ms_per_token (a prefill worker's measured KV transfer) is 0 when absent."""
     m = doc["model"]
     return LatencyModel(float(m["c0_ms"]), float(m["c1_ms_per_prefill_token"]), float(m["c2_ms_per_decode_seq"]),
-                        float(m["c3_ms_per_kv_token"]))
+                        float(m["c3_ms_per_kv_token"]), float(m.get("kv_transfer_ms_per_token", 0.0)))
 
 
 @dataclass

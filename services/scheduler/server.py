@@ -18,15 +18,16 @@ import grpc
 from opentelemetry import trace
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import Decision, Preemption, Verdict
-from services.common.errors import InvalidArgument
+from services.common.domain import ClusterSnapshot, Decision, InstanceView, Preemption, Role, Verdict
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.scheduler import inflight
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.models import InstanceModels
-from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, make_policy, observe_completion
+from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
+from services.scheduler.policy.base import serving_gap
 from services.scheduler.state import ClusterState, Waiting
 from services.scheduler.tickets import TicketDesk
 from services.scheduler.trace_spans import RequestTraces, complete_span as _complete_span
@@ -41,10 +42,20 @@ def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
     return Decision(request_id, Verdict.REJECT, reason, retry_after_ms=retry_after_ms)
 
 
+def _mode(decision: Decision, snapshot: ClusterSnapshot) -> str:
+    """How a placed request runs, for hfx_scheduler_placements."""
+    if decision.legs:
+        return "split"
+    inst = snapshot.get(decision.instance_id)
+    return "prefill_on_decode" if inst is not None and inst.role is Role.DECODE else "colocated"
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, config: SchedulerConfig, policy: Policy, cluster: store.ClusterStore | None) -> None:
+    def __init__(self, config: SchedulerConfig, policy: Policy, cluster: store.ClusterStore | None,
+                 policy_config: PolicyConfig | None = None) -> None:
         self.config = config
         self.policy = policy
+        self.policy_config = policy_config or PolicyConfig()   # what serving_gap checks against
         self.store = cluster
         self.state = ClusterState()
         self.models = InstanceModels(refine=config.refine_models)
@@ -53,6 +64,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
+        self._gap: tuple[tuple, str] = ((), "")   # (instances' roles, serving_gap of them)
         self.desk = TicketDesk(policy.name) if config.tickets and isinstance(policy, IssuesTickets) else None
         self.traces = RequestTraces()  # placed requests' trace contexts, for their preemption and end
 
@@ -106,13 +118,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             entry = self.state.waiting.pop(decision.request_id, None)
             if entry is None:
                 continue
-            address = ""
+            addresses: dict[str, str] = {}
             if decision.verdict is not Verdict.REJECT:
-                # Taken now: the registry may drop the instance before Place resumes.
-                address = snapshot.get(decision.instance_id).address
-                self.state.place(decision.instance_id, entry.spec, now_s)
+                # Addresses taken now: the registry may drop an instance before Place resumes.
+                # Each leg counts on its own instance (a split request on P and on D).
+                for leg in decision.stages():
+                    addresses[leg.instance_id] = snapshot.get(leg.instance_id).address
+                    self.state.place(leg.instance_id, entry.spec, now_s, leg.role)
+                metrics.PLACEMENTS.labels(self.policy.name, _mode(decision, snapshot)).inc()
             if not entry.future.done():
-                entry.future.set_result((decision, address))
+                entry.future.set_result((decision, addresses))
         for pre in result.preemptions:
             self._preempt(pre, snapshot.get(pre.instance_id).address, now_s)
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
@@ -121,7 +136,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """In-flight protection: stop the victim on its worker. Its stream then ends PREEMPTED and
         the router places it again with the tokens it has streamed (Place with resumed_tokens).
         It leaves the instance's running set now, so the next round sees the budget it frees."""
-        running = self.state.complete(pre.instance_id, pre.request_id)
+        running = self.state.finish(pre.request_id)   # every leg: it is placed again from scratch
         if running is None:
             return
         log.info("preempt %s on %s: %s", pre.request_id, pre.instance_id, pre.reason)
@@ -143,7 +158,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 # It keeps running there; count it again so budgets stay honest.
                 result = "failed"
                 log.warning("preempt %s on %s not delivered: %s", pre.request_id, pre.instance_id, err.code().name)
-                self.state.running.setdefault(pre.instance_id, {})[pre.request_id] = running
+                self.state.place(pre.instance_id, running.spec, running.placed_s, running.role)
             finally:
                 span.set_attribute(tracing.ATTR_PREEMPT_DELIVERY, result)
                 span.end()
@@ -178,7 +193,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 del self.state.waiting[rid]
                 if not entry.future.done():
                     reason = f"waited {self.config.max_wait_s:.0f}s in queue with no instance able to take it"
-                    entry.future.set_result((_reject(rid, reason, 1000.0), ""))
+                    entry.future.set_result((_reject(rid, reason, 1000.0), {}))
 
     def wake(self) -> None:
         self._wake.set()
@@ -235,6 +250,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                      iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
                      m.c3_ms_per_kv_token)
 
+    def _serving_gap(self) -> str:
+        """serving_gap of the registered instances, recomputed only when their roles change (it is
+        asked on every Place)."""
+        roles = tuple(sorted((iid, inst.role) for iid, inst in self.state.instances.items()))
+        if roles != self._gap[0]:
+            views = tuple(InstanceView(iid, "", convert.role_from_pb(role)) for iid, role in roles)
+            self._gap = (roles, serving_gap(ClusterSnapshot(views), self.policy_config))
+        return self._gap[1]
+
     # -- RPCs ----------------------------------------------------------------------------------
 
     async def Place(self, request: scheduler_pb2.PlaceRequest, context) -> scheduler_pb2.Placement:
@@ -257,10 +281,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.set_attribute(tracing.ATTR_TASK_CLASS, spec.task_class)
             if spec.request_id in self.state.waiting:
                 raise InvalidArgument("request_id", f"{spec.request_id!r} is already queued")
+            gap = self._serving_gap()
+            if gap:
+                span.set_attribute(tracing.ATTR_REASON, gap)
+                log.warning("place %s refused: %s", spec.request_id, gap)
+                raise Unavailable(gap)
             if self.desk is not None:
                 self.desk.saw(spec)
             if len(self.state.waiting) >= self.config.max_queue:
-                decision, address = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0), ""
+                decision, addresses = _reject(spec.request_id, f"queue full ({self.config.max_queue} waiting)", 500.0), {}
             else:
                 entry = Waiting(spec, time.time())
                 self.state.waiting[spec.request_id] = entry
@@ -268,7 +297,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 self.run_round(time.time())
                 self.wake()  # the round loop re-arms its timer: something waits or runs now
                 try:
-                    decision, address = await entry.future
+                    decision, addresses = await entry.future
                 except asyncio.CancelledError:  # the router gave up (deadline, client gone)
                     self.state.waiting.pop(spec.request_id, None)
                     self.traces.forget(spec.request_id)
@@ -277,9 +306,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if decision.verdict is Verdict.REJECT:
                 self.traces.forget(spec.request_id)
             _decision_attributes(span, decision, self.state.loads.get(decision.instance_id))
+            legs = " -> ".join(f"{leg.role.value}:{leg.instance_id}" for leg in decision.legs)
+            if legs:
+                span.set_attribute(tracing.ATTR_LEGS, legs)
             metrics.record_verdict(self.policy.name, decision.verdict.value, decision.reason)
-            log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, decision.instance_id, decision.reason)
-            return convert.decision_to_placement(decision, address, self.policy.name)
+            log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, legs or decision.instance_id,
+                     decision.reason)
+            return convert.decision_to_placement(decision, addresses.get(decision.instance_id, ""), self.policy.name,
+                                                 addresses)
 
     def redeem(self, link, request: scheduler_pb2.PlaceRequest, parent) -> None:
         """A router started a request on a ticket: count it where it runs, as a placement would.
@@ -315,9 +349,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.CompleteResponse()
 
     def complete(self, request: scheduler_pb2.CompleteRequest, parent=None) -> None:
-        """`parent`: the trace context of a unary call's metadata; on the link the message's own."""
-        done = self.state.complete(request.instance_id, request.request_id)
-        self.traces.forget(request.request_id)
+        """A leg ended (CompleteRequest.leg): a prefill leg frees only its P instance; anything
+        else ends the request on every instance it still held (so a router may name either leg).
+        `parent`: the trace context of a unary call's metadata; on the link the message's own."""
+        if request.leg == common_pb2.ROLE_PREFILL:
+            done = None
+            if self.state.complete(request.instance_id, request.request_id) is not None:
+                self.state.prefill_done[request.instance_id] = time.time()
+        else:
+            done = self.state.finish(request.request_id)
+            self.traces.forget(request.request_id)
         if request.trace_context:
             parent = tracing.extract_context(dict(request.trace_context))
         _complete_span(request, done, parent)
@@ -404,7 +445,8 @@ async def serve(config: SchedulerConfig) -> None:
     tracing.setup("hfx-scheduler", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    servicer = SchedulerServicer(config, make_policy(config.policy), cluster)
+    policy_config = PolicyConfig(pd_local_prefill=config.pd_local_prefill)
+    servicer = SchedulerServicer(config, make_policy(config.policy, policy_config), cluster, policy_config)
     server, health = grpcutil.make_server(
         [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)], [SERVICE_NAME]
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from services.common import convert
 from services.common.domain import (
-    ClusterSnapshot, InstanceLoad, InstanceView, LatencyModel, RequestSpec, RunningRequest,
+    ClusterSnapshot, InstanceLoad, InstanceView, LatencyModel, RequestSpec, Role, RunningRequest,
 )
 from services.common.pb.hfx.v1 import common_pb2
 
@@ -32,6 +32,9 @@ class ClusterState:
     # Instances the scaler is draining (Redis {prefix}:draining): they finish what runs there
     # and get no new placements, whatever their own load reports say.
     draining: set[str] = field(default_factory=set)
+    prefill_done: dict[str, float] = field(default_factory=dict)  # instance -> its last prefill leg's end
+    # request -> the instances it holds (one, or P and D for a split request until P's leg ends).
+    held: dict[str, set[str]] = field(default_factory=dict)
 
     def set_instances(self, instances: list[common_pb2.Instance]) -> None:
         self.instances = {i.instance_id: i for i in instances}
@@ -52,14 +55,33 @@ class ClusterState:
 
     def quarantine(self, instance_id: str, now_s: float) -> None:
         self.quarantined[instance_id] = now_s
-        self.running.pop(instance_id, None)  # whatever ran there has failed or will be reported
+        for rid in self.running.pop(instance_id, {}):  # failed there, or will be reported
+            self._release(rid, instance_id)
 
-    def place(self, instance_id: str, spec: RequestSpec, now_s: float) -> None:
-        self.running.setdefault(instance_id, {})[spec.request_id] = RunningRequest(spec, now_s)
+    def place(self, instance_id: str, spec: RequestSpec, now_s: float, role: Role = Role.COLOCATED) -> None:
+        """One leg of a placement (Decision.stages()): counted in that instance's running set."""
+        self.running.setdefault(instance_id, {})[spec.request_id] = RunningRequest(spec, now_s, role)
+        self.held.setdefault(spec.request_id, set()).add(instance_id)
 
     def complete(self, instance_id: str, request_id: str) -> RunningRequest | None:
-        on_instance = self.running.get(instance_id, {})
-        return on_instance.pop(request_id, None)
+        """The leg on `instance_id` ended; the RunningRequest it was, if it was counted."""
+        done = self.running.get(instance_id, {}).pop(request_id, None)
+        self._release(request_id, instance_id)
+        return done
+
+    def finish(self, request_id: str) -> RunningRequest | None:
+        """The request is over: every leg it still holds ends. Returns the last leg's record."""
+        done = None
+        for iid in sorted(self.held.get(request_id, ())):
+            done = self.complete(iid, request_id) or done
+        return done
+
+    def _release(self, request_id: str, instance_id: str) -> None:
+        held = self.held.get(request_id)
+        if held is not None:
+            held.discard(instance_id)
+            if not held:
+                del self.held[request_id]
 
     def snapshot(self) -> ClusterSnapshot:
         views = []
@@ -79,6 +101,7 @@ class ClusterState:
                     load=load,
                     running=tuple(self.running.get(iid, {}).values()),
                     latency_model=self.models.get(iid),
+                    prefill_done_s=self.prefill_done.get(iid, float("-inf")),
                 )
             )
         return ClusterSnapshot(instances=tuple(views))

@@ -15,7 +15,7 @@ from services.scheduler.policy import PolicyConfig, make_policy, policy_names
 from services.sim import ENGINE_LABEL
 from services.sim.metrics import RunReport, comparison, describe_comparison, e2e_ms, goodput, report, tpot_ms, ttft_ms
 from services.sim.profiles import PROFILES, load_profile
-from services.sim.runner import simulate
+from services.sim.runner import pd_roles, simulate
 from services.sim.workload import as_live, generate, load_workload
 
 DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
@@ -24,6 +24,9 @@ DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
 def add_sim_commands(subparsers) -> None:
     sim = subparsers.add_parser("sim", help="run a workload through the discrete-event simulator")
     _common(sim, rates_default=[20.0], policies_default=["hfx"])
+    sim.add_argument("--pd", default="", metavar="P:D",
+                     help="P/D: the first P instances prefill, the next D decode, the rest are colocated; "
+                     "`python -m benchmarks.pd_sim` compares splits (default: all colocated)")
     sim.add_argument("--max-model-len", type=argtypes.non_negative_int, default=0,
                      help="send requests as a live bench does: max_tokens = output, clipped to this context; "
                      "0 = off (default %(default)s)")
@@ -50,7 +53,7 @@ def add_sim_commands(subparsers) -> None:
                      help="--family: how many worst workloads to write out (default %(default)s)")
     fam.add_argument("--family-out", default="family-worst", metavar="DIR",
                      help="--family: where the worst workloads' YAML goes (default %(default)s)")
-    bench.set_defaults(func=run_bench)
+    bench.set_defaults(func=run_bench, pd="")   # `hfx bench` runs colocated clusters
     from services.sim.autoscale_bench import add_autoscale_bench
 
     add_autoscale_bench(subparsers)
@@ -114,13 +117,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         workload = load_workload(args.workload)
         profile = load_profile(args.profile or "cpu-tiny")
+        roles = pd_roles(args.pd, args.instances)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = PolicyConfig(placement=args.placement, default_latency_model=profile.model,
                           chunk_tokens=profile.chunk_tokens, default_kv_capacity_tokens=profile.kv_capacity_tokens,
                           reject_classes=workload.reject_classes())
-    print(f"{ENGINE_LABEL}; profile {profile.name} ({profile.note}); {args.instances} instances; "
+    split = f" (P/D {args.pd})" if args.pd else ""
+    print(f"{ENGINE_LABEL}; profile {profile.name} ({profile.note}); {args.instances} instances{split}; "
           f"workload {args.workload}; seed {args.seed}")
     reports: list[RunReport] = []
     samples: dict = {}
@@ -137,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
                        disable=args.quiet, leave=False, mininterval=0.5)
             start = time.perf_counter()
             result = simulate(make_policy(name, config), profile, requests, args.instances, args.seed,
-                              progress=lambda done: bar.update(done - bar.n) if done % 200 == 0 else None)
+                              progress=lambda done: bar.update(done - bar.n) if done % 200 == 0 else None,
+                              roles=roles)
             bar.close()
             reports.append(report(name, rate, result, time.perf_counter() - start))
             samples[(name, rate)] = {

@@ -120,7 +120,7 @@ class SimInstance:
             self.waiting.popleft()
             self.running.append(seq)
             self.kv_used_tokens += seq.prompt_tokens
-            take = min(budget, seq.prompt_tokens)
+            take = min(budget, seq.prompt_tokens - seq.prefilled)   # an imported prompt: its last token
             plan.append((seq, take))
             budget -= take
         self._plan = plan

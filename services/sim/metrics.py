@@ -89,6 +89,7 @@ def report(policy: str, rate_rps: float, result: SimResult, wall_s: float = 0.0)
         # alone would compare unlike populations.
         per_class[c] = {"requests": len(rs), "slo_attainment": attainment(rs),
                         "ttft_ms": percentiles(ttft_ms(r) for r in rs),
+                        "tpot_ms": percentiles(tpot_ms(r) for r in rs),
                         "e2e_ms": percentiles(e2e_ms(r) for r in rs),
                         "rejected": sum(r.verdict == "reject" for r in rs)}
     return RunReport(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.domain import LatencyModel
+from services.scheduler.models import model_from_profile
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "cpu-tiny": Profile(
-        "cpu-tiny", LatencyModel(3.0, 0.02, 0.15, 0.0005), kv_capacity_tokens=65_536,
+        # KV transfer: DEFAULT_KV_TRANSFER_MS_PER_TOKEN (services/scheduler/policy/base.py).
+        "cpu-tiny", LatencyModel(3.0, 0.02, 0.15, 0.0005, 0.0029), kv_capacity_tokens=65_536,
         chunk_tokens=512, max_num_seqs=128, step_noise=0.03,
         note="placeholder for a tiny Llama on this CPU until calibrated by `hfx profile`"),
     "gpu-7b": Profile(
-        "gpu-7b", LatencyModel(8.0, 0.06, 0.25, 0.00005), kv_capacity_tokens=200_000,
+        # KV transfer: 512 KiB per token (32 layers x 32 KV heads x 128 x fp16, K and V) at 25 GB/s.
+        "gpu-7b", LatencyModel(8.0, 0.06, 0.25, 0.00005, 0.021), kv_capacity_tokens=200_000,
         chunk_tokens=2048, max_num_seqs=256, step_noise=0.03,
         note="illustrative A100/H100-class numbers for a 7B model; not measured"),
 }
@@ -47,16 +50,15 @@ def profile_to_dict(profile: Profile, **extra) -> dict:
     m = profile.model
     return {"name": profile.name, "note": profile.note,
             "model": {"c0_ms": m.c0_ms, "c1_ms_per_prefill_token": m.c1_ms_per_prefill_token,
-                      "c2_ms_per_decode_seq": m.c2_ms_per_decode_seq, "c3_ms_per_kv_token": m.c3_ms_per_kv_token},
+                      "c2_ms_per_decode_seq": m.c2_ms_per_decode_seq, "c3_ms_per_kv_token": m.c3_ms_per_kv_token,
+                      "kv_transfer_ms_per_token": m.kv_transfer_ms_per_token},
             "kv_capacity_tokens": profile.kv_capacity_tokens, "chunk_tokens": profile.chunk_tokens,
             "max_num_seqs": profile.max_num_seqs, "step_noise": profile.step_noise, **extra}
 
 
 def profile_from_dict(doc: dict, where: str = "profile") -> Profile:
     try:
-        m = doc["model"]
-        model = LatencyModel(float(m["c0_ms"]), float(m["c1_ms_per_prefill_token"]),
-                             float(m["c2_ms_per_decode_seq"]), float(m["c3_ms_per_kv_token"]))
+        model = model_from_profile(doc)
         return Profile(str(doc.get("name", where)), model, int(doc["kv_capacity_tokens"]), int(doc["chunk_tokens"]),
                        int(doc["max_num_seqs"]), float(doc.get("step_noise", 0.0)), str(doc.get("note", "")))
     except (KeyError, TypeError, ValueError) as exc:

@@ -2,7 +2,9 @@
 
 The scheduler pass runs on every arrival and step end while something is queued or running
 (plus a periodic tick while requests wait), like the scheduler service reacting to queue and load
-changes. Deterministic given the seed: one RNG per instance, event ties broken by sequence.
+changes. Instances have roles: a request split by the policy prefills on a P node (which emits
+no token to the client), its KV travels for kv_transfer_ms_per_token * prompt (the P profile's
+model), then it decodes on a D node, whose first step recomputes the last prompt token. Deterministic given the seed: one RNG per instance, event ties broken by sequence.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from services.common.domain import (ClusterSnapshot, InstanceLoad, InstanceView, RequestSpec, RunningRequest,
-                                    Verdict)
+from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, RequestSpec, Role,
+                                    RunningRequest, Verdict)
 from services.scheduler.policy import Policy, observe_completion
+from services.scheduler.policy.base import DEFAULT_KV_TRANSFER_MS_PER_TOKEN
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile
 from services.sim.workload import SimRequestSpec
@@ -83,16 +86,27 @@ class _Node:
     running_view: tuple[RunningRequest, ...] = ()
     view: InstanceView | None = None
     draining: bool = False      # set by an autoscaler (services/sim/scaling.py): no new placements
+    role: Role = Role.COLOCATED
+    prefill_done_s: float = float("-inf")   # when a prefill leg last ended here (InstanceView)
 
 
 class Simulation:
     def __init__(self, policy: Policy, profile: Profile, instances: int, seed: int,
-                 progress: Callable[[int], None] | None = None, scaling: "ScalingDriver | None" = None) -> None:
+                 progress: Callable[[int], None] | None = None, scaling: "ScalingDriver | None" = None,
+                 roles: Sequence[Role] = ()) -> None:
+        """roles: one per instance (default: all colocated)."""
+        if roles and len(roles) != instances:
+            raise ValueError(f"{len(roles)} roles for {instances} instances")
         self.policy = policy
         self.profile = profile
         self.seed = seed
         self.scaling = scaling      # None: a fixed set of instances
-        self.nodes = [self.new_node(i) for i in range(instances)]
+        self.nodes = [self.new_node(i, roles[i] if roles else Role.COLOCATED) for i in range(instances)]
+        self._decode_on: dict[str, str] = {}    # split request -> its D node, from placement to finish
+        self._prefill_on: dict[str, str] = {}   # split request -> its P node, until its prefill ends
+        # split request -> its placement's number (RequestRecord.preemptions) while its KV is on
+        # its way to D: a transfer of an earlier placement (preempted since) is dropped on arrival.
+        self._in_transfer: dict[str, int] = {}
         self.by_id = {n.sim.instance_id: n for n in self.nodes}
         self.progress = progress or (lambda done: None)
         self._events: list = []
@@ -105,10 +119,10 @@ class Simulation:
         self._busy_s = 0.0
         self._done = 0
 
-    def new_node(self, index: int) -> _Node:
+    def new_node(self, index: int, role: Role = Role.COLOCATED) -> _Node:
         p = self.profile
         return _Node(SimInstance(f"sim-{index:02d}", p.model, p.kv_capacity_tokens, p.chunk_tokens, p.max_num_seqs,
-                                 p.step_noise, seed=self.seed * 1000 + index))
+                                 p.step_noise, seed=self.seed * 1000 + index), role=role)
 
     def add_node(self, node: _Node) -> None:
         self.nodes.append(node)
@@ -152,6 +166,8 @@ class Simulation:
                 ticking = False
             elif kind == "scale":
                 self.scaling.on_event(self, payload)
+            elif kind == "kv":
+                self._kv_arrived(payload)
             placed_before = self.decisions
             self._schedule()
             self._start_idle_steps()
@@ -187,20 +203,67 @@ class Simulation:
                 rec.finish_s = self.now_s
                 self._finish(rec)
                 continue
-            node = self.by_id[d.instance_id]
-            rec.instance_id = d.instance_id
             if rec.placed_s is None:
                 rec.placed_s = self.now_s
-            node.sim.add(SimSeq(spec.request_id, spec.prompt_tokens, rec.output_tokens - rec.generated))
-            node.placed[spec.request_id] = RunningRequest(spec, self.now_s)
+            self._apply(d, spec, rec)
+
+    def _apply(self, d: Decision, spec: RequestSpec, rec: RequestRecord) -> None:
+        """Each leg joins its node's running set (what the policy's budgets count, Decision.stages()
+        as in the scheduler service); the engine gets the whole request, or the prefill leg first."""
+        legs = d.stages()
+        rec.instance_id = "->".join(leg.instance_id for leg in legs)
+        for leg in legs:
+            node = self.by_id[leg.instance_id]
+            node.placed[spec.request_id] = RunningRequest(spec, self.now_s, leg.role)
+            if leg.role is Role.DECODE:
+                self._decode_on[spec.request_id] = leg.instance_id
+                continue
+            output = 1 if leg.role is Role.PREFILL else rec.output_tokens - rec.generated
+            if leg.role is Role.PREFILL:
+                self._prefill_on[spec.request_id] = leg.instance_id
+            node.sim.add(SimSeq(spec.request_id, spec.prompt_tokens, output))
             self._refresh_view(node, running_changed=True)
+        for leg in legs:
+            if leg.role is Role.DECODE:
+                self._refresh_view(self.by_id[leg.instance_id], running_changed=True)
+
+    def _prefill_done(self, node: _Node, rid: str) -> None:
+        """A split request's prefill leg ended on P: its KV leaves for D (no token to the client)."""
+        running = node.placed.pop(rid)
+        node.prefill_done_s = self.now_s
+        self._prefill_on.pop(rid, None)
+        per_token = node.sim.model.kv_transfer_ms_per_token or DEFAULT_KV_TRANSFER_MS_PER_TOKEN
+        self._in_transfer[rid] = self.records[rid].preemptions
+        self._push(self.now_s + per_token * running.spec.prompt_tokens / 1000.0, "kv", (rid, self._in_transfer[rid]))
+
+    def _kv_arrived(self, transfer: tuple[str, int]) -> None:
+        rid, placement = transfer
+        if self._in_transfer.get(rid) != placement:   # preempted on D meanwhile
+            return
+        del self._in_transfer[rid]
+        node = self.by_id[self._decode_on[rid]]
+        rec, spec = self.records[rid], node.placed[rid].spec
+        # The prompt's KV is there; D recomputes only its last token, which yields the first token.
+        node.sim.add(SimSeq(rid, spec.prompt_tokens, rec.output_tokens - rec.generated,
+                            prefilled=spec.prompt_tokens - 1))
+        self._refresh_view(node)
 
     def _preempt(self, instance_id: str, request_id: str, reason: str) -> None:
         node = self.by_id[instance_id]
         running = node.placed.pop(request_id, None)
         seq = node.sim.remove(request_id)
-        if running is None or seq is None:
+        # A split request's decode leg is live before its KV arrives: in transfer, or still in prefill on P.
+        pending = request_id in self._in_transfer or request_id in self._prefill_on
+        if running is None or (seq is None and not pending):
             return
+        self._in_transfer.pop(request_id, None)
+        self._decode_on.pop(request_id, None)
+        prefill_id = self._prefill_on.pop(request_id, None)
+        if prefill_id is not None:   # its prefill leg still runs on P: stop it too
+            p_node = self.by_id[prefill_id]
+            p_node.placed.pop(request_id, None)
+            p_node.sim.remove(request_id)
+            self._refresh_view(p_node, running_changed=True)
         self.policy_preemptions += 1
         rec = self.records[request_id]
         rec.preemptions += 1
@@ -220,6 +283,11 @@ class Simulation:
 
     def _end_step(self, node: _Node) -> None:
         out = node.sim.end_step()
+        if node.role is Role.PREFILL:
+            for rid in out.finished:
+                self._prefill_done(node, rid)
+            self._refresh_view(node, running_changed=bool(out.finished))
+            return
         for rid in out.first_tokens + out.tokens:
             rec = self.records[rid]
             rec.generated += 1
@@ -230,6 +298,7 @@ class Simulation:
             rec = self.records[rid]
             rec.finish_s = self.now_s
             running = node.placed.pop(rid)
+            self._decode_on.pop(rid, None)
             observe_completion(self.policy, running.spec.task_class, rec.output_tokens, rid)
             self._finish(rec)
         self._refresh_view(node, running_changed=bool(out.finished))
@@ -242,8 +311,9 @@ class Simulation:
                             sim.kv_capacity_tokens, (sim.last_step_ms,), self.now_s)
         if node.draining:
             load = replace(load, draining=True)
-        node.view = InstanceView(sim.instance_id, f"sim://{sim.instance_id}", load=load,
-                                 running=node.running_view, latency_model=sim.model)
+        node.view = InstanceView(sim.instance_id, f"sim://{sim.instance_id}", role=node.role, load=load,
+                                 running=node.running_view, latency_model=sim.model,
+                                 prefill_done_s=node.prefill_done_s)
 
     def _finish(self, rec: RequestRecord) -> None:
         self._done += 1
@@ -263,6 +333,20 @@ class Simulation:
             self._finish(rec)
 
 
+def pd_roles(split: str, instances: int) -> tuple[Role, ...]:
+    """"P:D" -> P prefill, then D decode, then colocated instances up to `instances`; "" or
+    "colocated" -> all colocated."""
+    if split in ("", "colocated"):
+        return (Role.COLOCATED,) * instances
+    try:
+        p, d = (int(x) for x in split.split(":"))
+    except ValueError:
+        raise ValueError(f"P/D split {split!r}: expected P:D, e.g. 4:12") from None
+    if p < 1 or d < 1 or p + d > instances:
+        raise ValueError(f"P/D split {split}: P and D must be >= 1 and at most {instances} instances together")
+    return (Role.PREFILL,) * p + (Role.DECODE,) * d + (Role.COLOCATED,) * (instances - p - d)
+
+
 def simulate(policy: Policy, profile: Profile, requests: Sequence[SimRequestSpec], instances: int, seed: int,
-             progress: Callable[[int], None] | None = None) -> SimResult:
-    return Simulation(policy, profile, instances, seed, progress).run(requests)
+             progress: Callable[[int], None] | None = None, roles: Sequence[Role] = ()) -> SimResult:
+    return Simulation(policy, profile, instances, seed, progress, roles=roles).run(requests)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.domain import Role
 from services.common.tracing import TracingConfig
 
 
@@ -14,6 +15,9 @@ class WorkerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     engine: str = "vllm"
+    # What the scheduler may place here (registered in the Instance record): whole requests
+    # (colocated), prefill legs of P/D requests (prefill), or decode legs (decode).
+    role: Role = Role.COLOCATED
     device: str = "cpu"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "hfx"

@@ -306,7 +306,7 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     server, health = grpcutil.make_server([], [SERVICE_NAME])
     port = grpcutil.bind(server, config.host, config.port)
     info = common_pb2.Instance(
-        instance_id=config.instance_id, address=f"{config.host}:{port}", role=common_pb2.ROLE_COLOCATED,
+        instance_id=config.instance_id, address=f"{config.host}:{port}", role=convert.role_to_pb(config.role),
         model=config.model, engine=config.engine, device=config.device, max_model_len=engine.max_model_len,
     )
     servicer = WorkerServicer(engine, info, standby=config.standby,

@@ -32,10 +32,10 @@ def test_round_places_waiting_requests_and_counts_them_running():
         s = servicer()
         a, b = enqueue(s, make_spec(request_id="a"), 0.0), enqueue(s, make_spec(request_id="b"), 0.0)
         s.run_round(now_s=1.0)
-        (da, addr_a), (db, _) = a.future.result(), b.future.result()
+        (da, addrs_a), (db, _) = a.future.result(), b.future.result()
         assert da.verdict is Verdict.ADMIT and db.verdict is Verdict.ADMIT
         assert {da.instance_id, db.instance_id} == {"i0", "i1"}  # least-load spreads them
-        assert addr_a == s.state.instances[da.instance_id].address
+        assert addrs_a == {da.instance_id: s.state.instances[da.instance_id].address}
         assert s.state.inflight_count() == 2 and not s.state.waiting
     asyncio.run(go())
 
@@ -48,9 +48,9 @@ def test_requests_waiting_too_long_are_rejected_with_a_reason():
         s.run_round(now_s=4.0)
         assert not entry.future.done()
         s.run_round(now_s=5.5)
-        decision, address = entry.future.result()
+        decision, addresses = entry.future.result()
         assert decision.verdict is Verdict.REJECT and "queue" in decision.reason and decision.retry_after_ms > 0
-        assert address == ""
+        assert addresses == {}
     asyncio.run(go())
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
-from services.common.domain import (ClusterSnapshot, Grant, InstanceView, LatencyModel, RequestSpec, ScheduleResult,
-                                    TicketBound)
+from services.common.domain import (ClusterSnapshot, Grant, InstanceView, LatencyModel, RequestSpec, Role,
+                                    ScheduleResult, TicketBound)
 
 # Used when an instance has not reported a fitted model yet. Illustrative numbers for a tiny
 # model on a CPU (see services/sim/profiles.py); `hfx profile` replaces them per instance.
 DEFAULT_LATENCY_MODEL = LatencyModel(3.0, 0.02, 0.15, 0.0005)
+# KV transfer per token when an instance's profile has none: the default tiny model holds
+# 2 KiB of KV per token (K and V x 4 layers x 2 KV heads x 64 dims x bf16), moved at 0.71 GB/s,
+# the TCP transport measured on this machine for weights (BENCHMARKS.md): 2048 B / 0.71 GB/s.
+DEFAULT_KV_TRANSFER_MS_PER_TOKEN = 0.0029
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,16 @@ class PolicyConfig:
     # Placement of a request whose time left to its TTFT deadline is below this many times its
     # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
     tight_ttft_factor: float = 2.0
+    # P/D (docs/ARCHITECTURE.md, "P/D scheduling"). KV transfer per token for instances whose
+    # profile has none.
+    default_kv_transfer_ms_per_token: float = DEFAULT_KV_TRANSFER_MS_PER_TOKEN
+    # A prompt of at most this many tokens, or one whose unloaded prefill costs no more than its
+    # KV transfer, is served whole in one place (a colocated instance, else a decode instance
+    # prefills it itself): a handoff would cost it more than it saves the decode instance.
+    pd_local_prompt_tokens: int = 64
+    # May a decode instance prefill such a request itself? False: only colocated instances serve
+    # whole requests, and a cluster of decode instances alone cannot serve anything.
+    pd_local_prefill: bool = True
 
 
 @runtime_checkable
@@ -113,13 +127,46 @@ class Policy(Protocol):
     ) -> ScheduleResult: ...
 
 
-def candidates(cluster: ClusterSnapshot, config: PolicyConfig) -> list[InstanceView]:
-    """Instances that may take one more request at all (the shared first filter)."""
+def candidates(cluster: ClusterSnapshot, config: PolicyConfig, role: Role = Role.COLOCATED) -> list[InstanceView]:
+    """Instances that may take one more leg of `role` at all (the shared first filter): colocated
+    instances serve whole requests, prefill instances prefill legs, decode instances decode legs."""
     return [
         inst
         for inst in cluster.instances
-        if inst.accepting and outstanding(inst) < config.max_requests_per_instance
+        if inst.role is role and inst.accepting and outstanding(inst) < config.max_requests_per_instance
     ]
+
+
+def has_role(cluster: ClusterSnapshot, role: Role) -> bool:
+    return any(inst.role is role for inst in cluster.instances)
+
+
+def stage_roles(cluster: ClusterSnapshot) -> tuple[Role, ...]:
+    """The stages a stage-blind baseline places each request in: (PREFILL, DECODE) when the
+    cluster has both (every request split, as vLLM's disaggregation proxy does), else whole."""
+    if has_role(cluster, Role.PREFILL) and has_role(cluster, Role.DECODE):
+        return (Role.PREFILL, Role.DECODE)
+    return (Role.COLOCATED,)
+
+
+def serving_gap(cluster: ClusterSnapshot, config: PolicyConfig) -> str:
+    """Why this cluster can serve no request at all ("" when it can): nothing can prefill, or
+    nothing can decode. An empty cluster is not a gap (workers may be starting: requests wait)."""
+    if not cluster.instances or has_role(cluster, Role.COLOCATED):
+        return ""
+    ids = ", ".join(i.instance_id for i in cluster.instances)
+    if not has_role(cluster, Role.DECODE):
+        return f"no decode capacity: the cluster has only prefill instances ({ids}); start colocated or decode workers"
+    if has_role(cluster, Role.PREFILL) or config.pd_local_prefill:
+        return ""
+    return (f"no prefill capacity: the cluster has only decode instances ({ids}) and decode instances "
+            f"may not prefill (pd_local_prefill off); start colocated or prefill workers")
+
+
+def kv_transfer_ms(inst: InstanceView, config: PolicyConfig, prompt_tokens: float) -> float:
+    """Time to move a prompt's KV off `inst` (a prefill instance) to its decode instance."""
+    per_token = latency_model_of(inst, config).kv_transfer_ms_per_token or config.default_kv_transfer_ms_per_token
+    return per_token * prompt_tokens
 
 
 def outstanding(inst: InstanceView) -> int:

@@ -8,6 +8,9 @@ C' = max(1, chunk_tokens - n) prefill tokens per step (decodes share the step's 
 - running prefills slow every decoding request by exactly c1 * L (the prefill share of steps).
 - bank_r = (O_r - 1) * (TPOT_r - s) - c1 * (prompt tokens placed after r): the extra delay r can
   still absorb and keep its mean TPOT within its SLO. The instance budget is min_r bank_r.
+Legs of P/D requests (RunningRequest.role): a PREFILL leg prefills L tokens and holds L+1 tokens
+of KV until it is handed off, but never decodes here (no TPOT to protect, not in n); a DECODE leg
+decodes and holds L+O of KV but prefills nothing here (its prompt's KV arrives from P).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from services.common.domain import InstanceView, LatencyModel, RequestSpec
+from services.common.domain import InstanceView, LatencyModel, RequestSpec, Role
 from services.scheduler.policy.base import PolicyConfig, kv_capacity_of, latency_model_of
 from services.scheduler.policy.estimate import OutputLengthEstimator
 
@@ -61,21 +64,33 @@ class InstanceBudget:
     def backlog_tokens(self, now_s: float) -> float:
         return max(0.0, self.backlog_anchor_tokens - self.prefill_rate_tps * now_s)
 
-    def add(self, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool = True) -> None:
-        """Account for a request just placed here (it queues last for prefill)."""
+    def add(self, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool = True,
+            role: Role = Role.COLOCATED) -> None:
+        """Account for a request (or one leg of it) just placed here (it queues last for prefill)."""
         s_old = self.steady_ms()
-        backlog = self.backlog_tokens(now_s) + spec.prompt_tokens
-        self.decode_seqs += 1
+        prefill, output_tokens = leg_shape(role, spec.prompt_tokens, output_tokens)
+        backlog = self.backlog_tokens(now_s) + prefill
+        if role is not Role.PREFILL:
+            self.decode_seqs += 1
         self.kv_mean_tokens += spec.prompt_tokens + output_tokens / 2
         self.kv_peak_tokens += spec.prompt_tokens + output_tokens
         s_new = self.steady_ms()
         slowed = min(float(output_tokens), self.max_remaining_tokens)  # steps x decodes beside the others
-        self.bank_ms -= slowed * (s_new - s_old) + self.model.c1_ms_per_prefill_token * spec.prompt_tokens
-        if protected:
+        self.bank_ms -= slowed * (s_new - s_old) + self.model.c1_ms_per_prefill_token * prefill
+        if protected and role is not Role.PREFILL:
             self.min_tpot_ms = min(self.min_tpot_ms, spec.slo.tpot_ms)
             self.bank_ms = min(self.bank_ms, (output_tokens - 1) * (spec.slo.tpot_ms - s_new))
             self.max_remaining_tokens = max(self.max_remaining_tokens, output_tokens - 1)
         self.backlog_anchor_tokens = backlog + self.prefill_rate_tps * now_s
+
+
+def leg_shape(role: Role, prompt_tokens: int, output_tokens: int) -> tuple[int, int]:
+    """(prefill tokens run here, output tokens held here) of a leg of `role`."""
+    if role is Role.PREFILL:
+        return prompt_tokens, 1
+    if role is Role.DECODE:
+        return 0, output_tokens
+    return prompt_tokens, output_tokens
 
 
 def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthEstimator,
@@ -88,8 +103,9 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
     out = InstanceBudget(inst.instance_id, model, kv_capacity_of(inst, config))
     running = sorted(inst.running, key=lambda r: (r.placed_s, r.spec.request_id))
     unprotected = set(unprotected_ids)
-    outputs = [estimator.estimate(r.spec) for r in running]
-    out.decode_seqs = len(running)
+    shapes = [leg_shape(r.role, r.spec.prompt_tokens, estimator.estimate(r.spec)) for r in running]
+    outputs = [o for _, o in shapes]
+    out.decode_seqs = sum(1 for r in running if r.role is not Role.PREFILL)
     out.kv_mean_tokens = sum(r.spec.prompt_tokens + o / 2 for r, o in zip(running, outputs))
     out.kv_peak_tokens = sum(r.spec.prompt_tokens + o for r, o in zip(running, outputs))
     s = out.steady_ms()
@@ -98,13 +114,18 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
     out.prefill_rate_tps = per_step / step_with_chunk_ms * 1000.0
     # Walk newest to oldest: suffix sums give both the FIFO backlog anchor and the interference
     # each request suffers from prefills placed after it.
+    total_prefill = sum(p for p, _ in shapes)
+    if total_prefill:   # none of it started before the last prefill leg here ended
+        out.backlog_anchor_tokens = total_prefill + out.prefill_rate_tps * inst.prefill_done_s
     after_tokens = 0.0
     victim_key: tuple = ()
-    for r, o in zip(reversed(running), reversed(outputs)):
-        after_tokens += r.spec.prompt_tokens
+    for r, (prefill, o) in zip(reversed(running), reversed(shapes)):
+        after_tokens += prefill
         out.backlog_anchor_tokens = max(out.backlog_anchor_tokens,
                                         after_tokens + out.prefill_rate_tps * r.placed_s)
-        interference_ms = model.c1_ms_per_prefill_token * (after_tokens - r.spec.prompt_tokens)
+        if r.role is Role.PREFILL:   # no decode here: nothing to protect, nothing to preempt for
+            continue
+        interference_ms = model.c1_ms_per_prefill_token * (after_tokens - prefill)
         bank = (o - 1) * (r.spec.slo.tpot_ms - s) - interference_ms
         is_protected = r.spec.request_id not in unprotected
         if is_protected:

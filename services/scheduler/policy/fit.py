@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from services.common.domain import InstanceView, RequestSpec
+from services.common.domain import InstanceView, RequestSpec, Role
 from services.scheduler.policy.base import PolicyConfig, outstanding
 from services.scheduler.policy.budget import InstanceBudget
 
@@ -41,6 +41,10 @@ class FitTable:
         self.has_max_len = bool((self.max_len > 0).any())
         self.outstanding = f([outstanding(i) for i in instances])
         self.allowed = np.array([i.accepting and i.instance_id not in banned for i in instances], dtype=bool)
+        # Roles (candidates() in base.py, vectorised): whole requests go to colocated rows, P/D
+        # legs to prefill and decode rows (stages.py).
+        self.role_rows = {role: np.array([i.role is role for i in instances], dtype=bool) for role in Role}
+        self.xfer = f([b.model.kv_transfer_ms_per_token or config.default_kv_transfer_ms_per_token for b in budgets])
         self.n = np.zeros(len(budgets))
         self.kv_mean = np.zeros(len(budgets))
         self.kv_peak = np.zeros(len(budgets))
@@ -83,11 +87,26 @@ class FitTable:
     def any_open(self) -> bool:
         return bool(self.open.any())
 
+    def has(self, role: Role) -> bool:
+        return bool(self.role_rows[role].any())
+
+    def ttft_ms(self, prefill_tokens: float, optimistic: bool) -> np.ndarray:
+        """(1) per instance: until a prefill of `prefill_tokens` queued last yields its first token.
+        optimistic: without the wait for the step in flight (it may be about to end)."""
+        queued = self.backlog + prefill_tokens
+        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
+        return ttft_ms if optimistic else ttft_ms + self.inflight_ms
+
+    def fits_len(self, spec: RequestSpec) -> np.ndarray | bool:
+        if not self.has_max_len:
+            return True
+        return (self.max_len <= 0) | (spec.prompt_tokens + spec.max_tokens <= self.max_len)
+
     def fit(self, spec: RequestSpec, output_tokens: int, now_s: float,
-            best_effort: bool, optimistic: bool = False) -> tuple[int, float, int, str] | None:
-        """(instance index, predicted TTFT ms, how many fit, how it was chosen) or None.
-        optimistic: test (1) without the wait for the step in flight (it may be about to end)."""
-        ok, ttft_ms = self.fits(spec, output_tokens, now_s, best_effort, optimistic)
+            best_effort: bool, optimistic: bool = False, role: Role = Role.COLOCATED) -> tuple[int, float, int, str] | None:
+        """A whole request on an instance of `role`: (instance index, predicted TTFT ms, how many
+        fit, how it was chosen) or None. optimistic: see ttft_ms."""
+        ok, ttft_ms = self.fits(spec, output_tokens, now_s, best_effort, optimistic, role)
         n_fit = int(ok.sum())
         if n_fit == 0:
             return None
@@ -100,22 +119,19 @@ class FitTable:
             idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
         return idx, float(ttft_ms[idx]), n_fit, how
 
-    def fits(self, spec: RequestSpec, output_tokens: int, now_s: float,
-             best_effort: bool, optimistic: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Tests (1)-(5) on every instance: (fits, predicted TTFT ms), one entry per instance."""
+    def fits(self, spec: RequestSpec, output_tokens: int, now_s: float, best_effort: bool,
+             optimistic: bool = False, role: Role = Role.COLOCATED) -> tuple[np.ndarray, np.ndarray]:
+        """Tests (1)-(5) on every instance of `role` (False elsewhere): (fits, predicted TTFT ms),
+        one entry per instance."""
         L, O = float(spec.prompt_tokens), float(output_tokens)
         x = L + O / 2
-        queued = self.backlog + L
-        ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
-        if not optimistic:
-            ttft_ms = ttft_ms + self.inflight_ms
+        ttft_ms = self.ttft_ms(L, optimistic)
         s_new = self.s_plus_c2 + self.c3 * x
         # The slower step lasts while x decodes: at most min(O, max_rem) of a running request's steps.
         slowed = np.minimum(O, self.max_rem)
-        ok = self.open & (self.bank_ms - slowed * (s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
-        ok &= self.kv_room >= L + O
-        if self.has_max_len:
-            ok &= (self.max_len <= 0) | (L + spec.max_tokens <= self.max_len)
+        ok = self.open & self.role_rows[role]
+        ok &= (self.bank_ms - slowed * (s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
+        ok &= (self.kv_room >= L + O) & self.fits_len(spec)
         if not best_effort:
             ok &= (ttft_ms <= (spec.ttft_deadline_s - now_s) * 1000.0) & (s_new <= spec.slo.tpot_ms)
             if self.config.backlog_interferes and O > 1:
@@ -159,8 +175,9 @@ class FitTable:
         load = self.n if self.config.placement == "spread" else -self.n
         return np.where(ok, band * 1e6 + load, np.inf)
 
-    def place(self, idx: int, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool) -> None:
-        self.budgets[idx].add(spec, output_tokens, now_s, protected)
+    def place(self, idx: int, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool,
+              role: Role = Role.COLOCATED) -> None:
+        self.budgets[idx].add(spec, output_tokens, now_s, protected, role)
         self._load_row(idx, now_s)
         self.outstanding[idx] += 1
         self._derive()

@@ -21,6 +21,7 @@ from services.scheduler.policy.base import PolicyConfig, latency_model_of
 from services.scheduler.policy.budget import InstanceBudget, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
+from services.scheduler.policy.pd import SPLIT, legs_of, options, plan
 from services.scheduler.policy.ranking import Entry, RankedQueue
 
 MAX_DEMOTIONS_PER_CALL = 256
@@ -68,6 +69,8 @@ class Hfx:
         granted: dict[int, Grant] = {}
         for bound in bounds:
             probe = bound.probe("ticket-probe", now_s)
+            if options(table, probe, self.config)[0][:1] == [SPLIT]:
+                continue   # requests this long are split over P and D; a ticket runs one whole
             ok, ttft_ms = table.fits_every_output(probe, now_s)
             order = table.preference(ok, bound.min_tpot_ms)
             for idx in map(int, np.flatnonzero(ok)):
@@ -121,7 +124,7 @@ class Hfx:
         cache entry would carry the requests placed there in earlier passes forever."""
         # Cached while the running set, model and capacity are the same objects/values: a
         # snapshot producer that keeps unchanged tuples makes a pass O(instances), not O(running).
-        sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens)
+        sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens, inst.prefill_done_s)
         hit = self._budgets.get(inst.instance_id)
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
             return copy.copy(hit[1])
@@ -273,27 +276,29 @@ class Hfx:
     def _try(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision],
              best_effort: bool, optimistic: bool = False) -> Decision | None:
         spec = entry.spec
-        fit = table.fit(spec, entry.output_tokens, now_s, best_effort, optimistic)
-        if fit is None:
+        where = plan(table, spec, entry.output_tokens, now_s, self.config, best_effort, optimistic)
+        if where is None:
             return None
-        idx, ttft_ms, n_fit, how = fit
-        budget_ms = table.bank_ms[idx]
-        table.place(idx, spec, entry.output_tokens, now_s, protected=not best_effort)
+        last_idx = where.legs[-1][1]          # the decode leg's instance: whose budget it joins
+        budget_ms = table.bank_ms[last_idx]
+        for role, idx in where.legs:
+            table.place(idx, spec, entry.output_tokens, now_s, protected=not best_effort, role=role)
         self.queue.settle(entry)
         slack_ms = entry.slack_ms(now_s)
-        inst_id = table.ids[idx]
+        first_id = table.ids[where.legs[0][1]]
+        mode = f"{where.why}; " if where.why else ""
         if best_effort:
             self._best_effort_ids.add(spec.request_id)
-            reason = (f"best effort (slack {slack_ms:.0f} ms, SLO out of reach): spare room on {inst_id}, "
+            reason = (f"best effort (slack {slack_ms:.0f} ms, SLO out of reach): {mode}spare room: {where.how}, "
                       f"budget {budget_ms:.0f} ms")
             verdict = Verdict.BEST_EFFORT
         else:
-            reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
-                      f"budget {budget_ms:.0f} ms; {how} -> {inst_id} ({n_fit} fit)"
+            reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {where.ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
+                      f"budget {budget_ms:.0f} ms; {mode}{where.how}"
                       + ("; last chance, not counting the step in flight" if optimistic else ""))
             verdict = Verdict.ADMIT
-        decision = Decision(spec.request_id, verdict, reason, instance_id=inst_id,
-                            predicted_ttft_ms=ttft_ms, slack_ms=slack_ms, budget_ms=budget_ms)
+        decision = Decision(spec.request_id, verdict, reason, instance_id=first_id,
+                            predicted_ttft_ms=where.ttft_ms, slack_ms=slack_ms, budget_ms=budget_ms,
+                            legs=legs_of(where, table))
         decisions.append(decision)
         return decision
-

@@ -152,7 +152,7 @@ class Ticket(_message.Message):
     def __init__(self, ticket_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., max_prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_ttft_ms: _Optional[float] = ..., min_tpot_ms: _Optional[float] = ..., predicted_ttft_ms: _Optional[float] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("request_id", "instance_id", "outcome", "ttft_ms", "tpot_ms", "output_tokens", "slo_met", "task_class", "trace_context")
+    __slots__ = ("request_id", "instance_id", "outcome", "ttft_ms", "tpot_ms", "output_tokens", "slo_met", "task_class", "trace_context", "leg")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class CompleteRequest(_message.Message):
     SLO_MET_FIELD_NUMBER: _ClassVar[int]
     TASK_CLASS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    LEG_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     instance_id: str
     outcome: Outcome
@@ -178,7 +179,8 @@ class CompleteRequest(_message.Message):
     slo_met: bool
     task_class: str
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., output_tokens: _Optional[int] = ..., slo_met: _Optional[bool] = ..., task_class: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    leg: _common_pb2.Role
+    def __init__(self, request_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., output_tokens: _Optional[int] = ..., slo_met: _Optional[bool] = ..., task_class: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., leg: _Optional[_Union[_common_pb2.Role, str]] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ()
