@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import pytest
 
 from services.cli import main
+from services.common import grpcutil
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.harness import local_cluster, wait_until
 
@@ -25,7 +25,7 @@ def test_up_with_prefill_and_decode_workers_registers_their_roles(tmp_path, caps
             rows = json.loads(capsys.readouterr().out)["instances"]
             return {r["instance_id"]: r["role"] for r in rows}
         assert wait_until(lambda: roles() == {"hfx-w0": "colocated", "hfx-p0": "prefill", "hfx-d0": "decode"}, 30)
-        with grpc.insecure_channel(c.state.scheduler) as ch:
+        with grpcutil.sync_channel(c.state.scheduler) as ch:
             stub = scheduler_pb2_grpc.SchedulerStub(ch)
             seen = lambda: {i.instance_id: i.role for i in stub.GetClusterState(  # noqa: E731
                 scheduler_pb2.GetClusterStateRequest(), timeout=5).instances}
