@@ -8,6 +8,8 @@ running requests finish (bounded), deregister, stop the engine.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
 import signal
 import time
@@ -32,12 +34,14 @@ def argtypes_address(value: str) -> None:
     except Exception as err:
         raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import Engine, EngineRequest, ReportsWeights, describe_weights
+from services.worker.engine.base import Engine, EngineRequest, ReportsWeights, TransfersKv, describe_weights
+from services.worker.kv import params as kv_params
 from services.worker.session import WorkerSession
 
 log = logging.getLogger("hfx.worker")
 _tracer = tracing.tracer("hfx.worker")
 SERVICE_NAME = "hfx.v1.Worker"
+STAGED_REMEMBERED = 4096
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -54,6 +58,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.draining = False
         self.inflight: set[str] = set()
         self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
+        # P/D: prefill legs that staged KV here, request id -> transfer id, so that an abort that
+        # comes after the leg ended still frees the staged KV (bounded: the lease frees it anyway).
+        self.staged: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     def load_report(self) -> common_pb2.LoadReport:
         stats = self.engine.stats()
@@ -88,11 +95,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_PROMPT_TOKENS, len(request.prompt_token_ids))
+            kv = self._kv_params(request)
+            sampling = convert.sampling_from_pb(request.sampling)
+            if kv is not None and kv.do_remote_decode:
+                sampling = dataclasses.replace(sampling, max_tokens=1)  # the prefill leg: one token, then stage
+                span.set_attribute("hfx.pd.leg", "prefill")
+            elif kv is not None:
+                span.set_attribute("hfx.pd.leg", "decode")
+                span.set_attribute("hfx.kv.transfer_id", kv.transfer_id)
             engine_request = EngineRequest(
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
-                sampling=convert.sampling_from_pb(request.sampling),
+                sampling=sampling,
                 priority=request.priority,
+                kv=kv,
             )
             self.inflight.add(request.request_id)
             produced, ended = 0, False
@@ -106,10 +122,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                         finish = common_pb2.FINISH_REASON_PREEMPTED
                         span.add_event("preempted", {"reason": self.preempted[request.request_id],
                                                      "output_tokens": produced})
-                    yield worker_pb2.WorkerChunk(
+                    chunk = worker_pb2.WorkerChunk(
                         token_ids=out.new_token_ids, text=out.text_delta, finished=out.finished,
                         finish_reason=finish, prompt_tokens=out.prompt_tokens,
                     )
+                    if out.kv is not None and out.kv.transfer_id:
+                        chunk.kv_transfer.CopyFrom(kv_params.to_pb(out.kv))
+                        self._remember_staged(request.request_id, out.kv.transfer_id)
+                        span.set_attribute("hfx.kv.transfer_id", out.kv.transfer_id)
+                        span.set_attribute("hfx.kv.staged_blocks", out.kv.num_blocks)
+                    yield chunk
                     ended = ended or out.finished
                 if not ended and request.request_id in self.preempted:  # ended with no last output
                     yield worker_pb2.WorkerChunk(finished=True, finish_reason=common_pb2.FINISH_REASON_PREEMPTED)
@@ -119,7 +141,31 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
                 metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)
 
+    def _kv_params(self, request: worker_pb2.WorkerGenerateRequest) -> kv_params.KvParams | None:
+        if not request.HasField("kv_transfer"):
+            return None
+        try:
+            kv = kv_params.from_pb(request.kv_transfer)
+        except kv_params.BadKvParams as err:
+            raise InvalidArgument("kv_transfer", str(err)) from None
+        if kv.active and not (isinstance(self.engine, TransfersKv) and self.engine.kv_address):
+            raise FailedPrecondition(f"instance {self.info.instance_id} does not transfer KV (start it with --kv-transfer)")
+        return kv if kv.active else None
+
+    def _remember_staged(self, request_id: str, transfer_id: str) -> None:
+        self.staged[request_id] = transfer_id
+        while len(self.staged) > STAGED_REMEMBERED:
+            self.staged.popitem(last=False)
+
     async def Abort(self, request: worker_pb2.WorkerAbortRequest, context) -> worker_pb2.WorkerAbortResponse:
+        transfer_id = self.staged.pop(request.request_id, None)
+        if transfer_id is not None and isinstance(self.engine, TransfersKv):
+            # The prefill leg is over; its staged KV is what the abort frees.
+            try:
+                return worker_pb2.WorkerAbortResponse(found=await self.engine.release_kv(transfer_id))
+            except Exception as err:  # the lease frees it anyway
+                log.warning("releasing staged KV %s failed: %s", transfer_id, err)
+                return worker_pb2.WorkerAbortResponse(found=False)
         found = request.request_id in self.inflight
         if found:
             if request.preempt:

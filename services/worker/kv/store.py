@@ -1,0 +1,95 @@
+"""P's staging store: each transfer's KV blocks held under a lease until D acknowledges them, the
+transfer is released (abort), or the lease expires. Pure bookkeeping: the caller passes the time,
+and the caller's server thread calls `expire(now)`; one lock makes it safe across threads."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Staged:
+    transfer_id: str
+    blocks: Sequence[memoryview]   # one buffer per KV block (all layers), in token order
+    crc32: Sequence[int]
+    num_tokens: int
+    layout: dict                   # what D checks before loading: dtype, per-layer block shape, layers
+    expires_s: float
+    reading: int = 0               # pulls in progress (an expiry waits for none: it frees anyway)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    leases: int
+    blocks: int
+    bytes: int
+    freed: dict[str, int]  # reason -> transfers freed for it, since start
+
+
+GONE_REMEMBERED = 4096
+
+
+class StagingStore:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._staged: dict[str, Staged] = {}
+        self._freed: dict[str, int] = {}
+        # Recently freed transfers and why: a pull for one of them is answered at once, where a
+        # pull for an id not seen yet may be early (P's client learns the id a moment before
+        # the blocks are staged) and waits for it a little.
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def stage(self, staged: Staged) -> None:
+        with self._lock:
+            if staged.transfer_id in self._staged or staged.transfer_id in self._gone:
+                raise ValueError(f"transfer {staged.transfer_id!r} was staged before")
+            self._staged[staged.transfer_id] = staged
+            self._lock.notify_all()
+
+    def get(self, transfer_id: str, now_s: float, wait_s: float = 0.0) -> tuple[Staged | None, str]:
+        """The staged transfer and "", or None and why not ("expired", "acked", ..., "unknown"
+        when never staged here, after waiting up to `wait_s` for it)."""
+        with self._lock:
+            self._lock.wait_for(lambda: transfer_id in self._staged or transfer_id in self._gone, timeout=wait_s)
+            staged = self._staged.get(transfer_id)
+            if staged is not None and staged.expires_s > now_s:
+                return staged, ""
+            if staged is not None:
+                return None, "expired"
+            return None, self._gone.get(transfer_id, "unknown")
+
+    def free(self, transfer_id: str, reason: str) -> bool:
+        """Drop a transfer (ack, nack, release); True when it was still held."""
+        with self._lock:
+            found = self._staged.pop(transfer_id, None) is not None
+            if found:
+                self._forget(transfer_id, reason)
+            return found
+
+    def expire(self, now_s: float) -> list[str]:
+        """Free every transfer whose lease has passed; returns their ids."""
+        with self._lock:
+            gone = [tid for tid, s in self._staged.items() if s.expires_s <= now_s]
+            for tid in gone:
+                del self._staged[tid]
+                self._forget(tid, "expired")
+            return gone
+
+    def _forget(self, transfer_id: str, reason: str) -> None:
+        self._freed[reason] = self._freed.get(reason, 0) + 1
+        self._gone[transfer_id] = reason
+        while len(self._gone) > GONE_REMEMBERED:
+            self._gone.popitem(last=False)
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return StoreStats(leases=len(self._staged), blocks=sum(len(s.blocks) for s in self._staged.values()),
+                              bytes=sum(s.nbytes for s in self._staged.values()), freed=dict(self._freed))
