@@ -77,9 +77,9 @@ class VllmEngineConfig:
         return cls(**values)
 
 
-def engine_args(config: VllmEngineConfig, kv_address: str = "") -> dict[str, Any]:
-    """The AsyncEngineArgs keyword arguments for `config` (with HFX's KV connector serving at
-    `kv_address` when given); the device seam has the last word."""
+def engine_args(config: VllmEngineConfig, kv_address: str = "", kv_dir: str = "") -> dict[str, Any]:
+    """The AsyncEngineArgs keyword arguments for `config` (with HFX's KV connector staging into
+    `kv_dir`, served at `kv_address`, when given); the device seam has the last word."""
     args: dict[str, Any] = {
         "model": config.model,
         "seed": config.seed,
@@ -94,13 +94,13 @@ def engine_args(config: VllmEngineConfig, kv_address: str = "") -> dict[str, Any
         "enable_log_requests": False,
     }
     if kv_address:
-        args["kv_transfer_config"] = kv_transfer_config(config, kv_address)
+        args["kv_transfer_config"] = kv_transfer_config(config, kv_address, kv_dir)
     args.update(config.extra_engine_args)
     args.update(device_engine_kwargs(config.device, kv_cache_memory_bytes=config.kv_cache_memory_bytes))
     return args
 
 
-def kv_transfer_config(config: VllmEngineConfig, kv_address: str) -> Any:
+def kv_transfer_config(config: VllmEngineConfig, kv_address: str, kv_dir: str) -> Any:
     from vllm.config import KVTransferConfig
 
     from services.worker.kv.params import CONNECTOR_MODULE, CONNECTOR_NAME
@@ -109,7 +109,7 @@ def kv_transfer_config(config: VllmEngineConfig, kv_address: str) -> Any:
         kv_connector=CONNECTOR_NAME, kv_connector_module_path=CONNECTOR_MODULE, kv_role="kv_both",
         # A failed pull is recomputed by this engine, never served from what arrived.
         kv_load_failure_policy="recompute",
-        kv_connector_extra_config={"hfx_kv_address": kv_address, "hfx_kv_lease_s": config.kv_lease_s,
+        kv_connector_extra_config={"hfx_kv_address": kv_address, "hfx_kv_dir": kv_dir, "hfx_kv_lease_s": config.kv_lease_s,
                                    "hfx_kv_deadline_s": config.kv_deadline_s},
     )
 
@@ -217,6 +217,7 @@ class VllmEngine:
         self._live: set[str] = set()
         self._reaper: Any = None
         self.kv_address = ""  # the KV transfer server (services/worker/kv), after start() when kv_transfer
+        self._kv_server: Any = None
         # How this engine got its weights, and how long the phases of start() took (seconds).
         self.weights_report: dict[str, Any] = {"source": "storage (vLLM load)"}
         self.timings: dict[str, float] = {}
@@ -245,11 +246,8 @@ class VllmEngine:
 
         self.timings["vllm_import_s"] = time.monotonic() - t_import
 
-        if self.config.kv_transfer:
-            from services.common.procs import free_port
-
-            self.kv_address = f"{self.config.kv_host}:{self.config.kv_port or free_port(self.config.kv_host)}"
-        args = AsyncEngineArgs(**engine_args(self.config, self.kv_address))
+        kv_dir = self._start_kv_server() if self.config.kv_transfer else ""
+        args = AsyncEngineArgs(**engine_args(self.config, self.kv_address, kv_dir))
         t0 = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self._sink)])
         self.timings["engine_init_s"] = time.monotonic() - t0
@@ -310,19 +308,30 @@ class VllmEngine:
                 # request would keep decoding until garbage collection got to the generator.
                 await stream.aclose()
 
+    def _start_kv_server(self) -> str:
+        """The KV transfer server, in this process (vLLM's worker process spins holding the GIL);
+        returns the shared-memory folder the engine stages into."""
+        import tempfile
+
+        from services.worker.kv.store import StagingStore
+        from services.worker.kv.tcp import KvServer
+
+        shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        kv_dir = tempfile.mkdtemp(prefix="hfx-kv-", dir=shm_root)
+        self._kv_server = KvServer(StagingStore(), kv_dir, self.config.kv_host, self.config.kv_port).start()
+        self.kv_address = self._kv_server.address
+        log.info("KV transfer server on %s, staging in %s", self.kv_address, kv_dir)
+        return kv_dir
+
     async def release_kv(self, transfer_id: str) -> bool:
-        reply = await self._kv_request({"op": "release", "transfer_id": transfer_id})
-        return bool(reply.get("freed"))
+        if self._kv_server is None:
+            return False
+        return await asyncio.get_running_loop().run_in_executor(None, self._kv_server.release, transfer_id)
 
     async def kv_stats(self) -> dict:
-        return await self._kv_request({"op": "stats"})
-
-    async def _kv_request(self, message: dict) -> dict:
-        if not self.kv_address:
+        if self._kv_server is None:
             raise RuntimeError("this engine was started without KV transfer")
-        from services.worker.kv import tcp
-
-        return await asyncio.get_running_loop().run_in_executor(None, tcp.request, self.kv_address, message)
+        return self._kv_server.handle({"op": "stats"}, None)
 
     async def abort(self, request_id: str) -> bool:
         if request_id not in self._live:
@@ -350,6 +359,12 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        if self._kv_server is not None:
+            import shutil
+
+            self._kv_server.close()
+            shutil.rmtree(self._kv_server.staging_dir, ignore_errors=True)
+            self._kv_server = None
 
     async def _render(self, prompt_token_ids: list[int]) -> Any:
         # Token-id prompts go through vLLM's renderer: handing AsyncLLM a raw prompt dict is

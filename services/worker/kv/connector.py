@@ -13,7 +13,9 @@ every block checked out, and reports the load finished. Any failure reports the 
 vLLM (kv_load_failure_policy "recompute") computes the prefill itself: never tokens from bad KV.
 
 Runs in vLLM's processes (scheduler side in the engine core, worker side beside the KV cache); it
-logs there. CPU KV layout (CPUAttentionBackend): per layer [num_blocks, num_kv_heads, block_size,
+logs there. The staged blocks go to shared memory (shm.py) and the worker service's own process
+serves them (tcp.KvServer): vLLM's worker process spins holding the GIL between steps
+(os.sched_yield keeps it), which starved a server thread there for seconds on 2 cores. CPU KV layout (CPUAttentionBackend): per layer [num_blocks, num_kv_heads, block_size,
 2 * head_size], so one block of one layer is contiguous; a staged block is that, for every layer.
 """
 
@@ -36,8 +38,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.v1.request import RequestStatus
 
-from services.worker.kv import tcp, wire
-from services.worker.kv.store import StagingStore, Staged
+from services.worker.kv import shm, tcp, wire
 
 log = logging.getLogger("hfx.worker.kv")
 
@@ -74,7 +75,8 @@ class HfxKvConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         extra = self._kv_transfer_config.kv_connector_extra_config or {}
-        self.address = str(extra.get("hfx_kv_address", ""))
+        self.address = str(extra.get("hfx_kv_address", ""))  # the worker service's KV server
+        self.staging_dir = str(extra.get("hfx_kv_dir", ""))
         self.lease_s = float(extra.get("hfx_kv_lease_s", DEFAULT_LEASE_S))
         self.deadline_s = float(extra.get("hfx_kv_deadline_s", DEFAULT_DEADLINE_S))
         self.block_size = vllm_config.cache_config.block_size
@@ -86,8 +88,6 @@ class HfxKvConnector(KVConnectorBase_V1):
         # Worker side.
         self._kv: dict[str, torch.Tensor] = {}
         self._layout: dict = {}
-        self._store = StagingStore()
-        self._server: tcp.KvServer | None = None
         self._lock = threading.Lock()
         self._sent: set[str] = set()
         self._loaded: set[str] = set()
@@ -139,14 +139,14 @@ class HfxKvConnector(KVConnectorBase_V1):
         self._local_hit.pop(request.request_id, None)
         if not params.get("do_remote_decode") or request.status != RequestStatus.FINISHED_LENGTH_CAPPED:
             return False, None  # aborted or stopped early: nothing to hand on
-        if not self.address:
-            log.error("do_remote_decode on an engine without hfx_kv_address: nothing staged")
+        if not self.address or not self.staging_dir:
+            log.error("do_remote_decode on an engine without hfx_kv_address / hfx_kv_dir: nothing staged")
             return False, None
         num_tokens = len(request.prompt_token_ids or ())
         num_blocks = -(-num_tokens // self.block_size)
         lease_s = float(params.get("lease_s") or self.lease_s)
         expires = time.time() + lease_s
-        transfer_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
+        transfer_id = uuid.uuid4().hex  # a file name in the staging directory
         self._staging.add(request.request_id)
         self._pending_stages.append(StageSpec(request.request_id, transfer_id, list(block_ids[:num_blocks]),
                                               num_tokens, expires))
@@ -161,11 +161,6 @@ class HfxKvConnector(KVConnectorBase_V1):
         per_layer = first[0].numel() * first.element_size()
         self._layout = {"layers": len(self._kv), "dtype": str(first.dtype), "block_shape": list(first.shape[1:]),
                         "block_size": self.block_size, "block_bytes": per_layer * len(self._kv)}
-        if self.address and self._server is None:
-            host, _, port = self.address.rpartition(":")
-            self._server = tcp.KvServer(self._store, host, int(port)).start()
-            log.info("KV transfer server on %s (block %d bytes, %d layers)", self._server.address,
-                     self._layout["block_bytes"], len(self._kv))
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
@@ -187,10 +182,9 @@ class HfxKvConnector(KVConnectorBase_V1):
 
     def _stage(self, spec: StageSpec) -> None:
         try:
-            data = self._gather(spec.block_ids)
-            blocks = [memoryview(data[i].numpy()) for i in range(len(spec.block_ids))]
-            self._store.stage(Staged(spec.transfer_id, blocks, [wire.crc32(b) for b in blocks], spec.num_tokens,
-                                     self._layout, spec.expires_unix_s, meta={"tensor": data}))
+            rows = self._gather(spec.block_ids).numpy()
+            shm.write(self.staging_dir, spec.transfer_id, rows, [wire.crc32(row) for row in rows], spec.num_tokens,
+                      self._layout, spec.expires_unix_s)
         except Exception:  # D then finds no transfer and recomputes
             log.exception("staging KV for %s failed", spec.req_id)
         with self._lock:
@@ -219,10 +213,17 @@ class HfxKvConnector(KVConnectorBase_V1):
             log.warning("KV %s from %s failed (%s): the prefill is recomputed here", spec.transfer_id,
                         spec.address, err)
         finally:
-            if self._server is not None:
-                self._server.pulls.record(outcome, result.bytes, result.ms)
+            self._report(outcome, result)
             with self._lock:
                 (self._loaded if ok else self._failed).add(spec.req_id)
+
+    def _report(self, outcome: str, result: tcp.PullResult) -> None:
+        """Tell this engine's worker service how the pull went (its metrics and stats)."""
+        try:
+            tcp.request(self.address, {"op": "pulled", "outcome": outcome, "bytes": result.bytes, "ms": result.ms},
+                        timeout_s=1.0)
+        except wire.KvTransferError as err:
+            log.warning("could not report a KV pull to %s: %s", self.address, err)
 
     def _scatter(self, block_ids: list[int], buf: torch.Tensor) -> None:
         index = torch.tensor(block_ids, dtype=torch.long)
@@ -248,6 +249,4 @@ class HfxKvConnector(KVConnectorBase_V1):
         return
 
     def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        return

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 
 @dataclass
@@ -18,8 +18,7 @@ class Staged:
     num_tokens: int
     layout: dict                   # what D checks before loading: dtype, per-layer block shape, layers
     expires_s: float
-    reading: int = 0               # pulls in progress (an expiry waits for none: it frees anyway)
-    meta: dict = field(default_factory=dict)
+    release: Callable[[], None] | None = None  # frees the blocks' memory (unmap, unlink)
 
     @property
     def nbytes(self) -> int:
@@ -39,12 +38,12 @@ GONE_REMEMBERED = 4096
 
 class StagingStore:
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._staged: dict[str, Staged] = {}
         self._freed: dict[str, int] = {}
         # Recently freed transfers and why: a pull for one of them is answered at once, where a
         # pull for an id not seen yet may be early (P's client learns the id a moment before
-        # the blocks are staged) and waits for it a little.
+        # the blocks are staged) and may wait for it a little.
         self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     def stage(self, staged: Staged) -> None:
@@ -52,13 +51,11 @@ class StagingStore:
             if staged.transfer_id in self._staged or staged.transfer_id in self._gone:
                 raise ValueError(f"transfer {staged.transfer_id!r} was staged before")
             self._staged[staged.transfer_id] = staged
-            self._lock.notify_all()
 
-    def get(self, transfer_id: str, now_s: float, wait_s: float = 0.0) -> tuple[Staged | None, str]:
+    def get(self, transfer_id: str, now_s: float) -> tuple[Staged | None, str]:
         """The staged transfer and "", or None and why not ("expired", "acked", ..., "unknown"
-        when never staged here, after waiting up to `wait_s` for it)."""
+        when never staged here)."""
         with self._lock:
-            self._lock.wait_for(lambda: transfer_id in self._staged or transfer_id in self._gone, timeout=wait_s)
             staged = self._staged.get(transfer_id)
             if staged is not None and staged.expires_s > now_s:
                 return staged, ""
@@ -66,22 +63,36 @@ class StagingStore:
                 return None, "expired"
             return None, self._gone.get(transfer_id, "unknown")
 
-    def free(self, transfer_id: str, reason: str) -> bool:
-        """Drop a transfer (ack, nack, release); True when it was still held."""
+    def knows(self, transfer_id: str) -> bool:
         with self._lock:
-            found = self._staged.pop(transfer_id, None) is not None
-            if found:
+            return transfer_id in self._staged or transfer_id in self._gone
+
+    def free(self, transfer_id: str, reason: str) -> bool:
+        """Drop a transfer (ack, nack, release) and its memory; True when it was still held."""
+        with self._lock:
+            staged = self._staged.pop(transfer_id, None)
+            if staged is not None:
                 self._forget(transfer_id, reason)
-            return found
+        if staged is not None and staged.release is not None:
+            staged.release()
+        return staged is not None
 
     def expire(self, now_s: float) -> list[str]:
         """Free every transfer whose lease has passed; returns their ids."""
         with self._lock:
-            gone = [tid for tid, s in self._staged.items() if s.expires_s <= now_s]
-            for tid in gone:
-                del self._staged[tid]
-                self._forget(tid, "expired")
-            return gone
+            gone = [s for s in self._staged.values() if s.expires_s <= now_s]
+            for staged in gone:
+                del self._staged[staged.transfer_id]
+                self._forget(staged.transfer_id, "expired")
+        for staged in gone:
+            if staged.release is not None:
+                staged.release()
+        return [s.transfer_id for s in gone]
+
+    def free_all(self, reason: str) -> int:
+        with self._lock:
+            ids = list(self._staged)
+        return sum(self.free(tid, reason) for tid in ids)
 
     def _forget(self, transfer_id: str, reason: str) -> None:
         self._freed[reason] = self._freed.get(reason, 0) + 1

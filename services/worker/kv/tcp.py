@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.worker.kv import wire
-from services.worker.kv.store import StagingStore
+from services.worker.kv import shm, wire
+from services.worker.kv.store import Staged, StagingStore
 from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlow, UnknownTransfer
 from services.worker.weights.tcp import ThreadedServer
 
@@ -26,16 +26,19 @@ log = logging.getLogger("hfx.worker.kv")
 IDLE_TIMEOUT_S = 30.0      # a connection silent this long between requests is closed
 SEND_TIMEOUT_S = 10.0      # a reader that takes nothing for this long is dropped
 REAP_INTERVAL_S = 0.2
-STAGE_WAIT_S = 2.0         # a pull may arrive just before its blocks are staged: wait this long for them
+STAGE_WAIT_S = 2.0         # a release may arrive just before its blocks are staged: wait this long for them
+MAX_STAGE_WAIT_S = 30.0    # a pull waits for its blocks as long as D's deadline allows, at most this
 
 
 class KvServer(ThreadedServer):
-    """Serves the store's staged transfers; frees a transfer on ack, release or lease expiry."""
+    """Serves the transfers staged in `staging_dir` (shm.py) through the store; frees a transfer
+    on ack, release or lease expiry. Runs in the worker service's process, beside the engine."""
 
-    def __init__(self, store: StagingStore, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, store: StagingStore, staging_dir: str, host: str = "127.0.0.1", port: int = 0,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(socket.create_server((host, port), reuse_port=False), "kv")
         self.store = store
+        self.staging_dir = staging_dir
         self.clock = clock
         self.address = f"{host}:{self._sock.getsockname()[1]}"
         self.pulls = PullLog()  # this engine's own pulls as D, reported with the store's stats
@@ -49,17 +52,48 @@ class KvServer(ThreadedServer):
     def close(self) -> None:
         self._stop.set()
         super().close()
+        self.store.free_all("shutdown")
 
     def _reap(self) -> None:
         while not self._stop.wait(REAP_INTERVAL_S):
+            for tid in shm.complete_ids(self.staging_dir):
+                self._adopt(tid)  # under its lease from now, read or not
             for tid in self.store.expire(self.clock()):
                 log.warning("KV transfer %s: lease expired unread, blocks freed", tid)
+
+    def _adopt(self, tid: str) -> bool:
+        if self.store.knows(tid):
+            return True
+        staged = shm.load(self.staging_dir, tid)
+        if staged is None:
+            return False
+        try:
+            self.store.stage(staged)
+        except ValueError:  # adopted meanwhile by another thread
+            staged.release = None
+        return True
+
+    def release(self, tid: str) -> bool:
+        """Free a transfer nobody will read (an abort), staged already or about to be."""
+        self.lookup(tid, STAGE_WAIT_S)
+        return self.store.free(tid, "released")
+
+    def lookup(self, tid: str, wait_s: float) -> tuple[Staged | None, str]:
+        """The staged transfer, waiting up to `wait_s` for one not staged yet."""
+        give_up = time.monotonic() + wait_s
+        while True:
+            staged, why = self.store.get(tid, self.clock())
+            if staged is not None or why != "unknown":
+                return staged, why
+            if not self._adopt(tid) and time.monotonic() >= give_up:
+                return None, why
+            if not self.store.knows(tid):
+                time.sleep(0.005)
 
     def accept(self, conn: socket.socket, peer) -> None:
         self.spawn(self._serve, conn, peer)
 
     def _serve(self, conn: socket.socket, peer) -> None:
-        import sys; print(f"DBG {time.time():.3f} serve conn {peer}", file=sys.stderr, flush=True)
         try:
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -77,21 +111,25 @@ class KvServer(ThreadedServer):
     def handle(self, request: dict, conn: socket.socket) -> dict:
         op, tid = request.get("op"), str(request.get("transfer_id", ""))
         if op == "pull":
-            return self._send(conn, tid, int(request.get("from_block", 0)))
+            wait_s = min(MAX_STAGE_WAIT_S, max(0.0, float(request.get("wait_s", STAGE_WAIT_S))))
+            return self._send(conn, tid, int(request.get("from_block", 0)), wait_s)
         if op == "ack":
             ok = bool(request.get("ok"))
             freed = self.store.free(tid, "acked" if ok else f"nacked:{request.get('reason', '')}")
             return {"freed": freed}
         if op == "release":
-            return {"freed": self.store.free(tid, "released")}
+            return {"freed": self.release(tid)}
+        if op == "pulled":  # this engine's connector reporting one of its pulls
+            self.pulls.record(str(request.get("outcome")), int(request.get("bytes", 0)), float(request.get("ms", 0.0)))
+            return {}
         if op == "stats":
             s = self.store.stats()
             return {"leases": s.leases, "blocks": s.blocks, "bytes": s.bytes, "freed": s.freed,
                     "pulls": self.pulls.snapshot()}
         return {"ok": False, "reason": "bad-request", "error": f"unknown op {op!r}"}
 
-    def _send(self, conn: socket.socket, tid: str, from_block: int) -> dict:
-        staged, why = self.store.get(tid, self.clock(), wait_s=STAGE_WAIT_S)
+    def _send(self, conn: socket.socket, tid: str, from_block: int, wait_s: float) -> dict:
+        staged, why = self.lookup(tid, wait_s)
         if staged is None:
             return {"ok": False, "reason": UnknownTransfer.kind, "error": f"transfer {tid!r} is not staged here ({why})"}
         if not 0 <= from_block <= len(staged.blocks):
@@ -143,7 +181,6 @@ def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadl
     On any failure P is told (a NACK, best effort: the lease frees it otherwise) and a
     KvTransferError is raised; nothing received counts as loaded then."""
     started = time.monotonic()
-    import sys; print(f"DBG {time.time():.3f} pull start {transfer_id}", file=sys.stderr, flush=True)
     deadline = started + deadline_s
     host, _, port = address.rpartition(":")
     try:
@@ -155,11 +192,13 @@ def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadl
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         result = PullResult()
         try:
-            _send(conn, {"op": "pull", "version": wire.VERSION, "transfer_id": transfer_id,
-                         "from_block": from_block}, deadline)
+            # P may learn of the transfer a moment before its blocks are staged: it waits for them
+            # while the rest of the stream still fits the deadline.
+            _send(conn, {"op": "pull", "version": wire.VERSION, "transfer_id": transfer_id, "from_block": from_block,
+                         "wait_s": round(deadline_s * 0.5, 3)}, deadline)
             _receive(conn, address, transfer_id, from_block, layout, deadline, into, result)
         except KvTransferError as err:
-            _nack(conn, transfer_id, err.kind, deadline)
+            _nack(address, transfer_id, err.kind)
             raise type(err)(f"{err} (after {result.blocks} blocks, {result.bytes} bytes, "
                             f"{(time.monotonic() - started) * 1000:.0f} ms)") from None
         _send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
@@ -170,7 +209,6 @@ def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadl
 
 def _receive(conn, address, tid, from_block, layout, deadline, into, result: PullResult) -> None:
     head = read_frame(conn, deadline)
-    import sys; print(f"DBG {time.time():.3f} head {head}", file=sys.stderr, flush=True)
     if not head.get("ok"):
         cls = UnknownTransfer if head.get("reason") == UnknownTransfer.kind else Integrity
         raise cls(f"KV server {address}: {head.get('error', 'refused')}")
@@ -196,10 +234,12 @@ def _receive(conn, address, tid, from_block, layout, deadline, into, result: Pul
         raise Integrity(f"transfer {tid}: stream ended with {end} after {result.blocks} of {expected} blocks")
 
 
-def _nack(conn, tid: str, reason: str, deadline: float) -> None:
+def _nack(address: str, tid: str, reason: str) -> None:
+    """Tell P to free a transfer D gave up on, on a fresh connection (the pull's own may be
+    mid-stream or dead); best effort: the lease frees it otherwise."""
     try:
-        _send(conn, {"op": "ack", "transfer_id": tid, "ok": False, "reason": reason}, min(deadline, time.monotonic() + 0.5))
-    except (KvTransferError, OSError):
+        request(address, {"op": "ack", "transfer_id": tid, "ok": False, "reason": reason}, timeout_s=0.5)
+    except KvTransferError:
         pass
 
 

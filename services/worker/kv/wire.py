@@ -1,7 +1,8 @@
 """The KV block stream's protocol, on any byte transport (frames as the weight stream's: a 4-byte
 big-endian length and a JSON object; raw block bytes follow their header unframed).
 
-    D -> P  PULL    {"op": "pull", "version": 1, "transfer_id": t, "from_block": k}
+    D -> P  PULL    {"op": "pull", "version": 1, "transfer_id": t, "from_block": k, "wait_s": w}
+                    (P waits up to w for blocks staged a moment after their id was handed out)
     P -> D          {"ok": true, "num_tokens": n, "blocks": m, "layout": {...}}
                     or {"ok": false, "reason": "unknown-transfer", "error": "..."}
                     then for each block i >= k: {"i": i, "nbytes": b, "crc32": c} + b bytes
