@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import time
@@ -300,7 +301,10 @@ class VllmEngine:
         try:
             async for out in stream:
                 finished = out.finished
-                yield _to_engine_output(out, len(req.prompt_token_ids))
+                output = _to_engine_output(out, len(req.prompt_token_ids))
+                if output.kv is not None and output.kv.transfer_id:
+                    output = await self._when_staged(output)
+                yield output
         finally:
             self._live.discard(req.request_id)
             if not finished:
@@ -322,6 +326,19 @@ class VllmEngine:
         self.kv_address = self._kv_server.address
         log.info("KV transfer server on %s, staging in %s", self.kv_address, kv_dir)
         return kv_dir
+
+    async def _when_staged(self, output: EngineOutput) -> EngineOutput:
+        """The prefill leg's last output once its KV is staged and leased here, so the decode leg
+        never starts before the blocks it pulls (and, busy waiting for them, starves the engine
+        that stages them of CPU); without its KV params when staging failed."""
+        from services.worker.kv.tcp import STAGE_WAIT_S
+
+        staged, why = await asyncio.get_running_loop().run_in_executor(
+            None, self._kv_server.lookup, output.kv.transfer_id, STAGE_WAIT_S)
+        if staged is None:
+            log.warning("KV of %s not staged (%s): the decode leg will compute the prompt", output.kv.transfer_id, why)
+            return dataclasses.replace(output, kv=None)
+        return output
 
     async def release_kv(self, transfer_id: str) -> bool:
         if self._kv_server is None:
