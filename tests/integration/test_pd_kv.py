@@ -9,6 +9,7 @@ so a test cannot pass by recomputing where a load was due. Two engines for the w
 
 from __future__ import annotations
 
+import glob
 import socket
 import subprocess
 import sys
@@ -187,8 +188,13 @@ def test_corrupt_block_is_caught_by_its_checksum_and_d_recomputes(pd):
     colocated, _ = p.generate("co-crc", prompt, 10)
     before = outcomes(d)
     first, last = p.generate("crc-p", prompt, 10, worker_pb2.KvTransferParams(do_remote_decode=True))
-    proxy = Proxy(last.kv_transfer.remote_address, "corrupt")
-    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=proxy.address,
+    (staged_file,) = glob.glob(f"/dev/shm/hfx-kv-*/{last.kv_transfer.transfer_id}.kv")
+    with open(staged_file, "r+b") as f:  # one bit flipped in P's staged copy
+        f.seek(BLOCK * 300)
+        byte = f.read(1)[0]
+        f.seek(BLOCK * 300)
+        f.write(bytes([byte ^ 1]))
+    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=last.kv_transfer.remote_address,
                                      transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
     rest, _ = d.generate("crc-d", prompt + first, 9, kv)
     assert first + rest == colocated
@@ -216,7 +222,7 @@ def test_p_lost_or_stalled_mid_transfer_means_recompute_within_the_deadline(pd, 
     colocated, _ = p.generate(f"co-{mode}", prompt, 8)
     before = outcomes(d)
     first, last = p.generate(f"{mode}-p", prompt, 8, worker_pb2.KvTransferParams(do_remote_decode=True, lease_s=2.0))
-    proxy = Proxy(last.kv_transfer.remote_address, mode, at_byte=300_000)
+    proxy = Proxy(last.kv_transfer.remote_address, mode, at_byte=10)  # within P's first answer
     kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=proxy.address,
                                      transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
     rest, _ = d.generate(f"{mode}-d", prompt + first, 7, kv)

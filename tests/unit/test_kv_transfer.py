@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.worker.kv import shm, tcp, wire
+from services.worker.kv import samehost, shm, tcp, wire
 from services.worker.kv.params import BadKvParams, KvParams
 from services.worker.kv.store import StagingStore, Staged
 
@@ -174,3 +174,29 @@ def test_kv_params_round_trip_through_vllm_dict():
     p = KvParams(do_remote_prefill=True, remote_address="h:1", transfer_id="t", num_tokens=5)
     assert KvParams.from_vllm(p.to_vllm()) == p
     assert KvParams.from_vllm(None) is None
+
+
+def samehost_pull(srv, tid, n, from_block=0):
+    out = np.zeros((n, BLOCK_BYTES), dtype=np.uint8)
+    result = samehost.pull(srv.address, tid, from_block=from_block, layout=LAYOUT, deadline_s=5.0,
+                           into=lambda i, _n: memoryview(out[i]))
+    return out, result
+
+
+def test_same_host_pull_maps_the_staged_file_checks_it_and_acks(server, tmp_path):
+    rows = stage(tmp_path, "s1", n_blocks=4)
+    out, result = samehost_pull(server, "s1", 4, from_block=1)
+    assert (out[1:] == rows[1:]).all() and result.blocks == 3 and result.acked
+    assert server.handle({"op": "stats"}, None)["freed"] == {"acked": 1}
+
+
+def test_same_host_pull_catches_a_corrupt_block_and_nacks(server, tmp_path):
+    stage(tmp_path, "s2")
+    with open(tmp_path / "s2.kv", "r+b") as f:
+        f.seek(5)
+        byte = f.read(1)[0]
+        f.seek(5)
+        f.write(bytes([byte ^ 0x80]))
+    with pytest.raises(wire.Integrity, match="block 0 CRC32"):
+        samehost_pull(server, "s2", 3)
+    assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:integrity": 1}

@@ -62,6 +62,7 @@ class VllmEngineConfig:
     kv_port: int = 0
     kv_lease_s: float = 30.0
     kv_deadline_s: float = 10.0
+    kv_transport: str = "auto"  # "auto": map a same-host P's staged blocks, else TCP; "tcp": always TCP
     extra_engine_args: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -110,7 +111,8 @@ def kv_transfer_config(config: VllmEngineConfig, kv_address: str, kv_dir: str) -
         kv_connector=CONNECTOR_NAME, kv_connector_module_path=CONNECTOR_MODULE, kv_role="kv_both",
         # A failed pull is recomputed by this engine, never served from what arrived.
         kv_load_failure_policy="recompute",
-        kv_connector_extra_config={"hfx_kv_address": kv_address, "hfx_kv_dir": kv_dir, "hfx_kv_lease_s": config.kv_lease_s,
+        kv_connector_extra_config={"hfx_kv_address": kv_address, "hfx_kv_dir": kv_dir, "hfx_kv_transport": config.kv_transport,
+                                   "hfx_kv_lease_s": config.kv_lease_s,
                                    "hfx_kv_deadline_s": config.kv_deadline_s},
     )
 

@@ -38,7 +38,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.v1.request import RequestStatus
 
-from services.worker.kv import shm, tcp, wire
+from services.worker.kv import samehost, shm, tcp, wire
 
 log = logging.getLogger("hfx.worker.kv")
 
@@ -77,6 +77,8 @@ class HfxKvConnector(KVConnectorBase_V1):
         extra = self._kv_transfer_config.kv_connector_extra_config or {}
         self.address = str(extra.get("hfx_kv_address", ""))  # the worker service's KV server
         self.staging_dir = str(extra.get("hfx_kv_dir", ""))
+        # "auto": map P's staged file when P is on this host, else stream; "tcp": always stream.
+        self.transport = str(extra.get("hfx_kv_transport", "auto"))
         self.lease_s = float(extra.get("hfx_kv_lease_s", DEFAULT_LEASE_S))
         self.deadline_s = float(extra.get("hfx_kv_deadline_s", DEFAULT_DEADLINE_S))
         self.block_size = vllm_config.cache_config.block_size
@@ -200,7 +202,8 @@ class HfxKvConnector(KVConnectorBase_V1):
             n = len(spec.block_ids)
             buf = torch.empty((n, self._layout["block_bytes"]), dtype=torch.uint8)
             rows = buf.numpy()
-            result = tcp.pull(spec.address, spec.transfer_id, from_block=spec.from_block, layout=self._layout,
+            pull = samehost.pull if self.transport == "auto" else tcp.pull
+            result = pull(spec.address, spec.transfer_id, from_block=spec.from_block, layout=self._layout,
                               deadline_s=spec.deadline_s, into=lambda i, _n: memoryview(rows[i - spec.from_block]))
             if result.blocks != n:
                 raise wire.Integrity(f"pulled {result.blocks} blocks, {n} were allocated")

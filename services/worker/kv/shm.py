@@ -37,6 +37,10 @@ def write(directory: str, transfer_id: str, data, crc32: list[int], num_tokens: 
     os.replace(tmp, f"{base}.json")
 
 
+def data_path(directory: str, transfer_id: str) -> str:
+    return str(Path(directory) / f"{transfer_id}.kv")
+
+
 def complete_ids(directory: str) -> list[str]:
     return [p.name[:-5] for p in Path(directory).glob("*.json")]
 

@@ -113,6 +113,13 @@ class KvServer(ThreadedServer):
         if op == "pull":
             wait_s = min(MAX_STAGE_WAIT_S, max(0.0, float(request.get("wait_s", STAGE_WAIT_S))))
             return self._send(conn, tid, int(request.get("from_block", 0)), wait_s)
+        if op == "locate":  # a reader on this host maps the staged file instead of streaming it
+            wait_s = min(MAX_STAGE_WAIT_S, max(0.0, float(request.get("wait_s", STAGE_WAIT_S))))
+            staged, why = self.lookup(tid, wait_s)
+            if staged is None:
+                return {"ok": False, "reason": UnknownTransfer.kind, "error": f"transfer {tid!r} is not staged here ({why})"}
+            return {"ok": True, "path": shm.data_path(self.staging_dir, tid), "crc32": list(staged.crc32),
+                    "num_tokens": staged.num_tokens, "layout": staged.layout, "blocks": len(staged.blocks)}
         if op == "ack":
             ok = bool(request.get("ok"))
             freed = self.store.free(tid, "acked" if ok else f"nacked:{request.get('reason', '')}")
@@ -198,7 +205,7 @@ def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadl
                          "wait_s": round(deadline_s * 0.5, 3)}, deadline)
             _receive(conn, address, transfer_id, from_block, layout, deadline, into, result)
         except KvTransferError as err:
-            _nack(address, transfer_id, err.kind)
+            nack(address, transfer_id, err.kind)
             raise type(err)(f"{err} (after {result.blocks} blocks, {result.bytes} bytes, "
                             f"{(time.monotonic() - started) * 1000:.0f} ms)") from None
         _send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
@@ -234,7 +241,7 @@ def _receive(conn, address, tid, from_block, layout, deadline, into, result: Pul
         raise Integrity(f"transfer {tid}: stream ended with {end} after {result.blocks} of {expected} blocks")
 
 
-def _nack(address: str, tid: str, reason: str) -> None:
+def nack(address: str, tid: str, reason: str) -> None:
     """Tell P to free a transfer D gave up on, on a fresh connection (the pull's own may be
     mid-stream or dead); best effort: the lease frees it otherwise."""
     try:
@@ -251,6 +258,8 @@ def request(address: str, message: dict, timeout_s: float = 2.0) -> dict:
         with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
             _send(conn, message, deadline)
             return read_frame(conn, deadline)
+    except socket.timeout:
+        raise TooSlow(f"KV server {address}: no answer within {timeout_s:.1f}s") from None
     except (OSError, ValueError) as err:
         raise PeerLost(f"KV server {address}: {err}") from None
 
