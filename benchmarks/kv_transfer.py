@@ -14,6 +14,7 @@ number of bytes between two preallocated buffers. Median of --repeats runs per p
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -45,7 +46,15 @@ def memcpy_gbps(nbytes: int, repeats: int) -> float:
     return nbytes / statistics.median(times) / 1e9
 
 
-def transfer(server: tcp.KvServer, staging: str, size: int, repeats: int, pull) -> tuple[float, float]:
+def serve(staging: str, ready, stop) -> None:
+    """P's side, in a process of its own as in a deployment (the worker service's)."""
+    server = tcp.KvServer(StagingStore(), staging).start()
+    ready.put(server.address)
+    stop.wait()
+    server.close()
+
+
+def transfer(address: str, staging: str, size: int, repeats: int, pull) -> tuple[float, float]:
     n = size // BLOCK_BYTES
     rows = np.random.default_rng(1).integers(0, 256, (n, BLOCK_BYTES), dtype=np.uint8)
     sums = [wire.crc32(r) for r in rows]
@@ -55,8 +64,9 @@ def transfer(server: tcp.KvServer, staging: str, size: int, repeats: int, pull) 
     for r in range(repeats):
         tid = f"bench-{size}-{r}-{pull.__module__.rsplit('.', 1)[-1]}"
         shm.write(staging, tid, rows, sums, n * 128, LAYOUT, time.time() + 60)
+        time.sleep(2 * tcp.REAP_INTERVAL_S)  # P adopts it under a lease before it names it (as the engine does)
         t = time.perf_counter()
-        result = pull(server.address, tid, from_block=0, layout=LAYOUT, deadline_s=30.0,
+        result = pull(address, tid, from_block=0, layout=LAYOUT, deadline_s=30.0,
                       into=lambda i, _n: memoryview(dst[i]))
         times.append(time.perf_counter() - t)
         assert result.blocks == n and result.acked
@@ -72,17 +82,22 @@ def main() -> None:
     args = parser.parse_args()
     root = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="hfx-kv-bench-", dir=root) as staging:
-        server = tcp.KvServer(StagingStore(), staging).start()
+        ctx = multiprocessing.get_context("spawn")
+        ready, stop = ctx.Queue(), ctx.Event()
+        server = ctx.Process(target=serve, args=(staging, ready, stop), daemon=True)
+        server.start()
+        address = ready.get(timeout=60)
         try:
             print(f"{'size MiB':>8} {'memcpy GB/s':>11} {'transport':>9} {'GB/s':>7} {'ms':>8} {'% memcpy':>9}")
             for mib in args.sizes_mib:
                 base = memcpy_gbps(mib * MiB, args.repeats)
                 for name, pull in (("samehost", samehost.pull), ("tcp", tcp.pull)):
-                    gbps, ms = transfer(server, staging, mib * MiB, args.repeats, pull)
+                    gbps, ms = transfer(address, staging, mib * MiB, args.repeats, pull)
                     print(f"{mib:>8} {base:>11.2f} {name:>9} {gbps:>7.2f} {ms:>8.2f} {100 * gbps / base:>8.0f}%",
                           flush=True)
         finally:
-            server.close()
+            stop.set()
+            server.join(10)
 
 
 if __name__ == "__main__":

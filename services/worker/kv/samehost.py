@@ -6,7 +6,6 @@ even when P unlinks the file meanwhile."""
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from collections.abc import Callable
@@ -17,34 +16,43 @@ from services.worker.kv.wire import Integrity, KvTransferError, TooSlow, Unknown
 
 def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadline_s: float,
          into: Callable[[int, int], memoryview]) -> tcp.PullResult:
-    """As tcp.pull (same arguments, errors and result); maps the staged file when P is on this
-    host, else streams over TCP."""
+    """As tcp.pull (same arguments, errors and result); reads the staged file when P is on this
+    host, else streams over TCP. One connection carries the locate and the ACK."""
     started = time.monotonic()
-    reply = tcp.request(address, {"op": "locate", "transfer_id": transfer_id, "wait_s": round(deadline_s * 0.5, 3)},
-                        timeout_s=deadline_s)
-    if not reply.get("ok"):
-        if reply.get("reason") == UnknownTransfer.kind:
-            raise UnknownTransfer(f"KV server {address}: {reply.get('error')}")
-        return tcp.pull(address, transfer_id, from_block=from_block, layout=layout, deadline_s=deadline_s, into=into)
-    try:
-        fd = os.open(str(reply.get("path", "")), os.O_RDONLY)
-    except OSError:  # not this host (or freed just now): stream it
-        left = deadline_s - (time.monotonic() - started)
-        return tcp.pull(address, transfer_id, from_block=from_block, layout=layout, deadline_s=left, into=into)
-    result = tcp.PullResult(num_tokens=int(reply.get("num_tokens", 0)))
-    try:
-        _copy(fd, reply, transfer_id, from_block, layout, started + deadline_s, into, result)
-    except KvTransferError as err:
-        tcp.nack(address, transfer_id, err.kind)
-        raise
-    finally:
-        os.close(fd)
-    result.acked = bool(tcp.request(address, {"op": "ack", "transfer_id": transfer_id, "ok": True}).get("freed"))
+    deadline = started + deadline_s
+    conn = tcp.connect(address, deadline_s)
+    with conn:
+        tcp.send(conn, {"op": "locate", "transfer_id": transfer_id, "wait_s": round(deadline_s * 0.5, 3)}, deadline)
+        reply = tcp.read_frame(conn, deadline)
+        if not reply.get("ok"):
+            if reply.get("reason") == UnknownTransfer.kind:
+                raise UnknownTransfer(f"KV server {address}: {reply.get('error')}")
+            return tcp.pull(address, transfer_id, from_block=from_block, layout=layout, deadline_s=deadline_s, into=into)
+        try:
+            fd = os.open(str(reply.get("path", "")), os.O_RDONLY)
+        except OSError:  # not this host (or freed just now): stream it
+            return tcp.pull(address, transfer_id, from_block=from_block, layout=layout,
+                            deadline_s=deadline - time.monotonic(), into=into)
+        result = tcp.PullResult(num_tokens=int(reply.get("num_tokens", 0)))
+        try:
+            _copy(fd, reply, transfer_id, from_block, layout, deadline, into, result)
+        except KvTransferError as err:
+            tcp.nack(address, transfer_id, err.kind)
+            raise
+        finally:
+            os.close(fd)
+        tcp.send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
+        result.acked = bool(tcp.read_frame(conn, deadline).get("freed"))
     result.ms = (time.monotonic() - started) * 1000.0
     return result
 
 
+IOV_MAX = 512
+
+
 def _copy(fd: int, reply: dict, tid: str, from_block: int, layout: dict, deadline: float, into, result) -> None:
+    """Read the blocks straight into their destinations (one kernel copy from the page cache, no
+    page faults on a mapping), then check each one's CRC32."""
     if reply.get("layout") != layout:
         raise Integrity(f"transfer {tid}: staged layout {reply.get('layout')}, this engine has {layout}")
     block_bytes = int(layout["block_bytes"])
@@ -52,17 +60,17 @@ def _copy(fd: int, reply: dict, tid: str, from_block: int, layout: dict, deadlin
     size = os.fstat(fd).st_size
     if size != len(sums) * block_bytes or not 0 <= from_block <= len(sums):
         raise Integrity(f"transfer {tid}: staged file of {size} bytes for {len(sums)} blocks of {block_bytes}")
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-        view = memoryview(mapped)
-        try:
-            for i in range(from_block, len(sums)):
-                if time.monotonic() > deadline:
-                    raise TooSlow(f"transfer {tid}: passed its deadline after {result.blocks} blocks")
-                dst = into(i, block_bytes)
-                dst[:] = view[i * block_bytes:(i + 1) * block_bytes]
-                if crc32(dst) != sums[i]:
-                    raise Integrity(f"transfer {tid}: block {i} CRC32 {crc32(dst):#010x} != staged {sums[i]:#010x}")
-                result.blocks += 1
-                result.bytes += block_bytes
-        finally:
-            view.release()
+    for first in range(from_block, len(sums), IOV_MAX):
+        if time.monotonic() > deadline:
+            raise TooSlow(f"transfer {tid}: passed its deadline after {result.blocks} blocks")
+        ids = range(first, min(first + IOV_MAX, len(sums)))
+        buffers = [into(i, block_bytes) for i in ids]
+        got = os.preadv(fd, buffers, first * block_bytes)
+        if got != len(buffers) * block_bytes:
+            raise Integrity(f"transfer {tid}: read {got} bytes of blocks {ids.start}..{ids.stop - 1}")
+        for i, buf in zip(ids, buffers):
+            crc = crc32(buf)
+            if crc != sums[i]:
+                raise Integrity(f"transfer {tid}: block {i} CRC32 {crc:#010x} != staged {sums[i]:#010x}")
+            result.blocks += 1
+            result.bytes += block_bytes

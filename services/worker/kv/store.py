@@ -69,13 +69,18 @@ class StagingStore:
 
     def free(self, transfer_id: str, reason: str) -> bool:
         """Drop a transfer (ack, nack, release) and its memory; True when it was still held."""
+        staged = self.take(transfer_id, reason)
+        if staged is not None and staged.release is not None:
+            staged.release()
+        return staged is not None
+
+    def take(self, transfer_id: str, reason: str) -> Staged | None:
+        """Drop a transfer from the store and hand it over; the caller releases its memory."""
         with self._lock:
             staged = self._staged.pop(transfer_id, None)
             if staged is not None:
                 self._forget(transfer_id, reason)
-        if staged is not None and staged.release is not None:
-            staged.release()
-        return staged is not None
+        return staged
 
     def expire(self, now_s: float) -> list[str]:
         """Free every transfer whose lease has passed; returns their ids."""

@@ -104,6 +104,12 @@ class KvServer(ThreadedServer):
                     except PeerLost:
                         return  # the client closed between requests
                     conn.settimeout(SEND_TIMEOUT_S)
+                    if request.get("op") == "ack":  # answer first: D need not wait for the unmapping
+                        staged = self.store.take(str(request.get("transfer_id", "")), _ack_reason(request))
+                        conn.sendall(wire.frame({"freed": staged is not None}))
+                        if staged is not None and staged.release is not None:
+                            staged.release()
+                        continue
                     conn.sendall(wire.frame(self.handle(request, conn)))
         except Exception as err:  # a reader that went away must not take the server down
             log.info("KV connection from %s ended: %s", peer, err)
@@ -121,9 +127,7 @@ class KvServer(ThreadedServer):
             return {"ok": True, "path": shm.data_path(self.staging_dir, tid), "crc32": list(staged.crc32),
                     "num_tokens": staged.num_tokens, "layout": staged.layout, "blocks": len(staged.blocks)}
         if op == "ack":
-            ok = bool(request.get("ok"))
-            freed = self.store.free(tid, "acked" if ok else f"nacked:{request.get('reason', '')}")
-            return {"freed": freed}
+            return {"freed": self.store.free(tid, _ack_reason(request))}
         if op == "release":
             return {"freed": self.release(tid)}
         if op == "pulled":  # this engine's connector reporting one of its pulls
@@ -172,6 +176,10 @@ class PullLog:
             return {"outcomes": dict(self._outcomes), "bytes": self._bytes, "recent_ms": list(self._ms[-16:])}
 
 
+def _ack_reason(request: dict) -> str:
+    return "acked" if request.get("ok") else f"nacked:{request.get('reason', '')}"
+
+
 @dataclass
 class PullResult:
     blocks: int = 0
@@ -189,26 +197,20 @@ def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadl
     KvTransferError is raised; nothing received counts as loaded then."""
     started = time.monotonic()
     deadline = started + deadline_s
-    host, _, port = address.rpartition(":")
-    try:
-        conn = socket.create_connection((host, int(port)), timeout=max(0.05, deadline_s))
-    except (OSError, ValueError) as err:
-        raise PeerLost(f"cannot reach KV server {address}: {err}") from None
+    conn = connect(address, deadline_s)
     with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         result = PullResult()
         try:
             # P may learn of the transfer a moment before its blocks are staged: it waits for them
             # while the rest of the stream still fits the deadline.
-            _send(conn, {"op": "pull", "version": wire.VERSION, "transfer_id": transfer_id, "from_block": from_block,
+            send(conn, {"op": "pull", "version": wire.VERSION, "transfer_id": transfer_id, "from_block": from_block,
                          "wait_s": round(deadline_s * 0.5, 3)}, deadline)
             _receive(conn, address, transfer_id, from_block, layout, deadline, into, result)
         except KvTransferError as err:
             nack(address, transfer_id, err.kind)
             raise type(err)(f"{err} (after {result.blocks} blocks, {result.bytes} bytes, "
                             f"{(time.monotonic() - started) * 1000:.0f} ms)") from None
-        _send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
+        send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
         result.acked = bool(read_frame(conn, deadline).get("freed"))
     result.ms = (time.monotonic() - started) * 1000.0
     return result
@@ -250,13 +252,26 @@ def nack(address: str, tid: str, reason: str) -> None:
         pass
 
 
+def connect(address: str, timeout_s: float) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=max(0.05, timeout_s))
+    except socket.timeout:
+        raise TooSlow(f"KV server {address}: no connection within {timeout_s:.1f}s") from None
+    except (OSError, ValueError) as err:
+        raise PeerLost(f"cannot reach KV server {address}: {err}") from None
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    return conn
+
+
 def request(address: str, message: dict, timeout_s: float = 2.0) -> dict:
     """One request/reply on a fresh connection (release, stats)."""
     deadline = time.monotonic() + timeout_s
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
-            _send(conn, message, deadline)
+            send(conn, message, deadline)
             return read_frame(conn, deadline)
     except socket.timeout:
         raise TooSlow(f"KV server {address}: no answer within {timeout_s:.1f}s") from None
@@ -264,7 +279,7 @@ def request(address: str, message: dict, timeout_s: float = 2.0) -> dict:
         raise PeerLost(f"KV server {address}: {err}") from None
 
 
-def _send(conn: socket.socket, message: dict, deadline: float) -> None:
+def send(conn: socket.socket, message: dict, deadline: float) -> None:
     _settimeout(conn, deadline)
     try:
         conn.sendall(wire.frame(message))
