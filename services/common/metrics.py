@@ -39,6 +39,9 @@ ROUTER_E2E = Histogram("hfx_router_e2e_seconds", "Arrival to last token", ["task
                        buckets=_E2E_BUCKETS_S, registry=REGISTRY)
 ROUTER_OUTPUT_TOKENS = Counter("hfx_router_output_tokens", "Tokens streamed to clients", ["task_class"],
                                registry=REGISTRY)
+ROUTER_PD_HANDOFF = Histogram("hfx_router_pd_handoff_seconds", "P/D: from the prefill leg's last chunk to the decode "
+                              "leg's first token (KV transfer + D's first step)", buckets=_TTFT_BUCKETS_S,
+                              registry=REGISTRY)
 HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route and status code",
                          ["route", "status_code"], registry=REGISTRY)
 

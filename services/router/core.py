@@ -141,6 +141,7 @@ class RouterCore:
         """Drives the request's state machine (request_run.py) until a terminal phase: opens the
         worker stream, relays chunks, places it again after a preemption."""
         run = RequestRun(spec, valid, placement, StreamTimer(spec.arrival_s))
+        prefill_address = ""
         active = Active()
         keys = [spec.request_id] + ([valid.client_request_id] if valid.client_request_id else [])
         for k in keys:
@@ -148,10 +149,22 @@ class RouterCore:
         try:
             while not run.phase.terminal:
                 if run.phase is Phase.PLACED:
-                    active.session = self.sessions[run.placement.address]
+                    if run.split:
+                        prefill_address = run.address()
+                        span.add_event("prefill_leg", {"instance": run.placement.legs[0].instance_id,
+                                                       "decode_instance": run.placement.legs[1].instance_id})
+                    active.session = self.sessions[run.address()]
                     active.stream = active.session.start(run.worker_request(), tracing.inject_metadata(ctx))
                     run.started()
-                elif run.phase is Phase.RUNNING:
+                elif run.phase is Phase.TRANSFERRING:
+                    if active.aborted:
+                        run.stopped()
+                        break
+                    _transfer_event(span, run)
+                    active.session = self.sessions[run.address()]
+                    active.stream = active.session.start(run.worker_request(), tracing.inject_metadata(ctx))
+                    run.decode_started()
+                elif run.phase in (Phase.RUNNING, Phase.PREFILLING):
                     try:
                         chunk = await active.stream.next()
                     except StreamFailed as err:
@@ -161,7 +174,11 @@ class RouterCore:
                         run.stopped()
                         break
                     now = time.time()
+                    handoff = run.handoff_ms
                     if run.on_chunk(chunk, now):
+                        if handoff < 0 <= run.handoff_ms:
+                            metrics.ROUTER_PD_HANDOFF.observe(run.handoff_ms / 1000.0)
+                            span.add_event("decode_first_token", {"handoff_ms": run.handoff_ms})
                         yield router_pb2.GenerateResponse(
                             delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now))
                 elif run.phase is Phase.PREEMPTED:
@@ -180,13 +197,15 @@ class RouterCore:
             for k in keys:
                 self._active.pop(k, None)
             active.stop()  # no-op when finished; stops the worker when the client left
+            if run.staged_unread:  # aborts travel to P too: free the KV no decode leg will read
+                self.sessions[prefill_address].release(spec.request_id)
             if run.placement is not None:
                 self._complete_later(spec, run.placement.instance_id, run.outcome, run.timer)
             _result_attributes(span, run.timer, run.slo_met, run.outcome)
             metrics.record_request(spec.task_class, _OUTCOME_LABELS[run.outcome], run.slo_met, run.timer.ttft_ms,
                                    run.timer.tpot_ms, run.timer.e2e_ms(time.time()), run.timer.tokens)
             log.info("%s %s on %s: %d tokens ttft %.1fms tpot %.1fms slo_met=%s (%s)", spec.request_id,
-                     scheduler_pb2.Outcome.Name(run.outcome), run.last.instance_id, run.timer.tokens,
+                     scheduler_pb2.Outcome.Name(run.outcome), run.instance_id, run.timer.tokens,
                      run.timer.ttft_ms, run.timer.tpot_ms, run.slo_met, run.last.reason)
 
     async def _resume(self, spec: RequestSpec, was_on: str, generated: int, span, ctx) -> scheduler_pb2.Placement:
@@ -241,6 +260,17 @@ def _result_attributes(span, timer: StreamTimer, met: bool, outcome: int) -> Non
     if not met:
         span.add_event("slo_missed", {"ttft_ms": timer.ttft_ms, "tpot_ms": timer.tpot_ms,
                                       "outcome": scheduler_pb2.Outcome.Name(outcome)})
+
+
+def _transfer_event(span, run: RequestRun) -> None:
+    """The KV hand-off from P to D, as P reported it; the pull itself is D's (its worker's metrics
+    and the handoff_ms event on D's first token)."""
+    kv = run.kv
+    if kv is None or not kv.transfer_id:
+        span.add_event("kv_transfer", {"outcome": "none staged: D computes the prompt"})
+        return
+    span.add_event("kv_transfer", {"transfer_id": kv.transfer_id, "blocks": kv.num_blocks, "tokens": kv.num_tokens,
+                                   "from": kv.remote_address, "to": run.placement.legs[1].instance_id})
 
 
 def _final(spec: RequestSpec, placement, timer: StreamTimer, met: bool, finish: FinishReason) -> router_pb2.FinalResult:
