@@ -223,6 +223,7 @@ async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: 
             now = time.monotonic()
             if now >= next_heartbeat_s:
                 next_heartbeat_s = now + config.heartbeat_interval_s
+                await _export_kv(servicer)
                 try:
                     await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s)
                 except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
@@ -256,6 +257,16 @@ class _LoadStream:
         if self._call is not None:
             self._call.cancel()
             self._call = None
+
+
+async def _export_kv(servicer: WorkerServicer) -> None:
+    engine = servicer.engine
+    if not (isinstance(engine, TransfersKv) and engine.kv_address):
+        return
+    try:
+        metrics.set_worker_kv(servicer.info.instance_id, await engine.kv_stats())
+    except Exception as err:  # metrics must not stop the reports
+        log.debug("KV stats unavailable: %s", err)
 
 
 def _export_load(report: common_pb2.LoadReport) -> None:
