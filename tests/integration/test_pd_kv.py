@@ -249,3 +249,17 @@ def test_bad_kv_params_are_invalid_argument(pd):
         p.generate("bad", [1, 2, 3], 4, worker_pb2.KvTransferParams(do_remote_prefill=True, transfer_id="x", num_tokens=2))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "remote_address" in err.value.details()
+
+
+def test_concurrent_split_requests_all_match_colocated_and_leave_nothing_staged(pd):
+    p, d = pd
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [prompt_of(60 + 37 * i, 100 + i) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        colocated = list(pool.map(lambda ip: p.generate(f"cc-{ip[0]}", ip[1], 6)[0], enumerate(prompts)))
+        before = outcomes(d)
+        split = list(pool.map(lambda ip: pd_generate(p, d, f"cpd-{ip[0]}", ip[1], 6)[0], enumerate(prompts)))
+    assert split == colocated
+    assert delta(before, outcomes(d)) == {"ok": 16}
+    assert staged_empty(p)

@@ -14,6 +14,7 @@ import pytest
 from services.worker.kv import samehost, shm, tcp, wire
 from services.worker.kv.params import BadKvParams, KvParams
 from services.worker.kv.store import StagingStore, Staged
+from tests.harness import wait_until
 
 BLOCK_BYTES = 4096
 LAYOUT = {"layers": 2, "dtype": "torch.bfloat16", "block_shape": [2, 8, 64], "block_size": 16, "block_bytes": BLOCK_BYTES}
@@ -56,7 +57,8 @@ def test_pull_delivers_every_block_checked_and_the_ack_frees_the_lease(server, t
     assert (result.blocks, result.bytes, result.num_tokens, result.acked) == (3, 3 * BLOCK_BYTES, 45, True)
     stats = server.handle({"op": "stats"}, None)
     assert stats["leases"] == 0 and stats["freed"] == {"acked": 1}
-    assert not list(tmp_path.iterdir())  # the staged files are gone with the lease
+    # The staged files go with the lease (P unlinks them just after answering the ACK).
+    assert wait_until(lambda: not list(tmp_path.iterdir()), 2.0)
 
 
 def test_pull_from_a_later_block_sends_only_the_rest(server, tmp_path):
