@@ -263,3 +263,22 @@ def test_concurrent_split_requests_all_match_colocated_and_leave_nothing_staged(
     assert split == colocated
     assert delta(before, outcomes(d)) == {"ok": 16}
     assert staged_empty(p)
+
+
+def test_p_killed_before_d_pulls_means_recompute_and_no_hang(pd):
+    """Last in the module: it kills P (its worker service, KV server and engine)."""
+    import os
+    import signal
+
+    p, d = pd
+    prompt = prompt_of(3 * BLOCK + 9, 23)
+    colocated, _ = p.generate("co-kill", prompt, 8)
+    first, last = p.generate("kill-p", prompt, 8, worker_pb2.KvTransferParams(do_remote_decode=True))
+    os.killpg(p.proc.pid, signal.SIGKILL)
+    p.proc.wait(30)
+    before = outcomes(d)
+    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=last.kv_transfer.remote_address,
+                                     transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
+    rest, _ = d.generate("kill-d", prompt + first, 7, kv)
+    assert first + rest == colocated
+    assert delta(before, outcomes(d)) == {"peer-lost": 1}

@@ -202,3 +202,17 @@ def test_same_host_pull_catches_a_corrupt_block_and_nacks(server, tmp_path):
     with pytest.raises(wire.Integrity, match="block 0 CRC32"):
         samehost_pull(server, "s2", 3)
     assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:integrity": 1}
+
+
+def test_staging_folders_of_dead_workers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"hfx-kv-{dead.stdout.strip()}-abc"
+    live = tmp_path / f"hfx-kv-{os.getpid()}-def"
+    for folder in (gone, live):
+        folder.mkdir()
+        (folder / "x.kv").write_bytes(b"1")
+    assert shm.remove_orphans(str(tmp_path)) == [str(gone)]
+    assert not gone.exists() and live.exists()

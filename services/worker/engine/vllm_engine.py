@@ -62,6 +62,7 @@ class VllmEngineConfig:
     kv_port: int = 0
     kv_lease_s: float = 30.0
     kv_deadline_s: float = 10.0
+    kv_stage_wait_s: float = 10.0  # a prefill leg's last chunk waits this long for its KV to be staged
     kv_transport: str = "auto"  # "auto": map a same-host P's staged blocks, else TCP; "tcp": always TCP
     extra_engine_args: Mapping[str, Any] = field(default_factory=dict)
 
@@ -322,8 +323,11 @@ class VllmEngine:
         from services.worker.kv.store import StagingStore
         from services.worker.kv.tcp import KvServer
 
-        shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        kv_dir = tempfile.mkdtemp(prefix="hfx-kv-", dir=shm_root)
+        from services.worker.kv.shm import remove_orphans
+
+        shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        remove_orphans(shm_root)  # staged KV of workers that died (SIGKILL) before cleaning up
+        kv_dir = tempfile.mkdtemp(prefix=f"hfx-kv-{os.getpid()}-", dir=shm_root)
         self._kv_server = KvServer(StagingStore(), kv_dir, self.config.kv_host, self.config.kv_port).start()
         self.kv_address = self._kv_server.address
         log.info("KV transfer server on %s, staging in %s", self.kv_address, kv_dir)
@@ -333,10 +337,12 @@ class VllmEngine:
         """The prefill leg's last output once its KV is staged and leased here, so the decode leg
         never starts before the blocks it pulls (and, busy waiting for them, starves the engine
         that stages them of CPU); without its KV params when staging failed."""
-        from services.worker.kv.tcp import STAGE_WAIT_S
-
-        staged, why = await asyncio.get_running_loop().run_in_executor(
-            None, self._kv_server.lookup, output.kv.transfer_id, STAGE_WAIT_S)
+        give_up = time.monotonic() + self.config.kv_stage_wait_s
+        while True:  # polled on the loop: many prefill legs may wait at once
+            staged, why = self._kv_server.lookup(output.kv.transfer_id, 0.0)
+            if staged is not None or why != "unknown" or time.monotonic() >= give_up:
+                break
+            await asyncio.sleep(0.005)
         if staged is None:
             log.warning("KV of %s not staged (%s): the decode leg will compute the prompt", output.kv.transfer_id, why)
             return dataclasses.replace(output, kv=None)

@@ -85,3 +85,27 @@ def remove(directory: str, transfer_id: str) -> None:
             os.unlink(f"{base}{suffix}")
         except FileNotFoundError:
             pass
+
+
+def remove_orphans(root: str) -> list[str]:
+    """Remove staging folders (`hfx-kv-<pid>-*`) whose worker process is gone; returns them."""
+    import shutil
+
+    removed = []
+    for path in Path(root).glob("hfx-kv-*-*"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
