@@ -7,7 +7,6 @@ engine core in a spawned subprocess: an entry script that starts this engine nee
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import logging
@@ -80,9 +79,9 @@ class VllmEngineConfig:
         return cls(**values)
 
 
-def engine_args(config: VllmEngineConfig, kv_address: str = "", kv_dir: str = "") -> dict[str, Any]:
-    """The AsyncEngineArgs keyword arguments for `config` (with HFX's KV connector staging into
-    `kv_dir`, served at `kv_address`, when given); the device seam has the last word."""
+def engine_args(config: VllmEngineConfig, kv_transfer_config: Any = None) -> dict[str, Any]:
+    """The AsyncEngineArgs keyword arguments for `config` (with HFX's KV connector when
+    `kv_transfer_config` is given); the device seam has the last word."""
     args: dict[str, Any] = {
         "model": config.model,
         "seed": config.seed,
@@ -96,26 +95,11 @@ def engine_args(config: VllmEngineConfig, kv_address: str = "", kv_dir: str = ""
         "disable_log_stats": True,
         "enable_log_requests": False,
     }
-    if kv_address:
-        args["kv_transfer_config"] = kv_transfer_config(config, kv_address, kv_dir)
+    if kv_transfer_config is not None:
+        args["kv_transfer_config"] = kv_transfer_config
     args.update(config.extra_engine_args)
     args.update(device_engine_kwargs(config.device, kv_cache_memory_bytes=config.kv_cache_memory_bytes))
     return args
-
-
-def kv_transfer_config(config: VllmEngineConfig, kv_address: str, kv_dir: str) -> Any:
-    from vllm.config import KVTransferConfig
-
-    from services.worker.kv.params import CONNECTOR_MODULE, CONNECTOR_NAME
-
-    return KVTransferConfig(
-        kv_connector=CONNECTOR_NAME, kv_connector_module_path=CONNECTOR_MODULE, kv_role="kv_both",
-        # A failed pull is recomputed by this engine, never served from what arrived.
-        kv_load_failure_policy="recompute",
-        kv_connector_extra_config={"hfx_kv_address": kv_address, "hfx_kv_dir": kv_dir, "hfx_kv_transport": config.kv_transport,
-                                   "hfx_kv_lease_s": config.kv_lease_s,
-                                   "hfx_kv_deadline_s": config.kv_deadline_s},
-    )
 
 
 class _StatsSink:
@@ -221,7 +205,7 @@ class VllmEngine:
         self._live: set[str] = set()
         self._reaper: Any = None
         self.kv_address = ""  # the KV transfer server (services/worker/kv), after start() when kv_transfer
-        self._kv_server: Any = None
+        self._kv: Any = None  # services.worker.kv.service.KvService when kv_transfer
         # How this engine got its weights, and how long the phases of start() took (seconds).
         self.weights_report: dict[str, Any] = {"source": "storage (vLLM load)"}
         self.timings: dict[str, float] = {}
@@ -250,8 +234,15 @@ class VllmEngine:
 
         self.timings["vllm_import_s"] = time.monotonic() - t_import
 
-        kv_dir = self._start_kv_server() if self.config.kv_transfer else ""
-        args = AsyncEngineArgs(**engine_args(self.config, self.kv_address, kv_dir))
+        kv_config = None
+        if self.config.kv_transfer:
+            from services.worker.kv.service import KvService
+
+            self._kv = KvService(self.config.kv_host, self.config.kv_port)
+            self.kv_address = self._kv.address
+            kv_config = self._kv.vllm_config(transport=self.config.kv_transport, lease_s=self.config.kv_lease_s,
+                                             deadline_s=self.config.kv_deadline_s)
+        args = AsyncEngineArgs(**engine_args(self.config, kv_config))
         t0 = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self._sink)])
         self.timings["engine_init_s"] = time.monotonic() - t0
@@ -305,8 +296,9 @@ class VllmEngine:
             async for out in stream:
                 finished = out.finished
                 output = _to_engine_output(out, len(req.prompt_token_ids))
-                if output.kv is not None and output.kv.transfer_id:
-                    output = await self._when_staged(output)
+                if output.kv is not None and output.kv.transfer_id and self._kv is not None:
+                    output = dataclasses.replace(output, kv=await self._kv.when_staged(output.kv,
+                                                                                       self.config.kv_stage_wait_s))
                 yield output
         finally:
             self._live.discard(req.request_id)
@@ -315,48 +307,13 @@ class VllmEngine:
                 # request would keep decoding until garbage collection got to the generator.
                 await stream.aclose()
 
-    def _start_kv_server(self) -> str:
-        """The KV transfer server, in this process (vLLM's worker process spins holding the GIL);
-        returns the shared-memory folder the engine stages into."""
-        import tempfile
-
-        from services.worker.kv.store import StagingStore
-        from services.worker.kv.tcp import KvServer
-
-        from services.worker.kv.shm import remove_orphans
-
-        shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-        remove_orphans(shm_root)  # staged KV of workers that died (SIGKILL) before cleaning up
-        kv_dir = tempfile.mkdtemp(prefix=f"hfx-kv-{os.getpid()}-", dir=shm_root)
-        self._kv_server = KvServer(StagingStore(), kv_dir, self.config.kv_host, self.config.kv_port).start()
-        self.kv_address = self._kv_server.address
-        log.info("KV transfer server on %s, staging in %s", self.kv_address, kv_dir)
-        return kv_dir
-
-    async def _when_staged(self, output: EngineOutput) -> EngineOutput:
-        """The prefill leg's last output once its KV is staged and leased here, so the decode leg
-        never starts before the blocks it pulls (and, busy waiting for them, starves the engine
-        that stages them of CPU); without its KV params when staging failed."""
-        give_up = time.monotonic() + self.config.kv_stage_wait_s
-        while True:  # polled on the loop: many prefill legs may wait at once
-            staged, why = self._kv_server.lookup(output.kv.transfer_id, 0.0)
-            if staged is not None or why != "unknown" or time.monotonic() >= give_up:
-                break
-            await asyncio.sleep(0.005)
-        if staged is None:
-            log.warning("KV of %s not staged (%s): the decode leg will compute the prompt", output.kv.transfer_id, why)
-            return dataclasses.replace(output, kv=None)
-        return output
-
     async def release_kv(self, transfer_id: str) -> bool:
-        if self._kv_server is None:
-            return False
-        return await asyncio.get_running_loop().run_in_executor(None, self._kv_server.release, transfer_id)
+        return self._kv is not None and await self._kv.release(transfer_id)
 
     async def kv_stats(self) -> dict:
-        if self._kv_server is None:
+        if self._kv is None:
             raise RuntimeError("this engine was started without KV transfer")
-        return self._kv_server.handle({"op": "stats"}, None)
+        return self._kv.stats()
 
     async def abort(self, request_id: str) -> bool:
         if request_id not in self._live:
@@ -384,12 +341,9 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
-        if self._kv_server is not None:
-            import shutil
-
-            self._kv_server.close()
-            shutil.rmtree(self._kv_server.staging_dir, ignore_errors=True)
-            self._kv_server = None
+        if self._kv is not None:
+            self._kv.close()
+            self._kv = None
 
     async def _render(self, prompt_token_ids: list[int]) -> Any:
         # Token-id prompts go through vLLM's renderer: handing AsyncLLM a raw prompt dict is
