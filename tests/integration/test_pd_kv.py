@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from services.worker.kv import tcp
+from services.worker.kv import shm, tcp
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
@@ -282,3 +282,5 @@ def test_p_killed_before_d_pulls_means_recompute_and_no_hang(pd):
     rest, _ = d.generate("kill-d", prompt + first, 7, kv)
     assert first + rest == colocated
     assert delta(before, outcomes(d)) == {"peer-lost": 1}
+    # What the dead P had staged is found and removed (as the next worker to start does).
+    assert [path for path in shm.remove_orphans("/dev/shm") if f"hfx-kv-{p.proc.pid}-" in path]
