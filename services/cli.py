@@ -135,6 +135,8 @@ def cmd_worker(args) -> int:
         weights_stall_timeout_s=args.weights_stall_timeout, weights_deadline_s=args.weights_deadline,
         weights_transport=args.weights_transport,
         serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
+        kv_transfer=args.kv_transfer, kv_port=args.kv_port, kv_lease_s=args.kv_lease_s,
+        kv_deadline_s=args.kv_deadline_s,
     )
     try:
         runtime.run_service(serve(config))
@@ -429,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standby", action="store_true",
                    help="engine vllm: start the engine with dummy weights and wait, unregistered, for a LoadWeights "
                         "call (donor address or storage) before registering (default: off)")
+    p.add_argument("--kv-transfer", action="store_true",
+                   help="engine vllm: P/D KV transfer: stage a prefill leg's KV for a decode worker and pull a "
+                        "decode leg's KV from its prefill worker (default: off)")
+    p.add_argument("--kv-port", type=argtypes.port_or_zero, default=0,
+                   help="port of the KV transfer server with --kv-transfer; 0 = a free one (default %(default)s)")
+    p.add_argument("--kv-lease-s", type=argtypes.positive_float, default=WorkerConfig.kv_lease_s,
+                   help="seconds staged KV waits for its decode worker before it is freed (default %(default)s)")
+    p.add_argument("--kv-deadline-s", type=argtypes.positive_float, default=WorkerConfig.kv_deadline_s,
+                   help="seconds a KV pull may take before the decode worker recomputes the prefill "
+                        "(default %(default)s)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("profile", help="profile an engine's step times, fit the latency model, write a profile JSON")

@@ -39,6 +39,9 @@ ROUTER_E2E = Histogram("hfx_router_e2e_seconds", "Arrival to last token", ["task
                        buckets=_E2E_BUCKETS_S, registry=REGISTRY)
 ROUTER_OUTPUT_TOKENS = Counter("hfx_router_output_tokens", "Tokens streamed to clients", ["task_class"],
                                registry=REGISTRY)
+ROUTER_PD_HANDOFF = Histogram("hfx_router_pd_handoff_seconds", "P/D: from the prefill leg's last chunk to the decode "
+                              "leg's first token (KV transfer + D's first step)", buckets=_TTFT_BUCKETS_S,
+                              registry=REGISTRY)
 HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route and status code",
                          ["route", "status_code"], registry=REGISTRY)
 
@@ -80,6 +83,22 @@ WORKER_WAITING = Gauge("hfx_worker_waiting_requests", "Requests queued in this w
                        registry=REGISTRY)
 WORKER_KV_USAGE = Gauge("hfx_worker_kv_usage_ratio", "Fraction of this worker's KV cache in use", ["instance"],
                         registry=REGISTRY)
+# P/D KV transfer (services/worker/kv), read from the worker's KV server at each heartbeat;
+# cumulative figures are gauges because the server, not this registry, counts them.
+WORKER_KV_LEASES = Gauge("hfx_worker_kv_leased_transfers", "Staged KV transfers held under a lease (prefill side)",
+                         ["instance"], registry=REGISTRY)
+WORKER_KV_LEASED_BLOCKS = Gauge("hfx_worker_kv_leased_blocks", "KV blocks staged under a lease (prefill side)",
+                                ["instance"], registry=REGISTRY)
+WORKER_KV_FREED = Gauge("hfx_worker_kv_freed_transfers", "Staged transfers freed since start, by reason (acked, "
+                        "released, expired = leaked until their lease ran out, nacked:<failure>)",
+                        ["instance", "reason"], registry=REGISTRY)
+WORKER_KV_PULLS = Gauge("hfx_worker_kv_pulls", "KV pulls since start (decode side), by outcome (ok, local-hit, "
+                        "unknown-transfer, integrity, peer-lost, deadline, error); any but ok recomputed the prefill",
+                        ["instance", "outcome"], registry=REGISTRY)
+WORKER_KV_PULLED_BYTES = Gauge("hfx_worker_kv_pulled_bytes", "KV bytes pulled since start (decode side)", ["instance"],
+                               registry=REGISTRY)
+WORKER_KV_PULL_MS = Gauge("hfx_worker_kv_last_pull_ms", "Duration of the latest successful KV pull (decode side)",
+                          ["instance"], registry=REGISTRY)
 WORKER_TOKENS = Counter("hfx_worker_generated_tokens", "Tokens this worker generated", ["instance"],
                         registry=REGISTRY)
 
@@ -168,3 +187,17 @@ def serve_http(port: int, host: str) -> None:
         if port not in _started:
             start_http_server(port, addr=host, registry=REGISTRY)
             _started.add(port)
+
+
+def set_worker_kv(instance_id: str, stats: dict) -> None:
+    """The KV server's stats (services/worker/kv/tcp.py, op "stats") as gauges."""
+    WORKER_KV_LEASES.labels(instance_id).set(stats.get("leases", 0))
+    WORKER_KV_LEASED_BLOCKS.labels(instance_id).set(stats.get("blocks", 0))
+    for reason, n in stats.get("freed", {}).items():
+        WORKER_KV_FREED.labels(instance_id, reason).set(n)
+    pulls = stats.get("pulls", {})
+    for outcome, n in pulls.get("outcomes", {}).items():
+        WORKER_KV_PULLS.labels(instance_id, outcome).set(n)
+    WORKER_KV_PULLED_BYTES.labels(instance_id).set(pulls.get("bytes", 0))
+    if pulls.get("recent_ms"):
+        WORKER_KV_PULL_MS.labels(instance_id).set(pulls["recent_ms"][-1])

@@ -19,7 +19,7 @@ from typing import AsyncIterator
 from services.common import convert, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
 from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
-from services.common.pb.hfx.v1 import router_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
 from services.router.request_run import Phase, RequestRun
@@ -189,6 +189,7 @@ class RouterCore:
         """Drives the request's state machine (request_run.py) until a terminal phase: opens the
         worker stream, relays chunks, places it again after a preemption."""
         run = RequestRun(spec, valid, placement, StreamTimer(spec.arrival_s), failovers_left=self.config.max_failovers)
+        prefill_address = ""
         active = Active()
         keys = [spec.request_id] + ([valid.client_request_id] if valid.client_request_id else [])
         for k in keys:
@@ -196,10 +197,24 @@ class RouterCore:
         try:
             while not run.phase.terminal:
                 if run.phase is Phase.PLACED:
-                    active.session = self.sessions[run.placement.address]
+                    if run.split:
+                        prefill_address = run.address()
+                        span.add_event("prefill_leg", {"instance": run.placement.legs[0].instance_id,
+                                                       "decode_instance": run.placement.legs[1].instance_id})
+                    active.session = self.sessions[run.address()]
                     active.stream = active.session.start(_worker_request(run), tracing.inject_metadata(ctx))
                     run.started()
-                elif run.phase is Phase.RUNNING:
+                elif run.phase is Phase.TRANSFERRING:
+                    if active.aborted:
+                        run.stopped()
+                        break
+                    _transfer_event(span, run)
+                    self._complete_later(spec, run.placement.legs[0].instance_id, scheduler_pb2.OUTCOME_FINISHED,
+                                         run.timer, ctx, leg=common_pb2.ROLE_PREFILL)
+                    active.session = self.sessions[run.address()]
+                    active.stream = active.session.start(_worker_request(run), tracing.inject_metadata(ctx))
+                    run.decode_started()
+                elif run.phase in (Phase.RUNNING, Phase.PREFILLING):
                     try:
                         chunk = await active.stream.next()
                     except StreamFailed as err:
@@ -214,7 +229,11 @@ class RouterCore:
                         run.stopped()
                         break
                     now = time.time()
+                    handoff = run.handoff_ms
                     if run.on_chunk(chunk, now):
+                        if handoff < 0 <= run.handoff_ms:
+                            metrics.ROUTER_PD_HANDOFF.observe(run.handoff_ms / 1000.0)
+                            span.add_event("decode_first_token", {"handoff_ms": run.handoff_ms})
                         yield router_pb2.GenerateResponse(
                             delta=router_pb2.TokenDelta(token_ids=chunk.token_ids, text=chunk.text, emitted_unix_s=now))
                 elif run.phase in (Phase.PREEMPTED, Phase.FAILING_OVER):
@@ -234,13 +253,15 @@ class RouterCore:
             for k in keys:
                 self._active.pop(k, None)
             active.stop()  # no-op when finished; stops the worker when the client left
+            if run.staged_unread:  # aborts travel to P too: free the KV no decode leg will read
+                self.sessions[prefill_address].release(spec.request_id)
             if run.placement is not None:
                 self._complete_later(spec, run.placement.instance_id, run.outcome, run.timer, ctx)
             _result_attributes(span, run)
             metrics.record_request(spec.task_class, _OUTCOME_LABELS[run.outcome], run.slo_met, run.timer.ttft_ms,
                                    run.timer.tpot_ms, run.timer.e2e_ms(time.time()), run.timer.tokens)
             log.info("%s %s on %s: %d tokens ttft %.1fms tpot %.1fms slo_met=%s (%s)", spec.request_id,
-                     scheduler_pb2.Outcome.Name(run.outcome), run.last.instance_id, run.timer.tokens,
+                     scheduler_pb2.Outcome.Name(run.outcome), run.instance_id, run.timer.tokens,
                      run.timer.ttft_ms, run.timer.tpot_ms, run.slo_met, run.last.reason)
 
     async def _resume(self, spec: RequestSpec, was_on: str, generated: int, span, ctx,
@@ -260,10 +281,12 @@ class RouterCore:
         span.add_event("resumed", {"instance": placement.instance_id, "reason": placement.reason})
         return placement
 
-    def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer, ctx) -> None:
-        """Tells the scheduler the request ended, off the client's path (batched on the link),
+    def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer, ctx,
+                        leg: int = common_pb2.ROLE_UNSPECIFIED) -> None:
+        """Tells the scheduler the request ended (or, with leg ROLE_PREFILL, that its prefill leg on
+        P did: P is free of it, D still holds it), off the client's path (batched on the link),
         with the request's trace context so the scheduler's record of the end joins its trace."""
-        self.link.complete(scheduler_pb2.CompleteRequest(
+        self.link.complete(scheduler_pb2.CompleteRequest(leg=leg,
             request_id=spec.request_id, instance_id=instance_id, outcome=outcome, ttft_ms=timer.ttft_ms,
             tpot_ms=timer.tpot_ms, output_tokens=timer.tokens, task_class=spec.task_class,
             slo_met=outcome == scheduler_pb2.OUTCOME_FINISHED and timer.slo_met(spec.slo),
@@ -309,6 +332,17 @@ def _result_attributes(span, run: RequestRun) -> None:
     if not met:
         span.add_event("slo_missed", {"ttft_ms": timer.ttft_ms, "tpot_ms": timer.tpot_ms,
                                       "outcome": scheduler_pb2.Outcome.Name(outcome)})
+
+
+def _transfer_event(span, run: RequestRun) -> None:
+    """The KV hand-off from P to D, as P reported it; the pull itself is D's (its worker's metrics
+    and the handoff_ms event on D's first token)."""
+    kv = run.kv
+    if kv is None or not kv.transfer_id:
+        span.add_event("kv_transfer", {"outcome": "none staged: D computes the prompt"})
+        return
+    span.add_event("kv_transfer", {"transfer_id": kv.transfer_id, "blocks": kv.num_blocks, "tokens": kv.num_tokens,
+                                   "from": kv.remote_address, "to": run.placement.legs[1].instance_id})
 
 
 def _final(spec: RequestSpec, placement, timer: StreamTimer, met: bool, finish: FinishReason) -> router_pb2.FinalResult:

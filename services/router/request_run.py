@@ -16,7 +16,16 @@ A failover is a preemption the router starts itself: the instance died or went s
 request, so it goes elsewhere with the tokens already streamed as part of its prompt; the
 client's stream goes on, every token once.
 
-A P/D request adds its legs (prefill, KV transfer, decode) as further phases here.
+A P/D placement (legs [prefill on P, decode on D]) runs its prefill leg first:
+
+    PLACED --started--> PREFILLING --chunk(finished, more tokens wanted)--> TRANSFERRING
+                          |   \\--chunk(finished, stop or max_tokens reached)--> FINISHED
+                          |   \\--chunk(preempted)--> PREEMPTED
+    TRANSFERRING --decode_started--> RUNNING (on D; D pulls P's KV before its first token)
+
+P's first token streams to the client at once; D gets the prompt plus the tokens so far and P's
+KV transfer parameters (without them, when P staged nothing, D computes the prompt itself). Aborts
+and failures in any phase end as above; the phase says which legs to stop.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ from services.router.validate import ValidRequest
 
 class Phase(enum.Enum):
     PLACED = "placed"          # has an instance; its worker stream is not open yet
-    RUNNING = "running"        # tokens streaming from that instance
+    PREFILLING = "prefilling"  # P/D: the prefill leg streams on P (one token, then P stages the KV)
+    TRANSFERRING = "transferring"  # P/D: P staged the KV; the decode leg on D is to be opened
+    RUNNING = "running"        # tokens streaming from that instance (colocated, or the decode leg)
     PREEMPTED = "preempted"    # the scheduler took it off its instance; to be placed again
     FAILING_OVER = "failing_over"  # its instance failed under it; to be placed again elsewhere
     FINISHED = "finished"      # terminal: the engine ended it (stop, length)
@@ -46,6 +57,9 @@ class Phase(enum.Enum):
 
 
 _OUTCOMES = {Phase.FINISHED: scheduler_pb2.OUTCOME_FINISHED, Phase.FAILED: scheduler_pb2.OUTCOME_FAILED}
+
+
+_PD_ROLES = [common_pb2.ROLE_PREFILL, common_pb2.ROLE_DECODE]
 
 
 class InvalidTransition(RuntimeError):
@@ -64,27 +78,65 @@ class RequestRun:
     error: str = ""
     failovers_left: int = 0
     failed_instances: list[str] = field(default_factory=list)   # where it failed, in order
+    kv: worker_pb2.KvTransferParams | None = None  # P/D: what P staged, from its last chunk
+    prefill_done_s: float = 0.0
+    decode_opened: bool = False
+    handoff_ms: float = -1.0  # P/D: P's last chunk to D's first token (KV transfer + D's first step)
 
     def __post_init__(self) -> None:
         self.last = self.placement  # the latest placement, for the final message and the log
 
+    # -- the placement's legs --------------------------------------------------------------------
+
+    @property
+    def split(self) -> bool:
+        """P/D: the placement's legs are [prefill, decode]."""
+        legs = self.placement.legs if self.placement is not None else ()
+        return len(legs) == 2 and [leg.role for leg in legs] == _PD_ROLES
+
+    def address(self) -> str:
+        """Where the next worker stream opens: the placement's instance, P, or D."""
+        if not self.split:
+            return self.placement.address
+        return self.placement.legs[1 if self.phase is Phase.TRANSFERRING else 0].address
+
+    @property
+    def instance_id(self) -> str:
+        if self.split and self.phase in (Phase.TRANSFERRING, Phase.RUNNING, Phase.FINISHED):
+            return self.placement.legs[1].instance_id
+        return self.last.instance_id
+
     # -- events --------------------------------------------------------------------------------
 
     def started(self) -> None:
-        self._move(Phase.RUNNING, Phase.PLACED)
+        self._move(Phase.PREFILLING if self.split else Phase.RUNNING, Phase.PLACED)
+
+    def decode_started(self) -> None:
+        self._move(Phase.RUNNING, Phase.TRANSFERRING)
+        self.decode_opened = True
 
     def on_chunk(self, chunk: worker_pb2.WorkerChunk, now_s: float) -> bool:
         """Takes a worker chunk; True when it carries output for the client."""
-        self._check(Phase.RUNNING)
+        self._check(Phase.RUNNING, Phase.PREFILLING)
+        if self.decode_opened and self.handoff_ms < 0 and chunk.token_ids:
+            self.handoff_ms = (now_s - self.prefill_done_s) * 1000.0
         self.timer.on_tokens(len(chunk.token_ids), now_s)
         self.generated.extend(chunk.token_ids)
         if chunk.finished:
             if chunk.finish_reason == common_pb2.FINISH_REASON_PREEMPTED:
                 self.phase, self.placement = Phase.PREEMPTED, None  # the scheduler already let it go
+            elif self.phase is Phase.PREFILLING and self._wants_decode(chunk):
+                self.phase, self.prefill_done_s = Phase.TRANSFERRING, now_s
+                self.kv = chunk.kv_transfer if chunk.HasField("kv_transfer") else None
             else:
                 self.phase = Phase.FINISHED
                 self.finish = convert.finish_from_pb(chunk.finish_reason) or FinishReason.STOP
         return bool(chunk.token_ids or chunk.text)
+
+    def _wants_decode(self, chunk: worker_pb2.WorkerChunk) -> bool:
+        # P ran one token of max_tokens (LENGTH); a stop (EOS, stop string) ends the request there.
+        return (chunk.finish_reason == common_pb2.FINISH_REASON_LENGTH
+                and len(self.generated) < self.valid.sampling.max_tokens)
 
     def stopped(self) -> None:
         """The client left or asked to abort: it ends with what it has."""
@@ -92,11 +144,13 @@ class RequestRun:
             self.phase, self.finish = Phase.ABORTED, FinishReason.ABORT
 
     def worker_failed(self, why: str, retryable: bool = True) -> None:
-        """Its instance failed: fail over while failovers are left, else fail with the reason.
-        Not `retryable` (the worker refused the request itself, e.g. INVALID_ARGUMENT): it fails."""
-        self._check(Phase.RUNNING)
-        self.error = f"instance {self.last.instance_id} failed after {self.timer.tokens} tokens: {why}"
-        self.failed_instances.append(self.last.instance_id)
+        """The instance it streams from failed: fail over while failovers are left, else fail
+        with the reason. Not `retryable` (the worker refused the request itself, e.g.
+        INVALID_ARGUMENT): it fails."""
+        self._check(Phase.RUNNING, Phase.PREFILLING)
+        instance = self.instance_id
+        self.error = f"instance {instance} failed after {self.timer.tokens} tokens: {why}"
+        self.failed_instances.append(instance)
         if retryable and self.failovers_left > 0:
             self.failovers_left -= 1
             self.phase, self.placement = Phase.FAILING_OVER, None   # told FAILED now, not at the end
@@ -130,11 +184,23 @@ class RequestRun:
         sampling = self.valid.sampling
         if self.generated:
             sampling = replace(sampling, max_tokens=sampling.max_tokens - len(self.generated))
-        return worker_pb2.WorkerGenerateRequest(
+        request = worker_pb2.WorkerGenerateRequest(
             request_id=self.spec.request_id, prompt_token_ids=self.valid.prompt_token_ids + tuple(self.generated),
             sampling=convert.sampling_to_pb(sampling), priority=self.spec.priority,
             slo=convert.slo_to_pb(self.spec.slo),
         )
+        if self.split and self.phase is Phase.PLACED:  # the prefill leg: P stages the KV for D
+            request.kv_transfer.CopyFrom(worker_pb2.KvTransferParams(do_remote_decode=True))
+        elif self.phase is Phase.TRANSFERRING and self.kv is not None and self.kv.transfer_id:
+            request.kv_transfer.CopyFrom(worker_pb2.KvTransferParams(
+                do_remote_prefill=True, remote_address=self.kv.remote_address, transfer_id=self.kv.transfer_id,
+                num_tokens=self.kv.num_tokens, num_blocks=self.kv.num_blocks))
+        return request
+
+    @property
+    def staged_unread(self) -> bool:
+        """P holds KV for a decode leg that never opened: free it on the way out."""
+        return self.kv is not None and bool(self.kv.transfer_id) and not self.decode_opened
 
     # -- checks ------------------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class WorkerSessionClient:
     """The router's stream to one worker. Opened on first use, again after it breaks."""
 
     def __init__(self, stub: worker_pb2_grpc.WorkerStub, address: str, clock: Callable[[], float]) -> None:
+        self._releases: set[asyncio.Task] = set()
         self._stub = stub
         self.address = address
         self._clock = clock
@@ -112,6 +113,21 @@ class WorkerSessionClient:
         """Stop `request_id` on the worker (no-op when it already ended)."""
         if self.streams.pop(request_id, None) is not None and self._outbox is not None:
             self._outbox.put_nowait(worker_pb2.SessionRequest(abort_request_id=request_id))
+
+    def release(self, request_id: str, timeout_s: float = 2.0) -> None:
+        """Abort `request_id` on the worker even after its stream ended (a P/D prefill leg whose
+        staged KV no decode leg will read); in the background, best effort (P's lease frees it
+        otherwise)."""
+        async def release() -> None:
+            try:
+                await self._stub.Abort(worker_pb2.WorkerAbortRequest(request_id=request_id, reason="client left"),
+                                       timeout=timeout_s)
+            except grpc.aio.AioRpcError as err:
+                log.info("release of %s on %s failed: %s", request_id, self.address, err.code().name)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     def _open(self) -> None:
         call, self._outbox = grpcutil.outbox_call(self._stub.Session)

@@ -56,3 +56,14 @@ class WorkerConfig:
     # Standby: start the engine with dummy weights, serve gRPC, stay out of the registry until a
     # LoadWeights call loads the weights (from a donor or storage); then register and serve.
     standby: bool = False
+    # P/D KV transfer (issue 10; services/worker/kv): the engine's connector and its transfer server
+    # on this worker's host, kv_port (0: a free one); staged KV is held kv_lease_s for its decode
+    # worker; a pull longer than kv_deadline_s is abandoned and the decode worker recomputes.
+    kv_transfer: bool = False
+    kv_port: int = 0
+    kv_lease_s: float = 30.0
+    kv_deadline_s: float = 10.0
+
+    @property
+    def kv_host(self) -> str:
+        return self.host

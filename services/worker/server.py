@@ -8,6 +8,8 @@ running requests finish (bounded), deregister, stop the engine.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
 import signal
 import time
@@ -32,14 +34,17 @@ def argtypes_address(value: str) -> None:
     except Exception as err:
         raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import Engine, EngineRequest, ReportsHealth, ReportsWeights, describe_weights
+from services.worker.engine.base import (Engine, EngineRequest, ReportsHealth, ReportsWeights, TransfersKv,
+                                         describe_weights)
 from services.worker.interference import PrefillLedger
+from services.worker.kv import params as kv_params
 from services.worker.session import WorkerSession
 from services.worker.trace_spans import LegTimes, record_leg
 
 log = logging.getLogger("hfx.worker")
 _tracer = tracing.tracer("hfx.worker")
 SERVICE_NAME = "hfx.v1.Worker"
+STAGED_REMEMBERED = 4096
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -57,6 +62,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.inflight: dict[str, common_pb2.RunningEntry] = {}   # what load reports list
         self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
         self.prefills = PrefillLedger()  # whose prefills ran alongside whom, for the spans
+        # P/D: prefill legs that staged KV here, request id -> transfer id, so that an abort that
+        # comes after the leg ended still frees the staged KV (bounded: the lease frees it anyway).
+        self.staged: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     def load_report(self) -> common_pb2.LoadReport:
         stats = self.engine.stats()
@@ -95,11 +103,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_PROMPT_TOKENS, len(request.prompt_token_ids))
             leg, finished = LegTimes(), False
+            kv = self._kv_params(request)
+            sampling = convert.sampling_from_pb(request.sampling)
+            if kv is not None and kv.do_remote_decode:
+                sampling = dataclasses.replace(sampling, max_tokens=1)  # the prefill leg: one token, then stage
+                span.set_attribute("hfx.pd.leg", "prefill")
+            elif kv is not None:
+                span.set_attribute("hfx.pd.leg", "decode")
+                span.set_attribute("hfx.kv.transfer_id", kv.transfer_id)
             engine_request = EngineRequest(
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
-                sampling=convert.sampling_from_pb(request.sampling),
+                sampling=sampling,
                 priority=request.priority,
+                kv=kv,
             )
             entry = self.inflight[request.request_id] = common_pb2.RunningEntry(
                 request_id=request.request_id, prompt_tokens=len(request.prompt_token_ids),
@@ -122,10 +139,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                         finish, finished = common_pb2.FINISH_REASON_PREEMPTED, False
                         span.add_event(tracing.EVENT_PREEMPTED, {"reason": self.preempted[request.request_id],
                                                                  "output_tokens": produced})
-                    yield worker_pb2.WorkerChunk(
+                    chunk = worker_pb2.WorkerChunk(
                         token_ids=out.new_token_ids, text=out.text_delta, finished=out.finished,
                         finish_reason=finish, prompt_tokens=out.prompt_tokens,
                     )
+                    if out.kv is not None and out.kv.transfer_id:
+                        chunk.kv_transfer.CopyFrom(kv_params.to_pb(out.kv))
+                        self._remember_staged(request.request_id, out.kv.transfer_id)
+                        span.set_attribute("hfx.kv.transfer_id", out.kv.transfer_id)
+                        span.set_attribute("hfx.kv.staged_blocks", out.kv.num_blocks)
+                    yield chunk
                     ended = ended or out.finished
                 if not ended and request.request_id in self.preempted:  # ended with no last output
                     yield worker_pb2.WorkerChunk(finished=True, finish_reason=common_pb2.FINISH_REASON_PREEMPTED)
@@ -135,6 +158,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
                 record_leg(span, request, leg, finished, self.prefills.ended(request.request_id, time.time()))
                 metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)
+
+    def _kv_params(self, request: worker_pb2.WorkerGenerateRequest) -> kv_params.KvParams | None:
+        if not request.HasField("kv_transfer"):
+            return None
+        try:
+            kv = kv_params.from_pb(request.kv_transfer)
+        except kv_params.BadKvParams as err:
+            raise InvalidArgument("kv_transfer", str(err)) from None
+        if kv.active and not (isinstance(self.engine, TransfersKv) and self.engine.kv_address):
+            raise FailedPrecondition(f"instance {self.info.instance_id} does not transfer KV (start it with --kv-transfer)")
+        return kv if kv.active else None
+
+    def _remember_staged(self, request_id: str, transfer_id: str) -> None:
+        self.staged[request_id] = transfer_id
+        while len(self.staged) > STAGED_REMEMBERED:
+            self.staged.popitem(last=False)
 
     async def Abort(self, request: worker_pb2.WorkerAbortRequest, context) -> worker_pb2.WorkerAbortResponse:
         with _tracer.start_as_current_span(tracing.SPAN_WORKER_ABORT,
@@ -150,6 +189,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             return reply
 
     async def _abort(self, request: worker_pb2.WorkerAbortRequest) -> worker_pb2.WorkerAbortResponse:
+        transfer_id = self.staged.pop(request.request_id, None)
+        if transfer_id is not None and isinstance(self.engine, TransfersKv):
+            # The prefill leg is over; its staged KV is what the abort frees.
+            try:
+                return worker_pb2.WorkerAbortResponse(found=await self.engine.release_kv(transfer_id))
+            except Exception as err:  # the lease frees it anyway
+                log.warning("releasing staged KV %s failed: %s", transfer_id, err)
+                return worker_pb2.WorkerAbortResponse(found=False)
         found = request.request_id in self.inflight
         if found:
             if request.preempt:
@@ -208,6 +255,7 @@ async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: 
             now = time.monotonic()
             if now >= next_heartbeat_s:
                 next_heartbeat_s = now + config.heartbeat_interval_s
+                await _export_kv(servicer)
                 try:
                     await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s, profile)
                 except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
@@ -241,6 +289,16 @@ class _LoadStream:
         if self._call is not None:
             self._call.cancel()
             self._call = None
+
+
+async def _export_kv(servicer: WorkerServicer) -> None:
+    engine = servicer.engine
+    if not (isinstance(engine, TransfersKv) and engine.kv_address):
+        return
+    try:
+        metrics.set_worker_kv(servicer.info.instance_id, await engine.kv_stats())
+    except Exception as err:  # metrics must not stop the reports
+        log.debug("KV stats unavailable: %s", err)
 
 
 def _export_load(report: common_pb2.LoadReport) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules that only the engine extra needs and that only the engine seam imports (lazily, in
-# services/worker/engine/__init__.py): they may import extra-only packages at their top level.
-ENGINE_ONLY_MODULES = {"services/worker/engine/vllm_engine.py"}
+# services/worker/engine/__init__.py), or that vLLM itself loads by module path (the KV connector):
+# they may import extra-only packages at their top level.
+ENGINE_ONLY_MODULES = {"services/worker/engine/vllm_engine.py", "services/worker/kv/connector.py"}
 
 
 def _norm(name: str) -> str:

@@ -36,3 +36,15 @@ def test_instances_that_leave_lose_their_series():
     metrics.forget_instances({"w-b"})
     assert metrics.REGISTRY.get_sample_value("hfx_instance_running_requests", {"instance": "w-a"}) is None
     assert sample("hfx_instance_running_requests", instance="w-b") == 2
+
+
+def test_kv_transfer_stats_become_gauges_by_reason_and_outcome():
+    from services.common import metrics as m
+
+    m.set_worker_kv("kvw", {"leases": 2, "blocks": 5, "freed": {"expired": 1, "nacked:integrity": 1},
+                            "pulls": {"outcomes": {"ok": 3, "deadline": 1}, "bytes": 4096, "recent_ms": [2.0, 7.5]}})
+    text = m.exposition().decode()
+    assert 'hfx_worker_kv_leased_blocks{instance="kvw"} 5.0' in text
+    assert 'hfx_worker_kv_freed_transfers{instance="kvw",reason="expired"} 1.0' in text
+    assert 'hfx_worker_kv_pulls{instance="kvw",outcome="deadline"} 1.0' in text
+    assert 'hfx_worker_kv_last_pull_ms{instance="kvw"} 7.5' in text

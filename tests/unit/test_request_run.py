@@ -121,3 +121,68 @@ def test_a_request_the_worker_refused_itself_does_not_fail_over():
     run.started()
     run.worker_failed("INVALID_ARGUMENT: prompt too long", retryable=False)
     assert run.phase is Phase.FAILED and run.failovers_left == 2
+
+def _pd_run(max_tokens: int = 8) -> RequestRun:
+    run = _run(max_tokens)
+    run.placement = run.last = scheduler_pb2.Placement(instance_id="d0", address="ad", legs=[
+        scheduler_pb2.Leg(role=common_pb2.ROLE_PREFILL, instance_id="p0", address="ap"),
+        scheduler_pb2.Leg(role=common_pb2.ROLE_DECODE, instance_id="d0", address="ad")])
+    return run
+
+
+def _staged_chunk(ids) -> worker_pb2.WorkerChunk:
+    c = _chunk(ids, common_pb2.FINISH_REASON_LENGTH)
+    c.kv_transfer.CopyFrom(worker_pb2.KvTransferParams(remote_address="p:1", transfer_id="t1", num_tokens=3,
+                                                       num_blocks=1))
+    return c
+
+
+def test_a_split_request_prefills_on_p_then_decodes_on_d_with_ps_kv():
+    run = _pd_run(max_tokens=8)
+    assert run.split and run.address() == "ap"
+    prefill = run.worker_request()
+    assert prefill.kv_transfer.do_remote_decode and list(prefill.prompt_token_ids) == [1, 2, 3]
+    run.started()
+    assert run.phase is Phase.PREFILLING
+    assert run.on_chunk(_staged_chunk([7]), 100.05)  # P's one token goes to the client at once
+    assert run.phase is Phase.TRANSFERRING and run.address() == "ad" and run.staged_unread
+    decode = run.worker_request()
+    assert list(decode.prompt_token_ids) == [1, 2, 3, 7] and decode.sampling.max_tokens == 7
+    assert decode.kv_transfer.do_remote_prefill and decode.kv_transfer.transfer_id == "t1"
+    assert decode.kv_transfer.remote_address == "p:1" and decode.kv_transfer.num_tokens == 3
+    run.decode_started()
+    assert run.phase is Phase.RUNNING and not run.staged_unread
+    run.on_chunk(_chunk([8, 9]), 100.08)
+    assert run.handoff_ms == pytest.approx(30.0)
+    run.on_chunk(_chunk([10], common_pb2.FINISH_REASON_LENGTH), 100.09)
+    assert run.phase is Phase.FINISHED and run.generated == [7, 8, 9, 10] and run.instance_id == "d0"
+
+
+def test_a_prefill_that_stops_or_uses_the_whole_budget_never_opens_a_decode_leg():
+    stop = _pd_run(max_tokens=8)
+    stop.started()
+    stop.on_chunk(_chunk([2], common_pb2.FINISH_REASON_STOP), 100.05)  # EOS as the first token
+    assert stop.phase is Phase.FINISHED and stop.finish is FinishReason.STOP
+    one = _pd_run(max_tokens=1)
+    one.started()
+    one.on_chunk(_staged_chunk([7]), 100.05)
+    assert one.phase is Phase.FINISHED and one.finish is FinishReason.LENGTH
+
+
+def test_without_staged_kv_the_decode_leg_computes_the_prompt_itself():
+    run = _pd_run()
+    run.started()
+    run.on_chunk(_chunk([7], common_pb2.FINISH_REASON_LENGTH), 100.05)  # P staged nothing
+    assert run.phase is Phase.TRANSFERRING and not run.staged_unread
+    assert not run.worker_request().HasField("kv_transfer")
+
+
+def test_a_client_leaving_between_the_legs_leaves_ps_kv_to_release():
+    run = _pd_run()
+    run.started()
+    run.on_chunk(_staged_chunk([7]), 100.05)
+    run.stopped()
+    assert run.phase is Phase.ABORTED and run.staged_unread
+    assert run.outcome == scheduler_pb2.OUTCOME_ABORTED
+    with pytest.raises(InvalidTransition):
+        run.decode_started()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from services.common.domain import FinishReason, Sampling, StepSample
+from services.worker.kv.params import KvParams
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class EngineRequest:
     prompt_token_ids: list[int]
     sampling: Sampling
     priority: int = 1  # HFX convention: higher is more important
+    kv: KvParams | None = None  # P/D: stage the KV for a decode worker, or pull it from a prefill worker
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class EngineOutput:
     finished: bool
     finish_reason: FinishReason | None
     prompt_tokens: int
+    kv: KvParams | None = None  # on the final output of a prefill leg: where its KV is staged
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,22 @@ class DeclaresProfile(Protocol):
     """A simulated engine: its latency profile is declared, not measured."""
 
     profile: object
+
+
+@runtime_checkable
+class TransfersKv(Protocol):
+    """An engine that moves prompt KV between workers for P/D serving (vLLM with HFX's connector;
+    the simulator emulates it, labelled). Requests carry KvParams in, a prefill leg's final output
+    carries them out."""
+
+    kv_address: str
+    """HOST:PORT of this engine's KV transfer server; empty when KV transfer is off."""
+
+    async def release_kv(self, transfer_id: str) -> bool:
+        """Free a staged transfer nobody will read (the request was aborted); True when held."""
+
+    async def kv_stats(self) -> dict:
+        """Staged leases, blocks, bytes; freed by reason; this engine's pulls by outcome."""
 
 
 @runtime_checkable

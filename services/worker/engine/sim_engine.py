@@ -27,9 +27,11 @@ from services.common.domain import FinishReason, StepSample
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile, load_profile
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
+from services.worker.kv.params import KvParams
 
 log = logging.getLogger("hfx.worker.sim")
 RECENT_STEPS = 32
+SIM_KV_ADDRESS = "simulated-kv:0"  # P/D emulation: no KV moves between simulated engines
 _MASK64 = (1 << 64) - 1
 YIELDS_PER_SLEEP = 4
 
@@ -115,6 +117,9 @@ class SimEngine:
         self._steps: collections.deque[StepSample] = collections.deque(maxlen=RECENT_STEPS)
         self.steps_total = 0
         self._t_end_s: float | None = None
+        # P/D emulation, SIMULATED: a prefill leg "stages" nothing and names a transfer at this
+        # placeholder address; a decode leg skips the prefill of the tokens it was told are staged.
+        self.kv_address = SIM_KV_ADDRESS
 
     async def start(self) -> None:
         self.profile = load_profile(self.config.profile)
@@ -152,7 +157,11 @@ class SimEngine:
         raw = b"".join(int(t).to_bytes(4, "little", signed=True) for t in req.prompt_token_ids)
         stream = _Stream(prompt, output, (zlib.crc32(raw) << 32 | (seed & 0xFFFFFFFF)) & _MASK64)
         self._streams[req.request_id] = stream
-        self.sim.add(SimSeq(req.request_id, prompt, output))
+        if req.kv is not None and req.kv.do_remote_decode:
+            output = 1
+        # A decode leg computes only what P did not stage (at least the last prompt token).
+        computed = prompt - min(req.kv.num_tokens, prompt - 1) if req.kv is not None and req.kv.do_remote_prefill else prompt
+        self.sim.add(SimSeq(req.request_id, computed, output))
         self._wake.set()
         try:
             while True:
@@ -161,12 +170,25 @@ class SimEngine:
                 ids, stream.pending = stream.pending, []
                 done = stream.finish is not None
                 if ids or done:
-                    yield EngineOutput(ids, self._text(ids), done, stream.finish, prompt)
+                    kv = self._staged(req, prompt) if done and stream.finish == FinishReason.LENGTH else None
+                    yield EngineOutput(ids, self._text(ids), done, stream.finish, prompt, kv=kv)
                 if done:
                     return
         finally:
             if self._streams.pop(req.request_id, None) is not None and stream.finish is None:
                 self._drop(req.request_id)
+
+    def _staged(self, req: EngineRequest, prompt: int) -> KvParams | None:
+        if req.kv is None or not req.kv.do_remote_decode:
+            return None
+        return KvParams(remote_address=SIM_KV_ADDRESS, transfer_id=f"sim-{req.request_id}", num_tokens=prompt,
+                        lease_expiry_unix_s=time.time() + (req.kv.lease_s or 30.0))
+
+    async def release_kv(self, transfer_id: str) -> bool:
+        return False  # nothing is staged in a simulation
+
+    async def kv_stats(self) -> dict:
+        return {"simulated": True, "leases": 0, "blocks": 0, "bytes": 0, "freed": {}, "pulls": {"outcomes": {}}}
 
     async def abort(self, request_id: str) -> bool:
         stream = self._streams.get(request_id)

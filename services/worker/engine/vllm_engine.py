@@ -8,6 +8,7 @@ engine core in a spawned subprocess: an entry script that starts this engine nee
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from services.common import lifeline
 from services.common.domain import FinishReason, Sampling, StepSample
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
+from services.worker.kv.params import KvParams
 from services.worker.engine.device import device_engine_kwargs, device_environment, pin_cpu_cores
 
 log = logging.getLogger("hfx.worker.vllm")
@@ -52,6 +54,15 @@ class VllmEngineConfig:
     standby: bool = False  # start with dummy weights and load none: pull_weights / load_from_storage later
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
+    # P/D KV transfer (services/worker/kv): HFX's connector in the engine and its transfer server
+    # on kv_host:kv_port (0: a free port), staged KV held kv_lease_s, pulls bounded by kv_deadline_s.
+    kv_transfer: bool = False
+    kv_host: str = "127.0.0.1"
+    kv_port: int = 0
+    kv_lease_s: float = 30.0
+    kv_deadline_s: float = 10.0
+    kv_stage_wait_s: float = 10.0  # a prefill leg's last chunk waits this long for its KV to be staged
+    kv_transport: str = "auto"  # "auto": map a same-host P's staged blocks, else TCP; "tcp": always TCP
     extra_engine_args: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -68,8 +79,9 @@ class VllmEngineConfig:
         return cls(**values)
 
 
-def engine_args(config: VllmEngineConfig) -> dict[str, Any]:
-    """The AsyncEngineArgs keyword arguments for `config`; the device seam has the last word."""
+def engine_args(config: VllmEngineConfig, kv_transfer_config: Any = None) -> dict[str, Any]:
+    """The AsyncEngineArgs keyword arguments for `config` (with HFX's KV connector when
+    `kv_transfer_config` is given); the device seam has the last word."""
     args: dict[str, Any] = {
         "model": config.model,
         "seed": config.seed,
@@ -83,6 +95,8 @@ def engine_args(config: VllmEngineConfig) -> dict[str, Any]:
         "disable_log_stats": True,
         "enable_log_requests": False,
     }
+    if kv_transfer_config is not None:
+        args["kv_transfer_config"] = kv_transfer_config
     args.update(config.extra_engine_args)
     args.update(device_engine_kwargs(config.device, kv_cache_memory_bytes=config.kv_cache_memory_bytes))
     return args
@@ -159,8 +173,9 @@ def _stat_logger_factory(sink: _StatsSink):
     return HfxStatLogger
 
 
-def sampling_params(sampling: Sampling):
-    """vLLM SamplingParams for HFX sampling, streaming only what is new each step."""
+def sampling_params(sampling: Sampling, kv: KvParams | None = None):
+    """vLLM SamplingParams for HFX sampling, streaming only what is new each step; a P/D leg's KV
+    parameters ride in extra_args, where vLLM's connectors read them."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -172,6 +187,7 @@ def sampling_params(sampling: Sampling):
         stop=list(sampling.stop) or None,
         ignore_eos=sampling.ignore_eos,
         output_kind=RequestOutputKind.DELTA,
+        extra_args={"kv_transfer_params": kv.to_vllm()} if kv is not None and kv.active else None,
     )
 
 
@@ -188,6 +204,8 @@ class VllmEngine:
         self.engine_timed_steps = True  # recent_steps are timed by the engine core (for the profiler)
         self._live: set[str] = set()
         self._reaper: Any = None
+        self.kv_address = ""  # the KV transfer server (services/worker/kv), after start() when kv_transfer
+        self._kv: Any = None  # services.worker.kv.service.KvService when kv_transfer
         # How this engine got its weights, and how long the phases of start() took (seconds).
         self.weights_report: dict[str, Any] = {"source": "storage (vLLM load)"}
         self.timings: dict[str, float] = {}
@@ -216,7 +234,15 @@ class VllmEngine:
 
         self.timings["vllm_import_s"] = time.monotonic() - t_import
 
-        args = AsyncEngineArgs(**engine_args(self.config))
+        kv_config = None
+        if self.config.kv_transfer:
+            from services.worker.kv.service import KvService
+
+            self._kv = KvService(self.config.kv_host, self.config.kv_port)
+            self.kv_address = self._kv.address
+            kv_config = self._kv.vllm_config(transport=self.config.kv_transport, lease_s=self.config.kv_lease_s,
+                                             deadline_s=self.config.kv_deadline_s)
+        args = AsyncEngineArgs(**engine_args(self.config, kv_config))
         t0 = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self._sink)])
         self.timings["engine_init_s"] = time.monotonic() - t0
@@ -267,7 +293,7 @@ class VllmEngine:
     async def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
         prompt = await self._render(req.prompt_token_ids)
         stream = self._llm.generate(
-            prompt, sampling_params(req.sampling), req.request_id,
+            prompt, sampling_params(req.sampling, req.kv), req.request_id,
             priority=-req.priority,  # vLLM runs LOWER values first; HFX ranks higher first
         )
         self._live.add(req.request_id)
@@ -275,13 +301,25 @@ class VllmEngine:
         try:
             async for out in stream:
                 finished = out.finished
-                yield _to_engine_output(out, len(req.prompt_token_ids))
+                output = _to_engine_output(out, len(req.prompt_token_ids))
+                if output.kv is not None and output.kv.transfer_id and self._kv is not None:
+                    output = dataclasses.replace(output, kv=await self._kv.when_staged(output.kv,
+                                                                                       self.config.kv_stage_wait_s))
+                yield output
         finally:
             self._live.discard(req.request_id)
             if not finished:
                 # Closing vLLM's generator aborts the request in the engine; without it the
                 # request would keep decoding until garbage collection got to the generator.
                 await stream.aclose()
+
+    async def release_kv(self, transfer_id: str) -> bool:
+        return self._kv is not None and await self._kv.release(transfer_id)
+
+    async def kv_stats(self) -> dict:
+        if self._kv is None:
+            raise RuntimeError("this engine was started without KV transfer")
+        return self._kv.stats()
 
     async def abort(self, request_id: str) -> bool:
         if request_id not in self._live:
@@ -309,6 +347,9 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        if self._kv is not None:
+            self._kv.close()
+            self._kv = None
 
     async def _render(self, prompt_token_ids: list[int]) -> Any:
         # Token-id prompts go through vLLM's renderer: handing AsyncLLM a raw prompt dict is
@@ -331,4 +372,5 @@ def _to_engine_output(out: Any, prompt_tokens: int) -> EngineOutput:
         finished=out.finished,
         finish_reason=None if reason is None else _FINISH_REASONS.get(str(reason), FinishReason.ERROR),
         prompt_tokens=prompt_tokens,
+        kv=KvParams.from_vllm(out.kv_transfer_params) if out.finished else None,
     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb.hfx.v1 import common_pb2 as hfx_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/worker.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\xcf\x01\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.hfx.v1.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x18\n\x03slo\x18\x05 \x01(\x0b\x32\x0b.hfx.v1.Slo\x12\x16\n\x0e\x61rrival_unix_s\x18\x06 \x01(\x01\x12\x1a\n\x12\x66irst_token_unix_s\x18\x07 \x01(\x01\"\xc3\x01\n\x0bWorkerChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.hfx.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\x05\x12\x15\n\rerror_message\x18\x08 \x01(\t\"\xd8\x01\n\x0eSessionRequest\x12.\n\x05start\x18\x01 \x01(\x0b\x32\x1d.hfx.v1.WorkerGenerateRequestH\x00\x12\x1a\n\x10\x61\x62ort_request_id\x18\x02 \x01(\tH\x00\x12?\n\rtrace_context\x18\x03 \x03(\x0b\x32(.hfx.v1.SessionRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x04\n\x02op\"3\n\x0cSessionBatch\x12#\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x13.hfx.v1.WorkerChunk\"I\n\x12WorkerAbortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07preempt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"$\n\x13WorkerAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGetLoadRequest\"\x10\n\x0eGetInfoRequest\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tremaining\x18\x01 \x01(\x05\"+\n\x12LoadWeightsRequest\x12\x15\n\rdonor_address\x18\x01 \x01(\t\"=\n\x13LoadWeightsResponse\x12\x16\n\x0eweights_source\x18\x01 \x01(\t\x12\x0e\n\x06load_s\x18\x02 \x01(\x01\x32\xb3\x03\n\x06Worker\x12@\n\x08Generate\x12\x1d.hfx.v1.WorkerGenerateRequest\x1a\x13.hfx.v1.WorkerChunk0\x01\x12;\n\x07Session\x12\x16.hfx.v1.SessionRequest\x1a\x14.hfx.v1.SessionBatch(\x01\x30\x01\x12@\n\x05\x41\x62ort\x12\x1a.hfx.v1.WorkerAbortRequest\x1a\x1b.hfx.v1.WorkerAbortResponse\x12\x35\n\x07GetLoad\x12\x16.hfx.v1.GetLoadRequest\x1a\x12.hfx.v1.LoadReport\x12\x33\n\x07GetInfo\x12\x16.hfx.v1.GetInfoRequest\x1a\x10.hfx.v1.Instance\x12\x34\n\x05\x44rain\x12\x14.hfx.v1.DrainRequest\x1a\x15.hfx.v1.DrainResponse\x12\x46\n\x0bLoadWeights\x12\x1a.hfx.v1.LoadWeightsRequest\x1a\x1b.hfx.v1.LoadWeightsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/worker.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"\xfe\x01\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.hfx.v1.SamplingParams\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x18\n\x03slo\x18\x05 \x01(\x0b\x32\x0b.hfx.v1.Slo\x12\x16\n\x0e\x61rrival_unix_s\x18\x06 \x01(\x01\x12\x1a\n\x12\x66irst_token_unix_s\x18\x07 \x01(\x01\x12-\n\x0bkv_transfer\x18\x08 \x01(\x0b\x32\x18.hfx.v1.KvTransferParams\"\xca\x01\n\x10KvTransferParams\x12\x18\n\x10\x64o_remote_decode\x18\x01 \x01(\x08\x12\x19\n\x11\x64o_remote_prefill\x18\x02 \x01(\x08\x12\x16\n\x0eremote_address\x18\x03 \x01(\t\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\x12\x12\n\nnum_tokens\x18\x05 \x01(\x05\x12\x12\n\nnum_blocks\x18\x06 \x01(\x05\x12\x0f\n\x07lease_s\x18\x07 \x01(\x01\x12\x1b\n\x13lease_expiry_unix_s\x18\x08 \x01(\x01\"\xf2\x01\n\x0bWorkerChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.hfx.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\x05\x12\x15\n\rerror_message\x18\x08 \x01(\t\x12-\n\x0bkv_transfer\x18\t \x01(\x0b\x32\x18.hfx.v1.KvTransferParams\"\xd8\x01\n\x0eSessionRequest\x12.\n\x05start\x18\x01 \x01(\x0b\x32\x1d.hfx.v1.WorkerGenerateRequestH\x00\x12\x1a\n\x10\x61\x62ort_request_id\x18\x02 \x01(\tH\x00\x12?\n\rtrace_context\x18\x03 \x03(\x0b\x32(.hfx.v1.SessionRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x04\n\x02op\"3\n\x0cSessionBatch\x12#\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x13.hfx.v1.WorkerChunk\"I\n\x12WorkerAbortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07preempt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"$\n\x13WorkerAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGetLoadRequest\"\x10\n\x0eGetInfoRequest\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tremaining\x18\x01 \x01(\x05\"+\n\x12LoadWeightsRequest\x12\x15\n\rdonor_address\x18\x01 \x01(\t\"=\n\x13LoadWeightsResponse\x12\x16\n\x0eweights_source\x18\x01 \x01(\t\x12\x0e\n\x06load_s\x18\x02 \x01(\x01\x32\xb3\x03\n\x06Worker\x12@\n\x08Generate\x12\x1d.hfx.v1.WorkerGenerateRequest\x1a\x13.hfx.v1.WorkerChunk0\x01\x12;\n\x07Session\x12\x16.hfx.v1.SessionRequest\x1a\x14.hfx.v1.SessionBatch(\x01\x30\x01\x12@\n\x05\x41\x62ort\x12\x1a.hfx.v1.WorkerAbortRequest\x1a\x1b.hfx.v1.WorkerAbortResponse\x12\x35\n\x07GetLoad\x12\x16.hfx.v1.GetLoadRequest\x1a\x12.hfx.v1.LoadReport\x12\x33\n\x07GetInfo\x12\x16.hfx.v1.GetInfoRequest\x1a\x10.hfx.v1.Instance\x12\x34\n\x05\x44rain\x12\x14.hfx.v1.DrainRequest\x1a\x15.hfx.v1.DrainResponse\x12\x46\n\x0bLoadWeights\x12\x1a.hfx.v1.LoadWeightsRequest\x1a\x1b.hfx.v1.LoadWeightsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,31 +35,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONREQUEST_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_SESSIONREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_WORKERGENERATEREQUEST']._serialized_start=53
-  _globals['_WORKERGENERATEREQUEST']._serialized_end=260
-  _globals['_WORKERCHUNK']._serialized_start=263
-  _globals['_WORKERCHUNK']._serialized_end=458
-  _globals['_SESSIONREQUEST']._serialized_start=461
-  _globals['_SESSIONREQUEST']._serialized_end=677
-  _globals['_SESSIONREQUEST_TRACECONTEXTENTRY']._serialized_start=620
-  _globals['_SESSIONREQUEST_TRACECONTEXTENTRY']._serialized_end=671
-  _globals['_SESSIONBATCH']._serialized_start=679
-  _globals['_SESSIONBATCH']._serialized_end=730
-  _globals['_WORKERABORTREQUEST']._serialized_start=732
-  _globals['_WORKERABORTREQUEST']._serialized_end=805
-  _globals['_WORKERABORTRESPONSE']._serialized_start=807
-  _globals['_WORKERABORTRESPONSE']._serialized_end=843
-  _globals['_GETLOADREQUEST']._serialized_start=845
-  _globals['_GETLOADREQUEST']._serialized_end=861
-  _globals['_GETINFOREQUEST']._serialized_start=863
-  _globals['_GETINFOREQUEST']._serialized_end=879
-  _globals['_DRAINREQUEST']._serialized_start=881
-  _globals['_DRAINREQUEST']._serialized_end=895
-  _globals['_DRAINRESPONSE']._serialized_start=897
-  _globals['_DRAINRESPONSE']._serialized_end=931
-  _globals['_LOADWEIGHTSREQUEST']._serialized_start=933
-  _globals['_LOADWEIGHTSREQUEST']._serialized_end=976
-  _globals['_LOADWEIGHTSRESPONSE']._serialized_start=978
-  _globals['_LOADWEIGHTSRESPONSE']._serialized_end=1039
-  _globals['_WORKER']._serialized_start=1042
-  _globals['_WORKER']._serialized_end=1477
+  _globals['_WORKERGENERATEREQUEST']._serialized_end=307
+  _globals['_KVTRANSFERPARAMS']._serialized_start=310
+  _globals['_KVTRANSFERPARAMS']._serialized_end=512
+  _globals['_WORKERCHUNK']._serialized_start=515
+  _globals['_WORKERCHUNK']._serialized_end=757
+  _globals['_SESSIONREQUEST']._serialized_start=760
+  _globals['_SESSIONREQUEST']._serialized_end=976
+  _globals['_SESSIONREQUEST_TRACECONTEXTENTRY']._serialized_start=919
+  _globals['_SESSIONREQUEST_TRACECONTEXTENTRY']._serialized_end=970
+  _globals['_SESSIONBATCH']._serialized_start=978
+  _globals['_SESSIONBATCH']._serialized_end=1029
+  _globals['_WORKERABORTREQUEST']._serialized_start=1031
+  _globals['_WORKERABORTREQUEST']._serialized_end=1104
+  _globals['_WORKERABORTRESPONSE']._serialized_start=1106
+  _globals['_WORKERABORTRESPONSE']._serialized_end=1142
+  _globals['_GETLOADREQUEST']._serialized_start=1144
+  _globals['_GETLOADREQUEST']._serialized_end=1160
+  _globals['_GETINFOREQUEST']._serialized_start=1162
+  _globals['_GETINFOREQUEST']._serialized_end=1178
+  _globals['_DRAINREQUEST']._serialized_start=1180
+  _globals['_DRAINREQUEST']._serialized_end=1194
+  _globals['_DRAINRESPONSE']._serialized_start=1196
+  _globals['_DRAINRESPONSE']._serialized_end=1230
+  _globals['_LOADWEIGHTSREQUEST']._serialized_start=1232
+  _globals['_LOADWEIGHTSREQUEST']._serialized_end=1275
+  _globals['_LOADWEIGHTSRESPONSE']._serialized_start=1277
+  _globals['_LOADWEIGHTSRESPONSE']._serialized_end=1338
+  _globals['_WORKER']._serialized_start=1341
+  _globals['_WORKER']._serialized_end=1776
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,104 @@
+"""KV transfer throughput and latency by transfer size, against this machine's memcpy bandwidth
+measured in the same run (issue 10's goal: >= 50% of memcpy for >= 16 MiB on one host).
+
+Stages synthetic KV blocks (the tiny model's block: 256 KiB; 4 layers x 2 x 128 tokens x 128 x
+bf16) the way a prefill worker does (shared-memory file + CRC32s, served by the worker service's
+KvServer), then times what a decode worker's connector does, end to end: ask, copy every block
+into its destination buffer (the KV cache stand-in), check each CRC32, ACK (P frees). Transports:
+"samehost" (map P's staged file) and "tcp" (stream over loopback). memcpy: numpy copy of the same
+number of bytes between two preallocated buffers. Median of --repeats runs per point.
+
+    .venv/bin/python benchmarks/kv_transfer.py [--sizes-mib 1 4 16 64] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.worker.kv import samehost, shm, tcp, wire  # noqa: E402
+from services.worker.kv.store import StagingStore  # noqa: E402
+
+BLOCK_BYTES = 256 * 1024
+LAYOUT = {"layers": 4, "dtype": "torch.bfloat16", "block_shape": [2, 128, 128], "block_size": 128,
+          "block_bytes": BLOCK_BYTES}
+MiB = 1024 * 1024
+
+
+def memcpy_gbps(nbytes: int, repeats: int) -> float:
+    src = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in first
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t)
+    return nbytes / statistics.median(times) / 1e9
+
+
+def serve(staging: str, ready, stop) -> None:
+    """P's side, in a process of its own as in a deployment (the worker service's)."""
+    server = tcp.KvServer(StagingStore(), staging).start()
+    ready.put(server.address)
+    stop.wait()
+    server.close()
+
+
+def transfer(address: str, staging: str, size: int, repeats: int, pull) -> tuple[float, float]:
+    n = size // BLOCK_BYTES
+    rows = np.random.default_rng(1).integers(0, 256, (n, BLOCK_BYTES), dtype=np.uint8)
+    sums = [wire.crc32(r) for r in rows]
+    dst = np.empty_like(rows)
+    dst[:] = 0  # the KV cache stand-in, faulted in
+    times = []
+    for r in range(repeats):
+        tid = f"bench-{size}-{r}-{pull.__module__.rsplit('.', 1)[-1]}"
+        shm.write(staging, tid, rows, sums, n * 128, LAYOUT, time.time() + 60)
+        time.sleep(2 * tcp.REAP_INTERVAL_S)  # P adopts it under a lease before it names it (as the engine does)
+        t = time.perf_counter()
+        result = pull(address, tid, from_block=0, layout=LAYOUT, deadline_s=30.0,
+                      into=lambda i, _n: memoryview(dst[i]))
+        times.append(time.perf_counter() - t)
+        assert result.blocks == n and result.acked
+    assert (dst == rows).all()
+    median = statistics.median(times)
+    return size / median / 1e9, median * 1000.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    root = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="hfx-kv-bench-", dir=root) as staging:
+        ctx = multiprocessing.get_context("spawn")
+        ready, stop = ctx.Queue(), ctx.Event()
+        server = ctx.Process(target=serve, args=(staging, ready, stop), daemon=True)
+        server.start()
+        address = ready.get(timeout=60)
+        try:
+            print(f"{'size MiB':>8} {'memcpy GB/s':>11} {'transport':>9} {'GB/s':>7} {'ms':>8} {'% memcpy':>9}")
+            for mib in args.sizes_mib:
+                base = memcpy_gbps(mib * MiB, args.repeats)
+                for name, pull in (("samehost", samehost.pull), ("tcp", tcp.pull)):
+                    gbps, ms = transfer(address, staging, mib * MiB, args.repeats, pull)
+                    print(f"{mib:>8} {base:>11.2f} {name:>9} {gbps:>7.2f} {ms:>8.2f} {100 * gbps / base:>8.0f}%",
+                          flush=True)
+        finally:
+            stop.set()
+            server.join(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The KV transport over TCP (loopback or between hosts): P's transfer server, D's pull client.
+
+The Transport seam is the pair `KvServer` (serves a StagingStore at an address) and `pull`
+(address, transfer id -> checked blocks written where the caller says). An RDMA / NCCL / HCCL
+transport keeps the protocol's lease, ack and checksum rules (wire.py) and replaces the bytes'
+path: the staged blocks registered with the NIC or device, D reading them one-sided, the same
+ACK freeing the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.worker.kv import shm, wire
+from services.worker.kv.store import Staged, StagingStore
+from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlow, UnknownTransfer
+from services.worker.weights.tcp import ThreadedServer
+
+log = logging.getLogger("hfx.worker.kv")
+
+IDLE_TIMEOUT_S = 30.0      # a connection silent this long between requests is closed
+SEND_TIMEOUT_S = 10.0      # a reader that takes nothing for this long is dropped
+REAP_INTERVAL_S = 0.2
+STAGE_WAIT_S = 2.0         # a release may arrive just before its blocks are staged: wait this long for them
+MAX_STAGE_WAIT_S = 30.0    # a pull waits for its blocks as long as D's deadline allows, at most this
+
+
+class KvServer(ThreadedServer):
+    """Serves the transfers staged in `staging_dir` (shm.py) through the store; frees a transfer
+    on ack, release or lease expiry. Runs in the worker service's process, beside the engine."""
+
+    def __init__(self, store: StagingStore, staging_dir: str, host: str = "127.0.0.1", port: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(socket.create_server((host, port), reuse_port=False), "kv")
+        self.store = store
+        self.staging_dir = staging_dir
+        self.clock = clock
+        self.address = f"{host}:{self._sock.getsockname()[1]}"
+        self.pulls = PullLog()  # this engine's own pulls as D, reported with the store's stats
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="kv-lease-reaper", daemon=True)
+
+    def start(self):
+        self._reaper.start()
+        return super().start()
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+        self.store.free_all("shutdown")
+
+    def _reap(self) -> None:
+        while not self._stop.wait(REAP_INTERVAL_S):
+            for tid in shm.complete_ids(self.staging_dir):
+                self._adopt(tid)  # under its lease from now, read or not
+            for tid in self.store.expire(self.clock()):
+                log.warning("KV transfer %s: lease expired unread, blocks freed", tid)
+
+    def _adopt(self, tid: str) -> bool:
+        if self.store.knows(tid):
+            return True
+        staged = shm.load(self.staging_dir, tid)
+        if staged is None:
+            return False
+        try:
+            self.store.stage(staged)
+        except ValueError:  # adopted meanwhile by another thread
+            staged.release = None
+        return True
+
+    def release(self, tid: str) -> bool:
+        """Free a transfer nobody will read (an abort), staged already or about to be."""
+        self.lookup(tid, STAGE_WAIT_S)
+        return self.store.free(tid, "released")
+
+    def lookup(self, tid: str, wait_s: float) -> tuple[Staged | None, str]:
+        """The staged transfer, waiting up to `wait_s` for one not staged yet."""
+        give_up = time.monotonic() + wait_s
+        while True:
+            staged, why = self.store.get(tid, self.clock())
+            if staged is not None or why != "unknown":
+                return staged, why
+            if not self._adopt(tid) and time.monotonic() >= give_up:
+                return None, why
+            if not self.store.knows(tid):
+                time.sleep(0.005)
+
+    def accept(self, conn: socket.socket, peer) -> None:
+        self.spawn(self._serve, conn, peer)
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        try:
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                while True:
+                    conn.settimeout(IDLE_TIMEOUT_S)
+                    try:
+                        request = read_frame(conn, time.monotonic() + IDLE_TIMEOUT_S)
+                    except PeerLost:
+                        return  # the client closed between requests
+                    conn.settimeout(SEND_TIMEOUT_S)
+                    if request.get("op") == "ack":  # answer first: D need not wait for the unmapping
+                        staged = self.store.take(str(request.get("transfer_id", "")), _ack_reason(request))
+                        conn.sendall(wire.frame({"freed": staged is not None}))
+                        if staged is not None and staged.release is not None:
+                            staged.release()
+                        continue
+                    conn.sendall(wire.frame(self.handle(request, conn)))
+        except Exception as err:  # a reader that went away must not take the server down
+            log.info("KV connection from %s ended: %s", peer, err)
+
+    def handle(self, request: dict, conn: socket.socket) -> dict:
+        op, tid = request.get("op"), str(request.get("transfer_id", ""))
+        if op == "pull":
+            wait_s = min(MAX_STAGE_WAIT_S, max(0.0, float(request.get("wait_s", STAGE_WAIT_S))))
+            return self._send(conn, tid, int(request.get("from_block", 0)), wait_s)
+        if op == "locate":  # a reader on this host maps the staged file instead of streaming it
+            wait_s = min(MAX_STAGE_WAIT_S, max(0.0, float(request.get("wait_s", STAGE_WAIT_S))))
+            staged, why = self.lookup(tid, wait_s)
+            if staged is None:
+                return {"ok": False, "reason": UnknownTransfer.kind, "error": f"transfer {tid!r} is not staged here ({why})"}
+            return {"ok": True, "path": shm.data_path(self.staging_dir, tid), "crc32": list(staged.crc32),
+                    "num_tokens": staged.num_tokens, "layout": staged.layout, "blocks": len(staged.blocks)}
+        if op == "ack":
+            return {"freed": self.store.free(tid, _ack_reason(request))}
+        if op == "release":
+            return {"freed": self.release(tid)}
+        if op == "pulled":  # this engine's connector reporting one of its pulls
+            self.pulls.record(str(request.get("outcome")), int(request.get("bytes", 0)), float(request.get("ms", 0.0)))
+            return {}
+        if op == "stats":
+            s = self.store.stats()
+            return {"leases": s.leases, "blocks": s.blocks, "bytes": s.bytes, "freed": s.freed,
+                    "pulls": self.pulls.snapshot()}
+        return {"ok": False, "reason": "bad-request", "error": f"unknown op {op!r}"}
+
+    def _send(self, conn: socket.socket, tid: str, from_block: int, wait_s: float) -> dict:
+        staged, why = self.lookup(tid, wait_s)
+        if staged is None:
+            return {"ok": False, "reason": UnknownTransfer.kind, "error": f"transfer {tid!r} is not staged here ({why})"}
+        if not 0 <= from_block <= len(staged.blocks):
+            return {"ok": False, "reason": "bad-request", "error": f"from_block {from_block} out of range"}
+        conn.sendall(wire.frame({"ok": True, "num_tokens": staged.num_tokens, "blocks": len(staged.blocks),
+                                 "layout": staged.layout}))
+        for i in range(from_block, len(staged.blocks)):
+            block = staged.blocks[i]
+            conn.sendall(wire.frame({"i": i, "nbytes": len(block), "crc32": staged.crc32[i]}))
+            conn.sendall(block)
+        return {"end": True, "blocks": len(staged.blocks) - from_block}
+
+
+class PullLog:
+    """Outcomes of this engine's pulls (as D): counts by outcome, bytes and ms of the good ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcomes: dict[str, int] = {}
+        self._bytes = 0
+        self._ms: list[float] = []
+
+    def record(self, outcome: str, nbytes: int = 0, ms: float = 0.0) -> None:
+        with self._lock:
+            self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+            if outcome == "ok":
+                self._bytes += nbytes
+                self._ms.append(ms)
+                del self._ms[:-256]
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"outcomes": dict(self._outcomes), "bytes": self._bytes, "recent_ms": list(self._ms[-16:])}
+
+
+def _ack_reason(request: dict) -> str:
+    return "acked" if request.get("ok") else f"nacked:{request.get('reason', '')}"
+
+
+@dataclass
+class PullResult:
+    blocks: int = 0
+    bytes: int = 0
+    num_tokens: int = 0
+    ms: float = 0.0
+    acked: bool = False
+
+
+def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadline_s: float,
+         into: Callable[[int, int], memoryview]) -> PullResult:
+    """Pull blocks from_block.. of `transfer_id` from P's server at `address`, each into
+    `into(block_index, nbytes)`, checking layout, sizes and CRC32s; then ACK (P frees the lease).
+    On any failure P is told (a NACK, best effort: the lease frees it otherwise) and a
+    KvTransferError is raised; nothing received counts as loaded then."""
+    started = time.monotonic()
+    deadline = started + deadline_s
+    conn = connect(address, deadline_s)
+    with conn:
+        result = PullResult()
+        try:
+            # P may learn of the transfer a moment before its blocks are staged: it waits for them
+            # while the rest of the stream still fits the deadline.
+            send(conn, {"op": "pull", "version": wire.VERSION, "transfer_id": transfer_id, "from_block": from_block,
+                         "wait_s": round(deadline_s * 0.5, 3)}, deadline)
+            _receive(conn, address, transfer_id, from_block, layout, deadline, into, result)
+        except KvTransferError as err:
+            nack(address, transfer_id, err.kind)
+            raise type(err)(f"{err} (after {result.blocks} blocks, {result.bytes} bytes, "
+                            f"{(time.monotonic() - started) * 1000:.0f} ms)") from None
+        send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
+        result.acked = bool(read_frame(conn, deadline).get("freed"))
+    result.ms = (time.monotonic() - started) * 1000.0
+    return result
+
+
+def _receive(conn, address, tid, from_block, layout, deadline, into, result: PullResult) -> None:
+    head = read_frame(conn, deadline)
+    if not head.get("ok"):
+        cls = UnknownTransfer if head.get("reason") == UnknownTransfer.kind else Integrity
+        raise cls(f"KV server {address}: {head.get('error', 'refused')}")
+    if head.get("layout") != layout:
+        raise Integrity(f"KV server {address} staged layout {head.get('layout')}, this engine has {layout}")
+    result.num_tokens = int(head.get("num_tokens", 0))
+    expected = int(head.get("blocks", 0)) - from_block
+    for i in range(from_block, from_block + expected):
+        header = read_frame(conn, deadline)
+        nbytes = header.get("nbytes")
+        if header.get("i") != i or not isinstance(nbytes, int) or nbytes != layout.get("block_bytes"):
+            raise Integrity(f"transfer {tid}: block header {header} where block {i} of "
+                            f"{layout.get('block_bytes')} bytes was due")
+        buf = into(i, nbytes)
+        read_into(conn, buf, deadline)
+        crc = wire.crc32(buf)
+        if crc != header.get("crc32"):
+            raise Integrity(f"transfer {tid}: block {i} CRC32 {crc:#010x} != header's {header.get('crc32')!r}")
+        result.blocks += 1
+        result.bytes += nbytes
+    end = read_frame(conn, deadline)
+    if not end.get("end") or end.get("blocks") != expected:
+        raise Integrity(f"transfer {tid}: stream ended with {end} after {result.blocks} of {expected} blocks")
+
+
+def nack(address: str, tid: str, reason: str) -> None:
+    """Tell P to free a transfer D gave up on, on a fresh connection (the pull's own may be
+    mid-stream or dead); best effort: the lease frees it otherwise."""
+    try:
+        request(address, {"op": "ack", "transfer_id": tid, "ok": False, "reason": reason}, timeout_s=0.5)
+    except KvTransferError:
+        pass
+
+
+def connect(address: str, timeout_s: float) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=max(0.05, timeout_s))
+    except socket.timeout:
+        raise TooSlow(f"KV server {address}: no connection within {timeout_s:.1f}s") from None
+    except (OSError, ValueError) as err:
+        raise PeerLost(f"cannot reach KV server {address}: {err}") from None
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    return conn
+
+
+def request(address: str, message: dict, timeout_s: float = 2.0) -> dict:
+    """One request/reply on a fresh connection (release, stats)."""
+    deadline = time.monotonic() + timeout_s
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+            send(conn, message, deadline)
+            return read_frame(conn, deadline)
+    except socket.timeout:
+        raise TooSlow(f"KV server {address}: no answer within {timeout_s:.1f}s") from None
+    except (OSError, ValueError) as err:
+        raise PeerLost(f"KV server {address}: {err}") from None
+
+
+def send(conn: socket.socket, message: dict, deadline: float) -> None:
+    _settimeout(conn, deadline)
+    try:
+        conn.sendall(wire.frame(message))
+    except socket.timeout:
+        raise TooSlow("KV transfer passed its deadline") from None
+    except OSError as err:
+        raise PeerLost(f"KV server connection failed: {err}") from None
+
+
+def read_frame(conn: socket.socket, deadline: float) -> dict:
+    head = bytearray(4)
+    read_into(conn, memoryview(head), deadline)
+    try:
+        body = bytearray(wire.parse_frame_length(bytes(head)))
+    except Exception as err:
+        raise Integrity(str(err)) from None
+    read_into(conn, memoryview(body), deadline)
+    try:
+        return wire.parse_frame_body(bytes(body))
+    except Exception as err:
+        raise Integrity(str(err)) from None
+
+
+def read_into(conn: socket.socket, buf, deadline: float) -> None:
+    view = memoryview(buf).cast("B")
+    got, total = 0, len(view)
+    while got < total:
+        _settimeout(conn, deadline)
+        try:
+            n = conn.recv_into(view[got:], min(total - got, 8 << 20))
+        except socket.timeout:
+            raise TooSlow("KV transfer passed its deadline") from None
+        except OSError as err:
+            raise PeerLost(f"KV connection failed: {err}") from None
+        if n == 0:
+            raise PeerLost("KV server closed the connection mid-way")
+        got += n
+
+
+def _settimeout(conn: socket.socket, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TooSlow("KV transfer passed its deadline")
+    conn.settimeout(left)

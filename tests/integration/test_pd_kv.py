@@ -1,0 +1,286 @@
+"""P/D KV transfer between two real vLLM CPU workers (HFX's connector, services/worker/kv), over
+the Worker gRPC API: the prefill leg on P stages the prompt's KV, the decode leg on D pulls it.
+
+Greedy P/D output must equal colocated output token for token, and every failure (a corrupt
+block, a lease that expired, P gone mid-transfer, a stalled P) must end with correct tokens (D
+recomputes) and P's staging store empty. D's own pull log says whether it loaded or recomputed,
+so a test cannot pass by recomputing where a load was due. Two engines for the whole module.
+"""
+
+from __future__ import annotations
+
+import glob
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from services.worker.kv import shm, tcp
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 300.0
+CALL_TIMEOUT_S = 120.0
+BLOCK = 128  # vLLM's CPU block size
+DEADLINE_S = 4.0  # D's pull deadline
+
+
+class Worker:
+    def __init__(self, name: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.kv_worker", "--instance-id", name,
+                                      "--deadline-s", str(DEADLINE_S)], cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=sys.stderr, text=True, start_new_session=True)
+        self.address = self.kv_address = ""
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("worker exited before it was ready")
+            if line.startswith("READY "):
+                _, self.address, self.kv_address = line.split()
+                self.channel = grpc.insecure_channel(self.address)
+                self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+                return
+        raise TimeoutError("worker not ready")
+
+    def stats(self) -> dict:
+        return tcp.request(self.kv_address, {"op": "stats"})
+
+    def generate(self, rid: str, prompt: list[int], max_tokens: int, kv=None) -> tuple[list[int], worker_pb2.WorkerChunk]:
+        req = worker_pb2.WorkerGenerateRequest(request_id=rid, prompt_token_ids=prompt, sampling=common_pb2.SamplingParams(
+            max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
+        if kv is not None:
+            req.kv_transfer.CopyFrom(kv)
+        tokens, last = [], None
+        for chunk in self.stub.Generate(req, timeout=CALL_TIMEOUT_S):
+            tokens.extend(chunk.token_ids)
+            last = chunk
+        return tokens, last
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def pd():
+    p, d = Worker("p"), Worker("d")
+    try:
+        p.wait_ready()
+        d.wait_ready()
+        yield p, d
+    finally:
+        p.stop()
+        d.stop()
+
+
+def prompt_of(n: int, salt: int) -> list[int]:
+    """Distinct prompts per test, so D's prefix cache never holds an earlier test's blocks."""
+    return [1] + [(i * 37 + salt * 101) % 1900 + 5 for i in range(n - 1)]
+
+
+def pd_generate(p: Worker, d: Worker, rid: str, prompt: list[int], max_tokens: int, *, via: str = "",
+                lease_s: float = 0.0, wait_s: float = 0.0) -> tuple[list[int], worker_pb2.KvTransferParams]:
+    first, last = p.generate(rid + "-p", prompt, max_tokens, worker_pb2.KvTransferParams(do_remote_decode=True,
+                                                                                        lease_s=lease_s))
+    assert len(first) == 1 and last.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    staged = last.kv_transfer
+    assert staged.transfer_id and staged.num_tokens == len(prompt)
+    assert staged.num_blocks == -(-len(prompt) // BLOCK)
+    time.sleep(wait_s)
+    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=via or staged.remote_address,
+                                     transfer_id=staged.transfer_id, num_tokens=staged.num_tokens)
+    rest, _ = d.generate(rid + "-d", prompt + first, max_tokens - 1, kv)
+    return first + rest, staged
+
+
+def outcomes(worker: Worker) -> dict:
+    return dict(worker.stats()["pulls"]["outcomes"])
+
+
+def delta(before: dict, after: dict) -> dict:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before) if after.get(k, 0) != before.get(k, 0)}
+
+
+def staged_empty(p: Worker) -> bool:
+    return wait_until(lambda: p.stats()["leases"] == 0, 5.0)
+
+
+@pytest.mark.parametrize("length", [100, 2 * BLOCK - 1, 5 * BLOCK + 60], ids=["one-block", "block-minus-one", "many-blocks"])
+def test_pd_output_equals_colocated_token_for_token(pd, length):
+    p, d = pd
+    prompt = prompt_of(length, length)
+    colocated, _ = p.generate(f"co-{length}", prompt, 12)
+    before = outcomes(d)
+    split, staged = pd_generate(p, d, f"pd-{length}", prompt, 12)
+    assert split == colocated
+    assert delta(before, outcomes(d)) == {"ok": 1}  # D loaded P's KV, it did not recompute
+    assert staged_empty(p)
+    assert p.stats()["freed"].get("acked", 0) >= 1
+
+
+class Proxy:
+    """Between D and P's transfer server: passes bytes on, or breaks the stream P sends, as a
+    failing network or a dying P would."""
+
+    def __init__(self, target: str, mode: str, at_byte: int = 2000) -> None:
+        self.target, self.mode, self.at_byte = target, mode, at_byte
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            client, _ = self.sock.accept()
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        host, _, port = self.target.rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+        self._pipe(upstream, client, True)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_p: bool) -> None:
+        seen = 0
+        try:
+            while data := src.recv(65536):
+                if from_p and seen <= self.at_byte < seen + len(data):
+                    cut = self.at_byte - seen
+                    if self.mode == "corrupt":
+                        data = data[:cut] + bytes([data[cut] ^ 0x5A]) + data[cut + 1:]
+                    elif self.mode == "cut":  # P gone mid-block
+                        dst.sendall(data[:cut])
+                        return
+                    elif self.mode == "stall":  # P alive but silent past D's deadline
+                        dst.sendall(data[:cut])
+                        time.sleep(DEADLINE_S + 3)
+                        return
+                seen += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):  # shutdown first: close alone sends no FIN while the other pipe reads
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_corrupt_block_is_caught_by_its_checksum_and_d_recomputes(pd):
+    p, d = pd
+    prompt = prompt_of(3 * BLOCK, 7)
+    colocated, _ = p.generate("co-crc", prompt, 10)
+    before = outcomes(d)
+    first, last = p.generate("crc-p", prompt, 10, worker_pb2.KvTransferParams(do_remote_decode=True))
+    (staged_file,) = glob.glob(f"/dev/shm/hfx-kv-*/{last.kv_transfer.transfer_id}.kv")
+    with open(staged_file, "r+b") as f:  # one bit flipped in P's staged copy
+        f.seek(BLOCK * 300)
+        byte = f.read(1)[0]
+        f.seek(BLOCK * 300)
+        f.write(bytes([byte ^ 1]))
+    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=last.kv_transfer.remote_address,
+                                     transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
+    rest, _ = d.generate("crc-d", prompt + first, 9, kv)
+    assert first + rest == colocated
+    assert delta(before, outcomes(d)) == {"integrity": 1}
+    assert staged_empty(p)  # D's NACK freed it
+    assert any(k.startswith("nacked:integrity") for k in p.stats()["freed"])
+
+
+def test_lease_expiring_before_d_reads_means_recompute(pd):
+    p, d = pd
+    prompt = prompt_of(2 * BLOCK + 5, 11)
+    colocated, _ = p.generate("co-lease", prompt, 8)
+    before, expired = outcomes(d), p.stats()["freed"].get("expired", 0)
+    split, _ = pd_generate(p, d, "lease", prompt, 8, lease_s=0.3, wait_s=1.5)
+    assert split == colocated
+    assert delta(before, outcomes(d)) == {"unknown-transfer": 1}
+    assert p.stats()["leases"] == 0
+    assert p.stats()["freed"]["expired"] == expired + 1
+
+
+@pytest.mark.parametrize("mode,outcome", [("cut", "peer-lost"), ("stall", "deadline")])
+def test_p_lost_or_stalled_mid_transfer_means_recompute_within_the_deadline(pd, mode, outcome):
+    p, d = pd
+    prompt = prompt_of(4 * BLOCK, 13 if mode == "cut" else 17)
+    colocated, _ = p.generate(f"co-{mode}", prompt, 8)
+    before = outcomes(d)
+    first, last = p.generate(f"{mode}-p", prompt, 8, worker_pb2.KvTransferParams(do_remote_decode=True, lease_s=2.0))
+    proxy = Proxy(last.kv_transfer.remote_address, mode, at_byte=10)  # within P's first answer
+    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=proxy.address,
+                                     transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
+    rest, _ = d.generate(f"{mode}-d", prompt + first, 7, kv)
+    assert first + rest == colocated
+    assert delta(before, outcomes(d)) == {outcome: 1}
+    # D's NACK (on a fresh connection) or else the lease frees the blocks.
+    assert wait_until(lambda: p.stats()["leases"] == 0, 5.0)
+
+
+def test_abort_after_the_prefill_leg_frees_the_staged_kv(pd):
+    p, _ = pd
+    released = p.stats()["freed"].get("released", 0)
+    _, last = p.generate("abort-p", prompt_of(BLOCK + 3, 19), 4, worker_pb2.KvTransferParams(do_remote_decode=True))
+    assert last.kv_transfer.transfer_id
+    reply = p.stub.Abort(worker_pb2.WorkerAbortRequest(request_id="abort-p"), timeout=10)
+    assert reply.found
+    assert p.stats()["leases"] == 0
+    assert p.stats()["freed"]["released"] == released + 1
+
+
+def test_bad_kv_params_are_invalid_argument(pd):
+    p, _ = pd
+    with pytest.raises(grpc.RpcError) as err:
+        p.generate("bad", [1, 2, 3], 4, worker_pb2.KvTransferParams(do_remote_prefill=True, transfer_id="x", num_tokens=2))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "remote_address" in err.value.details()
+
+
+def test_concurrent_split_requests_all_match_colocated_and_leave_nothing_staged(pd):
+    p, d = pd
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [prompt_of(60 + 37 * i, 100 + i) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        colocated = list(pool.map(lambda ip: p.generate(f"cc-{ip[0]}", ip[1], 6)[0], enumerate(prompts)))
+        before = outcomes(d)
+        split = list(pool.map(lambda ip: pd_generate(p, d, f"cpd-{ip[0]}", ip[1], 6)[0], enumerate(prompts)))
+    assert split == colocated
+    assert delta(before, outcomes(d)) == {"ok": 16}
+    assert staged_empty(p)
+
+
+def test_p_killed_before_d_pulls_means_recompute_and_no_hang(pd):
+    """Last in the module: it kills P (its worker service, KV server and engine)."""
+    import os
+    import signal
+
+    p, d = pd
+    prompt = prompt_of(3 * BLOCK + 9, 23)
+    colocated, _ = p.generate("co-kill", prompt, 8)
+    first, last = p.generate("kill-p", prompt, 8, worker_pb2.KvTransferParams(do_remote_decode=True))
+    os.killpg(p.proc.pid, signal.SIGKILL)
+    p.proc.wait(30)
+    before = outcomes(d)
+    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=last.kv_transfer.remote_address,
+                                     transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
+    rest, _ = d.generate("kill-d", prompt + first, 7, kv)
+    assert first + rest == colocated
+    assert delta(before, outcomes(d)) == {"peer-lost": 1}
+    # What the dead P had staged is found and removed (as the next worker to start does).
+    assert [path for path in shm.remove_orphans("/dev/shm") if f"hfx-kv-{p.proc.pid}-" in path]
