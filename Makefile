@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m services.common.protogen --check
+	$(BIN)/ruff check services tests benchmarks
 	$(BIN)/python -m pytest tests -q -rfE
 
 test-fast: $(STAMP)

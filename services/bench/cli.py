@@ -220,7 +220,7 @@ class LiveRuns:
             r["engine"] = self.engine_label
         _print_table(records, self.engine_label)
         summary = print_comparison(records)
-        print(f"(SLOs from "
+        print("(SLOs from "
               + (f"profile {self.args.profile}" if self.profile else "the target's measured unloaded latency") + ")")
         if self.args.json:
             Path(self.args.json).write_text(json.dumps({

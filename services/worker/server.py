@@ -350,7 +350,7 @@ async def _serve_weights(config: WorkerConfig) -> str:
 
 async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     entered_unix_s = time.time()
-    tracing.setup(f"hfx-worker", config.tracing)
+    tracing.setup("hfx-worker", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     engine = engine or make_engine(config.engine, config)
     if config.standby and not isinstance(engine, ReportsWeights):

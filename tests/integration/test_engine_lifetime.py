@@ -13,7 +13,6 @@ import os
 import signal
 import urllib.request
 
-import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 

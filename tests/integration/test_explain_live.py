@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 
-import grpc
 import pytest
 
 from services.cli import main

@@ -10,7 +10,7 @@ import pytest
 from services.common import tracing as t
 from services.explain import analysis, render
 from services.explain.sources import SourceError, parse_jaeger
-from tests.unit.explain_helpers import T0, place, router, span, worker
+from tests.unit.explain_helpers import place, router, span, worker
 
 DATA = Path(__file__).parent / "data"
 

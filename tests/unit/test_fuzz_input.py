@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.common.errors import InvalidArgument
-from services.common.pb.hfx.v1 import common_pb2, router_pb2
+from services.common.pb.hfx.v1 import router_pb2
 from services.router.oai import requests as oai
 from services.router.oai.errors import ApiError
 from services.router.oai.schema import ChatBody, CompletionBody

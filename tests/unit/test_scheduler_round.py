@@ -1,7 +1,6 @@
 """The scheduler service's round: real policy, real state, no Redis, no network."""
 
 import asyncio
-import time
 
 from services.common.domain import InstanceLoad, Verdict
 from services.common.pb.hfx.v1 import common_pb2

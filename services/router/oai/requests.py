@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from services.common.pb.hfx.v1 import common_pb2, router_pb2
-from services.router.oai.errors import ApiError, bad_request
+from services.router.oai.errors import bad_request
 from services.router.oai.schema import ChatBody, CompletionBody, HfxExtension, CommonBody
 
 HEADER_TTFT = "x-slo-ttft-ms"      # the names llm-d uses
