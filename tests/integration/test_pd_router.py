@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import asyncio
 
-from services.common import grpcutil
 from services.common.model import ensure_default_model
-from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, worker_pb2, worker_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, worker_pb2
 from services.router.config import RouterConfig
 from services.router.core import Placed, RouterCore
 from services.router.tokenizer import Tokenizer
-from services.worker.engine import make_engine
-from services.worker.engine.sim_engine import SimEngineConfig
 from services.worker.server import WorkerServicer
+from tests.integration.test_preemption import start_servicer
 
 
 class Recorder(WorkerServicer):
@@ -60,13 +58,7 @@ class ScriptedLink:
 
 
 async def start_worker(name: str, model: str):
-    engine = make_engine("sim", SimEngineConfig(model, "cpu-tiny"))
-    await engine.start()
-    servicer = Recorder(engine, common_pb2.Instance(instance_id=name, max_model_len=engine.max_model_len))
-    server, _ = grpcutil.make_server([(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)], ["hfx.v1.Worker"])
-    port = grpcutil.bind(server, "127.0.0.1", 0)
-    await server.start()
-    return server, engine, servicer, f"127.0.0.1:{port}"
+    return await start_servicer(name, model, Recorder)
 
 
 async def _with_pd(body):

@@ -49,14 +49,21 @@ class PreemptOnce:
         return ScheduleResult(tuple(decisions), tuple(preemptions))
 
 
-async def start_worker(name: str, model: str):
+async def start_servicer(name: str, model: str, servicer_class=WorkerServicer):
+    """A worker service (simulated engine) in this process on a free port:
+    (server, engine, servicer, address)."""
     engine = make_engine("sim", SimEngineConfig(model, "cpu-tiny"))
     await engine.start()
-    servicer = WorkerServicer(engine, common_pb2.Instance(instance_id=name, max_model_len=engine.max_model_len))
+    servicer = servicer_class(engine, common_pb2.Instance(instance_id=name, max_model_len=engine.max_model_len))
     server, _ = grpcutil.make_server([(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)], ["hfx.v1.Worker"])
     port = grpcutil.bind(server, "127.0.0.1", 0)
     await server.start()
-    return server, engine, f"127.0.0.1:{port}"
+    return server, engine, servicer, f"127.0.0.1:{port}"
+
+
+async def start_worker(name: str, model: str):
+    server, engine, _, address = await start_servicer(name, model)
+    return server, engine, address
 
 
 def test_preempted_request_resumes_elsewhere_without_losing_tokens():

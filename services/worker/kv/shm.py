@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from services.common import procs
 from services.worker.kv.store import Staged
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -94,18 +95,9 @@ def remove_orphans(root: str) -> list[str]:
     removed = []
     for path in Path(root).glob("hfx-kv-*-*"):
         pid = path.name.split("-")[2]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or procs.alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(str(path))
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
