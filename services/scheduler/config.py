@@ -27,6 +27,7 @@ class SchedulerConfig:
     # request within a ticket's bound starts without a round trip here. Policies that cannot
     # grant them (IssuesTickets) never do.
     tickets: bool = True
+    ticket_refresh_s: float = 0.05    # tickets follow ordinary rounds at most this often (a spent one: at once)
     pd_local_prefill: bool = True      # PolicyConfig.pd_local_prefill: may decode instances prefill?
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

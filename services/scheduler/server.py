@@ -66,6 +66,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
         self._gap: tuple[tuple, str] = ((), "")   # (instances' roles, serving_gap of them)
         self.desk = TicketDesk(policy.name) if config.tickets and isinstance(policy, IssuesTickets) else None
+        self._tickets_due_s = 0.0
+        self._ticket_timer: asyncio.TimerHandle | None = None
         self.traces = RequestTraces()  # placed requests' trace contexts, for their preemption and end
 
     # -- the scheduling round ------------------------------------------------------------------
@@ -74,13 +76,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         """One policy call over the queue; applies its decisions and resolves waiting Place calls;
         then the routers' tickets follow the new state."""
         self._round(now_s)
-        self.refresh_tickets(now_s)
+        self.refresh_tickets(now_s, force=False)
 
-    def refresh_tickets(self, now_s: float) -> None:
+    def refresh_tickets(self, now_s: float, force: bool = True) -> None:
         """Grants while nothing waits, none while something does (a ticket must not let a new
-        request past a ranked queue)."""
+        request past a ranked queue). Unforced (after an ordinary round), at most every
+        ticket_refresh_s unless a queue formed: a pass per load report and completion would
+        cost the scheduler (and the router, reading the sets) CPU the engines need."""
         if self.desk is None:
             return
+        revoke = bool(self.state.waiting) and self.desk.outstanding() > 0
+        if not (force or revoke or now_s >= self._tickets_due_s):
+            self._refresh_tickets_later(self._tickets_due_s - now_s)
+            return
+        self._tickets_due_s = now_s + self.config.ticket_refresh_s
         grants = []
         if not self.state.waiting:
             snapshot = self.state.snapshot()
@@ -90,6 +99,22 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             addresses = {}
         self.desk.refresh(grants, addresses)
         metrics.TICKETS_OUTSTANDING.labels(self.policy.name).set(self.desk.outstanding())
+
+    def _refresh_tickets_later(self, delay_s: float) -> None:
+        """One deferred refresh, so a change that came in between is granted even if nothing
+        else happens."""
+        if self._ticket_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # called outside a loop (a test driving rounds by hand)
+            return
+
+        def fire() -> None:
+            self._ticket_timer = None
+            self.refresh_tickets(time.time())
+
+        self._ticket_timer = loop.call_later(max(0.0, delay_s), fire)
 
     def _round(self, now_s: float) -> None:
         self._expire(now_s)
