@@ -5,6 +5,8 @@ Wire messages become these once, in services.common.convert. Units live in the n
 
 from __future__ import annotations
 
+import math
+
 import enum
 from dataclasses import dataclass, field, replace
 
@@ -156,9 +158,13 @@ class ReportedRun:
     started_s: float
 
     def as_spec(self) -> "RequestSpec":
-        """The request as the scheduler would have placed it, resumed after the tokens it has."""
+        """The request as the scheduler would have placed it, resumed after the tokens it has. A
+        request with no SLO (sent to the worker directly, not through a router) has none to
+        protect: it counts as load, never as a deadline others must keep."""
+        slo = Slo(self.slo.ttft_ms if self.slo.ttft_ms > 0 else math.inf,
+                  self.slo.tpot_ms if self.slo.tpot_ms > 0 else math.inf)
         spec = RequestSpec(request_id=self.request_id, prompt_tokens=self.prompt_tokens,
-                           max_tokens=self.max_tokens, slo=self.slo, priority=self.priority,
+                           max_tokens=self.max_tokens, slo=slo, priority=self.priority,
                            arrival_s=self.started_s)
         return spec.resumed(self.output_tokens) if self.output_tokens > 0 else spec
 

@@ -12,7 +12,7 @@ reports, so each report settles it for that instance:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import AbstractSet, Mapping, Sequence
 
 from services.common.domain import ReportedRun, RunningRequest
 
@@ -22,9 +22,13 @@ DEFAULT_GRACE_S = 3.0
 
 
 def reconcile(known: Mapping[str, RunningRequest], reported: Sequence[ReportedRun], reported_s: float,
-              grace_s: float = DEFAULT_GRACE_S) -> tuple[list[RunningRequest], list[str]]:
-    """(requests to adopt, request ids to let go) for one instance's report."""
+              grace_s: float = DEFAULT_GRACE_S, adopted: AbstractSet[str] = frozenset()
+              ) -> tuple[list[RunningRequest], list[str]]:
+    """(requests to adopt, request ids to let go) for one instance's report. `adopted`: ids
+    counted only because a report listed them; they go as soon as one no longer does (no
+    placement of theirs can be on its way)."""
     listed = {r.request_id for r in reported}
     adopt = [RunningRequest(r.as_spec(), r.started_s) for r in reported if r.request_id not in known]
-    gone = [rid for rid, run in known.items() if rid not in listed and run.placed_s < reported_s - grace_s]
+    gone = [rid for rid, run in known.items()
+            if rid not in listed and (rid in adopted or run.placed_s < reported_s - grace_s)]
     return adopt, gone

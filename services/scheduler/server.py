@@ -67,6 +67,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._gap: tuple[tuple, str] = ((), "")   # (instances' roles, serving_gap of them)
         self.desk = TicketDesk(policy.name) if config.tickets and isinstance(policy, IssuesTickets) else None
         self._tickets_due_s = 0.0
+        self._adopted: set[str] = set()   # counted only because a worker's report listed them
         self._ticket_timer: asyncio.TimerHandle | None = None
         self.traces = RequestTraces()  # placed requests' trace contexts, for their preemption and end
 
@@ -442,11 +443,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         iid = report.instance_id
         known = self.state.running.get(iid, {})
         adopt, gone = inflight.reconcile(known, [convert.running_from_pb(r) for r in report.running],
-                                         report.reported_unix_s)
+                                         report.reported_unix_s, adopted=self._adopted)
         for run in adopt:
             self.state.running.setdefault(iid, {})[run.spec.request_id] = run
+            self._adopted.add(run.spec.request_id)
         for rid in gone:
             known.pop(rid, None)
+            self._adopted.discard(rid)
         if adopt or gone:
             metrics.RECONCILED.labels("adopted").inc(len(adopt))
             metrics.RECONCILED.labels("let_go").inc(len(gone))

@@ -29,3 +29,13 @@ def test_a_counted_request_no_worker_runs_is_let_go_after_the_grace_only():
              "kept": RunningRequest(make_spec(request_id="kept"), placed_s=1.0)}
     adopt, gone = reconcile(known, [_reported("kept")], reported_s=12.0, grace_s=3.0)
     assert adopt == [] and gone == ["old"]   # "new" may not have reached its worker yet
+
+
+def test_an_adopted_request_goes_as_soon_as_no_report_lists_it_and_one_without_slo_protects_nothing():
+    direct = ReportedRun("direct", prompt_tokens=8, max_tokens=2, output_tokens=0, slo=Slo(0, 0), priority=0,
+                         started_s=11.99)
+    (adopted,), _ = reconcile({}, [direct], reported_s=12.0)
+    assert adopted.spec.slo.ttft_ms == float("inf") and adopted.spec.slo.tpot_ms == float("inf")
+    known = {"direct": adopted}
+    assert reconcile(known, [], reported_s=12.2, adopted={"direct"}) == ([], ["direct"])
+    assert reconcile(known, [], reported_s=12.2) == ([], [])   # a placement of ours would wait out the grace
