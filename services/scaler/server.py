@@ -65,7 +65,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def _role_flag(self, index: int) -> list[str]:
         role = pool_of(index)
-        return [] if role == "colocated" else ["--role", role]
+        # A prefill or decode worker hands KV on or takes it: its engine needs the KV connector.
+        return [] if role == "colocated" else ["--role", role, "--kv-transfer"]
 
     def _spawn(self, index: int) -> None:
         w = self.workers.get(index)
