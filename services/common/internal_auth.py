@@ -57,6 +57,12 @@ def use_token_file(path: Path) -> None:
     os.environ[TOKEN_FILE_ENV] = str(path)
 
 
+def forget_token_file(path: Path) -> None:
+    """Stop presenting the token in `path` (its cluster is going away), if this process did."""
+    if os.environ.get(TOKEN_FILE_ENV) == str(path):
+        del os.environ[TOKEN_FILE_ENV]
+
+
 def deny_handler(handler, code: grpc.StatusCode, message: str):
     """A handler of the same shape as `handler` that only refuses the call."""
 

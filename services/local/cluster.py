@@ -259,6 +259,7 @@ def _router_flags(opts: UpOptions, state: ClusterFile) -> list[str]:
 def down(home: Path, quiet: bool = False) -> bool:
     """Stops the recorded cluster: router first (no new work), then scaler (drains workers), then
     the rest; then checks that no process of the cluster is left, kills any that is, and says so."""
+    internal_auth.forget_token_file(home / internal_auth.TOKEN_FILE_NAME)   # this process stops presenting it
     state = ClusterFile.load(home)
     if state is None:
         if not quiet:

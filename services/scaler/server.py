@@ -75,6 +75,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         elif w.proc is not None:
             w.restarts += 1
             self._check_gone(w)
+            # A fresh port: the old one may be taken meanwhile (any socket's ephemeral port; a
+            # start that failed to bind would otherwise fail the same way on every restart).
+            w.port = procs.free_port()
         cmd = procs.hfx_command(
             "worker", "--model", self.config.model, "--instance-id", w.instance_id, "--port", str(w.port),
             "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,

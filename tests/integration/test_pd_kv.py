@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.common import grpcutil
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.worker.kv import shm, tcp
 from tests.harness import wait_until
@@ -48,7 +49,7 @@ class Worker:
                 raise RuntimeError("worker exited before it was ready")
             if line.startswith("READY "):
                 _, self.address, self.kv_address = line.split()
-                self.channel = grpc.insecure_channel(self.address)
+                self.channel = grpcutil.sync_channel(self.address)
                 self.stub = worker_pb2_grpc.WorkerStub(self.channel)
                 return
         raise TimeoutError("worker not ready")
