@@ -46,9 +46,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import redis
 
-from services.common import grpcutil, procs, redis_server
+from services.common import grpcutil, procs, redis_server, store
 from services.common.keys import Keys
 from services.common.model import ensure_default_model, parse_params
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -106,7 +105,7 @@ class Run:
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.prefix = f"d2d-{uuid.uuid4().hex[:6]}"
         self.keys = Keys(self.prefix)
-        self.redis = redis.Redis.from_url(self.redis_url, socket_timeout=2)
+        self.redis = store.connect_sync(self.redis_url)
         self.procs: list = []
         self._donor: common_pb2.Instance | None = None
 

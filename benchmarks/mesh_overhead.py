@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from services.common import grpcutil, internal_auth, procs
+from services.common import grpcutil, internal_auth, procs, store
 from services.common.model import ensure_default_model
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.local import cluster
@@ -136,11 +136,10 @@ def measure(state: ClusterFile, worker_address: str, n: int, max_tokens: int) ->
 
 
 def _first_worker(state: ClusterFile) -> str:
-    import redis
 
     from services.common.keys import Keys
 
-    keys, client = Keys(state.redis_prefix), redis.Redis.from_url(state.redis_url, socket_timeout=2)
+    keys, client = Keys(state.redis_prefix), store.connect_sync(state.redis_url)
     iid = sorted(i.decode() for i in client.smembers(keys.instances()))[0]
     return common_pb2.Instance.FromString(client.hget(keys.instance(iid), "pb")).address
 

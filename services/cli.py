@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require this API key at the router (repeatable; visible in this command's process "
                    "listing: prefer --api-key-file) (default: none, the API is open)")
     p.add_argument("--api-key-file", default=_env("HFX_API_KEY_FILE", ""),
-                   help="require the API keys in this file, one per line (default: $HFX_API_KEY_FILE, else none)")
+                   help="require the API keys in this file, one per line as `KEY [max_priority=N]` (N: the highest "
+                   "priority that key may ask for) (default: $HFX_API_KEY_FILE, else none)")
     p.add_argument("--classes", type=argtypes.classes_file,
                    help="YAML task-class table for the router (default: the built-in classes)")
     p.add_argument("--redis-url", default=None, type=argtypes.redis_url,
@@ -317,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require this API key (repeatable; visible in the process listing: prefer --api-key-file) "
                    "(default: none, the API is open)")
     p.add_argument("--api-key-file", default=_env("HFX_API_KEY_FILE", ""),
-                   help="require the API keys in this file, one per line, # comments (default: $HFX_API_KEY_FILE, "
-                   "else none)")
+                   help="require the API keys in this file, one per line as `KEY [max_priority=N]` (N: the highest "
+                   "priority that key may ask for), # comments (default: $HFX_API_KEY_FILE, else none)")
     p.add_argument("--max-body-bytes", type=argtypes.positive_int, default=4 << 20,
                    help="largest HTTP request body; a bigger one is refused with 413 before it is parsed or its "
                    "API key checked (default %(default)s)")
@@ -513,7 +514,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
-def _key_file(path: str) -> tuple[str, ...]:
+def _key_file(path: str) -> tuple:
     if not path:
         return ()
     from services.router.auth import read_key_file
@@ -529,9 +530,11 @@ def _present_cluster_token(args) -> None:
     token on their calls to its services; the services `hfx up` starts have it already."""
     from services.common import internal_auth
 
-    path = getattr(args, "home", None) and args.home / internal_auth.TOKEN_FILE_NAME
-    if path and path.exists() and not os.environ.get(internal_auth.TOKEN_FILE_ENV):
-        internal_auth.use_token_file(path)
+    home = getattr(args, "home", None)
+    for name, env in ((internal_auth.TOKEN_FILE_NAME, internal_auth.TOKEN_FILE_ENV),
+                      (internal_auth.REDIS_PASSWORD_FILE_NAME, internal_auth.REDIS_PASSWORD_FILE_ENV)):
+        if home and (home / name).exists() and not os.environ.get(env):
+            internal_auth.use_token_file(home / name, env)
 
 
 def main(argv: list[str] | None = None) -> int:

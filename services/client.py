@@ -89,13 +89,14 @@ def generate(args) -> int:
 def status(args) -> int:
     import redis
 
+    from services.common import store
     from services.common.keys import Keys
 
     state = ClusterFile.load(args.home)
     if state is None:
         print(f"no local cluster found under {args.home}", file=sys.stderr)
         return EXIT_FAILED
-    client = redis.Redis.from_url(state.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = store.connect_sync(state.redis_url)
     keys = Keys(state.redis_prefix)
     rows = []
     try:

@@ -88,7 +88,8 @@ class RunningCluster:
 def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: str = "least-load",
                   worker_args: tuple[str, ...] = (), engine: str = "vllm", classes: str = "",
                   http: bool = False, router_port: int = 0, http_port: int = 0,
-                  scaler_args: tuple[str, ...] = (), prefill: int = 0, decode: int = 0) -> Iterator[RunningCluster]:
+                  scaler_args: tuple[str, ...] = (), prefill: int = 0, decode: int = 0,
+                  api_keys: tuple = ()) -> Iterator[RunningCluster]:
     """engine "sim" starts SIMULATED workers (no vLLM); classes is a router task-class YAML;
     http also serves the router's OpenAI-compatible API (state.http); router_port and http_port
     fix the ports (0: a free one); scaler_args are the scaler's autoscaling flags; prefill and
@@ -98,7 +99,7 @@ def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: st
                              redis_url=None, policy=policy, engine=engine, tracing=tracing, timeout_s=240,
                              worker_args=worker_args, classes=classes,
                              http_port=(http_port or procs.free_port()) if http else 0, scaler_args=scaler_args,
-                             prefill=prefill, decode=decode)
+                             prefill=prefill, decode=decode, api_keys=api_keys)
     state = cluster.up(opts)
     running = RunningCluster(state, home, model)
     try:

@@ -46,6 +46,12 @@ class Unavailable(HfxError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class PermissionDenied(HfxError):
+    """The caller is known but may not do this (e.g. a priority above its API key's limit)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotFound(HfxError):
     code = grpc.StatusCode.NOT_FOUND
 

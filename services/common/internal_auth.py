@@ -20,6 +20,10 @@ from pathlib import Path
 import grpc
 
 TOKEN_FILE_ENV = "HFX_INTERNAL_TOKEN_FILE"
+# Redis's password is a second secret of the same kind (a file named by an environment variable),
+# so a Redis the cluster does not own (`--redis-url`, compose, Kubernetes) can have its own.
+REDIS_PASSWORD_FILE_ENV = "HFX_REDIS_PASSWORD_FILE"
+REDIS_PASSWORD_FILE_NAME = "redis-password"
 METADATA_KEY = "x-hfx-internal"
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 TOKEN_FILE_NAME = "internal-token"
@@ -29,17 +33,26 @@ TOKEN_FILE_NAME = "internal-token"
 def _read(path: str, version: tuple[int, int]) -> str:
     token = Path(path).read_text().strip()
     if not token:
-        raise ValueError(f"{TOKEN_FILE_ENV} names an empty file: {path}")
+        raise ValueError(f"secret file is empty: {path}")
     return token
+
+
+def _secret(env: str) -> str | None:
+    path = os.environ.get(env)
+    if not path:
+        return None
+    st = os.stat(path)   # a new cluster in the same home writes a new secret: read it again
+    return _read(path, (st.st_mtime_ns, st.st_ino))
 
 
 def token() -> str | None:
     """This process's internal token, or None when the mesh runs without one."""
-    path = os.environ.get(TOKEN_FILE_ENV)
-    if not path:
-        return None
-    st = os.stat(path)   # a new cluster in the same home writes a new token: read it again
-    return _read(path, (st.st_mtime_ns, st.st_ino))
+    return _secret(TOKEN_FILE_ENV)
+
+
+def redis_password() -> str | None:
+    """The password this process gives Redis, or None (none, or one inside the Redis URL)."""
+    return _secret(REDIS_PASSWORD_FILE_ENV)
 
 
 def write_token_file(path: Path) -> Path:
@@ -52,15 +65,16 @@ def write_token_file(path: Path) -> Path:
     return path
 
 
-def use_token_file(path: Path) -> None:
-    """Present the token in `path` on this process's internal calls (and its children's)."""
-    os.environ[TOKEN_FILE_ENV] = str(path)
+def use_token_file(path: Path, env: str = TOKEN_FILE_ENV) -> None:
+    """Present the secret in `path` (the internal token, or with `env` Redis's password) on this
+    process's calls, and its children's."""
+    os.environ[env] = str(path)
 
 
-def forget_token_file(path: Path) -> None:
-    """Stop presenting the token in `path` (its cluster is going away), if this process did."""
-    if os.environ.get(TOKEN_FILE_ENV) == str(path):
-        del os.environ[TOKEN_FILE_ENV]
+def forget_token_file(path: Path, env: str = TOKEN_FILE_ENV) -> None:
+    """Stop presenting the secret in `path` (its cluster is going away), if this process did."""
+    if os.environ.get(env) == str(path):
+        del os.environ[env]
 
 
 def deny_handler(handler, code: grpc.StatusCode, message: str):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
-import redis
-
-from services.common import procs
+from services.common import procs, store
 
 
 def find_redis_server() -> str:
@@ -26,16 +25,27 @@ def find_redis_server() -> str:
     return str(binary)
 
 
-def start(port: int, workdir: Path, log_path: Path, die_with_parent: bool = False) -> subprocess.Popen:
-    cmd = [
-        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(workdir), "--protected-mode", "yes",
-    ]
+def start(port: int, workdir: Path, log_path: Path, die_with_parent: bool = False,
+          password: str | None = None) -> subprocess.Popen:
+    """A redis-server on loopback; with `password` it refuses clients that do not AUTH. The
+    password goes in a config file of the owner's alone, never on the command line."""
+    cmd = [find_redis_server()]
+    if password:
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"requirepass {password}\n")
+        cmd.append(str(conf))
+    cmd += ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir), "--protected-mode", "yes"]
     return procs.spawn(cmd, log_path, die_with_parent=die_with_parent)
 
 
 def wait_ready(url: str, timeout_s: float = 10.0) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    import redis
+
+    client = store.connect_sync(url, timeout_s=1)
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 
+import redis
 import redis.asyncio as aioredis
 
+from services.common import internal_auth
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2
 
@@ -17,10 +19,21 @@ from services.common.pb.hfx.v1 import common_pb2
 REDIS_TIMEOUT_S = 2.0
 
 
+def _auth() -> dict:
+    """Redis's password from HFX_REDIS_PASSWORD_FILE; a password inside the URL wins over it."""
+    password = internal_auth.redis_password()
+    return {"password": password} if password else {}
+
+
 def connect(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S, **_auth()
     )
+
+
+def connect_sync(url: str, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
+    """A blocking client, for tools and `hfx` commands, with the same credentials."""
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **_auth())
 
 
 class ClusterStore:

@@ -15,9 +15,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import grpcutil, internal_auth, procs, proctable, redis_server, spanstore
+from services.common import grpcutil, internal_auth, procs, proctable, redis_server, spanstore, store
 from services.common.keys import Keys
 from services.local.statefile import ClusterFile
+from services.router.auth import key_line
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class UpOptions:
     timeout_s: float
     worker_args: tuple[str, ...] = ()
     http_port: int = 0                 # the router's OpenAI-compatible HTTP API; 0 = off
-    api_keys: tuple[str, ...] = ()     # required by the router (HTTP and gRPC) when set
+    api_keys: tuple = ()               # ApiKey or str; required by the router (HTTP and gRPC) when set
     classes: str = ""                  # YAML task-class table for the router; "" = built-in classes
     metrics: bool = True               # /metrics on free ports for scheduler, scaler and each worker
     # The services die with the calling process, however it dies (SIGKILL too): a foreground
@@ -113,10 +114,9 @@ def _crashed_worker(scaler_address: str, log_dir: Path) -> str | None:
 
 
 def _wait_workers(state: ClusterFile, count: int, timeout_s: float, log_dir: Path, scaler_proc) -> None:
-    import redis
     from tqdm import tqdm
 
-    client = redis.Redis.from_url(state.redis_url, socket_timeout=2)
+    client = store.connect_sync(state.redis_url)
     keys = Keys(state.redis_prefix)
     deadline = time.monotonic() + timeout_s
     # A live bar on a terminal; in logs (CI) it would print a line per redraw, so it stays quiet.
@@ -173,8 +173,12 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     internal_auth.use_token_file(internal_auth.write_token_file(opts.home / internal_auth.TOKEN_FILE_NAME))
     mark = {"die_with_parent": opts.tied_to_caller}
     if not opts.redis_url:
+        # The cluster's own Redis has a password of its own, in a file like the token's.
+        password_file = internal_auth.write_token_file(opts.home / internal_auth.REDIS_PASSWORD_FILE_NAME)
+        internal_auth.use_token_file(password_file, internal_auth.REDIS_PASSWORD_FILE_ENV)
         port = procs.free_port(avoid=fixed)
-        proc = redis_server.start(port, log_dir, log_dir / "redis.log", **mark)
+        proc = redis_server.start(port, log_dir, log_dir / "redis.log", password=internal_auth.redis_password(),
+                                  **mark)
         state.record("redis", proc.pid)
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
@@ -251,7 +255,7 @@ def _router_flags(opts: UpOptions, state: ClusterFile) -> list[str]:
         path = opts.home / "api-keys"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write("\n".join(opts.api_keys) + "\n")
+            out.write("\n".join(map(key_line, opts.api_keys)) + "\n")
         flags += ["--api-key-file", str(path)]
     return flags
 
@@ -260,6 +264,7 @@ def down(home: Path, quiet: bool = False) -> bool:
     """Stops the recorded cluster: router first (no new work), then scaler (drains workers), then
     the rest; then checks that no process of the cluster is left, kills any that is, and says so."""
     internal_auth.forget_token_file(home / internal_auth.TOKEN_FILE_NAME)   # this process stops presenting it
+    internal_auth.forget_token_file(home / internal_auth.REDIS_PASSWORD_FILE_NAME, internal_auth.REDIS_PASSWORD_FILE_ENV)
     state = ClusterFile.load(home)
     if state is None:
         if not quiet:

@@ -9,6 +9,7 @@ import yaml
 
 from services.common.domain import Slo
 from services.common.tracing import TracingConfig
+from services.router.auth import ApiKey
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class RouterConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     http_port: int = 8000                  # the OpenAI-compatible HTTP API and /metrics; 0 = off
-    api_keys: tuple[str, ...] = ()         # when set, both HTTP and gRPC require one (Bearer)
+    api_keys: tuple[ApiKey | str, ...] = ()  # when set, both HTTP and gRPC require one (Bearer)
     classes: tuple[TaskClass, ...] = DEFAULT_CLASSES
     default_max_tokens: int = 64
     max_prompt_bytes: int = 1 << 20        # checked before tokenising, so huge inputs cost nothing

@@ -18,7 +18,7 @@ from typing import AsyncIterator
 
 from services.common import convert, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
-from services.common.errors import HfxError, InvalidArgument, Rejected, Unavailable
+from services.common.errors import HfxError, InvalidArgument, PermissionDenied, Rejected, Unavailable
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.router.config import RouterConfig
 from services.router.metrics import StreamTimer
@@ -75,25 +75,26 @@ class RouterCore:
     # -- public ------------------------------------------------------------------------------
 
     async def generate(
-        self, request: router_pb2.GenerateRequest, parent=None
+        self, request: router_pb2.GenerateRequest, parent=None, max_priority: int | None = None
     ) -> AsyncIterator[Placed | router_pb2.GenerateResponse]:
-        """Placed, then deltas, then one final message. Raises InvalidArgument, Rejected or
-        Unavailable (before Placed) or Unavailable (after it)."""
+        """Placed, then deltas, then one final message. Raises InvalidArgument, PermissionDenied,
+        Rejected or Unavailable (before Placed) or Unavailable (after it). `max_priority`: what
+        the caller's API key allows."""
         arrival_s = time.time()
         if self.inflight >= self.config.max_inflight:
             metrics.record_request(self._class_label(request.task_class), "rejected")
             raise Rejected(f"router at its limit of {self.config.max_inflight} requests in flight", DEFAULT_RETRY_AFTER_MS)
         self.inflight += 1
         try:
-            async for item in self._generate(request, parent, arrival_s):
+            async for item in self._generate(request, parent, arrival_s, max_priority):
                 yield item
         finally:
             self.inflight -= 1
 
-    async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float):
+    async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float, max_priority: int | None):
         with tracing.detached_span(_tracer, "router.generate", parent) as (span, ctx):
             try:
-                valid = await self._validate(request)
+                valid = await self._validate(request, max_priority)
                 spec = RequestSpec(
                     request_id=f"r-{uuid.uuid4().hex[:16]}", prompt_tokens=len(valid.prompt_token_ids),
                     max_tokens=valid.sampling.max_tokens, slo=valid.slo, priority=valid.priority,
@@ -108,12 +109,13 @@ class RouterCore:
             async for item in self._stream(spec, valid, placement, span, ctx):
                 yield item
 
-    async def _validate(self, request: router_pb2.GenerateRequest) -> ValidRequest:
+    async def _validate(self, request: router_pb2.GenerateRequest, max_priority: int | None) -> ValidRequest:
         """Validation and tokenising; a long text prompt is tokenised in a thread, so the streams
         this router relays meanwhile do not wait for it (a 1 MiB prompt takes ~100 ms)."""
         if len(request.text) > self.config.inline_tokenize_chars:
-            return await asyncio.to_thread(validate, request, self.tokenizer.encode, self.classes, self.limits)
-        return validate(request, self.tokenizer.encode, self.classes, self.limits)
+            return await asyncio.to_thread(validate, request, self.tokenizer.encode, self.classes, self.limits,
+                                           max_priority)
+        return validate(request, self.tokenizer.encode, self.classes, self.limits, max_priority)
 
     def _class_label(self, name: str) -> str:
         # Only configured classes become label values; anything else would be unbounded.
@@ -299,7 +301,7 @@ _OUTCOME_LABELS = {scheduler_pb2.OUTCOME_FINISHED: "finished", scheduler_pb2.OUT
 
 
 def _refusal_outcome(err: HfxError) -> str:
-    if isinstance(err, InvalidArgument):
+    if isinstance(err, (InvalidArgument, PermissionDenied)):
         return "invalid"
     return "rejected" if isinstance(err, Rejected) else "unavailable"
 

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common import metrics, tracing
 from services.common.errors import HfxError
 from services.common.pb.hfx.v1 import router_pb2
-from services.router.auth import key_allowed
+from services.router.auth import key_allowed, max_priority
 from services.router.core import Placed, RouterCore
 from services.router.http_limits import BodyLimit
 from services.router.oai import requests as oai_requests
@@ -52,9 +52,10 @@ class PlacedStream:
     request is placed, then the response that streams it. No task or queue sits between the
     worker's tokens and the socket."""
 
-    def __init__(self, core: RouterCore, request: router_pb2.GenerateRequest, parent) -> None:
+    def __init__(self, core: RouterCore, request: router_pb2.GenerateRequest, parent,
+                 max_priority: int | None = None) -> None:
         self.request_id = ""
-        self._gen = core.generate(request, parent)
+        self._gen = core.generate(request, parent, max_priority)
 
     async def wait_placed(self) -> None:
         """Returns once the request is placed; raises what RouterCore raised before that
@@ -168,7 +169,8 @@ async def _collect(relay: PlacedStream) -> tuple[str, list[int], router_pb2.Fina
 
 async def _respond(core: RouterCore, model: ServedModel, body: CommonBody, req: router_pb2.GenerateRequest,
                    request: Request, chat: bool, hints: oai_requests.SloHints) -> Response:
-    relay = PlacedStream(core, req, tracing.extract_context(dict(request.headers)))
+    cap = max_priority(request.headers.get("authorization"), core.config.api_keys)
+    relay = PlacedStream(core, req, tracing.extract_context(dict(request.headers)), cap)
     try:
         await relay.wait_placed()  # validation and admission errors surface here, before any byte is sent
     except HfxError as err:
@@ -191,7 +193,8 @@ def _hints(request: Request, body: CommonBody) -> oai_requests.SloHints:
     return oai_requests.merge_hints(oai_requests.parse_headers(request.headers), body.hfx, body.user)
 
 
-def create_app(core: RouterCore, api_keys: tuple[str, ...] = ()) -> FastAPI:
+def create_app(core: RouterCore) -> FastAPI:
+    api_keys = core.config.api_keys
     model = ServedModel(Path(core.config.model).name, core.config.model, core.tokenizer.max_model_len)
     app = FastAPI(title="HFX router", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=core.config.max_body_bytes)   # inner: before routing and auth

@@ -12,7 +12,7 @@ from services.common import grpcutil, runtime, tracing
 from services.common.errors import NotFound
 from services.common.pb.hfx.v1 import router_pb2, router_pb2_grpc, scheduler_pb2_grpc
 from services.router import http
-from services.router.auth import ApiKeyInterceptor
+from services.router.auth import ApiKeyInterceptor, max_priority
 from services.router.config import RouterConfig
 from services.router.core import Placed, RouterCore
 from services.router.tokenizer import Tokenizer
@@ -26,8 +26,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.core = core
 
     async def Generate(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
-        parent = tracing.extract_context(context.invocation_metadata())
-        async for item in self.core.generate(request, parent):
+        metadata = context.invocation_metadata()
+        parent = tracing.extract_context(metadata)
+        cap = max_priority(dict(metadata or ()).get("authorization"), self.core.config.api_keys)
+        async for item in self.core.generate(request, parent, cap):
             if isinstance(item, Placed):
                 await context.send_initial_metadata((("x-hfx-request-id", item.request_id),
                                                      ("x-hfx-instance", item.instance_id)))
@@ -55,7 +57,7 @@ async def serve(config: RouterConfig) -> None:
     await server.start()
     web = None
     if config.http_port:
-        web = await http.start(http.create_app(core, config.api_keys), config.host, config.http_port)
+        web = await http.start(http.create_app(core), config.host, config.http_port)
         log.info("router serving HTTP (OpenAI API, /metrics) on %s:%d", config.host, web.port)
     runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])

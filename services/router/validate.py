@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from services.common.domain import Sampling, Slo
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.pb.hfx.v1 import router_pb2
 from services.router.config import TaskClass
 
@@ -99,7 +99,10 @@ def validate(
     tokenize: Callable[[str], Sequence[int]],
     classes: dict[str, TaskClass],
     limits: Limits,
+    max_priority: int | None = None,
 ) -> ValidRequest:
+    """`max_priority`: the most the caller's API key allows; a class default above it is lowered
+    to it, an explicit priority above it is refused."""
     name = req.task_class or "default"
     cls = classes.get(name)
     if cls is None:
@@ -111,6 +114,10 @@ def validate(
     priority = req.priority if req.HasField("priority") else cls.priority
     if priority < 0:
         raise InvalidArgument("priority", f"must be >= 0, got {priority}")
+    if max_priority is not None and priority > max_priority:
+        if req.HasField("priority"):
+            raise PermissionDenied(f"priority: {priority} is above this API key's limit of {max_priority}")
+        priority = max_priority
     ids = _prompt_ids(req, tokenize, limits)
     return ValidRequest(
         prompt_token_ids=ids, sampling=_sampling(req, len(ids), limits), slo=Slo(ttft, tpot),

@@ -12,9 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-import redis
 
-from services.common import grpcutil
+from services.common import grpcutil, store
 from services.cli import main
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -61,7 +60,7 @@ def test_a_burst_scales_out_and_its_end_drains_and_removes_without_losing_a_requ
     with local_cluster(tmp_path / "home", workers=1, policy="hfx", engine="sim", http=True,
                        scaler_args=AUTOSCALE) as mesh:
         keys = Keys(mesh.state.redis_prefix)
-        r = redis.Redis.from_url(mesh.state.redis_url, socket_timeout=2)
+        r = store.connect_sync(mesh.state.redis_url)
 
         def live() -> list[str]:
             return sorted(i.decode() for i in r.smembers(keys.instances()) if r.exists(keys.instance(i.decode())))

@@ -83,3 +83,29 @@ def test_a_wrong_token_is_refused_and_the_worker_kept_serving(mesh):
             token_ids=router_pb2.TokenIds(ids=[5, 6, 7]), sampling=common_pb2.SamplingParams(max_tokens=4)),
             timeout=30))
     assert messages[-1].final.usage.completion_tokens == 4
+
+
+def test_the_clusters_redis_refuses_clients_without_its_password(mesh):
+    import pathlib
+
+    import redis
+
+    from services.common import store
+    from services.common.keys import Keys
+
+    path = mesh.home / internal_auth.REDIS_PASSWORD_FILE_NAME
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text().strip() not in (mesh.home / internal_auth.TOKEN_FILE_NAME).read_text()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(mesh.state.redis_url, socket_timeout=2).ping()
+    # the mesh's own processes and `hfx` commands beside the cluster give it, and the registry is full
+    client = store.connect_sync(mesh.state.redis_url)
+    assert client.scard(Keys(mesh.state.redis_prefix).instances()) >= 1
+    # the password is not on any command line of the cluster
+    cmdlines = []
+    for proc in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmdlines.append(proc.read_bytes())
+        except OSError:   # gone meanwhile
+            pass
+    assert not any(path.read_text().strip().encode() in c for c in cmdlines)

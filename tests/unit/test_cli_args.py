@@ -163,11 +163,15 @@ def test_api_keys_come_from_a_file_and_hfx_up_never_puts_them_on_the_routers_com
 
     from services.local import cluster
     from services.local.statefile import ClusterFile
-    from services.router.auth import read_key_file
+    from services.router.auth import ApiKey, read_key_file
 
     keys = tmp_path / "keys"
-    keys.write_text("# team keys\nk-one\n\n  k-two  \n")
-    assert read_key_file(str(keys)) == ("k-one", "k-two")
+    keys.write_text("# team keys\nk-one\n\n  k-two  max_priority=1\n")
+    assert [(k.secret, k.max_priority) for k in read_key_file(str(keys))] == [("k-one", None), ("k-two", 1)]
+    (tmp_path / "bad").write_text("k-three max_prio=2\n")
+    with pytest.raises(ValueError, match="line 1: unknown key option") as bad:
+        read_key_file(str(tmp_path / "bad"))
+    assert "k-three" not in str(bad.value)   # a key never shows in an error
     (tmp_path / "empty").write_text("# nothing\n")
     with pytest.raises(ValueError, match="holds no key"):
         read_key_file(str(tmp_path / "empty"))
@@ -175,9 +179,11 @@ def test_api_keys_come_from_a_file_and_hfx_up_never_puts_them_on_the_routers_com
         read_key_file(str(tmp_path / "missing"))
 
     opts = cluster.UpOptions(home=tmp_path, model="m", workers=1, router_port=1, redis_url=None, policy="hfx",
-                             engine="sim", tracing="off", timeout_s=1, api_keys=("secret-1",))
+                             engine="sim", tracing="off", timeout_s=1,
+                             api_keys=("secret-1", read_key_file(str(keys))[1]))
     flags = cluster._router_flags(opts, ClusterFile(router="", scheduler="", scaler="", redis_url="",
                                                     redis_prefix="hfx", model="m", log_dir="", started_unix_s=0))
     assert "secret-1" not in " ".join(flags)
     path = flags[flags.index("--api-key-file") + 1]
-    assert read_key_file(path) == ("secret-1",) and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert read_key_file(path) == (ApiKey("secret-1"), ApiKey("k-two", 1))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -190,6 +190,30 @@ def test_keys():
     assert not key_allowed("Basic k1", ("k1",)) and bearer_token("Bearer  ") is None
 
 
+def test_a_keys_priority_limit_lowers_class_defaults_and_refuses_explicit_priorities_above_it():
+    from services.common.errors import PermissionDenied
+    from services.router.auth import ApiKey, max_priority
+    from services.router.config import DEFAULT_CLASSES
+    from services.router.validate import Limits, validate
+
+    keys = (ApiKey("low", max_priority=1), ApiKey("any"), "plain")
+    assert max_priority("Bearer low", keys) == 1
+    assert max_priority("Bearer any", keys) is None and max_priority("Bearer plain", keys) is None
+    assert max_priority(None, ()) is None
+    assert "low" not in repr(keys[0])
+    classes = {c.name: c for c in DEFAULT_CLASSES}
+    limits = Limits(vocab_size=100, max_model_len=64, default_max_tokens=8, max_prompt_bytes=1024, max_stop_strings=4)
+    code = router_pb2.GenerateRequest(text="hi", task_class="code")   # class priority 3
+    assert classes["code"].priority > 1
+    assert validate(code, lambda t: [1, 2], classes, limits, max_priority=1).priority == 1
+    assert validate(code, lambda t: [1, 2], classes, limits).priority == classes["code"].priority
+    asked = router_pb2.GenerateRequest(text="hi", priority=2)
+    with pytest.raises(PermissionDenied, match="above this API key's limit of 1"):
+        validate(asked, lambda t: [1, 2], classes, limits, max_priority=1)
+    assert validate(asked, lambda t: [1, 2], classes, limits, max_priority=2).priority == 2
+    assert from_domain(PermissionDenied("priority: too high")).status == 403
+
+
 # -- response shapes ---------------------------------------------------------------------------
 
 def final(reason=common_pb2.FINISH_REASON_LENGTH) -> router_pb2.FinalResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from services.common.errors import HfxError, InvalidArgument, NotFound, Rejected, Unavailable
+from services.common.errors import HfxError, InvalidArgument, NotFound, PermissionDenied, Rejected, Unavailable
 
 # GenerateRequest field names (what RouterCore's validation names) -> OpenAI body parameters.
 _PARAMS = {
@@ -59,6 +59,8 @@ def from_domain(err: HfxError, chat: bool = False, header_fields: dict[str, str]
                         {"Retry-After": str(retry_after_s(err.retry_after_ms))})
     if isinstance(err, Unavailable):
         return ApiError(503, err.message, "service_unavailable_error", None, "unavailable")
+    if isinstance(err, PermissionDenied):
+        return ApiError(403, err.message, "permission_error", None, "permission_denied")
     if isinstance(err, NotFound):
         return ApiError(404, err.message, "invalid_request_error", None, "not_found")
     return ApiError(500, err.message, "internal_error", None, "internal_error")
