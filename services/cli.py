@@ -76,6 +76,7 @@ def cmd_router(args) -> int:
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
         default_max_tokens=args.default_max_tokens, tracing=args.tracing, max_failovers=args.max_failovers,
         max_body_bytes=args.max_body_bytes, max_inflight=args.max_inflight,
+        tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
     )
     runtime.run_service(serve(config))
     return 0
@@ -330,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a request whose instance fails under it (dies, ends its stream, goes silent) is placed "
                    "again elsewhere with the tokens already streamed, up to this many times; 0 = it fails "
                    "(default %(default)s)")
-    p.set_defaults(func=cmd_router)
+    p.add_argument("--tls-cert", type=argtypes.existing_file,
+                   help="serve both front doors (gRPC and HTTP) over TLS with this PEM certificate chain; needs "
+                   "--tls-key (default: plain text)")
+    p.add_argument("--tls-key", type=argtypes.existing_file, help="the PEM private key for --tls-cert")
+    p.set_defaults(func=cmd_router, check=_check_router, parser_error=p.error)
 
     p = sub.add_parser("scheduler", help="run the scheduler process")
     _add_common(p)
@@ -477,6 +482,12 @@ def _add_pd_local_prefill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pd-local-prefill", action=argparse.BooleanOptionalAction, default=True,
                    help="P/D: a decode worker may prefill a short prompt itself instead of taking its KV from a "
                         "prefill worker (default on; off: only colocated and prefill workers prefill)")
+
+
+def _check_router(args) -> str | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    return None
 
 
 def _check_up(args) -> str | None:

@@ -200,8 +200,13 @@ def outgoing_metadata(*extra: tuple[str, str], context=None) -> tuple[tuple[str,
     return tuple(tracing.inject_metadata(context).items()) + extra
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    bound = server.add_insecure_port(f"{host}:{port}")
+def bind(server: grpc.aio.Server, host: str, port: int, tls: tuple[str, str] | None = None) -> int:
+    """`tls`: (certificate chain file, private key file), PEM; None: plain text."""
+    if tls:
+        cert, key = (open(path, "rb").read() for path in tls)
+        bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind gRPC server to {host}:{port}")
     return bound

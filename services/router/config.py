@@ -75,4 +75,8 @@ class RouterConfig:
     # again elsewhere with the tokens it streamed, this many times, before it fails.
     max_failovers: int = 2
     scheduler_call_timeout_s: float = 2.0
+    # TLS on both front doors (gRPC and HTTP): PEM certificate chain and private key files; both
+    # empty: plain text (a private network, or TLS ended in front of the router).
+    tls_cert: str = ""
+    tls_key: str = ""
     tracing: TracingConfig = field(default_factory=TracingConfig)

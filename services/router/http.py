@@ -307,10 +307,13 @@ class HttpServer:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def start(app: FastAPI, host: str, port: int, startup_timeout_s: float = 10.0) -> HttpServer:
-    """Serves `app` in this loop; returns once listening (port 0 picks a free one)."""
+async def start(app: FastAPI, host: str, port: int, startup_timeout_s: float = 10.0,
+                tls: tuple[str, str] | None = None) -> HttpServer:
+    """Serves `app` in this loop; returns once listening (port 0 picks a free one). `tls`:
+    (certificate chain file, private key file), PEM: HTTPS."""
+    cert, key = tls or (None, None)
     config = uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None, access_log=False,
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=2, ssl_certfile=cert, ssl_keyfile=key)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + startup_timeout_s

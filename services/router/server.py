@@ -53,15 +53,17 @@ async def serve(config: RouterConfig) -> None:
     interceptors = [ApiKeyInterceptor(config.api_keys)] if config.api_keys else []
     server, health = grpcutil.make_server([(router_pb2_grpc.add_RouterServicer_to_server, RouterServicer(core))],
                                           [SERVICE_NAME], interceptors, internal=False)   # the public door
-    port = grpcutil.bind(server, config.host, config.port)
+    tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+    port = grpcutil.bind(server, config.host, config.port, tls)
     await server.start()
     web = None
     if config.http_port:
-        web = await http.start(http.create_app(core), config.host, config.http_port)
-        log.info("router serving HTTP (OpenAI API, /metrics) on %s:%d", config.host, web.port)
+        web = await http.start(http.create_app(core), config.host, config.http_port, tls=tls)
+        log.info("router serving %s (OpenAI API, /metrics) on %s:%d", "HTTPS" if tls else "HTTP", config.host, web.port)
     runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
-    log.info("router serving gRPC on %s:%d%s", config.host, port, " (API keys required)" if config.api_keys else "")
+    log.info("router serving gRPC%s on %s:%d%s", " over TLS" if tls else "", config.host, port,
+             " (API keys required)" if config.api_keys else "")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
