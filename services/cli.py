@@ -76,7 +76,7 @@ def cmd_router(args) -> int:
         classes=load_classes(args.classes) if args.classes else DEFAULT_CLASSES,
         default_max_tokens=args.default_max_tokens, tracing=args.tracing, max_failovers=args.max_failovers,
         max_body_bytes=args.max_body_bytes, max_inflight=args.max_inflight,
-        tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
+        tls_cert=args.tls_cert or "", tls_key=args.tls_key or "", client_stall_timeout_s=args.client_stall_timeout_s,
     )
     runtime.run_service(serve(config))
     return 0
@@ -331,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a request whose instance fails under it (dies, ends its stream, goes silent) is placed "
                    "again elsewhere with the tokens already streamed, up to this many times; 0 = it fails "
                    "(default %(default)s)")
+    p.add_argument("--client-stall-timeout-s", type=argtypes.positive_float, default=30.0,
+                   help="a streaming client that takes no message for this long (it stopped reading and its "
+                   "buffers are full) is treated as gone: its request ends, freeing the worker and the "
+                   "scheduler's slot (default %(default)s)")
     p.add_argument("--tls-cert", type=argtypes.existing_file,
                    help="serve both front doors (gRPC and HTTP) over TLS with this PEM certificate chain; needs "
                    "--tls-key (default: plain text)")

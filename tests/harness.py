@@ -89,12 +89,13 @@ def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: st
                   worker_args: tuple[str, ...] = (), engine: str = "vllm", classes: str = "",
                   http: bool = False, router_port: int = 0, http_port: int = 0,
                   scaler_args: tuple[str, ...] = (), prefill: int = 0, decode: int = 0,
-                  api_keys: tuple = ()) -> Iterator[RunningCluster]:
+                  api_keys: tuple = (), model: str = "") -> Iterator[RunningCluster]:
     """engine "sim" starts SIMULATED workers (no vLLM); classes is a router task-class YAML;
     http also serves the router's OpenAI-compatible API (state.http); router_port and http_port
     fix the ports (0: a free one); scaler_args are the scaler's autoscaling flags; prefill and
-    decode start P/D workers beside the `workers` colocated ones."""
-    model = str(ensure_default_model())
+    decode start P/D workers beside the `workers` colocated ones; model: a checkpoint dir (default:
+    the built-in tiny model)."""
+    model = model or str(ensure_default_model())
     opts = cluster.UpOptions(home=home, model=model, workers=workers, router_port=router_port or procs.free_port(),
                              redis_url=None, policy=policy, engine=engine, tracing=tracing, timeout_s=240,
                              worker_args=worker_args, classes=classes,
@@ -109,6 +110,39 @@ def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: st
         raise
     finally:
         cluster.down(home, quiet=True)
+
+
+@dataclass
+class ExtraRouter:
+    proc: subprocess.Popen
+    port: int
+    http_port: int
+    log: Path
+
+
+@contextlib.contextmanager
+def extra_router(mesh: RunningCluster, *flags: str, ready=None) -> Iterator[ExtraRouter]:
+    """A second `hfx router` beside a running cluster, with its own flags; `ready(router)` says
+    when it serves (default: its gRPC health)."""
+    port, http_port = procs.free_port(), procs.free_port()
+    log = mesh.log_dir / f"router-{port}.log"
+    proc = procs.spawn(procs.hfx_command("router", "--port", str(port), "--http-port", str(http_port),
+                                         "--scheduler", mesh.state.scheduler, "--model", mesh.model, *flags), log)
+    router = ExtraRouter(proc, port, http_port, log)
+    try:
+        if ready is None:
+            cluster.wait_serving(f"127.0.0.1:{port}", 60, proc, "extra router", log, "hfx.v1.Router")
+        else:
+            assert wait_until(lambda: proc.poll() is not None or ready(router), 60) and proc.poll() is None, \
+                log.read_text()
+        yield router
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def vllm_reference(model: str, prompt_ids: list[int], max_tokens: int) -> list[int]:

@@ -7,6 +7,7 @@ helpers carries a timeout and the current trace context.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -80,6 +81,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream and inspect.iscoroutinefunction(handler.unary_stream):
+            inner_writer = handler.unary_stream   # streams with context.write (it can bound each write)
+
+            async def unary_stream_writer(request, context):
+                try:
+                    await inner_writer(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as err:
+                    await _abort_with(context, err)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream_writer, handler.request_deserializer, handler.response_serializer
             )
         if handler.unary_stream:
             inner_us = handler.unary_stream

@@ -42,6 +42,8 @@ ROUTER_OUTPUT_TOKENS = Counter("hfx_router_output_tokens", "Tokens streamed to c
 ROUTER_PD_HANDOFF = Histogram("hfx_router_pd_handoff_seconds", "P/D: from the prefill leg's last chunk to the decode "
                               "leg's first token (KV transfer + D's first step)", buckets=_TTFT_BUCKETS_S,
                               registry=REGISTRY)
+ROUTER_CLIENT_STALLS = Counter("hfx_router_client_stalls", "Streams ended because their client stopped reading "
+                               "(a write blocked past --client-stall-timeout-s)", ["door"], registry=REGISTRY)
 HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route and status code",
                          ["route", "status_code"], registry=REGISTRY)
 

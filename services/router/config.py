@@ -71,6 +71,7 @@ class RouterConfig:
     place_timeout_s: float = 35.0          # scheduler queue wait (30 s) plus margin
     first_token_timeout_s: float = 120.0   # a worker that says nothing this long is treated as failed
     token_idle_timeout_s: float = 30.0
+    client_stall_timeout_s: float = 30.0   # a client that takes no message this long is gone: its request ends
     # A request whose instance fails under it (dies, closes its stream, goes silent) is placed
     # again elsewhere with the tokens it streamed, this many times, before it fails.
     max_failovers: int = 2

@@ -25,6 +25,7 @@ from services.router.metrics import StreamTimer
 from services.router.request_run import Phase, RequestRun
 from services.router.scheduler_link import LinkDown, SchedulerLink
 from services.router.sessions import Sessions, StreamFailed, TokenStream, WorkerSessionClient
+from services.router.stall import StallWatch
 from services.router.tokenizer import Tokenizer
 from services.router.validate import Limits, ValidRequest, validate
 
@@ -68,6 +69,7 @@ class RouterCore:
             max_stop_strings=config.max_stop_strings,
         )
         self.sessions = Sessions(config.first_token_timeout_s, config.token_idle_timeout_s)
+        self.stalls = StallWatch(config.client_stall_timeout_s)   # front doors' writers to clients
         self.link = SchedulerLink(scheduler)  # Place and Complete, on one stream
         self._active: dict[str, Active] = {}  # by request id and by client request id
         self.inflight = 0                     # generate() calls in progress (bounded: max_inflight)
@@ -133,6 +135,7 @@ class RouterCore:
     # -- steps -------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        await self.stalls.close()
         await self.link.close()
         await self.sessions.close()
 

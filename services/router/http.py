@@ -26,6 +26,7 @@ from services.common.errors import HfxError
 from services.common.pb.hfx.v1 import router_pb2
 from services.router.auth import key_allowed, max_priority
 from services.router.core import Placed, RouterCore
+from services.router.stall import StallWatch
 from services.router.http_limits import BodyLimit
 from services.router.oai import requests as oai_requests
 from services.router.oai.errors import ApiError, from_domain
@@ -87,13 +88,15 @@ class SseResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], source: PlacedStream, headers: dict[str, str]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], source: PlacedStream, headers: dict[str, str],
+                 stalls: StallWatch) -> None:
         # As StreamingResponse does: no body attribute, so no content-length header.
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
         self._events = events
         self._source = source
+        self._stalls = stalls   # a client that stops reading ends its request (services/router/stall.py)
 
     async def __call__(self, scope, receive, send) -> None:
         writer = asyncio.current_task()
@@ -104,14 +107,18 @@ class SseResponse(Response):
             writer.cancel()
 
         watcher = asyncio.create_task(watch_disconnect())
+        guard = self._stalls.guard("http")
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for event in self._events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            with guard:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                async for event in self._events:
+                    guard.writing()
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                    guard.wrote()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not watcher.done():
-                raise  # cancelled from outside (server shutdown), not by a client that left
+            if not (watcher.done() or guard.stalled):
+                raise  # cancelled from outside (server shutdown), not by a client that left or stopped reading
         finally:
             watcher.cancel()
             await self._source.aclose()
@@ -184,7 +191,7 @@ async def _respond(core: RouterCore, model: ServedModel, body: CommonBody, req: 
     headers = {"x-hfx-request-id": relay.request_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return SseResponse(_events(relay, shaper, include_usage), relay, headers)
+        return SseResponse(_events(relay, shaper, include_usage), relay, headers, core.stalls)
     text, ids, final = await _collect(relay)
     return JSONResponse(shaper.whole(text, ids, final), headers=headers)
 

@@ -29,12 +29,22 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         metadata = context.invocation_metadata()
         parent = tracing.extract_context(metadata)
         cap = max_priority(dict(metadata or ()).get("authorization"), self.core.config.api_keys)
-        async for item in self.core.generate(request, parent, cap):
-            if isinstance(item, Placed):
-                await context.send_initial_metadata((("x-hfx-request-id", item.request_id),
-                                                     ("x-hfx-instance", item.instance_id)))
-            else:
-                yield item
+        source = self.core.generate(request, parent, cap)
+        with self.core.stalls.guard("grpc") as guard:
+            try:
+                async for item in source:
+                    if isinstance(item, Placed):
+                        await context.send_initial_metadata((("x-hfx-request-id", item.request_id),
+                                                             ("x-hfx-instance", item.instance_id)))
+                    else:
+                        guard.writing()
+                        await context.write(item)   # blocks while the client's window is full
+                        guard.wrote()
+            except asyncio.CancelledError:
+                if not guard.stalled:
+                    raise   # the call was cancelled, or the server is stopping
+            finally:
+                await source.aclose()   # ends the request: on the worker and at the scheduler
 
     async def Abort(self, request: router_pb2.AbortRequest, context) -> router_pb2.AbortResponse:
         if not self.core.abort(request.request_id):

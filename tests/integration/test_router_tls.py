@@ -12,9 +12,8 @@ import grpc
 import httpx
 import pytest
 
-from services.common import procs
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
-from tests.harness import local_cluster, wait_until
+from tests.harness import extra_router, local_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -31,39 +30,32 @@ def certificate(tmp_path_factory):
 def test_a_tls_router_serves_clients_that_trust_it_and_refuses_plain_text(tmp_path, certificate):
     cert, key = certificate
     trusting = ssl.create_default_context(cafile=str(cert))
-    with local_cluster(tmp_path / "home", workers=1, engine="sim") as mesh:
-        port, http_port = procs.free_port(), procs.free_port()
-        router = procs.spawn(procs.hfx_command("router", "--port", str(port), "--http-port", str(http_port),
-                                               "--scheduler", mesh.state.scheduler, "--model", mesh.model,
-                                               "--tls-cert", str(cert), "--tls-key", str(key)),
-                             mesh.log_dir / "router-tls.log")
+
+    def https_health(router) -> bool:
         try:
-            def https_health() -> bool:
-                try:
-                    return httpx.get(f"https://127.0.0.1:{http_port}/health", verify=trusting, timeout=2).is_success
-                except httpx.TransportError:
-                    return router.poll() is not None
-            assert wait_until(https_health, 60) and router.poll() is None, (mesh.log_dir / "router-tls.log").read_text()
+            return httpx.get(f"https://127.0.0.1:{router.http_port}/health", verify=trusting, timeout=2).is_success
+        except httpx.TransportError:
+            return False
 
-            credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
-            with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-                messages = list(router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
-                    token_ids=router_pb2.TokenIds(ids=[5, 6, 7]),
-                    sampling=common_pb2.SamplingParams(max_tokens=4, ignore_eos=True)), timeout=30))
-            assert messages[-1].final.usage.completion_tokens == 4
+    with local_cluster(tmp_path / "home", workers=1, engine="sim") as mesh, \
+            extra_router(mesh, "--tls-cert", str(cert), "--tls-key", str(key), ready=https_health) as router:
+        port, http_port = router.port, router.http_port
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            messages = list(router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
+                token_ids=router_pb2.TokenIds(ids=[5, 6, 7]),
+                sampling=common_pb2.SamplingParams(max_tokens=4, ignore_eos=True)), timeout=30))
+        assert messages[-1].final.usage.completion_tokens == 4
 
-            served = httpx.post(f"https://127.0.0.1:{http_port}/v1/completions", verify=trusting, timeout=30,
-                                json={"prompt": "hello", "max_tokens": 4})
-            assert served.status_code == 200 and served.json()["usage"]["completion_tokens"] == 4
+        served = httpx.post(f"https://127.0.0.1:{http_port}/v1/completions", verify=trusting, timeout=30,
+                            json={"prompt": "hello", "max_tokens": 4})
+        assert served.status_code == 200 and served.json()["usage"]["completion_tokens"] == 4
 
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as plain:
-                list(router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
-                    token_ids=router_pb2.TokenIds(ids=[5, 6, 7])), timeout=5))
-            assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
-            with pytest.raises(httpx.TransportError):
-                httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=5)
-            with pytest.raises(httpx.TransportError):   # a client that does not trust the certificate
-                httpx.get(f"https://127.0.0.1:{http_port}/health", timeout=5)
-        finally:
-            router.terminate()
-            router.wait(15)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as plain:
+            list(router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
+                token_ids=router_pb2.TokenIds(ids=[5, 6, 7])), timeout=5))
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=5)
+        with pytest.raises(httpx.TransportError):   # a client that does not trust the certificate
+            httpx.get(f"https://127.0.0.1:{http_port}/health", timeout=5)

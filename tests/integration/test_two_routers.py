@@ -11,11 +11,10 @@ import signal
 import grpc
 import pytest
 
-from services.common import grpcutil, procs
+from services.common import grpcutil
 from services.common.pb.hfx.v1 import (common_pb2, router_pb2, router_pb2_grpc, scheduler_pb2,
                                        scheduler_pb2_grpc)
-from services.local import cluster
-from tests.harness import local_cluster, wait_until
+from tests.harness import extra_router, local_cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +35,8 @@ def _inflight(scheduler: str) -> int:
 
 def test_two_routers_serve_and_a_dead_ones_placements_are_let_go(tmp_path):
     with local_cluster(tmp_path / "home", workers=2, engine="sim") as mesh:
-        port = procs.free_port()
-        second = procs.spawn(procs.hfx_command("router", "--port", str(port), "--scheduler", mesh.state.scheduler,
-                                               "--model", mesh.model, "--http-port", "0"),
-                             mesh.log_dir / "router-2.log")
-        try:
-            cluster.wait_serving(f"127.0.0.1:{port}", 60, second, "second router", mesh.log_dir / "router-2.log",
-                                 "hfx.v1.Router")
+        with extra_router(mesh) as second:
+            port = second.port
             assert _generate(mesh.state.router, 4).usage.completion_tokens == 4
             assert _generate(f"127.0.0.1:{port}", 4).usage.completion_tokens == 4
             # A long stream through the second router; it dies after the first tokens.
@@ -52,15 +46,11 @@ def test_two_routers_serve_and_a_dead_ones_placements_are_let_go(tmp_path):
                 sampling=common_pb2.SamplingParams(max_tokens=100_000 // 100, ignore_eos=True)), timeout=60)
             next(iter(stream))
             assert _inflight(mesh.state.scheduler) == 1
-            os.kill(second.pid, signal.SIGKILL)
-            second.wait(10)
+            os.kill(second.proc.pid, signal.SIGKILL)
+            second.proc.wait(10)
             channel.close()
             # the worker stops the request (its session ended) and, once its report no longer
             # lists it, the scheduler lets the placement go: nothing leaks
             assert wait_until(lambda: _inflight(mesh.state.scheduler) == 0, 15), _inflight(mesh.state.scheduler)
             assert _generate(mesh.state.router, 4).usage.completion_tokens == 4   # the first one goes on
-        finally:
-            if second.poll() is None:
-                second.kill()
-            second.wait(10)
     assert "let go 1" in next(mesh.log_dir.glob("scheduler.log")).read_text()
