@@ -36,7 +36,7 @@ from pathlib import Path
 
 import grpc
 
-from services.common import grpcutil, procs, redis_server
+from services.common import grpcutil, internal_auth, procs, redis_server
 from services.common.model import ensure_default_model
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.local import cluster
@@ -205,7 +205,8 @@ def _faults(state: ClusterFile, log_dir: Path, second_router: str, extra: list):
         _kill(state.pgids["redis"])
         time.sleep(1.0)
         port = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
-        extra.append(redis_server.start(port, log_dir, log_dir / "redis-2.log", die_with_parent=True))
+        extra.append(redis_server.start(port, log_dir, log_dir / "redis-2.log", die_with_parent=True,
+                                        password=internal_auth.redis_password()))
 
     return [("kill worker hfx-w0", kill_worker), ("restart scheduler", restart_scheduler),
             ("kill second router", kill_second_router), ("restart redis empty", restart_redis)]

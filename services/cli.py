@@ -89,7 +89,8 @@ def cmd_scheduler(args) -> int:
     runtime.run_service(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
                                       metrics_port=args.metrics_port, tickets=args.tickets,
-                                      pd_local_prefill=args.pd_local_prefill)))
+                                      pd_local_prefill=args.pd_local_prefill, max_queue=args.max_queue,
+                                      max_wait_s=args.max_wait_s)))
     return 0
 
 
@@ -348,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scheduling policy: hfx (SLO-aware) or a baseline for comparison (default %(default)s)")
     p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
+    p.add_argument("--max-queue", type=argtypes.positive_int, default=10_000,
+                   help="requests waiting for placement at once; more are refused with RESOURCE_EXHAUSTED and a "
+                   "retry hint (default %(default)s)")
+    p.add_argument("--max-wait-s", type=argtypes.positive_float, default=30.0,
+                   help="longest a request waits for placement before it is refused (default %(default)s)")
     _add_tickets_flag(p)
     _add_pd_local_prefill(p)
     p.set_defaults(func=cmd_scheduler)

@@ -41,9 +41,17 @@ class Rejected(HfxError):
 
 
 class Unavailable(HfxError):
-    """No capacity, or a dependency (scheduler, worker) failed; safe for the client to retry."""
+    """No capacity, or a dependency (scheduler, worker) failed; safe for the client to retry,
+    after retry_after_ms."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_ms: float = 1000.0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after-ms", f"{self.retry_after_ms:.0f}"),)
 
 
 class PermissionDenied(HfxError):

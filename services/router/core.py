@@ -87,11 +87,13 @@ class RouterCore:
             metrics.record_request(self._class_label(request.task_class), "rejected")
             raise Rejected(f"router at its limit of {self.config.max_inflight} requests in flight", DEFAULT_RETRY_AFTER_MS)
         self.inflight += 1
+        metrics.ROUTER_INFLIGHT.inc()
         try:
             async for item in self._generate(request, parent, arrival_s, max_priority):
                 yield item
         finally:
             self.inflight -= 1
+            metrics.ROUTER_INFLIGHT.dec()
 
     async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float, max_priority: int | None):
         with tracing.detached_span(_tracer, "router.generate", parent) as (span, ctx):

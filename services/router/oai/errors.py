@@ -58,7 +58,8 @@ def from_domain(err: HfxError, chat: bool = False, header_fields: dict[str, str]
         return ApiError(429, err.message, "rate_limit_error", None, "rejected_by_admission",
                         {"Retry-After": str(retry_after_s(err.retry_after_ms))})
     if isinstance(err, Unavailable):
-        return ApiError(503, err.message, "service_unavailable_error", None, "unavailable")
+        return ApiError(503, err.message, "service_unavailable_error", None, "unavailable",
+                        {"Retry-After": str(retry_after_s(err.retry_after_ms))})
     if isinstance(err, PermissionDenied):
         return ApiError(403, err.message, "permission_error", None, "permission_denied")
     if isinstance(err, NotFound):
