@@ -55,6 +55,25 @@ def redis_password() -> str | None:
     return _secret(REDIS_PASSWORD_FILE_ENV)
 
 
+def hello_fields() -> dict:
+    """What a raw (non-gRPC) peer connection presents in its first frame: the token, if any.
+    Used by the weight and KV byte streams between workers, which gRPC interceptors do not see."""
+    value = token()
+    return {"token": value} if value else {}
+
+
+def hello_allowed(hello: dict) -> bool:
+    """True when this process requires no token or `hello` presents the right one."""
+    expected = token()
+    if expected is None:
+        return True
+    presented = hello.get("token")
+    return isinstance(presented, str) and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+DENIED_HELLO = "missing or wrong internal credentials (the cluster's internal token)"
+
+
 def write_token_file(path: Path) -> Path:
     """A fresh random token in `path`, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)

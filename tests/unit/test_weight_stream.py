@@ -243,3 +243,35 @@ def test_shm_donor_dying_mid_stream_raises_donor_lost(model_dir):
             pull_via("shm", handle.address, model_dir)
     finally:
         handle.close()
+
+
+def test_with_an_internal_token_donors_serve_only_receivers_that_present_it(model_dir, tmp_path, monkeypatch):
+    """The weight streams are raw sockets (gRPC's interceptors do not see them), so their HELLO
+    carries the cluster's token: a peer without it gets an error frame and no tensor, over TCP
+    and over the donor's (abstract, so permission-less) Unix socket."""
+    from services.common import internal_auth
+    from services.worker.weights.shm import socket_name
+
+    monkeypatch.setenv(internal_auth.TOKEN_FILE_ENV, str(internal_auth.write_token_file(tmp_path / "token")))
+    handle = transport_for("cpu").serve(CheckpointSource.load(model_dir), "127.0.0.1", 0)
+    try:
+        got, stats = pull_via("auto", handle.address, model_dir)   # this process presents the token
+        assert len(got) == 3 and stats.extra["transport"] == "shm"
+        assert len(pull_via("tcp", handle.address, model_dir)[0]) == 3
+        hello = wire.frame({"version": wire.VERSION, "identity": checkpoint.identity(model_dir), "token": "0" * 64})
+        host, port = handle.address.split(":")
+        for family, where in ((socket.AF_INET, (host, int(port))), (socket.AF_UNIX, socket_name(handle.address))):
+            with socket.socket(family, socket.SOCK_STREAM) as peer:
+                peer.settimeout(5)
+                peer.connect(where)
+                peer.sendall(hello)
+                reply = b""
+                while chunk := peer.recv(65536):
+                    reply += chunk
+            answer = wire.parse_frame_body(reply[4:4 + wire.parse_frame_length(reply[:4])])
+            assert answer == {"error": internal_auth.DENIED_HELLO}
+            assert len(reply) == 4 + wire.parse_frame_length(reply[:4])   # and not one tensor byte after it
+    finally:
+        handle.close()
+    with pytest.raises(wire.Unauthorised, match="refused the stream"):
+        wire.check_manifest({"error": internal_auth.DENIED_HELLO}, "donor:1")

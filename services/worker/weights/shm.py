@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+from services.common import internal_auth
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
 from services.worker.weights.source import CheckpointSource
@@ -59,7 +60,10 @@ class ShmWeightServer(ThreadedServer):
         try:
             with conn:
                 conn.settimeout(HELLO_TIMEOUT_S)
-                _read_frame(conn)
+                if not internal_auth.hello_allowed(_read_frame(conn)):
+                    log.warning("shared-memory weight stream refused: %s", internal_auth.DENIED_HELLO)
+                    conn.sendall(wire.frame({"error": internal_auth.DENIED_HELLO}))
+                    return
                 src = self.source
                 manifest = wire.frame({"version": wire.VERSION, "identity": src.identity, "tensors": src.tensor_count,
                                        "total_bytes": src.total_bytes, "files": len(src.fds)})
@@ -94,13 +98,14 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
     maps: list[mmap.mmap] = []
     try:
         with conn:
-            conn.sendall(wire.frame({"version": wire.VERSION, "identity": identity}))
+            conn.sendall(wire.frame({"version": wire.VERSION, "identity": identity, **internal_auth.hello_fields()}))
             t1 = time.monotonic()
             head, fds, _, _ = socket.recv_fds(conn, 4, 16)
             if len(head) < 4:
                 raise DonorLost(f"donor {address} closed before its manifest")
             body = _recv_exact(conn, wire.parse_frame_length(head))
             manifest = wire.parse_frame_body(body)
+            wire.check_manifest(manifest, address)
             try:
                 for fd in fds:
                     size = os.fstat(fd).st_size

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from services.common import internal_auth
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
 from services.worker.weights.source import WeightSource
@@ -86,6 +87,10 @@ class TcpWeightServer(ThreadedServer):
             with conn:
                 conn.settimeout(HELLO_TIMEOUT_S)
                 hello = _read_frame(conn)
+                if not internal_auth.hello_allowed(hello):
+                    log.warning("weight stream to %s refused: %s", peer, internal_auth.DENIED_HELLO)
+                    conn.sendall(wire.frame({"error": internal_auth.DENIED_HELLO}))
+                    return
                 conn.settimeout(SEND_TIMEOUT_S)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if hello.get("identity") != self.source.identity:
@@ -152,9 +157,10 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
         with conn:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             reader = _Reader(conn, address, deadline, stats)
-            conn.sendall(wire.frame({"version": wire.VERSION, "identity": identity}))
+            conn.sendall(wire.frame({"version": wire.VERSION, "identity": identity, **internal_auth.hello_fields()}))
             t1 = time.monotonic()
             manifest = reader.frame()
+            wire.check_manifest(manifest, address)
             stats.donor_identity = str(manifest.get("identity", ""))
             if manifest.get("version") != wire.VERSION:
                 raise IntegrityError(f"donor {address} speaks wire version {manifest.get('version')}, not {wire.VERSION}")

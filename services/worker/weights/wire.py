@@ -1,6 +1,7 @@
 """The weight stream's wire format, the same on every byte transport.
 
-    receiver -> donor   HELLO   {"version": 1, "identity": hex}
+    receiver -> donor   HELLO   {"version": 1, "identity": hex, "token": the cluster's internal token}
+    donor -> receiver   ERROR   {"error": why}, then it closes (no token, or a wrong one)
     donor -> receiver   MANIFEST {"version": 1, "identity": hex, "tensors": n, "total_bytes": b}
                         then, n times: TENSOR {"name", "dtype", "shape", "nbytes", "crc32"} + nbytes raw bytes
                         then END {"end": true, "tensors": n}
@@ -35,6 +36,16 @@ class IdentityMismatch(TransferError):
 
 class IntegrityError(TransferError):
     kind = "integrity"
+
+
+class Unauthorised(TransferError):
+    kind = "unauthorised"
+
+
+def check_manifest(manifest: dict, address: str) -> None:
+    """A donor that refused the stream says why in place of its manifest."""
+    if "error" in manifest:
+        raise Unauthorised(f"donor {address} refused the stream: {manifest['error']}")
 
 
 class DonorLost(TransferError):
