@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 from services.common import convert, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
@@ -79,7 +79,7 @@ class RouterCore:
 
     async def generate(
         self, request: router_pb2.GenerateRequest, parent=None, max_priority: int | None = None
-    ) -> AsyncIterator[Placed | router_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[Placed | router_pb2.GenerateResponse, None]:
         """Placed, then deltas, then one final message. Raises InvalidArgument, PermissionDenied,
         Rejected or Unavailable (before Placed) or Unavailable (after it). `max_priority`: what
         the caller's API key allows."""
@@ -96,7 +96,8 @@ class RouterCore:
             self.inflight -= 1
             metrics.ROUTER_INFLIGHT.dec()
 
-    async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float, max_priority: int | None):
+    async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float,
+                        max_priority: int | None) -> AsyncGenerator[Placed | router_pb2.GenerateResponse, None]:
         with tracing.detached_span(_tracer, "router.generate", parent) as (span, ctx):
             try:
                 valid = await self._validate(request, max_priority)
