@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TypeVar
 
 MAX_PORT = 65535
 
+_N = TypeVar("_N", int, float)
 
-def _number(value: str, kind: type) -> float:
+
+def _number(value: str, kind: type[_N]) -> _N:
     try:
         number = kind(value)
     except ValueError:

@@ -100,7 +100,7 @@ def status(args) -> int:
     keys = Keys(state.redis_prefix)
     rows = []
     try:
-        for iid in sorted(i.decode() for i in client.smembers(keys.instances())):
+        for iid in sorted(store.as_text(i) for i in client.smembers(keys.instances())):
             raw = client.hget(keys.instance(iid), "pb")
             if raw is None:
                 continue

@@ -7,28 +7,30 @@ from collections.abc import Mapping
 from services.common import domain as d
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2
 
-_ROLE_TO_PB = {
+# The generated enum types are int subclasses: the *_TO_PB maps give them, the *_FROM_PB maps take
+# any int off the wire (a message field, or a number a test builds).
+_ROLE_TO_PB: dict[d.Role, common_pb2.Role] = {
     d.Role.COLOCATED: common_pb2.ROLE_COLOCATED,
     d.Role.PREFILL: common_pb2.ROLE_PREFILL,
     d.Role.DECODE: common_pb2.ROLE_DECODE,
 }
-_ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
-_VERDICT_TO_PB = {
+_ROLE_FROM_PB: dict[int, d.Role] = {v: k for k, v in _ROLE_TO_PB.items()}
+_VERDICT_TO_PB: dict[d.Verdict, scheduler_pb2.Verdict] = {
     d.Verdict.ADMIT: scheduler_pb2.VERDICT_ADMIT,
     d.Verdict.BEST_EFFORT: scheduler_pb2.VERDICT_BEST_EFFORT,
     d.Verdict.REJECT: scheduler_pb2.VERDICT_REJECT,
 }
-_VERDICT_FROM_PB = {v: k for k, v in _VERDICT_TO_PB.items()}
-_FINISH_TO_PB = {
+_VERDICT_FROM_PB: dict[int, d.Verdict] = {v: k for k, v in _VERDICT_TO_PB.items()}
+_FINISH_TO_PB: dict[d.FinishReason, common_pb2.FinishReason] = {
     d.FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
     d.FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
     d.FinishReason.ABORT: common_pb2.FINISH_REASON_ABORT,
     d.FinishReason.ERROR: common_pb2.FINISH_REASON_ERROR,
 }
-_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+_FINISH_FROM_PB: dict[int, d.FinishReason] = {v: k for k, v in _FINISH_TO_PB.items()}
 
 
-def role_to_pb(role: d.Role) -> int:
+def role_to_pb(role: d.Role) -> common_pb2.Role:
     return _ROLE_TO_PB[role]
 
 
@@ -36,7 +38,7 @@ def role_from_pb(value: int) -> d.Role:
     return _ROLE_FROM_PB.get(value, d.Role.COLOCATED)
 
 
-def verdict_to_pb(verdict: d.Verdict) -> int:
+def verdict_to_pb(verdict: d.Verdict) -> scheduler_pb2.Verdict:
     return _VERDICT_TO_PB[verdict]
 
 
@@ -44,7 +46,7 @@ def verdict_from_pb(value: int) -> d.Verdict:
     return _VERDICT_FROM_PB[value]
 
 
-def finish_to_pb(reason: d.FinishReason | None) -> int:
+def finish_to_pb(reason: d.FinishReason | None) -> common_pb2.FinishReason:
     return _FINISH_TO_PB[reason] if reason else common_pb2.FINISH_REASON_UNSPECIFIED
 
 

@@ -315,7 +315,7 @@ def _build_weights(tokenizer, out: Path, params: int | None = None) -> None:
     )
     torch.manual_seed(WEIGHT_SEED)
     if params is None:
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = LlamaForCausalLM(config).bfloat16()
     else:  # built in bf16 directly: a float32 copy of a large model would double the memory and time
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)

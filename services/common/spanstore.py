@@ -65,8 +65,12 @@ def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
-def to_line(span: ReadableSpan) -> str:
+def to_line(span: ReadableSpan) -> str | None:
+    """The span's line; None for a span without a context (the SDK's spans have one), which has
+    no ids to store it under."""
     ctx = span.get_span_context()
+    if ctx is None:
+        return None
     parent = span.parent
     doc = {
         "trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
@@ -111,7 +115,7 @@ class JsonLinesSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._closed:
             return SpanExportResult.FAILURE
-        text = "".join(to_line(s) + "\n" for s in spans)
+        text = "".join(line + "\n" for line in map(to_line, spans) if line is not None)
         try:
             with self._lock:
                 self._rotate_if_full()
@@ -153,7 +157,7 @@ def prune(directory: str | os.PathLike, max_age_s: float, now_unix_s: float) -> 
 def read_spans(directory: str | os.PathLike, since_unix_s: float | None = None) -> list[SpanRecord]:
     """Every span in the store (ended at or after since_unix_s when given), sorted by start.
     Lines that do not parse (a process mid-write) are skipped."""
-    spans = []
+    spans: list[SpanRecord] = []
     for path in sorted(Path(directory).glob("*.jsonl")):
         spans.extend(_read_file(path, since_unix_s))
     return sorted(spans, key=lambda s: (s.start_unix_s, s.span_id))

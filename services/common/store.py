@@ -36,6 +36,11 @@ def connect_sync(url: str, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **_auth())
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text: these clients answer bytes (decode_responses is off)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class ClusterStore:
     def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
         self.redis = client
@@ -75,7 +80,7 @@ class ClusterStore:
 
     async def instances(self) -> list[common_pb2.Instance]:
         """Live instances with their latest load; ids whose entry expired are pruned."""
-        ids = sorted(i.decode() for i in await self.redis.smembers(self.keys.instances()))
+        ids = sorted(as_text(i) for i in await self.redis.smembers(self.keys.instances()))
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -116,7 +121,7 @@ class ClusterStore:
             await self.redis.srem(self.keys.draining(), instance_id)
 
     async def draining_ids(self) -> set[str]:
-        return {i.decode() for i in await self.redis.smembers(self.keys.draining())}
+        return {as_text(i) for i in await self.redis.smembers(self.keys.draining())}
 
     async def put_autoscale_status(self, status: dict) -> None:
         await self.redis.set(self.keys.autoscale(), json.dumps(status))

@@ -124,25 +124,26 @@ def explain(spans: Sequence[SpanRecord], request_id: str) -> Explanation:
     a = root.attributes
     arrival = root.start_unix_s
     slo = {"ttft_ms": float(a.get(t.ATTR_TTFT_SLO_MS, 0.0)), "tpot_ms": float(a.get(t.ATTR_TPOT_SLO_MS, 0.0))}
+    tokens = int(a.get(t.ATTR_OUTPUT_TOKENS, 0))
     measured = {"ttft_ms": float(a.get(t.ATTR_TTFT_MS, 0.0)), "tpot_ms": float(a.get(t.ATTR_TPOT_MS, 0.0)),
-                "output_tokens": int(a.get(t.ATTR_OUTPUT_TOKENS, 0)), "prompt_tokens": int(a.get(t.ATTR_PROMPT_TOKENS, 0))}
+                "output_tokens": tokens, "prompt_tokens": int(a.get(t.ATTR_PROMPT_TOKENS, 0))}
     placements = [_placement(s) for s in _named(mine, t.SPAN_PLACE)]
     legs = [_leg(s) for s in _named(mine, t.SPAN_WORKER)]
     preemptions = [{"instance_id": s.attributes.get(t.ATTR_INSTANCE, ""), "reason": s.attributes.get(t.ATTR_REASON, ""),
                     "at_ms": (s.start_unix_s - arrival) * 1000.0} for s in _named(mine, t.SPAN_PREEMPT)]
     intervals = _intervals(root, _named(mine, t.SPAN_PLACE), legs, [s for s in mine if s.name.startswith(t.SPAN_KV_PREFIX)])
     rejected = a.get(t.ATTR_VERDICT) == "reject"
-    first_s = arrival + measured["ttft_ms"] / 1000.0 if measured["output_tokens"] else None
-    last_s = first_s + measured["tpot_ms"] * max(0, measured["output_tokens"] - 1) / 1000.0 if first_s else None
+    first_s = arrival + measured["ttft_ms"] / 1000.0 if tokens else None
+    last_s = first_s + measured["tpot_ms"] * max(0, tokens - 1) / 1000.0 if first_s is not None else None
     ttft_end = first_s if first_s is not None else root.end_unix_s
     # Decode cannot be part of the TTFT, nor prefill of the decode (a resumed leg's recompute is
     # preemption): where a worker's leg edge and the router's clock disagree, that is relay.
     ttft_split = _split(intervals, arrival, ttft_end, exclude={"decode", "decode_interference"})
     decode_split = (_split(intervals, first_s, last_s, exclude={"prefill", "prefill_interference"})
-                    if first_s is not None and last_s > first_s else {})
+                    if first_s is not None and last_s is not None and last_s > first_s else {})
     met = a.get(t.ATTR_SLO_MET) is True
     missed = {} if met else t.slo_misses(slo["ttft_ms"], slo["tpot_ms"], measured["ttft_ms"], measured["tpot_ms"],
-                                         measured["output_tokens"])
+                                         tokens)
     exp = Explanation(
         request_id=request_id, trace_id=root.trace_id, arrival_unix_s=arrival,
         outcome="REJECTED" if rejected else str(a.get(t.ATTR_OUTCOME, "")), slo=slo, measured=measured, met=met,
@@ -239,7 +240,7 @@ def _cause(exp: Explanation, root_attrs: dict) -> tuple[str, str]:
     split = exp.ttft_breakdown_ms if worst == "ttft" else exp.decode_breakdown_ms
     if not split:
         return "", f"missed {worst.upper()}; its spans hold no breakdown"
-    label = max(split, key=split.get)
+    label = max(split, key=lambda k: split[k])
     return label, f"{worst.upper()} missed by {exp.missed[worst]:.0f} ms; largest cause: {describe(exp, label, split[label])}"
 
 

@@ -38,8 +38,8 @@ def text(exp: Explanation) -> str:
         lines.append(f"      {'; '.join(extra)}")
     if not exp.placements:
         lines.append("    (no scheduler span)")
-    for p in exp.preemptions:
-        lines.append(f"  preempted on {p['instance_id']} at +{p['at_ms']:.0f} ms: {p['reason']}")
+    for pre in exp.preemptions:
+        lines.append(f"  preempted on {pre['instance_id']} at +{pre['at_ms']:.0f} ms: {pre['reason']}")
     for name, split in (("time to first token", exp.ttft_breakdown_ms), ("decode", exp.decode_breakdown_ms)):
         if not split:
             continue

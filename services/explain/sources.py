@@ -97,10 +97,10 @@ def _tag_value(tag: dict):
     value, kind = tag.get("value"), tag.get("type", "string")
     if kind == "bool":
         return value if isinstance(value, bool) else str(value).lower() == "true"
-    if kind == "int64":
-        return int(value)
-    if kind == "float64":
-        return float(value)
+    if kind in ("int64", "float64"):
+        if value is None:
+            raise TypeError(f"{kind} tag {tag.get('key')!r} without a value")
+        return int(value) if kind == "int64" else float(value)
     if kind == "string" and isinstance(value, str) and value.startswith("[") and value.endswith("]"):
         try:  # OTel list attributes arrive as a JSON array in a string tag
             return json.loads(value)

@@ -123,7 +123,7 @@ def _wait_workers(state: ClusterFile, count: int, timeout_s: float, log_dir: Pat
     with tqdm(total=count, desc="  workers ready", unit="worker", file=sys.stderr, leave=False,
               disable=not sys.stderr.isatty(), mininterval=0.5) as bar:
         while True:
-            ready = sum(1 for iid in client.smembers(keys.instances()) if client.exists(keys.instance(iid.decode())))
+            ready = sum(1 for iid in client.smembers(keys.instances()) if client.exists(keys.instance(store.as_text(iid))))
             bar.update(ready - bar.n)
             if ready >= count:
                 return
@@ -171,14 +171,14 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     # One internal token per cluster: every service it starts presents it and the internal ones
     # require it (services/common/internal_auth.py); so does this process, for its own calls in.
     internal_auth.use_token_file(internal_auth.write_token_file(opts.home / internal_auth.TOKEN_FILE_NAME))
-    mark = {"die_with_parent": opts.tied_to_caller}
+    tied = opts.tied_to_caller  # every process started here dies with its caller (die_with_parent)
     if not opts.redis_url:
         # The cluster's own Redis has a password of its own, in a file like the token's.
         password_file = internal_auth.write_token_file(opts.home / internal_auth.REDIS_PASSWORD_FILE_NAME)
         internal_auth.use_token_file(password_file, internal_auth.REDIS_PASSWORD_FILE_ENV)
         port = procs.free_port(avoid=fixed)
         proc = redis_server.start(port, log_dir, log_dir / "redis.log", password=internal_auth.redis_password(),
-                                  **mark)
+                                  die_with_parent=tied)
         state.record("redis", proc.pid)
         state.redis_url = f"redis://127.0.0.1:{port}/0"
         redis_server.wait_ready(state.redis_url)
@@ -194,7 +194,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                                           *([] if opts.tickets else ["--no-tickets"]),
                                           *([] if opts.pd_local_prefill else ["--no-pd-local-prefill"]),
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
-                        log_dir / "scheduler.log", **mark)
+                        log_dir / "scheduler.log", die_with_parent=tied)
     state.record("scheduler", sched.pid)
     wait_serving(state.scheduler, 60, sched, "scheduler", log_dir / "scheduler.log", "hfx.v1.Scheduler")
     _step(f"scheduler ready at {state.scheduler} (policy {opts.policy})", t0)
@@ -203,7 +203,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     router = procs.spawn(
         procs.hfx_command("router", "--port", str(opts.router_port), "--model", opts.model,
                           "--scheduler", state.scheduler, "--tracing", tracing, *_router_flags(opts, state)),
-        log_dir / "router.log", **mark,
+        log_dir / "router.log", die_with_parent=tied,
     )
     state.record("router", router.pid)
     state.save(opts.home)
@@ -218,7 +218,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                           "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else []),
                           *opts.scaler_args, *_signal_sources(opts, state)),
-        log_dir / "scaler.log", **mark,
+        log_dir / "scaler.log", die_with_parent=tied,
     )
     state.record("scaler", scaler.pid)
     wait_serving(state.scaler, 60, scaler, "scaler", log_dir / "scaler.log", "hfx.v1.Scaler")

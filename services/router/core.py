@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 from services.common import convert, metrics, tracing
 from services.common.domain import FinishReason, RequestSpec, Verdict
@@ -54,7 +54,8 @@ class Active:
         """Stop listening and stop the worker (no-op once the stream finished)."""
         if self.stream is not None:
             self.stream.end()
-            self.session.abort(self.stream.request_id)
+            if self.session is not None:
+                self.session.abort(self.stream.request_id)
 
 
 class RouterCore:
@@ -78,7 +79,7 @@ class RouterCore:
 
     async def generate(
         self, request: router_pb2.GenerateRequest, parent=None, max_priority: int | None = None
-    ) -> AsyncIterator[Placed | router_pb2.GenerateResponse]:
+    ) -> AsyncGenerator[Placed | router_pb2.GenerateResponse, None]:
         """Placed, then deltas, then one final message. Raises InvalidArgument, PermissionDenied,
         Rejected or Unavailable (before Placed) or Unavailable (after it). `max_priority`: what
         the caller's API key allows."""
@@ -95,7 +96,8 @@ class RouterCore:
             self.inflight -= 1
             metrics.ROUTER_INFLIGHT.dec()
 
-    async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float, max_priority: int | None):
+    async def _generate(self, request: router_pb2.GenerateRequest, parent, arrival_s: float,
+                        max_priority: int | None) -> AsyncGenerator[Placed | router_pb2.GenerateResponse, None]:
         with tracing.detached_span(_tracer, "router.generate", parent) as (span, ctx):
             try:
                 valid = await self._validate(request, max_priority)
@@ -206,8 +208,8 @@ class RouterCore:
                 if run.phase is Phase.PLACED:
                     if run.split:
                         prefill_address = run.address()
-                        span.add_event("prefill_leg", {"instance": run.placement.legs[0].instance_id,
-                                                       "decode_instance": run.placement.legs[1].instance_id})
+                        span.add_event("prefill_leg", {"instance": run.placed.legs[0].instance_id,
+                                                       "decode_instance": run.placed.legs[1].instance_id})
                     active.session = self.sessions[run.address()]
                     active.stream = active.session.start(_worker_request(run), tracing.inject_metadata(ctx))
                     run.started()
@@ -216,12 +218,14 @@ class RouterCore:
                         run.stopped()
                         break
                     _transfer_event(span, run)
-                    self._complete_later(spec, run.placement.legs[0].instance_id, scheduler_pb2.OUTCOME_FINISHED,
+                    self._complete_later(spec, run.placed.legs[0].instance_id, scheduler_pb2.OUTCOME_FINISHED,
                                          run.timer, ctx, leg=common_pb2.ROLE_PREFILL)
                     active.session = self.sessions[run.address()]
                     active.stream = active.session.start(_worker_request(run), tracing.inject_metadata(ctx))
                     run.decode_started()
                 elif run.phase in (Phase.RUNNING, Phase.PREFILLING):
+                    if active.stream is None:  # started() and decode_started() follow opening it
+                        raise RuntimeError(f"{spec.request_id}: no worker stream in phase {run.phase.value}")
                     try:
                         chunk = await active.stream.next()
                     except StreamFailed as err:
@@ -288,8 +292,8 @@ class RouterCore:
         span.add_event("resumed", {"instance": placement.instance_id, "reason": placement.reason})
         return placement
 
-    def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: int, timer: StreamTimer, ctx,
-                        leg: int = common_pb2.ROLE_UNSPECIFIED) -> None:
+    def _complete_later(self, spec: RequestSpec, instance_id: str, outcome: scheduler_pb2.Outcome,
+                        timer: StreamTimer, ctx, leg: common_pb2.Role = common_pb2.ROLE_UNSPECIFIED) -> None:
         """Tells the scheduler the request ended (or, with leg ROLE_PREFILL, that its prefill leg on
         P did: P is free of it, D still holds it), off the client's path (batched on the link),
         with the request's trace context so the scheduler's record of the end joins its trace."""
@@ -349,7 +353,7 @@ def _transfer_event(span, run: RequestRun) -> None:
         span.add_event("kv_transfer", {"outcome": "none staged: D computes the prompt"})
         return
     span.add_event("kv_transfer", {"transfer_id": kv.transfer_id, "blocks": kv.num_blocks, "tokens": kv.num_tokens,
-                                   "from": kv.remote_address, "to": run.placement.legs[1].instance_id})
+                                   "from": kv.remote_address, "to": run.placed.legs[1].instance_id})
 
 
 def _final(spec: RequestSpec, placement, timer: StreamTimer, met: bool, finish: FinishReason) -> router_pb2.FinalResult:

@@ -70,9 +70,12 @@ class PlacedStream:
     async def next(self) -> router_pb2.GenerateResponse | None:
         """The next message, None at the end; raises what RouterCore raised."""
         try:
-            return await self._gen.__anext__()
+            item = await self._gen.__anext__()
         except StopAsyncIteration:
             return None
+        if isinstance(item, Placed):
+            raise RuntimeError("the request was placed twice")
+        return item
 
     async def aclose(self) -> None:
         """Ends the request (aborting it on the worker if it still runs)."""
@@ -100,6 +103,8 @@ class SseResponse(Response):
 
     async def __call__(self, scope, receive, send) -> None:
         writer = asyncio.current_task()
+        if writer is None:
+            raise RuntimeError("an ASGI app runs in a task")
 
         async def watch_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":

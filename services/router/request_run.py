@@ -82,9 +82,12 @@ class RequestRun:
     prefill_done_s: float = 0.0
     decode_opened: bool = False
     handoff_ms: float = -1.0  # P/D: P's last chunk to D's first token (KV transfer + D's first step)
+    last: scheduler_pb2.Placement = field(init=False)  # the latest placement, for the final message and the log
 
     def __post_init__(self) -> None:
-        self.last = self.placement  # the latest placement, for the final message and the log
+        if self.placement is None:
+            raise ValueError(f"{self.spec.request_id}: a run starts placed")
+        self.last = self.placement
 
     # -- the placement's legs --------------------------------------------------------------------
 
@@ -94,16 +97,23 @@ class RequestRun:
         legs = self.placement.legs if self.placement is not None else ()
         return len(legs) == 2 and [leg.role for leg in legs] == _PD_ROLES
 
+    @property
+    def placed(self) -> scheduler_pb2.Placement:
+        """The current placement, in the phases that have one (not while it is placed again)."""
+        if self.placement is None:
+            raise InvalidTransition(f"{self.spec.request_id}: no placement in phase {self.phase.value}")
+        return self.placement
+
     def address(self) -> str:
         """Where the next worker stream opens: the placement's instance, P, or D."""
         if not self.split:
-            return self.placement.address
-        return self.placement.legs[1 if self.phase is Phase.TRANSFERRING else 0].address
+            return self.placed.address
+        return self.placed.legs[1 if self.phase is Phase.TRANSFERRING else 0].address
 
     @property
     def instance_id(self) -> str:
         if self.split and self.phase in (Phase.TRANSFERRING, Phase.RUNNING, Phase.FINISHED):
-            return self.placement.legs[1].instance_id
+            return self.placed.legs[1].instance_id
         return self.last.instance_id
 
     # -- events --------------------------------------------------------------------------------
@@ -170,7 +180,7 @@ class RequestRun:
     # -- what follows from the phase -------------------------------------------------------------
 
     @property
-    def outcome(self) -> int:
+    def outcome(self) -> scheduler_pb2.Outcome:
         """What the scheduler and the metrics are told (ABORTED until proven otherwise)."""
         return _OUTCOMES.get(self.phase, scheduler_pb2.OUTCOME_ABORTED)
 

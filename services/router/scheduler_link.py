@@ -119,16 +119,19 @@ class SchedulerLink:
             self._flush_at = None
         if not (self._places or self._completes or self._cancels):
             return
-        if self._reader is None or self._reader.done():
-            self._open()
+        outbox = self._outbox
+        if outbox is None or self._reader is None or self._reader.done():
+            outbox = self._open()
         msg = scheduler_pb2.LinkRequest(places=self._places, completes=self._completes,
                                         cancel_request_ids=self._cancels)
         self._places, self._completes, self._cancels = [], [], []
-        self._outbox.put_nowait(msg)
+        outbox.put_nowait(msg)
 
-    def _open(self) -> None:
+    def _open(self) -> asyncio.Queue:
+        """A new link call; returns its outbox."""
         call, self._outbox = grpcutil.outbox_call(self._stub.Connect, _merge)
         self._reader = asyncio.create_task(self._read(call, self._outbox))
+        return self._outbox
 
     async def _read(self, call, outbox: asyncio.Queue) -> None:
         why = "the scheduler closed the link"

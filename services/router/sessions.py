@@ -102,11 +102,12 @@ class WorkerSessionClient:
         self._reader: asyncio.Task | None = None
 
     def start(self, request: worker_pb2.WorkerGenerateRequest, trace_context: dict[str, str]) -> TokenStream:
-        if self._reader is None or self._reader.done():
-            self._open()
+        outbox = self._outbox
+        if outbox is None or self._reader is None or self._reader.done():
+            outbox = self._open()
         stream = TokenStream(request.request_id, self._clock())
         self.streams[request.request_id] = stream
-        self._outbox.put_nowait(worker_pb2.SessionRequest(start=request, trace_context=trace_context))
+        outbox.put_nowait(worker_pb2.SessionRequest(start=request, trace_context=trace_context))
         return stream
 
     def abort(self, request_id: str) -> None:
@@ -129,9 +130,11 @@ class WorkerSessionClient:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    def _open(self) -> None:
+    def _open(self) -> asyncio.Queue:
+        """A new session call; returns its outbox."""
         call, self._outbox = grpcutil.outbox_call(self._stub.Session)
         self._reader = asyncio.create_task(self._read(call, self._outbox))
+        return self._outbox
 
     async def _read(self, call, outbox: asyncio.Queue) -> None:
         why = "closed the session"

@@ -24,7 +24,10 @@ class WriteGuard:
     __slots__ = ("task", "since", "stalled", "label", "_clock", "_guards")
 
     def __init__(self, guards: set, clock: Callable[[], float], label: str) -> None:
-        self.task = asyncio.current_task()
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a write guard is made in the task whose writes it watches")
+        self.task = task
         self.since: float | None = None   # when the write in progress began; None: none in progress
         self.stalled = False
         self.label = label

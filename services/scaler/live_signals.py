@@ -33,7 +33,9 @@ class Counters:
 
 
 def parse(t_s: float, scheduler_text: str, router_text: str = "") -> Counters:
-    verdicts, rejects, queue, placed = 0.0, {}, 0, {}
+    verdicts, queue = 0.0, 0
+    rejects: dict[str, float] = {}
+    placed: dict[str, int] = {}
     for family in text_string_to_metric_families(scheduler_text):
         for s in family.samples:
             if s.name == "hfx_scheduler_verdicts_total":

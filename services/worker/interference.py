@@ -58,7 +58,8 @@ class PrefillLedger:
         return self._overlaps(request_id, entry, now_s)
 
     def _overlaps(self, request_id: str, r: _Prefill, now_s: float) -> Interference:
-        first = r.first_s if r.first_s is not None else r.end_s
+        """r ended at now_s."""
+        first = r.first_s if r.first_s is not None else now_s
         before, during, weight = [], [], {}
         tokens_before = tokens_during = 0
         for other_id, q in self._seen.items():
@@ -70,7 +71,7 @@ class PrefillLedger:
             # waited behind r did not delay it.
             ahead = q.start_s <= r.start_s or q.prefill_end(now_s) <= first
             b = _clip(span, (r.start_s, first)) if ahead else None
-            d = _clip(span, (first, r.end_s))
+            d = _clip(span, (first, now_s))
             if b:
                 before.append(b)
                 tokens_before += q.prompt_tokens

@@ -231,11 +231,17 @@ def measured_profile(result: Fit, engine: Engine, name: str, max_num_seqs: int) 
                    step_noise=round(result.mape, 4), note=f"measured by `hfx profile`: {name}")
 
 
+def declared_profile(engine: Engine) -> Profile | None:
+    """A simulated engine's declared latency profile; None for an engine whose profile is measured."""
+    declared = engine.profile if isinstance(engine, DeclaresProfile) else None
+    return declared if isinstance(declared, Profile) else None
+
+
 async def startup_profile(engine: Engine, engine_name: str, model_dir: str, max_num_seqs: int) -> dict:
     """What a worker stores in Redis at start: a quick measured profile, or for a simulated engine
     the model it simulates (measuring a simulator only adds noise to a known answer)."""
-    declared = engine.profile if isinstance(engine, DeclaresProfile) else None
-    if engine_name == "sim" and isinstance(declared, Profile):
+    declared = declared_profile(engine)
+    if engine_name == "sim" and declared is not None:
         return profile_to_dict(declared, engine="sim", source=f"declared: simulated profile {declared.name}")
     started = time.monotonic()
     result, contention, attempts = await _quiet_profile(engine, vocab_size_of(model_dir))
@@ -289,4 +295,6 @@ async def _quiet_profile(engine: Engine, vocab_size: int) -> tuple[Fit, float, i
         if busy <= QUIET_CORES:
             return result, busy, attempt
         await asyncio.sleep(random.uniform(1.0, 5.0))
+    if best is None:
+        raise RuntimeError("no profiling attempt ran (PROFILE_ATTEMPTS < 1)")
     return best[0], best[1], PROFILE_ATTEMPTS

@@ -18,7 +18,8 @@ from services.scheduler.latency import error
 from services.sim.profiles import profile_to_dict
 from services.worker.config import WorkerConfig
 from services.worker.engine import make_engine
-from services.worker.profile import FULL, QUICK, measured_profile, probes, profile_engine, vocab_size_of
+from services.worker.profile import (FULL, QUICK, declared_profile, measured_profile, probes, profile_engine,
+                                     vocab_size_of)
 
 EXIT_FAILED = 1
 
@@ -37,14 +38,17 @@ async def _profile(args: argparse.Namespace, model: str) -> dict:
         bar = tqdm(total=probes(grid), desc="profiling", unit="probe", file=sys.stderr, mininterval=0.5)
         profiling = time.monotonic()
         raw: list = []
-        result, samples = await profile_engine(engine, vocab_size_of(model), grid,
-                                               progress=lambda what: (bar.set_postfix_str(what), bar.update()),
-                                               raw=raw)
+
+        def progress(what: str) -> None:
+            bar.set_postfix_str(what)
+            bar.update()
+
+        result, samples = await profile_engine(engine, vocab_size_of(model), grid, progress=progress, raw=raw)
         bar.close()
         seconds = time.monotonic() - profiling
         prof = measured_profile(result, engine, f"{args.engine}-{Path(model).name}", args.max_num_seqs)
-        if args.engine == "sim":  # the simulated engine's own step budget and noise, not a guess
-            sim = engine.profile
+        sim = declared_profile(engine) if args.engine == "sim" else None
+        if sim is not None:  # the simulated engine's own step budget and noise, not a guess
             prof = replace(prof, chunk_tokens=sim.chunk_tokens, max_num_seqs=sim.max_num_seqs,
                            note=f"measured on the SIMULATED engine (profile {sim.name})")
         prefill = [s for s in samples if s.prefill_tokens > 0]

@@ -29,6 +29,13 @@ class LegTimes:
         self.last_s, self.tokens = now_s, self.tokens + count
         return first
 
+    @property
+    def tpot_ms(self) -> float:
+        """Mean gap between this leg's tokens; 0 under two tokens."""
+        if self.tokens < 2 or self.first_s is None or self.last_s is None:
+            return 0.0
+        return (self.last_s - self.first_s) * 1000.0 / (self.tokens - 1)
+
 
 def record_leg(span, request: worker_pb2.WorkerGenerateRequest, leg: LegTimes, finished: bool,
                seen: Interference) -> None:
@@ -38,8 +45,7 @@ def record_leg(span, request: worker_pb2.WorkerGenerateRequest, leg: LegTimes, f
         first_s = request.first_token_unix_s or leg.first_s
         if request.arrival_unix_s and first_s is not None:
             ttft_ms = (first_s - request.arrival_unix_s) * 1000.0
-        tpot_ms = (leg.last_s - leg.first_s) * 1000.0 / (leg.tokens - 1) if leg.tokens >= 2 else 0.0
-        tracing.set_slo_attributes(span, request.slo.ttft_ms, request.slo.tpot_ms, ttft_ms, tpot_ms, leg.tokens,
+        tracing.set_slo_attributes(span, request.slo.ttft_ms, request.slo.tpot_ms, ttft_ms, leg.tpot_ms, leg.tokens,
                                    finished)
     for key, value in ((tracing.ATTR_PREFILL_BEFORE_MS, seen.before_first_ms),
                        (tracing.ATTR_PREFILL_BEFORE_TOKENS, seen.before_first_tokens),

@@ -180,6 +180,16 @@ def test_no_scale_down_while_slos_are_missed_or_requests_queue():
     assert not scaler.on_tick(signals(ready(3), 1.0, queue_depth=3), 1005.0).actions
 
 
+def test_an_empty_attainment_window_gives_no_slo_verdict_even_with_no_minimum():
+    # min_attainment_samples=0 used to compare None (no share of nothing) with the target: TypeError.
+    scaler = Autoscaler(make_config(min_attainment_samples=0))
+    scaler.last_action_s = 0.0
+    up = scaler.on_tick(signals(ready(2), 10.0, met=0, total=0, queue_depth=5), 5.0)
+    assert "SLO attainment" not in up.reason
+    down = scaler.on_tick(signals(ready(3, inflight=2), 10.0, met=0, total=0), 1000.0)
+    assert "SLO attainment" not in down.reason and any(isinstance(a, Drain) for a in down.actions)
+
+
 def test_removes_only_drained_instances_and_never_aborts():
     scaler = Autoscaler(make_config())
     busy = InstanceSignal("busy", Phase.DRAINING, 0.0, "cpu", 3, 0, CAP)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeGuard
 
 from services.common.pb.hfx.v1 import common_pb2, router_pb2
 from services.router.oai.errors import bad_request
@@ -144,13 +144,17 @@ def _apply_hints(req: router_pb2.GenerateRequest, hints: SloHints, client_reques
     req.client_request_id = client_request_id
 
 
+def _is_token_ids(prompt: object) -> TypeGuard[list[int]]:
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) for t in prompt)
+
+
 def _prompt(body: CompletionBody, req: router_pb2.GenerateRequest) -> None:
-    prompt = body.prompt
+    prompt: object = body.prompt
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
         req.text = prompt
-    elif prompt and all(isinstance(t, int) for t in prompt):
+    elif _is_token_ids(prompt):
         if not all(_INT32_MIN <= t <= _INT32_MAX for t in prompt):
             raise bad_request("prompt", "token ids must be 32-bit integers")
         req.token_ids.ids.extend(prompt)

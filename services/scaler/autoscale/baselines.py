@@ -76,6 +76,7 @@ class QueueThreshold(_Counted):
         self._last_s = -math.inf
         self._recommendations: deque[tuple[float, int]] = deque()
         self._desired = min_replicas
+        self._why = "queue"   # the latest recommendation's reason
 
     def on_tick(self, signals: Signals, now_s: float) -> Plan:
         if now_s - self._last_s >= self.period_s:
@@ -92,7 +93,7 @@ class QueueThreshold(_Counted):
             stable = max(r for _, r in self._recommendations)
             self._desired = rec if rec >= self._desired else stable
             self._why = f"queue {queued} over {len(ready)} ready (target {self.target:g} each)"
-        return self._to(self._desired, signals, getattr(self, "_why", "queue"))
+        return self._to(self._desired, signals, self._why)
 
 
 class ThroughputPlanner(_Counted):

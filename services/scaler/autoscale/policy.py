@@ -137,7 +137,8 @@ class Autoscaler:
         added to start and warm up, so one shortfall does not buy several instances."""
         cfg = self.config
         att = signals.overall_attainment()
-        if att.total < cfg.min_attainment_samples or att.share >= cfg.target_attainment:
+        share = att.share  # None: nothing finished in the window, so no verdict whatever the minimum
+        if att.total < cfg.min_attainment_samples or share is None or share >= cfg.target_attainment:
             return ""
         rejected = sum(signals.rejections.values())
         if not (signals.queue_depth or signals.slack_deficit_ms > 0 or rejected):
@@ -198,8 +199,9 @@ class Autoscaler:
         if wait > 0:
             return f"hold at {n}: cool-down, {wait:.0f}s left"
         att = signals.overall_attainment()
-        if att.total >= cfg.min_attainment_samples and att.share < cfg.target_attainment:
-            return f"hold at {n}: SLO attainment {att.share:.1%} below {cfg.target_attainment:.0%}"
+        share = att.share
+        if att.total >= cfg.min_attainment_samples and share is not None and share < cfg.target_attainment:
+            return f"hold at {n}: SLO attainment {share:.1%} below {cfg.target_attainment:.0%}"
         if signals.queue_depth or signals.slack_deficit_ms > 0:
             return f"hold at {n}: {signals.queue_depth} queued, {signals.slack_deficit_ms:.0f} ms late"
         # The survivors must carry the load predicted over a restart's lead time and the horizon

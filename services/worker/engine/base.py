@@ -7,7 +7,7 @@ when it stops. Implementations: vLLM (vllm_engine.py) and the simulated engine (
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -94,7 +94,7 @@ class Engine(Protocol):
     async def start(self) -> None:
         """Called once before any other call; returns when the engine can take requests."""
 
-    def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, req: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Called per request; yields deltas until one with finished=True.
 
         A consumer that stops iterating (closes the iterator or is cancelled) aborts the request

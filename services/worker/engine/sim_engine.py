@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,7 @@ class SimEngine:
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         prompt = len(req.prompt_token_ids)
         if prompt >= self.max_model_len:
             raise ValueError(f"prompt of {prompt} tokens does not fit max_model_len {self.max_model_len}")
@@ -161,7 +161,7 @@ class SimEngine:
             output = 1
         # A decode leg computes only what P did not stage (at least the last prompt token).
         computed = prompt - min(req.kv.num_tokens, prompt - 1) if req.kv is not None and req.kv.do_remote_prefill else prompt
-        self.sim.add(SimSeq(req.request_id, computed, output))
+        self._instance().add(SimSeq(req.request_id, computed, output))
         self._wake.set()
         try:
             while True:
@@ -199,12 +199,18 @@ class SimEngine:
         stream.ready.set()
         return True
 
+    def _instance(self) -> SimInstance:
+        if self.sim is None:
+            raise RuntimeError("the simulated engine is not started (await start() first)")
+        return self.sim
+
     def _drop(self, request_id: str) -> None:
         # SimInstance does not take a request off mid-step; the step loop does it after the step.
-        if self.sim.busy:
+        sim = self._instance()
+        if sim.busy:
             self._aborted.add(request_id)
         else:
-            self.sim.remove(request_id)
+            sim.remove(request_id)
 
     def _text(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids) if self._tokenizer is not None and ids else ""
@@ -212,7 +218,7 @@ class SimEngine:
     # -- the step loop --------------------------------------------------------------------------
 
     async def _step_loop(self) -> None:
-        sim, clock = self.sim, self.clock
+        sim, clock = self._instance(), self.clock
         while True:
             if not sim.has_work:
                 self._t_end_s = None
@@ -220,8 +226,8 @@ class SimEngine:
                 await self._wake.wait()
                 continue
             now = clock.now_s()
-            late_s = now - self._t_end_s if self._t_end_s is not None else None
-            start = self._t_end_s if late_s is not None and late_s <= self.config.max_catchup_ms / 1000 else now
+            t_end = self._t_end_s
+            start = t_end if t_end is not None and now - t_end <= self.config.max_catchup_ms / 1000 else now
             ms = sim.begin_step()
             if ms <= 0:  # queued work that cannot be admitted yet (KV full): wait for a change
                 self._t_end_s = None
@@ -234,7 +240,8 @@ class SimEngine:
             self._finish_step(sim.end_step(), ms)
 
     def _finish_step(self, out, ms: float) -> None:
-        prefill, decodes, kv = self.sim.last_step_shape
+        sim = self._instance()
+        prefill, decodes, kv = sim.last_step_shape
         self._steps.append(StepSample(prefill, decodes, kv, ms))
         self.steps_total += 1
         for rid in out.first_tokens + out.tokens:
@@ -250,7 +257,7 @@ class SimEngine:
                 stream.finish = FinishReason.LENGTH
                 stream.ready.set()
         for rid in self._aborted:
-            self.sim.remove(rid)
+            sim.remove(rid)
         self._aborted.clear()
 
     # -- stats and lifecycle --------------------------------------------------------------------

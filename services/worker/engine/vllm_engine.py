@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,9 +122,10 @@ class _StatsSink:
         # falls back to the gap between reports as the frontend sees it, which only counts while
         # requests were running at the previous report (after idle time it is not one step).
         if iteration_stats is not None:
-            engine_ms = engine_step_ms(iteration_stats)
-            if engine_ms is not None or (self._last_output_s is not None and self.running_requests > 0):
-                step_ms = engine_ms if engine_ms is not None else (now_s - self._last_output_s) * 1000.0
+            step_ms = engine_step_ms(iteration_stats)
+            if step_ms is None and self._last_output_s is not None and self.running_requests > 0:
+                step_ms = (now_s - self._last_output_s) * 1000.0
+            if step_ms is not None:
                 self.step_ms.append(step_ms)
                 self.steps.append(_step_shape(iteration_stats, step_ms, self.kv_usage * kv_capacity_tokens))
                 self.steps_total += 1
@@ -290,7 +291,7 @@ class VllmEngine:
         self.weights_report = report
         return report
 
-    async def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         prompt = await self._render(req.prompt_token_ids)
         stream = self._llm.generate(
             prompt, sampling_params(req.sampling, req.kv), req.request_id,

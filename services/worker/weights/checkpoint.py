@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def parse_header(blob: bytes, file_name: str) -> tuple[int, list[TensorInfo]]:
+def parse_header(blob: bytes | bytearray | mmap.mmap, file_name: str) -> tuple[int, list[TensorInfo]]:
     """(data offset, tensors) from the first bytes of a safetensors file (at least its header)."""
     if len(blob) < 8:
         raise CheckpointError(f"{file_name}: too short for a safetensors header")

@@ -40,7 +40,7 @@ def pull_weights(worker: Any, spec: dict) -> dict:
     dtypes = _torch_dtypes(torch)
 
     def alloc(nbytes: int) -> memoryview:  # TCP receives straight into a tensor's memory
-        return memoryview(torch.empty(nbytes, dtype=torch.uint8).numpy())
+        return torch.empty(nbytes, dtype=torch.uint8).numpy().data
 
     def stream():
         transport = transport_for(spec.get("device", "cpu"), spec.get("transport", "auto"))

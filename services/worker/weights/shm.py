@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from services.common import internal_auth
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
-from services.worker.weights.source import CheckpointSource
+from services.worker.weights.source import SharedMemorySource
 from services.worker.weights.tcp import (HELLO_TIMEOUT_S, ReceiveStats, ThreadedServer, _accept_tensor, _check_header,
                                          _read_frame)
 from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
@@ -44,7 +44,7 @@ def socket_name(address: str) -> bytes:
 
 
 class ShmWeightServer(ThreadedServer):
-    def __init__(self, source: CheckpointSource, tcp_address: str) -> None:
+    def __init__(self, source: SharedMemorySource, tcp_address: str) -> None:
         if not source.fds:
             raise OSError("the source is not in shared memory")
         self.source = source
@@ -100,7 +100,7 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
         with conn:
             conn.sendall(wire.frame({"version": wire.VERSION, "identity": identity, **internal_auth.hello_fields()}))
             t1 = time.monotonic()
-            head, fds, _, _ = socket.recv_fds(conn, 4, 16)
+            head, fds, _flags, _peer = socket.recv_fds(conn, 4, 16)
             if len(head) < 4:
                 raise DonorLost(f"donor {address} closed before its manifest")
             body = _recv_exact(conn, wire.parse_frame_length(head))

@@ -16,7 +16,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, runtime_checkable
 
 from services.worker.weights import checkpoint
 from services.worker.weights.checkpoint import TensorInfo
@@ -37,6 +37,15 @@ class WeightSource(Protocol):
     tensor_count: int
 
     def entries(self) -> Iterator[Entry]: ...
+
+
+@runtime_checkable
+class SharedMemorySource(WeightSource, Protocol):
+    """A source whose weight files are memfds (Linux; an empty `fds` where the OS has none): a
+    receiver on this host maps them instead of reading a stream (the shm transport)."""
+
+    fds: list[int]
+    file_index: dict[str, int]   # weight file name -> its position in fds
 
 
 class CheckpointSource:
@@ -67,6 +76,7 @@ class CheckpointSource:
         index: list[TensorInfo] = []
         for path in checkpoint.weight_files(model_dir):
             size = path.stat().st_size
+            buf: mmap.mmap | bytearray
             if hasattr(os, "memfd_create") and size > 0:
                 fd = os.memfd_create(f"hfx-weights-{path.name}", os.MFD_CLOEXEC)
                 os.ftruncate(fd, size)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from services.worker.weights import shm, tcp
 from services.worker.weights.checkpoint import TensorInfo
-from services.worker.weights.source import WeightSource
+from services.worker.weights.source import SharedMemorySource, WeightSource
 
 
 log = logging.getLogger("hfx.worker.weights")
@@ -73,7 +73,7 @@ class CpuTransport:
     def serve(self, source: WeightSource, host: str, port: int) -> DonorHandle:
         tcp_server = tcp.TcpWeightServer(source, host, port).start()
         shm_server = None
-        if getattr(source, "fds", None):
+        if isinstance(source, SharedMemorySource) and source.fds:
             try:
                 shm_server = shm.ShmWeightServer(source, tcp_server.address).start()
             except OSError as err:
