@@ -242,10 +242,14 @@ class Hfx:
         late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
         if self._try(entry, table, now_s, decisions, best_effort=late_resume) is not None:
             return True
-        # Last chance: it becomes hopeless before the next pass is likely. Rejecting or demoting
-        # it is a certain miss that buys nothing if it fits once the step in flight is not charged
-        # (tests 2-5 still protect everyone else): place it at its own risk.
-        if (not late_resume and entry.slack_ms(now_s) <= table.longest_step_ms()
+        # Last chance: it becomes hopeless before the next pass is likely, or its first token is
+        # tight (slack at most (tight_ttft_factor - 1) x its unloaded prefill): waiting for a step
+        # to end costs it about as much as the step in flight it would wait behind. Rejecting,
+        # demoting or holding it is a likely miss that buys nothing if it fits once the step in
+        # flight is not charged (tests 2-5 still protect everyone else): place it at its own risk.
+        slack_ms = entry.slack_ms(now_s)
+        tight_ms = (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
+        if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
                 and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
             return True
         self._pressure_until_s = now_s + self.config.pressure_window_ms / 1000.0
