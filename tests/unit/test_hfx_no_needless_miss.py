@@ -88,6 +88,10 @@ def test_each_running_request_is_charged_only_for_its_own_remaining_steps():
     assert d.verdict == Verdict.ADMIT and "budget 2 ms" in d.reason
     y = make_request(request_id="y", prompt_tokens=150, max_tokens=100, slo=Slo(1000.0, 50.0))
     assert make_policy("hfx", cfg).schedule([y], cluster(inst), 0.0).decisions == ()
+    # Strained (more queued than instances: "big" can never fit, its prompt exceeds the KV): the
+    # conservative charge keeps room back, 2 - 99*0.5 - 0.1 < 0, and x waits.
+    big = make_request(request_id="big", prompt_tokens=20_000, slo=Slo(100_000.0, 50.0))
+    assert make_policy("hfx", cfg).schedule([x, big], cluster(inst), 0.0).decisions == ()
 
 
 def test_a_tight_first_token_takes_its_last_chance_at_once():
@@ -95,7 +99,8 @@ def test_a_tight_first_token_takes_its_last_chance_at_once():
     prefill 3 steps * 2 + 3 = 9 ms, so its slack is 7 ms, more than the longest step (3 ms): not
     on its last chance by that rule, and it waited, though on i0 it needs 4 steps * 3 + 3 = 15 ms
     plus the step in flight (3 ms) = 18 > 16 wherever it waits. Its first token is tight (slack 7
-    <= (tight_ttft_factor 2 - 1) * 9 ms): it is placed now at its own risk (15 <= 16). With TTFT
+    <= (tight_ttft_factor 2 - 1) * 9 ms) and the cluster keeps up: it is placed now at its own
+    risk (15 <= 16). With TTFT
     30 ms (slack 21 ms) the full test passes (18 <= 30): an ordinary admission."""
     a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
     b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
@@ -104,6 +109,9 @@ def test_a_tight_first_token_takes_its_last_chance_at_once():
     (d,) = make_policy("hfx", CFG).schedule([tight], cluster(busy), 0.0).decisions
     assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(15.0)
     assert "last chance" in d.reason
+    # Strained (a second request queued on one instance): it waits its turn instead.
+    big = make_request(request_id="big", prompt_tokens=20_000, slo=Slo(100_000.0, 50.0))
+    assert make_policy("hfx", CFG).schedule([tight, big], cluster(busy), 0.0).decisions == ()
     loose = make_request(request_id="y", prompt_tokens=300, slo=Slo(30.0, 10.0))
     (d,) = make_policy("hfx", CFG).schedule([loose], cluster(busy), 0.0).decisions
     assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(18.0) and "last chance" not in d.reason

@@ -27,9 +27,14 @@ from services.scheduler.policy.budget import InstanceBudget
 
 class FitTable:
     def __init__(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget],
-                 config: PolicyConfig, now_s: float, banned: set[str]) -> None:
+                 config: PolicyConfig, now_s: float, banned: set[str], reserve: bool = False) -> None:
+        """reserve: test (2) charges each instance's least bank for its longest remaining run
+        (bank - min(O, max_r remaining_r)*(s' - s)), a conservative bound that keeps room back
+        for arrivals to come (HFX sets it while the cluster is under pressure or a queue forms);
+        otherwise each running request is charged for its own remaining steps only."""
         self.config = config
         self.budgets = budgets
+        self.reserve = reserve
         self.ids = [i.instance_id for i in instances]
         f = lambda xs: np.array(xs, dtype=float)  # noqa: E731
         self.c0 = f([b.model.c0_ms for b in budgets])
@@ -65,11 +70,16 @@ class FitTable:
         self.flat_row = np.repeat(np.arange(len(self.budgets)), sizes)
         self.banked = sizes > 0
         self.bank_starts = (np.cumsum(sizes) - sizes)[self.banked]
+        self.max_rem = np.zeros(len(self.budgets))
+        if self.flat_rem.size:
+            self.max_rem[self.banked] = np.maximum.reduceat(self.flat_rem, self.bank_starts)
 
     def bank_after(self, output_tokens: float, step_delta_ms: np.ndarray) -> np.ndarray:
         """Per instance: the least bank left to any protected running request once a newcomer
         decoding `output_tokens` steps makes each step `step_delta_ms` slower (its prefill not
-        counted); inf where nothing is protected."""
+        counted); inf where nothing is protected. With `reserve`, the conservative bound instead."""
+        if self.reserve:
+            return self.bank_ms - np.minimum(output_tokens, self.max_rem) * step_delta_ms
         out = np.full(len(self.budgets), np.inf)
         if self.flat_bank.size:
             left = self.flat_bank - np.minimum(output_tokens, self.flat_rem) * step_delta_ms[self.flat_row]
