@@ -49,6 +49,9 @@ def add_sim_commands(subparsers) -> None:
     fam.add_argument("--rate-factors", nargs="+", type=argtypes.positive_float, default=None, metavar="X",
                      help="--family: rates as multiples of each workload's estimated capacity "
                      "(default: services/sim/family.py RATE_FACTORS)")
+    fam.add_argument("--goodput-steps", type=argtypes.non_negative_int, default=0, metavar="K",
+                     help="--family: refine the goodput of hfx and of the best baseline(s) by K bisection steps "
+                     "(geometric) between the last grid rate at >= 90%% and the next (default %(default)s: grid only)")
     fam.add_argument("--worst", type=argtypes.non_negative_int, default=5,
                      help="--family: how many worst workloads to write out (default %(default)s)")
     fam.add_argument("--family-out", default="family-worst", metavar="DIR",

@@ -8,7 +8,7 @@ import pytest
 
 from services.sim.cli import main
 from services.sim.family import capacity_rps, family, load_family, rate_grid, workload_doc
-from services.sim.family_bench import aggregate, run_workload, verdict
+from services.sim.family_bench import aggregate, refine_goodput, run_workload, verdict
 from services.sim.profiles import get_profile
 from services.sim.workload import parse_workload
 
@@ -55,6 +55,31 @@ def test_verdict_compares_with_the_best_baseline_at_each_rate():
     agg = aggregate([{"name": "a", **v}, {"name": "b", **verdict({"hfx": {1: 0.5}, "fcfs": {1: 0.95}})}])
     assert agg["workloads_with_violation"] == 2 and agg["goodput_win_1_3x"] == 1
     assert agg["goodput_at_least_baseline"] == 1 and agg["worst_diff_where_baseline_fits"] == pytest.approx(-0.45)
+
+
+def test_refined_goodput_bisects_between_grid_rates_for_hfx_and_the_best_baseline():
+    """Grid goodput: hfx 2, fcfs 1, headroom 1 (ratio 2.0: the grid's step). With the true
+    crossings at 3.0 (hfx) and 1.3 req/s (fcfs; headroom 1.1) three geometric steps find hfx
+    2.83 (sqrt(2*4); then 3.36 and 3.08 fail) and fcfs 1.19 (1.41 fails, 1.19 holds, 1.3 fails)
+    and headroom 1.09 (1.41, 1.19 fail): ratio 2.38. least-load (grid goodput below the best
+    baseline's) is never measured."""
+    attain = {"hfx": {1: 0.99, 2: 0.95, 4: 0.5}, "fcfs": {1: 0.95, 2: 0.8, 4: 0.3},
+              "headroom": {1: 0.93, 2: 0.7, 4: 0.2}, "least-load": {1: 0.85, 2: 0.6, 4: 0.2}}
+    crossing = {"hfx": 3.0, "fcfs": 1.3, "headroom": 1.1, "least-load": 0.5}
+    calls = []
+
+    def measure(policy, rate):
+        calls.append((policy, rate))
+        return 0.95 if rate < crossing[policy] else 0.5
+
+    r = refine_goodput(attain, measure, steps=3)
+    assert r["refined_goodput_rps"] == pytest.approx({"hfx": 2.83, "fcfs": 1.19, "headroom": 1.09}, abs=0.005)
+    assert r["refined_goodput_ratio"] == pytest.approx(2.83 / 1.19, rel=1e-3) and r["refined_goodput_win"]
+    assert {p for p, _ in calls} == {"hfx", "fcfs", "headroom"} and len(calls) == 9
+    # No bisection (0 steps) or a top-of-grid goodput: the grid's own figure.
+    assert refine_goodput(attain, measure, steps=0)["refined_goodput_ratio"] == 2.0
+    attain["hfx"][4] = 0.91
+    assert refine_goodput(attain, measure, steps=3)["refined_goodput_rps"]["hfx"] == 4
 
 
 # A small fixed family (seeded): the guard the issue asks for. Rates at 0.2, 0.5 and 0.9x each

@@ -69,3 +69,49 @@ def test_last_chance_placement_ignores_the_step_in_flight():
     assert "last chance" in d.reason and "least TTFT" in d.reason
     waits = make_request(request_id="y", prompt_tokens=50, arrival_s=0.0, slo=Slo(6.0, 10.0))
     assert make_policy("hfx", CFG).schedule([waits], cluster(busy), 0.0).decisions == ()
+
+
+def test_each_running_request_is_charged_only_for_its_own_remaining_steps():
+    """Fit test (2) per request. "a_long" (O=100, TPOT 50 ms) and "b_short" (O=3, TPOT 4 ms) run
+    at step s = 2 + 0.5*2 = 3 ms. b_short banks 2*(4-3) = 2 ms (nothing placed after it);
+    a_long 99*(50-3) - 0.01*100 = 4652 ms. Newcomer x (L=10, O=100) makes the step 3.5 ms: it
+    slows b_short for b_short's 2 remaining steps only: 2 - 2*0.5 - 0.1 = 0.9 >= 0, a fit. Before
+    issue 17's second pass the least bank (b_short's) was charged for the longest remaining run
+    (a_long's 99 steps): 2 - 99*0.5 - 0.1 < 0, so x waited until hopeless although it harmed
+    nobody. b_short's bank still binds: y (L=150) costs it 1 + 1.5 = 2.5 > 2 ms."""
+    cfg = PolicyConfig(**{**CFG.__dict__, "prior_output_tokens": 100})
+    long_ = make_request(request_id="a_long", max_tokens=100, slo=Slo(1000.0, 50.0))
+    short = make_request(request_id="b_short", max_tokens=3, slo=Slo(1000.0, 4.0))
+    inst = make_instance(running=(long_, short), placed_s=-10.0)
+    x = make_request(request_id="x", prompt_tokens=10, max_tokens=100, slo=Slo(1000.0, 50.0))
+    (d,) = make_policy("hfx", cfg).schedule([x], cluster(inst), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and "budget 2 ms" in d.reason
+    y = make_request(request_id="y", prompt_tokens=150, max_tokens=100, slo=Slo(1000.0, 50.0))
+    assert make_policy("hfx", cfg).schedule([y], cluster(inst), 0.0).decisions == ()
+    # Strained (more queued than instances: "big" can never fit, its prompt exceeds the KV): the
+    # conservative charge keeps room back, 2 - 99*0.5 - 0.1 < 0, and x waits.
+    big = make_request(request_id="big", prompt_tokens=20_000, slo=Slo(100_000.0, 50.0))
+    assert make_policy("hfx", cfg).schedule([x, big], cluster(inst), 0.0).decisions == ()
+
+
+def test_a_tight_first_token_takes_its_last_chance_at_once():
+    """Busy i0 (a, b as above: step s = 3 ms, no backlog). x (L=300, TTFT 16 ms): unloaded
+    prefill 3 steps * 2 + 3 = 9 ms, so its slack is 7 ms, more than the longest step (3 ms): not
+    on its last chance by that rule, and it waited, though on i0 it needs 4 steps * 3 + 3 = 15 ms
+    plus the step in flight (3 ms) = 18 > 16 wherever it waits. Its first token is tight (slack 7
+    <= (tight_ttft_factor 2 - 1) * 9 ms) and the cluster keeps up: it is placed now at its own
+    risk (15 <= 16). With TTFT
+    30 ms (slack 21 ms) the full test passes (18 <= 30): an ordinary admission."""
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    busy = make_instance(running=(a, b), placed_s=-10.0)
+    tight = make_request(request_id="x", prompt_tokens=300, slo=Slo(16.0, 10.0))
+    (d,) = make_policy("hfx", CFG).schedule([tight], cluster(busy), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(15.0)
+    assert "last chance" in d.reason
+    # Strained (a second request queued on one instance): it waits its turn instead.
+    big = make_request(request_id="big", prompt_tokens=20_000, slo=Slo(100_000.0, 50.0))
+    assert make_policy("hfx", CFG).schedule([tight, big], cluster(busy), 0.0).decisions == ()
+    loose = make_request(request_id="y", prompt_tokens=300, slo=Slo(30.0, 10.0))
+    (d,) = make_policy("hfx", CFG).schedule([loose], cluster(busy), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(18.0) and "last chance" not in d.reason

@@ -7,7 +7,10 @@ C' = max(1, chunk_tokens - n) prefill tokens per step (decodes share the step's 
   first token after  ttft = ceil((B+L)/C') * s + c1*(B+L)  ms.
 - running prefills slow every decoding request by exactly c1 * L (the prefill share of steps).
 - bank_r = (O_r - 1) * (TPOT_r - s) - c1 * (prompt tokens placed after r): the extra delay r can
-  still absorb and keep its mean TPOT within its SLO. The instance budget is min_r bank_r.
+  still absorb and keep its mean TPOT within its SLO. The instance budget is min_r bank_r; each
+  protected r's own (bank_r, O_r - 1) is kept too, because a newcomer that decodes x steps slows
+  r for min(x, O_r - 1) of them (fit test (2)): charging the shortest request's bank for the
+  longest one's remaining steps refused newcomers that harmed nobody.
 Legs of P/D requests (RunningRequest.role): a PREFILL leg prefills L tokens and holds L+1 tokens
 of KV until it is handed off, but never decodes here (no TPOT to protect, not in n); a DECODE leg
 decodes and holds L+O of KV but prefills nothing here (its prompt's KV arrives from P).
@@ -51,10 +54,13 @@ class InstanceBudget:
     kv_mean_tokens: float = 0.0          # sum(L + O/2): average KV the running set holds
     kv_peak_tokens: float = 0.0          # sum(L + O): KV if every request runs to its estimate
     min_tpot_ms: float = math.inf
-    max_remaining_tokens: float = 0.0
     backlog_anchor_tokens: float = -math.inf  # prefill queued at now_s = A - rate * now_s
     prefill_rate_tps: float = 1.0
     bank_ms: float = math.inf
+    # Per protected decoding request, in one order: its bank (ms) and its remaining decode steps.
+    # Replaced, never mutated, by add(): copies of a budget share these tuples.
+    banks_ms: tuple[float, ...] = ()
+    remaining: tuple[float, ...] = ()
     victim_id: str = ""                   # the running request to preempt first
     victim_bank_ms: float = 0.0
 
@@ -75,12 +81,15 @@ class InstanceBudget:
         self.kv_mean_tokens += spec.prompt_tokens + output_tokens / 2
         self.kv_peak_tokens += spec.prompt_tokens + output_tokens
         s_new = self.steady_ms()
-        slowed = min(float(output_tokens), self.max_remaining_tokens)  # steps x decodes beside the others
-        self.bank_ms -= slowed * (s_new - s_old) + self.model.c1_ms_per_prefill_token * prefill
+        # Each running request is slowed for the steps this one decodes beside it (at most its own).
+        interference_ms = self.model.c1_ms_per_prefill_token * prefill
+        self.banks_ms = tuple(b - min(float(output_tokens), rem) * (s_new - s_old) - interference_ms
+                              for b, rem in zip(self.banks_ms, self.remaining))
         if protected and role is not Role.PREFILL:
             self.min_tpot_ms = min(self.min_tpot_ms, spec.slo.tpot_ms)
-            self.bank_ms = min(self.bank_ms, (output_tokens - 1) * (spec.slo.tpot_ms - s_new))
-            self.max_remaining_tokens = max(self.max_remaining_tokens, output_tokens - 1)
+            self.banks_ms += ((output_tokens - 1) * (spec.slo.tpot_ms - s_new),)
+            self.remaining += (float(output_tokens - 1),)
+        self.bank_ms = min(self.banks_ms, default=math.inf)
         self.backlog_anchor_tokens = backlog + self.prefill_rate_tps * now_s
 
 
@@ -118,6 +127,8 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
     if total_prefill:   # none of it started before the last prefill leg here ended
         out.backlog_anchor_tokens = total_prefill + out.prefill_rate_tps * inst.prefill_done_s
     after_tokens = 0.0
+    banks: list[float] = []
+    remaining: list[float] = []
     victim_key: tuple = ()
     for r, (prefill, o) in zip(reversed(running), reversed(shapes)):
         after_tokens += prefill
@@ -130,10 +141,12 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
         is_protected = r.spec.request_id not in unprotected
         if is_protected:
             out.bank_ms = min(out.bank_ms, bank)
+            banks.append(bank)
+            remaining.append(float(o - 1))
             out.min_tpot_ms = min(out.min_tpot_ms, r.spec.slo.tpot_ms)
-            out.max_remaining_tokens = max(out.max_remaining_tokens, o - 1)
         # Best effort first, then lowest priority, then most slack.
         key = (is_protected, r.spec.priority, -bank, r.spec.request_id)
         if not victim_key or key < victim_key:
             victim_key, out.victim_id, out.victim_bank_ms = key, r.spec.request_id, bank
+    out.banks_ms, out.remaining = tuple(banks), tuple(remaining)
     return out

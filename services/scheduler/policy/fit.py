@@ -4,9 +4,9 @@ A request fits instance m when, by m's latency model (notation in budget.py):
  (1) own first token:   w + ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now, where
                         w = inflight_step_share * (s + c1*min(B, C')) on a busy instance (the step
                         in flight, which it cannot join), 0 on an idle one
- (2) running requests:  bank - min(O, max_remaining)*(s' - s) - c1*L  >=  0   (its chunked prefill
-                        and the slower step s' eat into every running request's bank; the slower
-                        step lasts only while x decodes, at most O steps)
+ (2) running requests:  bank_r - min(O, remaining_r)*(s' - s) - c1*L  >=  0  for every protected
+                        running r (its chunked prefill and the slower step s' eat into r's bank;
+                        the slower step lasts only while both decode: min(O, r's remaining steps))
  (3) steady decode:     s' = c0 + c2*(n+1) + c3*(kv + L + O/2)  <=  min(TPOT of running, own TPOT)
  (4) KV:                kv_peak + L + O  <=  capacity * (1 - watermark)
  (5) own mean TPOT:     (O-1) * (TPOT - s')  >=  c1*B  (config.backlog_interferes, the default):
@@ -27,9 +27,14 @@ from services.scheduler.policy.budget import InstanceBudget
 
 class FitTable:
     def __init__(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget],
-                 config: PolicyConfig, now_s: float, banned: set[str]) -> None:
+                 config: PolicyConfig, now_s: float, banned: set[str], reserve: bool = False) -> None:
+        """reserve: test (2) charges each instance's least bank for its longest remaining run
+        (bank - min(O, max_r remaining_r)*(s' - s)), a conservative bound that keeps room back
+        for arrivals to come (HFX sets it while the cluster is under pressure or a queue forms);
+        otherwise each running request is charged for its own remaining steps only."""
         self.config = config
         self.budgets = budgets
+        self.reserve = reserve
         self.ids = [i.instance_id for i in instances]
         f = lambda xs: np.array(xs, dtype=float)  # noqa: E731
         self.c0 = f([b.model.c0_ms for b in budgets])
@@ -49,12 +54,37 @@ class FitTable:
         self.kv_mean = np.zeros(len(budgets))
         self.kv_peak = np.zeros(len(budgets))
         self.min_tpot = np.zeros(len(budgets))
-        self.max_rem = np.zeros(len(budgets))
         self.bank_ms = np.zeros(len(budgets))
         self.backlog = np.zeros(len(budgets))
         for idx in range(len(budgets)):
             self._load_row(idx, now_s)
+        self._flatten()
         self._derive()
+
+    def _flatten(self) -> None:
+        """Every instance's protected requests' (bank, remaining steps) in one flat array each, for
+        test (2) on all instances at once (bank_after)."""
+        sizes = np.array([len(b.banks_ms) for b in self.budgets], dtype=int)
+        self.flat_bank = np.array([x for b in self.budgets for x in b.banks_ms], dtype=float)
+        self.flat_rem = np.array([x for b in self.budgets for x in b.remaining], dtype=float)
+        self.flat_row = np.repeat(np.arange(len(self.budgets)), sizes)
+        self.banked = sizes > 0
+        self.bank_starts = (np.cumsum(sizes) - sizes)[self.banked]
+        self.max_rem = np.zeros(len(self.budgets))
+        if self.flat_rem.size:
+            self.max_rem[self.banked] = np.maximum.reduceat(self.flat_rem, self.bank_starts)
+
+    def bank_after(self, output_tokens: float, step_delta_ms: np.ndarray) -> np.ndarray:
+        """Per instance: the least bank left to any protected running request once a newcomer
+        decoding `output_tokens` steps makes each step `step_delta_ms` slower (its prefill not
+        counted); inf where nothing is protected. With `reserve`, the conservative bound instead."""
+        if self.reserve:
+            return self.bank_ms - np.minimum(output_tokens, self.max_rem) * step_delta_ms
+        out = np.full(len(self.budgets), np.inf)
+        if self.flat_bank.size:
+            left = self.flat_bank - np.minimum(output_tokens, self.flat_rem) * step_delta_ms[self.flat_row]
+            out[self.banked] = np.minimum.reduceat(left, self.bank_starts)
+        return out
 
     def _derive(self) -> None:
         """Terms of the fit test that do not depend on the request (recomputed after a placement)."""
@@ -70,7 +100,7 @@ class FitTable:
     def _load_row(self, idx: int, now_s: float) -> None:
         b = self.budgets[idx]
         self.n[idx], self.kv_mean[idx], self.kv_peak[idx] = b.decode_seqs, b.kv_mean_tokens, b.kv_peak_tokens
-        self.min_tpot[idx], self.max_rem[idx], self.bank_ms[idx] = b.min_tpot_ms, b.max_remaining_tokens, b.bank_ms
+        self.min_tpot[idx], self.bank_ms[idx] = b.min_tpot_ms, b.bank_ms
         self.backlog[idx] = b.backlog_tokens(now_s)
 
     def _open(self) -> np.ndarray:
@@ -127,10 +157,8 @@ class FitTable:
         x = L + O / 2
         ttft_ms = self.ttft_ms(L, optimistic)
         s_new = self.s_plus_c2 + self.c3 * x
-        # The slower step lasts while x decodes: at most min(O, max_rem) of a running request's steps.
-        slowed = np.minimum(O, self.max_rem)
         ok = self.open & self.role_rows[role]
-        ok &= (self.bank_ms - slowed * (s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
+        ok &= (self.bank_after(O, s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
         ok &= (self.kv_room >= L + O) & self.fits_len(spec)
         if not best_effort:
             ok &= (ttft_ms <= (spec.ttft_deadline_s - now_s) * 1000.0) & (s_new <= spec.slo.tpot_ms)
@@ -180,4 +208,5 @@ class FitTable:
         self.budgets[idx].add(spec, output_tokens, now_s, protected, role)
         self._load_row(idx, now_s)
         self.outstanding[idx] += 1
+        self._flatten()
         self._derive()

@@ -2,7 +2,7 @@
 
 Notation as in fit.py. For a request of L prompt tokens and O expected output tokens:
 - decode stage, on D (ranked by TPOT budget, then free KV room):
-   (2) bank - min(O, max_remaining)*(s' - s) >= 0 (no c1*L: D prefills nothing; the prompt's
+   (2) bank_r - min(O, remaining_r)*(s' - s) >= 0 (no c1*L: D prefills nothing; the prompt's
        KV arrives from P), (3) s' = c0 + c2*(n+1) + c3*(kv + L + O/2) <= min(TPOT of running,
        own TPOT), (4) kv_peak + L + O <= capacity*(1 - watermark), (5) as in fit.py.
    Its first token comes from D after the KV arrives: the last prompt token is recomputed there,
@@ -39,9 +39,8 @@ def decode_fit(table: FitTable, spec: RequestSpec, output_tokens: int,
     """(fits, steady step with it, ms from KV arrival to its first token) per instance."""
     L, O = float(spec.prompt_tokens), float(output_tokens)
     s_new = table.s_plus_c2 + table.c3 * (L + O / 2)
-    slowed = np.minimum(O, table.max_rem)
     ok = table.open & table.role_rows[Role.DECODE]
-    ok &= (table.bank_ms - slowed * (s_new - table.s) >= 0) & (s_new <= table.min_tpot)
+    ok &= (table.bank_after(O, s_new - table.s) >= 0) & (s_new <= table.min_tpot)
     ok &= (table.kv_room >= L + O) & table.fits_len(spec)
     if not best_effort:
         ok &= s_new <= spec.slo.tpot_ms
