@@ -306,3 +306,13 @@ def test_failure_mid_stream_sends_one_error_event_then_stops():
     events = play(relay)
     assert len(events) == 3 and events[-1].startswith(b'data: {"error":') and b"[DONE]" not in b"".join(events)
     assert relay.closed
+
+
+def test_a_priority_beyond_int32_is_a_400_naming_where_it_came_from():
+    # found by tests/unit/test_fuzz_input.py: it used to be a 500 (protobuf's int32 range)
+    with pytest.raises(ApiError) as body:
+        oai.completion_request(completion(), oai.SloHints(priority=2**31))
+    assert body.value.status == 400 and "hfx.priority: must be at most 2147483647" in body.value.body()["error"]["message"]
+    with pytest.raises(ApiError) as header:
+        oai.completion_request(completion(), oai.parse_headers({"x-priority": str(2**31)}))
+    assert header.value.status == 400 and header.value.body()["error"]["message"].startswith("x-priority:")
