@@ -15,7 +15,7 @@ import argparse
 from services import argtypes
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.sim.cli import DEFAULT_WORKLOAD
-from services.sim.metrics import report
+from services.report.metrics import report
 from services.sim.profiles import load_profile
 from services.sim.runner import simulate
 from services.sim.workload import generate, load_workload

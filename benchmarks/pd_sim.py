@@ -19,7 +19,7 @@ from pathlib import Path
 from services import argtypes
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.sim import ENGINE_LABEL
-from services.sim.metrics import report
+from services.report.metrics import report
 from services.sim.profiles import load_profile
 from services.sim.runner import pd_roles, simulate
 from services.sim.workload import generate, load_workload

@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.sim.cli import add_sim_commands
 
     add_sim_commands(sub)
+    from services.bench.cli import add_bench_command
+
+    add_bench_command(sub)
     from services.explain.cli import add_parser as add_explain
 
     add_explain(sub)

@@ -23,7 +23,7 @@ from services.scaler.autoscale.baselines import QueueThreshold, Static, Throughp
 from services.scaler.autoscale.capacity import slo_capacity_rps
 from services.scheduler.policy import PolicyConfig, make_policy, policy_names
 from services.sim import ENGINE_LABEL
-from services.sim.metrics import attainment, met_slo
+from services.report.metrics import attainment, met_slo
 from services.sim.profiles import Profile, load_profile
 from services.sim.runner import Simulation
 from services.sim.scaling import ScalingDriver, ScalingSetup
@@ -195,11 +195,11 @@ def run_autoscale_bench(args: argparse.Namespace) -> int:
                                                "results": results}, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
-        from services.sim.plots import autoscale_timeline
+        from services.report.plots import autoscale_timeline
 
         out = Path(args.plot)
         out.mkdir(parents=True, exist_ok=True)
-        print(f"wrote {autoscale_timeline(results, rate_fn, out)}")
+        print(f"wrote {autoscale_timeline(results, rate_fn, out, ENGINE_LABEL)}")
     return 0
 
 

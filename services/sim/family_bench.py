@@ -21,7 +21,7 @@ from tqdm import tqdm
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.sim import ENGINE_LABEL
 from services.sim.family import RATE_FACTORS, capacity_rps, load_family, rate_grid
-from services.sim.metrics import GOODPUT_ATTAINMENT, attainment
+from services.report.metrics import GOODPUT_ATTAINMENT, attainment
 from services.sim.profiles import Profile
 from services.sim.runner import simulate
 from services.sim.workload import Workload, generate

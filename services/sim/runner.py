@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, RequestSpec, Role,
                                     RunningRequest, Verdict)
 from services.scheduler.policy import Policy, observe_completion
+from services.report.records import RequestRecord, RunResult
 from services.scheduler.policy.base import DEFAULT_KV_TRANSFER_MS_PER_TOKEN
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile
@@ -27,31 +28,6 @@ if TYPE_CHECKING:
 
 TICK_S = 0.02          # re-run the scheduler this often while requests wait and nothing else happens
 STALL_TICKS = 5000     # give up on requests no policy pass places for this long with the cluster idle
-
-
-@dataclass
-class RequestRecord:
-    spec: RequestSpec
-    output_tokens: int
-    instance_id: str = ""
-    placed_s: float | None = None
-    first_token_s: float | None = None
-    last_token_s: float | None = None
-    finish_s: float | None = None
-    generated: int = 0
-    verdict: str = ""          # admit, best_effort, reject, failed
-    reason: str = ""
-    preemptions: int = 0
-
-
-@dataclass
-class SimResult:
-    records: list[RequestRecord]
-    instance_seconds: float
-    makespan_s: float
-    decisions: int
-    engine_preemptions: int
-    policy_preemptions: int
 
 
 class WaitingQueue(Sequence[RequestSpec]):
@@ -147,7 +123,7 @@ class Simulation:
     def _push(self, t_s: float, kind: str, payload) -> None:
         heapq.heappush(self._events, (t_s, next(self._seq), kind, payload))
 
-    def run(self, requests: Sequence[SimRequestSpec]) -> SimResult:
+    def run(self, requests: Sequence[SimRequestSpec]) -> RunResult:
         for r in requests:
             self.records[r.spec.request_id] = RequestRecord(r.spec, r.output_tokens)
             self._push(r.spec.arrival_s, "arrival", r.spec)
@@ -180,7 +156,7 @@ class Simulation:
                 ticking = True
         makespan = max((r.finish_s or r.spec.arrival_s for r in self.records.values()), default=0.0)
         instance_s = self.scaling.instance_seconds(makespan) if self.scaling else len(self.nodes) * makespan
-        return SimResult(list(self.records.values()), instance_s, makespan, self.decisions,
+        return RunResult(list(self.records.values()), instance_s, makespan, self.decisions,
                          sum(n.sim.engine_preemptions for n in self.nodes), self.policy_preemptions)
 
     # -- scheduler pass -------------------------------------------------------------------------
@@ -348,5 +324,5 @@ def pd_roles(split: str, instances: int) -> tuple[Role, ...]:
 
 
 def simulate(policy: Policy, profile: Profile, requests: Sequence[SimRequestSpec], instances: int, seed: int,
-             progress: Callable[[int], None] | None = None, roles: Sequence[Role] = ()) -> SimResult:
+             progress: Callable[[int], None] | None = None, roles: Sequence[Role] = ()) -> RunResult:
     return Simulation(policy, profile, instances, seed, progress, roles=roles).run(requests)

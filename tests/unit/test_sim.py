@@ -8,9 +8,10 @@ import pytest
 
 from services.common.domain import LatencyModel
 from services.scheduler.policy import PolicyConfig, make_policy, policy_names
-from services.sim.cli import DEFAULT_WORKLOAD, main
+from services.cli import main
+from services.sim.cli import DEFAULT_WORKLOAD
 from services.sim.instance import SimInstance, SimSeq
-from services.sim.metrics import comparison, describe_comparison, report
+from services.report.metrics import comparison, describe_comparison, report
 from services.sim.profiles import get_profile
 from services.sim.runner import simulate
 from services.sim.workload import generate, load_workload
