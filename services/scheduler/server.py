@@ -18,11 +18,12 @@ import grpc
 from opentelemetry import trace
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import ClusterSnapshot, Decision, InstanceView, Preemption, Role, Verdict
+from services.common.domain import ClusterSnapshot, Decision, InstanceView, Leg, Preemption, RequestSpec, Role, Verdict
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from services.scheduler import inflight
+from services.scheduler.apply import apply
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.models import InstanceModels
@@ -48,6 +49,38 @@ def _mode(decision: Decision, snapshot: ClusterSnapshot) -> str:
         return "split"
     inst = snapshot.get(decision.instance_id)
     return "prefill_on_decode" if inst is not None and inst.role is Role.DECODE else "colocated"
+
+
+class _LiveRound:
+    """The applier's executor for one round (services/scheduler/apply.py: preemptions, then
+    decisions): Worker.Abort for a victim, the waiting Place call answered for a decision."""
+
+    def __init__(self, servicer: "SchedulerServicer", snapshot: ClusterSnapshot, now_s: float) -> None:
+        self.servicer, self.snapshot, self.now_s = servicer, snapshot, now_s
+        self._entries: dict[str, Waiting] = {}
+
+    def preempt(self, pre: Preemption) -> None:
+        self.servicer.preempt(pre, self.snapshot.get(pre.instance_id).address, self.now_s)
+
+    def take(self, request_id: str) -> RequestSpec | None:
+        entry = self.servicer.state.waiting.pop(request_id, None)
+        if entry is None:
+            return None
+        self._entries[request_id] = entry
+        return entry.spec
+
+    def count(self, leg: Leg, spec: RequestSpec) -> None:
+        self.servicer.state.place(leg.instance_id, spec, self.now_s, leg.role)
+
+    def settle(self, decision: Decision, spec: RequestSpec) -> None:
+        entry = self._entries.pop(decision.request_id)
+        # Addresses taken now: the registry may drop an instance before Place resumes.
+        addresses: dict[str, str] = {}
+        if decision.verdict is not Verdict.REJECT:
+            addresses = {leg.instance_id: self.snapshot.get(leg.instance_id).address for leg in decision.stages()}
+            metrics.PLACEMENTS.labels(self.servicer.policy.name, _mode(decision, self.snapshot)).inc()
+        if not entry.future.done():
+            entry.future.set_result((decision, addresses))
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
@@ -140,25 +173,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.exception("policy %s failed; %d requests stay queued", self.policy.name, len(waiting))
             return
         metrics.DECISION_SECONDS.labels(self.policy.name).observe(time.perf_counter() - started)
-        for decision in result.decisions:
-            entry = self.state.waiting.pop(decision.request_id, None)
-            if entry is None:
-                continue
-            addresses: dict[str, str] = {}
-            if decision.verdict is not Verdict.REJECT:
-                # Addresses taken now: the registry may drop an instance before Place resumes.
-                # Each leg counts on its own instance (a split request on P and on D).
-                for leg in decision.stages():
-                    addresses[leg.instance_id] = snapshot.get(leg.instance_id).address
-                    self.state.place(leg.instance_id, entry.spec, now_s, leg.role)
-                metrics.PLACEMENTS.labels(self.policy.name, _mode(decision, snapshot)).inc()
-            if not entry.future.done():
-                entry.future.set_result((decision, addresses))
-        for pre in result.preemptions:
-            self._preempt(pre, snapshot.get(pre.instance_id).address, now_s)
+        apply(result, _LiveRound(self, snapshot, now_s))
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
 
-    def _preempt(self, pre: Preemption, address: str, now_s: float) -> None:
+    def preempt(self, pre: Preemption, address: str, now_s: float) -> None:
         """In-flight protection: stop the victim on its worker. Its stream then ends PREEMPTED and
         the router places it again with the tokens it has streamed (Place with resumed_tokens).
         It leaves the instance's running set now, so the next round sees the budget it frees."""

@@ -14,8 +14,9 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, RequestSpec, Role,
-                                    RunningRequest, Verdict)
+from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, Leg, Preemption, RequestSpec,
+                                    Role, RunningRequest, Verdict)
+from services.scheduler.apply import apply
 from services.scheduler.policy import Policy, observe_completion
 from services.report.records import RequestRecord, RunResult
 from services.scheduler.policy.base import DEFAULT_KV_TRANSFER_MS_PER_TOKEN
@@ -165,43 +166,46 @@ class Simulation:
         if not len(self.waiting) and not any(n.placed for n in self.nodes):
             return
         cluster = ClusterSnapshot(tuple(n.view for n in self.nodes))
-        result = self.policy.schedule(self.waiting, cluster, self.now_s)
-        for p in result.preemptions:
-            self._preempt(p.instance_id, p.request_id, p.reason)
-        for d in result.decisions:
-            spec = self.waiting.pop(d.request_id)
-            if spec is None:
-                continue
-            rec = self.records[d.request_id]
-            self.decisions += 1
-            rec.verdict, rec.reason = d.verdict.value, d.reason
-            if d.verdict == Verdict.REJECT:
-                rec.finish_s = self.now_s
-                self._finish(rec)
-                continue
-            if rec.placed_s is None:
-                rec.placed_s = self.now_s
-            self._apply(d, spec, rec)
+        apply(self.policy.schedule(self.waiting, cluster, self.now_s), self)
 
-    def _apply(self, d: Decision, spec: RequestSpec, rec: RequestRecord) -> None:
-        """Each leg joins its node's running set (what the policy's budgets count, Decision.stages()
-        as in the scheduler service); the engine gets the whole request, or the prefill leg first."""
+    # -- the applier's executor (services/scheduler/apply.py: preemptions, then decisions) -------
+
+    def preempt(self, p: Preemption) -> None:
+        self._preempt(p.instance_id, p.request_id, p.reason)
+
+    def take(self, request_id: str) -> RequestSpec | None:
+        return self.waiting.pop(request_id)
+
+    def count(self, leg: Leg, spec: RequestSpec) -> None:
+        self.by_id[leg.instance_id].placed[spec.request_id] = RunningRequest(spec, self.now_s, leg.role)
+
+    def settle(self, d: Decision, spec: RequestSpec) -> None:
+        rec = self.records[d.request_id]
+        self.decisions += 1
+        rec.verdict, rec.reason = d.verdict.value, d.reason
+        if d.verdict == Verdict.REJECT:
+            rec.finish_s = self.now_s
+            self._finish(rec)
+            return
+        if rec.placed_s is None:
+            rec.placed_s = self.now_s
+        self._start(d, spec, rec)
+
+    def _start(self, d: Decision, spec: RequestSpec, rec: RequestRecord) -> None:
+        """Every leg is counted on its node (Decision.stages(), as in the scheduler service); the
+        engine gets the whole request, or the prefill leg first (the decode leg waits for its KV)."""
         legs = d.stages()
         rec.instance_id = "->".join(leg.instance_id for leg in legs)
         for leg in legs:
             node = self.by_id[leg.instance_id]
-            node.placed[spec.request_id] = RunningRequest(spec, self.now_s, leg.role)
             if leg.role is Role.DECODE:
                 self._decode_on[spec.request_id] = leg.instance_id
-                continue
-            output = 1 if leg.role is Role.PREFILL else rec.output_tokens - rec.generated
-            if leg.role is Role.PREFILL:
-                self._prefill_on[spec.request_id] = leg.instance_id
-            node.sim.add(SimSeq(spec.request_id, spec.prompt_tokens, output))
+            else:
+                output = 1 if leg.role is Role.PREFILL else rec.output_tokens - rec.generated
+                if leg.role is Role.PREFILL:
+                    self._prefill_on[spec.request_id] = leg.instance_id
+                node.sim.add(SimSeq(spec.request_id, spec.prompt_tokens, output))
             self._refresh_view(node, running_changed=True)
-        for leg in legs:
-            if leg.role is Role.DECODE:
-                self._refresh_view(self.by_id[leg.instance_id], running_changed=True)
 
     def _prefill_done(self, node: _Node, rid: str) -> None:
         """A split request's prefill leg ended on P: its KV leaves for D (no token to the client)."""
