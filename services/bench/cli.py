@@ -240,14 +240,11 @@ class LiveRuns:
         from services.local import cluster
         from services.sim.profiles import PROFILES
 
-        worker_args = []
-        if self.args.engine == "sim":
-            prof = sim_profile if sim_profile in PROFILES else str(Path(sim_profile).resolve())
-            worker_args.append(f"--sim-profile={prof}")
+        prof = sim_profile if sim_profile in PROFILES else str(Path(sim_profile).resolve())
         return cluster.UpOptions(home=home, model=self.model, workers=workers, router_port=procs.free_port(),
                                  redis_url=None, policy=policy, engine=self.args.engine, tracing="off",
-                                 timeout_s=300, worker_args=tuple(worker_args), http_port=0,
-                                 classes=str(classes) if classes else "", metrics=False)
+                                 timeout_s=300, http_port=0, classes=str(classes) if classes else "", metrics=False,
+                                 sim_profile=prof, policy_config=_absolute(self.args.policy_config))
 
     def write(self, reports: list[RunReport], samples: dict) -> int:
         records = tables.records_of(reports)
@@ -275,6 +272,10 @@ class LiveRuns:
                      *plots.latency_cdfs(samples, out, self.engine_label)]
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path else ""
 
 
 def load_unloaded(path: str) -> Unloaded:

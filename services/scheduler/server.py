@@ -29,6 +29,7 @@ from services.scheduler.link import Link
 from services.scheduler.models import InstanceModels
 from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
 from services.scheduler.policy.base import serving_gap
+from services.scheduler.policy.settings import describe
 from services.scheduler.state import ClusterState, Waiting
 from services.scheduler.tickets import TicketDesk
 from services.scheduler.trace_spans import RequestTraces, complete_span as _complete_span
@@ -289,10 +290,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             except (KeyError, TypeError, ValueError) as err:
                 log.warning("instance %s stored an unreadable profile: %s", iid, err)
                 continue
+            self._check_step_budget(iid, doc)
             m = self.state.models[iid]
             log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens",
                      iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
                      m.c3_ms_per_kv_token)
+
+    def _check_step_budget(self, instance_id: str, doc: dict) -> None:
+        """Prefill estimates assume the policy's chunk_tokens; an instance whose engine steps another
+        budget is mispredicted, so say so once, with the fix."""
+        chunk = doc.get("chunk_tokens")
+        if isinstance(chunk, int) and chunk > 0 and chunk != self.policy_config.chunk_tokens:
+            log.warning("instance %s steps up to %d tokens (its profile's chunk_tokens) but the policy assumes %d: "
+                        "its prefill estimates are off; give the scheduler that profile (--profile FILE) or "
+                        "chunk_tokens (--policy-config)", instance_id, chunk, self.policy_config.chunk_tokens)
 
     def _serving_gap(self) -> str:
         """serving_gap of the registered instances, recomputed only when their roles change (it is
@@ -491,8 +502,8 @@ async def serve(config: SchedulerConfig) -> None:
     tracing.setup("hfx-scheduler", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    policy_config = PolicyConfig(pd_local_prefill=config.pd_local_prefill)
-    servicer = SchedulerServicer(config, make_policy(config.policy, policy_config), cluster, policy_config)
+    servicer = SchedulerServicer(config, make_policy(config.policy, config.policy_config), cluster,
+                                 config.policy_config)
     server, health = grpcutil.make_server(
         [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)], [SERVICE_NAME]
     )
@@ -501,7 +512,8 @@ async def serve(config: SchedulerConfig) -> None:
     tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(servicer.registry_loop())]
     runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
-    log.info("scheduler (policy %s) serving on %s:%d", config.policy, config.host, port)
+    log.info("scheduler (policy %s) serving on %s:%d; policy settings: %s", config.policy, config.host, port,
+             describe(config.policy_config))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

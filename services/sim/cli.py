@@ -14,12 +14,13 @@ from tqdm import tqdm
 
 from services import argtypes
 from services.scheduler.policy import PolicyConfig, make_policy, policy_names
+from services.scheduler.policy.settings import load_settings, policy_config
 from services.sim import ENGINE_LABEL
 from services.report import tables
 from services.report.metrics import RunReport, report
-from services.sim.profiles import PROFILES, load_profile
+from services.sim.profiles import PROFILES, Profile, load_profile
 from services.sim.runner import pd_roles, simulate
-from services.sim.workload import as_live, generate, load_workload
+from services.sim.workload import Workload, as_live, generate, load_workload
 
 DEFAULT_WORKLOAD = Path(__file__).parent / "workloads" / "default.yaml"
 
@@ -57,12 +58,24 @@ def add_common_arguments(p: argparse.ArgumentParser, rates_default: list[float],
     p.add_argument("--profile", default=None, metavar="NAME|FILE", type=argtypes.sim_profile,
                    help=f"latency profile of instances: {', '.join(sorted(PROFILES))} or a JSON file from "
                    "`hfx profile` (default cpu-tiny; with --target, SLOs come from it instead of probing)")
-    p.add_argument("--placement", default=PolicyConfig.placement, choices=["best_fit", "spread"],
-                   help=f"hfx placement (default {PolicyConfig.placement})")
+    p.add_argument("--placement", default=None, choices=["best_fit", "spread"],
+                   help=f"hfx placement (default: --policy-config's, else {PolicyConfig.placement})")
+    p.add_argument("--policy-config", default=None, type=argtypes.policy_config_file, metavar="FILE",
+                   help="YAML/JSON of policy settings (PolicyConfig fields), as `hfx scheduler --policy-config` "
+                   "takes; they win over what --profile and the workload's classes imply (default: none)")
     p.add_argument("--json", type=argtypes.output_file,
                    help="write one record per (policy, rate) here (default: not written)")
     p.add_argument("--plot", help="write PNG plots into this directory (default: no plots)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on stderr)")
+
+
+def sweep_policy_config(args: argparse.Namespace, profile: Profile, workload: Workload) -> PolicyConfig:
+    """The policy's knobs by the live scheduler's rule (services/scheduler/policy/settings.py): the
+    profile the instances run, the workload's classes (on_miss), then --policy-config and --placement."""
+    settings = load_settings(args.policy_config) if args.policy_config else {}
+    if args.placement is not None:
+        settings["placement"] = args.placement
+    return policy_config(profile, workload.classes, settings)
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -91,9 +104,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = PolicyConfig(placement=args.placement, default_latency_model=profile.model,
-                          chunk_tokens=profile.chunk_tokens, default_kv_capacity_tokens=profile.kv_capacity_tokens,
-                          reject_classes=workload.reject_classes())
+    try:
+        config = sweep_policy_config(args, profile, workload)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     split = f" (P/D {args.pd})" if args.pd else ""
     print(f"{ENGINE_LABEL}; profile {profile.name} ({profile.note}); {args.instances} instances{split}; "
           f"workload {args.workload}; seed {args.seed}")

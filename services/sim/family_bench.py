@@ -18,7 +18,8 @@ from typing import Sequence
 import yaml
 from tqdm import tqdm
 
-from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy import make_policy
+from services.scheduler.policy.settings import policy_config
 from services.sim import ENGINE_LABEL
 from services.sim.family import RATE_FACTORS, capacity_rps, load_family, rate_grid
 from services.report.metrics import GOODPUT_ATTAINMENT, attainment
@@ -96,9 +97,7 @@ def _badness(r: dict) -> tuple:
 
 def run_workload(name: str, workload: Workload, profile: Profile, instances: int, requests: int, seed: int,
                  policies: Sequence[str], rates: Sequence[float], tick) -> dict[str, dict[float, float]]:
-    config = PolicyConfig(default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
-                          default_kv_capacity_tokens=profile.kv_capacity_tokens,
-                          reject_classes=workload.reject_classes())
+    config = policy_config(profile, workload.classes)
     attain: dict[str, dict[float, float]] = {p: {} for p in policies}
     for rate in rates:
         reqs = generate(workload, rate, requests, seed, profile.model, profile.chunk_tokens)
