@@ -63,6 +63,10 @@ def add_common_arguments(p: argparse.ArgumentParser, rates_default: list[float],
     p.add_argument("--policy-config", default=None, type=argtypes.policy_config_file, metavar="FILE",
                    help="YAML/JSON of policy settings (PolicyConfig fields), as `hfx scheduler --policy-config` "
                    "takes; they win over what --profile and the workload's classes imply (default: none)")
+    p.add_argument("--tickets", action=argparse.BooleanOptionalAction, default=True,
+                   help="grant and spend tickets as the live scheduler does by default (hfx: a request a ticket "
+                   "covers starts without a pass); --no-tickets: every request takes a pass, as `hfx up "
+                   "--no-tickets` (default on)")
     p.add_argument("--json", type=argtypes.output_file,
                    help="write one record per (policy, rate) here (default: not written)")
     p.add_argument("--plot", help="write PNG plots into this directory (default: no plots)")
@@ -128,7 +132,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             result = simulate(make_policy(name, config), profile, requests, args.instances, args.seed,
                               progress=lambda done: bar.update(done - bar.n) if done % 200 == 0 else None,
-                              roles=roles)
+                              roles=roles, tickets=args.tickets)
             bar.close()
             reports.append(report(name, rate, result, time.perf_counter() - start))
             samples[(name, rate)] = tables.samples_of(result)

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, Leg, Preemption, RequestSpec,
-                                    Role, RunningRequest, Verdict)
+                                    Role, RunningRequest, ScheduleResult, Verdict)
 from services.scheduler.apply import apply
 from services.scheduler.policy import Policy, observe_completion
 from services.report.records import RequestRecord, RunResult
 from services.scheduler.policy.base import DEFAULT_KV_TRANSFER_MS_PER_TOKEN
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile
+from services.sim.tickets import SimTickets
 from services.sim.workload import SimRequestSpec
 
 if TYPE_CHECKING:
@@ -70,11 +71,14 @@ class _Node:
 class Simulation:
     def __init__(self, policy: Policy, profile: Profile, instances: int, seed: int,
                  progress: Callable[[int], None] | None = None, scaling: "ScalingDriver | None" = None,
-                 roles: Sequence[Role] = ()) -> None:
-        """roles: one per instance (default: all colocated)."""
+                 roles: Sequence[Role] = (), tickets: bool = True) -> None:
+        """roles: one per instance (default: all colocated). tickets: grant and spend tickets as the
+        live mesh does by default (services/sim/tickets.py); False: every request takes a pass."""
         if roles and len(roles) != instances:
             raise ValueError(f"{len(roles)} roles for {instances} instances")
         self.policy = policy
+        self.tickets = SimTickets(policy) if tickets else None
+        self._tickets_event = False   # a deferred ticket refresh is on the event queue
         self.profile = profile
         self.seed = seed
         self.scaling = scaling      # None: a fixed set of instances
@@ -136,7 +140,7 @@ class Simulation:
         while self._events:
             self.now_s, _, kind, payload = heapq.heappop(self._events)
             if kind == "arrival":
-                self.waiting.add(payload)
+                self._arrive(payload)
             elif kind == "step":
                 self._end_step(payload)
             elif kind == "tick":
@@ -145,8 +149,11 @@ class Simulation:
                 self.scaling.on_event(self, payload)
             elif kind == "kv":
                 self._kv_arrived(payload)
+            elif kind == "tickets":
+                self._tickets_event = False
             placed_before = self.decisions
             self._schedule()
+            self._refresh_tickets()
             self._start_idle_steps()
             idle_ticks = 0 if self.decisions != placed_before or kind != "tick" else idle_ticks + 1
             if len(self.waiting) and not ticking:
@@ -159,6 +166,29 @@ class Simulation:
         instance_s = self.scaling.instance_seconds(makespan) if self.scaling else len(self.nodes) * makespan
         return RunResult(list(self.records.values()), instance_s, makespan, self.decisions,
                          sum(n.sim.engine_preemptions for n in self.nodes), self.policy_preemptions)
+
+    # -- arrivals and tickets -------------------------------------------------------------------
+
+    def _arrive(self, spec: RequestSpec) -> None:
+        """The router's side: a request a ticket covers starts where the ticket says (no pass);
+        any other queues for the next pass."""
+        self.waiting.add(spec)
+        if self.tickets is None:
+            return
+        self.tickets.saw(spec)
+        decision = self.tickets.take(spec, self.now_s)
+        if decision is not None:
+            apply(ScheduleResult(decisions=(decision,)), self)
+            self._refresh_tickets(force=True)
+
+    def _refresh_tickets(self, force: bool = False) -> None:
+        if self.tickets is None:
+            return
+        cluster = ClusterSnapshot(tuple(n.view for n in self.nodes))
+        due_s = self.tickets.refresh(cluster, bool(len(self.waiting)), self.now_s, force)
+        if due_s is not None and not self._tickets_event:
+            self._push(due_s, "tickets", None)
+            self._tickets_event = True
 
     # -- scheduler pass -------------------------------------------------------------------------
 
@@ -328,5 +358,5 @@ def pd_roles(split: str, instances: int) -> tuple[Role, ...]:
 
 
 def simulate(policy: Policy, profile: Profile, requests: Sequence[SimRequestSpec], instances: int, seed: int,
-             progress: Callable[[int], None] | None = None, roles: Sequence[Role] = ()) -> RunResult:
-    return Simulation(policy, profile, instances, seed, progress, roles=roles).run(requests)
+             progress: Callable[[int], None] | None = None, roles: Sequence[Role] = (), tickets: bool = True) -> RunResult:
+    return Simulation(policy, profile, instances, seed, progress, roles=roles, tickets=tickets).run(requests)
