@@ -14,18 +14,17 @@ import logging
 import signal
 import time
 
-import grpc
-from opentelemetry import trace
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import ClusterSnapshot, Decision, InstanceView, Leg, Preemption, RequestSpec, Role, Verdict
+from services.common.domain import ClusterSnapshot, Decision, InstanceView, Verdict
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
-from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
 from services.scheduler import inflight
 from services.scheduler.apply import apply
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
+from services.scheduler.live_round import LiveRound
 from services.scheduler.models import InstanceModels
 from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
 from services.scheduler.policy.base import serving_gap
@@ -44,46 +43,6 @@ def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
     return Decision(request_id, Verdict.REJECT, reason, retry_after_ms=retry_after_ms)
 
 
-def _mode(decision: Decision, snapshot: ClusterSnapshot) -> str:
-    """How a placed request runs, for hfx_scheduler_placements."""
-    if decision.legs:
-        return "split"
-    inst = snapshot.get(decision.instance_id)
-    return "prefill_on_decode" if inst is not None and inst.role is Role.DECODE else "colocated"
-
-
-class _LiveRound:
-    """The applier's executor for one round (services/scheduler/apply.py: preemptions, then
-    decisions): Worker.Abort for a victim, the waiting Place call answered for a decision."""
-
-    def __init__(self, servicer: "SchedulerServicer", snapshot: ClusterSnapshot, now_s: float) -> None:
-        self.servicer, self.snapshot, self.now_s = servicer, snapshot, now_s
-        self._entries: dict[str, Waiting] = {}
-
-    def preempt(self, pre: Preemption) -> None:
-        self.servicer.preempt(pre, self.snapshot.get(pre.instance_id).address, self.now_s)
-
-    def take(self, request_id: str) -> RequestSpec | None:
-        entry = self.servicer.state.waiting.pop(request_id, None)
-        if entry is None:
-            return None
-        self._entries[request_id] = entry
-        return entry.spec
-
-    def count(self, leg: Leg, spec: RequestSpec) -> None:
-        self.servicer.state.place(leg.instance_id, spec, self.now_s, leg.role)
-
-    def settle(self, decision: Decision, spec: RequestSpec) -> None:
-        entry = self._entries.pop(decision.request_id)
-        # Addresses taken now: the registry may drop an instance before Place resumes.
-        addresses: dict[str, str] = {}
-        if decision.verdict is not Verdict.REJECT:
-            addresses = {leg.instance_id: self.snapshot.get(leg.instance_id).address for leg in decision.stages()}
-            metrics.PLACEMENTS.labels(self.servicer.policy.name, _mode(decision, self.snapshot)).inc()
-        if not entry.future.done():
-            entry.future.set_result((decision, addresses))
-
-
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, config: SchedulerConfig, policy: Policy, cluster: store.ClusterStore | None,
                  policy_config: PolicyConfig | None = None) -> None:
@@ -94,7 +53,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.state = ClusterState()
         self.models = InstanceModels(refine=config.refine_models)
         self._wake = asyncio.Event()
-        self._workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
+        self.workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
         self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
@@ -174,42 +133,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.exception("policy %s failed; %d requests stay queued", self.policy.name, len(waiting))
             return
         metrics.DECISION_SECONDS.labels(self.policy.name).observe(time.perf_counter() - started)
-        apply(result, _LiveRound(self, snapshot, now_s))
+        apply(result, LiveRound(self, snapshot, now_s))
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
-
-    def preempt(self, pre: Preemption, address: str, now_s: float) -> None:
-        """In-flight protection: stop the victim on its worker. Its stream then ends PREEMPTED and
-        the router places it again with the tokens it has streamed (Place with resumed_tokens).
-        It leaves the instance's running set now, so the next round sees the budget it frees."""
-        running = self.state.finish(pre.request_id)   # every leg: it is placed again from scratch
-        if running is None:
-            return
-        log.info("preempt %s on %s: %s", pre.request_id, pre.instance_id, pre.reason)
-        span = _tracer.start_span(tracing.SPAN_PREEMPT, context=self.traces.get(pre.request_id))
-        for key, value in ((tracing.ATTR_REQUEST_ID, pre.request_id), (tracing.ATTR_INSTANCE, pre.instance_id),
-                           (tracing.ATTR_REASON, pre.reason), (tracing.ATTR_POLICY, self.policy.name)):
-            span.set_attribute(key, value)
-        tracing.set_slo_attributes(span, running.spec.slo.ttft_ms, running.spec.slo.tpot_ms)
-
-        async def tell_worker() -> None:
-            result = "sent"
-            try:
-                reply = await self._workers[address].Abort(
-                    worker_pb2.WorkerAbortRequest(request_id=pre.request_id, preempt=True, reason=pre.reason),
-                    timeout=self.config.worker_call_timeout_s,
-                    metadata=grpcutil.outgoing_metadata(context=trace.set_span_in_context(span)))
-                result = "sent" if reply.found else "gone"
-            except grpc.aio.AioRpcError as err:
-                # It keeps running there; count it again so budgets stay honest.
-                result = "failed"
-                log.warning("preempt %s on %s not delivered: %s", pre.request_id, pre.instance_id, err.code().name)
-                self.state.place(pre.instance_id, running.spec, running.placed_s, running.role)
-            finally:
-                span.set_attribute(tracing.ATTR_PREEMPT_DELIVERY, result)
-                span.end()
-            metrics.PREEMPTIONS.labels(self.policy.name, result).inc()
-
-        self.background.spawn(tell_worker())
 
     def _log_refined(self, instance_id: str, m, every_s: float = 10.0) -> None:
         now = time.monotonic()
