@@ -12,11 +12,13 @@ simulator against the live mesh") has the figures of the same commands."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from services.cli import main
 
-WORKLOAD = "benchmarks/sim-vs-live.yaml"
-PROFILE = "benchmarks/sim-cpu-tiny-x10.json"
+REPO = Path(__file__).resolve().parents[2]
+WORKLOAD = str(REPO / "benchmarks" / "sim-vs-live.yaml")
+PROFILE = str(REPO / "benchmarks" / "sim-cpu-tiny-x10.json")
 COMMON = ["--workload", WORKLOAD, "--profile", PROFILE, "--policy", "hfx", "--rate", "10", "--requests", "300",
           "--seed", "1", "--quiet"]
 MAX_MODEL_LEN = "2048"   # the default tiny model's context: the live bench clips prompts to it, and so must the sim
