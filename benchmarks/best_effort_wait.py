@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 
 from services import argtypes
-from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy import make_policy
+from services.scheduler.policy.settings import policy_config
 from services.sim.cli import DEFAULT_WORKLOAD
-from services.sim.metrics import report
+from services.report.metrics import report
 from services.sim.profiles import load_profile
 from services.sim.runner import simulate
 from services.sim.workload import generate, load_workload
@@ -39,9 +40,7 @@ def main(argv: list[str] | None = None) -> None:
             requests = generate(workload, rate, args.requests, seed, profile.model, profile.chunk_tokens)
             cells = []
             for wait_ms in args.waits_ms:
-                config = PolicyConfig(default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
-                                      default_kv_capacity_tokens=profile.kv_capacity_tokens,
-                                      reject_classes=workload.reject_classes(), best_effort_max_wait_ms=wait_ms)
+                config = policy_config(profile, workload.classes, {"best_effort_max_wait_ms": wait_ms})
                 r = report("hfx", rate, simulate(make_policy("hfx", config), profile, requests, args.instances, seed))
                 cells.append(f"{r.slo_attainment * 100:>24.1f}%{r.rejected:>5}{r.best_effort:>6}")
             print(f"{rate:>4g}{seed:>5}  " + "  ".join(cells), flush=True)

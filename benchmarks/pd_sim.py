@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from services import argtypes
-from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy import make_policy
+from services.scheduler.policy.settings import policy_config
 from services.sim import ENGINE_LABEL
-from services.sim.metrics import report
+from services.report.metrics import report
 from services.sim.profiles import load_profile
 from services.sim.runner import pd_roles, simulate
 from services.sim.workload import generate, load_workload
@@ -63,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = PolicyConfig(default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
-                          default_kv_capacity_tokens=profile.kv_capacity_tokens,
-                          reject_classes=workload.reject_classes())
+    config = policy_config(profile, workload.classes)
     print(f"{ENGINE_LABEL}; profile {profile.name}; {args.instances} instances; workload {args.workload}; "
           f"seed {args.seed}; {args.requests} requests per run")
     print(f"{'setup':<10}{'policy':<11}{'rate':>6}{'attain':>8}  per class: attainment, TTFT p99 ms, TPOT p99 ms, rejected")

@@ -195,6 +195,17 @@ def workload_file(value: str) -> str:
     return value
 
 
+def policy_config_file(value: str) -> str:
+    """A policy settings file (services/scheduler/policy/settings.py) whose every setting checks out."""
+    from services.scheduler.policy.settings import load_settings
+
+    try:
+        load_settings(value)
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
 def classes_file(value: str) -> str:
     """A router task-class YAML that loads."""
     import yaml

@@ -86,12 +86,39 @@ def cmd_scheduler(args) -> int:
     from services.scheduler.config import SchedulerConfig
     from services.scheduler.server import serve
 
+    try:
+        policy_config = _policy_config(args)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     runtime.run_service(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
                                       metrics_port=args.metrics_port, tickets=args.tickets,
-                                      pd_local_prefill=args.pd_local_prefill, max_queue=args.max_queue,
+                                      policy_config=policy_config, max_queue=args.max_queue,
                                       max_wait_s=args.max_wait_s)))
     return 0
+
+
+def _policy_settings(args) -> dict:
+    """The explicit policy settings of a command: its --policy-config file, then its flags."""
+    from services.scheduler.policy.settings import load_settings
+
+    settings = load_settings(args.policy_config) if args.policy_config else {}
+    if getattr(args, "pd_local_prefill", None) is not None:
+        settings["pd_local_prefill"] = args.pd_local_prefill
+    return settings
+
+
+def _policy_config(args):
+    """`hfx scheduler`'s PolicyConfig by the one rule (services/scheduler/policy/settings.py):
+    defaults, then --profile, then --classes (on_miss reject), then --policy-config and flags."""
+    from services.router.config import load_classes
+    from services.scheduler.policy.settings import policy_config
+    from services.sim.profiles import load_profile
+
+    profile = load_profile(args.profile) if args.profile else None
+    classes = load_classes(args.classes) if args.classes else ()
+    return policy_config(profile, classes, _policy_settings(args))
 
 
 def cmd_scaler(args) -> int:
@@ -164,8 +191,6 @@ def cmd_up(args) -> int:
 
     model = _default_model(args)
     worker_args = list(args.worker_arg)
-    if args.engine == "sim":
-        worker_args.append(f"--sim-profile={_sim_profile_arg(args.sim_profile)}")
     if not args.profile_at_start:
         worker_args.append("--no-profile-at-start")
     opts = cluster.UpOptions(
@@ -175,7 +200,8 @@ def cmd_up(args) -> int:
         api_keys=tuple(args.api_key) + _key_file(args.api_key_file),
         classes=args.classes or "", tied_to_caller=not args.detach, scaler_args=tuple(forward_flags(args)),
         prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
-        tickets=args.tickets,
+        tickets=args.tickets, sim_profile=_sim_profile_arg(args.sim_profile),
+        policy_config=str(Path(args.policy_config).resolve()) if args.policy_config else "",
     )
     print(f"starting HFX: {opts.describe_workers()} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:
@@ -240,12 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker engine: vllm, or sim (SIMULATED: timing from a latency model, for scale tests) "
                    "(default %(default)s)")
     p.add_argument("--sim-profile", default="cpu-tiny", type=argtypes.sim_profile,
-                   help="engine sim: built-in latency profile or a JSON file from `hfx profile` (default %(default)s)")
+                   help="engine sim: built-in latency profile or a JSON file from `hfx profile`; the scheduler's "
+                   "policy assumes it too (hfx scheduler --profile) (default %(default)s)")
     p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
                    help="workers profile their engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--policy", default="hfx", choices=policy_names(),
                    help="scheduling policy: hfx (SLO-aware) or a baseline for comparison (default %(default)s)")
     _add_tickets_flag(p)
+    _add_policy_config_flag(p)
     p.add_argument("--router-port", type=argtypes.port, default=50051, help="router's gRPC port (default %(default)s)")
     p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
                    help="router's OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
@@ -256,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require the API keys in this file, one per line as `KEY [max_priority=N]` (N: the highest "
                    "priority that key may ask for) (default: $HFX_API_KEY_FILE, else none)")
     p.add_argument("--classes", type=argtypes.classes_file,
-                   help="YAML task-class table for the router (default: the built-in classes)")
+                   help="YAML task-class table for the router; the scheduler rejects the classes whose on_miss is "
+                   "reject when their SLO is out of reach (default: the built-in classes)")
     p.add_argument("--redis-url", default=None, type=argtypes.redis_url,
                    help="use this Redis instead of starting one (default: start one)")
     p.add_argument("--tracing", dest="tracing_spec", default="local", type=argtypes.up_tracing_spec,
@@ -356,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest a request waits for placement before it is refused (default %(default)s)")
     _add_tickets_flag(p)
     _add_pd_local_prefill(p)
+    _add_policy_config_flag(p)
+    p.add_argument("--profile", default=None, type=argtypes.sim_profile, metavar="NAME|FILE",
+                   help="the workers' engine profile (a built-in name or a JSON file from `hfx profile`): the "
+                   "policy takes its step token budget (chunk_tokens), and its latency model and KV capacity for "
+                   "instances that report none, as `hfx sim --profile` does (default: none, PolicyConfig's)")
+    p.add_argument("--classes", type=argtypes.classes_file,
+                   help="the router's task-class table: classes whose on_miss is reject are rejected when their "
+                   "SLO is out of reach instead of demoted (default: none)")
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("scaler", help="run the scaler process (it launches the workers)")
@@ -482,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.sim.cli import add_sim_commands
 
     add_sim_commands(sub)
+    from services.bench.cli import add_bench_command
+
+    add_bench_command(sub)
     from services.explain.cli import add_parser as add_explain
 
     add_explain(sub)
@@ -489,9 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pd_local_prefill(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pd-local-prefill", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--pd-local-prefill", action=argparse.BooleanOptionalAction, default=None,
                    help="P/D: a decode worker may prefill a short prompt itself instead of taking its KV from a "
-                        "prefill worker (default on; off: only colocated and prefill workers prefill)")
+                        "prefill worker (default: --policy-config's pd_local_prefill, else on; off: only colocated "
+                        "and prefill workers prefill)")
+
+
+def _add_policy_config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy-config", default=None, type=argtypes.policy_config_file, metavar="FILE",
+                   help="YAML/JSON of the scheduling policy's settings (PolicyConfig fields, e.g. `chunk_tokens: "
+                   "2048`); they win over what --profile and --classes imply (default: none)")
 
 
 def _check_router(args) -> str | None:
@@ -506,7 +553,8 @@ def _check_up(args) -> str | None:
         return f"--router-port and --http-port are both {args.router_port}"
     if args.workers is None:   # one colocated worker unless P/D workers were asked for
         args.workers = 0 if args.prefill or args.decode else 1
-    problem = pd_counts_problem(args.workers, args.prefill, args.decode, args.pd_local_prefill)
+    local_prefill = _policy_settings(args).get("pd_local_prefill", True)
+    problem = pd_counts_problem(args.workers, args.prefill, args.decode, local_prefill)
     return problem or autoscale_check(args)
 
 

@@ -1,5 +1,6 @@
-"""`hfx bench --target ADDRESS` and `hfx bench --live-policies P ...` (flags added to the bench
-parser by services.sim.cli). The table, JSON records and plots are the simulator bench's."""
+"""`hfx bench`: a sweep of policies x rates on a workload, in the simulator (`--sim`, the default;
+services/sim runs it) or live (`--target ADDRESS`, `--live-policies P ...`). Both report through
+services/report, so the table, JSON records and plots mean the same either way."""
 
 from __future__ import annotations
 
@@ -19,11 +20,50 @@ from tqdm import tqdm
 from services import argtypes
 from services.bench.live import LiveOptions, Unloaded, probe, run_live, with_slos
 from services.bench.targets import make_target
-from services.sim.metrics import RunReport, e2e_ms, report, tpot_ms, ttft_ms
+from services.report import tables
+from services.report.metrics import RunReport, report
+from services.sim import cli as sim_cli
 from services.sim.workload import Workload, as_live, generate, load_workload
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+
+
+def add_bench_command(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="sweep policies x rates on a workload: --sim, or live (--target)")
+    sim_cli.add_common_arguments(bench, rates_default=[10.0, 20.0, 40.0], policies_default=["fcfs", "hfx"])
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--sim", action="store_true", help="run in the simulator (the default)")
+    mode.add_argument("--target", type=argtypes.target_address,
+                      help="live: the HFX router (grpc://HOST:PORT or HOST:PORT) or an OpenAI-compatible server "
+                      "(http://HOST:PORT); the policy is the target's (default: none, simulate)")
+    add_live_arguments(bench, mode)
+    fam = bench.add_argument_group("workload family (--sim --family N)")
+    fam.add_argument("--family", type=argtypes.non_negative_int, default=0, metavar="N",
+                     help="run every policy over N random workloads of family --seed, each at rates from light "
+                     "load to overload (multiples of its estimated capacity), and compare hfx with the best "
+                     "baseline (default %(default)s: off)")
+    fam.add_argument("--rate-factors", nargs="+", type=argtypes.positive_float, default=None, metavar="X",
+                     help="--family: rates as multiples of each workload's estimated capacity "
+                     "(default: services/sim/family.py RATE_FACTORS)")
+    fam.add_argument("--goodput-steps", type=argtypes.non_negative_int, default=0, metavar="K",
+                     help="--family: refine the goodput of hfx and of the best baseline(s) by K bisection steps "
+                     "(geometric) between the last grid rate at >= 90%% and the next (default %(default)s: grid only)")
+    fam.add_argument("--worst", type=argtypes.non_negative_int, default=5,
+                     help="--family: how many worst workloads to write out (default %(default)s)")
+    fam.add_argument("--family-out", default="family-worst", metavar="DIR",
+                     help="--family: where the worst workloads' YAML goes (default %(default)s)")
+    bench.set_defaults(func=run_bench, pd="")   # `hfx bench` runs colocated clusters
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.target or args.live_policies:
+        args.profile_given = args.profile is not None
+        args.policy = args.policy or args.policies_default
+        return run_live_bench(args)
+    if args.family:
+        return sim_cli.run_family(args)
+    return sim_cli.run_sweep(args)
 
 
 def add_live_arguments(bench: argparse.ArgumentParser, mode) -> None:
@@ -162,7 +202,7 @@ class LiveRuns:
             bar.close()
             rep = report(policy, rate, result, time.perf_counter() - started)
             reports.append(rep)
-            samples[(policy, rate)] = _samples(result)
+            samples[(policy, rate)] = tables.samples_of(result)
             _print_failures(result)
 
     def run_all(self) -> tuple[list[RunReport], dict]:
@@ -203,23 +243,18 @@ class LiveRuns:
         from services.local import cluster
         from services.sim.profiles import PROFILES
 
-        worker_args = []
-        if self.args.engine == "sim":
-            prof = sim_profile if sim_profile in PROFILES else str(Path(sim_profile).resolve())
-            worker_args.append(f"--sim-profile={prof}")
+        prof = sim_profile if sim_profile in PROFILES else str(Path(sim_profile).resolve())
         return cluster.UpOptions(home=home, model=self.model, workers=workers, router_port=procs.free_port(),
                                  redis_url=None, policy=policy, engine=self.args.engine, tracing="off",
-                                 timeout_s=300, worker_args=tuple(worker_args), http_port=0,
-                                 classes=str(classes) if classes else "", metrics=False)
+                                 timeout_s=300, http_port=0, classes=str(classes) if classes else "", metrics=False,
+                                 sim_profile=prof, policy_config=_absolute(self.args.policy_config))
 
     def write(self, reports: list[RunReport], samples: dict) -> int:
-        from services.sim.cli import _print_table, _records, print_comparison
-
-        records = _records(reports)
+        records = tables.records_of(reports)
         for r in records:
             r["engine"] = self.engine_label
-        _print_table(records, self.engine_label)
-        summary = print_comparison(records)
+        tables.print_table(records, self.engine_label)
+        summary = tables.print_comparison(records)
         print("(SLOs from "
               + (f"profile {self.args.profile}" if self.profile else "the target's measured unloaded latency") + ")")
         if self.args.json:
@@ -232,7 +267,7 @@ class LiveRuns:
                 "comparison": summary, "records": records}, indent=2))
             print(f"wrote {self.args.json}")
         if self.args.plot:
-            from services.sim import plots
+            from services.report import plots
 
             out = Path(self.args.plot)
             out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +275,10 @@ class LiveRuns:
                      *plots.latency_cdfs(samples, out, self.engine_label)]
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path else ""
 
 
 def load_unloaded(path: str) -> Unloaded:
@@ -260,13 +299,6 @@ async def _with_target(address, fn, args=None):
         return await fn(target)
     finally:
         await target.close()
-
-
-def _samples(result) -> dict:
-    recs = result.records
-    return {"ttft_ms": [v for r in recs if e2e_ms(r) is not None and (v := ttft_ms(r)) is not None],
-            "tpot_ms": [v for r in recs if (v := tpot_ms(r)) is not None],
-            "e2e_ms": [v for r in recs if (v := e2e_ms(r)) is not None]}
 
 
 def _print_failures(result) -> None:

@@ -1,7 +1,7 @@
 """The live benchmark: a workload's requests sent open-loop to a target at their arrival times.
 
 Same workload generator, SLO scales, records and measurement as the simulator bench
-(services.sim.metrics), measured on the client: TTFT from the request's scheduled arrival to its
+(services.report.metrics), measured on the client: TTFT from the request's scheduled arrival to its
 first token, TPOT over the decode phase. Arrivals never wait for earlier requests (open loop); a
 bound on requests in flight keeps memory bounded, and time spent waiting for it counts against
 the request. The run stops by itself: whatever has not finished by its deadline is failed.
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from services.common.domain import Slo
 from services.bench.targets import LiveRequest, Target
-from services.sim.runner import RequestRecord, SimResult
+from services.report.records import RequestRecord, RunResult
 from services.sim.workload import SimRequestSpec, Workload
 
 LOOSE_SLO_MS = 1e7     # probes must never be refused for their SLO
@@ -81,7 +81,7 @@ def with_slos(requests: Sequence[SimRequestSpec], slos: dict[str, Slo]) -> list[
 
 async def run_live(target: Target, requests: Sequence[SimRequestSpec], vocab_size: int, seed: int,
                    opts: LiveOptions, progress: Callable[[int], None] | None = None,
-                   instances: int = 0) -> SimResult:
+                   instances: int = 0) -> RunResult:
     rng = random.Random(seed)
     prompts = [prompt_ids(rng, r.spec.prompt_tokens, vocab_size) for r in requests]
     records = [RequestRecord(r.spec, r.output_tokens) for r in requests]
@@ -123,4 +123,4 @@ async def run_live(target: Target, requests: Sequence[SimRequestSpec], vocab_siz
         if rec.verdict == "":
             rec.verdict, rec.reason = "failed", "not finished by the run's deadline"
     makespan = max((r.finish_s or 0.0 for r in records), default=0.0)
-    return SimResult(records, instances * makespan, makespan, len(records), 0, 0)
+    return RunResult(records, instances * makespan, makespan, len(records), 0, 0)

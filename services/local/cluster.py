@@ -44,7 +44,11 @@ class UpOptions:
     tickets: bool = True               # the scheduler grants routers tickets (see `hfx scheduler --help`)
     prefill: int = 0                   # P/D: prefill and decode workers beside the `workers` colocated ones
     decode: int = 0
-    pd_local_prefill: bool = True      # the scheduler's --pd-local-prefill (may D prefill short prompts?)
+    pd_local_prefill: bool | None = None   # the scheduler's --pd-local-prefill (None: its policy config's)
+    # engine sim: the workers' --sim-profile, and the scheduler's --profile (its policy assumes the
+    # engine it places on: services/scheduler/policy/settings.py). A file is an absolute path.
+    sim_profile: str = "cpu-tiny"
+    policy_config: str = ""            # the scheduler's --policy-config FILE (absolute path); "" = none
 
     @property
     def total_workers(self) -> int:
@@ -156,6 +160,25 @@ def up(opts: UpOptions) -> ClusterFile:
     return state
 
 
+def _policy_flags(opts: UpOptions) -> list[str]:
+    """What the scheduler's PolicyConfig is made from (services/scheduler/policy/settings.py)."""
+    flags = []
+    if opts.pd_local_prefill is not None:
+        flags.append("--pd-local-prefill" if opts.pd_local_prefill else "--no-pd-local-prefill")
+    if opts.engine == "sim":
+        flags += ["--profile", opts.sim_profile]
+    if opts.classes:
+        flags += ["--classes", opts.classes]
+    if opts.policy_config:
+        flags += ["--policy-config", opts.policy_config]
+    return flags
+
+
+def _worker_flags(opts: UpOptions) -> tuple[str, ...]:
+    """Every worker's flags: the simulated engine's profile first, so a --worker-arg can still add more."""
+    return ((f"--sim-profile={opts.sim_profile}",) if opts.engine == "sim" else ()) + tuple(opts.worker_args)
+
+
 def _fixed_ports(opts: UpOptions) -> frozenset[int]:
     """The ports the user chose; they must be free now and are never handed out as random ones."""
     fixed = frozenset(p for p in (opts.router_port, opts.http_port) if p)
@@ -192,7 +215,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
                                           *([] if opts.tickets else ["--no-tickets"]),
-                                          *([] if opts.pd_local_prefill else ["--no-pd-local-prefill"]),
+                                          *_policy_flags(opts),
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
                         log_dir / "scheduler.log", die_with_parent=tied)
     state.record("scheduler", sched.pid)
@@ -215,7 +238,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
         procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
                           "--prefill", str(opts.prefill), "--decode", str(opts.decode),
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
-                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
+                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in _worker_flags(opts)],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else []),
                           *opts.scaler_args, *_signal_sources(opts, state)),
         log_dir / "scaler.log", die_with_parent=tied,

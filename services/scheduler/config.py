@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.tracing import TracingConfig
+from services.scheduler.policy.base import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class SchedulerConfig:
     # grant them (IssuesTickets) never do.
     tickets: bool = True
     ticket_refresh_s: float = 0.05    # tickets follow ordinary rounds at most this often (a spent one: at once)
-    pd_local_prefill: bool = True      # PolicyConfig.pd_local_prefill: may decode instances prefill?
+    # The policy's knobs, made by services/scheduler/policy/settings.py (the rule `hfx sim` uses too).
+    policy_config: PolicyConfig = PolicyConfig()
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

@@ -14,20 +14,21 @@ import logging
 import signal
 import time
 
-import grpc
-from opentelemetry import trace
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import ClusterSnapshot, Decision, InstanceView, Preemption, Role, Verdict
+from services.common.domain import ClusterSnapshot, Decision, InstanceView, Verdict
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
-from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
 from services.scheduler import inflight
+from services.scheduler.apply import apply
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
+from services.scheduler.live_round import LiveRound
 from services.scheduler.models import InstanceModels
 from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
 from services.scheduler.policy.base import serving_gap
+from services.scheduler.policy.settings import describe
 from services.scheduler.state import ClusterState, Waiting
 from services.scheduler.tickets import TicketDesk
 from services.scheduler.trace_spans import RequestTraces, complete_span as _complete_span
@@ -42,14 +43,6 @@ def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
     return Decision(request_id, Verdict.REJECT, reason, retry_after_ms=retry_after_ms)
 
 
-def _mode(decision: Decision, snapshot: ClusterSnapshot) -> str:
-    """How a placed request runs, for hfx_scheduler_placements."""
-    if decision.legs:
-        return "split"
-    inst = snapshot.get(decision.instance_id)
-    return "prefill_on_decode" if inst is not None and inst.role is Role.DECODE else "colocated"
-
-
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, config: SchedulerConfig, policy: Policy, cluster: store.ClusterStore | None,
                  policy_config: PolicyConfig | None = None) -> None:
@@ -60,7 +53,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.state = ClusterState()
         self.models = InstanceModels(refine=config.refine_models)
         self._wake = asyncio.Event()
-        self._workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
+        self.workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
         self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
@@ -140,57 +133,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.exception("policy %s failed; %d requests stay queued", self.policy.name, len(waiting))
             return
         metrics.DECISION_SECONDS.labels(self.policy.name).observe(time.perf_counter() - started)
-        for decision in result.decisions:
-            entry = self.state.waiting.pop(decision.request_id, None)
-            if entry is None:
-                continue
-            addresses: dict[str, str] = {}
-            if decision.verdict is not Verdict.REJECT:
-                # Addresses taken now: the registry may drop an instance before Place resumes.
-                # Each leg counts on its own instance (a split request on P and on D).
-                for leg in decision.stages():
-                    addresses[leg.instance_id] = snapshot.get(leg.instance_id).address
-                    self.state.place(leg.instance_id, entry.spec, now_s, leg.role)
-                metrics.PLACEMENTS.labels(self.policy.name, _mode(decision, snapshot)).inc()
-            if not entry.future.done():
-                entry.future.set_result((decision, addresses))
-        for pre in result.preemptions:
-            self._preempt(pre, snapshot.get(pre.instance_id).address, now_s)
+        apply(result, LiveRound(self, snapshot, now_s))
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
-
-    def _preempt(self, pre: Preemption, address: str, now_s: float) -> None:
-        """In-flight protection: stop the victim on its worker. Its stream then ends PREEMPTED and
-        the router places it again with the tokens it has streamed (Place with resumed_tokens).
-        It leaves the instance's running set now, so the next round sees the budget it frees."""
-        running = self.state.finish(pre.request_id)   # every leg: it is placed again from scratch
-        if running is None:
-            return
-        log.info("preempt %s on %s: %s", pre.request_id, pre.instance_id, pre.reason)
-        span = _tracer.start_span(tracing.SPAN_PREEMPT, context=self.traces.get(pre.request_id))
-        for key, value in ((tracing.ATTR_REQUEST_ID, pre.request_id), (tracing.ATTR_INSTANCE, pre.instance_id),
-                           (tracing.ATTR_REASON, pre.reason), (tracing.ATTR_POLICY, self.policy.name)):
-            span.set_attribute(key, value)
-        tracing.set_slo_attributes(span, running.spec.slo.ttft_ms, running.spec.slo.tpot_ms)
-
-        async def tell_worker() -> None:
-            result = "sent"
-            try:
-                reply = await self._workers[address].Abort(
-                    worker_pb2.WorkerAbortRequest(request_id=pre.request_id, preempt=True, reason=pre.reason),
-                    timeout=self.config.worker_call_timeout_s,
-                    metadata=grpcutil.outgoing_metadata(context=trace.set_span_in_context(span)))
-                result = "sent" if reply.found else "gone"
-            except grpc.aio.AioRpcError as err:
-                # It keeps running there; count it again so budgets stay honest.
-                result = "failed"
-                log.warning("preempt %s on %s not delivered: %s", pre.request_id, pre.instance_id, err.code().name)
-                self.state.place(pre.instance_id, running.spec, running.placed_s, running.role)
-            finally:
-                span.set_attribute(tracing.ATTR_PREEMPT_DELIVERY, result)
-                span.end()
-            metrics.PREEMPTIONS.labels(self.policy.name, result).inc()
-
-        self.background.spawn(tell_worker())
 
     def _log_refined(self, instance_id: str, m, every_s: float = 10.0) -> None:
         now = time.monotonic()
@@ -271,10 +215,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             except (KeyError, TypeError, ValueError) as err:
                 log.warning("instance %s stored an unreadable profile: %s", iid, err)
                 continue
+            self._check_step_budget(iid, doc)
             m = self.state.models[iid]
             log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens",
                      iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
                      m.c3_ms_per_kv_token)
+
+    def _check_step_budget(self, instance_id: str, doc: dict) -> None:
+        """Prefill estimates assume the policy's chunk_tokens; an instance whose engine steps another
+        budget is mispredicted, so say so once, with the fix."""
+        chunk = doc.get("chunk_tokens")
+        if isinstance(chunk, int) and chunk > 0 and chunk != self.policy_config.chunk_tokens:
+            log.warning("instance %s steps up to %d tokens (its profile's chunk_tokens) but the policy assumes %d: "
+                        "its prefill estimates are off; give the scheduler that profile (--profile FILE) or "
+                        "chunk_tokens (--policy-config)", instance_id, chunk, self.policy_config.chunk_tokens)
 
     def _serving_gap(self) -> str:
         """serving_gap of the registered instances, recomputed only when their roles change (it is
@@ -473,8 +427,8 @@ async def serve(config: SchedulerConfig) -> None:
     tracing.setup("hfx-scheduler", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    policy_config = PolicyConfig(pd_local_prefill=config.pd_local_prefill)
-    servicer = SchedulerServicer(config, make_policy(config.policy, policy_config), cluster, policy_config)
+    servicer = SchedulerServicer(config, make_policy(config.policy, config.policy_config), cluster,
+                                 config.policy_config)
     server, health = grpcutil.make_server(
         [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)], [SERVICE_NAME]
     )
@@ -483,7 +437,8 @@ async def serve(config: SchedulerConfig) -> None:
     tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(servicer.registry_loop())]
     runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
-    log.info("scheduler (policy %s) serving on %s:%d", config.policy, config.host, port)
+    log.info("scheduler (policy %s) serving on %s:%d; policy settings: %s", config.policy, config.host, port,
+             describe(config.policy_config))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -21,9 +21,10 @@ from services import argtypes
 from services.scaler.autoscale import AutoscaleConfig, Autoscaler, StartKind
 from services.scaler.autoscale.baselines import QueueThreshold, Static, ThroughputPlanner
 from services.scaler.autoscale.capacity import slo_capacity_rps
-from services.scheduler.policy import PolicyConfig, make_policy, policy_names
+from services.scheduler.policy import make_policy, policy_names
+from services.scheduler.policy.settings import policy_config
 from services.sim import ENGINE_LABEL
-from services.sim.metrics import attainment, met_slo
+from services.report.metrics import attainment, met_slo
 from services.sim.profiles import Profile, load_profile
 from services.sim.runner import Simulation
 from services.sim.scaling import ScalingDriver, ScalingSetup
@@ -129,9 +130,7 @@ def make_autoscaler(name: str, args, capacity: float, static_n: int):
 
 
 def run_one(name: str, args, requests, profile: Profile, workload: Workload, capacity: float, static_n: int) -> dict:
-    config = PolicyConfig(placement="best_fit", default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
-                          default_kv_capacity_tokens=profile.kv_capacity_tokens,
-                          reject_classes=workload.reject_classes())
+    config = policy_config(profile, workload.classes, {"placement": "best_fit"})
     initial = static_n if name == "static" else args.min_instances
     setup = ScalingSetup(initial, capacity, {StartKind.COLD: args.cold_start_s, StartKind.PEER: args.peer_start_s},
                          peer_start=not args.no_peer_start, tick_s=args.tick_s)
@@ -195,11 +194,11 @@ def run_autoscale_bench(args: argparse.Namespace) -> int:
                                                "results": results}, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
-        from services.sim.plots import autoscale_timeline
+        from services.report.plots import autoscale_timeline
 
         out = Path(args.plot)
         out.mkdir(parents=True, exist_ok=True)
-        print(f"wrote {autoscale_timeline(results, rate_fn, out)}")
+        print(f"wrote {autoscale_timeline(results, rate_fn, out, ENGINE_LABEL)}")
     return 0
 
 

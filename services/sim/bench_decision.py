@@ -15,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 
 from services.common.domain import ClusterSnapshot, InstanceLoad, InstanceView, RequestSpec, RunningRequest, Slo
-from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy import make_policy
+from services.scheduler.policy.settings import policy_config
 from services.sim.profiles import get_profile
 from services.sim.runner import WaitingQueue
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     prof = get_profile("cpu-tiny")
-    policy = make_policy(args.policy, PolicyConfig(default_latency_model=prof.model, chunk_tokens=prof.chunk_tokens))
+    policy = make_policy(args.policy, policy_config(prof))
     waiting = WaitingQueue()
     counter = 0
     for _ in range(args.queued):

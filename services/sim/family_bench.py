@@ -18,10 +18,11 @@ from typing import Sequence
 import yaml
 from tqdm import tqdm
 
-from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy import make_policy
+from services.scheduler.policy.settings import policy_config
 from services.sim import ENGINE_LABEL
 from services.sim.family import RATE_FACTORS, capacity_rps, load_family, rate_grid
-from services.sim.metrics import GOODPUT_ATTAINMENT, attainment
+from services.report.metrics import GOODPUT_ATTAINMENT, attainment
 from services.sim.profiles import Profile
 from services.sim.runner import simulate
 from services.sim.workload import Workload, generate
@@ -138,9 +139,7 @@ def _badness(r: dict) -> tuple:
 def measurer(workload: Workload, profile: Profile, instances: int, requests: int, seed: int):
     """measure(policy, rate) -> SLO attainment of one simulated point (the same requests for
     every policy at a rate)."""
-    config = PolicyConfig(default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
-                          default_kv_capacity_tokens=profile.kv_capacity_tokens,
-                          reject_classes=workload.reject_classes())
+    config = policy_config(profile, workload.classes)
     generated: dict[float, list] = {}
 
     def measure(policy: str, rate: float) -> float:

@@ -14,12 +14,15 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, RequestSpec, Role,
-                                    RunningRequest, Verdict)
+from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, Leg, Preemption, RequestSpec,
+                                    Role, RunningRequest, ScheduleResult, Verdict)
+from services.scheduler.apply import apply
 from services.scheduler.policy import Policy, observe_completion
+from services.report.records import RequestRecord, RunResult
 from services.scheduler.policy.base import DEFAULT_KV_TRANSFER_MS_PER_TOKEN
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile
+from services.sim.tickets import SimTickets
 from services.sim.workload import SimRequestSpec
 
 if TYPE_CHECKING:
@@ -27,31 +30,6 @@ if TYPE_CHECKING:
 
 TICK_S = 0.02          # re-run the scheduler this often while requests wait and nothing else happens
 STALL_TICKS = 5000     # give up on requests no policy pass places for this long with the cluster idle
-
-
-@dataclass
-class RequestRecord:
-    spec: RequestSpec
-    output_tokens: int
-    instance_id: str = ""
-    placed_s: float | None = None
-    first_token_s: float | None = None
-    last_token_s: float | None = None
-    finish_s: float | None = None
-    generated: int = 0
-    verdict: str = ""          # admit, best_effort, reject, failed
-    reason: str = ""
-    preemptions: int = 0
-
-
-@dataclass
-class SimResult:
-    records: list[RequestRecord]
-    instance_seconds: float
-    makespan_s: float
-    decisions: int
-    engine_preemptions: int
-    policy_preemptions: int
 
 
 class WaitingQueue(Sequence[RequestSpec]):
@@ -93,11 +71,14 @@ class _Node:
 class Simulation:
     def __init__(self, policy: Policy, profile: Profile, instances: int, seed: int,
                  progress: Callable[[int], None] | None = None, scaling: "ScalingDriver | None" = None,
-                 roles: Sequence[Role] = ()) -> None:
-        """roles: one per instance (default: all colocated)."""
+                 roles: Sequence[Role] = (), tickets: bool = True) -> None:
+        """roles: one per instance (default: all colocated). tickets: grant and spend tickets as the
+        live mesh does by default (services/sim/tickets.py); False: every request takes a pass."""
         if roles and len(roles) != instances:
             raise ValueError(f"{len(roles)} roles for {instances} instances")
         self.policy = policy
+        self.tickets = SimTickets(policy) if tickets else None
+        self._tickets_event = False   # a deferred ticket refresh is on the event queue
         self.profile = profile
         self.seed = seed
         self.scaling = scaling      # None: a fixed set of instances
@@ -147,7 +128,7 @@ class Simulation:
     def _push(self, t_s: float, kind: str, payload) -> None:
         heapq.heappush(self._events, (t_s, next(self._seq), kind, payload))
 
-    def run(self, requests: Sequence[SimRequestSpec]) -> SimResult:
+    def run(self, requests: Sequence[SimRequestSpec]) -> RunResult:
         for r in requests:
             self.records[r.spec.request_id] = RequestRecord(r.spec, r.output_tokens)
             self._push(r.spec.arrival_s, "arrival", r.spec)
@@ -159,7 +140,7 @@ class Simulation:
         while self._events:
             self.now_s, _, kind, payload = heapq.heappop(self._events)
             if kind == "arrival":
-                self.waiting.add(payload)
+                self._arrive(payload)
             elif kind == "step":
                 self._end_step(payload)
             elif kind == "tick":
@@ -168,8 +149,11 @@ class Simulation:
                 self.scaling.on_event(self, payload)
             elif kind == "kv":
                 self._kv_arrived(payload)
+            elif kind == "tickets":
+                self._tickets_event = False
             placed_before = self.decisions
             self._schedule()
+            self._refresh_tickets()
             self._start_idle_steps()
             idle_ticks = 0 if self.decisions != placed_before or kind != "tick" else idle_ticks + 1
             if len(self.waiting) and not ticking:
@@ -180,8 +164,31 @@ class Simulation:
                 ticking = True
         makespan = max((r.finish_s or r.spec.arrival_s for r in self.records.values()), default=0.0)
         instance_s = self.scaling.instance_seconds(makespan) if self.scaling else len(self.nodes) * makespan
-        return SimResult(list(self.records.values()), instance_s, makespan, self.decisions,
+        return RunResult(list(self.records.values()), instance_s, makespan, self.decisions,
                          sum(n.sim.engine_preemptions for n in self.nodes), self.policy_preemptions)
+
+    # -- arrivals and tickets -------------------------------------------------------------------
+
+    def _arrive(self, spec: RequestSpec) -> None:
+        """The router's side: a request a ticket covers starts where the ticket says (no pass);
+        any other queues for the next pass."""
+        self.waiting.add(spec)
+        if self.tickets is None:
+            return
+        self.tickets.saw(spec)
+        decision = self.tickets.take(spec, self.now_s)
+        if decision is not None:
+            apply(ScheduleResult(decisions=(decision,)), self)
+            self._refresh_tickets(force=True)
+
+    def _refresh_tickets(self, force: bool = False) -> None:
+        if self.tickets is None:
+            return
+        cluster = ClusterSnapshot(tuple(n.view for n in self.nodes))
+        due_s = self.tickets.refresh(cluster, bool(len(self.waiting)), self.now_s, force)
+        if due_s is not None and not self._tickets_event:
+            self._push(due_s, "tickets", None)
+            self._tickets_event = True
 
     # -- scheduler pass -------------------------------------------------------------------------
 
@@ -189,43 +196,46 @@ class Simulation:
         if not len(self.waiting) and not any(n.placed for n in self.nodes):
             return
         cluster = ClusterSnapshot(tuple(n.view for n in self.nodes))
-        result = self.policy.schedule(self.waiting, cluster, self.now_s)
-        for p in result.preemptions:
-            self._preempt(p.instance_id, p.request_id, p.reason)
-        for d in result.decisions:
-            spec = self.waiting.pop(d.request_id)
-            if spec is None:
-                continue
-            rec = self.records[d.request_id]
-            self.decisions += 1
-            rec.verdict, rec.reason = d.verdict.value, d.reason
-            if d.verdict == Verdict.REJECT:
-                rec.finish_s = self.now_s
-                self._finish(rec)
-                continue
-            if rec.placed_s is None:
-                rec.placed_s = self.now_s
-            self._apply(d, spec, rec)
+        apply(self.policy.schedule(self.waiting, cluster, self.now_s), self)
 
-    def _apply(self, d: Decision, spec: RequestSpec, rec: RequestRecord) -> None:
-        """Each leg joins its node's running set (what the policy's budgets count, Decision.stages()
-        as in the scheduler service); the engine gets the whole request, or the prefill leg first."""
+    # -- the applier's executor (services/scheduler/apply.py: preemptions, then decisions) -------
+
+    def preempt(self, p: Preemption) -> None:
+        self._preempt(p.instance_id, p.request_id, p.reason)
+
+    def take(self, request_id: str) -> RequestSpec | None:
+        return self.waiting.pop(request_id)
+
+    def count(self, leg: Leg, spec: RequestSpec) -> None:
+        self.by_id[leg.instance_id].placed[spec.request_id] = RunningRequest(spec, self.now_s, leg.role)
+
+    def settle(self, d: Decision, spec: RequestSpec) -> None:
+        rec = self.records[d.request_id]
+        self.decisions += 1
+        rec.verdict, rec.reason = d.verdict.value, d.reason
+        if d.verdict == Verdict.REJECT:
+            rec.finish_s = self.now_s
+            self._finish(rec)
+            return
+        if rec.placed_s is None:
+            rec.placed_s = self.now_s
+        self._start(d, spec, rec)
+
+    def _start(self, d: Decision, spec: RequestSpec, rec: RequestRecord) -> None:
+        """Every leg is counted on its node (Decision.stages(), as in the scheduler service); the
+        engine gets the whole request, or the prefill leg first (the decode leg waits for its KV)."""
         legs = d.stages()
         rec.instance_id = "->".join(leg.instance_id for leg in legs)
         for leg in legs:
             node = self.by_id[leg.instance_id]
-            node.placed[spec.request_id] = RunningRequest(spec, self.now_s, leg.role)
             if leg.role is Role.DECODE:
                 self._decode_on[spec.request_id] = leg.instance_id
-                continue
-            output = 1 if leg.role is Role.PREFILL else rec.output_tokens - rec.generated
-            if leg.role is Role.PREFILL:
-                self._prefill_on[spec.request_id] = leg.instance_id
-            node.sim.add(SimSeq(spec.request_id, spec.prompt_tokens, output))
+            else:
+                output = 1 if leg.role is Role.PREFILL else rec.output_tokens - rec.generated
+                if leg.role is Role.PREFILL:
+                    self._prefill_on[spec.request_id] = leg.instance_id
+                node.sim.add(SimSeq(spec.request_id, spec.prompt_tokens, output))
             self._refresh_view(node, running_changed=True)
-        for leg in legs:
-            if leg.role is Role.DECODE:
-                self._refresh_view(self.by_id[leg.instance_id], running_changed=True)
 
     def _prefill_done(self, node: _Node, rid: str) -> None:
         """A split request's prefill leg ended on P: its KV leaves for D (no token to the client)."""
@@ -348,5 +358,5 @@ def pd_roles(split: str, instances: int) -> tuple[Role, ...]:
 
 
 def simulate(policy: Policy, profile: Profile, requests: Sequence[SimRequestSpec], instances: int, seed: int,
-             progress: Callable[[int], None] | None = None, roles: Sequence[Role] = ()) -> SimResult:
-    return Simulation(policy, profile, instances, seed, progress, roles=roles).run(requests)
+             progress: Callable[[int], None] | None = None, roles: Sequence[Role] = (), tickets: bool = True) -> RunResult:
+    return Simulation(policy, profile, instances, seed, progress, roles=roles, tickets=tickets).run(requests)

@@ -63,7 +63,7 @@ class ScalingDriver:
         sim._push(0.0, "scale", ("tick", None))
 
     def on_finish(self, rec, now_s: float) -> None:
-        from services.sim.metrics import met_slo
+        from services.report.metrics import met_slo
 
         rejected = rec.reason.split(":")[0][:40] if rec.verdict in ("reject", "failed") else ""
         self._ended.append((now_s, rec.spec.task_class, met_slo(rec), rejected))

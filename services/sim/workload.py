@@ -72,9 +72,6 @@ class Workload:
     cv: float = 1.0
     trace: str = ""            # Azure LLM trace CSV: TIMESTAMP, ContextTokens, GeneratedTokens
 
-    def reject_classes(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.classes if c.on_miss == "reject")
-
 
 @dataclass(frozen=True)
 class SimRequestSpec:

@@ -39,7 +39,7 @@ def mesh(tmp_path_factory):
     profile = tmp / "slow-prefill.json"
     profile.write_text(json.dumps(SLOW_PREFILL))
     with local_cluster(tmp / "home", workers=1, policy="fcfs", engine="sim", tracing="local",
-                       worker_args=(f"--sim-profile={profile}",)) as running:
+                       sim_profile=str(profile)) as running:
         yield running
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.sim.cli import main
+from services.cli import main
 from services.sim.family import capacity_rps, family, load_family, rate_grid, workload_doc
 from services.sim.family_bench import aggregate, refine_goodput, run_workload, verdict
 from services.sim.profiles import get_profile

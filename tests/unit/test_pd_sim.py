@@ -8,7 +8,7 @@ import pytest
 from services.common.domain import Decision, LatencyModel, Leg, Preemption, Role, ScheduleResult, Slo, Verdict
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.sim.cli import DEFAULT_WORKLOAD
-from services.sim.metrics import ttft_ms
+from services.report.metrics import ttft_ms
 from services.sim.profiles import Profile
 from services.sim.runner import simulate
 from services.sim.workload import SimRequestSpec, generate, load_workload

@@ -7,10 +7,12 @@ import json
 import pytest
 
 from services.common.domain import LatencyModel
-from services.scheduler.policy import PolicyConfig, make_policy, policy_names
-from services.sim.cli import DEFAULT_WORKLOAD, main
+from services.scheduler.policy import make_policy, policy_names
+from services.cli import main
+from services.scheduler.policy.settings import policy_config
+from services.sim.cli import DEFAULT_WORKLOAD
 from services.sim.instance import SimInstance, SimSeq
-from services.sim.metrics import comparison, describe_comparison, report
+from services.report.metrics import comparison, describe_comparison, report
 from services.sim.profiles import get_profile
 from services.sim.runner import simulate
 from services.sim.workload import generate, load_workload
@@ -57,8 +59,7 @@ def run(policy: str, seed: int = 3, rate: float = 15.0, n: int = 300):
     prof = get_profile("cpu-tiny")
     wl = load_workload(DEFAULT_WORKLOAD)
     reqs = generate(wl, rate, n, seed, prof.model, prof.chunk_tokens)
-    cfg = PolicyConfig(default_latency_model=prof.model, chunk_tokens=prof.chunk_tokens,
-                       reject_classes=wl.reject_classes())
+    cfg = policy_config(prof, wl.classes)
     return simulate(make_policy(policy, cfg), prof, reqs, 2, seed)
 
 

@@ -3,7 +3,8 @@ and go, nothing lost when an instance is drained and removed."""
 
 from services.scaler.autoscale import AutoscaleConfig, Autoscaler, StartKind
 from services.scaler.autoscale.baselines import Static
-from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy import make_policy
+from services.scheduler.policy.settings import policy_config
 from services.sim.autoscale_bench import instance_capacity
 from services.sim.profiles import get_profile
 from services.sim.runner import Simulation
@@ -25,8 +26,7 @@ def burst_requests(workload, profile, seed=3):
 
 
 def run(autoscaler, initial, requests, profile, workload, capacity):
-    config = PolicyConfig(placement="best_fit", default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
-                          reject_classes=workload.reject_classes())
+    config = policy_config(profile, workload.classes, {"placement": "best_fit"})
     driver = ScalingDriver(autoscaler, ScalingSetup(initial, capacity, {StartKind.COLD: 20.0, StartKind.PEER: 10.0}))
     result = Simulation(make_policy("hfx", config), profile, initial, seed=1, scaling=driver).run(requests)
     return result, driver

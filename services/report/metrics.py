@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from services.sim.runner import RequestRecord, SimResult
+from services.report.records import RequestRecord, RunResult
 
 GOODPUT_ATTAINMENT = 0.9
 
@@ -79,7 +79,7 @@ class RunReport:
         }
 
 
-def report(policy: str, rate_rps: float, result: SimResult, wall_s: float = 0.0) -> RunReport:
+def report(policy: str, rate_rps: float, result: RunResult, wall_s: float = 0.0) -> RunReport:
     recs = result.records
     classes = sorted({r.spec.task_class for r in recs})
     per_class = {}

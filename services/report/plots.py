@@ -1,4 +1,5 @@
-"""PNG plots of bench results (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of bench results (matplotlib, Agg backend: no display needed). Every plot names its
+engine (`label`: simulated, or the live target) in its title."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from services.sim import ENGINE_LABEL  # noqa: E402
 
-
-def attainment_vs_rate(records: Sequence[dict], out_dir: Path, label: str = ENGINE_LABEL) -> Path:
+def attainment_vs_rate(records: Sequence[dict], out_dir: Path, label: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for policy in sorted({r["policy"] for r in records}):
         rs = sorted((r for r in records if r["policy"] == policy), key=lambda r: r["rate_rps"])
@@ -32,7 +31,7 @@ def attainment_vs_rate(records: Sequence[dict], out_dir: Path, label: str = ENGI
 
 
 def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_dir: Path,
-                 label: str = ENGINE_LABEL) -> list[Path]:
+                 label: str) -> list[Path]:
     """One figure per metric: CDF of each policy's completed requests at the highest swept rate
     (a legend of every (policy, rate) pair becomes unreadable on a sweep)."""
     top_rate = max(rate for _, rate in samples)
@@ -57,7 +56,7 @@ def latency_cdfs(samples: dict[tuple[str, float], dict[str, list[float]]], out_d
     return paths
 
 
-def autoscale_timeline(results: Sequence[dict], rate_fn, out_dir: Path, label: str = ENGINE_LABEL) -> Path:
+def autoscale_timeline(results: Sequence[dict], rate_fn, out_dir: Path, label: str) -> Path:
     """Instances paid for (top), with the offered rate when known, and SLO attainment of the
     requests arriving in each 30 s bucket (bottom), one line per autoscaler."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
