@@ -160,6 +160,10 @@ def describe_autoscale(a: dict, now_s: float) -> str:
              f"{a.get('predicted_rps', 0):.2f}, {a.get('capacity_rps', 0):.2f} per worker "
              f"(as of {now_s - a.get('at', now_s):.0f}s ago)",
              f"  now: {a.get('reason', '')}"]
+    if a.get("paid_instances") is not None:
+        lines.append(f"  paying for {a['paid_instances']:.2f} instance(s) at {a['cost_per_s']:.3g}/s; "
+                     f"{a['instance_seconds']:.0f} instance-seconds so far, {a['standby_instance_seconds']:.0f} "
+                     f"of them the standby pool's")
     last = a.get("last_decision")
     if last:
         lines.append(f"  last decision {last['decision_id']} ({now_s - last['at']:.0f}s ago): {last['action']} "

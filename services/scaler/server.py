@@ -42,6 +42,7 @@ class Managed:
     stopping: bool = False
     started_s: float = 0.0      # when its current process was launched (ready time = registered - this)
     leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
+    from_standby: bool = False  # its current process was taken from the standby pool
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
@@ -119,7 +120,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             self._check_gone(old)
         now = time.time()
         self.workers[index] = Managed(index, member.instance_id, member.port, member.proc, started_s=now,
-                                      restarts=old.restarts + 1 if old else 0)
+                                      restarts=old.restarts + 1 if old else 0, from_standby=True)
         choice = choose_donor((DonorCandidate.from_pb(i) for i in self.registry), self.config.model, member.instance_id)
         log.info("slot %d takes standby %s (pid %d); weights: %s", index, member.instance_id, member.proc.pid,
                  choice.reason)

@@ -10,6 +10,8 @@ whose reload makes the tokens depend on the pulled weights, is test_standby_pool
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -18,6 +20,7 @@ from services.common import grpcutil, store
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc, scaler_pb2, scaler_pb2_grpc
 from tests.harness import local_cluster, wait_until
+from tests.integration.test_autoscale_live import send
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +89,30 @@ def test_a_scale_up_takes_the_standby_which_pulls_from_the_donor_and_the_pool_re
         out = capsys.readouterr().out
         assert "standby pool: 1 ready" in out and f"taken {standby}" in out and "donor hfx-w0" in out, out
 
+
+
+AUTOSCALE = ("--autoscale", "--min", "1", "--max", "2", "--capacity-rps", "2", "--warmup-s", "1",
+             "--cold-start-s", "30", "--autoscale-tick-s", "1", "--autoscale-window-s", "6")
+
+
+def test_the_autoscaler_starts_from_the_pool_and_pays_for_it(tmp_path):
+    """A burst past one worker's configured capacity: the autoscaler's start takes the standby
+    (its reason names the standby start kind), and its instance-seconds include the pool's."""
+    with local_cluster(tmp_path / "home", workers=1, engine="sim", policy="hfx", http=True,
+                       scaler_args=(*POOL, *AUTOSCALE)) as mesh:
+        keys = Keys(mesh.state.redis_prefix)
+        r = store.connect_sync(mesh.state.redis_url)
+        assert wait_until(lambda: pool_status(r, keys).get("ready") == 1, 60), mesh.logs()
+        standby = pool_status(r, keys)["members"][0]
+        results, lock = [], threading.Lock()
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            burst = send(mesh.state.router, pool, 6.0, 8.0, results, lock)
+            assert wait_until(lambda: standby in registered(r, keys), 30), mesh.logs()
+            for f in burst:
+                f.result()
+        status = json.loads(r.get(keys.autoscale()))
+        starts = [json.loads(r.get(k)) for k in r.scan_iter(f"{keys.prefix}:scale:*")]
+        assert any(d["action"] == "start" and "cpu/standby" in d["reason"] for d in starts), starts
+        assert status["standby_instance_seconds"] > 0
+        assert status["instance_seconds"] > status["standby_instance_seconds"]
+        assert not [row for row in results if row["error"]], results

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from services.common.model import ensure_default_model
+from services.scaler.autoscale import AutoscaleConfig, Autoscaler, InstanceSignal, Phase, Signals, Start, StartKind
+from services.scaler.autoscale.cost import CostMeter, fleet_cost
 from services.scaler.standby import Standby, StandbyPool, plan_pool, standby_equivalents
 from services.scaler.standby_cli import MAX_POOL, standby_check
 from services.worker.engine.sim_weights import STORAGE, pull_and_drop
@@ -76,3 +78,39 @@ def test_the_simulated_engine_receives_and_checks_the_real_stream(model_dir):
     # The donor is gone: the simulated engine reports storage and why, as vLLM's falls back.
     gone = pull_and_drop(str(model_dir), handle.address, mode="tcp", stall_timeout_s=1.0)
     assert gone["source"] == STORAGE and gone["failure"].startswith("donor-lost"), gone
+
+
+# -- the pool in the autoscaler's cost model ----------------------------------------------------
+
+
+def test_fleet_cost_counts_every_launched_instance_at_its_price_and_the_pool_by_its_memory_share():
+    insts = [InstanceSignal("a", Phase.READY, device="cpu"), InstanceSignal("b", Phase.STARTING, device="big"),
+             InstanceSignal("c", Phase.DRAINING, device="cpu")]
+    paid, per_s = fleet_cost({"cpu": 1.0, "big": 4.0}, insts, standby_equivalents=0.5, standby_device="cpu")
+    assert paid == pytest.approx(3.5) and per_s == pytest.approx(1 + 4 + 1 + 0.5)
+
+
+def test_the_meter_integrates_each_interval_at_the_fleet_that_began_it():
+    meter = CostMeter()
+    meter.add(0.0, {"paid_instances": 2.5, "standby_equivalents": 0.5, "cost_per_s": 2.5})
+    meter.add(10.0, {"paid_instances": 3.5, "standby_equivalents": 0.5, "cost_per_s": 3.5})
+    meter.add(12.0, {})
+    assert meter.instance_seconds == pytest.approx(25 + 7)
+    assert meter.standby_instance_seconds == pytest.approx(5 + 1)
+    assert meter.cost == pytest.approx(32)
+
+
+def test_with_a_ready_standby_the_policy_starts_from_it_and_its_plan_carries_the_pool_cost():
+    config = AutoscaleConfig(min_replicas=1, max_replicas=4, capacity_rps={"cpu": 10.0},
+                             ready_times_s={StartKind.COLD: 60.0, StartKind.STANDBY: 3.0})
+    one = (InstanceSignal("w0", Phase.READY, -1000.0, "cpu", 0, 0, 10.0),)
+    plan = Autoscaler(config).on_tick(Signals(one, 30.0, start_kinds=(StartKind.STANDBY, StartKind.COLD),
+                                              standby_equivalents=0.4), 0.0)
+    starts = [a for a in plan.actions if isinstance(a, Start)]
+    assert starts and all(a.start_kind is StartKind.STANDBY for a in starts), plan.reason
+    assert "cpu/standby" in starts[0].reason
+    assert plan.details["paid_instances"] == pytest.approx(1.4) and plan.details["standby_equivalents"] == 0.4
+    # Without the pool: a cold start, and only the serving instance is paid for.
+    plan = Autoscaler(config).on_tick(Signals(one, 30.0), 0.0)
+    assert [a.start_kind for a in plan.actions if isinstance(a, Start)][0] is StartKind.COLD
+    assert plan.details["paid_instances"] == pytest.approx(1.0)
