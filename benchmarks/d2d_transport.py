@@ -4,11 +4,11 @@ A donor process serves the checkpoint from memory (as `hfx worker --serve-weight
 process pulls the whole stream several times over each transport, every tensor checked (name,
 dtype, shape, CRC32, completeness), and keeps nothing. The receiver's variants, in the same run:
 
-  zlib          CRC32 with zlib (what the pull used before); on TCP the donor sends with sendall
-  isal          CRC32 with ISA-L over the same memoryviews (no copy)
-  isal+prefault shm: as isal, and the maps populated at once (MADV_POPULATE_READ), not page by page
-  isal+sendfile tcp: as isal, and the donor sends from its memfds with sendfile (a second donor
-                process, so both donors run in this one run)
+  zlib          CRC32 with zlib (what the pull used before)
+  isal          CRC32 with ISA-L over the same memoryviews (no copy): what the pull uses now
+
+(Also tried, at commit 335bca9, and dropped as slower here: populating the shared-memory maps at
+once with MADV_POPULATE_READ, and a donor sending from its memfds with sendfile; BENCHMARKS.md.)
 
 memcpy: numpy copy between two pre-faulted buffers of the checkpoint's size (best of 3), i.e. what
 it costs to read and write every byte once. The shm transport ends where vLLM's copy begins (its
@@ -32,11 +32,11 @@ import numpy as np
 
 from services.common import checksum
 from services.common.model import ensure_default_model, parse_params
-from services.worker.weights import checkpoint, shm
+from services.worker.weights import checkpoint
 from services.worker.weights.tcp import ReceiveStats
 from services.worker.weights.transport import transport_for
 
-VARIANTS = {"shm": ("zlib", "isal", "isal+prefault"), "tcp": ("zlib", "isal", "isal+sendfile")}
+VARIANTS = ("zlib", "isal")
 
 
 def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
@@ -51,12 +51,10 @@ def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
     return nbytes / best / 1e9
 
 
-def serve(model_dir: str, sendfile: bool) -> None:
+def serve(model_dir: str) -> None:
     """The donor process: serve the checkpoint, print the address, wait for stdin to close."""
-    from services.worker.weights import tcp
     from services.worker.weights.source import CheckpointSource
 
-    tcp.SENDFILE = sendfile
     handle = transport_for("cpu").serve(CheckpointSource.load(model_dir), "127.0.0.1", 0)
     print(handle.address, flush=True)
     sys.stdin.read()
@@ -65,7 +63,6 @@ def serve(model_dir: str, sendfile: bool) -> None:
 
 def pull(address: str, model_dir: Path, mode: str, variant: str) -> dict:
     checksum._crc32 = zlib.crc32 if variant == "zlib" else _ISAL
-    shm.PREFAULT = variant.endswith("prefault")
     index_list = checkpoint.read_index(model_dir)
     index = {t.name: t for t in index_list}
     stats = ReceiveStats()
@@ -93,40 +90,35 @@ def main(argv: list[str] | None = None) -> int:
                    "(default %(default)s)")
     p.add_argument("--out", type=Path, help="write the figures as JSON here (default: print only)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
-    p.add_argument("--sendfile", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.sendfile)
+        serve(args.serve)
         return 0
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     model_dir = Path(args.model) if args.model else ensure_default_model(params=args.params)
     size = sum(t.nbytes for t in checkpoint.read_index(model_dir))
-    donors = {flag: subprocess.Popen([sys.executable, "-m", "benchmarks.d2d_transport", "--serve", str(model_dir),
-                                      *(["--sendfile"] if flag else [])],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-              for flag in (False, True)}
+    donor = subprocess.Popen([sys.executable, "-m", "benchmarks.d2d_transport", "--serve", str(model_dir)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        address = {flag: proc.stdout.readline().strip() for flag, proc in donors.items()}
-        if not all(address.values()):
-            raise RuntimeError("a donor process did not start")
+        address = donor.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the donor process did not start")
         result = {"model": str(model_dir), "tensor_bytes": size, "memcpy_gbps": memcpy_gbps(size), "pulls": {}}
         print(f"model {model_dir}: {size / 1e9:.3f} GB of tensors; memcpy {result['memcpy_gbps']:.2f} GB/s")
-        for mode, variants in VARIANTS.items():
-            for variant in variants:
-                donor = address[variant.endswith("sendfile")]
-                runs = [pull(donor, model_dir, mode, variant) for _ in range(args.repeats)]
+        for mode in ("shm", "tcp"):
+            for variant in VARIANTS:
+                runs = [pull(address, model_dir, mode, variant) for _ in range(args.repeats)]
                 row = {k: statistics.median(r[k] for r in runs) for k in ("gbps", "seconds", "crc_s", "recv_s")}
                 result["pulls"][f"{mode}/{variant}"] = row
-                print(f"{mode:>4} {variant:<14} {row['gbps']:6.2f} GB/s = {row['gbps'] / result['memcpy_gbps']:5.1%} "
+                print(f"{mode:>4} {variant:<6} {row['gbps']:6.2f} GB/s = {row['gbps'] / result['memcpy_gbps']:5.1%} "
                       f"of memcpy  (pull {row['seconds']:.3f} s, of it CRC {row['crc_s']:.3f} s, socket reads "
                       f"{row['recv_s']:.3f} s; median of {args.repeats})", flush=True)
         result["memcpy_gbps_after"] = memcpy_gbps(size)
         print(f"memcpy again at the end: {result['memcpy_gbps_after']:.2f} GB/s")
     finally:
-        for proc in donors.values():
-            proc.stdin.close()
-            proc.wait(timeout=30)
+        donor.stdin.close()
+        donor.wait(timeout=30)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -29,13 +29,6 @@ from services.worker.weights.tcp import (HELLO_TIMEOUT_S, ReceiveStats, Threaded
 from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
 
 log = logging.getLogger("hfx.worker.weights")
-# Map the donor's pages in at once (one madvise) rather than one fault per 4 KiB page on first
-# touch (benchmarks/d2d_transport.py shows both). MADV_POPULATE_READ (Linux 5.14) maps them
-# readable and shared; MAP_POPULATE would not do here: on a writable private map it faults them
-# for writing, copying every page. Older kernels refuse the advice: pages then fault as touched.
-PREFAULT = True
-MADV_POPULATE_READ = 22   # linux/mman.h; Python 3.11's mmap module does not name it
-
 
 
 class ShmUnavailable(DonorLost):
@@ -117,8 +110,6 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
                 for fd in fds:
                     size = os.fstat(fd).st_size
                     maps.append(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
-                    if PREFAULT and size:
-                        _populate(maps[-1])
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -152,13 +143,6 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
         raise DonorTooSlow(f"donor {address} sent nothing for {stall_timeout_s:.1f}s") from None
     except (ConnectionError, OSError) as err:
         raise DonorLost(f"donor {address} connection failed: {err}") from None
-
-
-def _populate(m: mmap.mmap) -> None:
-    try:
-        m.madvise(MADV_POPULATE_READ)
-    except OSError:  # a kernel before 5.14 (EINVAL): the pages fault in as the CRC pass reads them
-        pass
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:

@@ -18,16 +18,13 @@ from services.common import internal_auth
 from services.common.checksum import crc32
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
-from services.worker.weights.source import CheckpointSource, WeightSource
+from services.worker.weights.source import WeightSource
 from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
 
 log = logging.getLogger("hfx.worker.weights")
 
 HELLO_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 30.0  # a receiver that reads nothing for this long is dropped
-# Send tensors from the donor's memfds with sendfile (no copy through the donor process) rather
-# than sendall from its mapping; benchmarks/d2d_transport.py measures both.
-SENDFILE = True
 
 
 class ThreadedServer:
@@ -115,29 +112,12 @@ def send_stream(conn: socket.socket, source: WeightSource) -> None:
     conn.sendall(wire.frame({"version": wire.VERSION, "identity": source.identity, "tensors": source.tensor_count,
                              "total_bytes": source.total_bytes}))
     sent = 0
-    files = _shared_files(source) if SENDFILE else {}
-    try:
-        for e in source.entries():
-            conn.sendall(wire.frame({"name": e.info.name, "dtype": e.info.dtype, "shape": list(e.info.shape),
-                                     "nbytes": e.info.nbytes, "crc32": e.crc32}))
-            if files and e.info.nbytes:
-                # From the memfd straight to the socket (sendfile): no copy through this process.
-                conn.sendfile(files[e.info.file], offset=e.info.begin, count=e.info.nbytes)
-            else:
-                conn.sendall(e.data)
-            sent += 1
-    finally:
-        for f in files.values():
-            f.close()
+    for e in source.entries():
+        conn.sendall(wire.frame({"name": e.info.name, "dtype": e.info.dtype, "shape": list(e.info.shape),
+                                 "nbytes": e.info.nbytes, "crc32": e.crc32}))
+        conn.sendall(e.data)
+        sent += 1
     conn.sendall(wire.frame({"end": True, "tensors": sent}))
-
-
-def _shared_files(source: WeightSource) -> dict:
-    """Weight file name -> a file object over the source's memfd (closefd=False: the source
-    keeps it), when the source is in shared memory; else {} (tensors go out with sendall)."""
-    if not isinstance(source, CheckpointSource) or not source.fds:
-        return {}
-    return {name: open(source.fds[k], "rb", buffering=0, closefd=False) for name, k in source.file_index.items()}
 
 
 @dataclass
