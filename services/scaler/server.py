@@ -74,7 +74,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         return [] if role == "colocated" else ["--role", role, "--kv-transfer"]
 
     def _spawn(self, index: int) -> None:
-        if self.pool is not None and index < POOL_STRIDE and self._adopt(index):
+        # Autoscaled slots take a standby only when the autoscaler chose that start (add_slot).
+        if self.pool is not None and self.wanted is None and index < POOL_STRIDE and self._adopt(index):
             return
         w = self.workers.get(index)
         if w is None:
@@ -238,15 +239,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         return [w for i, w in sorted(self.workers.items())
                 if self.wanted is not None and i in self.wanted and w.exited_at_s is None and not w.stopping]
 
-    def add_slot(self, now_s: float) -> str:
-        """One more worker, in the lowest free slot; returns its instance id."""
+    def add_slot(self, now_s: float, take_standby: bool = False) -> str:
+        """One more worker, in the lowest free slot (from the standby pool when asked and one is
+        ready); returns its instance id."""
         assert self.wanted is not None, "add_slot needs autoscaling"
         index = next(i for i in range(len(self.workers) + len(self.wanted) + 1)
                      if i not in self.wanted and (i not in self.workers or self.workers[i].exited_at_s is not None))
         self.wanted.add(index)
         self.desired = len(self.wanted)
+        if take_standby and self.pool is not None:
+            self._adopt(index)
         self.step(now_s)
-        return self._instance_id(index)
+        return self.workers[index].instance_id
 
     def retire_slot(self, instance_id: str, now_s: float) -> None:
         """Stop a drained worker (SIGTERM: it finishes anything left, deregisters, exits)."""
