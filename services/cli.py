@@ -21,6 +21,7 @@ from services import argtypes
 from services.common import runtime
 from services.scaler.autoscale_cli import add_autoscale_flags
 from services.scaler.autoscale_cli import check as autoscale_check
+from services.scaler.standby_cli import add_standby_flags, forward_standby_flags, standby_check
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -140,7 +141,7 @@ def cmd_scaler(args) -> int:
         redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
-        autoscale=autoscale, actuator=args.actuator,
+        standby_pool=args.standby_pool, autoscale=autoscale, actuator=args.actuator,
         autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
                                       args.router_metrics or ""),
     )))
@@ -198,7 +199,8 @@ def cmd_up(args) -> int:
         policy=args.policy, engine=args.engine, tracing=args.tracing_spec, timeout_s=args.timeout,
         worker_args=tuple(worker_args), http_port=args.http_port,
         api_keys=tuple(args.api_key) + _key_file(args.api_key_file),
-        classes=args.classes or "", tied_to_caller=not args.detach, scaler_args=tuple(forward_flags(args)),
+        classes=args.classes or "", tied_to_caller=not args.detach,
+        scaler_args=(*forward_flags(args), *forward_standby_flags(args)),
         prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
         tickets=args.tickets, sim_profile=_sim_profile_arg(args.sim_profile),
         policy_config=str(Path(args.policy_config).resolve()) if args.policy_config else "",
@@ -298,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true",
                    help="return once ready; stop later with `hfx down` (default: stay in the foreground until Ctrl-C)")
     add_autoscale_flags(p)
+    add_standby_flags(p, with_d2d=True)
     p.set_defaults(func=cmd_up, check=_check_up, parser_error=p.error)
 
     sub.add_parser("down", help="stop the local cluster, leaving no process behind").set_defaults(func=cmd_down)
@@ -423,12 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine vllm: workers serve their weights, and a new worker pulls them from the least "
                         "loaded live worker of the model instead of reading storage; each donor holds the "
                         "checkpoint's size in RAM (default: off)")
+    add_standby_flags(p, with_d2d=False)
     add_autoscale_flags(p)
     p.add_argument("--scheduler-metrics", type=argtypes.address,
                    help="--autoscale: the scheduler's /metrics HOST:PORT (arrivals, rejections, queue) (default: none)")
     p.add_argument("--router-metrics", type=argtypes.address,
                    help="--autoscale: the router's /metrics HOST:PORT (SLO attainment) (default: none)")
-    p.set_defaults(func=cmd_scaler, check=autoscale_check, parser_error=p.error)
+    p.set_defaults(func=cmd_scaler, check=lambda args: standby_check(args) or autoscale_check(args),
+                   parser_error=p.error)
 
     p = sub.add_parser("worker", help="run one worker process")
     _add_common(p)
@@ -464,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
     p.add_argument("--weights-from", type=argtypes.weights_from, default=None,
-                   help="engine vllm: start with dummy weights, then take them from a donor worker's weight stream "
+                   help="engine vllm (sim: the stream is received and checked, then dropped; SIMULATED load): start "
+                        "with dummy weights, then take them from a donor worker's weight stream "
                         "HOST:PORT (falls back to the checkpoint if the donor dies, stalls or sends anything that "
                         "does not check out), or 'storage' (reload from the checkpoint, timed apart) "
                         "(default: vLLM reads the checkpoint while it starts)")
@@ -481,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-port", type=argtypes.port_or_zero, default=0,
                    help="port of the weight stream with --serve-weights; 0 = a free one (default %(default)s)")
     p.add_argument("--standby", action="store_true",
-                   help="engine vllm: start the engine with dummy weights and wait, unregistered, for a LoadWeights "
+                   help="engine vllm (or sim, SIMULATED): start the engine with dummy weights and wait, unregistered, for a LoadWeights "
                         "call (donor address or storage) before registering (default: off)")
     p.add_argument("--kv-transfer", action="store_true",
                    help="engine vllm: P/D KV transfer: stage a prefill leg's KV for a decode worker and pull a "
@@ -555,7 +561,7 @@ def _check_up(args) -> str | None:
         args.workers = 0 if args.prefill or args.decode else 1
     local_prefill = _policy_settings(args).get("pd_local_prefill", True)
     problem = pd_counts_problem(args.workers, args.prefill, args.decode, local_prefill)
-    return problem or autoscale_check(args)
+    return problem or standby_check(args) or autoscale_check(args)
 
 
 def pd_counts_problem(colocated: int, prefill: int, decode: int, local_prefill: bool) -> str | None:

@@ -116,11 +116,14 @@ def status(args) -> int:
             })
         raw = client.get(keys.autoscale())
         autoscale = json.loads(raw) if raw else None
+        raw = client.get(keys.standby())
+        standby = json.loads(raw) if raw else None
     except redis.exceptions.ConnectionError as err:
         print(f"error: cannot reach redis at {state.redis_url}: {err}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps({"router": state.router, "instances": rows, "autoscale": autoscale}, indent=2))
+        print(json.dumps({"router": state.router, "instances": rows, "autoscale": autoscale, "standby": standby},
+                         indent=2))
         return 0
     print(f"router {state.router}  scheduler {state.scheduler}  redis {state.redis_url}")
     print(f"{'instance':<14}{'role':<11}{'engine':<8}{'running':>8}{'waiting':>8}{'kv':>7}{'step ms':>9}  address")
@@ -132,7 +135,20 @@ def status(args) -> int:
         print("(no instances registered)")
     if autoscale:
         print(describe_autoscale(autoscale, time.time()))
+    if standby:
+        print(describe_standby(standby, time.time()))
     return 0
+
+
+def describe_standby(s: dict, now_s: float) -> str:
+    """The scaler's standby pool: its members, their memory and cost, the last hand-outs."""
+    lines = [f"standby pool: {s['ready']} ready + {s['starting']} starting of {s['size']} "
+             f"({', '.join(s['members']) or 'none'}); {s['rss_bytes'] / 2**20:.0f} MiB resident = "
+             f"{s['instance_equivalents']:.2f} serving instance(s) of cost (as of {now_s - s['at']:.0f}s ago)"]
+    for t in s.get("taken", []):
+        how = f"{t['weights_source']} in {t['load_s']:.2f}s" if t["state"] == "loaded" else t.get("error", t["state"])
+        lines.append(f"  taken {t['instance_id']} {now_s - t['at']:.0f}s ago, donor {t['donor']}: {how}")
+    return "\n".join(lines)
 
 
 def describe_autoscale(a: dict, now_s: float) -> str:
@@ -144,6 +160,10 @@ def describe_autoscale(a: dict, now_s: float) -> str:
              f"{a.get('predicted_rps', 0):.2f}, {a.get('capacity_rps', 0):.2f} per worker "
              f"(as of {now_s - a.get('at', now_s):.0f}s ago)",
              f"  now: {a.get('reason', '')}"]
+    if a.get("paid_instances") is not None:
+        lines.append(f"  paying for {a['paid_instances']:.2f} instance(s) at {a['cost_per_s']:.3g}/s; "
+                     f"{a['instance_seconds']:.0f} instance-seconds so far, {a['standby_instance_seconds']:.0f} "
+                     f"of them the standby pool's")
     last = a.get("last_decision")
     if last:
         lines.append(f"  last decision {last['decision_id']} ({now_s - last['at']:.0f}s ago): {last['action']} "

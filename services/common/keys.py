@@ -9,6 +9,7 @@ Layout (prefix defaults to "hfx", so clusters can share one Redis under differen
   {p}:scale:{decision_id}  string applied scaling decision (JSON), for idempotence
   {p}:draining             set    ids of instances being drained: the scheduler places nothing new there
   {p}:autoscale            string the autoscaler's last tick (JSON: desired, actual, last decision, reason)
+  {p}:standby              string the scaler's standby pool (JSON: ready, starting, RSS, cost, last hand-outs)
 """
 
 from __future__ import annotations
@@ -43,3 +44,6 @@ class Keys:
 
     def autoscale(self) -> str:
         return f"{self.prefix}:autoscale"
+
+    def standby(self) -> str:
+        return f"{self.prefix}:standby"

@@ -8,11 +8,13 @@ see nothing).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class ProcInfo:
     pgid: int
     sid: int           # session id: inherited by every descendant that does not call setsid()
     start_ticks: int   # start time in clock ticks since boot: with the pid, one process's identity
+    rss_bytes: int = 0  # resident memory now (shared pages counted in every process mapping them)
 
     @property
     def alive(self) -> bool:
@@ -39,7 +42,7 @@ def parse_stat(text: str) -> ProcInfo:
     # After the name: state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
     # utime stime cutime cstime priority nice num_threads itrealvalue starttime ...
     return ProcInfo(pid=int(pid_text), comm=comm, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]),
-                    sid=int(fields[3]), start_ticks=int(fields[19]))
+                    sid=int(fields[3]), start_ticks=int(fields[19]), rss_bytes=int(fields[21]) * PAGE_BYTES)
 
 
 def snapshot(proc: Path = PROC) -> dict[int, ProcInfo]:

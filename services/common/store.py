@@ -129,3 +129,10 @@ class ClusterStore:
     async def get_autoscale_status(self) -> dict | None:
         raw = await self.redis.get(self.keys.autoscale())
         return json.loads(raw) if raw else None
+
+    async def put_standby_status(self, status: dict) -> None:
+        await self.redis.set(self.keys.standby(), json.dumps(status))
+
+    async def get_standby_status(self) -> dict | None:
+        raw = await self.redis.get(self.keys.standby())
+        return json.loads(raw) if raw else None

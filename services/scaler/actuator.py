@@ -39,8 +39,8 @@ class LocalProcesses:
         self.store = cluster
 
     async def start(self, device: str, start_kind: StartKind) -> str:
-        # Local workers load their weights from storage: every start is cold here.
-        return self.servicer.add_slot(time.time())
+        # STANDBY: the slot takes a ready engine from the standby pool; otherwise a new process.
+        return self.servicer.add_slot(time.time(), take_standby=start_kind is StartKind.STANDBY)
 
     async def drain(self, instance_id: str) -> None:
         await self.store.mark_draining(instance_id, True)

@@ -41,6 +41,10 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cold-start-s", type=argtypes.non_negative_float,
                    default=_DEFAULTS.ready_times_s[StartKind.COLD],
                    help="expected launch-to-ready time until one is measured (default %(default)s)")
+    g.add_argument("--standby-start-s", type=argtypes.non_negative_float,
+                   default=_DEFAULTS.ready_times_s[StartKind.STANDBY],
+                   help="with --standby-pool: expected time from taking a standby to ready, until one is "
+                        "measured (default %(default)s)")
     g.add_argument("--autoscale-tick-s", type=argtypes.positive_float, default=5.0,
                    help="seconds between decisions (default %(default)s)")
     g.add_argument("--autoscale-window-s", type=argtypes.positive_float, default=30.0,
@@ -72,7 +76,8 @@ def config_from_args(args) -> AutoscaleConfig | None:
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, prices=prices, device=device,
         capacity_rps={d: args.capacity_rps for d in prices}, target_utilization=args.target_utilization,
         scale_down_utilization=args.scale_down_utilization, scale_down_cooldown_s=args.scale_down_cooldown_s,
-        warmup_s=args.warmup_s, ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s})
+        warmup_s=args.warmup_s, ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
+                                                       StartKind.STANDBY: args.standby_start_s})
 
 
 def forward_flags(args) -> list[str]:
@@ -83,7 +88,7 @@ def forward_flags(args) -> list[str]:
            "--capacity-rps", str(args.capacity_rps), "--target-utilization", str(args.target_utilization),
            "--scale-down-utilization", str(args.scale_down_utilization),
            "--scale-down-cooldown-s", str(args.scale_down_cooldown_s), "--warmup-s", str(args.warmup_s),
-           "--cold-start-s", str(args.cold_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),
+           "--cold-start-s", str(args.cold_start_s), "--standby-start-s", str(args.standby_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),
            "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator]
     for device, price in args.price:
         out += ["--price", f"{device}={price}"]

@@ -25,6 +25,7 @@ from services.common import grpcutil
 from services.common.pb.hfx.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.common.store import ClusterStore
 from services.scaler.autoscale import Drain, InstanceSignal, Phase, Plan, Remove, Signals, Start, StartKind, Undrain
+from services.scaler.autoscale.cost import CostMeter
 from services.scaler.live_signals import Window, parse, scrape
 
 log = logging.getLogger("hfx.scaler.autoscale")
@@ -51,7 +52,8 @@ class AutoscaleLoop:
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(scheduler_address))
         self.ready_since: dict[str, float] = {}
         self.drain_since: dict[str, float] = {}
-        self.ready_times: list[float] = []
+        self.ready_times: dict[StartKind, list[float]] = {StartKind.COLD: [], StartKind.STANDBY: []}
+        self.meter = CostMeter()   # instance-seconds, the standby pool's share included
         self.last_decision: dict | None = None
         self._warned: set[str] = set()
 
@@ -98,7 +100,8 @@ class AutoscaleLoop:
             elif inst is not None:
                 if iid not in self.ready_since:
                     self.ready_since[iid] = now_s
-                    self.ready_times.append(now_s - w.started_s)
+                    kind = StartKind.STANDBY if w.from_standby else StartKind.COLD
+                    self.ready_times[kind].append(now_s - w.started_s)
                 instances.append(InstanceSignal(iid, Phase.READY, self.ready_since[iid], "cpu", inflight, queued))
             else:
                 instances.append(InstanceSignal(iid, Phase.STARTING, w.started_s))
@@ -108,10 +111,13 @@ class AutoscaleLoop:
             self.drain_since.pop(iid, None)
         for iid in set(self.ready_since) - alive:
             del self.ready_since[iid]
-        recent = self.ready_times[-5:]
-        ready_times = {StartKind.COLD: sum(recent) / len(recent)} if recent else {}
+        ready_times = {kind: sum(times[-5:]) / len(times[-5:]) for kind, times in self.ready_times.items() if times}
+        pool = self.servicer.pool
+        # A ready standby makes a start take seconds; its engines cost memory whether used or not.
+        kinds = (StartKind.STANDBY, StartKind.COLD) if pool is not None and pool.ready_count() else (StartKind.COLD,)
         return Signals(tuple(instances), self.window.arrival_rps(), self.window.attainment(), counters.queue_depth,
-                       0.0, self.window.rejections(), ready_times, (StartKind.COLD,))
+                       0.0, self.window.rejections(), ready_times, kinds,
+                       pool.equivalents if pool is not None else 0.0)
 
     async def apply(self, plan: Plan, now_s: float) -> None:
         for action in plan.actions:
@@ -137,6 +143,7 @@ class AutoscaleLoop:
     async def tick(self, now_s: float) -> Plan:
         signals = await self.gather(now_s)
         plan = self.autoscaler.on_tick(signals, now_s)
+        self.meter.add(now_s, plan.details)
         await self.apply(plan, now_s)
         phases = [i.phase for i in signals.instances]
         cfg = getattr(self.autoscaler, "config", None)
@@ -147,6 +154,9 @@ class AutoscaleLoop:
             "min": getattr(cfg, "min_replicas", None), "max": getattr(cfg, "max_replicas", None),
             "arrival_rps": signals.arrival_rps, "predicted_rps": plan.predicted_rps,
             "capacity_rps": plan.capacity_rps, "last_decision": self.last_decision,
+            "paid_instances": plan.details.get("paid_instances"), "cost_per_s": plan.details.get("cost_per_s"),
+            "instance_seconds": self.meter.instance_seconds, "cost": self.meter.cost,
+            "standby_instance_seconds": self.meter.standby_instance_seconds,
         })
         return plan
 

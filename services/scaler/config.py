@@ -34,6 +34,9 @@ class ScalerConfig:
     # Issue 12: vLLM workers serve their weights (--serve-weights) and a new worker pulls them from
     # the least loaded live one (services/scaler/donor.py) instead of reading storage.
     d2d: bool = False
+    # With d2d: engines kept started ahead with dummy weights, taken by scale-ups
+    # (services/scaler/standby.py); checked by services/scaler/standby_cli.py.
+    standby_pool: int = 0
     # Elastic scaling (None: keep `replicas` workers). `replicas` is then the starting count,
     # clamped to [min, max].
     autoscale: AutoscaleConfig | None = None

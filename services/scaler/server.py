@@ -24,6 +24,7 @@ from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
 from services.scaler.reconcile import (POOL_STRIDE, WorkerSlot, cpu_share, pool_of, pool_slots, reconcile, reconcile_set,
                                        slot_name)
+from services.scaler.standby import StandbyPool
 
 log = logging.getLogger("hfx.scaler")
 SERVICE_NAME = "hfx.v1.Scaler"
@@ -41,6 +42,7 @@ class Managed:
     stopping: bool = False
     started_s: float = 0.0      # when its current process was launched (ready time = registered - this)
     leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
+    from_standby: bool = False  # its current process was taken from the standby pool
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
@@ -59,6 +61,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             a = config.autoscale
             self.desired = max(a.min_replicas, min(a.max_replicas, config.replicas))
             self.wanted = set(range(self.desired))
+        # Issue 12: engines started ahead (services/scaler/standby.py); None without --standby-pool.
+        self.pool = StandbyPool(config.standby_pool, config.cluster_name, self._spawn_standby) \
+            if config.standby_pool else None
 
     def _instance_id(self, index: int) -> str:
         return slot_name(self.config.cluster_name, index)
@@ -69,6 +74,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         return [] if role == "colocated" else ["--role", role, "--kv-transfer"]
 
     def _spawn(self, index: int) -> None:
+        # Autoscaled slots take a standby only when the autoscaler chose that start (add_slot).
+        if self.pool is not None and self.wanted is None and index < POOL_STRIDE and self._adopt(index):
+            return
         w = self.workers.get(index)
         if w is None:
             w = self.workers[index] = Managed(index, self._instance_id(index), procs.free_port())
@@ -78,20 +86,47 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             # A fresh port: the old one may be taken meanwhile (any socket's ephemeral port; a
             # start that failed to bind would otherwise fail the same way on every restart).
             w.port = procs.free_port()
-        cmd = procs.hfx_command(
-            "worker", "--model", self.config.model, "--instance-id", w.instance_id, "--port", str(w.port),
-            "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
-            "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
-            "--tracing", self.config.tracing_spec, *self._role_flag(index), *self._cpu_flag(w), *self.config.worker_args, *self._metrics_flag(w),
-            *self._weights_flags(w),
-        )
-        # Tied to this scaler: if it dies, however, its workers die too (and their engines with them).
-        w.proc = procs.spawn(cmd, self.config.log_dir / f"{w.instance_id}.log", die_with_parent=True)
-        # Every group this slot ever had, one a line: `hfx down` checks them all, even if this
-        # scaler was killed before it could reap an exited worker's leftovers.
-        procs.append_group_record(self.config.log_dir / f"{w.instance_id}.pid", w.proc.pid)
+        w.proc = self._launch(w.instance_id, w.port, *self._role_flag(index), *self._cpu_flag(w),
+                              *self._weights_flags(w))
         w.exited_at_s, w.stopping, w.started_s = None, False, time.time()
         log.info("started worker %s (pid %d, port %d, restarts %d)", w.instance_id, w.proc.pid, w.port, w.restarts)
+
+    def _launch(self, instance_id: str, port: int, *extra: str) -> subprocess.Popen:
+        cmd = procs.hfx_command(
+            "worker", "--model", self.config.model, "--instance-id", instance_id, "--port", str(port),
+            "--engine", self.config.engine, "--device", self.config.device, "--redis-url", self.config.redis_url,
+            "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
+            "--tracing", self.config.tracing_spec, *extra, *self.config.worker_args, *self._metrics_flag(instance_id),
+        )
+        # Tied to this scaler: if it dies, however, its workers die too (and their engines with them).
+        proc = procs.spawn(cmd, self.config.log_dir / f"{instance_id}.log", die_with_parent=True)
+        # Every group this slot ever had, one a line: `hfx down` checks them all, even if this
+        # scaler was killed before it could reap an exited worker's leftovers.
+        procs.append_group_record(self.config.log_dir / f"{instance_id}.pid", proc.pid)
+        return proc
+
+    def _spawn_standby(self, instance_id: str, port: int) -> subprocess.Popen:
+        # Its cores: those of the next slot (standbys are idle until taken).
+        next_slot = Managed(max(self.wanted or {self.desired - 1}, default=-1) + 1, instance_id, port)
+        return self._launch(instance_id, port, *self._cpu_flag(next_slot), "--standby", "--serve-weights")
+
+    def _adopt(self, index: int) -> bool:
+        """A colocated slot starts from a ready standby when there is one: the standby keeps its
+        own id; LoadWeights from the least loaded donor runs in the background, then it registers."""
+        member = self.pool.take()
+        if member is None:
+            return False
+        old = self.workers.get(index)
+        if old is not None:
+            self._check_gone(old)
+        now = time.time()
+        self.workers[index] = Managed(index, member.instance_id, member.port, member.proc, started_s=now,
+                                      restarts=old.restarts + 1 if old else 0, from_standby=True)
+        choice = choose_donor((DonorCandidate.from_pb(i) for i in self.registry), self.config.model, member.instance_id)
+        log.info("slot %d takes standby %s (pid %d); weights: %s", index, member.instance_id, member.proc.pid,
+                 choice.reason)
+        self.pool.load(member, choice, now)
+        return True
 
     def _cpu_flag(self, w: Managed) -> list[str]:
         """vLLM engines on this machine's CPU each get their own cores (see reconcile.cpu_share)."""
@@ -107,18 +142,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def _weights_flags(self, w: Managed) -> list[str]:
         """With d2d: every vLLM worker is a donor, and a new one pulls from the chosen donor."""
-        if not self.config.d2d or self.config.engine != "vllm":
+        if not self.config.d2d or self.config.engine not in ("vllm", "sim"):  # sim: SIMULATED load, real stream
             return []
         choice = choose_donor((DonorCandidate.from_pb(i) for i in self.registry), self.config.model, w.instance_id)
         log.info("weights for %s: %s", w.instance_id, choice.reason)
         return ["--serve-weights", *(["--weights-from", choice.address] if choice.address else [])]
 
-    def _metrics_flag(self, w: Managed) -> list[str]:
+    def _metrics_flag(self, instance_id: str) -> list[str]:
         if not self.config.worker_metrics:
             return []
         port = procs.free_port()
         # Recorded next to the pid file so `hfx up` can list every /metrics address.
-        (self.config.log_dir / f"{w.instance_id}.metrics").write_text(f"127.0.0.1:{port}")
+        (self.config.log_dir / f"{instance_id}.metrics").write_text(f"127.0.0.1:{port}")
         return ["--metrics-port", str(port)]
 
     def export_metrics(self) -> None:
@@ -194,6 +229,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 self._stop(index)
             if acts.start or acts.stop:
                 log.info("reconcile: %s", acts.reason)
+        if self.pool is not None:
+            self.pool.refill(now_s)
 
     # -- slots under an autoscaler (services/scaler/actuator.py LocalProcesses) -------------------
 
@@ -202,15 +239,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         return [w for i, w in sorted(self.workers.items())
                 if self.wanted is not None and i in self.wanted and w.exited_at_s is None and not w.stopping]
 
-    def add_slot(self, now_s: float) -> str:
-        """One more worker, in the lowest free slot; returns its instance id."""
+    def add_slot(self, now_s: float, take_standby: bool = False) -> str:
+        """One more worker, in the lowest free slot (from the standby pool when asked and one is
+        ready); returns its instance id."""
         assert self.wanted is not None, "add_slot needs autoscaling"
         index = next(i for i in range(len(self.workers) + len(self.wanted) + 1)
                      if i not in self.wanted and (i not in self.workers or self.workers[i].exited_at_s is not None))
         self.wanted.add(index)
         self.desired = len(self.wanted)
+        if take_standby and self.pool is not None:
+            self._adopt(index)
         self.step(now_s)
-        return self._instance_id(index)
+        return self.workers[index].instance_id
 
     def retire_slot(self, instance_id: str, now_s: float) -> None:
         """Stop a drained worker (SIGTERM: it finishes anything left, deregisters, exits)."""
@@ -230,10 +270,15 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 self.ready_ids = {i.instance_id for i in self.registry}
             except Exception as err:
                 log.warning("registry read failed: %s", err)
+            if self.pool is not None:
+                await self.pool.tick(self.store, [w.proc.pid for w in self.workers.values()
+                                                  if w.proc is not None and w.instance_id in self.ready_ids])
             self.export_metrics()
             await asyncio.sleep(0.5)
 
     def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
         for w in self.workers.values():
             if w.proc is not None and not procs.exited(w.proc.pid):
                 w.stopping = True

@@ -60,7 +60,8 @@ def test_scaler_passes_the_chosen_donor_to_a_new_worker():
     assert servicer._weights_flags(new) == ["--serve-weights", "--weights-from", "127.0.0.1:7002"]
 
 
-def test_scaler_without_d2d_or_with_sim_workers_adds_nothing():
+def test_scaler_without_d2d_adds_nothing_and_sim_workers_stream_too():
     assert _servicer(d2d=False)[0]._weights_flags(_servicer(d2d=False)[1]) == []
+    # Sim workers serve and pull the real stream (their engine drops it: a SIMULATED load).
     servicer, new = _servicer(d2d=True, engine="sim")
-    assert servicer._weights_flags(new) == []
+    assert servicer._weights_flags(new) == ["--serve-weights"]

@@ -1,6 +1,6 @@
 """The /proc parsers and the process-tree helpers, on hand-made tables."""
 
-from services.common.proctable import (ProcInfo, descendants, group_members, parse_stat, session_members,
+from services.common.proctable import (PAGE_BYTES, ProcInfo, descendants, group_members, parse_stat, session_members,
                                         still_running)
 
 
@@ -19,7 +19,9 @@ def stat_line(pid, comm, state, ppid, pgrp, session, start):
 
 def test_parse_stat_reads_the_fields_after_the_name():
     info = parse_stat(stat_line(4242, "python3", "S", 17, 4200, 4100, 987654))
-    assert info == ProcInfo(pid=4242, comm="python3", state="S", ppid=17, pgid=4200, sid=4100, start_ticks=987654)
+    # rss: 200 pages in stat_line's field 24
+    assert info == ProcInfo(pid=4242, comm="python3", state="S", ppid=17, pgid=4200, sid=4100, start_ticks=987654,
+                            rss_bytes=200 * PAGE_BYTES)
 
 
 def test_parse_stat_survives_spaces_and_parentheses_in_the_name():

@@ -27,7 +27,7 @@ import math
 from services.scaler.autoscale.actions import Action, Drain, Plan, Remove, Start, Undrain
 from services.scaler.autoscale.capacity import estimate_capacity, warmed_up
 from services.scaler.autoscale.config import AutoscaleConfig
-from services.scaler.autoscale.cost import Option, choose
+from services.scaler.autoscale.cost import Option, choose, fleet_cost
 from services.scaler.autoscale.forecast import HoltForecast
 from services.scaler.autoscale.signals import InstanceSignal, Phase, Signals
 
@@ -99,8 +99,11 @@ class Autoscaler:
             needed = len(active) + 1
             why_needed = f"{slo}; {len(active)} active -> {needed}"
         needed = max(cfg.min_replicas, min(cfg.max_replicas, needed))
+        paid, cost_per_s = fleet_cost(cfg.prices, signals.instances, signals.standby_equivalents, cfg.device)
         details = {"predicted_rps": predicted, "capacity_rps": cap, "active": len(active), "needed": needed,
-                   "lead_s": lead_s, "utilization": demand / total_cap if total_cap else None}
+                   "lead_s": lead_s, "utilization": demand / total_cap if total_cap else None,
+                   "paid_instances": paid, "standby_equivalents": signals.standby_equivalents,
+                   "cost_per_s": cost_per_s}
 
         actions: list[Action] = []
         if needed > len(active):

@@ -58,6 +58,9 @@ class Signals:
     # Measured time from launch to ready, by start kind (missing kinds: the configured defaults).
     ready_times_s: Mapping[StartKind, float] = field(default_factory=dict)
     start_kinds: tuple[StartKind, ...] = (StartKind.COLD,)  # the ways a new instance can start now
+    # The standby pool's engines (issue 12), idle but paid for: their memory in serving-instance
+    # equivalents (pool RSS / a serving worker's RSS; services/scaler/standby.py), 0 without a pool.
+    standby_equivalents: float = 0.0
 
     def overall_attainment(self) -> Attainment:
         return Attainment(sum(a.met for a in self.attainment.values()), sum(a.total for a in self.attainment.values()))

@@ -27,6 +27,7 @@ from services.common.domain import FinishReason, StepSample
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile, load_profile
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
+from services.worker.engine.sim_weights import STORAGE, pull_and_drop
 from services.worker.kv.params import KvParams
 
 log = logging.getLogger("hfx.worker.sim")
@@ -45,12 +46,23 @@ class SimEngineConfig:
     # When the event loop wakes late for a step end (a busy CPU), the next step starts at the
     # step's ideal end so lateness does not accumulate; beyond this lag the timeline restarts.
     max_catchup_ms: float = 50.0
+    # Weights (SIMULATED load, real stream: sim_weights.py): "HOST:PORT" = pull a donor's stream
+    # at start; standby = wait for LoadWeights.
+    weights_from: str = ""
+    standby: bool = False
+    weights_transport: str = "auto"
+    weights_stall_timeout_s: float = 10.0
+    weights_deadline_s: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> SimEngineConfig:
         """From the worker's config: model, sim_profile, sim_seed, max_model_len."""
         return cls(model=settings.model, profile=getattr(settings, "sim_profile", "") or "cpu-tiny",
-                   seed=getattr(settings, "sim_seed", 0), max_model_len=getattr(settings, "max_model_len", 0) or 0)
+                   seed=getattr(settings, "sim_seed", 0), max_model_len=getattr(settings, "max_model_len", 0) or 0,
+                   weights_from=getattr(settings, "weights_from", ""), standby=getattr(settings, "standby", False),
+                   weights_transport=getattr(settings, "weights_transport", "auto"),
+                   weights_stall_timeout_s=getattr(settings, "weights_stall_timeout_s", 10.0),
+                   weights_deadline_s=getattr(settings, "weights_deadline_s", 300.0))
 
 
 class RealClock:
@@ -120,8 +132,28 @@ class SimEngine:
         # P/D emulation, SIMULATED: a prefill leg "stages" nothing and names a transfer at this
         # placeholder address; a decode leg skips the prefill of the tokens it was told are staged.
         self.kv_address = SIM_KV_ADDRESS
+        # ReportsWeights: how the (simulated) weights arrived, and the start phases.
+        self.weights_report: dict = {"source": "none (standby, simulated)" if config.standby else STORAGE}
+        self.timings: dict[str, float] = {}
+
+    async def pull_weights(self, address: str) -> dict:
+        """Receive and check the donor's real stream, then drop it (sim_weights.py)."""
+        c = self.config
+        self.weights_report = await asyncio.get_running_loop().run_in_executor(
+            None, pull_and_drop, c.model, address, "cpu", c.weights_transport, c.weights_stall_timeout_s,
+            c.weights_deadline_s)
+        log.info("SIMULATED engine weights: %s", self.weights_report)
+        return self.weights_report
+
+    async def load_from_storage(self) -> dict:
+        self.weights_report = {"source": STORAGE}
+        return self.weights_report
 
     async def start(self) -> None:
+        if self.config.weights_from and self.config.weights_from != "storage" and not self.config.standby:
+            t0 = time.monotonic()
+            await self.pull_weights(self.config.weights_from)
+            self.timings["weight_load_s"] = time.monotonic() - t0
         self.profile = load_profile(self.config.profile)
         model_config = json.loads((Path(self.config.model) / "config.json").read_text())
         own_len = int(model_config.get("max_position_embeddings", 2048))

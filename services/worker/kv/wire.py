@@ -19,23 +19,10 @@ that END came after exactly the blocks it asked for. Any failure is a `KvTransfe
 
 from __future__ import annotations
 
-import zlib
-
+from services.common.checksum import crc32  # noqa: F401 (re-exported: one CRC for every stream)
 from services.worker.weights.wire import frame, parse_frame_body, parse_frame_length  # noqa: F401 (re-exported)
 
-try:
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # an environment installed without it: same checksums, ~8x slower
-    _crc32 = zlib.crc32
-
 VERSION = 1
-
-
-def crc32(data) -> int:
-    """CRC32 (zlib's polynomial) with ISA-L: ~30 GB/s here against zlib's ~3.5, so checking every
-    block does not halve the transfer's bandwidth. Both give the same value, so peers with and
-    without ISA-L agree."""
-    return _crc32(data)
 
 
 class KvTransferError(RuntimeError):

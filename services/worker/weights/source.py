@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import mmap
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
+from services.common.checksum import crc32
 from services.worker.weights import checkpoint
 from services.worker.weights.checkpoint import TensorInfo
 
@@ -98,7 +98,7 @@ class CheckpointSource:
                 if info.end > len(buf):
                     raise checkpoint.CheckpointError(f"{path}: {info.name} runs past the end of the file")
                 data = memoryview(buf)[info.begin:info.end]
-                entries.append(Entry(info, zlib.crc32(data), data))
+                entries.append(Entry(info, crc32(data), data))
                 index.append(info)
         return cls(checkpoint.identity(model_dir, index), entries, buffers, fds, file_index)
 

@@ -11,11 +11,11 @@ import logging
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from services.common import internal_auth
+from services.common.checksum import crc32
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
 from services.worker.weights.source import WeightSource
@@ -248,7 +248,7 @@ def _accept_tensor(info: TensorInfo, data, header: dict, address: str, seen: set
     """The last check of a tensor on any transport: its bytes against the header's CRC32; then it
     counts as received. Raises IntegrityError."""
     c0 = time.monotonic()
-    crc = zlib.crc32(data)
+    crc = crc32(data)
     stats.crc_s += time.monotonic() - c0
     if crc != header.get("crc32"):
         raise IntegrityError(f"tensor {info.name} from donor {address}: CRC32 {crc:#010x} "

@@ -1,0 +1,128 @@
+"""Weight transport alone, against memcpy in the same run: no vLLM, no engine.
+
+A donor process serves the checkpoint from memory (as `hfx worker --serve-weights` does); this
+process pulls the whole stream several times over each transport, every tensor checked (name,
+dtype, shape, CRC32, completeness), and keeps nothing. The receiver's variants, in the same run:
+
+  zlib          CRC32 with zlib (what the pull used before)
+  isal          CRC32 with ISA-L over the same memoryviews (no copy): what the pull uses now
+
+(Also tried, at commit 335bca9, and dropped as slower here: populating the shared-memory maps at
+once with MADV_POPULATE_READ, and a donor sending from its memfds with sendfile; BENCHMARKS.md.)
+
+memcpy: numpy copy between two pre-faulted buffers of the checkpoint's size (best of 3), i.e. what
+it costs to read and write every byte once. The shm transport ends where vLLM's copy begins (its
+bytes are views into the donor's pages); the TCP one has the bytes in the receiver's buffers.
+
+  python -m benchmarks.d2d_transport --params 500M            # the ~1 GB checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from services.common import checksum
+from services.common.model import ensure_default_model, parse_params
+from services.worker.weights import checkpoint
+from services.worker.weights.tcp import ReceiveStats
+from services.worker.weights.transport import transport_for
+
+VARIANTS = ("zlib", "isal")
+
+
+def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
+    src = np.ones(nbytes, dtype=np.uint8)
+    dst = np.empty(nbytes, dtype=np.uint8)
+    dst.fill(0)  # both touched: page faults are not part of the copy
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
+
+
+def serve(model_dir: str) -> None:
+    """The donor process: serve the checkpoint, print the address, wait for stdin to close."""
+    from services.worker.weights.source import CheckpointSource
+
+    handle = transport_for("cpu").serve(CheckpointSource.load(model_dir), "127.0.0.1", 0)
+    print(handle.address, flush=True)
+    sys.stdin.read()
+    handle.close()
+
+
+def pull(address: str, model_dir: Path, mode: str, variant: str) -> dict:
+    checksum._crc32 = zlib.crc32 if variant == "zlib" else _ISAL
+    index_list = checkpoint.read_index(model_dir)
+    index = {t.name: t for t in index_list}
+    stats = ReceiveStats()
+
+    def alloc(nbytes: int) -> memoryview:  # as the engine's receiver: an uninitialised tensor
+        return memoryview(np.empty(nbytes, dtype=np.uint8))
+
+    t0 = time.perf_counter()
+    for _ in transport_for("cpu", mode).receive(address, checkpoint.identity(model_dir, index_list), index,
+                                                alloc=alloc, stats=stats):
+        pass
+    elapsed = time.perf_counter() - t0
+    return {"gbps": stats.bytes / elapsed / 1e9, "seconds": elapsed, "crc_s": stats.crc_s, "recv_s": stats.recv_s,
+            "bytes": stats.bytes}
+
+
+_ISAL = checksum._crc32
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="checkpoint dir (default: the tiny model, or the --params one)")
+    p.add_argument("--params", type=parse_params, help="the model `hfx model init --params N` builds (built if absent)")
+    p.add_argument("--repeats", type=int, default=3, help="pulls per transport and variant; the median is shown "
+                   "(default %(default)s)")
+    p.add_argument("--out", type=Path, help="write the figures as JSON here (default: print only)")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    model_dir = Path(args.model) if args.model else ensure_default_model(params=args.params)
+    size = sum(t.nbytes for t in checkpoint.read_index(model_dir))
+    donor = subprocess.Popen([sys.executable, "-m", "benchmarks.d2d_transport", "--serve", str(model_dir)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        address = donor.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the donor process did not start")
+        result = {"model": str(model_dir), "tensor_bytes": size, "memcpy_gbps": memcpy_gbps(size), "pulls": {}}
+        print(f"model {model_dir}: {size / 1e9:.3f} GB of tensors; memcpy {result['memcpy_gbps']:.2f} GB/s")
+        for mode in ("shm", "tcp"):
+            for variant in VARIANTS:
+                runs = [pull(address, model_dir, mode, variant) for _ in range(args.repeats)]
+                row = {k: statistics.median(r[k] for r in runs) for k in ("gbps", "seconds", "crc_s", "recv_s")}
+                result["pulls"][f"{mode}/{variant}"] = row
+                print(f"{mode:>4} {variant:<6} {row['gbps']:6.2f} GB/s = {row['gbps'] / result['memcpy_gbps']:5.1%} "
+                      f"of memcpy  (pull {row['seconds']:.3f} s, of it CRC {row['crc_s']:.3f} s, socket reads "
+                      f"{row['recv_s']:.3f} s; median of {args.repeats})", flush=True)
+        result["memcpy_gbps_after"] = memcpy_gbps(size)
+        print(f"memcpy again at the end: {result['memcpy_gbps_after']:.2f} GB/s")
+    finally:
+        donor.stdin.close()
+        donor.wait(timeout=30)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""CRC32 (zlib's polynomial) for every byte stream that checks its payload: weights and KV blocks.
+
+ISA-L's crc32 runs at ~30 GB/s here against zlib's ~3.5 GB/s, so checking every tensor or block
+does not dominate a transfer. Both give the same value, so peers with and without ISA-L agree.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+try:
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # an environment installed without it: same checksums, ~8x slower
+    _crc32 = zlib.crc32
+
+
+def crc32(data) -> int:
+    """CRC32 of a bytes-like object (a memoryview over a tensor or a mapped page range: no copy)."""
+    return _crc32(data)
