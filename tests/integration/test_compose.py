@@ -17,6 +17,7 @@ minutes; later runs reuse the images (tagged by a hash of their inputs).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -75,14 +76,15 @@ class Stack:
     """One compose project: its name, environment, and the podman commands that look at it."""
 
     def __init__(self, podman: str, compose: str, env: dict, project: str, api_key: str, grpc_port: int,
-                 http_port: int):
+                 http_port: int, profiles: tuple[str, ...] = ()):
         self.podman, self.compose_bin, self.env, self.project = podman, compose, env, project
+        self.profile_args = [a for p in profiles for a in ("--profile", p)]
         self.api_key, self.grpc_port, self.http_port = api_key, grpc_port, http_port
         self.grpc_address = f"127.0.0.1:{grpc_port}"
         self.http_url = f"http://127.0.0.1:{http_port}"
 
     def compose(self, *args: str, timeout: float = UP_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess:
-        return _run([self.compose_bin, "-p", self.project, *args], timeout, env=self.env, check=check,
+        return _run([self.compose_bin, *self.profile_args, "-p", self.project, *args], timeout, env=self.env, check=check,
                     cwd=COMPOSE_DIR)
 
     def podman_lines(self, *args: str) -> list[str]:
@@ -144,20 +146,29 @@ def _build_images(env: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, request):
+def images() -> dict:
+    return _build_images({**_env_without_hfx(), "VARIANT": "sim"})
+
+
+def _env_without_hfx() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("HFX_", "COMPOSE_"))}
+
+
+@contextlib.contextmanager
+def _stack(images: dict, secrets_root: Path, request, profiles: tuple[str, ...] = (), up_args: tuple[str, ...] = ()):
+    """A compose project of its own (name, ports, secrets) up until the first request is served;
+    afterwards `down`, then whatever down left removed."""
     podman, compose = _tool("podman"), _tool("podman-compose")
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("HFX_", "COMPOSE_"))}
-    images = _build_images({**base_env, "VARIANT": "sim"})
-    secrets = tmp_path_factory.mktemp("compose") / "secrets"
+    secrets = secrets_root / "secrets"
     _run(["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(secrets)], 30)
     api_key = next(l.strip() for l in (secrets / "api-keys").read_text().splitlines() if l.strip()[:1] not in ("", "#"))
     grpc_port, http_port = _free_port(), _free_port()
-    env = {**base_env, **images, "HFX_ENGINE": "sim", "HFX_SECRETS_DIR": str(secrets),
+    env = {**_env_without_hfx(), **images, "HFX_ENGINE": "sim", "HFX_SECRETS_DIR": str(secrets),
            "HFX_GRPC_PORT": str(grpc_port), "HFX_HTTP_PORT": str(http_port)}
-    s = Stack(podman, compose, env, f"hfxct{uuid.uuid4().hex[:8]}", api_key, grpc_port, http_port)
+    s = Stack(podman, compose, env, f"hfxct{uuid.uuid4().hex[:8]}", api_key, grpc_port, http_port, profiles)
     failed_before = request.session.testsfailed
     try:
-        s.compose("up", "-d", "--no-build")
+        s.compose("up", "-d", "--no-build", *up_args)
         _wait_until_served(s)
         yield s
     finally:
@@ -165,6 +176,13 @@ def stack(tmp_path_factory, request):
             print(f"\ncompose test failed; container logs:\n{s.logs()}", file=sys.stderr)
         s.compose("down", "-t", "10", timeout=UP_TIMEOUT_S, check=False)
         s.sweep()
+
+
+@pytest.fixture(scope="module")
+def stack(images, tmp_path_factory, request):
+    """The core stack: redis, scheduler, scaler, router and one colocated worker."""
+    with _stack(images, tmp_path_factory.mktemp("compose"), request) as s:
+        yield s
 
 
 def _generate(s: Stack, text: str, max_tokens: int = 16, ttft_ms: float | None = None,
@@ -327,3 +345,27 @@ def test_down_leaves_nothing_behind(stack):
         stack.pods(), stack.networks(), stack.volumes())
     with pytest.raises(grpc.RpcError):
         _generate(stack, "anyone there?", max_tokens=1)
+
+
+def test_pd_profile_splits_a_long_prompt(images, tmp_path, request):
+    """`--profile pd --scale worker=0`: a prefill and a decode worker only. A long prompt is split:
+    its prefill leg on the prefill worker (whose id the final message carries: it sent the first
+    token), its decode leg on the decode worker, KV handed over between the two containers."""
+    with _stack(images, tmp_path, request, profiles=("pd",), up_args=("--scale", "worker=0")) as s:
+        running = sorted(c.removeprefix(f"{s.project}_") for c in s.containers(running_only=True))
+        assert running == ["decode_1", "prefill_1", "redis_1", "router_1", "scaler_1", "scheduler_1"], running
+        done = s.exec_python(f"{s.project}_router_1", INTERNAL_CALL.replace(
+            "sorted(i.instance_id for i in state.instances)", "sorted((i.role, i.instance_id) for i in state.instances)"))
+        roles = dict(re.findall(r"\((\d+), '(\w+)'\)", done.stdout))
+        assert sorted(int(r) for r in roles) == [common_pb2.ROLE_PREFILL, common_pb2.ROLE_DECODE], done.stdout + done.stderr
+        prefill_id = roles[str(common_pb2.ROLE_PREFILL)]
+        decode_id = roles[str(common_pb2.ROLE_DECODE)]
+        ids, _, final = _generate(s, " ".join(["the quick brown fox jumps over the lazy dog"] * 30), max_tokens=8)
+        assert len(ids) == 8 and final.slo_met, final
+        assert final.instance_id == prefill_id, f"served by {final.instance_id}; prefill {prefill_id}, decode {decode_id}"
+        log = _run([s.podman, "logs", f"{s.project}_scheduler_1"], 30).stderr
+        placed = [l for l in log.splitlines() if f"place {final.request_id} " in l]
+        assert placed and f"prefill:{prefill_id} -> decode:{decode_id}" in placed[0], placed or log[-3000:]
+        s.compose("down", "-t", "10", check=False)
+        s.sweep()
+        assert not s.containers() and not s.pods() and not s.networks() and not s.volumes()
