@@ -141,7 +141,8 @@ def _build_images(env: dict) -> dict:
     done = _run(["sh", str(ROOT / "deploy" / "docker" / "build-images.sh")], BUILD_TIMEOUT_S, env=env)
     images = dict(line.split("=", 1) for line in done.stdout.splitlines() if re.match(r"^[A-Z_]+=\S+$", line))
     assert {"HFX_IMAGE", "REDIS_IMAGE"} <= images.keys(), f"build-images.sh printed no image names:\n{done.stdout}"
-    print(done.stderr[-2000:], file=sys.stderr)   # what was built or reused, and how long it took
+    summary = [line for line in done.stderr.splitlines() if line.startswith(("built ", "reusing "))]
+    print("\n".join(summary), file=sys.stderr)    # what was built or reused, and how long it took
     return images
 
 

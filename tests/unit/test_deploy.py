@@ -331,7 +331,7 @@ def test_k8s_manifests_are_well_formed(manifests):
         assert doc.get("apiVersion") and doc["metadata"].get("name"), path
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == "hfx", f"{path}: {doc['kind']} {doc['metadata']['name']}"
-    assert set(_of_kind(manifests, "Deployment")) == {"redis", *HFX_SERVICES}
+    assert set(_of_kind(manifests, "Deployment")) == {"redis", *HFX_SERVICES, *PD_WORKERS}
     assert set(_of_kind(manifests, "Service")) == {"redis", *HFX_SERVICES}
 
 
@@ -346,7 +346,7 @@ def test_k8s_services_select_deployments(manifests):
             assert port["targetPort"] in port_names, f"Service {name}: no container port {port['targetPort']}"
 
 
-@pytest.mark.parametrize("name", HFX_SERVICES)
+@pytest.mark.parametrize("name", HFX_SERVICES + PD_WORKERS)
 def test_k8s_hfx_containers(manifests, parser, name):
     deployment = _of_kind(manifests, "Deployment")[name]
     spec = deployment["spec"]
@@ -354,6 +354,10 @@ def test_k8s_hfx_containers(manifests, parser, name):
     (container,) = spec["template"]["spec"]["containers"]
     assert container["image"].split(":")[0] == "hfx" and "command" not in container  # ENTRYPOINT ["hfx"]
     args = _parse(parser, container["args"], f"k8s Deployment {name}")
+    if name in PD_WORKERS:   # a worker with a role
+        assert args.role.value == name and args.kv_transfer and {"containerPort": args.kv_port, "name": "kv"} in (
+            container["ports"])
+        name = "worker"
     assert args.command == name
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert container["readinessProbe"]["grpc"]["port"] == args.port
@@ -373,6 +377,42 @@ def test_k8s_hfx_containers(manifests, parser, name):
     assert annotations["prometheus.io/port"] == str(METRICS_PORTS[name])
     assert METRICS_PORTS[name] in {p["containerPort"] for p in container["ports"]}
     _check_metrics_port(parser, name, args, f"k8s Deployment {name}")
+
+
+def _mounts(pod: dict, container: dict) -> dict[str, str]:
+    """mount path -> Secret name, for the container's Secret volumes."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in secrets}
+
+
+@pytest.mark.parametrize("name", HFX_SERVICES + PD_WORKERS)
+def test_k8s_hfx_pods_mount_the_internal_token(manifests, name):
+    config = _of_kind(manifests, "ConfigMap")["hfx-config"]["data"]
+    pod = _of_kind(manifests, "Deployment")[name]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = _mounts(pod, container)
+    token = Path(config["HFX_INTERNAL_TOKEN_FILE"])
+    assert mounts.get(str(token.parent)) == "hfx-internal-token", mounts
+    assert pod["securityContext"]["fsGroup"] == 10001   # the Secret's files are group-readable
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if name == "router":
+        keys = Path(env["HFX_API_KEY_FILE"])
+        assert mounts.get(str(keys.parent)) == "hfx-api-keys", mounts
+    assert not any("--api-key" in a for a in container["args"])
+
+
+def test_k8s_secrets_come_from_make_secrets_files():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    generated = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
+    assert set(generated) == {"hfx-internal-token", "hfx-api-keys"}
+    script = (DEPLOY / "make-secrets.sh").read_text()
+    for files in generated.values():
+        for entry in files:
+            key, _, source = entry.partition("=")
+            assert source.startswith("secrets/") and f'"$DIR/{Path(source).name}"' in script, entry
+    config = yaml.safe_load_all((K8S / "config.yaml").read_text())
+    token_file = next(d for d in config if d["metadata"]["name"] == "hfx-config")["data"]["HFX_INTERNAL_TOKEN_FILE"]
+    assert Path(token_file).name == generated["hfx-internal-token"][0].partition("=")[0]
 
 
 def test_k8s_config_maps(manifests, tmp_path):
