@@ -247,7 +247,10 @@ def build_model(out: Path, params: int | None = None, weights: bool = True) -> N
     if weights:
         _build_weights(tokenizer, out, params)
     else:
-        _model_config(tokenizer, params).save_pretrained(out)
+        config = _model_config(tokenizer, params)
+        config.architectures = ["LlamaForCausalLM"]   # as saving the model would record them
+        config.dtype = "bfloat16"
+        config.save_pretrained(out)
         _generation_config(tokenizer).save_pretrained(out)
     _make_readable(out)
 
