@@ -67,7 +67,8 @@ RUN if python3 -c "import torch" 2>/dev/null; then hfx model init --out /models/
 # Helpers used by the compose file and documented in deploy/: a gRPC health probe and the
 # worker entrypoint (unique instance id and a reachable address per container).
 RUN install -m 0755 deploy/docker/grpc-health-probe.py /usr/local/bin/hfx-health \
-    && install -m 0755 deploy/docker/worker-entrypoint.sh /usr/local/bin/hfx-worker
+    && install -m 0755 deploy/docker/worker-entrypoint.sh /usr/local/bin/hfx-worker \
+    && install -m 0755 deploy/docker/scaler-entrypoint.sh /usr/local/bin/hfx-scaler
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hfx
 USER hfx

@@ -370,3 +370,19 @@ def test_pd_profile_splits_a_long_prompt(images, tmp_path, request):
         s.compose("down", "-t", "10", check=False)
         s.sweep()
         assert not s.containers() and not s.pods() and not s.networks() and not s.volumes()
+
+
+def test_autoscale_profile_runs_workers_the_router_can_reach(images, tmp_path, request):
+    """`--profile autoscale --scale worker=0`: the autoscaler starts its --min (1) worker as a child
+    process in its own container, registered under that container's IP, and the router's requests
+    reach it (the first request is served before this test body runs). The plain scaler
+    (--replicas=0) stays up and manages nothing (podman-compose 1.6 takes one --scale only)."""
+    with _stack(images, tmp_path, request, profiles=("autoscale",), up_args=("--scale", "worker=0")) as s:
+        running = sorted(c.removeprefix(f"{s.project}_") for c in s.containers(running_only=True))
+        assert running == ["autoscaler_1", "redis_1", "router_1", "scaler_1", "scheduler_1"], running
+        instances = _instances(s)
+        assert len(instances) == 1, instances
+        _, _, final = _generate(s, "who serves this?", max_tokens=4)
+        assert final.instance_id == instances[0]
+        log = _run([s.podman, "logs", f"{s.project}_autoscaler_1"], 30)
+        assert f"started worker {instances[0]}" in log.stdout + log.stderr, (log.stdout + log.stderr)[-3000:]

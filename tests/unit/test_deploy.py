@@ -123,7 +123,7 @@ def _compose_argv(name: str, service: dict) -> list[str]:
 
 def test_compose_has_every_service(compose):
     assert "version" not in compose and "name" not in compose  # Compose Specification, as 1.29 accepts
-    assert set(compose["services"]) >= {"redis", *OBSERVABILITY, *HFX_SERVICES, *PD_WORKERS}
+    assert set(compose["services"]) >= {"redis", *OBSERVABILITY, *HFX_SERVICES, *PD_WORKERS, "autoscaler"}
 
 
 def test_compose_core_stack_needs_no_pulled_image(compose):
@@ -136,6 +136,8 @@ def test_compose_core_stack_needs_no_pulled_image(compose):
             assert profiles == ["observability"], name
         elif name in PD_WORKERS:
             assert profiles == ["pd"], name
+        elif name == "autoscaler":
+            assert profiles == ["autoscale"], name
         else:
             assert not profiles, f"{name} belongs to the core stack"
         image = _interpolate(service["image"])
@@ -166,6 +168,23 @@ def test_compose_secrets_are_files_make_secrets_writes():
     for secret in compose["secrets"].values():
         name = Path(_interpolate(secret["file"])).name
         assert f'"$DIR/{name}"' in script, f"deploy/make-secrets.sh does not write {name}"
+
+
+def test_compose_autoscaler(compose, parser):
+    service = compose["services"]["autoscaler"]
+    assert service["profiles"] == ["autoscale"] and service["entrypoint"] == ["hfx-scaler"]
+    script = (DEPLOY / "docker" / "scaler-entrypoint.sh").read_text()
+    line = next(l for l in script.splitlines() if l.startswith("exec hfx "))
+    prefix = shlex.split(line.replace('"--host=$HFX_WORKER_HOST"', "--host=172.18.0.9").replace('"$@"', ""))[2:]
+    assert prefix == ["scaler", "--worker-arg=--host=172.18.0.9"], line
+    assert "deploy/docker/scaler-entrypoint.sh" in (ROOT / "Dockerfile").read_text()
+    args = _parse(parser, prefix + [_interpolate(str(c)) for c in service["command"]], "compose service autoscaler")
+    assert args.autoscale and args.min_replicas >= 1 and args.max_replicas >= args.min_replicas
+    assert args.scheduler_metrics == f"scheduler:{METRICS_PORTS['scheduler']}"
+    assert args.router_metrics == f"router:{METRICS_PORTS['router']}"
+    assert args.worker_arg == ["--host=172.18.0.9"] and args.host == "0.0.0.0"
+    assert service["healthcheck"]["test"] == ["CMD", "hfx-health", str(args.port)]
+    assert _hfx_env(service)["HFX_INTERNAL_TOKEN_FILE"] == "/run/secrets/hfx_internal_token"
 
 
 @pytest.mark.parametrize("name", PD_WORKERS)
