@@ -443,3 +443,33 @@ def test_k8s_config_maps(manifests, tmp_path):
     classes_file = tmp_path / "classes.yaml"
     classes_file.write_text(maps["hfx-classes"]["data"]["classes.yaml"])
     assert load_classes(classes_file) == load_classes(COMPOSE_DIR / "config" / "classes.yaml")
+
+
+def test_k8s_network_policy_opens_only_the_routers_front_doors(manifests):
+    policies = _of_kind(manifests, "NetworkPolicy")
+    deployments = _of_kind(manifests, "Deployment")
+    labels = {name: d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+              for name, d in deployments.items()}
+    internal = policies["hfx-internal-only"]["spec"]
+    (expr,) = internal["podSelector"]["matchExpressions"]
+    assert expr == {"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["router"]}
+    assert internal["ingress"] == [{"from": [{"podSelector": {}}]}]   # same namespace only
+    assert "router" in labels.values() and len(set(labels.values())) > 1
+    public = policies["hfx-router-public"]["spec"]
+    assert public["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "router"}
+    router_ports = {p["containerPort"] for c in deployments["router"]["spec"]["template"]["spec"]["containers"]
+                    for p in c["ports"]}
+    assert {p["port"] for rule in public["ingress"] for p in rule["ports"]} == router_ports
+
+
+def test_compose_and_k8s_redis_require_the_password_secret(manifests):
+    compose = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    redis = compose["services"]["redis"]
+    assert "hfx_redis_password" in redis["secrets"] and "requirepass" in " ".join(redis["command"])
+    for name, svc in compose["services"].items():
+        if "hfx_internal_token" in svc.get("secrets", []):
+            assert "hfx_redis_password" in svc["secrets"], name
+    k8s_redis = _of_kind(manifests, "Deployment")["redis"]["spec"]["template"]["spec"]["containers"][0]
+    assert "requirepass" in " ".join(k8s_redis["command"])
+    config = _of_kind(manifests, "ConfigMap")
+    assert any("HFX_REDIS_PASSWORD_FILE" in c.get("data", {}) for c in config.values())
