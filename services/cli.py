@@ -135,7 +135,7 @@ def cmd_worker(args) -> int:
         weights_transport=args.weights_transport,
         serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
         kv_transfer=args.kv_transfer, kv_port=args.kv_port, kv_lease_s=args.kv_lease_s,
-        kv_deadline_s=args.kv_deadline_s,
+        kv_deadline_s=args.kv_deadline_s, pd_local_prefill=args.pd_local_prefill,
     )
     try:
         runtime.run_service(serve(config))
@@ -392,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", type=argtypes.worker_role, default="colocated", metavar="{colocated,prefill,decode}",
                    help="what the scheduler places here: whole requests (colocated), the prefill legs of P/D "
                         "requests (prefill) or their decode legs (decode) (default %(default)s)")
+    _add_pd_local_prefill(p)
     p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
                    help="profile the engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"], help="device (default %(default)s)")

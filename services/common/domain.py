@@ -192,9 +192,14 @@ class InstanceView:
 @dataclass(frozen=True)
 class ClusterSnapshot:
     instances: tuple[InstanceView, ...]
+    # P-D links (prefill id, decode id) a split request may use; None: no link table, any pair.
+    links: frozenset[tuple[str, str]] | None = None
 
     def get(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
+
+    def linked(self, prefill_id: str, decode_id: str) -> bool:
+        return self.links is None or (prefill_id, decode_id) in self.links
 
 
 @dataclass(frozen=True)

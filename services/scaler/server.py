@@ -22,6 +22,8 @@ from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
+from services.scaler.linking import Linker
+from services.scaler.role_change import RoleChanges
 from services.scaler.reconcile import (POOL_STRIDE, WorkerSlot, cpu_share, pool_of, pool_slots, reconcile, reconcile_set,
                                        slot_name)
 
@@ -47,6 +49,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
     def __init__(self, config: ScalerConfig, cluster: store.ClusterStore) -> None:
         self.config = config
         self.store = cluster
+        # P-D links (issue 11): kept in Redis by this scaler; the scheduler pairs only linked instances.
+        self.linker = Linker(cluster) if config.links else None
+        self.roles = RoleChanges(cluster, self.linker, config.pd_local_prefill)
         self.desired = config.replicas
         self.workers: dict[int, Managed] = {}
         self.ready_ids: set[str] = set()
@@ -65,8 +70,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def _role_flag(self, index: int) -> list[str]:
         role = pool_of(index)
-        # A prefill or decode worker hands KV on or takes it: its engine needs the KV connector.
-        return [] if role == "colocated" else ["--role", role, "--kv-transfer"]
+        # A prefill or decode worker hands KV on or takes it: its engine needs the KV connector
+        # (kv_both: either way). With role changes any worker may become one, so every one gets it.
+        local = [] if self.config.pd_local_prefill else ["--no-pd-local-prefill"]
+        if role == "colocated":
+            return ["--kv-transfer", *local] if self.config.role_changes else local
+        return ["--role", role, "--kv-transfer", *local]
 
     def _spawn(self, index: int) -> None:
         w = self.workers.get(index)
@@ -228,8 +237,11 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             try:
                 self.registry = await self.store.instances()
                 self.ready_ids = {i.instance_id for i in self.registry}
+                if self.linker is not None:   # an exited worker is unlinked at once, not after its TTL
+                    gone = {w.instance_id for w in self.workers.values() if w.exited_at_s is not None or w.stopping}
+                    await self.linker.step(self.registry, gone)
             except Exception as err:
-                log.warning("registry read failed: %s", err)
+                log.warning("registry read or linking failed: %s", err)
             self.export_metrics()
             await asyncio.sleep(0.5)
 
@@ -288,6 +300,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             self.step(time.time())
         return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first,
                                         replicas=len(self.pd_wanted & mine))
+
+    async def SetRole(self, request: scaler_pb2.ScalerSetRoleRequest, context) -> scaler_pb2.ScalerSetRoleResponse:
+        return await self.roles.set_role(request)
 
     async def ListWorkers(self, request, context) -> scaler_pb2.ListWorkersResponse:
         out = scaler_pb2.ListWorkersResponse()

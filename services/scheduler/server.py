@@ -248,6 +248,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             try:
                 self.state.set_instances(await self.store.instances())
                 self.state.draining = await self.store.draining_ids()
+                self.state.links = await self.store.usable_links()
                 await self.load_profiles()
                 self.export_instances()
                 self.wake()
