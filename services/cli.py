@@ -88,7 +88,8 @@ def cmd_scheduler(args) -> int:
     runtime.run_service(serve(SchedulerConfig(host=args.host, port=args.port, policy=args.policy, redis_url=args.redis_url,
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
                                       metrics_port=args.metrics_port, tickets=args.tickets,
-                                      pd_local_prefill=args.pd_local_prefill)))
+                                      pd_local_prefill=args.pd_local_prefill, role_changes=args.role_changes,
+                                      scaler_address=args.scaler or "")))
     return 0
 
 
@@ -111,7 +112,8 @@ def cmd_scaler(args) -> int:
         redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
-        autoscale=autoscale, actuator=args.actuator,
+        autoscale=autoscale, actuator=args.actuator, links=args.links, role_changes=args.role_changes,
+        pd_local_prefill=args.pd_local_prefill,
         autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
                                       args.router_metrics or ""),
     )))
@@ -173,7 +175,7 @@ def cmd_up(args) -> int:
         api_keys=tuple(args.api_key) + _key_file(args.api_key_file),
         classes=args.classes or "", tied_to_caller=not args.detach, scaler_args=tuple(forward_flags(args)),
         prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
-        tickets=args.tickets,
+        tickets=args.tickets, role_changes=args.role_changes,
     )
     print(f"starting HFX: {opts.describe_workers()} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", type=argtypes.non_negative_int, default=0,
                    help="P/D: decode workers (role decode) (default %(default)s)")
     _add_pd_local_prefill(p)
+    p.add_argument("--role-changes", action="store_true",
+                   help="P/D: the scheduler flips instances between prefill and decode on SLO pressure, without "
+                        "restarting them (every worker then starts with --kv-transfer) (default: off)")
     p.add_argument("--model", type=argtypes.model_dir, help="local HF checkpoint dir (default: the built-in tiny model)")
     p.add_argument("--engine", default="vllm", type=argtypes.engine_name,
                    help="worker engine: vllm, or sim (SIMULATED: timing from a latency model, for scale tests) "
@@ -340,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
     _add_tickets_flag(p)
     _add_pd_local_prefill(p)
+    p.add_argument("--role-changes", action="store_true",
+                   help="flip instances between prefill and decode on SLO pressure (services/scheduler/roles), "
+                        "through the scaler's SetRole; needs --scaler (default: off)")
+    p.add_argument("--scaler", type=argtypes.address, help="--role-changes: the scaler HOST:PORT (default: none)")
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("scaler", help="run the scaler process (it launches the workers)")
@@ -371,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "loaded live worker of the model instead of reading storage; each donor holds the "
                         "checkpoint's size in RAM (default: off)")
     add_autoscale_flags(p)
+    p.add_argument("--links", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the P-D link table in Redis (a warm-up transfer links each new prefill-decode pair; "
+                        "the scheduler pairs only linked instances) (default on)")
+    p.add_argument("--role-changes", action="store_true",
+                   help="start every worker with --kv-transfer so any may change role (default: off)")
+    _add_pd_local_prefill(p)
     p.add_argument("--scheduler-metrics", type=argtypes.address,
                    help="--autoscale: the scheduler's /metrics HOST:PORT (arrivals, rejections, queue) (default: none)")
     p.add_argument("--router-metrics", type=argtypes.address,
@@ -470,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.explain.cli import add_parser as add_explain
 
     add_explain(sub)
+    from services.role_cli import add_parser as add_role
+
+    add_role(sub)
     return parser
 
 

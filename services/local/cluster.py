@@ -44,6 +44,7 @@ class UpOptions:
     prefill: int = 0                   # P/D: prefill and decode workers beside the `workers` colocated ones
     decode: int = 0
     pd_local_prefill: bool = True      # the scheduler's --pd-local-prefill (may D prefill short prompts?)
+    role_changes: bool = False         # issue 11: the scheduler flips P/D roles through the scaler
 
     @property
     def total_workers(self) -> int:
@@ -186,9 +187,14 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     common = ["--redis-url", state.redis_url, "--tracing", tracing]
 
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
+    # Chosen now: a scheduler that flips roles calls the scaler, which starts after it.
+    state.scaler = f"127.0.0.1:{procs.free_port(avoid=fixed | {int(state.scheduler.split(':')[1])})}"
+    fixed = fixed | {int(state.scaler.split(":")[1])}   # promised to the scaler: nobody else takes it
+    local = [] if opts.pd_local_prefill else ["--no-pd-local-prefill"]
+    roles = ["--role-changes"] if opts.role_changes else []
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
-                                          *([] if opts.tickets else ["--no-tickets"]),
-                                          *([] if opts.pd_local_prefill else ["--no-pd-local-prefill"]),
+                                          *([] if opts.tickets else ["--no-tickets"]), *local,
+                                          *(roles + ["--scaler", state.scaler] if roles else []),
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
                         log_dir / "scheduler.log", **mark)
     state.record("scheduler", sched.pid)
@@ -206,12 +212,11 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     wait_serving(state.router, 120, router, "router", log_dir / "router.log", "hfx.v1.Router")
     _step(f"router ready at {state.router}" + (f", HTTP at http://{state.http}" if state.http else ""), t0)
 
-    state.scaler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     scaler = procs.spawn(
         procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
                           "--prefill", str(opts.prefill), "--decode", str(opts.decode),
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
-                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in opts.worker_args],
+                          "--log-dir", str(log_dir), *common, *local, *roles, *[f"--worker-arg={a}" for a in opts.worker_args],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else []),
                           *opts.scaler_args, *_signal_sources(opts, state)),
         log_dir / "scaler.log", **mark,

@@ -29,5 +29,8 @@ class SchedulerConfig:
     tickets: bool = True
     ticket_refresh_s: float = 0.05    # tickets follow ordinary rounds at most this often (a spent one: at once)
     pd_local_prefill: bool = True      # PolicyConfig.pd_local_prefill: may decode instances prefill?
+    # Issue 11: flip P/D roles on SLO pressure (services/scheduler/roles) via the scaler's SetRole.
+    role_changes: bool = False
+    scaler_address: str = ""
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

@@ -482,6 +482,15 @@ async def serve(config: SchedulerConfig) -> None:
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()
     tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(servicer.registry_loop())]
+    if config.role_changes:
+        if not config.scaler_address:
+            raise ValueError("--role-changes needs --scaler (the scaler carries the changes out)")
+        from services.scheduler.role_loop import run_role_loop
+        from services.scheduler.roles import RolePolicy
+
+        tasks.append(asyncio.create_task(run_role_loop(
+            RolePolicy(policy_config=policy_config), config.scaler_address,
+            lambda: (servicer.state.snapshot(), [w.spec for w in servicer.state.waiting.values()]))))
     runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
     log.info("scheduler (policy %s) serving on %s:%d", config.policy, config.host, port)
