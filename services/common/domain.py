@@ -201,6 +201,10 @@ class ClusterSnapshot:
     def linked(self, prefill_id: str, decode_id: str) -> bool:
         return self.links is None or (prefill_id, decode_id) in self.links
 
+    def may_send_kv(self, prefill_id: str) -> bool:
+        """A prefill instance with at least one link (any, without a link table)."""
+        return self.links is None or any(p == prefill_id for p, _ in self.links)
+
 
 @dataclass(frozen=True)
 class Leg:

@@ -306,6 +306,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     async def ListWorkers(self, request, context) -> scaler_pb2.ListWorkersResponse:
         out = scaler_pb2.ListWorkersResponse()
+        registered = {i.instance_id: i.role for i in self.registry}   # a role change shows here
         for w in sorted(self.workers.values(), key=lambda w: w.index):
             if w.exited_at_s is not None:
                 state = scaler_pb2.WORKER_STATE_EXITED
@@ -317,7 +318,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 state = scaler_pb2.WORKER_STATE_STARTING
             out.workers.add(
                 instance_id=w.instance_id, address=f"127.0.0.1:{w.port}",
-                role=convert.role_to_pb(Role(pool_of(w.index))),
+                role=registered.get(w.instance_id, convert.role_to_pb(Role(pool_of(w.index)))),
                 state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
             )
         return out

@@ -28,6 +28,7 @@ class LeastLoad:
                         for i in candidates(cluster, self.config, role)}
                 pool = [i for i in candidates(cluster, self.config, role)
                         if fits_context(spec, i) and load[i.instance_id] < self.config.max_requests_per_instance
+                        and (role is not Role.PREFILL or cluster.may_send_kv(i.instance_id))
                         and (role is not Role.DECODE or cluster.linked(picks[0][0].instance_id, i.instance_id))]
                 if not pool:
                     break
