@@ -32,6 +32,10 @@ def _cluster(p_legs: int = 0, d_legs: int = 0, n_p: int = 2, n_d: int = 2, promp
 
 
 IDLE = _cluster()
+# Queued at the scheduler: long prompts an idle D could decode (they wait for a prefill), and
+# tight-TPOT requests no loaded D can take (they wait for decode room).
+WAIT_P = [make_spec(request_id=f"wp{k}", prompt_tokens=4000, max_tokens=50, slo=Slo(500, 50)) for k in range(3)]
+WAIT_D = [make_spec(request_id=f"wd{k}", prompt_tokens=200, max_tokens=50, slo=Slo(500, 5.0)) for k in range(3)]
 
 
 def test_pressure_by_hand():
@@ -44,12 +48,20 @@ def test_pressure_by_hand():
     assert math.isclose(d.decode, 5.75 / 5.0)
 
 
+def test_queued_requests_count_for_the_stage_that_holds_them_back():
+    s = stage_pressure(_cluster(d_legs=10, tpot_ms=20.0), WAIT_P + WAIT_D, CONFIG)
+    # D with WAIT_P added: 3 + 0.15*11 + 0.0005*(2500 + 4025) = 7.9 ms <= 20: it could go there;
+    # with a WAIT_D: 3 + 1.65 + 0.0005*2725 = 6.0 ms > its own 5 ms TPOT: it waits for decode room
+    assert (s.waiting_prefill, s.waiting_decode) == (3, 3)
+    assert s.queued_prefill_tokens == 3 * 4000
+
+
 def test_prefill_pressure_flips_the_decode_instance_with_least_work_left_and_says_why():
     cluster = _cluster(p_legs=8)
     busy = (RunningRequest(make_spec(request_id="x", max_tokens=100), 99.9, Role.DECODE),)   # placed 0.1 s ago
     insts = tuple(i if i.instance_id != "d0" else make_instance("d0", role=Role.DECODE, running=busy,
                                                                 latency_model=MODEL) for i in cluster.instances)
-    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(ClusterSnapshot(insts), [], 100.0)
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(ClusterSnapshot(insts), WAIT_P, 100.0)
     assert decision.flip and decision.instance_id == "d1"   # d0 still decodes; d1 has nothing left
     assert (decision.from_role, decision.to_role) == (Role.DECODE, Role.PREFILL)
     assert decision.reason.startswith("prefill pressed") and "d1 has the least decode work left" in decision.reason
@@ -57,7 +69,7 @@ def test_prefill_pressure_flips_the_decode_instance_with_least_work_left_and_say
 
 
 def test_decode_pressure_flips_a_prefill_instance():
-    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(d_legs=30), [], 100.0)
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(d_legs=30), WAIT_D, 100.0)
     assert decision.flip and decision.to_role is Role.DECODE and decision.instance_id in ("p0", "p1")
 
 
@@ -66,15 +78,20 @@ def test_no_flip_when_both_stages_hold_their_slos():
     assert not decision.flip and "both below" in decision.reason
 
 
+def test_no_flip_for_a_full_stage_that_nothing_waits_for():
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(p_legs=8), [], 100.0)
+    assert not decision.flip and "prefill is full but nothing waits for it" in decision.reason
+
+
 def test_a_stage_is_never_emptied():
-    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(p_legs=8, n_d=1), [], 100.0)
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(p_legs=8, n_d=1), WAIT_P, 100.0)
     assert not decision.flip and "only one decode instance is left" in decision.reason
 
 
 def test_no_flip_when_the_gain_does_not_pay_for_the_change():
     # Barely over `high` on the prefill side: one more P (of 8) gains less than min_gain + cost.
     cfg = RoleConfig(high=0.3, min_gain=0.5)
-    decision = RolePolicy(cfg, CONFIG).on_tick(_cluster(p_legs=4, n_p=8, n_d=8), [], 100.0)
+    decision = RolePolicy(cfg, CONFIG).on_tick(_cluster(p_legs=4, n_p=8, n_d=8), WAIT_P, 100.0)
     assert not decision.flip and "gains" in decision.reason and "cost" in decision.reason
 
 
@@ -85,15 +102,17 @@ def test_an_alternating_signal_flips_an_instance_at_most_once_per_hold_time():
     flips: dict[str, list[float]] = {}
     directions: list[tuple[float, Role]] = []
     for tick in range(240):                      # 4 minutes of 1 s ticks, signal flipping every tick
-        heavy = _cluster(p_legs=8, n_p=3, n_d=3) if tick % 2 == 0 else _cluster(d_legs=40, n_p=3, n_d=3)
+        heavy, waiting = ((_cluster(p_legs=8, n_p=3, n_d=3), WAIT_P) if tick % 2 == 0
+                          else (_cluster(d_legs=40, n_p=3, n_d=3), WAIT_D))
         # the same load over the instances' current roles
         insts = tuple(_with_role(i, roles) for i in heavy.instances)
-        d = policy.on_tick(ClusterSnapshot(insts), [], float(tick))
+        d = policy.on_tick(ClusterSnapshot(insts), waiting, float(tick))
         if d.flip:
             roles[d.instance_id] = d.to_role
             flips.setdefault(d.instance_id, []).append(float(tick))
             directions.append((float(tick), d.to_role))
-    assert len(directions) >= 4, "the signal is strong enough to flip, again and again"
+    assert len(directions) >= 3 and {r for _, r in directions} == {Role.PREFILL, Role.DECODE}, \
+        "the signal is strong enough to flip both ways"
     for times in flips.values():
         assert all(b - a >= cfg.hold_s for a, b in zip(times, times[1:]))
     for (t0, r0), (t1, r1) in zip(directions, directions[1:]):

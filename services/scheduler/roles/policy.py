@@ -3,7 +3,9 @@ queue and the time in; a decision with its reason out).
 
 Per tick:
 1. Smooth each stage's pressure (signals.py) with an EWMA, so one burst does not flip anything.
-2. Nothing to do while both stages are below `high` (SLOs held), or while fewer than 2
+2. Nothing to do while both stages are below `high`, or while no request waits at the scheduler
+   for the pressed stage (admission fills each stage up to its SLO limit, so a pressure near 1
+   with nothing waiting is a full stage serving in time, not one falling behind), or while fewer than 2
    instances serve the stage that would give one up (a stage is never emptied; and
    role_change_gap, the scheduler's serving_gap rule, must pass).
 3. Gain: how much the worse stage's pressure drops, max(p, d) - max(p', d'), with (p', d')
@@ -21,7 +23,7 @@ Per tick:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from services.common.domain import ClusterSnapshot, InstanceView, RequestSpec, Role
@@ -31,7 +33,8 @@ from services.scheduler.roles.signals import StagePressure, stage_pressure
 
 @dataclass(frozen=True)
 class RoleConfig:
-    high: float = 0.8          # a stage this pressed (1.0 = its SLOs just held) asks for help
+    high: float = 1.0          # a stage this pressed (1.0 = its SLOs just held) asks for help...
+    min_waiting: int = 1       # ...when at least this many requests wait at the scheduler for it
     min_gain: float = 0.05     # the worse stage's pressure must drop by at least this (plus the cost)
     change_s: float = 0.5      # a flip's own time (registry, link warm-up) until the new role serves
     horizon_s: float = 10.0    # the time a flip is meant to help over (cost = seconds lost / horizon)
@@ -69,7 +72,7 @@ class RolePolicy:
         p, d = (raw.prefill, raw.decode) if self.smoothed is None else (
             a * raw.prefill + (1 - a) * self.smoothed[0], a * raw.decode + (1 - a) * self.smoothed[1])
         self.smoothed = (p, d)
-        pressure = StagePressure(p, d, raw.n_prefill, raw.n_decode, raw.queued_prefill_tokens, raw.detail)
+        pressure = replace(raw, prefill=p, decode=d)
         return self._decide(cluster, pressure, now_s)
 
     def _decide(self, cluster: ClusterSnapshot, s: StagePressure, now_s: float) -> RoleDecision:
@@ -82,6 +85,9 @@ class RolePolicy:
             return _none(f"{said}: both below {cfg.high}")
         to_role = Role.PREFILL if s.prefill > s.decode else Role.DECODE
         from_role = Role.DECODE if to_role is Role.PREFILL else Role.PREFILL
+        waiting = s.waiting_prefill if to_role is Role.PREFILL else s.waiting_decode
+        if waiting < cfg.min_waiting:
+            return _none(f"{said}: {to_role.value} is full but nothing waits for it")
         if (s.n_decode if from_role is Role.DECODE else s.n_prefill) < 2:
             return _none(f"{said}: {to_role.value} is short but only one {from_role.value} instance is left")
         since = now_s - self.last_flip[0]
