@@ -29,17 +29,18 @@ def _request(i: int) -> router_pb2.GenerateRequest:
     return req
 
 
-def _load(router: str, stop: threading.Event, results: list, worker: int) -> None:
+def load(router: str, stop: threading.Event, results: list, make_request) -> None:
+    """Requests one after another until `stop`; results get (start, token ids, final, error)."""
     with grpc.insecure_channel(router) as ch:
         stub = router_pb2_grpc.RouterStub(ch)
         i = 0
         while not stop.is_set():
             started = time.time()
-            tokens, final, error = 0, None, ""
+            tokens, final, error = [], None, ""
             try:
-                for msg in stub.Generate(_request(worker * 10_000 + i), timeout=60):
+                for msg in stub.Generate(make_request(i), timeout=120):
                     if msg.HasField("delta"):
-                        tokens += len(msg.delta.token_ids)
+                        tokens += msg.delta.token_ids
                     else:
                         final = msg.final
             except grpc.RpcError as err:
@@ -48,7 +49,7 @@ def _load(router: str, stop: threading.Event, results: list, worker: int) -> Non
             i += 1
 
 
-def _registry(url: str) -> dict[str, common_pb2.Instance]:
+def registry(url: str) -> dict[str, common_pb2.Instance]:
     import asyncio
 
     async def read():
@@ -56,7 +57,7 @@ def _registry(url: str) -> dict[str, common_pb2.Instance]:
     return asyncio.run(read())
 
 
-def _links(url: str) -> set[tuple[str, str]]:
+def links_of(url: str) -> set[tuple[str, str]]:
     import asyncio
 
     async def read():
@@ -69,9 +70,10 @@ def test_role_changes_under_load_lose_no_request(tmp_path, capsys):
     with local_cluster(home, workers=0, prefill=2, decode=2, engine="sim", policy="hfx") as c:
         url = c.state.redis_url
         want = {("hfx-p0", "hfx-d0"), ("hfx-p0", "hfx-d1"), ("hfx-p1", "hfx-d0"), ("hfx-p1", "hfx-d1")}
-        assert wait_until(lambda: _links(url) == want, 30), _links(url)
+        assert wait_until(lambda: links_of(url) == want, 30), links_of(url)
         stop, results = threading.Event(), []
-        threads = [threading.Thread(target=_load, args=(c.state.router, stop, results, w)) for w in range(4)]
+        threads = [threading.Thread(target=load, args=(c.state.router, stop, results,
+                                                       lambda i, w=w: _request(w * 10_000 + i))) for w in range(4)]
         for t in threads:
             t.start()
         try:
@@ -86,14 +88,15 @@ def test_role_changes_under_load_lose_no_request(tmp_path, capsys):
             for t in threads:
                 t.join(90)
         out = capsys.readouterr().out
-        registry = _registry(url)
-        links = _links(url)
+        entries = registry(url)
+        links = links_of(url)
     assert "hfx-d1: decode -> prefill (test: prefill pressed)" in out
     assert len(results) > 20
-    failed = [(tokens, error) for _, tokens, final, error in results if error or final is None or tokens != MAX_TOKENS]
+    failed = [(len(tokens), error) for _, tokens, final, error in results
+              if error or final is None or len(tokens) != MAX_TOKENS]
     assert not failed, failed[:5]
-    assert registry["hfx-d1"].role == common_pb2.ROLE_PREFILL and registry["hfx-d1"].role_reason == "test: prefill pressed"
-    assert registry["hfx-p0"].role == common_pb2.ROLE_DECODE and registry["hfx-p0"].role_reason == "test: decode pressed"
+    assert entries["hfx-d1"].role == common_pb2.ROLE_PREFILL and entries["hfx-d1"].role_reason == "test: prefill pressed"
+    assert entries["hfx-p0"].role == common_pb2.ROLE_DECODE and entries["hfx-p0"].role_reason == "test: decode pressed"
     assert links == {("hfx-p1", "hfx-d0"), ("hfx-p1", "hfx-p0"), ("hfx-d1", "hfx-d0"), ("hfx-d1", "hfx-p0")}
     # Requests that came after the first change prefilled on hfx-d1 (its new role).
     later = [final.placement_reason for started, _, final, _ in results if started > changed_s + 1.0]
