@@ -29,7 +29,8 @@ def _request(i: int) -> router_pb2.GenerateRequest:
 
 def test_role_changes_under_load_on_vllm_lose_nothing_and_keep_vllms_outputs(tmp_path, capsys):
     home = tmp_path / "home"
-    with local_cluster(home, workers=0, prefill=1, decode=2, engine="vllm", policy="hfx") as c:
+    with local_cluster(home, workers=0, prefill=1, decode=2, engine="vllm", policy="hfx",
+                       worker_args=("--no-profile-at-start",)) as c:   # 3 engines on 2 cores: profiling takes minutes
         url = c.state.redis_url
         want = {("hfx-p0", "hfx-d0"), ("hfx-p0", "hfx-d1")}
         assert wait_until(lambda: links_of(url) == want, 60), links_of(url)
