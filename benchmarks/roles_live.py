@@ -82,6 +82,38 @@ def served_in_role(results: list[dict], instance: str, role: Role, after_s: floa
     return min(times) if times else None
 
 
+def first_transfers(state, pairs: int) -> None:
+    """Per link: its warm-up (the first transfer between the two, which the first real request
+    would pay without linking) against a transfer over the same pair once linked."""
+    import asyncio
+
+    from services.common import store
+    from services.common.keys import Keys
+    from services.common.pb.hfx.v1 import worker_pb2_grpc
+    from services.scaler.linking import warm_up
+
+    async def run() -> list[tuple[str, str, float, float]]:
+        cluster = store.ClusterStore(store.connect(state.redis_url), Keys(state.redis_prefix))
+        deadline = time.monotonic() + 120
+        while len(links := await cluster.links()) < pairs and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        address = {i.instance_id: i.address for i in await cluster.instances()}
+        out = []
+        for (p, d), rec in sorted(links.items()):
+            async with grpcutil.aio_channel(address[p]) as pc, grpcutil.aio_channel(address[d]) as dc:
+                again = await warm_up(worker_pb2_grpc.WorkerStub(pc), worker_pb2_grpc.WorkerStub(dc), 30.0)
+            out.append((p, d, rec["warmup_ms"], again))
+        return out
+
+    rows = asyncio.run(run())
+    for p, d, first, again in rows:
+        print(f"  link {p} -> {d}: first transfer (the warm-up) {first:.1f} ms, once linked {again:.1f} ms "
+              f"(32-token prefill leg + decode leg pulling its KV)")
+    if rows:
+        print(f"first transfer over a new pair: median {statistics.median(r[2] for r in rows):.1f} ms unlinked "
+              f"(paid by the warm-up) vs {statistics.median(r[3] for r in rows):.1f} ms once linked")
+
+
 def live_main(args) -> int:
     home = Path(tempfile.mkdtemp(prefix="hfx-roles-"))
     opts = cluster.UpOptions(home=home, model=str(ensure_default_model()), workers=0, router_port=procs.free_port(),
@@ -95,6 +127,7 @@ def live_main(args) -> int:
     state = cluster.up(opts)
     rows = []
     try:
+        first_transfers(state, args.prefill * args.decode)
         stub = scaler_pb2_grpc.ScalerStub(grpcutil.sync_channel(state.scaler))
         # flip d1 and p1 in turn: d1 -> prefill, d1 -> decode, p1 -> decode, p1 -> prefill, ...
         plan = [("hfx-d1", Role.PREFILL), ("hfx-d1", Role.DECODE), ("hfx-p1", Role.DECODE), ("hfx-p1", Role.PREFILL)]
