@@ -129,8 +129,9 @@ def live_main(args) -> int:
     try:
         first_transfers(state, args.prefill * args.decode)
         stub = scaler_pb2_grpc.ScalerStub(grpcutil.sync_channel(state.scaler))
-        # flip d1 and p1 in turn: d1 -> prefill, d1 -> decode, p1 -> decode, p1 -> prefill, ...
-        plan = [("hfx-d1", Role.PREFILL), ("hfx-d1", Role.DECODE), ("hfx-p1", Role.DECODE), ("hfx-p1", Role.PREFILL)]
+        # flip the last decode and the last prefill worker in turn: D -> prefill, back, P -> decode, back
+        d, p = f"hfx-d{args.decode - 1}", f"hfx-p{args.prefill - 1}"
+        plan = [(d, Role.PREFILL), (d, Role.DECODE), (p, Role.DECODE), (p, Role.PREFILL)]
         with Load(state.router, args.clients, args.max_tokens) as load:
             time.sleep(args.gap_s)
             for k in range(args.changes):
