@@ -7,6 +7,7 @@
   hfx sim / bench                 the simulator and the workload benchmark (--sim, or --target live)
   hfx profile                     profile an engine and fit its step-time model
   hfx explain REQUEST_ID          why a request missed its SLO, from its trace (--missed: all misses)
+  hfx role INSTANCE ROLE          change a worker's role (colocated, prefill, decode) without restarting it
 """
 
 from __future__ import annotations
