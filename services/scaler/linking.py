@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 
-from services.common import convert, grpcutil, store
+from services.common import convert, grpcutil, metrics, store
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.scaler.links import Pair, plan_links
 
@@ -76,6 +76,7 @@ class Linker:
             now = time.monotonic()
             due = [pair for pair in plan.add if self._retry_at.get(pair, 0.0) <= now]
             await asyncio.gather(*(self._link(pair, address) for pair in due))
+            metrics.LINKS.labels(self.store.keys.prefix).set(len(await self.store.links()))
 
     async def _link(self, pair: Pair, address: dict[str, str]) -> None:
         p, d = pair

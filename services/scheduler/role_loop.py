@@ -13,7 +13,7 @@ from typing import Callable
 
 import grpc
 
-from services.common import convert, grpcutil, tracing
+from services.common import convert, grpcutil, metrics, tracing
 from services.common.domain import ClusterSnapshot, RequestSpec
 from services.common.pb.hfx.v1 import scaler_pb2, scaler_pb2_grpc
 from services.scheduler.roles import RolePolicy
@@ -31,6 +31,7 @@ async def run_role_loop(policy: RolePolicy, scaler_address: str,
         await asyncio.sleep(policy.config.tick_s)
         cluster, waiting = view()
         decision = policy.on_tick(cluster, waiting, time.time())
+        metrics.ROLE_DECISIONS.labels(decision.to_role.value if decision.flip else "none").inc()
         if not decision.flip:
             if decision.reason != last_reason:
                 log.debug("roles: %s", decision.reason)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 
-from services.common import convert, store, tracing
+from services.common import convert, metrics, store, tracing
 from services.common.domain import ClusterSnapshot, Role
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2
@@ -74,6 +74,7 @@ class RoleChanger:
                 span.set_attribute("hfx.role.previous", previous.value)
                 span.set_attribute("hfx.role", role.value)
                 span.set_attribute("hfx.role.inflight", inflight)
+                metrics.ROLE_CHANGES.labels(self.info.instance_id, previous.value, role.value).inc()
             log.info("role %s -> %s (%s); %d leg(s) in flight finish here under their old role",
                      previous.value, role.value, reason, inflight)
             reply.changed, reply.changed_unix_s = True, now
