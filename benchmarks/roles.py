@@ -14,7 +14,7 @@ worker's registry write, the linking (a warm-up transfer per new link), and the 
 decision to the first request that prefilled on the instance in its new role reaching its first
 token; and whether any request failed.
 
-  python -m benchmarks.roles sim [--instances 16] [--ratio 8:8] [--rate 20]
+  python -m benchmarks.roles sim [--instances 16] [--ratio 8:8] [--rate 20] [--no-local-prefill]
   python -m benchmarks.roles live [--engine sim|vllm] [--changes 6]
 """
 
@@ -49,11 +49,11 @@ def sim_main(args) -> int:
     reqs = phased(workload, phases, args.seed, profile.model, profile.chunk_tokens)
     config = PolicyConfig(default_latency_model=profile.model, chunk_tokens=profile.chunk_tokens,
                           default_kv_capacity_tokens=profile.kv_capacity_tokens,
-                          reject_classes=workload.reject_classes())
+                          reject_classes=workload.reject_classes(), pd_local_prefill=args.local_prefill)
     print(f"{ENGINE_LABEL}; profile {profile.name}; {args.instances} instances starting at P:D {args.ratio}; "
           f"workload {WORKLOAD} in phases of {d:.0f} s: "
           + ", ".join(f"{p.name} {p.rate_rps:g} req/s ({p.weights})" for p in phases)
-          + f"; {len(reqs)} requests; seed {args.seed}; policy hfx")
+          + f"; {len(reqs)} requests; seed {args.seed}; policy hfx; D may prefill: {args.local_prefill}")
     for mode in ("fixed", "role changes"):
         started = time.time()
         policy = RolePolicy(RoleConfig(), config) if mode == "role changes" else None
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--change-s", type=argtypes.positive_float, default=0.5,
                    help="decision to new role in effect, seconds (default %(default)s; `live` measures it)")
     s.add_argument("--profile", default="cpu-tiny", help="default %(default)s")
+    s.add_argument("--local-prefill", action=argparse.BooleanOptionalAction, default=True,
+                   help="may decode instances prefill short or overflow prompts (pd_local_prefill) (default on)")
     s.add_argument("--seed", type=argtypes.non_negative_int, default=1, help="default %(default)s")
     s.set_defaults(func=sim_main)
     from benchmarks.roles_live import add_live_parser

@@ -12,7 +12,9 @@ from services.scheduler.roles import RoleConfig, RolePolicy, stage_pressure
 from tests.unit.helpers import make_instance, make_spec
 
 MODEL = LatencyModel(3.0, 0.02, 0.15, 0.0005)
-CONFIG = PolicyConfig(default_latency_model=MODEL)
+# D may not prefill here: the prefill stage is P alone (the local-prefill case has its own tests)
+CONFIG = PolicyConfig(default_latency_model=MODEL, pd_local_prefill=False)
+LOCAL = PolicyConfig(default_latency_model=MODEL)
 
 
 def _cluster(p_legs: int = 0, d_legs: int = 0, n_p: int = 2, n_d: int = 2, prompt: int = 4000,
@@ -48,6 +50,17 @@ def test_pressure_by_hand():
     assert math.isclose(d.decode, 5.75 / 5.0)
 
 
+def test_with_local_prefill_decode_instances_count_as_prefill_capacity():
+    # 2 P + 2 idle D: 4 instances' worth of prefill, so half the pressure of P alone
+    s = stage_pressure(_cluster(p_legs=4), [], LOCAL)
+    assert math.isclose(s.prefill, 2 * 16000 * (0.02 + 3 / 512) / 500 / 4)
+    # moving an idle D to P adds no prefill capacity and takes a D: nothing to gain
+    prefill, decode = s.after_flip(Role.PREFILL)
+    assert math.isclose(prefill, s.prefill) and decode == 0.0
+    decision = RolePolicy(RoleConfig(high=0.1), LOCAL).on_tick(_cluster(p_legs=4), WAIT_P, 100.0)
+    assert not decision.flip and "gains" in decision.reason
+
+
 def test_queued_requests_count_for_the_stage_that_holds_them_back():
     s = stage_pressure(_cluster(d_legs=10, tpot_ms=20.0), WAIT_P + WAIT_D, CONFIG)
     # D with WAIT_P added: 3 + 0.15*11 + 0.0005*(2500 + 4025) = 7.9 ms <= 20: it could go there;
@@ -64,7 +77,7 @@ def test_prefill_pressure_flips_the_decode_instance_with_least_work_left_and_say
     decision = RolePolicy(RoleConfig(), CONFIG).on_tick(ClusterSnapshot(insts), WAIT_P, 100.0)
     assert decision.flip and decision.instance_id == "d1"   # d0 still decodes; d1 has nothing left
     assert (decision.from_role, decision.to_role) == (Role.DECODE, Role.PREFILL)
-    assert decision.reason.startswith("prefill pressed") and "d1 has the least decode work left" in decision.reason
+    assert decision.reason.startswith("prefill pressed, to prefill") and "d1 has the least decode work left" in decision.reason
     assert decision.gain > 0
 
 
@@ -84,8 +97,8 @@ def test_no_flip_for_a_full_stage_that_nothing_waits_for():
 
 
 def test_a_stage_is_never_emptied():
-    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(p_legs=8, n_d=1), WAIT_P, 100.0)
-    assert not decision.flip and "only one decode instance is left" in decision.reason
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(p_legs=8, n_p=1, n_d=1), WAIT_P, 100.0)
+    assert not decision.flip and "no stage can give up an instance" in decision.reason
 
 
 def test_no_flip_when_the_gain_does_not_pay_for_the_change():
@@ -128,8 +141,8 @@ def _with_role(inst, roles):
 
 def test_role_change_gap_is_serving_gap_after_the_change():
     cluster = _cluster(n_p=1, n_d=1)
-    assert "no decode capacity" in role_change_gap(cluster, "d0", Role.PREFILL, CONFIG)
-    assert role_change_gap(cluster, "p0", Role.DECODE, CONFIG) == ""   # D may prefill itself
+    assert "no decode capacity" in role_change_gap(cluster, "d0", Role.PREFILL, LOCAL)
+    assert role_change_gap(cluster, "p0", Role.DECODE, LOCAL) == ""   # D may prefill itself
     strict = PolicyConfig(pd_local_prefill=False)
     assert "no prefill capacity" in role_change_gap(cluster, "p0", Role.DECODE, strict)
     assert role_change_gap(cluster, "p0", Role.COLOCATED, strict) == ""

@@ -9,7 +9,9 @@ Per tick:
    instances serve the stage that would give one up (a stage is never emptied; and
    role_change_gap, the scheduler's serving_gap rule, must pass).
 3. Gain: how much the worse stage's pressure drops, max(p, d) - max(p', d'), with (p', d')
-   predicted for the flip (the same work over one instance more / fewer). Cost: the flip takes
+   predicted for each flip (signals.after_flip: decode work over one D more / fewer, prefill work
+   over the prefill capacity left, which counts D's spare time when D may prefill); the flip with
+   the larger gain is the candidate (under prefill pressure that may be P -> D). Cost: the flip takes
    `change_s` plus the time the chosen instance needs to finish the work of its old role
    (it finishes it where it is), over `horizon_s`: the share of the horizon that instance is
    worth less. Flip when gain > min_gain + cost.
@@ -83,13 +85,18 @@ class RolePolicy:
         worst = max(s.prefill, s.decode)
         if worst < cfg.high:
             return _none(f"{said}: both below {cfg.high}")
-        to_role = Role.PREFILL if s.prefill > s.decode else Role.DECODE
-        from_role = Role.DECODE if to_role is Role.PREFILL else Role.PREFILL
-        waiting = s.waiting_prefill if to_role is Role.PREFILL else s.waiting_decode
+        pressed = Role.PREFILL if s.prefill > s.decode else Role.DECODE
+        waiting = s.waiting_prefill if pressed is Role.PREFILL else s.waiting_decode
         if waiting < cfg.min_waiting:
-            return _none(f"{said}: {to_role.value} is full but nothing waits for it")
-        if (s.n_decode if from_role is Role.DECODE else s.n_prefill) < 2:
-            return _none(f"{said}: {to_role.value} is short but only one {from_role.value} instance is left")
+            return _none(f"{said}: {pressed.value} is full but nothing waits for it")
+        # Either flip may help the pressed stage (a D also prefills when D may prefill locally):
+        # the one that lowers the worse pressure most.
+        options = [(worst - max(s.after_flip(r)), r) for r in (Role.PREFILL, Role.DECODE)
+                   if (s.n_decode if r is Role.PREFILL else s.n_prefill) >= 2]
+        if not options:
+            return _none(f"{said}: {pressed.value} is short but no stage can give up an instance")
+        gain, to_role = max(options, key=lambda o: o[0])
+        from_role = Role.DECODE if to_role is Role.PREFILL else Role.PREFILL
         since = now_s - self.last_flip[0]
         if since < cfg.cooldown_s:
             return _none(f"{said}: cool-down ({since:.1f} of {cfg.cooldown_s:.0f} s since the last flip)")
@@ -97,7 +104,6 @@ class RolePolicy:
             return _none(f"{said}: a flip back to {to_role.value} waits {cfg.hold_s:.0f} s after the last one "
                          f"({since:.1f} s so far)")
         after = s.after_flip(to_role)
-        gain = worst - max(after)
         donors = [i for i in cluster.instances if i.role is from_role and i.accepting
                   and now_s - self.flipped_s.get(i.instance_id, -math.inf) >= cfg.hold_s]
         if not donors:
@@ -112,7 +118,7 @@ class RolePolicy:
         self.flipped_s[pick.instance_id] = now_s
         self.last_flip = (now_s, to_role)
         return RoleDecision(pick.instance_id, from_role, to_role,
-                            f"{to_role.value} pressed: {said} -> predicted {after[0]:.2f} / {after[1]:.2f} "
+                            f"{pressed.value} pressed, to {to_role.value}: {said} -> predicted {after[0]:.2f} / {after[1]:.2f} "
                             f"(gain {gain:.2f} > {cfg.min_gain} + cost {cost:.2f}); {pick.instance_id} has the "
                             f"least {from_role.value} work left ({self._left_ms(pick, now_s):.0f} ms)", gain, cost)
 
