@@ -7,6 +7,7 @@
   hfx sim / bench                 the simulator and the workload benchmark (--sim, or --target live)
   hfx profile                     profile an engine and fit its step-time model
   hfx explain REQUEST_ID          why a request missed its SLO, from its trace (--missed: all misses)
+  hfx role INSTANCE ROLE          change a worker's role (colocated, prefill, decode) without restarting it
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def cmd_scheduler(args) -> int:
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
                                       metrics_port=args.metrics_port, tickets=args.tickets,
                                       policy_config=policy_config, max_queue=args.max_queue,
-                                      max_wait_s=args.max_wait_s)))
+                                      max_wait_s=args.max_wait_s, role_changes=args.role_changes,
+                                      scaler_address=args.scaler or "")))
     return 0
 
 
@@ -141,7 +143,8 @@ def cmd_scaler(args) -> int:
         redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
-        standby_pool=args.standby_pool, autoscale=autoscale, actuator=args.actuator,
+        standby_pool=args.standby_pool, autoscale=autoscale, actuator=args.actuator, links=args.links,
+        role_changes=args.role_changes, pd_local_prefill=args.pd_local_prefill is not False,
         autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
                                       args.router_metrics or ""),
     )))
@@ -165,7 +168,7 @@ def cmd_worker(args) -> int:
         weights_transport=args.weights_transport,
         serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
         kv_transfer=args.kv_transfer, kv_port=args.kv_port, kv_lease_s=args.kv_lease_s,
-        kv_deadline_s=args.kv_deadline_s,
+        kv_deadline_s=args.kv_deadline_s, pd_local_prefill=args.pd_local_prefill is not False,
     )
     try:
         runtime.run_service(serve(config))
@@ -204,6 +207,7 @@ def cmd_up(args) -> int:
         prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
         tickets=args.tickets, sim_profile=_sim_profile_arg(args.sim_profile),
         policy_config=str(Path(args.policy_config).resolve()) if args.policy_config else "",
+        role_changes=args.role_changes,
     )
     print(f"starting HFX: {opts.describe_workers()} {args.engine} worker(s), model {model}", file=sys.stderr)
     try:
@@ -263,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", type=argtypes.non_negative_int, default=0,
                    help="P/D: decode workers (role decode) (default %(default)s)")
     _add_pd_local_prefill(p)
+    p.add_argument("--role-changes", action="store_true",
+                   help="P/D: the scheduler flips instances between prefill and decode on SLO pressure, without "
+                        "restarting them (every worker then starts with --kv-transfer) (default: off)")
     p.add_argument("--model", type=argtypes.model_dir, help="local HF checkpoint dir (default: the built-in tiny model)")
     p.add_argument("--engine", default="vllm", type=argtypes.engine_name,
                    help="worker engine: vllm, or sim (SIMULATED: timing from a latency model, for scale tests) "
@@ -396,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=argtypes.classes_file,
                    help="the router's task-class table: classes whose on_miss is reject are rejected when their "
                    "SLO is out of reach instead of demoted (default: none)")
+    p.add_argument("--role-changes", action="store_true",
+                   help="flip instances between prefill and decode on SLO pressure (services/scheduler/roles), "
+                        "through the scaler's SetRole; needs --scaler (default: off)")
+    p.add_argument("--scaler", type=argtypes.address, help="--role-changes: the scaler HOST:PORT (default: none)")
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("scaler", help="run the scaler process (it launches the workers)")
@@ -428,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint's size in RAM (default: off)")
     add_standby_flags(p, with_d2d=False)
     add_autoscale_flags(p)
+    p.add_argument("--links", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the P-D link table in Redis (a warm-up transfer links each new prefill-decode pair; "
+                        "the scheduler pairs only linked instances) (default on)")
+    p.add_argument("--role-changes", action="store_true",
+                   help="start every worker with --kv-transfer so any may change role (default: off)")
+    _add_pd_local_prefill(p)
     p.add_argument("--scheduler-metrics", type=argtypes.address,
                    help="--autoscale: the scheduler's /metrics HOST:PORT (arrivals, rejections, queue) (default: none)")
     p.add_argument("--router-metrics", type=argtypes.address,
@@ -450,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", type=argtypes.worker_role, default="colocated", metavar="{colocated,prefill,decode}",
                    help="what the scheduler places here: whole requests (colocated), the prefill legs of P/D "
                         "requests (prefill) or their decode legs (decode) (default %(default)s)")
+    _add_pd_local_prefill(p)
     p.add_argument("--profile-at-start", action=argparse.BooleanOptionalAction, default=True,
                    help="profile the engine at start and store the fitted model in Redis (default on)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"], help="device (default %(default)s)")
@@ -531,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.explain.cli import add_parser as add_explain
 
     add_explain(sub)
+    from services.role_cli import add_parser as add_role
+
+    add_role(sub)
     return parser
 
 

@@ -38,6 +38,17 @@ def role_from_pb(value: int) -> d.Role:
     return _ROLE_FROM_PB.get(value, d.Role.COLOCATED)
 
 
+def role_asked(value: int) -> d.Role | None:
+    """A role a caller asked for (SetRole): None when unset or not a role, never a default."""
+    return _ROLE_FROM_PB.get(value)
+
+
+def registry_views(instances) -> tuple[d.InstanceView, ...]:
+    """Registry entries as the policies' InstanceViews (registry facts only: id, address, role)."""
+    return tuple(d.InstanceView(i.instance_id, i.address, role=role_from_pb(i.role), max_model_len=i.max_model_len)
+                 for i in instances)
+
+
 def verdict_to_pb(verdict: d.Verdict) -> scheduler_pb2.Verdict:
     return _VERDICT_TO_PB[verdict]
 

@@ -28,6 +28,9 @@ class Role(enum.Enum):
     DECODE = "decode"
 
 
+ROLE_NAMES = ", ".join(r.value for r in Role)   # for messages that list the roles
+
+
 class Verdict(enum.Enum):
     ADMIT = "admit"
     BEST_EFFORT = "best_effort"
@@ -192,9 +195,18 @@ class InstanceView:
 @dataclass(frozen=True)
 class ClusterSnapshot:
     instances: tuple[InstanceView, ...]
+    # P-D links (prefill id, decode id) a split request may use; None: no link table, any pair.
+    links: frozenset[tuple[str, str]] | None = None
 
     def get(self, instance_id: str) -> InstanceView | None:
         return next((i for i in self.instances if i.instance_id == instance_id), None)
+
+    def linked(self, prefill_id: str, decode_id: str) -> bool:
+        return self.links is None or (prefill_id, decode_id) in self.links
+
+    def may_send_kv(self, prefill_id: str) -> bool:
+        """A prefill instance with at least one link (any, without a link table)."""
+        return self.links is None or any(p == prefill_id for p, _ in self.links)
 
 
 @dataclass(frozen=True)

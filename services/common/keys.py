@@ -10,6 +10,9 @@ Layout (prefix defaults to "hfx", so clusters can share one Redis under differen
   {p}:draining             set    ids of instances being drained: the scheduler places nothing new there
   {p}:autoscale            string the autoscaler's last tick (JSON: desired, actual, last decision, reason)
   {p}:standby              string the scaler's standby pool (JSON: ready, starting, RSS, cost, last hand-outs)
+  {p}:links                hash   P-D links: field "{prefill}>{decode}" -> JSON {state, linked_unix_s, warmup_ms, reason}
+  {p}:linker               string present while a link manager (the scaler) keeps {p}:links; TTL = heartbeat TTL.
+                                  While it is there the scheduler pairs only linked P and D instances.
 """
 
 from __future__ import annotations
@@ -47,3 +50,18 @@ class Keys:
 
     def standby(self) -> str:
         return f"{self.prefix}:standby"
+
+    def links(self) -> str:
+        return f"{self.prefix}:links"
+
+    def linker(self) -> str:
+        return f"{self.prefix}:linker"
+
+    @staticmethod
+    def link_field(prefill_id: str, decode_id: str) -> str:
+        return f"{prefill_id}>{decode_id}"
+
+    @staticmethod
+    def link_pair(field: str) -> tuple[str, str]:
+        prefill_id, _, decode_id = field.partition(">")
+        return prefill_id, decode_id

@@ -112,6 +112,13 @@ SCALER_DESIRED = Gauge("hfx_scaler_desired_replicas", "Workers the scaler is ask
 SCALER_WORKERS = Gauge("hfx_scaler_workers", "Managed workers by state", ["cluster", "state"], registry=REGISTRY)
 SCALER_RESTARTS = Gauge("hfx_scaler_worker_restarts", "Restarts of crashed workers since the scaler started",
                         ["cluster"], registry=REGISTRY)
+ROLE_CHANGES = Counter("hfx_worker_role_changes", "Role changes this worker made (Worker.SetRole), by old and new "
+                       "role; the reason is in the registry entry, the log and the worker.set_role span",
+                       ["instance", "from_role", "to_role"], registry=REGISTRY)
+ROLE_DECISIONS = Counter("hfx_scheduler_role_decisions", "The role policy's ticks (--role-changes): flip (to_role "
+                         "prefill or decode) or none; the reason with its numbers is in the log",
+                         ["to_role"], registry=REGISTRY)
+LINKS = Gauge("hfx_scaler_pd_links", "P-D links up in the link table", ["cluster"], registry=REGISTRY)
 SCALER_LEFTOVERS = Counter("hfx_scaler_leftover_processes_killed", "Processes (engine core, engine workers) "
                            "still running in an exited worker's process group that the scaler had to SIGKILL",
                            ["cluster"], registry=REGISTRY)

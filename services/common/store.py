@@ -123,6 +123,30 @@ class ClusterStore:
     async def draining_ids(self) -> set[str]:
         return {as_text(i) for i in await self.redis.smembers(self.keys.draining())}
 
+    # -- P-D links (the scaler keeps them, the scheduler pairs by them) ---------------------------
+
+    async def put_link(self, prefill_id: str, decode_id: str, record: dict) -> None:
+        await self.redis.hset(self.keys.links(), self.keys.link_field(prefill_id, decode_id), json.dumps(record))
+
+    async def drop_links(self, pairs) -> None:
+        fields = [self.keys.link_field(p, d) for p, d in pairs]
+        if fields:
+            await self.redis.hdel(self.keys.links(), *fields)
+
+    async def links(self) -> dict[tuple[str, str], dict]:
+        raw = await self.redis.hgetall(self.keys.links())
+        return {self.keys.link_pair(as_text(f)): json.loads(v) for f, v in raw.items()}
+
+    async def mark_linker(self, ttl_s: float) -> None:
+        await self.redis.set(self.keys.linker(), "1", px=int(ttl_s * 1000))
+
+    async def usable_links(self) -> frozenset[tuple[str, str]] | None:
+        """The (prefill, decode) pairs the scheduler may use: those linked and up; None while no
+        link manager runs (then any pair may be used, as before links existed)."""
+        if not await self.redis.exists(self.keys.linker()):
+            return None
+        return frozenset(pair for pair, rec in (await self.links()).items() if rec.get("state") == "up")
+
     async def put_autoscale_status(self, status: dict) -> None:
         await self.redis.set(self.keys.autoscale(), json.dumps(status))
 

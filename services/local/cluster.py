@@ -49,6 +49,7 @@ class UpOptions:
     # engine it places on: services/scheduler/policy/settings.py). A file is an absolute path.
     sim_profile: str = "cpu-tiny"
     policy_config: str = ""            # the scheduler's --policy-config FILE (absolute path); "" = none
+    role_changes: bool = False         # issue 11: the scheduler flips P/D roles through the scaler
 
     @property
     def total_workers(self) -> int:
@@ -213,9 +214,15 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     common = ["--redis-url", state.redis_url, "--tracing", tracing]
 
     state.scheduler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
+    # Chosen now: a scheduler that flips roles calls the scaler, which starts after it.
+    state.scaler = f"127.0.0.1:{procs.free_port(avoid=fixed | {int(state.scheduler.split(':')[1])})}"
+    fixed = fixed | {int(state.scaler.split(":")[1])}   # promised to the scaler: nobody else takes it
+    local = ["--no-pd-local-prefill"] if opts.pd_local_prefill is False else []   # the scaler's role-change check
+    roles = ["--role-changes"] if opts.role_changes else []
     sched = procs.spawn(procs.hfx_command("scheduler", "--port", state.scheduler.split(":")[1], "--policy", opts.policy,
                                           *([] if opts.tickets else ["--no-tickets"]),
                                           *_policy_flags(opts),
+                                          *(roles + ["--scaler", state.scaler] if roles else []),
                                           *common, *_metrics_flag(opts, state, "scheduler", fixed)),
                         log_dir / "scheduler.log", die_with_parent=tied)
     state.record("scheduler", sched.pid)
@@ -233,12 +240,12 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     wait_serving(state.router, 120, router, "router", log_dir / "router.log", "hfx.v1.Router")
     _step(f"router ready at {state.router}" + (f", HTTP at http://{state.http}" if state.http else ""), t0)
 
-    state.scaler = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     scaler = procs.spawn(
         procs.hfx_command("scaler", "--port", state.scaler.split(":")[1], "--replicas", str(opts.workers),
                           "--prefill", str(opts.prefill), "--decode", str(opts.decode),
                           "--model", opts.model, "--scheduler", state.scheduler, "--engine", opts.engine,
-                          "--log-dir", str(log_dir), *common, *[f"--worker-arg={a}" for a in _worker_flags(opts)],
+                          "--log-dir", str(log_dir), *common, *local, *roles,
+                          *[f"--worker-arg={a}" for a in _worker_flags(opts)],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else []),
                           *opts.scaler_args, *_signal_sources(opts, state)),
         log_dir / "scaler.log", die_with_parent=tied,

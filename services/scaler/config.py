@@ -42,3 +42,8 @@ class ScalerConfig:
     autoscale: AutoscaleConfig | None = None
     autoscale_options: LiveOptions = field(default_factory=LiveOptions)
     actuator: str = "local"
+    # P-D links (issue 11): keep {prefix}:links (warm-up transfer before a pair is used).
+    links: bool = True
+    # Role changes (issue 11): every worker starts with --kv-transfer so it can take any role.
+    role_changes: bool = False
+    pd_local_prefill: bool = True

@@ -22,6 +22,8 @@ from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
+from services.scaler.linking import Linker
+from services.scaler.role_change import RoleChanges
 from services.scaler.reconcile import (POOL_STRIDE, WorkerSlot, cpu_share, pool_of, pool_slots, reconcile, reconcile_set,
                                        slot_name)
 from services.scaler.standby import StandbyPool
@@ -49,6 +51,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
     def __init__(self, config: ScalerConfig, cluster: store.ClusterStore) -> None:
         self.config = config
         self.store = cluster
+        # P-D links (issue 11): kept in Redis by this scaler; the scheduler pairs only linked instances.
+        self.linker = Linker(cluster) if config.links else None
+        self.roles = RoleChanges(cluster, self.linker, config.pd_local_prefill)
         self.desired = config.replicas
         self.workers: dict[int, Managed] = {}
         self.ready_ids: set[str] = set()
@@ -70,8 +75,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def _role_flag(self, index: int) -> list[str]:
         role = pool_of(index)
-        # A prefill or decode worker hands KV on or takes it: its engine needs the KV connector.
-        return [] if role == "colocated" else ["--role", role, "--kv-transfer"]
+        # A prefill or decode worker hands KV on or takes it: its engine needs the KV connector
+        # (kv_both: either way). With role changes any worker may become one, so every one gets it.
+        local = [] if self.config.pd_local_prefill else ["--no-pd-local-prefill"]
+        if role == "colocated":
+            return ["--kv-transfer", *local] if self.config.role_changes else local
+        return ["--role", role, "--kv-transfer", *local]
 
     def _spawn(self, index: int) -> None:
         # Autoscaled slots take a standby only when the autoscaler chose that start (add_slot).
@@ -268,8 +277,11 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             try:
                 self.registry = await self.store.instances()
                 self.ready_ids = {i.instance_id for i in self.registry}
+                if self.linker is not None:   # an exited worker is unlinked at once, not after its TTL
+                    gone = {w.instance_id for w in self.workers.values() if w.exited_at_s is not None or w.stopping}
+                    await self.linker.step(self.registry, gone)
             except Exception as err:
-                log.warning("registry read failed: %s", err)
+                log.warning("registry read or linking failed: %s", err)
             if self.pool is not None:
                 await self.pool.tick(self.store, [w.proc.pid for w in self.workers.values()
                                                   if w.proc is not None and w.instance_id in self.ready_ids])
@@ -334,8 +346,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first,
                                         replicas=len(self.pd_wanted & mine))
 
+    async def SetRole(self, request: scaler_pb2.ScalerSetRoleRequest, context) -> scaler_pb2.ScalerSetRoleResponse:
+        return await self.roles.set_role(request)
+
     async def ListWorkers(self, request, context) -> scaler_pb2.ListWorkersResponse:
         out = scaler_pb2.ListWorkersResponse()
+        registered = {i.instance_id: i.role for i in self.registry}   # a role change shows here
         for w in sorted(self.workers.values(), key=lambda w: w.index):
             if w.exited_at_s is not None:
                 state = scaler_pb2.WORKER_STATE_EXITED
@@ -347,7 +363,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 state = scaler_pb2.WORKER_STATE_STARTING
             out.workers.add(
                 instance_id=w.instance_id, address=f"127.0.0.1:{w.port}",
-                role=convert.role_to_pb(Role(pool_of(w.index))),
+                role=registered.get(w.instance_id, convert.role_to_pb(Role(pool_of(w.index)))),
                 state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
             )
         return out

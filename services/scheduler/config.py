@@ -31,5 +31,8 @@ class SchedulerConfig:
     ticket_refresh_s: float = 0.05    # tickets follow ordinary rounds at most this often (a spent one: at once)
     # The policy's knobs, made by services/scheduler/policy/settings.py (the rule `hfx sim` uses too).
     policy_config: PolicyConfig = PolicyConfig()
+    # Issue 11: flip P/D roles on SLO pressure (services/scheduler/roles) via the scaler's SetRole.
+    role_changes: bool = False
+    scaler_address: str = ""
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0              # Prometheus /metrics on 127.0.0.1; 0 = off

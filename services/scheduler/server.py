@@ -192,6 +192,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             try:
                 self.state.set_instances(await self.store.instances())
                 self.state.draining = await self.store.draining_ids()
+                self.state.links = await self.store.usable_links()
                 await self.load_profiles()
                 self.export_instances()
                 self.wake()
@@ -435,6 +436,15 @@ async def serve(config: SchedulerConfig) -> None:
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()
     tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(servicer.registry_loop())]
+    if config.role_changes:
+        if not config.scaler_address:
+            raise ValueError("--role-changes needs --scaler (the scaler carries the changes out)")
+        from services.scheduler.role_loop import run_role_loop
+        from services.scheduler.roles import RolePolicy
+
+        tasks.append(asyncio.create_task(run_role_loop(
+            RolePolicy(policy_config=config.policy_config), config.scaler_address,
+            lambda: (servicer.state.snapshot(), [w.spec for w in servicer.state.waiting.values()]))))
     runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
     log.info("scheduler (policy %s) serving on %s:%d; policy settings: %s", config.policy, config.host, port,

@@ -35,6 +35,8 @@ class ClusterState:
     prefill_done: dict[str, float] = field(default_factory=dict)  # instance -> its last prefill leg's end
     # request -> the instances it holds (one, or P and D for a split request until P's leg ends).
     held: dict[str, set[str]] = field(default_factory=dict)
+    # P-D links from Redis ({prefix}:links): the pairs a split request may use; None: no link table.
+    links: frozenset[tuple[str, str]] | None = None
 
     def set_instances(self, instances: list[common_pb2.Instance]) -> None:
         self.instances = {i.instance_id: i for i in instances}
@@ -104,7 +106,7 @@ class ClusterState:
                     prefill_done_s=self.prefill_done.get(iid, float("-inf")),
                 )
             )
-        return ClusterSnapshot(instances=tuple(views))
+        return ClusterSnapshot(instances=tuple(views), links=self.links)
 
     def inflight_count(self) -> int:
         return sum(len(v) for v in self.running.values())

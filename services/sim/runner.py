@@ -291,13 +291,23 @@ class Simulation:
                     self._busy_s += ms / 1000.0
                     self._push(self.now_s + ms / 1000.0, "step", node)
 
+    def set_role(self, instance_id: str, role: Role) -> None:
+        """A role change (issue 11): new legs follow the new role; legs placed before it finish
+        here as what they were (each step end reads its leg's role, not the node's)."""
+        node = self.by_id[instance_id]
+        node.role = role
+        self._refresh_view(node)
+
     def _end_step(self, node: _Node) -> None:
         out = node.sim.end_step()
-        if node.role is Role.PREFILL:
-            for rid in out.finished:
-                self._prefill_done(node, rid)
-            self._refresh_view(node, running_changed=bool(out.finished))
-            return
+        prefill_legs = [rid for rid in out.finished if node.placed[rid].role is Role.PREFILL]
+        for rid in prefill_legs:
+            self._prefill_done(node, rid)
+        if prefill_legs:   # their one token is P's, never the client's
+            legs = set(prefill_legs)
+            out = replace(out, first_tokens=[r for r in out.first_tokens if r not in legs],
+                          tokens=[r for r in out.tokens if r not in legs],
+                          finished=[r for r in out.finished if r not in legs])
         for rid in out.first_tokens + out.tokens:
             rec = self.records[rid]
             rec.generated += 1

@@ -60,6 +60,9 @@ class WorkerConfig:
     # on this worker's host, kv_port (0: a free one); staged KV is held kv_lease_s for its decode
     # worker; a pull longer than kv_deadline_s is abandoned and the decode worker recomputes.
     kv_transfer: bool = False
+    # The scheduler's pd_local_prefill, for SetRole's serving_gap check (a cluster of decode
+    # workers alone serves nothing when they may not prefill).
+    pd_local_prefill: bool = True
     kv_port: int = 0
     kv_lease_s: float = 30.0
     kv_deadline_s: float = 10.0

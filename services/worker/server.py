@@ -38,6 +38,7 @@ from services.worker.engine.base import (Engine, EngineRequest, ReportsHealth, R
                                          describe_weights)
 from services.worker.interference import PrefillLedger
 from services.worker.kv import params as kv_params
+from services.worker.role_change import RoleChanger
 from services.worker.session import WorkerSession
 from services.worker.trace_spans import LegTimes, record_leg
 
@@ -49,9 +50,10 @@ STAGED_REMEMBERED = 4096
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def __init__(self, engine: Engine, info: common_pb2.Instance, standby: bool = False,
-                 session_coalesce_s: float = 0.0) -> None:
+                 session_coalesce_s: float = 0.0, roles: RoleChanger | None = None) -> None:
         self.engine = engine
         self.info = info
+        self.roles = roles or RoleChanger(info, engine, heartbeat_ttl_s=5.0)
         self.session_coalesce_s = session_coalesce_s
         # A standby worker's engine holds dummy weights until LoadWeights: it serves nothing before.
         self.weights_loaded = asyncio.Event()
@@ -236,6 +238,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.LoadWeightsResponse(weights_source=describe_weights(self.engine.weights_report),
                                               load_s=self.engine.timings["weight_load_s"])
 
+    async def SetRole(self, request: worker_pb2.SetRoleRequest, context) -> worker_pb2.SetRoleResponse:
+        return await self.roles.change(request, len(self.inflight),
+                                       tracing.extract_context(context.invocation_metadata()))
+
     async def Drain(self, request, context) -> worker_pb2.DrainResponse:
         self.draining = True
         return worker_pb2.DrainResponse(remaining=len(self.inflight))
@@ -367,8 +373,9 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
         instance_id=config.instance_id, address=f"{config.host}:{port}", role=convert.role_to_pb(config.role),
         model=config.model, engine=config.engine, device=config.device, max_model_len=engine.max_model_len,
     )
+    roles = RoleChanger(info, engine, config.heartbeat_ttl_s, config.pd_local_prefill)
     servicer = WorkerServicer(engine, info, standby=config.standby,
-                              session_coalesce_s=config.session_coalesce_ms / 1000.0)
+                              session_coalesce_s=config.session_coalesce_ms / 1000.0, roles=roles)
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     await server.start()
     await grpcutil.set_serving(health, [SERVICE_NAME])
@@ -398,6 +405,7 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     info.startup_s["entered_unix_s"] = entered_unix_s
     info.registered_unix_s = time.time()
     await cluster.register(info, config.heartbeat_ttl_s)
+    roles.cluster = cluster   # from here its role may change (SetRole writes the registry)
     if profile is not None:
         await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
     reporter = asyncio.create_task(_report_loop(config, servicer, cluster, profile))

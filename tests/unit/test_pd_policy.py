@@ -234,3 +234,16 @@ def test_prefill_queue_on_p_starts_no_earlier_than_the_last_leg_that_ended():
     assert summarise(p0, CFG, est).backlog_tokens(0.51) == 0
     waited = replace(p0, prefill_done_s=0.5)
     assert summarise(waited, CFG, est).backlog_tokens(0.51) == pytest.approx(1000 - 100 / 3 * 10)
+
+
+def test_split_requests_use_only_linked_pairs():
+    """P-D links (issue 11): with a link table, a split request goes over a linked pair only, for
+    HFX and the stage baselines alike; with none linked it is not split at all."""
+    nodes = (node("p0", Role.PREFILL), node("p1", Role.PREFILL), node("d0", Role.DECODE), node("d1", Role.DECODE))
+    linked = ClusterSnapshot(nodes, links=frozenset({("p1", "d1")}))
+    for name in ("hfx", "fcfs", "least-load"):
+        d = only(make_policy(name, CFG).schedule([long_request()], linked, 0.0))
+        assert d.legs == (Leg(Role.PREFILL, "p1"), Leg(Role.DECODE, "d1")), name
+    unlinked = ClusterSnapshot(nodes, links=frozenset())
+    d = only(make_policy("hfx", CFG).schedule([long_request()], unlinked, 0.0))
+    assert d.legs == () and d.instance_id in ("d0", "d1")   # prefilled on D itself, never an unlinked pair

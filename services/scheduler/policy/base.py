@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence, runtime_checkable
 
 from services.common.domain import (ClusterSnapshot, Grant, InstanceView, LatencyModel, RequestSpec, Role,
@@ -161,6 +161,17 @@ def serving_gap(cluster: ClusterSnapshot, config: PolicyConfig) -> str:
         return ""
     return (f"no prefill capacity: the cluster has only decode instances ({ids}) and decode instances "
             f"may not prefill (pd_local_prefill off); start colocated or prefill workers")
+
+
+def role_change_gap(cluster: ClusterSnapshot, instance_id: str, role: Role, config: PolicyConfig) -> str:
+    """Why `instance_id` may not take `role` ("" when it may): the serving_gap of the cluster as
+    it would be after the change. One rule for role changes, `hfx up` and Place."""
+    if cluster.get(instance_id) is None:
+        return ""
+    after = ClusterSnapshot(tuple(replace(i, role=role) if i.instance_id == instance_id else i
+                                  for i in cluster.instances))
+    gap = serving_gap(after, config)
+    return f"changing {instance_id} to {role.value} would leave the cluster unable to serve: {gap}" if gap else ""
 
 
 def kv_transfer_ms(inst: InstanceView, config: PolicyConfig, prompt_tokens: float) -> float:

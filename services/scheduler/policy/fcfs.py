@@ -31,6 +31,8 @@ class FcfsRoundRobin:
                     i for i in sorted(candidates(cluster, self.config, role), key=lambda i: i.instance_id)
                     if fits_context(spec, i)
                     and outstanding(i) + taken.get(i.instance_id, 0) < self.config.max_requests_per_instance
+                    and (role is not Role.PREFILL or cluster.may_send_kv(i.instance_id))
+                    and (role is not Role.DECODE or cluster.linked(legs[0].instance_id, i.instance_id))
                 ]
                 if not pool:
                     break

@@ -27,11 +27,13 @@ from services.scheduler.policy.budget import InstanceBudget
 
 class FitTable:
     def __init__(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget],
-                 config: PolicyConfig, now_s: float, banned: set[str], reserve: bool = False) -> None:
+                 config: PolicyConfig, now_s: float, banned: set[str], reserve: bool = False,
+                 links: frozenset[tuple[str, str]] | None = None) -> None:
         """reserve: test (2) charges each instance's least bank for its longest remaining run
         (bank - min(O, max_r remaining_r)*(s' - s)), a conservative bound that keeps room back
         for arrivals to come (HFX sets it while the cluster is under pressure or a queue forms);
-        otherwise each running request is charged for its own remaining steps only."""
+        otherwise each running request is charged for its own remaining steps only. links: the
+        P-D pairs that may split a request (None: any pair)."""
         self.config = config
         self.budgets = budgets
         self.reserve = reserve
@@ -49,6 +51,9 @@ class FitTable:
         # Roles (candidates() in base.py, vectorised): whole requests go to colocated rows, P/D
         # legs to prefill and decode rows (stages.py).
         self.role_rows = {role: np.array([i.role is role for i in instances], dtype=bool) for role in Role}
+        # P-D links: linked[p, d] when prefill row p may hand KV to decode row d (None: any pair).
+        self.linked = None if links is None else np.array(
+            [[(p, d) in links for d in self.ids] for p in self.ids], dtype=bool).reshape(len(self.ids), len(self.ids))
         self.xfer = f([b.model.kv_transfer_ms_per_token or config.default_kv_transfer_ms_per_token for b in budgets])
         self.n = np.zeros(len(budgets))
         self.kv_mean = np.zeros(len(budgets))

@@ -100,7 +100,8 @@ class Hfx:
         self._expire_best_effort(now_s, decisions)
         if not self.queue.known:   # nothing to place (protection still ran): skip the fit table
             return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
-        table = FitTable(cluster.instances, budgets, self.config, now_s, banned, reserve=self._strained(now_s, cluster))
+        table = FitTable(cluster.instances, budgets, self.config, now_s, banned, reserve=self._strained(now_s, cluster),
+                         links=cluster.links)
         if table.any_open():
             self._place(table, now_s, decisions)
         return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))

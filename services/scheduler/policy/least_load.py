@@ -27,7 +27,9 @@ class LeastLoad:
                 load = {i.instance_id: outstanding(i) + taken.get(i.instance_id, 0)
                         for i in candidates(cluster, self.config, role)}
                 pool = [i for i in candidates(cluster, self.config, role)
-                        if fits_context(spec, i) and load[i.instance_id] < self.config.max_requests_per_instance]
+                        if fits_context(spec, i) and load[i.instance_id] < self.config.max_requests_per_instance
+                        and (role is not Role.PREFILL or cluster.may_send_kv(i.instance_id))
+                        and (role is not Role.DECODE or cluster.linked(picks[0][0].instance_id, i.instance_id))]
                 if not pool:
                     break
                 # Ties go to the lower id so the choice is deterministic.

@@ -53,6 +53,9 @@ def prefill_fit(table: FitTable, spec: RequestSpec, optimistic: bool) -> tuple[n
     """(fits, ms until P's prefill ends, ms of the KV transfer) per instance."""
     L = float(spec.prompt_tokens)
     ok = table.open & table.role_rows[Role.PREFILL] & (table.kv_room >= L + 1) & table.fits_len(spec)
+    # A P that was a D moments ago may still run decodes (a role change lets them finish there):
+    # the prefill's chunks then eat into their bank as on any instance (fit.py (2)). Elsewhere n = 0.
+    ok &= (table.n == 0) | (table.bank_ms - table.c1 * L >= 0)
     return ok, table.ttft_ms(L, optimistic), table.xfer * L
 
 
@@ -65,6 +68,8 @@ def split_fit(table: FitTable, spec: RequestSpec, output_tokens: int, now_s: flo
     through that D, the D with the earliest first token is tried once more."""
     d_ok, s_new, first_ms = decode_fit(table, spec, output_tokens, best_effort, optimistic)
     p_ok, prefill_ms, xfer_ms = prefill_fit(table, spec, optimistic)
+    if table.linked is not None:   # only linked pairs (docs/ARCHITECTURE.md, "P-D links")
+        d_ok = d_ok & table.linked[p_ok].any(axis=0)
     if not d_ok.any() or not p_ok.any():
         return None
     sign = 1.0 if table.config.placement == "spread" else -1.0
@@ -76,7 +81,8 @@ def split_fit(table: FitTable, spec: RequestSpec, output_tokens: int, now_s: flo
     budget_ms = (spec.ttft_deadline_s - now_s) * 1000.0
     for d in dict.fromkeys((by_tpot, by_first)):
         total = prefill_ms + xfer_ms + first_ms[d]
-        ok = p_ok if best_effort else p_ok & (total <= budget_ms)
+        ok = p_ok if table.linked is None else p_ok & table.linked[:, d]
+        ok = ok if best_effort else ok & (total <= budget_ms)
         if ok.any():
             p = int(np.argmin(np.where(ok, total, np.inf)))
             return Split(p, d, float(total[p]), float(xfer_ms[p]), float(s_new[d]), int(ok.sum()), int(d_ok.sum()))

@@ -116,7 +116,7 @@ class StepSample(_message.Message):
     def __init__(self, prefill_tokens: _Optional[int] = ..., decode_seqs: _Optional[int] = ..., kv_tokens: _Optional[int] = ..., step_ms: _Optional[float] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("instance_id", "address", "role", "model", "engine", "device", "max_model_len", "load", "registered_unix_s", "weights_address", "weights_source", "startup_s")
+    __slots__ = ("instance_id", "address", "role", "model", "engine", "device", "max_model_len", "load", "registered_unix_s", "weights_address", "weights_source", "startup_s", "role_reason", "role_changed_unix_s")
     class StartupSEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,8 @@ class Instance(_message.Message):
     WEIGHTS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     STARTUP_S_FIELD_NUMBER: _ClassVar[int]
+    ROLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLE_CHANGED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     address: str
     role: Role
@@ -148,4 +150,6 @@ class Instance(_message.Message):
     weights_address: str
     weights_source: str
     startup_s: _containers.ScalarMap[str, float]
-    def __init__(self, instance_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., max_model_len: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., registered_unix_s: _Optional[float] = ..., weights_address: _Optional[str] = ..., weights_source: _Optional[str] = ..., startup_s: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    role_reason: str
+    role_changed_unix_s: float
+    def __init__(self, instance_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., max_model_len: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., registered_unix_s: _Optional[float] = ..., weights_address: _Optional[str] = ..., weights_source: _Optional[str] = ..., startup_s: _Optional[_Mapping[str, float]] = ..., role_reason: _Optional[str] = ..., role_changed_unix_s: _Optional[float] = ...) -> None: ...

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from services.common.pb.hfx.v1 import common_pb2 as hfx_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/scaler.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"a\n\x0cScaleRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\x10\n\x08replicas\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"G\n\rScaleResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x10\n\x08replicas\x18\x03 \x01(\x05\"\x14\n\x12ListWorkersRequest\"\xa7\x01\n\rManagedWorker\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1a\n\x04role\x18\x03 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.hfx.v1.WorkerState\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x11\n\texit_code\x18\x07 \x01(\x05\"=\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.hfx.v1.ManagedWorker*\x92\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_STOPPING\x10\x03\x12\x17\n\x13WORKER_STATE_EXITED\x10\x04\x32\x86\x01\n\x06Scaler\x12\x34\n\x05Scale\x12\x14.hfx.v1.ScaleRequest\x1a\x15.hfx.v1.ScaleResponse\x12\x46\n\x0bListWorkers\x12\x1a.hfx.v1.ListWorkersRequest\x1a\x1b.hfx.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfx/v1/scaler.proto\x12\x06hfx.v1\x1a\x13hfx/v1/common.proto\"a\n\x0cScaleRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\x10\n\x08replicas\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"G\n\rScaleResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x10\n\x08replicas\x18\x03 \x01(\x05\"\x14\n\x12ListWorkersRequest\"\xa7\x01\n\rManagedWorker\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1a\n\x04role\x18\x03 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.hfx.v1.WorkerState\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x11\n\texit_code\x18\x07 \x01(\x05\"=\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.hfx.v1.ManagedWorker\"W\n\x14ScalerSetRoleRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x89\x01\n\x15ScalerSetRoleResponse\x12\x1e\n\x08previous\x18\x01 \x01(\x0e\x32\x0c.hfx.v1.Role\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12\x10\n\x08inflight\x18\x03 \x01(\x05\x12\r\n\x05links\x18\x04 \x01(\x05\x12\x0e\n\x06role_s\x18\x05 \x01(\x01\x12\x0e\n\x06link_s\x18\x06 \x01(\x01*\x92\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_STOPPING\x10\x03\x12\x17\n\x13WORKER_STATE_EXITED\x10\x04\x32\xce\x01\n\x06Scaler\x12\x34\n\x05Scale\x12\x14.hfx.v1.ScaleRequest\x1a\x15.hfx.v1.ScaleResponse\x12\x46\n\x0bListWorkers\x12\x1a.hfx.v1.ListWorkersRequest\x1a\x1b.hfx.v1.ListWorkersResponse\x12\x46\n\x07SetRole\x12\x1c.hfx.v1.ScalerSetRoleRequest\x1a\x1d.hfx.v1.ScalerSetRoleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hfx.v1.scaler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKERSTATE']._serialized_start=480
-  _globals['_WORKERSTATE']._serialized_end=626
+  _globals['_WORKERSTATE']._serialized_start=709
+  _globals['_WORKERSTATE']._serialized_end=855
   _globals['_SCALEREQUEST']._serialized_start=52
   _globals['_SCALEREQUEST']._serialized_end=149
   _globals['_SCALERESPONSE']._serialized_start=151
@@ -44,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MANAGEDWORKER']._serialized_end=414
   _globals['_LISTWORKERSRESPONSE']._serialized_start=416
   _globals['_LISTWORKERSRESPONSE']._serialized_end=477
-  _globals['_SCALER']._serialized_start=629
-  _globals['_SCALER']._serialized_end=763
+  _globals['_SCALERSETROLEREQUEST']._serialized_start=479
+  _globals['_SCALERSETROLEREQUEST']._serialized_end=566
+  _globals['_SCALERSETROLERESPONSE']._serialized_start=569
+  _globals['_SCALERSETROLERESPONSE']._serialized_end=706
+  _globals['_SCALER']._serialized_start=858
+  _globals['_SCALER']._serialized_end=1064
 # @@protoc_insertion_point(module_scope)

@@ -70,3 +70,29 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[ManagedWorker]
     def __init__(self, workers: _Optional[_Iterable[_Union[ManagedWorker, _Mapping]]] = ...) -> None: ...
+
+class ScalerSetRoleRequest(_message.Message):
+    __slots__ = ("instance_id", "role", "reason")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    role: _common_pb2.Role
+    reason: str
+    def __init__(self, instance_id: _Optional[str] = ..., role: _Optional[_Union[_common_pb2.Role, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ScalerSetRoleResponse(_message.Message):
+    __slots__ = ("previous", "changed", "inflight", "links", "role_s", "link_s")
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_S_FIELD_NUMBER: _ClassVar[int]
+    LINK_S_FIELD_NUMBER: _ClassVar[int]
+    previous: _common_pb2.Role
+    changed: bool
+    inflight: int
+    links: int
+    role_s: float
+    link_s: float
+    def __init__(self, previous: _Optional[_Union[_common_pb2.Role, str]] = ..., changed: _Optional[bool] = ..., inflight: _Optional[int] = ..., links: _Optional[int] = ..., role_s: _Optional[float] = ..., link_s: _Optional[float] = ...) -> None: ...

@@ -44,6 +44,11 @@ class ScalerStub:
                 request_serializer=hfx_dot_v1_dot_scaler__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=hfx_dot_v1_dot_scaler__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.SetRole = channel.unary_unary(
+                '/hfx.v1.Scaler/SetRole',
+                request_serializer=hfx_dot_v1_dot_scaler__pb2.ScalerSetRoleRequest.SerializeToString,
+                response_deserializer=hfx_dot_v1_dot_scaler__pb2.ScalerSetRoleResponse.FromString,
+                _registered_method=True)
 
 
 class ScalerServicer:
@@ -62,6 +67,14 @@ class ScalerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRole(self, request, context):
+        """Changes a registered instance's role (Worker.SetRole), then re-links it (P-D links, issue 11).
+        INVALID_ARGUMENT: unknown instance, unknown role, or a change that leaves a stage unserved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScalerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +87,11 @@ def add_ScalerServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=hfx_dot_v1_dot_scaler__pb2.ListWorkersRequest.FromString,
                     response_serializer=hfx_dot_v1_dot_scaler__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'SetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRole,
+                    request_deserializer=hfx_dot_v1_dot_scaler__pb2.ScalerSetRoleRequest.FromString,
+                    response_serializer=hfx_dot_v1_dot_scaler__pb2.ScalerSetRoleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +148,33 @@ class Scaler:
             '/hfx.v1.Scaler/ListWorkers',
             hfx_dot_v1_dot_scaler__pb2.ListWorkersRequest.SerializeToString,
             hfx_dot_v1_dot_scaler__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfx.v1.Scaler/SetRole',
+            hfx_dot_v1_dot_scaler__pb2.ScalerSetRoleRequest.SerializeToString,
+            hfx_dot_v1_dot_scaler__pb2.ScalerSetRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,

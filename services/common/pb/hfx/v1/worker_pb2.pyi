@@ -139,3 +139,23 @@ class LoadWeightsResponse(_message.Message):
     weights_source: str
     load_s: float
     def __init__(self, weights_source: _Optional[str] = ..., load_s: _Optional[float] = ...) -> None: ...
+
+class SetRoleRequest(_message.Message):
+    __slots__ = ("role", "reason")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    role: _common_pb2.Role
+    reason: str
+    def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetRoleResponse(_message.Message):
+    __slots__ = ("previous", "changed", "inflight", "changed_unix_s")
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    previous: _common_pb2.Role
+    changed: bool
+    inflight: int
+    changed_unix_s: float
+    def __init__(self, previous: _Optional[_Union[_common_pb2.Role, str]] = ..., changed: _Optional[bool] = ..., inflight: _Optional[int] = ..., changed_unix_s: _Optional[float] = ...) -> None: ...

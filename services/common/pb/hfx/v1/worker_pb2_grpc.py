@@ -70,6 +70,11 @@ class WorkerStub:
                 request_serializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.SerializeToString,
                 response_deserializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.FromString,
                 _registered_method=True)
+        self.SetRole = channel.unary_unary(
+                '/hfx.v1.Worker/SetRole',
+                request_serializer=hfx_dot_v1_dot_worker__pb2.SetRoleRequest.SerializeToString,
+                response_deserializer=hfx_dot_v1_dot_worker__pb2.SetRoleResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -126,6 +131,17 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRole(self, request, context):
+        """Changes what the scheduler places here (issue 11) without restarting the engine: the registry
+        entry takes the new role and the reason at once; work already running (a decode in progress
+        included) finishes here. INVALID_ARGUMENT for an unknown role or one that would leave the
+        cluster unable to serve a stage (the scheduler's serving_gap rule); FAILED_PRECONDITION for a
+        prefill or decode role on a worker started without --kv-transfer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +179,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.LoadWeights,
                     request_deserializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.FromString,
                     response_serializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.SerializeToString,
+            ),
+            'SetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRole,
+                    request_deserializer=hfx_dot_v1_dot_worker__pb2.SetRoleRequest.FromString,
+                    response_serializer=hfx_dot_v1_dot_worker__pb2.SetRoleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +375,33 @@ class Worker:
             '/hfx.v1.Worker/LoadWeights',
             hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.SerializeToString,
             hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfx.v1.Worker/SetRole',
+            hfx_dot_v1_dot_worker__pb2.SetRoleRequest.SerializeToString,
+            hfx_dot_v1_dot_worker__pb2.SetRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,

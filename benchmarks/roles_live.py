@@ -1,0 +1,162 @@
+"""`python -m benchmarks.roles live`: role changes on the live mesh (see benchmarks/roles.py)."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from services import argtypes
+from services.common import convert, grpcutil, procs
+from services.common.domain import Role
+from services.common.model import ensure_default_model
+from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc, scaler_pb2, scaler_pb2_grpc
+from services.local import cluster
+
+PROMPT_TOKENS = 400   # split P -> D by the HFX policy (long enough that its prefill costs more than the transfer)
+
+
+def add_live_parser(sub) -> None:
+    p = sub.add_parser("live", help="decision to first request served in the new role, on the real mesh")
+    p.add_argument("--engine", default="sim", choices=["sim", "vllm"], help="workers' engine (default %(default)s)")
+    p.add_argument("--prefill", type=argtypes.positive_int, default=2, help="default %(default)s")
+    p.add_argument("--decode", type=argtypes.positive_int, default=2, help="default %(default)s")
+    p.add_argument("--changes", type=argtypes.positive_int, default=6, help="default %(default)s")
+    p.add_argument("--gap-s", type=argtypes.positive_float, default=4.0, help="between changes (default %(default)s)")
+    p.add_argument("--clients", type=argtypes.positive_int, default=4, help="concurrent streams (default %(default)s)")
+    p.add_argument("--max-tokens", type=argtypes.positive_int, default=32, help="default %(default)s")
+    p.set_defaults(func=live_main)
+
+
+class Load:
+    """Client streams through the router, one request after another per client."""
+
+    def __init__(self, router: str, clients: int, max_tokens: int) -> None:
+        self.router, self.max_tokens = router, max_tokens
+        self.results: list[dict] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+    def _run(self, client: int) -> None:
+        with grpc.insecure_channel(self.router) as ch:
+            stub = router_pb2_grpc.RouterStub(ch)
+            i = 0
+            while not self.stop.is_set():
+                req = router_pb2.GenerateRequest(sampling=common_pb2.SamplingParams(max_tokens=self.max_tokens,
+                                                                                    ignore_eos=True))
+                req.token_ids.ids[:] = [100 + (client * 7919 + i * 31 + k) % 1500 for k in range(PROMPT_TOKENS)]
+                row = {"start": time.time(), "tokens": [], "final": None, "error": ""}
+                try:
+                    for msg in stub.Generate(req, timeout=120):
+                        if msg.HasField("delta"):
+                            row["tokens"].extend([time.time()] * len(msg.delta.token_ids))
+                        else:
+                            row["final"] = msg.final
+                except grpc.RpcError as err:
+                    row["error"] = f"{err.code().name}: {err.details()}"
+                self.results.append(row)
+                i += 1
+
+
+def served_in_role(results: list[dict], instance: str, role: Role, after_s: float) -> float | None:
+    """When `instance` first delivered a token in `role` after `after_s`: P's token (the client's
+    first) for prefill, its first decoded token (the client's second) for decode."""
+    mark = f"{role.value} -> {instance} "
+    idx = 0 if role is Role.PREFILL else 1
+    times = [r["tokens"][idx] for r in results if r["final"] is not None and mark in r["final"].placement_reason
+             and len(r["tokens"]) > idx and r["tokens"][idx] > after_s]
+    return min(times) if times else None
+
+
+def first_transfers(state, pairs: int) -> None:
+    """Per link: its warm-up (the first transfer between the two, which the first real request
+    would pay without linking) against a transfer over the same pair once linked."""
+    import asyncio
+
+    from services.common import store
+    from services.common.keys import Keys
+    from services.common.pb.hfx.v1 import worker_pb2_grpc
+    from services.scaler.linking import warm_up
+
+    async def run() -> list[tuple[str, str, float, float]]:
+        cluster = store.ClusterStore(store.connect(state.redis_url), Keys(state.redis_prefix))
+        deadline = time.monotonic() + 120
+        while len(links := await cluster.links()) < pairs and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        address = {i.instance_id: i.address for i in await cluster.instances()}
+        out = []
+        for (p, d), rec in sorted(links.items()):
+            async with grpcutil.aio_channel(address[p]) as pc, grpcutil.aio_channel(address[d]) as dc:
+                again = await warm_up(worker_pb2_grpc.WorkerStub(pc), worker_pb2_grpc.WorkerStub(dc), 30.0)
+            out.append((p, d, rec["warmup_ms"], again))
+        return out
+
+    rows = asyncio.run(run())
+    for p, d, first, again in rows:
+        print(f"  link {p} -> {d}: first transfer (the warm-up) {first:.1f} ms, once linked {again:.1f} ms "
+              f"(32-token prefill leg + decode leg pulling its KV)")
+    if rows:
+        print(f"first transfer over a new pair: median {statistics.median(r[2] for r in rows):.1f} ms unlinked "
+              f"(paid by the warm-up) vs {statistics.median(r[3] for r in rows):.1f} ms once linked")
+
+
+def live_main(args) -> int:
+    home = Path(tempfile.mkdtemp(prefix="hfx-roles-"))
+    opts = cluster.UpOptions(home=home, model=str(ensure_default_model()), workers=0, router_port=procs.free_port(),
+                             redis_url=None, policy="hfx", engine=args.engine, tracing="off", timeout_s=600,
+                             prefill=args.prefill, decode=args.decode,
+                             # vLLM: no start-up profile (minutes with 3 engines on 2 cores; not measured here)
+                             worker_args=("--sim-profile=cpu-tiny",) if args.engine == "sim" else ("--no-profile-at-start",))
+    label = "SIMULATED engines" if args.engine == "sim" else "vLLM CPU engines"
+    print(f"live mesh: router, scheduler (hfx), scaler, Redis; {args.prefill} prefill + {args.decode} decode workers "
+          f"({label}); {args.clients} client streams of {PROMPT_TOKENS}-token prompts x {args.max_tokens} tokens")
+    state = cluster.up(opts)
+    rows = []
+    try:
+        first_transfers(state, args.prefill * args.decode)
+        stub = scaler_pb2_grpc.ScalerStub(grpcutil.sync_channel(state.scaler))
+        # flip the last decode and the last prefill worker in turn: D -> prefill, back, P -> decode, back
+        d, p = f"hfx-d{args.decode - 1}", f"hfx-p{args.prefill - 1}"
+        plan = [(d, Role.PREFILL), (d, Role.DECODE), (p, Role.DECODE), (p, Role.PREFILL)]
+        with Load(state.router, args.clients, args.max_tokens) as load:
+            time.sleep(args.gap_s)
+            for k in range(args.changes):
+                instance, role = plan[k % len(plan)]
+                decided = time.time()
+                reply = stub.SetRole(scaler_pb2.ScalerSetRoleRequest(
+                    instance_id=instance, role=convert.role_to_pb(role), reason=f"benchmark change {k}"), timeout=60)
+                time.sleep(args.gap_s)
+                rows.append((instance, role, decided, reply))
+            time.sleep(1.0)
+        results = list(load.results)
+    finally:
+        cluster.down(home, quiet=True)
+    firsts = []
+    for instance, role, decided, reply in rows:
+        first = served_in_role(results, instance, role, decided)
+        ms = None if first is None else (first - decided) * 1000.0
+        firsts += [ms] if ms is not None else []
+        print(f"  {instance} -> {role.value}: worker (registry write) {reply.role_s * 1000:.0f} ms, linking "
+              f"{reply.link_s * 1000:.0f} ms ({reply.links} links), {reply.inflight} legs finishing there; "
+              f"decision to first request served in the new role: {'-' if ms is None else f'{ms:.0f} ms'}")
+    failed = [r for r in results if r["error"] or r["final"] is None or len(r["tokens"]) != args.max_tokens]
+    print(f"changes {len(rows)}; decision to first served in the new role: median "
+          f"{statistics.median(firsts) if firsts else float('nan'):.0f} ms, max {max(firsts, default=float('nan')):.0f} ms "
+          f"({len(firsts)} of {len(rows)} seen); requests {len(results)}, failed or short {len(failed)}")
+    for r in failed[:5]:
+        print(f"  failed: {r['error'] or 'incomplete'} ({len(r['tokens'])} tokens)")
+    return 0 if not failed else 1

@@ -1,0 +1,140 @@
+"""When to flip an instance between prefill and decode, and which one (pure: a snapshot, the
+queue and the time in; a decision with its reason out).
+
+Per tick:
+1. Smooth each stage's pressure (signals.py) with an EWMA, so one burst does not flip anything.
+2. Nothing to do while both stages are below `high`, or while no request waits at the scheduler
+   for the pressed stage (admission fills each stage up to its SLO limit, so a pressure near 1
+   with nothing waiting is a full stage serving in time, not one falling behind), or while fewer than 2
+   instances serve the stage that would give one up (a stage is never emptied; and
+   role_change_gap, the scheduler's serving_gap rule, must pass).
+3. Gain: how much the worse stage's pressure drops, max(p, d) - max(p', d'), with (p', d')
+   predicted for each flip (signals.after_flip: decode work over one D more / fewer, prefill work
+   over the prefill capacity left, which counts D's spare time when D may prefill); the flip with
+   the larger gain is the candidate (under prefill pressure that may be P -> D). Cost: the flip takes
+   `change_s` plus the time the chosen instance needs to finish the work of its old role
+   (it finishes it where it is), over `horizon_s`: the share of the horizon that instance is
+   worth less. Flip when gain > min_gain + cost.
+4. Hysteresis: no instance flips twice within `hold_s`; the cluster flips at most once per
+   `cooldown_s` (the next tick then sees the effect); and a flip against the direction of the last
+   one waits `hold_s` after it. So an alternating signal cannot flap roles.
+5. The instance: of the donor stage, not flipped within hold_s, the one with the least old-role
+   work left (cheapest to hand over; ties: lowest id).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from services.common.domain import ClusterSnapshot, InstanceView, RequestSpec, Role
+from services.scheduler.policy.base import PolicyConfig, latency_model_of, role_change_gap
+from services.scheduler.roles.signals import StagePressure, stage_pressure
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    high: float = 1.0          # a stage this pressed (1.0 = its SLOs just held) asks for help...
+    min_waiting: int = 1       # ...when at least this many requests wait at the scheduler for it
+    min_gain: float = 0.05     # the worse stage's pressure must drop by at least this (plus the cost)
+    change_s: float = 0.5      # a flip's own time (registry, link warm-up) until the new role serves
+    horizon_s: float = 10.0    # the time a flip is meant to help over (cost = seconds lost / horizon)
+    hold_s: float = 30.0       # an instance flips at most once per hold_s; a reversal waits as long
+    cooldown_s: float = 3.0    # between any two flips of the cluster
+    smoothing: float = 0.5     # EWMA weight of the newest pressure sample
+    tick_s: float = 1.0        # how often the adapters run on_tick
+
+
+@dataclass(frozen=True)
+class RoleDecision:
+    instance_id: str           # "" = no change
+    from_role: Role | None
+    to_role: Role | None
+    reason: str
+    gain: float = 0.0
+    cost: float = 0.0
+
+    @property
+    def flip(self) -> bool:
+        return bool(self.instance_id)
+
+
+@dataclass
+class RolePolicy:
+    config: RoleConfig = field(default_factory=RoleConfig)
+    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
+    flipped_s: dict[str, float] = field(default_factory=dict)   # instance -> its last flip
+    last_flip: tuple[float, Role | None] = (-math.inf, None)    # (when, to which role)
+    smoothed: tuple[float, float] | None = None
+
+    def on_tick(self, cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], now_s: float) -> RoleDecision:
+        raw = stage_pressure(cluster, waiting, self.policy_config)
+        a = self.config.smoothing
+        p, d = (raw.prefill, raw.decode) if self.smoothed is None else (
+            a * raw.prefill + (1 - a) * self.smoothed[0], a * raw.decode + (1 - a) * self.smoothed[1])
+        self.smoothed = (p, d)
+        pressure = replace(raw, prefill=p, decode=d)
+        return self._decide(cluster, pressure, now_s)
+
+    def _decide(self, cluster: ClusterSnapshot, s: StagePressure, now_s: float) -> RoleDecision:
+        cfg = self.config
+        said = f"pressure prefill {s.prefill:.2f} / decode {s.decode:.2f}"
+        if not s.n_prefill or not s.n_decode:
+            return _none(f"{said}: not a P/D cluster")
+        worst = max(s.prefill, s.decode)
+        if worst < cfg.high:
+            return _none(f"{said}: both below {cfg.high}")
+        pressed = Role.PREFILL if s.prefill > s.decode else Role.DECODE
+        waiting = s.waiting_prefill if pressed is Role.PREFILL else s.waiting_decode
+        if waiting < cfg.min_waiting:
+            return _none(f"{said}: {pressed.value} is full but nothing waits for it")
+        # Either flip may help the pressed stage (a D also prefills when D may prefill locally):
+        # the one that lowers the worse pressure most.
+        options = [(worst - max(s.after_flip(r)), r) for r in (Role.PREFILL, Role.DECODE)
+                   if (s.n_decode if r is Role.PREFILL else s.n_prefill) >= 2]
+        if not options:
+            return _none(f"{said}: {pressed.value} is short but no stage can give up an instance")
+        gain, to_role = max(options, key=lambda o: o[0])
+        from_role = Role.DECODE if to_role is Role.PREFILL else Role.PREFILL
+        since = now_s - self.last_flip[0]
+        if since < cfg.cooldown_s:
+            return _none(f"{said}: cool-down ({since:.1f} of {cfg.cooldown_s:.0f} s since the last flip)")
+        if self.last_flip[1] not in (None, to_role) and since < cfg.hold_s:
+            return _none(f"{said}: a flip back to {to_role.value} waits {cfg.hold_s:.0f} s after the last one "
+                         f"({since:.1f} s so far)")
+        after = s.after_flip(to_role)
+        donors = [i for i in cluster.instances if i.role is from_role and i.accepting
+                  and now_s - self.flipped_s.get(i.instance_id, -math.inf) >= cfg.hold_s]
+        if not donors:
+            return _none(f"{said}: every {from_role.value} instance flipped within {cfg.hold_s:.0f} s")
+        pick = min(donors, key=lambda i: (self._left_ms(i, now_s), i.instance_id))
+        cost = (cfg.change_s + self._left_ms(pick, now_s) / 1000.0) / cfg.horizon_s
+        if gain <= cfg.min_gain + cost:
+            return _none(f"{said}: flipping a {from_role.value} gains {gain:.2f} <= {cfg.min_gain} + cost {cost:.2f}")
+        gap = role_change_gap(cluster, pick.instance_id, to_role, self.policy_config)
+        if gap:
+            return _none(f"{said}: {gap}")
+        self.flipped_s[pick.instance_id] = now_s
+        self.last_flip = (now_s, to_role)
+        return RoleDecision(pick.instance_id, from_role, to_role,
+                            f"{pressed.value} pressed, to {to_role.value}: {said} -> predicted {after[0]:.2f} / {after[1]:.2f} "
+                            f"(gain {gain:.2f} > {cfg.min_gain} + cost {cost:.2f}); {pick.instance_id} has the "
+                            f"least {from_role.value} work left ({self._left_ms(pick, now_s):.0f} ms)", gain, cost)
+
+    def _left_ms(self, inst: InstanceView, now_s: float) -> float:
+        """The old-role work `inst` finishes after a flip: on P its queued prefill; on D its
+        longest decode left, at the expected output length (the policy's prior, not the cap)
+        less the steps since it was placed."""
+        model = latency_model_of(inst, self.policy_config)
+        if inst.role is Role.PREFILL:
+            return sum(r.spec.prompt_tokens for r in inst.running) * model.c1_ms_per_prefill_token
+        legs = [r for r in inst.running if r.role is not Role.PREFILL]
+        step_ms = model.step_ms(0, len(legs), 0)
+        expected = self.policy_config.prior_output_tokens
+        left = (min(r.spec.max_tokens, expected) - (now_s - r.placed_s) * 1000.0 / step_ms for r in legs)
+        return max(max(left, default=0.0), 0.0) * step_ms
+
+
+def _none(reason: str) -> RoleDecision:
+    return RoleDecision("", None, None, reason)
