@@ -10,6 +10,7 @@ so a test cannot pass by recomputing where a load was due. Two engines for the w
 from __future__ import annotations
 
 import glob
+import json
 import socket
 import subprocess
 import sys
@@ -189,11 +190,12 @@ def test_corrupt_block_is_caught_by_its_checksum_and_d_recomputes(pd):
     colocated, _ = p.generate("co-crc", prompt, 10)
     before = outcomes(d)
     first, last = p.generate("crc-p", prompt, 10, worker_pb2.KvTransferParams(do_remote_decode=True))
-    (staged_file,) = glob.glob(f"/dev/shm/hfx-kv-*/{last.kv_transfer.transfer_id}.kv")
-    with open(staged_file, "r+b") as f:  # one bit flipped in P's staged copy
-        f.seek(BLOCK * 300)
+    (meta,) = glob.glob(f"/dev/shm/hfx-kv-*/{last.kv_transfer.transfer_id}.json")
+    offset = json.loads(Path(meta).read_text())["arena_offset"]  # staged in P's arena
+    with open(Path(meta).parent / "arena.kv", "r+b") as f:  # one bit flipped in P's staged copy
+        f.seek(offset + BLOCK * 300)
         byte = f.read(1)[0]
-        f.seek(BLOCK * 300)
+        f.seek(offset + BLOCK * 300)
         f.write(bytes([byte ^ 1]))
     kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=last.kv_transfer.remote_address,
                                      transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)

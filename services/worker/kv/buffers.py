@@ -1,0 +1,37 @@
+"""Receive buffers for KV pulls, kept between pulls: a fresh buffer costs a page fault per 4 KiB
+on its first touch (for 64 MiB, more than the copy itself); a kept one is faulted in already."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+
+KEPT = 4  # buffers kept for reuse; pulls running at once beyond this get fresh ones
+
+
+class BufferPool:
+    def __init__(self, kept: int = KEPT) -> None:
+        self._lock = threading.Lock()
+        self._free: list[torch.Tensor] = []
+        self._kept = kept
+
+    @contextlib.contextmanager
+    def take(self, nbytes: int) -> Iterator[torch.Tensor]:
+        """A uint8 tensor of exactly nbytes (a view of a kept buffer when one is big enough)."""
+        with self._lock:
+            fits = [b for b in self._free if b.numel() >= nbytes]
+            buf = min(fits, key=torch.Tensor.numel) if fits else None
+            if buf is not None:
+                self._free.remove(buf)
+        if buf is None:
+            buf = torch.empty(nbytes, dtype=torch.uint8)
+        try:
+            yield buf[:nbytes]
+        finally:
+            with self._lock:
+                self._free.append(buf)
+                self._free.sort(key=torch.Tensor.numel, reverse=True)
+                del self._free[self._kept:]
