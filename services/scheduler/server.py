@@ -272,9 +272,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 log.warning("instance %s stored an unreadable profile: %s", iid, err)
                 continue
             m = self.state.models[iid]
-            log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens",
-                     iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
-                     m.c3_ms_per_kv_token)
+            log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens; "
+                     "KV transfer %s", iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token,
+                     m.c2_ms_per_decode_seq, m.c3_ms_per_kv_token,
+                     f"{m.kv_transfer_ms_per_token:.3g} ms/token (measured)" if m.kv_transfer_ms_per_token
+                     else "not measured (policy default)")
 
     def _serving_gap(self) -> str:
         """serving_gap of the registered instances, recomputed only when their roles change (it is

@@ -108,6 +108,18 @@ def test_a_full_arena_gives_no_region_and_staging_falls_back_to_a_file(server, f
     assert (out == rows).all() and result.acked
 
 
+def test_the_smallest_kept_buffer_that_fits_is_taken():
+    pool = buffers.BufferPool(kept=3)
+    with pool.take(100) as a, pool.take(300) as b, pool.take(200) as c:
+        small, large, middle = a.data_ptr(), b.data_ptr(), c.data_ptr()
+    with pool.take(150) as got:
+        assert got.data_ptr() == middle
+    with pool.take(250) as got:
+        assert got.data_ptr() == large
+    with pool.take(50) as got:
+        assert got.data_ptr() == small
+
+
 def test_pull_buffers_are_kept_and_reused():
     pool = buffers.BufferPool(kept=1)
     with pool.take(1000) as first:

@@ -21,11 +21,9 @@ class BufferPool:
     @contextlib.contextmanager
     def take(self, nbytes: int) -> Iterator[torch.Tensor]:
         """A uint8 tensor of exactly nbytes (a view of a kept buffer when one is big enough)."""
-        with self._lock:
-            fits = [b for b in self._free if b.numel() >= nbytes]
-            buf = min(fits, key=torch.Tensor.numel) if fits else None
-            if buf is not None:
-                self._free.remove(buf)
+        with self._lock:  # by position: tensors compare elementwise, so list.remove would not do
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else None
         if buf is None:
             buf = torch.empty(nbytes, dtype=torch.uint8)
         try:
