@@ -34,7 +34,8 @@ SLOS = [common_pb2.Slo(ttft_ms=2000, tpot_ms=200),     # tight for 2 shared core
 @pytest.fixture(scope="module")
 def pd(tmp_path_factory):
     home = tmp_path_factory.mktemp("pd-live") / "home"
-    with local_cluster(home, workers=0, prefill=1, decode=1, engine="vllm", policy="hfx") as c:
+    # Both engines start and profile at once (each waits for the other to be quiet): up to minutes.
+    with local_cluster(home, workers=0, prefill=1, decode=1, engine="vllm", policy="hfx", timeout_s=540) as c:
         with grpcutil.sync_channel(c.state.scheduler) as ch:
             stub = scheduler_pb2_grpc.SchedulerStub(ch)
             instances = lambda: {i.instance_id: i for i in stub.GetClusterState(  # noqa: E731
@@ -88,6 +89,14 @@ def kv_stats(c, instance_id: str) -> dict:
 
 def split_placements(c) -> int:
     return (c.log_dir / "scheduler.log").read_text().count("prefill:hfx-p0 -> decode:hfx-d0")
+
+
+def test_the_prefill_workers_measured_transfer_cost_reaches_the_scheduler(pd):
+    """The worker measured its KV transfer at start; the scheduler's model of it carries that cost
+    (the whole-vs-split choice charges it), not the policy's default."""
+    text = (pd.log_dir / "scheduler.log").read_text()
+    assert re.search(r"latency model of hfx-p0 .*KV transfer [0-9.e-]+ ms/token \(measured\)", text), text[-2000:]
+    assert "KV transfer measured:" in (pd.log_dir / "hfx-p0.log").read_text()
 
 
 def test_fifty_concurrent_mixed_slo_requests_over_pd_all_complete_with_the_right_tokens(pd):
