@@ -135,6 +135,22 @@ def test_pd_output_equals_colocated_token_for_token(pd, length):
     assert p.stats()["freed"].get("acked", 0) >= 1
 
 
+def test_a_prompt_d_holds_in_its_prefix_cache_releases_ps_copy_unread(pd):
+    """A block-multiple prompt split twice: the second time D's prefix cache holds every staged
+    token (the first pull cached them), so there is nothing to load: P's copy is released unread,
+    and D's engine keeps serving (reporting that non-load as a finished load killed vLLM's core)."""
+    p, d = pd
+    prompt = prompt_of(3 * BLOCK, 29)
+    colocated, _ = p.generate("co-hit", prompt, 6)
+    assert pd_generate(p, d, "hit-1", prompt, 6)[0] == colocated
+    before, released = outcomes(d), p.stats()["freed"].get("released", 0)
+    assert pd_generate(p, d, "hit-2", prompt, 6)[0] == colocated
+    assert delta(before, outcomes(d)) == {"local-hit": 1}
+    assert wait_until(lambda: p.stats()["freed"].get("released", 0) == released + 1, 5.0)
+    assert staged_empty(p)
+    assert d.generate("hit-after", prompt_of(BLOCK, 31), 4)[0]  # D's engine is alive
+
+
 class Proxy:
     """Between D and P's transfer server: passes bytes on, or breaks the stream P sends, as a
     failing network or a dying P would."""

@@ -174,7 +174,10 @@ class HfxKvConnector(KVConnectorBase_V1):
         for spec in meta.stages:
             self._stage(spec)
         for spec in meta.loads:
-            threading.Thread(target=self._load, args=(spec,), name=f"kv-pull-{spec.req_id}", daemon=True).start()
+            # A full local hit is no asynchronous load for vLLM (it asked for none): reporting it
+            # finished would hit a running request (vLLM asserts, and its engine core dies).
+            target = self._load if spec.block_ids else self._release_staged
+            threading.Thread(target=target, args=(spec,), name=f"kv-pull-{spec.req_id}", daemon=True).start()
 
     def _gather(self, block_ids: list[int], out: torch.Tensor) -> None:
         """Into `out`, [n_blocks, block_bytes] uint8: each row one block, every layer's slice in layer order."""
@@ -219,10 +222,6 @@ class HfxKvConnector(KVConnectorBase_V1):
     def _load(self, spec: LoadSpec) -> None:
         ok, outcome, result = False, "ok", tcp.PullResult()
         try:
-            if not spec.block_ids:
-                tcp.request(spec.address, {"op": "release", "transfer_id": spec.transfer_id})
-                ok, outcome = True, "local-hit"
-                return
             n = len(spec.block_ids)
             with self._buffers.take(n * self._layout["block_bytes"]) as flat:
                 buf = flat.view(n, self._layout["block_bytes"])
@@ -245,6 +244,14 @@ class HfxKvConnector(KVConnectorBase_V1):
             self._report(outcome, result)
             with self._lock:
                 (self._loaded if ok else self._failed).add(spec.req_id)
+
+    def _release_staged(self, spec: LoadSpec) -> None:
+        """This engine's prefix cache held every staged token: free P's copy unread."""
+        try:
+            tcp.request(spec.address, {"op": "release", "transfer_id": spec.transfer_id})
+        except wire.KvTransferError as err:  # P's lease frees it
+            log.warning("releasing KV %s at %s failed: %s", spec.transfer_id, spec.address, err)
+        self._report("local-hit", tcp.PullResult())
 
     def _report(self, outcome: str, result: tcp.PullResult) -> None:
         """Tell this engine's worker service how the pull went (its metrics and stats)."""
