@@ -7,7 +7,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-import torch
+import numpy as np
 
 KEPT = 4  # buffers kept for reuse; pulls running at once beyond this get fresh ones
 
@@ -15,21 +15,21 @@ KEPT = 4  # buffers kept for reuse; pulls running at once beyond this get fresh 
 class BufferPool:
     def __init__(self, kept: int = KEPT) -> None:
         self._lock = threading.Lock()
-        self._free: list[torch.Tensor] = []
+        self._free: list[np.ndarray] = []
         self._kept = kept
 
     @contextlib.contextmanager
-    def take(self, nbytes: int) -> Iterator[torch.Tensor]:
-        """A uint8 tensor of exactly nbytes (a view of a kept buffer when one is big enough)."""
+    def take(self, nbytes: int) -> Iterator[np.ndarray]:
+        """A uint8 array of exactly nbytes (a view of a kept buffer when one is big enough)."""
         with self._lock:  # by position: tensors compare elementwise, so list.remove would not do
-            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
-            buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else None
+            fits = [i for i, b in enumerate(self._free) if b.nbytes >= nbytes]
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes)) if fits else None
         if buf is None:
-            buf = torch.empty(nbytes, dtype=torch.uint8)
+            buf = np.empty(nbytes, dtype=np.uint8)
         try:
             yield buf[:nbytes]
         finally:
             with self._lock:
                 self._free.append(buf)
-                self._free.sort(key=torch.Tensor.numel, reverse=True)
+                self._free.sort(key=lambda b: b.nbytes, reverse=True)
                 del self._free[self._kept:]

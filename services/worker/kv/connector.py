@@ -224,8 +224,8 @@ class HfxKvConnector(KVConnectorBase_V1):
         try:
             n = len(spec.block_ids)
             with self._buffers.take(n * self._layout["block_bytes"]) as flat:
-                buf = flat.view(n, self._layout["block_bytes"])
-                rows = buf.numpy()
+                rows = flat.reshape(n, self._layout["block_bytes"])
+                buf = torch.from_numpy(rows)
                 pull = samehost.pull if self.transport == "auto" else tcp.pull
                 result = pull(spec.address, spec.transfer_id, from_block=spec.from_block, layout=self._layout,
                               deadline_s=spec.deadline_s,
