@@ -39,7 +39,7 @@ PD_WORKLOAD = Path(__file__).resolve().parent.parent / "services" / "sim" / "wor
 def up(home: Path, args, workers: int, prefill: int, decode: int, classes: Path) -> cluster.ClusterFile:
     return cluster.up(cluster.UpOptions(
         home=home, model=args.model, workers=workers, router_port=procs.free_port(), redis_url=None,
-        policy=args.policy, engine="vllm", tracing="off", timeout_s=400, classes=str(classes), http_port=0,
+        policy=args.policy, engine=args.engine, tracing="off", timeout_s=600, classes=str(classes), http_port=0,
         metrics=False, prefill=prefill, decode=decode))
 
 
@@ -60,7 +60,8 @@ def run_setup(name: str, args, workers: int, prefill: int, decode: int, workload
     with tempfile.TemporaryDirectory(prefix="hfx-pdlive-") as home:
         classes = Path(home) / "classes.yaml"
         _classes_yaml(workload, classes)
-        print(f"[{name}] starting {workers} colocated, {prefill} prefill, {decode} decode vLLM workers", file=sys.stderr)
+        print(f"[{name}] starting {workers} colocated, {prefill} prefill, {decode} decode {args.engine} workers",
+              file=sys.stderr)
         state = up(Path(home), args, workers, prefill, decode, classes)
         try:
             if "slos" not in slos_holder:
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=1)
     parser.add_argument("--policy", default="hfx")
     parser.add_argument("--model", default="")
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "sim"],
+                        help="sim: SIMULATED engines (a smoke run of this command, not a measurement)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     args.model = args.model or str(ensure_default_model())
@@ -119,6 +122,8 @@ def main() -> None:
     slos: dict = {}
     rows = [run_setup("colocated", args, args.colocated, 0, 0, workload, slos),
             run_setup("P/D", args, 0, args.prefill, args.decode, workload, slos)]
+    if args.engine == "sim":
+        print("engine: sim (SIMULATED, not inference)")
     show(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "unloaded": slos.get("unloaded"), "rows": rows},
