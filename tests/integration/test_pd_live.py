@@ -103,9 +103,12 @@ def test_fifty_concurrent_mixed_slo_requests_over_pd_all_complete_with_the_right
     # Every fifth prompt is short (kept whole by the policy), the rest long enough to split.
     prompts = [prompt_of(24 + i if i % 5 == 0 else 140 + 23 * i, 300 + i) for i in range(50)]
     max_tokens = [6 + i % 7 for i in range(50)]
-    # One at a time: P's engine alone, no batch around it. (Computed 8 at a time, one 1,152-token
-    # prompt's 4th token came out otherwise than alone, through the mesh alone, or in the 50:
-    # a near tie that batching tipped.)
+    # The reference: P's engine alone, one request at a time, with the prompt already in its prefix
+    # cache, as the P/D prefill leg then finds it. (A cold prefill and a cached one may differ in
+    # bf16 at a near tie: one 1,152-token prompt's 4th token did, cold against cached, while the
+    # cached one matched the mesh alone and the mesh among the 50.)
+    for prompt, n in zip(prompts, max_tokens):
+        colocated(pd, prompt, n)
     expected = [colocated(pd, prompt, n) for prompt, n in zip(prompts, max_tokens)]
     pulls_before = kv_stats(pd, "hfx-d0")["pulls"]["outcomes"].get("ok", 0)
     with ThreadPoolExecutor(50) as pool:
@@ -131,6 +134,7 @@ def test_decode_worker_killed_after_the_transfer_ends_the_request_clearly_and_p_
     """Last in the module: it kills D."""
     prompt = prompt_of(700, 999)
     max_tokens = 300
+    colocated(pd, prompt, 1)  # in P's prefix cache, as for the test above
     expected = colocated(pd, prompt, max_tokens)
     acked = kv_stats(pd, "hfx-p0")["freed"].get("acked", 0)
     splits = split_placements(pd)
