@@ -10,6 +10,7 @@ import pytest
 
 from services.worker.kv import arena, buffers, samehost, shm, tcp, wire
 from services.worker.kv.store import StagingStore
+from tests.harness import wait_until
 from tests.unit.test_kv_transfer import BLOCK_BYTES, LAYOUT
 
 
@@ -63,7 +64,8 @@ def test_a_transfer_staged_in_the_arena_is_pulled_checked_and_its_region_reused(
     out, result = pull(fn, server, "a1", 3)
     assert (out == rows).all() and result.blocks == 3 and result.acked
     assert server.handle({"op": "stats"}, None)["freed"] == {"acked": 1}
-    # The server dropped its metadata on the ACK: the next transfer gets the region back.
+    # The server drops its metadata just after answering the ACK: the next transfer gets the region back.
+    assert wait_until(lambda: not (folder / "a1.json").exists(), 2.0)
     rows2, offset2 = stage(stager, "a2", seed=1)
     assert offset2 == offset
     out, _ = pull(fn, server, "a2", 3)
@@ -139,7 +141,7 @@ def test_the_start_probe_times_a_pull_from_the_arena_top_and_leaves_nothing_held
     layout = probe.layout_for(BLOCK_BYTES // 16, 16, LAYOUT["layers"], LAYOUT["dtype"])
     got = probe.measure(server.address, str(folder), layout, tokens=64, repeats=3)
     assert got["staging"] == "arena" and got["bytes"] == 4 * BLOCK_BYTES and got["tokens"] == 64
-    assert got["ms_per_token"] > 0 and got["ms_per_token"] * 64 == pytest.approx(got["ms"], rel=1e-3)
+    assert got["ms_per_token"] > 0 and got["ms_per_token"] * 64 == pytest.approx(got["ms"], abs=0.0006)  # ms: 3 decimals
     assert (stager.view[offset:offset + rows.nbytes] == rows.reshape(-1)).all()
     stats = server.handle({"op": "stats"}, None)
     assert stats["leases"] == 1 and stats["freed"] == {"acked": 3}  # only "kept" is still held
