@@ -2,13 +2,15 @@
 measured in the same run (issue 10's goal: >= 50% of memcpy for >= 16 MiB on one host).
 
 Stages synthetic KV blocks (the tiny model's block: 256 KiB; 4 layers x 2 x 128 tokens x 128 x
-bf16) the way a prefill worker does (shared-memory file + CRC32s, served by the worker service's
-KvServer), then times what a decode worker's connector does, end to end: ask, copy every block
-into its destination buffer (the KV cache stand-in), check each CRC32, ACK (P frees). Transports:
-"samehost" (map P's staged file) and "tcp" (stream over loopback). memcpy: numpy copy of the same
-number of bytes between two preallocated buffers. Median of --repeats runs per point.
+bf16) the way a prefill worker does (into its staging arena, or with --staging file a shared-memory
+file per transfer, + CRC32s; served by the worker service's KvServer in a process of its own),
+then times what a decode worker's connector does, end to end: ask, copy every block into its
+destination buffer (the receive buffer, kept between pulls as the connector keeps it), check each
+CRC32, ACK (P frees). Not timed: the connector's scatter from that buffer into the KV cache.
+Transports: "samehost" (copy from P's shared memory) and "tcp" (stream over loopback). memcpy:
+numpy copy of the same number of bytes between two preallocated buffers. Median of --repeats.
 
-    .venv/bin/python benchmarks/kv_transfer.py [--sizes-mib 1 4 16 64] [--repeats 7]
+    .venv/bin/python benchmarks/kv_transfer.py [--sizes-mib 1 4 16 64] [--repeats 7] [--staging arena|file]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.worker.kv import samehost, shm, tcp, wire  # noqa: E402
+from services.worker.kv import arena, samehost, shm, tcp, wire  # noqa: E402
 from services.worker.kv.store import StagingStore  # noqa: E402
 
 BLOCK_BYTES = 256 * 1024
@@ -54,20 +56,25 @@ def serve(staging: str, ready, stop) -> None:
     server.close()
 
 
-def transfer(address: str, staging: str, size: int, repeats: int, pull) -> tuple[float, float]:
+def transfer(address: str, staging: str, size: int, repeats: int, pull, stager) -> tuple[float, float]:
     n = size // BLOCK_BYTES
     rows = np.random.default_rng(1).integers(0, 256, (n, BLOCK_BYTES), dtype=np.uint8)
     sums = [wire.crc32(r) for r in rows]
     dst = np.empty_like(rows)
-    dst[:] = 0  # the KV cache stand-in, faulted in
+    dst[:] = 0  # the receive buffer, faulted in
     times = []
     for r in range(repeats):
         tid = f"bench-{size}-{r}-{pull.__module__.rsplit('.', 1)[-1]}"
-        shm.write(staging, tid, rows, sums, n * 128, LAYOUT, time.time() + 60)
+        region = stager.region(tid, rows.nbytes) if stager is not None else None
+        offset = None
+        if region is not None:
+            offset, view = region
+            view[:] = rows.reshape(-1)
+        shm.write(staging, tid, rows, sums, n * 128, LAYOUT, time.time() + 60, arena_offset=offset)
         time.sleep(2 * tcp.REAP_INTERVAL_S)  # P adopts it under a lease before it names it (as the engine does)
         t = time.perf_counter()
         result = pull(address, tid, from_block=0, layout=LAYOUT, deadline_s=30.0,
-                      into=lambda i, _n: memoryview(dst[i]))
+                      into=lambda i, count: memoryview(dst[i:i + count]))
         times.append(time.perf_counter() - t)
         assert result.blocks == n and result.acked
     assert (dst == rows).all()
@@ -79,20 +86,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--staging", choices=("arena", "file"), default="arena",
+                        help="P stages into its arena (as workers do) or into a file per transfer")
     args = parser.parse_args()
     root = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="hfx-kv-bench-", dir=root) as staging:
+        stager = None
+        if args.staging == "arena":
+            arena.create(staging, 2 * max(args.sizes_mib) * MiB)
+            stager = shm.ArenaStager(staging)
         ctx = multiprocessing.get_context("spawn")
         ready, stop = ctx.Queue(), ctx.Event()
         server = ctx.Process(target=serve, args=(staging, ready, stop), daemon=True)
         server.start()
         address = ready.get(timeout=60)
         try:
+            print(f"staging: {args.staging}")
             print(f"{'size MiB':>8} {'memcpy GB/s':>11} {'transport':>9} {'GB/s':>7} {'ms':>8} {'% memcpy':>9}")
             for mib in args.sizes_mib:
                 base = memcpy_gbps(mib * MiB, args.repeats)
                 for name, pull in (("samehost", samehost.pull), ("tcp", tcp.pull)):
-                    gbps, ms = transfer(address, staging, mib * MiB, args.repeats, pull)
+                    gbps, ms = transfer(address, staging, mib * MiB, args.repeats, pull, stager)
                     print(f"{mib:>8} {base:>11.2f} {name:>9} {gbps:>7.2f} {ms:>8.2f} {100 * gbps / base:>8.0f}%",
                           flush=True)
         finally:

@@ -218,9 +218,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 continue
             self._check_step_budget(iid, doc)
             m = self.state.models[iid]
-            log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens",
-                     iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
-                     m.c3_ms_per_kv_token)
+            log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens; "
+                     "KV transfer %s", iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token,
+                     m.c2_ms_per_decode_seq, m.c3_ms_per_kv_token,
+                     f"{m.kv_transfer_ms_per_token:.3g} ms/token (measured)" if m.kv_transfer_ms_per_token
+                     else "not measured (policy default)")
 
     def _check_step_budget(self, instance_id: str, doc: dict) -> None:
         """Prefill estimates assume the policy's chunk_tokens; an instance whose engine steps another

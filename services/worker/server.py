@@ -34,8 +34,8 @@ def argtypes_address(value: str) -> None:
     except Exception as err:
         raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import (Engine, EngineRequest, ReportsHealth, ReportsWeights, TransfersKv,
-                                         describe_weights)
+from services.worker.engine.base import (Engine, EngineRequest, MeasuresKvTransfer, ReportsHealth, ReportsWeights,
+                                         TransfersKv, describe_weights)
 from services.worker.interference import PrefillLedger
 from services.worker.kv import params as kv_params
 from services.worker.role_change import RoleChanger
@@ -325,6 +325,14 @@ async def _profile_at_start(config: WorkerConfig, engine: Engine) -> dict | None
         log.warning("profiling at start failed, serving without a fitted model: %s", err)
         return None
     m = profile["model"]
+    if isinstance(engine, MeasuresKvTransfer) and isinstance(engine, TransfersKv) and engine.kv_address:
+        try:
+            profile["kv_transfer"] = await engine.measure_kv_transfer()
+            m["kv_transfer_ms_per_token"] = profile["kv_transfer"]["ms_per_token"]
+            log.info("KV transfer measured: %(ms).2f ms for %(tokens)d tokens (%(bytes)d bytes, %(staging)s)",
+                     profile["kv_transfer"])
+        except Exception as err:  # the scheduler then charges its default per-token cost
+            log.warning("measuring the KV transfer failed: %s", err)
     log.info("latency model (%s, %.1fs): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens%s",
              profile["source"], time.monotonic() - started, m["c0_ms"], m["c1_ms_per_prefill_token"],
              m["c2_ms_per_decode_seq"], m["c3_ms_per_kv_token"],

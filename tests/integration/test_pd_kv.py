@@ -10,6 +10,7 @@ so a test cannot pass by recomputing where a load was due. Two engines for the w
 from __future__ import annotations
 
 import glob
+import json
 import socket
 import subprocess
 import sys
@@ -134,6 +135,22 @@ def test_pd_output_equals_colocated_token_for_token(pd, length):
     assert p.stats()["freed"].get("acked", 0) >= 1
 
 
+def test_a_prompt_d_holds_in_its_prefix_cache_releases_ps_copy_unread(pd):
+    """A block-multiple prompt split twice: the second time D's prefix cache holds every staged
+    token (the first pull cached them), so there is nothing to load: P's copy is released unread,
+    and D's engine keeps serving (reporting that non-load as a finished load killed vLLM's core)."""
+    p, d = pd
+    prompt = prompt_of(3 * BLOCK, 29)
+    colocated, _ = p.generate("co-hit", prompt, 6)
+    assert pd_generate(p, d, "hit-1", prompt, 6)[0] == colocated
+    before, released = outcomes(d), p.stats()["freed"].get("released", 0)
+    assert pd_generate(p, d, "hit-2", prompt, 6)[0] == colocated
+    assert delta(before, outcomes(d)) == {"local-hit": 1}
+    assert wait_until(lambda: p.stats()["freed"].get("released", 0) == released + 1, 5.0)
+    assert staged_empty(p)
+    assert d.generate("hit-after", prompt_of(BLOCK, 31), 4)[0]  # D's engine is alive
+
+
 class Proxy:
     """Between D and P's transfer server: passes bytes on, or breaks the stream P sends, as a
     failing network or a dying P would."""
@@ -189,11 +206,12 @@ def test_corrupt_block_is_caught_by_its_checksum_and_d_recomputes(pd):
     colocated, _ = p.generate("co-crc", prompt, 10)
     before = outcomes(d)
     first, last = p.generate("crc-p", prompt, 10, worker_pb2.KvTransferParams(do_remote_decode=True))
-    (staged_file,) = glob.glob(f"/dev/shm/hfx-kv-*/{last.kv_transfer.transfer_id}.kv")
-    with open(staged_file, "r+b") as f:  # one bit flipped in P's staged copy
-        f.seek(BLOCK * 300)
+    (meta,) = glob.glob(f"/dev/shm/hfx-kv-*/{last.kv_transfer.transfer_id}.json")
+    offset = json.loads(Path(meta).read_text())["arena_offset"]  # staged in P's arena
+    with open(Path(meta).parent / "arena.kv", "r+b") as f:  # one bit flipped in P's staged copy
+        f.seek(offset + BLOCK * 300)
         byte = f.read(1)[0]
-        f.seek(BLOCK * 300)
+        f.seek(offset + BLOCK * 300)
         f.write(bytes([byte ^ 1]))
     kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=last.kv_transfer.remote_address,
                                      transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)

@@ -46,7 +46,7 @@ def server(tmp_path):
 def pull_all(srv, tid, n, from_block=0, layout=LAYOUT, deadline_s=5.0):
     out = np.zeros((n, BLOCK_BYTES), dtype=np.uint8)
     result = tcp.pull(srv.address, tid, from_block=from_block, layout=layout, deadline_s=deadline_s,
-                      into=lambda i, _n: memoryview(out[i]))
+                      into=lambda i, count: memoryview(out[i:i + count]))
     return out, result
 
 
@@ -135,10 +135,10 @@ def test_a_silent_server_ends_in_the_deadline_and_a_dead_one_in_peer_lost():
     silent = socket.create_server(("127.0.0.1", 0))
     address = f"127.0.0.1:{silent.getsockname()[1]}"
     with pytest.raises(wire.TooSlow):
-        tcp.pull(address, "x", from_block=0, layout=LAYOUT, deadline_s=0.3, into=lambda i, n: memoryview(bytearray(n)))
+        tcp.pull(address, "x", from_block=0, layout=LAYOUT, deadline_s=0.3, into=lambda i, count: memoryview(bytearray(count * BLOCK_BYTES)))
     silent.close()
     with pytest.raises(wire.PeerLost):
-        tcp.pull(address, "x", from_block=0, layout=LAYOUT, deadline_s=0.3, into=lambda i, n: memoryview(bytearray(n)))
+        tcp.pull(address, "x", from_block=0, layout=LAYOUT, deadline_s=0.3, into=lambda i, count: memoryview(bytearray(count * BLOCK_BYTES)))
 
 
 def test_store_reports_why_a_transfer_is_gone():
@@ -181,7 +181,7 @@ def test_kv_params_round_trip_through_vllm_dict():
 def samehost_pull(srv, tid, n, from_block=0):
     out = np.zeros((n, BLOCK_BYTES), dtype=np.uint8)
     result = samehost.pull(srv.address, tid, from_block=from_block, layout=LAYOUT, deadline_s=5.0,
-                           into=lambda i, _n: memoryview(out[i]))
+                           into=lambda i, count: memoryview(out[i:i + count]))
     return out, result
 
 

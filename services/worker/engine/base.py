@@ -87,6 +87,14 @@ class TransfersKv(Protocol):
 
 
 @runtime_checkable
+class MeasuresKvTransfer(Protocol):
+    """An engine whose KV transfer cost is measured, not declared (vLLM with HFX's connector)."""
+
+    async def measure_kv_transfer(self) -> dict:
+        """{"ms_per_token", ...}: moving one prompt token's KV to a decode worker on this host."""
+
+
+@runtime_checkable
 class Engine(Protocol):
     max_model_len: int
     """Longest prompt + output the engine accepts, in tokens; valid after start()."""

@@ -7,6 +7,7 @@ engine core in a spawned subprocess: an entry script that starts this engine nee
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
@@ -321,6 +322,15 @@ class VllmEngine:
         if self._kv is None:
             raise RuntimeError("this engine was started without KV transfer")
         return self._kv.stats()
+
+    async def measure_kv_transfer(self) -> dict:
+        if self._kv is None:
+            raise RuntimeError("this engine was started without KV transfer")
+        mc, pc = self._llm.vllm_config.model_config, self._llm.vllm_config.parallel_config
+        layers = mc.get_num_layers(pc)
+        per_token = 2 * layers * mc.get_num_kv_heads(pc) * mc.get_head_size() * mc.dtype.itemsize
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._kv.measure, per_token, self._llm.vllm_config.cache_config.block_size, layers, str(mc.dtype))
 
     async def abort(self, request_id: str) -> bool:
         if request_id not in self._live:

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -38,7 +39,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.v1.request import RequestStatus
 
-from services.worker.kv import samehost, shm, tcp, wire
+from services.worker.kv import buffers, samehost, shm, tcp, wire
 
 log = logging.getLogger("hfx.worker.kv")
 
@@ -94,6 +95,9 @@ class HfxKvConnector(KVConnectorBase_V1):
         self._sent: set[str] = set()
         self._loaded: set[str] = set()
         self._failed: set[str] = set()
+        self._stager: shm.ArenaStager | None = None  # created on the first stage (this process)
+        self._no_arena = False
+        self._buffers = buffers.BufferPool()
 
     # ---- scheduler side (engine core process) ----
 
@@ -170,44 +174,65 @@ class HfxKvConnector(KVConnectorBase_V1):
         for spec in meta.stages:
             self._stage(spec)
         for spec in meta.loads:
-            threading.Thread(target=self._load, args=(spec,), name=f"kv-pull-{spec.req_id}", daemon=True).start()
+            # A full local hit is no asynchronous load for vLLM (it asked for none): reporting it
+            # finished would hit a running request (vLLM asserts, and its engine core dies).
+            target = self._load if spec.block_ids else self._release_staged
+            threading.Thread(target=target, args=(spec,), name=f"kv-pull-{spec.req_id}", daemon=True).start()
 
-    def _gather(self, block_ids: list[int]) -> torch.Tensor:
-        """[n_blocks, block_bytes] uint8: each row one block, every layer's slice in layer order."""
+    def _gather(self, block_ids: list[int], out: torch.Tensor) -> None:
+        """Into `out`, [n_blocks, block_bytes] uint8: each row one block, every layer's slice in layer order."""
         n = len(block_ids)
-        out = torch.empty((n, self._layout["block_bytes"]), dtype=torch.uint8)
         index = torch.tensor(block_ids, dtype=torch.long)
         per_layer = self._layout["block_bytes"] // len(self._kv)
         for li, kv in enumerate(self._kv.values()):
             out[:, li * per_layer:(li + 1) * per_layer] = kv.index_select(0, index).view(n, -1).view(torch.uint8)
-        return out
 
     def _stage(self, spec: StageSpec) -> None:
+        """The blocks into this worker's arena (or a file of their own when it is full), then their
+        metadata: from then on the worker service holds them under the lease."""
+        offset = None
         try:
-            rows = self._gather(spec.block_ids).numpy()
+            shape = (len(spec.block_ids), self._layout["block_bytes"])
+            stager = self._arena_stager()
+            region = stager.region(spec.transfer_id, shape[0] * shape[1]) if stager is not None else None
+            if region is not None:
+                offset, view = region
+                rows = view.reshape(shape)
+            else:
+                rows = np.empty(shape, dtype=np.uint8)
+            self._gather(spec.block_ids, torch.from_numpy(rows))
             shm.write(self.staging_dir, spec.transfer_id, rows, [wire.crc32(row) for row in rows], spec.num_tokens,
-                      self._layout, spec.expires_unix_s)
+                      self._layout, spec.expires_unix_s, arena_offset=offset)
         except Exception:  # D then finds no transfer and recomputes
             log.exception("staging KV for %s failed", spec.req_id)
+            if offset is not None:
+                self._stager.abandon(spec.transfer_id)
         with self._lock:
             self._sent.add(spec.req_id)
+
+    def _arena_stager(self) -> shm.ArenaStager | None:
+        if self._stager is None and not self._no_arena:
+            try:
+                self._stager = shm.ArenaStager(self.staging_dir)
+            except OSError as err:  # no arena in the folder: each transfer gets a file
+                log.warning("no KV staging arena in %s (%s): staging to files", self.staging_dir, err)
+                self._no_arena = True
+        return self._stager
 
     def _load(self, spec: LoadSpec) -> None:
         ok, outcome, result = False, "ok", tcp.PullResult()
         try:
-            if not spec.block_ids:
-                tcp.request(spec.address, {"op": "release", "transfer_id": spec.transfer_id})
-                ok, outcome = True, "local-hit"
-                return
             n = len(spec.block_ids)
-            buf = torch.empty((n, self._layout["block_bytes"]), dtype=torch.uint8)
-            rows = buf.numpy()
-            pull = samehost.pull if self.transport == "auto" else tcp.pull
-            result = pull(spec.address, spec.transfer_id, from_block=spec.from_block, layout=self._layout,
-                              deadline_s=spec.deadline_s, into=lambda i, _n: memoryview(rows[i - spec.from_block]))
-            if result.blocks != n:
-                raise wire.Integrity(f"pulled {result.blocks} blocks, {n} were allocated")
-            self._scatter(spec.block_ids, buf)
+            with self._buffers.take(n * self._layout["block_bytes"]) as flat:
+                rows = flat.reshape(n, self._layout["block_bytes"])
+                buf = torch.from_numpy(rows)
+                pull = samehost.pull if self.transport == "auto" else tcp.pull
+                result = pull(spec.address, spec.transfer_id, from_block=spec.from_block, layout=self._layout,
+                              deadline_s=spec.deadline_s,
+                              into=lambda i, count: memoryview(rows[i - spec.from_block:i - spec.from_block + count]))
+                if result.blocks != n:
+                    raise wire.Integrity(f"pulled {result.blocks} blocks, {n} were allocated")
+                self._scatter(spec.block_ids, buf)
             ok = True
             log.info("KV %s: %d blocks, %d bytes in %.1f ms from %s", spec.transfer_id, result.blocks,
                      result.bytes, result.ms, spec.address)
@@ -219,6 +244,14 @@ class HfxKvConnector(KVConnectorBase_V1):
             self._report(outcome, result)
             with self._lock:
                 (self._loaded if ok else self._failed).add(spec.req_id)
+
+    def _release_staged(self, spec: LoadSpec) -> None:
+        """This engine's prefix cache held every staged token: free P's copy unread."""
+        try:
+            tcp.request(spec.address, {"op": "release", "transfer_id": spec.transfer_id})
+        except wire.KvTransferError as err:  # P's lease frees it
+            log.warning("releasing KV %s at %s failed: %s", spec.transfer_id, spec.address, err)
+        self._report("local-hit", tcp.PullResult())
 
     def _report(self, outcome: str, result: tcp.PullResult) -> None:
         """Tell this engine's worker service how the pull went (its metrics and stats)."""
@@ -232,8 +265,9 @@ class HfxKvConnector(KVConnectorBase_V1):
         index = torch.tensor(block_ids, dtype=torch.long)
         per_layer = self._layout["block_bytes"] // len(self._kv)
         for li, kv in enumerate(self._kv.values()):
-            rows = buf[:, li * per_layer:(li + 1) * per_layer].contiguous().view(kv.dtype)
-            kv.index_copy_(0, index, rows.view(len(block_ids), *kv.shape[1:]))
+            # A strided view of each row's slice for this layer: one copy, straight into the cache.
+            rows = buf[:, li * per_layer:(li + 1) * per_layer].view(kv.dtype)
+            kv.index_copy_(0, index, rows.unflatten(1, kv.shape[1:]))
 
     def get_transfer_results(self, finished_req_ids: set[str]) -> KVConnectorTransferResults:
         with self._lock:

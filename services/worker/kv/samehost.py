@@ -1,76 +1,141 @@
-"""The same-host transport: D maps P's staged file (shared memory) and copies the blocks it
-needs, checking each one's CRC32, instead of streaming them over a socket. P still holds the
-lease and frees on D's ACK; a file that vanished (freed, expired) or is not on this host makes
-D fall back to the TCP stream. Staged files are written once, so a mapping D holds stays valid
-even when P unlinks the file meanwhile."""
+"""The same-host transport: D copies the blocks it needs straight out of P's shared memory,
+checking each one's CRC32, instead of streaming them over a socket. P's blocks are in its arena
+(arena.py, mapped here once per P, so a transfer is a user-space copy at memcpy speed) or, when
+they did not fit there, in a file of their own (read with one preadv). P still holds the lease
+and frees on D's ACK; the ACK must find the lease still held (else the arena region may have been
+reused mid-copy: the pull fails). A transfer that is not on this host makes D stream it over TCP."""
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
-from services.worker.kv import tcp
-from services.worker.kv.wire import Integrity, KvTransferError, TooSlow, UnknownTransfer, crc32
+import numpy as np
+
+from services.worker.kv import arena, shm, tcp, wire
+from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlow, UnknownTransfer
+
+
+# P's staging folder by P's address, learnt from its first locate answer: later pulls read the
+# transfer's metadata there themselves, so a pull costs one round trip to P (the ACK).
+_folders: dict[str, str] = {}
+# One idle connection per P kept for the next pull's ACK (no connect, no new server thread),
+# reused while younger than the server's idle timeout allows.
+_idle: dict[str, tuple[float, socket.socket]] = {}
+_idle_lock = threading.Lock()
+IDLE_REUSE_S = tcp.IDLE_TIMEOUT_S / 3
 
 
 def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadline_s: float,
          into: Callable[[int, int], memoryview]) -> tcp.PullResult:
-    """As tcp.pull (same arguments, errors and result); reads the staged file when P is on this
-    host, else streams over TCP. One connection carries the locate and the ACK."""
+    """As tcp.pull (same arguments, errors and result); copies from P's shared memory when P is
+    on this host, else streams over TCP."""
     started = time.monotonic()
     deadline = started + deadline_s
-    conn = tcp.connect(address, deadline_s)
-    with conn:
-        tcp.send(conn, {"op": "locate", "transfer_id": transfer_id, "wait_s": round(deadline_s * 0.5, 3)}, deadline)
-        reply = tcp.read_frame(conn, deadline)
+    folder = _folders.get(address)
+    reply = shm.read_location(folder, transfer_id) if folder else None
+    if reply is None:  # P not met yet, or the transfer not staged yet (P waits for it), or gone
+        reply = tcp.request(address, {"op": "locate", "transfer_id": transfer_id,
+                                      "wait_s": round(deadline_s * 0.5, 3)}, timeout_s=deadline_s)
         if not reply.get("ok"):
             if reply.get("reason") == UnknownTransfer.kind:
                 raise UnknownTransfer(f"KV server {address}: {reply.get('error')}")
             return tcp.pull(address, transfer_id, from_block=from_block, layout=layout, deadline_s=deadline_s, into=into)
-        try:
-            fd = os.open(str(reply.get("path", "")), os.O_RDONLY)
-        except OSError:  # not this host (or freed just now): stream it
-            return tcp.pull(address, transfer_id, from_block=from_block, layout=layout,
-                            deadline_s=deadline - time.monotonic(), into=into)
-        result = tcp.PullResult(num_tokens=int(reply.get("num_tokens", 0)))
-        try:
-            _copy(fd, reply, transfer_id, from_block, layout, deadline, into, result)
-        except KvTransferError as err:
-            tcp.nack(address, transfer_id, err.kind)
-            raise
-        finally:
-            os.close(fd)
-        tcp.send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
-        result.acked = bool(tcp.read_frame(conn, deadline).get("freed"))
+    result = tcp.PullResult(num_tokens=int(reply.get("num_tokens", 0)))
+    try:
+        copied = _copy(reply, transfer_id, from_block, layout, deadline, into, result)
+    except KvTransferError as err:
+        tcp.nack(address, transfer_id, err.kind)
+        raise
+    if not copied:  # not this host (or freed just now): stream it
+        return tcp.pull(address, transfer_id, from_block=from_block, layout=layout,
+                        deadline_s=deadline - time.monotonic(), into=into)
+    _folders[address] = os.path.dirname(str(reply["path"]))
+    _ack(address, transfer_id, deadline, result)
     result.ms = (time.monotonic() - started) * 1000.0
     return result
 
 
-IOV_MAX = 512
+def _ack(address: str, transfer_id: str, deadline: float, result: tcp.PullResult) -> None:
+    """tcp.ack on a kept connection to P, or a fresh one when none is kept or the kept one died
+    (P closed it, or restarted: an ACK that never arrived is sent again; one that arrived and lost
+    its answer finds the lease gone, and the pull fails, safely)."""
+    with _idle_lock:
+        since, conn = _idle.pop(address, (0.0, None))
+    if conn is not None and time.monotonic() - since > IDLE_REUSE_S:
+        conn.close()
+        conn = None
+    if conn is not None:
+        try:
+            tcp.ack(conn, transfer_id, deadline, result)
+            _keep(address, conn)
+            return
+        except PeerLost:
+            conn.close()
+    conn = tcp.connect(address, deadline - time.monotonic())
+    tcp.ack(conn, transfer_id, deadline, result)
+    _keep(address, conn)
 
 
-def _copy(fd: int, reply: dict, tid: str, from_block: int, layout: dict, deadline: float, into, result) -> None:
-    """Read the blocks straight into their destinations (one kernel copy from the page cache, no
-    page faults on a mapping), then check each one's CRC32."""
+def _keep(address: str, conn: socket.socket) -> None:
+    with _idle_lock:
+        old = _idle.pop(address, None)
+        _idle[address] = (time.monotonic(), conn)
+    if old is not None:
+        old[1].close()
+
+
+def _copy(reply: dict, tid: str, from_block: int, layout: dict, deadline: float, into, result) -> bool:
+    """Copy and check blocks from_block.. from P's shared memory; False when it is not on this host."""
     if reply.get("layout") != layout:
         raise Integrity(f"transfer {tid}: staged layout {reply.get('layout')}, this engine has {layout}")
     block_bytes = int(layout["block_bytes"])
     sums = reply.get("crc32") or []
-    size = os.fstat(fd).st_size
-    if size != len(sums) * block_bytes or not 0 <= from_block <= len(sums):
-        raise Integrity(f"transfer {tid}: staged file of {size} bytes for {len(sums)} blocks of {block_bytes}")
-    for first in range(from_block, len(sums), IOV_MAX):
-        if time.monotonic() > deadline:
-            raise TooSlow(f"transfer {tid}: passed its deadline after {result.blocks} blocks")
-        ids = range(first, min(first + IOV_MAX, len(sums)))
-        buffers = [into(i, block_bytes) for i in ids]
-        got = os.preadv(fd, buffers, first * block_bytes)
-        if got != len(buffers) * block_bytes:
-            raise Integrity(f"transfer {tid}: read {got} bytes of blocks {ids.start}..{ids.stop - 1}")
-        for i, buf in zip(ids, buffers):
-            crc = crc32(buf)
-            if crc != sums[i]:
-                raise Integrity(f"transfer {tid}: block {i} CRC32 {crc:#010x} != staged {sums[i]:#010x}")
-            result.blocks += 1
-            result.bytes += block_bytes
+    if not 0 <= from_block <= len(sums):
+        raise Integrity(f"transfer {tid}: from_block {from_block} of {len(sums)} blocks")
+    path, offset = str(reply.get("path", "")), int(reply.get("offset", 0))
+    if reply.get("arena"):
+        try:
+            source = arena.mapped(path)
+        except OSError:
+            return False
+        if offset < 0 or offset + len(sums) * block_bytes > len(source):
+            raise Integrity(f"transfer {tid}: {len(sums)} blocks at {offset} past the arena's {len(source)} bytes")
+        read = partial(_from_arena, source, offset)
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        if os.fstat(fd).st_size != len(sums) * block_bytes:
+            os.close(fd)
+            raise Integrity(f"transfer {tid}: staged file of the wrong size for {len(sums)} blocks of {block_bytes}")
+        read = partial(_from_file, fd)
+    try:
+        for first, count in wire.chunks(from_block, len(sums), block_bytes):
+            if time.monotonic() > deadline:
+                raise TooSlow(f"transfer {tid}: passed its deadline after {result.blocks} blocks")
+            buf = memoryview(into(first, count)).cast("B")
+            read(buf, first * block_bytes, tid)
+            wire.check(tid, first, buf, block_bytes, sums[first:])
+            result.blocks += count
+            result.bytes += count * block_bytes
+    finally:
+        if not reply.get("arena"):
+            os.close(fd)
+    return True
+
+
+def _from_arena(source: np.ndarray, offset: int, buf, start: int, _tid: str) -> None:
+    dst = np.frombuffer(buf, dtype=np.uint8)
+    np.copyto(dst, source[offset + start:offset + start + len(dst)])
+
+
+def _from_file(fd: int, buf, start: int, tid: str) -> None:
+    got = os.preadv(fd, [buf], start)
+    if got != len(buf):
+        raise Integrity(f"transfer {tid}: read {got} of {len(buf)} bytes at {start}")

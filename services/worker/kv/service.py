@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Any
 
-from services.worker.kv import shm
+from services.worker.kv import arena, probe, shm
 from services.worker.kv.params import CONNECTOR_MODULE, CONNECTOR_NAME, KvParams
 from services.worker.kv.store import StagingStore
 from services.worker.kv.tcp import KvServer
@@ -21,10 +21,14 @@ log = logging.getLogger("hfx.worker.kv")
 
 
 class KvService:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, arena_bytes: int = arena.DEFAULT_BYTES) -> None:
         root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         shm.remove_orphans(root)  # staged KV of workers that died (SIGKILL) before cleaning up
         self.staging_dir = tempfile.mkdtemp(prefix=f"hfx-kv-{os.getpid()}-", dir=root)
+        try:
+            arena.create(self.staging_dir, arena_bytes)
+        except OSError as err:  # no room in shared memory: every transfer gets a file of its own
+            log.warning("no KV staging arena of %d MiB in %s: %s", arena_bytes >> 20, self.staging_dir, err)
         self.server = KvServer(StagingStore(), self.staging_dir, host, port).start()
         self.address = self.server.address
         log.info("KV transfer server on %s, staging in %s", self.address, self.staging_dir)
@@ -58,6 +62,10 @@ class KvService:
 
     async def release(self, transfer_id: str) -> bool:
         return await asyncio.get_running_loop().run_in_executor(None, self.server.release, transfer_id)
+
+    def measure(self, bytes_per_token: int, block_size: int, layers: int, dtype: str) -> dict:
+        """The transfer cost per token (probe.py); before serving, so nothing else uses the arena's top."""
+        return probe.measure(self.address, self.staging_dir, probe.layout_for(bytes_per_token, block_size, layers, dtype))
 
     def stats(self) -> dict:
         return self.server.handle({"op": "stats"}, None)

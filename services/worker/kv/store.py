@@ -19,6 +19,9 @@ class Staged:
     layout: dict                   # what D checks before loading: dtype, per-layer block shape, layers
     expires_s: float
     release: Callable[[], None] | None = None  # frees the blocks' memory (unmap, unlink)
+    path: str = ""       # the shared-memory file the blocks are in, from `offset`: a reader on this
+    offset: int = 0      # host copies them from there (its own file, or the folder's arena)
+    in_arena: bool = False
 
     @property
     def nbytes(self) -> int:

@@ -105,6 +105,7 @@ class KvServer(ThreadedServer):
                         return  # the client closed between requests
                     conn.settimeout(SEND_TIMEOUT_S)
                     if request.get("op") == "ack":  # answer first: D need not wait for the unmapping
+                        self._adopt(str(request.get("transfer_id", "")))  # read before the reaper saw it
                         staged = self.store.take(str(request.get("transfer_id", "")), _ack_reason(request))
                         conn.sendall(wire.frame({"freed": staged is not None}))
                         if staged is not None and staged.release is not None:
@@ -124,8 +125,7 @@ class KvServer(ThreadedServer):
             staged, why = self.lookup(tid, wait_s)
             if staged is None:
                 return {"ok": False, "reason": UnknownTransfer.kind, "error": f"transfer {tid!r} is not staged here ({why})"}
-            return {"ok": True, "path": shm.data_path(self.staging_dir, tid), "crc32": list(staged.crc32),
-                    "num_tokens": staged.num_tokens, "layout": staged.layout, "blocks": len(staged.blocks)}
+            return shm.location(staged)
         if op == "ack":
             return {"freed": self.store.free(tid, _ack_reason(request))}
         if op == "release":
@@ -146,11 +146,8 @@ class KvServer(ThreadedServer):
         if not 0 <= from_block <= len(staged.blocks):
             return {"ok": False, "reason": "bad-request", "error": f"from_block {from_block} out of range"}
         conn.sendall(wire.frame({"ok": True, "num_tokens": staged.num_tokens, "blocks": len(staged.blocks),
-                                 "layout": staged.layout}))
-        for i in range(from_block, len(staged.blocks)):
-            block = staged.blocks[i]
-            conn.sendall(wire.frame({"i": i, "nbytes": len(block), "crc32": staged.crc32[i]}))
-            conn.sendall(block)
+                                 "layout": staged.layout, "crc32": list(staged.crc32[from_block:])}))
+        send_buffers(conn, staged.blocks[from_block:])
         return {"end": True, "blocks": len(staged.blocks) - from_block}
 
 
@@ -191,10 +188,11 @@ class PullResult:
 
 def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadline_s: float,
          into: Callable[[int, int], memoryview]) -> PullResult:
-    """Pull blocks from_block.. of `transfer_id` from P's server at `address`, each into
-    `into(block_index, nbytes)`, checking layout, sizes and CRC32s; then ACK (P frees the lease).
-    On any failure P is told (a NACK, best effort: the lease frees it otherwise) and a
-    KvTransferError is raised; nothing received counts as loaded then."""
+    """Pull blocks from_block.. of `transfer_id` from P's server at `address` into
+    `into(first_block, count)` (a buffer of count * block_bytes bytes, asked for in runs of
+    wire.chunks), checking layout, sizes and CRC32s; then ACK (P frees the lease). On any failure
+    P is told (a NACK, best effort: the lease frees it otherwise) and a KvTransferError is raised;
+    nothing received counts as loaded then."""
     started = time.monotonic()
     deadline = started + deadline_s
     conn = connect(address, deadline_s)
@@ -210,10 +208,19 @@ def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadl
             nack(address, transfer_id, err.kind)
             raise type(err)(f"{err} (after {result.blocks} blocks, {result.bytes} bytes, "
                             f"{(time.monotonic() - started) * 1000:.0f} ms)") from None
-        send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
-        result.acked = bool(read_frame(conn, deadline).get("freed"))
+        ack(conn, transfer_id, deadline, result)
     result.ms = (time.monotonic() - started) * 1000.0
     return result
+
+
+def ack(conn: socket.socket, transfer_id: str, deadline: float, result: PullResult) -> None:
+    """ACK a pull whose blocks all checked out; P must answer that it still held the lease: a
+    transfer freed meanwhile (expired, released) may have had its memory reused mid-read."""
+    send(conn, {"op": "ack", "transfer_id": transfer_id, "ok": True}, deadline)
+    result.acked = bool(read_frame(conn, deadline).get("freed"))
+    if not result.acked:
+        raise UnknownTransfer(f"transfer {transfer_id}: P no longer held it at the ACK (lease expired or "
+                              f"released while it was read)")
 
 
 def _receive(conn, address, tid, from_block, layout, deadline, into, result: PullResult) -> None:
@@ -225,22 +232,35 @@ def _receive(conn, address, tid, from_block, layout, deadline, into, result: Pul
         raise Integrity(f"KV server {address} staged layout {head.get('layout')}, this engine has {layout}")
     result.num_tokens = int(head.get("num_tokens", 0))
     expected = int(head.get("blocks", 0)) - from_block
-    for i in range(from_block, from_block + expected):
-        header = read_frame(conn, deadline)
-        nbytes = header.get("nbytes")
-        if header.get("i") != i or not isinstance(nbytes, int) or nbytes != layout.get("block_bytes"):
-            raise Integrity(f"transfer {tid}: block header {header} where block {i} of "
-                            f"{layout.get('block_bytes')} bytes was due")
-        buf = into(i, nbytes)
+    sums = head.get("crc32")
+    block_bytes = int(layout["block_bytes"])
+    if not isinstance(sums, list) or len(sums) != expected:
+        raise Integrity(f"transfer {tid}: {expected} blocks announced with checksums {str(sums)[:80]}")
+    for first, count in wire.chunks(from_block, from_block + expected, block_bytes):
+        buf = into(first, count)
         read_into(conn, buf, deadline)
-        crc = wire.crc32(buf)
-        if crc != header.get("crc32"):
-            raise Integrity(f"transfer {tid}: block {i} CRC32 {crc:#010x} != header's {header.get('crc32')!r}")
-        result.blocks += 1
-        result.bytes += nbytes
+        wire.check(tid, first, buf, block_bytes, sums[first - from_block:])
+        result.blocks += count
+        result.bytes += count * block_bytes
     end = read_frame(conn, deadline)
     if not end.get("end") or end.get("blocks") != expected:
         raise Integrity(f"transfer {tid}: stream ended with {end} after {result.blocks} of {expected} blocks")
+
+
+IOV_MAX = 512
+
+
+def send_buffers(conn: socket.socket, buffers) -> None:
+    """sendall for a list of buffers: few system calls, no joining copy."""
+    pending = [memoryview(b).cast("B") for b in buffers]
+    n = 0
+    while n < len(pending):
+        sent = conn.sendmsg(pending[n:n + IOV_MAX])
+        while n < len(pending) and sent >= len(pending[n]):
+            sent -= len(pending[n])
+            n += 1
+        if sent:
+            pending[n] = pending[n][sent:]
 
 
 def nack(address: str, tid: str, reason: str) -> None:

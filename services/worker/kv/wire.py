@@ -3,26 +3,49 @@ big-endian length and a JSON object; raw block bytes follow their header unframe
 
     D -> P  PULL    {"op": "pull", "version": 1, "transfer_id": t, "from_block": k, "wait_s": w}
                     (P waits up to w for blocks staged a moment after their id was handed out)
-    P -> D          {"ok": true, "num_tokens": n, "blocks": m, "layout": {...}}
+    P -> D          {"ok": true, "num_tokens": n, "blocks": m, "layout": {...}, "crc32": [c_k, ...]}
                     or {"ok": false, "reason": "unknown-transfer", "error": "..."}
-                    then for each block i >= k: {"i": i, "nbytes": b, "crc32": c} + b bytes
+                    then blocks k.. back to back, layout["block_bytes"] each (one stream, no
+                    per-block frames: D receives them straight into its buffers in large reads)
                     then {"end": true, "blocks": m - k}
     D -> P  ACK     {"op": "ack", "transfer_id": t, "ok": bool, "reason": "..."}   (P frees the lease)
     P -> D          {"freed": bool}
     any -> P        {"op": "release", "transfer_id": t} -> {"freed": bool}   (abort: free unread)
     any -> P        {"op": "stats"} -> {"leases": n, "blocks": b, "bytes": x, "freed": {...}}
 
-D checks the layout against its own before the first block, each block's size and CRC32, and
-that END came after exactly the blocks it asked for. Any failure is a `KvTransferError` whose
+D checks the layout against its own before the first block, each block's CRC32, and that END
+came after exactly the blocks it asked for; the ACK's answer must say P still held the lease (a
+transfer freed meanwhile may have had its memory reused while D read it). Any failure is a `KvTransferError` whose
 `kind` is its reason label: D then recomputes the prefill, it never loads what did not check out.
 """
 
 from __future__ import annotations
 
-from services.common.checksum import crc32  # noqa: F401 (re-exported: one CRC for every stream)
+from services.common.checksum import crc32
 from services.worker.weights.wire import frame, parse_frame_body, parse_frame_length  # noqa: F401 (re-exported)
 
-VERSION = 1
+VERSION = 2
+
+# Blocks are copied and checked this many bytes at a time: the copy leaves them in the core's
+# cache for their CRC32 pass.
+CHUNK_BYTES = 1 << 20
+
+
+def chunks(first: int, stop: int, block_bytes: int):
+    """(first block, count) runs covering blocks first..stop-1, about CHUNK_BYTES each."""
+    step = max(1, CHUNK_BYTES // max(1, block_bytes))
+    for start in range(first, stop, step):
+        yield start, min(step, stop - start)
+
+
+def check(transfer_id: str, first: int, data, block_bytes: int, sums) -> None:
+    """Raise Integrity unless each block of `data` (blocks first.. back to back) has its CRC32 in
+    `sums` (indexed from `first`)."""
+    view = memoryview(data).cast("B")
+    for j in range(len(view) // block_bytes):
+        crc = crc32(view[j * block_bytes:(j + 1) * block_bytes])
+        if crc != sums[j]:
+            raise Integrity(f"transfer {transfer_id}: block {first + j} CRC32 {crc:#010x} != staged {sums[j]!r}")
 
 
 class KvTransferError(RuntimeError):

@@ -1,0 +1,147 @@
+"""The staging arena: regions handed out and reclaimed, same-host pulls copying from it with
+checksums, and the ACK that refuses a transfer freed while it was read."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from services.worker.kv import arena, buffers, samehost, shm, tcp, wire
+from services.worker.kv.store import StagingStore
+from tests.harness import wait_until
+from tests.unit.test_kv_transfer import BLOCK_BYTES, LAYOUT
+
+
+def test_allocator_first_fit_reuses_and_merges_freed_regions():
+    alloc = arena.Allocator(4 * arena.ALIGN)
+    assert alloc.reserve("a", 1) == 0
+    assert alloc.reserve("b", arena.ALIGN + 1) == arena.ALIGN  # rounded up to two pages
+    assert alloc.reserve("c", 2 * arena.ALIGN) is None  # one page left
+    assert alloc.reserve("d", arena.ALIGN) == 3 * arena.ALIGN
+    assert alloc.free("a") and alloc.free("b") and not alloc.free("a")
+    assert alloc.free_bytes == 3 * arena.ALIGN
+    assert alloc.reserve("c", 3 * arena.ALIGN) == 0  # the two freed regions merged
+    with pytest.raises(ValueError):
+        alloc.reserve("c", 1)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    arena.create(str(tmp_path), 16 * BLOCK_BYTES)
+    return tmp_path
+
+
+@pytest.fixture
+def server(folder):
+    srv = tcp.KvServer(StagingStore(), str(folder)).start()
+    yield srv
+    srv.close()
+
+
+def stage(stager: shm.ArenaStager, tid: str, n_blocks: int = 3, seed: int = 0) -> tuple[np.ndarray, int]:
+    rows = np.random.default_rng(seed).integers(0, 256, (n_blocks, BLOCK_BYTES), dtype=np.uint8)
+    offset, view = stager.region(tid, rows.nbytes)
+    view[:] = rows.reshape(-1)
+    shm.write(stager.directory, tid, rows, [wire.crc32(r) for r in rows], n_blocks * 16 - 3, LAYOUT,
+              time.time() + 60, arena_offset=offset)
+    return rows, offset
+
+
+def pull(fn, srv, tid, n, into=None):
+    out = np.zeros((n, BLOCK_BYTES), dtype=np.uint8)
+    result = fn(srv.address, tid, from_block=0, layout=LAYOUT, deadline_s=5.0,
+                into=into or (lambda i, count: memoryview(out[i:i + count])))
+    return out, result
+
+
+@pytest.mark.parametrize("fn", [samehost.pull, tcp.pull], ids=["samehost", "tcp"])
+def test_a_transfer_staged_in_the_arena_is_pulled_checked_and_its_region_reused(server, folder, fn):
+    stager = shm.ArenaStager(str(folder))
+    rows, offset = stage(stager, "a1")
+    assert not (folder / "a1.kv").exists()  # no file of its own
+    out, result = pull(fn, server, "a1", 3)
+    assert (out == rows).all() and result.blocks == 3 and result.acked
+    assert server.handle({"op": "stats"}, None)["freed"] == {"acked": 1}
+    # The server drops its metadata just after answering the ACK: the next transfer gets the region back.
+    assert wait_until(lambda: not (folder / "a1.json").exists(), 2.0)
+    rows2, offset2 = stage(stager, "a2", seed=1)
+    assert offset2 == offset
+    out, _ = pull(fn, server, "a2", 3)
+    assert (out == rows2).all()
+
+
+def test_a_corrupt_block_in_the_arena_fails_its_checksum_and_is_nacked(server, folder):
+    stager = shm.ArenaStager(str(folder))
+    _, offset = stage(stager, "a3")
+    stager.view[offset + 2 * BLOCK_BYTES + 9] ^= 0x10
+    with pytest.raises(wire.Integrity, match="block 2 CRC32"):
+        pull(samehost.pull, server, "a3", 3)
+    assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:integrity": 1}
+
+
+def test_a_transfer_freed_while_it_is_read_fails_at_the_ack(server, folder):
+    """P released the transfer (an abort, or its lease ran out) while D copied: its region may hold
+    another transfer by now, so the copy counts for nothing even when every checksum matched."""
+    stager = shm.ArenaStager(str(folder))
+    stage(stager, "a4")
+    out = np.zeros((3, BLOCK_BYTES), dtype=np.uint8)
+    released = []
+
+    def into(i, count):
+        if not released:
+            released.append(tcp.request(server.address, {"op": "release", "transfer_id": "a4"}))
+        return memoryview(out[i:i + count])
+
+    samehost._folders.pop(server.address, None)
+    with pytest.raises(wire.UnknownTransfer, match="no longer held"):
+        pull(samehost.pull, server, "a4", 3, into=into)
+    assert released == [{"freed": True}]
+
+
+def test_a_full_arena_gives_no_region_and_staging_falls_back_to_a_file(server, folder):
+    stager = shm.ArenaStager(str(folder))
+    assert stager.region("big", 17 * BLOCK_BYTES) is None
+    rows = np.random.default_rng(3).integers(0, 256, (2, BLOCK_BYTES), dtype=np.uint8)
+    shm.write(str(folder), "f1", rows, [wire.crc32(r) for r in rows], 20, LAYOUT, time.time() + 60)
+    out, result = pull(samehost.pull, server, "f1", 2)
+    assert (out == rows).all() and result.acked
+
+
+def test_the_smallest_kept_buffer_that_fits_is_taken():
+    pool = buffers.BufferPool(kept=3)
+    with pool.take(100) as a, pool.take(300) as b, pool.take(200) as c:
+        small, large, middle = a.ctypes.data, b.ctypes.data, c.ctypes.data
+    with pool.take(150) as got:
+        assert got.ctypes.data == middle
+    with pool.take(250) as got:
+        assert got.ctypes.data == large
+    with pool.take(50) as got:
+        assert got.ctypes.data == small
+
+
+def test_pull_buffers_are_kept_and_reused():
+    pool = buffers.BufferPool(kept=1)
+    with pool.take(1000) as first:
+        pointer = first.ctypes.data
+        assert first.nbytes == 1000 and first.dtype == np.uint8
+    with pool.take(500) as second:
+        assert second.ctypes.data == pointer and second.nbytes == 500
+        with pool.take(500) as third:  # the kept one is in use: a fresh one
+            assert third.ctypes.data != pointer
+
+
+def test_the_start_probe_times_a_pull_from_the_arena_top_and_leaves_nothing_held(server, folder):
+    from services.worker.kv import probe
+
+    stager = shm.ArenaStager(str(folder))
+    rows, offset = stage(stager, "kept")  # an engine's transfer at the bottom, not to be touched
+    assert server._adopt("kept")
+    layout = probe.layout_for(BLOCK_BYTES // 16, 16, LAYOUT["layers"], LAYOUT["dtype"])
+    got = probe.measure(server.address, str(folder), layout, tokens=64, repeats=3)
+    assert got["staging"] == "arena" and got["bytes"] == 4 * BLOCK_BYTES and got["tokens"] == 64
+    assert got["ms_per_token"] > 0 and got["ms_per_token"] * 64 == pytest.approx(got["ms"], abs=0.0006)  # ms: 3 decimals
+    assert (stager.view[offset:offset + rows.nbytes] == rows.reshape(-1)).all()
+    stats = server.handle({"op": "stats"}, None)
+    assert stats["leases"] == 1 and stats["freed"] == {"acked": 3}  # only "kept" is still held
