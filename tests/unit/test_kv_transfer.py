@@ -216,3 +216,25 @@ def test_staging_folders_of_dead_workers_are_removed_and_live_ones_kept(tmp_path
         (folder / "x.kv").write_bytes(b"1")
     assert shm.remove_orphans(str(tmp_path)) == [str(gone)]
     assert not gone.exists() and live.exists()
+
+
+def test_with_an_internal_token_the_kv_server_answers_only_requests_that_present_it(server, tmp_path, monkeypatch):
+    """The KV stream is a raw socket (gRPC's interceptors do not see it): every request frame
+    carries the cluster's token, and one without it gets an error and nothing staged."""
+    from services.common import internal_auth
+
+    rows = stage(tmp_path, "t-auth")
+    monkeypatch.setenv(internal_auth.TOKEN_FILE_ENV, str(internal_auth.write_token_file(tmp_path / "token")))
+    host, port = server.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as peer:
+        peer.sendall(wire.frame({"op": "pull", "version": wire.VERSION, "transfer_id": "t-auth", "from_block": 0,
+                                 "layout": LAYOUT, "token": "0" * 64}))
+        reply = b""
+        while chunk := peer.recv(65536):
+            reply += chunk
+    size = wire.parse_frame_length(reply[:4])
+    assert wire.parse_frame_body(reply[4:4 + size]) == {"ok": False, "reason": "unauthorised",
+                                                        "error": internal_auth.DENIED_HELLO}
+    assert len(reply) == 4 + size                              # not one block byte after it
+    out, result = pull_all(server, "t-auth", 3)                # this process presents the token
+    assert (out == rows).all() and result.acked

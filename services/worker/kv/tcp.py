@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common import internal_auth
 from services.worker.kv import shm, wire
 from services.worker.kv.store import Staged, StagingStore
 from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlow, UnknownTransfer
@@ -104,6 +105,11 @@ class KvServer(ThreadedServer):
                     except PeerLost:
                         return  # the client closed between requests
                     conn.settimeout(SEND_TIMEOUT_S)
+                    if not internal_auth.hello_allowed(request):   # a raw socket: no gRPC interceptor here
+                        log.warning("KV request from %s refused: %s", peer, internal_auth.DENIED_HELLO)
+                        conn.sendall(wire.frame({"ok": False, "reason": "unauthorised",
+                                                 "error": internal_auth.DENIED_HELLO}))
+                        return
                     if request.get("op") == "ack":  # answer first: D need not wait for the unmapping
                         self._adopt(str(request.get("transfer_id", "")))  # read before the reaper saw it
                         staged = self.store.take(str(request.get("transfer_id", "")), _ack_reason(request))
@@ -302,7 +308,7 @@ def request(address: str, message: dict, timeout_s: float = 2.0) -> dict:
 def send(conn: socket.socket, message: dict, deadline: float) -> None:
     _settimeout(conn, deadline)
     try:
-        conn.sendall(wire.frame(message))
+        conn.sendall(wire.frame({**message, **internal_auth.hello_fields()}))
     except socket.timeout:
         raise TooSlow("KV transfer passed its deadline") from None
     except OSError as err:
