@@ -69,7 +69,7 @@ async def probe(target: Target, workload: Workload, vocab_size: int, max_model_l
             if res.verdict != "admit" or res.first_token_s is None:
                 raise RuntimeError(f"probe of class {cls.name} on {target.name} failed: {res.verdict}: {res.reason}")
             samples.append((res.first_token_s - start) * 1000.0)
-            if res.tokens > 1 and i >= warmups:
+            if res.tokens > 1 and i >= warmups and res.last_token_s is not None:
                 tpots.append((res.last_token_s - res.first_token_s) * 1000.0 / (res.tokens - 1))
         ttft[cls.name] = statistics.median(samples[warmups:])
     return Unloaded(ttft, statistics.median(tpots) if tpots else 1.0)

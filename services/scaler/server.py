@@ -122,8 +122,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
     def _adopt(self, index: int) -> bool:
         """A colocated slot starts from a ready standby when there is one: the standby keeps its
         own id; LoadWeights from the least loaded donor runs in the background, then it registers."""
-        member = self.pool.take()
-        if member is None:
+        pool = self.pool
+        member = pool.take() if pool is not None else None
+        if pool is None or member is None:
             return False
         old = self.workers.get(index)
         if old is not None:
@@ -134,7 +135,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         choice = choose_donor((DonorCandidate.from_pb(i) for i in self.registry), self.config.model, member.instance_id)
         log.info("slot %d takes standby %s (pid %d); weights: %s", index, member.instance_id, member.proc.pid,
                  choice.reason)
-        self.pool.load(member, choice, now)
+        pool.load(member, choice, now)
         return True
 
     def _cpu_flag(self, w: Managed) -> list[str]:
@@ -403,6 +404,8 @@ def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.C
     from services.scaler.autoscale import Autoscaler
     from services.scaler.autoscaling import AutoscaleLoop
 
+    if config.autoscale is None:
+        raise ValueError("the scaler's autoscaler was started without its settings")
     actuator = ACTUATORS[config.actuator](servicer, cluster)
     policy = Autoscaler(config.autoscale, id_prefix=f"{config.cluster_name}-{int(time.time() * 1000)}")
     return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address)

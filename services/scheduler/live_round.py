@@ -43,7 +43,7 @@ class LiveRound:
         the router places it again with the tokens it has streamed (Place with resumed_tokens).
         It leaves the instance's running set now, so the next round sees the budget it frees."""
         s = self.servicer
-        address = self.snapshot.get(pre.instance_id).address
+        address = _address(self.snapshot, pre.instance_id)
         running = s.state.finish(pre.request_id)   # every leg: it is placed again from scratch
         if running is None:
             return
@@ -89,9 +89,15 @@ class LiveRound:
         # Addresses taken now: the registry may drop an instance before Place resumes.
         addresses: dict[str, str] = {}
         if decision.verdict is not Verdict.REJECT:
-            addresses = {leg.instance_id: self.snapshot.get(leg.instance_id).address for leg in decision.stages()}
+            addresses = {leg.instance_id: _address(self.snapshot, leg.instance_id) for leg in decision.stages()}
             metrics.PLACEMENTS.labels(self.servicer.policy.name, _mode(decision, self.snapshot)).inc()
         if not entry.future.done():
             entry.future.set_result((decision, addresses))
 
 
+def _address(snapshot: ClusterSnapshot, instance_id: str) -> str:
+    """The address of an instance the policy chose from this snapshot (so it is there)."""
+    view = snapshot.get(instance_id)
+    if view is None:
+        raise RuntimeError(f"the policy chose {instance_id}, which is not in its snapshot")
+    return view.address

@@ -31,8 +31,10 @@ async def run_role_loop(policy: RolePolicy, scaler_address: str,
         await asyncio.sleep(policy.config.tick_s)
         cluster, waiting = view()
         decision = policy.on_tick(cluster, waiting, time.time())
-        metrics.ROLE_DECISIONS.labels(decision.to_role.value if decision.flip else "none").inc()
-        if not decision.flip:
+        to_role, from_role = decision.to_role, decision.from_role
+        flip = decision.flip and to_role is not None and from_role is not None
+        metrics.ROLE_DECISIONS.labels(to_role.value if flip and to_role is not None else "none").inc()
+        if not flip or to_role is None or from_role is None:
             if decision.reason != last_reason:
                 log.debug("roles: %s", decision.reason)
                 last_reason = decision.reason
@@ -40,12 +42,12 @@ async def run_role_loop(policy: RolePolicy, scaler_address: str,
         with _tracer.start_as_current_span("scheduler.role_change") as span:
             span.set_attribute(tracing.ATTR_INSTANCE, decision.instance_id)
             span.set_attribute(tracing.ATTR_REASON, decision.reason)
-            span.set_attribute("hfx.role", decision.to_role.value)
-            log.info("role change: %s %s -> %s: %s", decision.instance_id, decision.from_role.value,
-                     decision.to_role.value, decision.reason)
+            span.set_attribute("hfx.role", to_role.value)
+            log.info("role change: %s %s -> %s: %s", decision.instance_id, from_role.value,
+                     to_role.value, decision.reason)
             try:
                 reply = await stub.SetRole(scaler_pb2.ScalerSetRoleRequest(
-                    instance_id=decision.instance_id, role=convert.role_to_pb(decision.to_role),
+                    instance_id=decision.instance_id, role=convert.role_to_pb(to_role),
                     reason=decision.reason), timeout=SET_ROLE_TIMEOUT_S, metadata=grpcutil.outgoing_metadata())
                 span.set_attribute("hfx.role.links", reply.links)
             except grpc.aio.AioRpcError as err:   # the hold keeps it from being tried again at once

@@ -58,7 +58,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
         self._gap: tuple[tuple, str] = ((), "")   # (instances' roles, serving_gap of them)
-        self.desk = TicketDesk(policy.name) if config.tickets and isinstance(policy, IssuesTickets) else None
+        self._ticketing: IssuesTickets | None = (policy if config.tickets and isinstance(policy, IssuesTickets)
+                                                 else None)
+        self.desk = TicketDesk(policy.name) if self._ticketing is not None else None
         self._tickets_due_s = 0.0
         self._adopted: set[str] = set()   # counted only because a worker's report listed them
         self._ticket_timer: asyncio.TimerHandle | None = None
@@ -77,7 +79,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         request past a ranked queue). Unforced (after an ordinary round), at most every
         ticket_refresh_s unless a queue formed: a pass per load report and completion would
         cost the scheduler (and the router, reading the sets) CPU the engines need."""
-        if self.desk is None:
+        if self.desk is None or self._ticketing is None:
             return
         revoke = bool(self.state.waiting) and self.desk.outstanding() > 0
         if not (force or revoke or now_s >= self._tickets_due_s):
@@ -87,7 +89,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         grants = []
         if not self.state.waiting:
             snapshot = self.state.snapshot()
-            grants = self.policy.tickets(snapshot, self.desk.bounds(), now_s)
+            grants = self._ticketing.tickets(snapshot, self.desk.bounds(), now_s)
             addresses = {inst.instance_id: inst.address for inst in snapshot.instances}
         else:
             addresses = {}
@@ -188,11 +190,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             self.run_round(time.time())
 
     async def registry_loop(self) -> None:
+        store = self.store
+        if store is None:
+            return   # no registry (an in-process scheduler fed by hand)
         while True:
             try:
-                self.state.set_instances(await self.store.instances())
-                self.state.draining = await self.store.draining_ids()
-                self.state.links = await self.store.usable_links()
+                self.state.set_instances(await store.instances())
+                self.state.draining = await store.draining_ids()
+                self.state.links = await store.usable_links()
                 await self.load_profiles()
                 self.export_instances()
                 self.wake()
@@ -202,13 +207,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     async def load_profiles(self) -> None:
         """Latency models of instances that stored a profile and have none here yet."""
+        store = self.store
+        if store is None:
+            return
         live = set(self.state.instances)
         self.models.forget(live)
         for iid in list(self.state.models):
             if iid not in live:
                 del self.state.models[iid]
         for iid in sorted(live - set(self.state.models)):
-            doc = await self.store.get_profile(iid)
+            doc = await store.get_profile(iid)
             if doc is None:
                 continue
             try:

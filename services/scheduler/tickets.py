@@ -97,7 +97,8 @@ class TicketDesk:
                     if len(self._issued) > _REMEMBERED:
                         self._issued.popitem(last=False)
             self._held[link] = fresh
-            link.offer_tickets(scheduler_pb2.TicketSet(tickets=sorted(fresh.values(), key=lambda t: t.rank)))
+            ordered = sorted(fresh.values(), key=lambda t: t.rank)
+            link.offer_tickets(scheduler_pb2.TicketSet(tickets=ordered))
 
 
 def _same(held: Mapping[str, scheduler_pb2.Ticket], grants: Mapping[str, Grant]) -> bool:

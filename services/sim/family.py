@@ -57,6 +57,7 @@ def workload_doc(seed: int) -> dict:
             "ttft_slo_scale": _sig(_log_uniform(rng, 1.5, 60.0)),
             "tpot_slo_scale": _sig(_log_uniform(rng, 1.2, 12.0)),
         })
+    arrival: dict[str, object]
     if rng.random() < 0.3:
         arrival = {"process": "poisson"}
     else:

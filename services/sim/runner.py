@@ -145,7 +145,7 @@ class Simulation:
                 self._end_step(payload)
             elif kind == "tick":
                 ticking = False
-            elif kind == "scale":
+            elif kind == "scale" and self.scaling is not None:
                 self.scaling.on_event(self, payload)
             elif kind == "kv":
                 self._kv_arrived(payload)
@@ -184,7 +184,7 @@ class Simulation:
     def _refresh_tickets(self, force: bool = False) -> None:
         if self.tickets is None:
             return
-        cluster = ClusterSnapshot(tuple(n.view for n in self.nodes))
+        cluster = ClusterSnapshot(tuple(n.view for n in self.nodes if n.view is not None))
         due_s = self.tickets.refresh(cluster, bool(len(self.waiting)), self.now_s, force)
         if due_s is not None and not self._tickets_event:
             self._push(due_s, "tickets", None)
@@ -195,7 +195,7 @@ class Simulation:
     def _schedule(self) -> None:
         if not len(self.waiting) and not any(n.placed for n in self.nodes):
             return
-        cluster = ClusterSnapshot(tuple(n.view for n in self.nodes))
+        cluster = ClusterSnapshot(tuple(n.view for n in self.nodes if n.view is not None))
         apply(self.policy.schedule(self.waiting, cluster, self.now_s), self)
 
     # -- the applier's executor (services/scheduler/apply.py: preemptions, then decisions) -------

@@ -40,7 +40,8 @@ class SwellSpikes:
     def arrivals(self, seed: int) -> list[float]:
         rng = random.Random(seed)
         top = self.max_rate()
-        t, out = 0.0, []
+        t = 0.0
+        out: list[float] = []
         while True:
             t += rng.expovariate(top)
             if t >= self.duration_s:

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import AsyncIterator
 
 import grpc
@@ -34,7 +35,7 @@ def argtypes_address(value: str) -> None:
     except Exception as err:
         raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import (Engine, EngineRequest, MeasuresKvTransfer, ReportsHealth, ReportsWeights,
+from services.worker.engine.base import (Engine, EngineRequest, LoadsWeights, MeasuresKvTransfer, ReportsHealth, ReportsWeights,
                                          TransfersKv, describe_weights)
 from services.worker.interference import PrefillLedger
 from services.worker.kv import params as kv_params
@@ -132,7 +133,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 async for out in self.engine.generate(engine_request):
                     produced += len(out.new_token_ids)
                     entry.output_tokens = produced
-                    if leg.on_tokens(len(out.new_token_ids), time.time()):
+                    if leg.on_tokens(len(out.new_token_ids), time.time()) and leg.first_s is not None:
                         self.prefills.first_token(request.request_id, leg.first_s)
                         span.add_event(tracing.EVENT_FIRST_TOKEN)
                     finish = convert.finish_to_pb(out.finish_reason)
@@ -218,7 +219,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return info
 
     async def LoadWeights(self, request: worker_pb2.LoadWeightsRequest, context) -> worker_pb2.LoadWeightsResponse:
-        if self.weights_loaded.is_set() or self._loading or not isinstance(self.engine, ReportsWeights):
+        if self.weights_loaded.is_set() or self._loading or not isinstance(self.engine, LoadsWeights):
             raise FailedPrecondition(f"instance {self.info.instance_id} is not a standby waiting for weights")
         if request.donor_address:
             argtypes_address(request.donor_address)
@@ -280,13 +281,14 @@ class _LoadStream:
     def __init__(self, address: str, timeout_s: float) -> None:
         self._stub = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(address))
         self._timeout_s = timeout_s
-        self._call = None
+        self._call: grpc.aio.StreamUnaryCall | None = None
 
     async def send(self, report: common_pb2.LoadReport) -> None:
         try:
             if self._call is None or self._call.done():
                 self._call = self._stub.StreamLoad()
-            await asyncio.wait_for(self._call.write(report), self._timeout_s)
+            call = self._call
+            await asyncio.wait_for(call.write(report), self._timeout_s)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.TimeoutError) as err:
             log.debug("load report to scheduler failed: %s", err)
             self.close()
@@ -352,7 +354,7 @@ async def _serve_weights(config: WorkerConfig) -> str:
         return ""
     started = time.monotonic()
     try:
-        source = await asyncio.get_running_loop().run_in_executor(None, CheckpointSource.load, config.model)
+        source = await asyncio.get_running_loop().run_in_executor(None, CheckpointSource.load, Path(config.model))
         handle = transport.serve(source, config.host, config.weights_port)
     except Exception as err:  # serving tokens matters more than donating weights
         log.warning("not serving weights: %s", err)
@@ -367,7 +369,7 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     tracing.setup("hfx-worker", config.tracing)
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     engine = engine or make_engine(config.engine, config)
-    if config.standby and not isinstance(engine, ReportsWeights):
+    if config.standby and not isinstance(engine, LoadsWeights):
         raise ValueError(f"--standby needs an engine that loads weights apart (vllm), not {config.engine!r}")
     started = time.monotonic()
     await engine.start()

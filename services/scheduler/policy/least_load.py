@@ -22,7 +22,7 @@ class LeastLoad:
         taken: dict[str, int] = {}
         roles = stage_roles(cluster)
         for spec in waiting:
-            picks = []
+            picks: list = []
             for role in roles:
                 load = {i.instance_id: outstanding(i) + taken.get(i.instance_id, 0)
                         for i in candidates(cluster, self.config, role)}

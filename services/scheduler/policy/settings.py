@@ -40,15 +40,21 @@ _LATENCY_KEYS = ("c0_ms", "c1_ms_per_prefill_token", "c2_ms_per_decode_seq", "c3
 class EngineProfile(Protocol):
     """What the rule reads of an engine profile (services/sim/profiles.py Profile has it)."""
 
-    name: str
-    model: LatencyModel
-    chunk_tokens: int
-    kv_capacity_tokens: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> LatencyModel: ...
+    @property
+    def chunk_tokens(self) -> int: ...
+    @property
+    def kv_capacity_tokens(self) -> int: ...
 
 
 class TaskClassLike(Protocol):
-    name: str
-    on_miss: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def on_miss(self) -> str: ...
 
 
 def policy_config(profile: EngineProfile | None = None, classes: Iterable[TaskClassLike] = (),

@@ -137,6 +137,16 @@ class ReportsWeights(Protocol):
     """start() phases in seconds: engine_init_s, weight_load_s (when loaded apart)."""
 
 
+@runtime_checkable
+class LoadsWeights(ReportsWeights, Protocol):
+    """An engine started without weights (--standby) that takes them later: from a donor worker
+    (falling back to storage) or from storage (Worker.LoadWeights)."""
+
+    async def pull_weights(self, address: str) -> dict: ...
+
+    async def load_from_storage(self) -> dict: ...
+
+
 def describe_weights(report: dict) -> str:
     """One line for the registry and logs: how the weights arrived."""
     if report.get("source") == "donor":

@@ -171,8 +171,8 @@ class HfxKvConnector(KVConnectorBase_V1):
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, HfxKvMetadata)
-        for spec in meta.stages:
-            self._stage(spec)
+        for stage in meta.stages:
+            self._stage(stage)
         for spec in meta.loads:
             # A full local hit is no asynchronous load for vLLM (it asked for none): reporting it
             # finished would hit a running request (vLLM asserts, and its engine core dies).
@@ -205,7 +205,7 @@ class HfxKvConnector(KVConnectorBase_V1):
                       self._layout, spec.expires_unix_s, arena_offset=offset)
         except Exception:  # D then finds no transfer and recomputes
             log.exception("staging KV for %s failed", spec.req_id)
-            if offset is not None:
+            if offset is not None and self._stager is not None:
                 self._stager.abandon(spec.transfer_id)
         with self._lock:
             self._sent.add(spec.req_id)
@@ -229,7 +229,7 @@ class HfxKvConnector(KVConnectorBase_V1):
                 pull = samehost.pull if self.transport == "auto" else tcp.pull
                 result = pull(spec.address, spec.transfer_id, from_block=spec.from_block, layout=self._layout,
                               deadline_s=spec.deadline_s,
-                              into=lambda i, count: memoryview(rows[i - spec.from_block:i - spec.from_block + count]))
+                              into=lambda i, count: rows[i - spec.from_block:i - spec.from_block + count].data)
                 if result.blocks != n:
                     raise wire.Integrity(f"pulled {result.blocks} blocks, {n} were allocated")
                 self._scatter(spec.block_ids, buf)

@@ -49,7 +49,7 @@ def measure(address: str, staging_dir: str, layout: dict, tokens: int = PROBE_TO
         shm.write(staging_dir, tid, rows, sums, tokens, layout, time.time() + 60, arena_offset=top)
         started = time.perf_counter()
         result = samehost.pull(address, tid, from_block=0, layout=layout, deadline_s=10.0,
-                               into=lambda i, count: memoryview(into_rows[i:i + count]))
+                               into=lambda i, count: into_rows[i:i + count].data)
         times.append((time.perf_counter() - started) * 1000.0)
         if result.blocks != n:
             raise wire.Integrity(f"probe pulled {result.blocks} of {n} blocks")

@@ -133,7 +133,7 @@ def _load_from_arena(directory: str, transfer_id: str, meta: dict, offset: int, 
     if offset < 0 or offset + nbytes > len(region):
         remove(directory, transfer_id)
         return None
-    view = memoryview(region[offset:offset + nbytes])
+    view = region[offset:offset + nbytes].data
     block_bytes = int(meta["layout"]["block_bytes"])
     blocks = [view[i * block_bytes:(i + 1) * block_bytes] for i in range(len(meta["crc32"]))]
     return Staged(transfer_id, blocks, meta["crc32"], int(meta["num_tokens"]), meta["layout"],
