@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint typecheck protos protos-check install clean
+.PHONY: demo test test-fast lint typecheck container-tools protos protos-check install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,15 +20,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m services.demo
 
-test: $(STAMP) protos-check lint typecheck
+test: $(STAMP) protos-check lint typecheck container-tools
 	$(BIN)/python -m pytest tests -q -rfE
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests benchmarks
 
-# mypy over [tool.mypy] `files` in pyproject.toml; the modules not yet clean are listed there, once.
+# mypy over [tool.mypy] `files` in pyproject.toml (the whole of services/).
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# podman & co. for the compose test (tests/integration/test_compose.py), from apt when missing.
+container-tools:
+	bash deploy/docker/container-tools.sh
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -q -m "not slow"
