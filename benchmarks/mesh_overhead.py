@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hfx-overhead-") as tmp:
         home = args.home or Path(tmp)
         own = args.home is None
-        if not own and (home / internal_auth.TOKEN_FILE_NAME).exists():
-            internal_auth.use_token_file(home / internal_auth.TOKEN_FILE_NAME)   # the worker is internal
+        if not own:
+            internal_auth.present_home_secrets(home)   # the worker is internal; Redis has a password
         if own:
             cluster.up(cluster.UpOptions(home=home, model=str(ensure_default_model()), workers=1,
                                          router_port=procs.free_port(), redis_url=None, policy=args.policy,

@@ -627,10 +627,8 @@ def _present_cluster_token(args) -> None:
     from services.common import internal_auth
 
     home = getattr(args, "home", None)
-    for name, env in ((internal_auth.TOKEN_FILE_NAME, internal_auth.TOKEN_FILE_ENV),
-                      (internal_auth.REDIS_PASSWORD_FILE_NAME, internal_auth.REDIS_PASSWORD_FILE_ENV)):
-        if home and (home / name).exists() and not os.environ.get(env):
-            internal_auth.use_token_file(home / name, env)
+    if home:
+        internal_auth.present_home_secrets(home)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,15 @@ def use_token_file(path: Path, env: str = TOKEN_FILE_ENV) -> None:
     os.environ[env] = str(path)
 
 
+def present_home_secrets(home: Path) -> None:
+    """A process run beside the local cluster recorded under `home` (`hfx status`, a benchmark)
+    presents its internal token and Redis password, where `home` has them and the environment
+    names none already."""
+    for name, env in ((TOKEN_FILE_NAME, TOKEN_FILE_ENV), (REDIS_PASSWORD_FILE_NAME, REDIS_PASSWORD_FILE_ENV)):
+        if (home / name).exists() and not os.environ.get(env):
+            use_token_file(home / name, env)
+
+
 def forget_token_file(path: Path, env: str = TOKEN_FILE_ENV) -> None:
     """Stop presenting the secret in `path` (its cluster is going away), if this process did."""
     if os.environ.get(env) == str(path):
