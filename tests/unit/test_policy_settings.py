@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.cli import _policy_config, build_parser, parse_args
+from services.cli import build_parser, parse_args
+from services.commands.scheduler import policy_config_of
 from services.common.domain import LatencyModel
 from services.local import cluster
 from services.router.config import load_classes
@@ -53,7 +54,7 @@ def test_the_live_scheduler_and_the_simulator_make_the_same_config_from_the_same
     live = parse_args(build_parser(), ["scheduler", "--profile", "gpu-7b", "--classes", classes,
                                        "--policy-config", settings])
     sim = parse_args(build_parser(), ["sim", "--profile", "gpu-7b", "--policy-config", settings])
-    from_live = _policy_config(live)
+    from_live = policy_config_of(live)
     assert from_live == sweep_policy_config(sim, get_profile("gpu-7b"), wl)
     assert (from_live.chunk_tokens, from_live.defer_slack_ms, from_live.reject_classes) == (2048, 150.0, ("chat", "code"))
     assert [c.name for c in load_classes(classes)] == [c.name for c in wl.classes]
@@ -62,8 +63,8 @@ def test_the_live_scheduler_and_the_simulator_make_the_same_config_from_the_same
 def test_flags_win_over_the_file(tmp_path):
     settings = write(tmp_path, "policy.yaml", {"pd_local_prefill": False, "placement": "best_fit"})
     live = parse_args(build_parser(), ["scheduler", "--policy-config", settings, "--pd-local-prefill"])
-    assert _policy_config(live).pd_local_prefill is True
-    assert _policy_config(parse_args(build_parser(), ["scheduler", "--policy-config", settings])).pd_local_prefill is False
+    assert policy_config_of(live).pd_local_prefill is True
+    assert policy_config_of(parse_args(build_parser(), ["scheduler", "--policy-config", settings])).pd_local_prefill is False
     sim = parse_args(build_parser(), ["sim", "--policy-config", settings, "--placement", "spread"])
     assert sweep_policy_config(sim, get_profile("cpu-tiny"), load_workload(DEFAULT_WORKLOAD)).placement == "spread"
 
