@@ -127,7 +127,10 @@ def cmd_up(args) -> int:
         api_keys=tuple(args.api_key) + key_file(args.api_key_file),
         classes=args.classes or "", tied_to_caller=not args.detach,
         scaler_args=(*forward_flags(args), *forward_standby_flags(args)),
-        prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
+        prefill=args.prefill, decode=args.decode,
+        # Resolved once (the flag, else --policy-config's): the scaler's role-change check and the
+        # workers get the value the scheduler's policy uses, not only a flag given on this line.
+        pd_local_prefill=policy_settings(args).get("pd_local_prefill"),
         tickets=args.tickets, sim_profile=_sim_profile_arg(args.sim_profile),
         policy_config=str(Path(args.policy_config).resolve()) if args.policy_config else "",
         role_changes=args.role_changes,

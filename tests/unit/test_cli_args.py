@@ -187,3 +187,26 @@ def test_api_keys_come_from_a_file_and_hfx_up_never_puts_them_on_the_routers_com
     path = flags[flags.index("--api-key-file") + 1]
     assert read_key_file(path) == (ApiKey("secret-1"), ApiKey("k-two", 1))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("file_value, flags, expected", [
+    (False, [], False),                             # the file alone reaches the scaler and workers
+    (False, ["--pd-local-prefill"], True),           # the flag wins over the file
+    (None, [], None),                                # neither: every process keeps its default
+])
+def test_up_hands_every_process_the_one_resolved_pd_local_prefill(tmp_path, monkeypatch, file_value, flags, expected):
+    from services.local import cluster
+
+    config = tmp_path / "policy.yaml"
+    config.write_text("chunk_tokens: 2048\n" + ("" if file_value is None else f"pd_local_prefill: {str(file_value).lower()}\n"))
+    seen = []
+
+    def fake_up(opts):   # stands in for starting processes: only what cmd_up hands it is checked
+        seen.append(opts)
+        raise RuntimeError("not starting anything in a unit test")
+
+    monkeypatch.setattr(cluster, "up", fake_up)
+    code = main(["--home", str(tmp_path / "home"), "up", "--engine", "sim", "--prefill", "1", "--decode", "1",
+                 "--policy-config", str(config), "--detach", *flags])
+    assert code == 1 and len(seen) == 1
+    assert seen[0].pd_local_prefill is expected
