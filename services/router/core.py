@@ -253,7 +253,7 @@ class RouterCore:
                         break
                     why = "preempted" if run.phase is Phase.PREEMPTED else "failed over"
                     try:
-                        run.placed_again(await self._resume(spec, run.last.instance_id, len(run.generated), span, ctx, why))
+                        run.placed_again(await self._resume(spec, run.left_from, len(run.generated), span, ctx, why))
                     except Unavailable as err:
                         run.not_placed_again(str(err))
             if run.phase is Phase.FAILED:

@@ -82,6 +82,7 @@ class RequestRun:
     prefill_done_s: float = 0.0
     decode_opened: bool = False
     handoff_ms: float = -1.0  # P/D: P's last chunk to D's first token (KV transfer + D's first step)
+    left_from: str = ""       # the instance it last left (preempted or failed): D, not P, for a decode leg
     last: scheduler_pb2.Placement = field(init=False)  # the latest placement, for the final message and the log
 
     def __post_init__(self) -> None:
@@ -134,6 +135,7 @@ class RequestRun:
         self.generated.extend(chunk.token_ids)
         if chunk.finished:
             if chunk.finish_reason == common_pb2.FINISH_REASON_PREEMPTED:
+                self.left_from = self.instance_id
                 self.phase, self.placement = Phase.PREEMPTED, None  # the scheduler already let it go
             elif self.phase is Phase.PREFILLING and self._wants_decode(chunk):
                 self.phase, self.prefill_done_s = Phase.TRANSFERRING, now_s
@@ -161,6 +163,7 @@ class RequestRun:
         instance = self.instance_id
         self.error = f"instance {instance} failed after {self.timer.tokens} tokens: {why}"
         self.failed_instances.append(instance)
+        self.left_from = instance
         if retryable and self.failovers_left > 0:
             self.failovers_left -= 1
             self.phase, self.placement = Phase.FAILING_OVER, None   # told FAILED now, not at the end

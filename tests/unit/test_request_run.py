@@ -186,3 +186,22 @@ def test_a_client_leaving_between_the_legs_leaves_ps_kv_to_release():
     assert run.outcome == scheduler_pb2.OUTCOME_ABORTED
     with pytest.raises(InvalidTransition):
         run.decode_started()
+
+
+@pytest.mark.parametrize("how", ["failed", "preempted"])
+def test_a_decode_leg_that_leaves_d_names_d_not_p(how):
+    # The scheduler's placement names its first leg (P); the decode leg runs on D.
+    run = _pd_run(max_tokens=8)
+    run.placement = run.last = scheduler_pb2.Placement(instance_id="p0", address="ap", legs=run.placement.legs)
+    run.failovers_left = 1
+    run.started()
+    run.on_chunk(_staged_chunk([7]), 100.05)
+    run.decode_started()
+    run.on_chunk(_chunk([8]), 100.08)
+    if how == "failed":
+        run.worker_failed("UNAVAILABLE: D died")
+        assert run.phase is Phase.FAILING_OVER and run.failed_instances == ["d0"]
+    else:
+        run.on_chunk(_chunk([], common_pb2.FINISH_REASON_PREEMPTED), 100.09)
+        assert run.phase is Phase.PREEMPTED
+    assert run.left_from == "d0"
