@@ -77,3 +77,14 @@ def key_file(path: str) -> tuple:
         return read_key_file(path)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def add_api_key_flags(p: argparse.ArgumentParser, at: str = "") -> None:
+    """--api-key / --api-key-file: the keys the router requires (`at`: " at the router" where the
+    command starts one)."""
+    p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
+                   help=f"require this API key{at} (repeatable; visible in the process listing: prefer "
+                   "--api-key-file) (default: none, the API is open)")
+    p.add_argument("--api-key-file", default=env("HFX_API_KEY_FILE", ""),
+                   help="require the API keys in this file, one per line as `KEY [max_priority=N]` (N: the highest "
+                   "priority that key may ask for), # comments (default: $HFX_API_KEY_FILE, else none)")

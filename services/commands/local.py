@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from services import argtypes
-from services.commands.common import (add_pd_local_prefill, add_policy_config_flag, add_tickets_flag, default_model,
-                                      env, key_file, policy_settings)
+from services.commands.common import (add_api_key_flags, add_pd_local_prefill, add_policy_config_flag,
+                                      add_tickets_flag, default_model, env, key_file, policy_settings)
 from services.scaler.autoscale_cli import add_autoscale_flags
 from services.scaler.autoscale_cli import check as autoscale_check
 from services.scaler.standby_cli import add_standby_flags, forward_standby_flags, standby_check
@@ -45,12 +45,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--router-port", type=argtypes.port, default=50051, help="router's gRPC port (default %(default)s)")
     p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
                    help="router's OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
-    p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
-                   help="require this API key at the router (repeatable; visible in this command's process "
-                   "listing: prefer --api-key-file) (default: none, the API is open)")
-    p.add_argument("--api-key-file", default=env("HFX_API_KEY_FILE", ""),
-                   help="require the API keys in this file, one per line as `KEY [max_priority=N]` (N: the highest "
-                   "priority that key may ask for) (default: $HFX_API_KEY_FILE, else none)")
+    add_api_key_flags(p, " at the router")
     p.add_argument("--classes", type=argtypes.classes_file,
                    help="YAML task-class table for the router; the scheduler rejects the classes whose on_miss is "
                    "reject when their SLO is out of reach (default: the built-in classes)")

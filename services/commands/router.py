@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services import argtypes
 from services.common import runtime
-from services.commands.common import add_common, default_model, env, key_file
+from services.commands.common import add_api_key_flags, add_common, default_model, key_file
 
 
 def add_parsers(sub) -> None:
@@ -20,12 +20,7 @@ def add_parsers(sub) -> None:
                    help="max_tokens of requests that set none (default %(default)s)")
     p.add_argument("--http-port", type=argtypes.port_or_zero, default=8000,
                    help="OpenAI-compatible HTTP API and /metrics; 0 = off (default %(default)s)")
-    p.add_argument("--api-key", action="append", default=[], type=argtypes.non_empty,
-                   help="require this API key (repeatable; visible in the process listing: prefer --api-key-file) "
-                   "(default: none, the API is open)")
-    p.add_argument("--api-key-file", default=env("HFX_API_KEY_FILE", ""),
-                   help="require the API keys in this file, one per line as `KEY [max_priority=N]` (N: the highest "
-                   "priority that key may ask for), # comments (default: $HFX_API_KEY_FILE, else none)")
+    add_api_key_flags(p)
     p.add_argument("--max-body-bytes", type=argtypes.positive_int, default=4 << 20,
                    help="largest HTTP request body; a bigger one is refused with 413 before it is parsed or its "
                    "API key checked (default %(default)s)")
