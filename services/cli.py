@@ -22,6 +22,7 @@ from services import argtypes
 from services.common import runtime
 from services.scaler.autoscale_cli import add_autoscale_flags
 from services.scaler.autoscale_cli import check as autoscale_check
+from services.scaler.adopt_cli import add_adopt_flags, adopt_check, anchor_of
 from services.scaler.standby_cli import add_standby_flags, forward_standby_flags, standby_check
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -145,6 +146,7 @@ def cmd_scaler(args) -> int:
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
         standby_pool=args.standby_pool, autoscale=autoscale, actuator=args.actuator, links=args.links,
         role_changes=args.role_changes, pd_local_prefill=args.pd_local_prefill is not False,
+        adopt_workers=args.adopt_workers, workers_anchor=anchor_of(args),
         autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
                                       args.router_metrics or ""),
     )))
@@ -203,7 +205,8 @@ def cmd_up(args) -> int:
         worker_args=tuple(worker_args), http_port=args.http_port,
         api_keys=tuple(args.api_key) + _key_file(args.api_key_file),
         classes=args.classes or "", tied_to_caller=not args.detach,
-        scaler_args=(*forward_flags(args), *forward_standby_flags(args)),
+        scaler_args=(*forward_flags(args), *forward_standby_flags(args),
+                     *(["--adopt-workers"] if args.adopt_workers else [])),
         prefill=args.prefill, decode=args.decode, pd_local_prefill=args.pd_local_prefill,
         tickets=args.tickets, sim_profile=_sim_profile_arg(args.sim_profile),
         policy_config=str(Path(args.policy_config).resolve()) if args.policy_config else "",
@@ -308,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="return once ready; stop later with `hfx down` (default: stay in the foreground until Ctrl-C)")
     add_autoscale_flags(p)
     add_standby_flags(p, with_d2d=True)
+    add_adopt_flags(p, scaler=False)
     p.set_defaults(func=cmd_up, check=_check_up, parser_error=p.error)
 
     sub.add_parser("down", help="stop the local cluster, leaving no process behind").set_defaults(func=cmd_down)
@@ -439,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint's size in RAM (default: off)")
     add_standby_flags(p, with_d2d=False)
     add_autoscale_flags(p)
+    add_adopt_flags(p, scaler=True)
     p.add_argument("--links", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the P-D link table in Redis (a warm-up transfer links each new prefill-decode pair; "
                         "the scheduler pairs only linked instances) (default on)")
@@ -449,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--autoscale: the scheduler's /metrics HOST:PORT (arrivals, rejections, queue) (default: none)")
     p.add_argument("--router-metrics", type=argtypes.address,
                    help="--autoscale: the router's /metrics HOST:PORT (SLO attainment) (default: none)")
-    p.set_defaults(func=cmd_scaler, check=lambda args: standby_check(args) or autoscale_check(args),
+    p.set_defaults(func=cmd_scaler,
+                   check=lambda args: standby_check(args) or autoscale_check(args) or adopt_check(args),
                    parser_error=p.error)
 
     p = sub.add_parser("worker", help="run one worker process")
@@ -582,7 +588,7 @@ def _check_up(args) -> str | None:
         args.workers = 0 if args.prefill or args.decode else 1
     local_prefill = _policy_settings(args).get("pd_local_prefill", True)
     problem = pd_counts_problem(args.workers, args.prefill, args.decode, local_prefill)
-    return problem or standby_check(args) or autoscale_check(args)
+    return problem or standby_check(args) or autoscale_check(args) or adopt_check(args)
 
 
 def pd_counts_problem(colocated: int, prefill: int, decode: int, local_prefill: bool) -> str | None:

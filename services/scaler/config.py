@@ -47,3 +47,7 @@ class ScalerConfig:
     # Role changes (issue 11): every worker starts with --kv-transfer so it can take any role.
     role_changes: bool = False
     pd_local_prefill: bool = True
+    # A restarted scaler adopts running workers (services/scaler/adopt.py): workers outlive the
+    # scaler, tied instead to the anchor process (pid, start ticks) when one is given.
+    adopt_workers: bool = False
+    workers_anchor: tuple[int, int] | None = None

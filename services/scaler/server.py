@@ -15,11 +15,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from services.common import convert, grpcutil, metrics, procs, proctable, store
+from services.common import convert, grpcutil, lifeline, metrics, procs, proctable, store
 from services.common.domain import Role
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
+from services.scaler.adopt import read_records, survey
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
 from services.scaler.linking import Linker
@@ -37,7 +38,7 @@ class Managed:
     index: int
     instance_id: str
     port: int
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | procs.Adopted | None = None
     exited_at_s: float | None = None
     exit_code: int = 0
     restarts: int = 0
@@ -45,6 +46,7 @@ class Managed:
     started_s: float = 0.0      # when its current process was launched (ready time = registered - this)
     leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
     from_standby: bool = False  # its current process was taken from the standby pool
+    adopted: bool = False       # left running by a previous scaler (services/scaler/adopt.py)
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
@@ -69,6 +71,33 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         # Issue 12: engines started ahead (services/scaler/standby.py); None without --standby-pool.
         self.pool = StandbyPool(config.standby_pool, config.cluster_name, self._spawn_standby) \
             if config.standby_pool else None
+
+    def adopt_running(self) -> str:
+        """Before the first step: take over the workers a previous scaler left running (with
+        --adopt-workers), kill what is left of earlier runs, and want the adopted slots (the
+        autoscaler then decides from there; a fixed count keeps its own)."""
+        if not self.config.adopt_workers:
+            return "adopting off"
+        found = survey(self.config.cluster_name, read_records(self.config.log_dir), proctable.snapshot())
+        left = procs.kill_processes(list(found.orphans))
+        if found.orphans:
+            log.warning("killed %d orphaned worker process(es): %s", len(found.orphans), _describe(found.orphans))
+        if left:
+            log.error("orphaned worker process(es) survive SIGKILL: %s", _describe(left))
+        now = time.time()
+        for f in found.adopted:
+            self.workers[f.index] = Managed(f.index, f.instance_id, f.port, procs.Adopted(f.pid, f.start_ticks),
+                                            started_s=now, adopted=True)
+        colocated = {f.index for f in found.adopted if f.index < POOL_STRIDE}
+        bounds = self.config.autoscale
+        if bounds is not None and colocated:
+            wanted = set(colocated)
+            free = (i for i in range(POOL_STRIDE) if i not in wanted)
+            while len(wanted) < bounds.min_replicas:
+                wanted.add(next(free))
+            self.wanted, self.desired = wanted, len(wanted)
+        log.info("%s", found.reason)
+        return found.reason
 
     def _instance_id(self, index: int) -> str:
         return slot_name(self.config.cluster_name, index)
@@ -107,11 +136,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
             "--tracing", self.config.tracing_spec, *extra, *self.config.worker_args, *self._metrics_flag(instance_id),
         )
+        log_path, record = self.config.log_dir / f"{instance_id}.log", self.config.log_dir / f"{instance_id}.pid"
+        if self.config.adopt_workers:
+            # Outlives this scaler so that a restarted one adopts it; it records itself before it
+            # runs and dies with the anchor (`hfx up`'s caller) if one is given.
+            (self.config.log_dir / f"{instance_id}.port").write_text(str(port))
+            anchor = self.config.workers_anchor
+            return procs.spawn(lifeline.anchored_command(cmd, str(record), *(anchor or (0, 0))), log_path)
         # Tied to this scaler: if it dies, however, its workers die too (and their engines with them).
-        proc = procs.spawn(cmd, self.config.log_dir / f"{instance_id}.log", die_with_parent=True)
+        proc = procs.spawn(cmd, log_path, die_with_parent=True)
         # Every group this slot ever had, one a line: `hfx down` checks them all, even if this
         # scaler was killed before it could reap an exited worker's leftovers.
-        procs.append_group_record(self.config.log_dir / f"{instance_id}.pid", proc.pid)
+        procs.append_group_record(record, proc.pid)
         return proc
 
     def _spawn_standby(self, instance_id: str, port: int) -> subprocess.Popen:
@@ -184,18 +220,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def _stop(self, index: int) -> None:
         w = self.workers[index]
-        if w.proc is not None and not procs.exited(w.proc.pid):  # not poll(): it would reap (see _observe_exit)
+        if w.proc is not None and not procs.has_exited(w.proc):  # not poll(): it would reap (see _observe_exit)
             w.stopping = True
             w.proc.send_signal(signal.SIGTERM)  # the worker drains, then exits
 
     def _observe_exit(self, w: Managed, now_s: float) -> None:
         """A worker that exited has its process group killed BEFORE it is reaped: until then its
         pid cannot be reused, so the group id still names only its processes (its engine's)."""
-        if w.proc is None or w.exited_at_s is not None or not procs.exited(w.proc.pid):
+        if w.proc is None or w.exited_at_s is not None or not procs.has_exited(w.proc):
             return
         found = procs.kill_group(w.proc.pid)
-        w.proc.poll()  # reaps it
-        w.exited_at_s, w.exit_code = now_s, w.proc.returncode
+        code = w.proc.poll()  # reaps it (an adopted one was reaped by whoever adopted it: -1, unknown)
+        w.exited_at_s, w.exit_code = now_s, -1 if code is None else code
         if not w.stopping:
             log.warning("worker %s exited with %s", w.instance_id, w.exit_code)
         if found:
@@ -293,7 +329,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         if self.pool is not None:
             self.pool.shutdown()
         for w in self.workers.values():
-            if w.proc is not None and not procs.exited(w.proc.pid):
+            if w.proc is not None and not procs.has_exited(w.proc):
                 w.stopping = True
                 w.proc.send_signal(signal.SIGTERM)
         for w in self.workers.values():
@@ -377,6 +413,7 @@ def _describe(found: list[proctable.ProcInfo] | tuple[proctable.ProcInfo, ...]) 
 async def serve(config: ScalerConfig) -> None:
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
     servicer = ScalerServicer(config, cluster)
+    servicer.adopt_running()
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     server, health = grpcutil.make_server([(scaler_pb2_grpc.add_ScalerServicer_to_server, servicer)], [SERVICE_NAME])
     port = grpcutil.bind(server, config.host, config.port)

@@ -195,3 +195,58 @@ def test_down_kills_and_names_what_is_left_in_a_recorded_session(tmp_path, capsy
         assert ClusterFile.load(tmp_path) is None
     finally:
         _cleanup(parent, started)
+
+
+ANCHORED = """
+    import sys
+    from pathlib import Path
+    from services.common import lifeline, procs
+
+    if __name__ == "__main__":
+        anchor, ticks = int(sys.argv[2]), int(sys.argv[3])
+        cmd = lifeline.anchored_command([sys.executable, "-c", "import time; time.sleep(120)"],
+                                        sys.argv[1] + ".record", anchor, ticks)
+        child = procs.spawn(cmd, Path(sys.argv[1] + ".log"))
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{child.pid}\\n")
+"""
+
+
+def test_an_anchored_child_records_itself_outlives_its_starter_and_dies_with_its_anchor(tmp_path):
+    # As a worker under --adopt-workers: the scaler (the starter) may die; `hfx up`'s caller (the
+    # anchor) takes the worker with it.
+    anchor = procs.spawn(SLEEP, tmp_path / "anchor.log")
+    script = tmp_path / "starter.py"
+    script.write_text(textwrap.dedent(ANCHORED))
+    pidfile = tmp_path / "pids.txt"
+    starter = subprocess.run([sys.executable, str(script), str(pidfile), str(anchor.pid),
+                              str(proctable.start_ticks_of(anchor.pid))], env={**os.environ, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, timeout=60)
+    assert starter.returncode == 0, starter.stderr   # the starter is gone now
+    child_pid = int(pidfile.read_text())
+    try:
+        assert wait_until(lambda: procs.read_group_records(Path(f"{pidfile}.record")), 10)
+        assert procs.read_group_records(Path(f"{pidfile}.record")) == [(child_pid, proctable.start_ticks_of(child_pid))]
+        group = wait_until(lambda: len(proctable.group_members(proctable.snapshot(), child_pid)) == 2
+                           and proctable.group_members(proctable.snapshot(), child_pid), 10)
+        assert group   # the child and its watcher, in the child's own group
+        assert proctable.still_running(proctable.snapshot(), group) == group   # alive without its starter
+        anchor.kill()
+        anchor.wait(10)
+        assert _gone_within(group, 5.0), proctable.still_running(proctable.snapshot(), group)
+    finally:
+        procs.kill_group(child_pid, wait_s=1)
+        anchor.kill()
+        anchor.wait(10)
+
+
+def test_an_anchored_child_without_an_anchor_is_tied_to_nothing_and_still_recorded(tmp_path):
+    record = tmp_path / "w.pid"
+    child = procs.spawn(lifeline.anchored_command(SLEEP, str(record)), tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: procs.read_group_records(record), 10)
+        assert procs.read_group_records(record) == [(child.pid, proctable.start_ticks_of(child.pid))]
+        assert [p.pid for p in proctable.group_members(proctable.snapshot(), child.pid)] == [child.pid]
+    finally:
+        procs.kill_group(child.pid, wait_s=1)
+        child.wait(10)
