@@ -127,7 +127,7 @@ def _policy_config(args):
 
 def cmd_scaler(args) -> int:
     from services.common.errors import InvalidArgument
-    from services.scaler.autoscale_cli import config_from_args
+    from services.scaler.autoscale_cli import config_from_args, k8s_target
     from services.scaler.autoscaling import LiveOptions
     from services.scaler.config import ScalerConfig
     from services.scaler.server import serve
@@ -147,6 +147,7 @@ def cmd_scaler(args) -> int:
         standby_pool=args.standby_pool, autoscale=autoscale, actuator=args.actuator, links=args.links,
         role_changes=args.role_changes, pd_local_prefill=args.pd_local_prefill is not False,
         adopt_workers=args.adopt_workers, workers_anchor=anchor_of(args),
+        k8s_namespace=k8s_target(args)[0], k8s_deployment=k8s_target(args)[1],
         autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
                                       args.router_metrics or ""),
     )))
@@ -588,7 +589,7 @@ def _check_up(args) -> str | None:
         args.workers = 0 if args.prefill or args.decode else 1
     local_prefill = _policy_settings(args).get("pd_local_prefill", True)
     problem = pd_counts_problem(args.workers, args.prefill, args.decode, local_prefill)
-    return problem or standby_check(args) or autoscale_check(args) or adopt_check(args)
+    return problem or standby_check(args) or autoscale_check(args, for_up=True) or adopt_check(args)
 
 
 def pd_counts_problem(colocated: int, prefill: int, decode: int, local_prefill: bool) -> str | None:

@@ -85,7 +85,7 @@ class AutoscaleLoop:
             self._warn_once("scheduler GetClusterState", err)
         instances = []
         alive = set()
-        for w in self.servicer.live_slots():
+        for w in await self.actuator.members():
             iid = w.instance_id
             alive.add(iid)
             inst = registry.get(iid)

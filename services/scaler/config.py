@@ -42,6 +42,9 @@ class ScalerConfig:
     autoscale: AutoscaleConfig | None = None
     autoscale_options: LiveOptions = field(default_factory=LiveOptions)
     actuator: str = "local"
+    # --actuator kubernetes: the workers' Deployment the autoscaler scales (services/scaler/k8s_actuator.py).
+    k8s_namespace: str = "hfx"
+    k8s_deployment: str = "worker"
     # P-D links (issue 11): keep {prefix}:links (warm-up transfer before a pair is used).
     links: bool = True
     # Role changes (issue 11): every worker starts with --kv-transfer so it can take any role.

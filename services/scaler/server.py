@@ -68,6 +68,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             a = config.autoscale
             self.desired = max(a.min_replicas, min(a.max_replicas, config.replicas))
             self.wanted = set(range(self.desired))
+        if config.actuator != "local":   # the workers are another system's (a Deployment's pods)
+            self.desired, self.wanted = 0, set()
         # Issue 12: engines started ahead (services/scaler/standby.py); None without --standby-pool.
         self.pool = StandbyPool(config.standby_pool, config.cluster_name, self._spawn_standby) \
             if config.standby_pool else None
@@ -437,12 +439,18 @@ async def serve(config: ScalerConfig) -> None:
 
 
 def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.ClusterStore):
-    from services.scaler.actuator import ACTUATORS
+    from services.scaler.actuator import Actuator, LocalProcesses
     from services.scaler.autoscale import Autoscaler
     from services.scaler.autoscaling import AutoscaleLoop
 
     if config.autoscale is None:
         raise ValueError("the scaler's autoscaler was started without its settings")
-    actuator = ACTUATORS[config.actuator](servicer, cluster)
+    actuator: Actuator
+    if config.actuator == "kubernetes":
+        from services.scaler.k8s_actuator import Kubernetes
+
+        actuator = Kubernetes.connect(cluster, config.k8s_namespace, config.k8s_deployment)
+    else:
+        actuator = LocalProcesses(servicer, cluster)
     policy = Autoscaler(config.autoscale, id_prefix=f"{config.cluster_name}-{int(time.time() * 1000)}")
     return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address)
