@@ -12,12 +12,17 @@ table; `read_records` is the file I/O.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common import procs, proctable
-from services.scaler.reconcile import slot_index
+from services.scaler.managed import Managed, describe
+from services.scaler.reconcile import POOL_STRIDE, slot_index
+
+log = logging.getLogger("hfx.scaler")
 
 
 @dataclass(frozen=True)
@@ -79,3 +84,20 @@ def read_records(log_dir: Path) -> dict[str, Records]:
             port = None
         out[pidfile.stem] = Records(tuple(procs.read_group_records(pidfile)), port)
     return out
+
+
+def adopt_into(workers: dict[int, Managed], cluster: str, log_dir: Path) -> tuple[set[int], str]:
+    """Surveys `log_dir`, kills the orphans, puts the adopted workers into `workers`; returns the
+    adopted colocated slots and what was done."""
+    found = survey(cluster, read_records(log_dir), proctable.snapshot())
+    left = procs.kill_processes(list(found.orphans))
+    if found.orphans:
+        log.warning("killed %d orphaned worker process(es): %s", len(found.orphans), describe(found.orphans))
+    if left:
+        log.error("orphaned worker process(es) survive SIGKILL: %s", describe(left))
+    now = time.time()
+    for f in found.adopted:
+        workers[f.index] = Managed(f.index, f.instance_id, f.port, procs.Adopted(f.pid, f.start_ticks),
+                                   started_s=now, adopted=True)
+    log.info("%s", found.reason)
+    return {f.index for f in found.adopted if f.index < POOL_STRIDE}, found.reason

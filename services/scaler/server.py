@@ -13,17 +13,17 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 
 from services.common import convert, grpcutil, lifeline, metrics, procs, proctable, store
 from services.common.domain import Role
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
-from services.scaler.adopt import read_records, survey
+from services.scaler.adopt import adopt_into
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
 from services.scaler.linking import Linker
+from services.scaler.managed import Managed, describe as _describe
 from services.scaler.role_change import RoleChanges
 from services.scaler.reconcile import (POOL_STRIDE, WorkerSlot, cpu_share, pool_of, pool_slots, reconcile, reconcile_set,
                                        slot_name)
@@ -31,22 +31,6 @@ from services.scaler.standby import StandbyPool
 
 log = logging.getLogger("hfx.scaler")
 SERVICE_NAME = "hfx.v1.Scaler"
-
-
-@dataclass
-class Managed:
-    index: int
-    instance_id: str
-    port: int
-    proc: subprocess.Popen | procs.Adopted | None = None
-    exited_at_s: float | None = None
-    exit_code: int = 0
-    restarts: int = 0
-    stopping: bool = False
-    started_s: float = 0.0      # when its current process was launched (ready time = registered - this)
-    leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
-    from_standby: bool = False  # its current process was taken from the standby pool
-    adopted: bool = False       # left running by a previous scaler (services/scaler/adopt.py)
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
@@ -80,17 +64,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         autoscaler then decides from there; a fixed count keeps its own)."""
         if not self.config.adopt_workers:
             return "adopting off"
-        found = survey(self.config.cluster_name, read_records(self.config.log_dir), proctable.snapshot())
-        left = procs.kill_processes(list(found.orphans))
-        if found.orphans:
-            log.warning("killed %d orphaned worker process(es): %s", len(found.orphans), _describe(found.orphans))
-        if left:
-            log.error("orphaned worker process(es) survive SIGKILL: %s", _describe(left))
-        now = time.time()
-        for f in found.adopted:
-            self.workers[f.index] = Managed(f.index, f.instance_id, f.port, procs.Adopted(f.pid, f.start_ticks),
-                                            started_s=now, adopted=True)
-        colocated = {f.index for f in found.adopted if f.index < POOL_STRIDE}
+        colocated, reason = adopt_into(self.workers, self.config.cluster_name, self.config.log_dir)
         bounds = self.config.autoscale
         if bounds is not None and colocated:
             wanted = set(colocated)
@@ -98,8 +72,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             while len(wanted) < bounds.min_replicas:
                 wanted.add(next(free))
             self.wanted, self.desired = wanted, len(wanted)
-        log.info("%s", found.reason)
-        return found.reason
+        return reason
 
     def _instance_id(self, index: int) -> str:
         return slot_name(self.config.cluster_name, index)
@@ -406,10 +379,6 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
             )
         return out
-
-
-def _describe(found: list[proctable.ProcInfo] | tuple[proctable.ProcInfo, ...]) -> str:
-    return ", ".join(f"{p.pid} ({p.comm})" for p in found)
 
 
 async def serve(config: ScalerConfig) -> None:
