@@ -174,6 +174,14 @@ class Adopted:
         if self.running():
             os.kill(self.pid, sig)
 
+    def kill_rest(self) -> list[proctable.ProcInfo]:
+        """`kill_group` for a worker that is not our child: its leader was reaped by someone else,
+        so its id is checked against the recorded start time before anything is killed (a
+        session id that names another program's session kills nothing)."""
+        found = proctable.session_members(proctable.snapshot(), self.pid, self.start_ticks)
+        kill_processes(found)
+        return found
+
 
 def has_exited(proc: "subprocess.Popen | Adopted") -> bool:
     """`exited` for a child, /proc for an adopted worker."""

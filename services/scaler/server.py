@@ -204,7 +204,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         pid cannot be reused, so the group id still names only its processes (its engine's)."""
         if w.proc is None or w.exited_at_s is not None or not procs.has_exited(w.proc):
             return
-        found = procs.kill_group(w.proc.pid)
+        found = w.proc.kill_rest() if isinstance(w.proc, procs.Adopted) else procs.kill_group(w.proc.pid)
         code = w.proc.poll()  # reaps it (an adopted one was reaped by whoever adopted it: -1, unknown)
         w.exited_at_s, w.exit_code = now_s, -1 if code is None else code
         if not w.stopping:

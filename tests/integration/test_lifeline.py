@@ -230,7 +230,8 @@ def test_an_anchored_child_records_itself_outlives_its_starter_and_dies_with_its
         group = wait_until(lambda: len(proctable.group_members(proctable.snapshot(), child_pid)) == 2
                            and proctable.group_members(proctable.snapshot(), child_pid), 10)
         assert group   # the child and its watcher, in the child's own group
-        assert proctable.still_running(proctable.snapshot(), group) == group   # alive without its starter
+        # alive without its starter
+        assert [p.pid for p in proctable.still_running(proctable.snapshot(), group)] == [p.pid for p in group]
         anchor.kill()
         anchor.wait(10)
         assert _gone_within(group, 5.0), proctable.still_running(proctable.snapshot(), group)
@@ -250,3 +251,30 @@ def test_an_anchored_child_without_an_anchor_is_tied_to_nothing_and_still_record
     finally:
         procs.kill_group(child.pid, wait_s=1)
         child.wait(10)
+
+
+def test_an_adopted_worker_is_watched_by_pid_and_start_time_and_its_group_killed_after_it(tmp_path):
+    # As a restarted scaler holds a worker it did not start (services/common/procs.Adopted).
+    code = """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{child.pid}\\n")
+        time.sleep(120)
+    """
+    parent, started = _run_parent(tmp_path, code)
+    try:
+        ticks = proctable.start_ticks_of(parent.pid)
+        assert ticks is not None
+        assert procs.Adopted(parent.pid, ticks + 1).running() is False   # same pid, another start: not it
+        adopted = procs.Adopted(parent.pid, ticks)
+        assert adopted.running() and adopted.poll() is None and not procs.has_exited(adopted)
+        adopted.send_signal(signal.SIGKILL)   # the leader dies; its child (same session) lives on
+        assert wait_until(lambda: procs.has_exited(adopted), 5)
+        assert adopted.poll() == -1          # not our child: the status is unknown
+        assert [p.pid for p in proctable.still_running(proctable.snapshot(), started)] == [p.pid for p in started]
+        found = adopted.kill_rest()
+        assert [p.pid for p in found] == [p.pid for p in started]
+        assert not proctable.still_running(proctable.snapshot(), started)
+    finally:
+        _cleanup(parent, started)
