@@ -10,6 +10,7 @@ from services import argtypes
 from services.commands.common import (add_api_key_flags, add_pd_local_prefill, add_policy_config_flag,
                                       add_tickets_flag, default_model, env, key_file, policy_settings)
 from services.scaler.autoscale_cli import add_autoscale_flags
+from services.scaler.adopt_cli import add_adopt_flags, adopt_check
 from services.scaler.autoscale_cli import check as autoscale_check
 from services.scaler.standby_cli import add_standby_flags, forward_standby_flags, standby_check
 
@@ -62,6 +63,7 @@ def add_parsers(sub) -> None:
                    help="return once ready; stop later with `hfx down` (default: stay in the foreground until Ctrl-C)")
     add_autoscale_flags(p)
     add_standby_flags(p, with_d2d=True)
+    add_adopt_flags(p, scaler=False)
     p.set_defaults(func=cmd_up, check=_check_up, parser_error=p.error)
 
     sub.add_parser("down", help="stop the local cluster, leaving no process behind").set_defaults(func=cmd_down)
@@ -121,7 +123,8 @@ def cmd_up(args) -> int:
         worker_args=tuple(worker_args), http_port=args.http_port,
         api_keys=tuple(args.api_key) + key_file(args.api_key_file),
         classes=args.classes or "", tied_to_caller=not args.detach,
-        scaler_args=(*forward_flags(args), *forward_standby_flags(args)),
+        scaler_args=(*forward_flags(args), *forward_standby_flags(args),
+                     *(["--adopt-workers"] if args.adopt_workers else [])),
         prefill=args.prefill, decode=args.decode,
         # Resolved once (the flag, else --policy-config's): the scaler's role-change check and the
         # workers get the value the scheduler's policy uses, not only a flag given on this line.
@@ -171,7 +174,7 @@ def _check_up(args) -> str | None:
         args.workers = 0 if args.prefill or args.decode else 1
     local_prefill = policy_settings(args).get("pd_local_prefill", True)
     problem = pd_counts_problem(args.workers, args.prefill, args.decode, local_prefill)
-    return problem or standby_check(args) or autoscale_check(args)
+    return problem or standby_check(args) or autoscale_check(args, for_up=True) or adopt_check(args)
 
 
 def pd_counts_problem(colocated: int, prefill: int, decode: int, local_prefill: bool) -> str | None:

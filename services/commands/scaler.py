@@ -10,6 +10,7 @@ from services import argtypes
 from services.common import runtime
 from services.commands.common import add_common, add_pd_local_prefill, default_model
 from services.scaler.autoscale_cli import add_autoscale_flags
+from services.scaler.adopt_cli import add_adopt_flags, adopt_check, anchor_of
 from services.scaler.autoscale_cli import check as autoscale_check
 from services.scaler.standby_cli import add_standby_flags, standby_check
 
@@ -45,6 +46,7 @@ def add_parsers(sub) -> None:
                         "checkpoint's size in RAM (default: off)")
     add_standby_flags(p, with_d2d=False)
     add_autoscale_flags(p)
+    add_adopt_flags(p, scaler=True)
     p.add_argument("--links", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the P-D link table in Redis (a warm-up transfer links each new prefill-decode pair; "
                         "the scheduler pairs only linked instances) (default on)")
@@ -55,13 +57,14 @@ def add_parsers(sub) -> None:
                    help="--autoscale: the scheduler's /metrics HOST:PORT (arrivals, rejections, queue) (default: none)")
     p.add_argument("--router-metrics", type=argtypes.address,
                    help="--autoscale: the router's /metrics HOST:PORT (SLO attainment) (default: none)")
-    p.set_defaults(func=cmd_scaler, check=lambda args: standby_check(args) or autoscale_check(args),
+    p.set_defaults(func=cmd_scaler,
+                   check=lambda args: standby_check(args) or autoscale_check(args) or adopt_check(args),
                    parser_error=p.error)
 
 
 def cmd_scaler(args) -> int:
     from services.common.errors import InvalidArgument
-    from services.scaler.autoscale_cli import config_from_args
+    from services.scaler.autoscale_cli import config_from_args, k8s_target
     from services.scaler.autoscaling import LiveOptions
     from services.scaler.config import ScalerConfig
     from services.scaler.server import serve
@@ -80,6 +83,8 @@ def cmd_scaler(args) -> int:
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
         standby_pool=args.standby_pool, autoscale=autoscale, actuator=args.actuator, links=args.links,
         role_changes=args.role_changes, pd_local_prefill=args.pd_local_prefill is not False,
+        adopt_workers=args.adopt_workers, workers_anchor=anchor_of(args),
+        k8s_namespace=k8s_target(args)[0], k8s_deployment=k8s_target(args)[1],
         autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
                                       args.router_metrics or ""),
     )))

@@ -12,6 +12,11 @@ child itself (no `preexec_fn`, which is unsafe in a process with threads):
   reaper is a small child of the worker in the same group that ignores SIGTERM/SIGINT (so a
   graceful stop of the group still drains) and, once the worker has died, SIGKILLs the whole
   group: whatever vLLM started, by whatever start method, goes with it.
+- `anchored_command(cmd, ...)`: for workers that must outlive the process starting them (a
+  scaler that adopts running workers when it is restarted): the wrapper records its own pid and
+  start time in the worker's pid file BEFORE it execs (so no worker ever runs unrecorded, even if
+  its starter dies in between), and, given an anchor process (`hfx up`'s caller), forks a watcher
+  into the worker's group that SIGKILLs the group once the anchor is gone.
 
 The parent-death signal fires when the *thread* that started the child ends, not the process:
 spawn tied children only from the main thread (`spawn` refuses otherwise), and the reaper also
@@ -55,6 +60,34 @@ os.killpg(group, signal.SIGKILL)
 """ % PR_SET_PDEATHSIG
 
 
+# Runs as `python -I -S -c ... RECORD_PATH ANCHOR_PID ANCHOR_TICKS CMD ARGS...` (anchor 0: none).
+# The watcher ignores SIGTERM/SIGINT/SIGHUP (a graceful stop of the group still drains) and ends
+# with the worker (its parent); the worker's own stop kills the group as before.
+_ANCHORED = """\
+import os, signal, sys, time
+def ticks(pid):
+    try:
+        text = open("/proc/%d/stat" % pid).read()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+record, anchor, anchor_ticks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(record, "a") as f:
+    f.write("%d %d\\n" % (os.getpid(), ticks(os.getpid())))
+if anchor and os.fork() == 0:
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    leader = os.getppid()
+    while os.getppid() == leader and ticks(anchor) == anchor_ticks:
+        time.sleep(1.0)
+    if os.getppid() == leader:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(0)
+os.execvp(sys.argv[4], sys.argv[4:])
+"""
+
+
 def supported() -> bool:
     return sys.platform.startswith("linux")
 
@@ -64,6 +97,15 @@ def tied_command(cmd: list[str], parent_pid: int) -> list[str]:
     if not supported():
         return cmd
     return [sys.executable, "-I", "-S", "-c", _TIE, str(parent_pid), *cmd]
+
+
+def anchored_command(cmd: list[str], record_path: str, anchor_pid: int = 0, anchor_ticks: int = 0) -> list[str]:
+    """`cmd` wrapped so that it records itself in `record_path` (a `PID START_TICKS` line, as
+    procs.append_group_record writes) before it runs, and is SIGKILLed with its group once
+    `anchor_pid` (started at `anchor_ticks`) is gone; anchor 0: it is tied to nothing."""
+    if not supported():
+        return cmd
+    return [sys.executable, "-I", "-S", "-c", _ANCHORED, record_path, str(anchor_pid), str(anchor_ticks), *cmd]
 
 
 def check_tie_thread() -> None:

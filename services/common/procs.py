@@ -151,6 +151,45 @@ def exited(pid: int) -> bool:
         return True
 
 
+class Adopted:
+    """A worker this process did not start (a scaler adopting what its predecessor left running):
+    it is not our child, so it is watched through /proc by pid AND start time (a reused pid is not
+    it), and its exit status is unknown (-1)."""
+
+    def __init__(self, pid: int, start_ticks: int) -> None:
+        self.pid = pid
+        self.start_ticks = start_ticks
+        self.returncode: int | None = None
+
+    def running(self) -> bool:
+        info = proctable.snapshot_of(self.pid)
+        return info is not None and info.start_ticks == self.start_ticks and info.alive
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self.running():
+            self.returncode = -1
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.running():
+            os.kill(self.pid, sig)
+
+    def kill_rest(self) -> list[proctable.ProcInfo]:
+        """`kill_group` for a worker that is not our child: its leader was reaped by someone else,
+        so its id is checked against the recorded start time before anything is killed (a
+        session id that names another program's session kills nothing)."""
+        found = proctable.session_members(proctable.snapshot(), self.pid, self.start_ticks)
+        kill_processes(found)
+        return found
+
+
+def has_exited(proc: "subprocess.Popen | Adopted") -> bool:
+    """`exited` for a child, /proc for an adopted worker."""
+    if isinstance(proc, Adopted):
+        return not proc.running()
+    return exited(proc.pid)
+
+
 def kill_processes(known: list[proctable.ProcInfo], wait_s: float = 5.0) -> list[proctable.ProcInfo]:
     """SIGKILLs those of `known` that still run as the same processes (pid and start time);
     returns the ones still running after `wait_s`."""

@@ -95,12 +95,18 @@ def still_running(table: Mapping[int, ProcInfo], known: Iterable[ProcInfo]) -> l
     return out
 
 
-def start_ticks_of(pid: int, proc: Path = PROC) -> int | None:
-    """The start time of process `pid` (clock ticks since boot), or None when it is gone."""
+def snapshot_of(pid: int, proc: Path = PROC) -> ProcInfo | None:
+    """What /proc says about process `pid` now, or None when it is gone."""
     try:
-        return parse_stat((proc / str(pid) / "stat").read_text()).start_ticks
+        return parse_stat((proc / str(pid) / "stat").read_text())
     except (OSError, ValueError, IndexError):
         return None
+
+
+def start_ticks_of(pid: int, proc: Path = PROC) -> int | None:
+    """The start time of process `pid` (clock ticks since boot), or None when it is gone."""
+    info = snapshot_of(pid, proc)
+    return info.start_ticks if info is not None else None
 
 
 def session_members(table: Mapping[int, ProcInfo], sid: int, leader_start_ticks: int | None) -> list[ProcInfo]:

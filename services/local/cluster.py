@@ -247,7 +247,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
                           "--log-dir", str(log_dir), *common, *local, *roles,
                           *[f"--worker-arg={a}" for a in _worker_flags(opts)],
                           *_metrics_flag(opts, state, "scaler", fixed), *(["--worker-metrics"] if opts.metrics else []),
-                          *opts.scaler_args, *_signal_sources(opts, state)),
+                          *opts.scaler_args, *_signal_sources(opts, state), *_anchor(opts)),
         log_dir / "scaler.log", die_with_parent=tied,
     )
     state.record("scaler", scaler.pid)
@@ -265,6 +265,13 @@ def _metrics_flag(opts: UpOptions, state: ClusterFile, service: str, fixed: froz
         return []
     state.metrics[service] = f"127.0.0.1:{procs.free_port(avoid=fixed)}"
     return ["--metrics-port", state.metrics[service].split(":")[1]]
+
+
+def _anchor(opts: UpOptions) -> list[str]:
+    """Workers that outlive their scaler (--adopt-workers) still die with a tied caller."""
+    if "--adopt-workers" not in opts.scaler_args or not opts.tied_to_caller:
+        return []
+    return ["--workers-die-with", str(os.getpid())]
 
 
 def _signal_sources(opts: UpOptions, state: ClusterFile) -> list[str]:

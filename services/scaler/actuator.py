@@ -3,20 +3,34 @@
 - `LocalProcesses`: worker processes on this machine, through the scaler's slot management
   (what `hfx up` uses). Draining is a mark in Redis that the scheduler reads (no new placements);
   removal retires the slot, and the worker, already empty, stops on SIGTERM.
-- `Kubernetes`: declared, not built yet: constructing it says so.
+- `Kubernetes` (services/scaler/k8s_actuator.py): the pods of the workers' Deployment, scaled
+  through its scale subresource; a drained pod is deleted by name.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from services.common.store import ClusterStore
 from services.scaler.autoscale.signals import StartKind
 
 
+@dataclass(frozen=True)
+class Member:
+    """An instance the actuator runs for the autoscaler, starting or ready (not one on its way out)."""
+    instance_id: str
+    started_s: float            # when it was launched (ready time = registered - this)
+    from_standby: bool = False
+    adopted: bool = False       # launched by a previous scaler at an unknown time: no ready time
+
+
 class Actuator(Protocol):
     kind: str
+
+    async def members(self) -> list[Member]:
+        """The instances it runs now, starting or ready."""
 
     async def start(self, device: str, start_kind: StartKind) -> str:
         """Launch one instance; returns its id (it is STARTING until it registers)."""
@@ -38,6 +52,9 @@ class LocalProcesses:
         self.servicer = servicer          # the ScalerServicer owning the worker processes
         self.store = cluster
 
+    async def members(self) -> list[Member]:
+        return [Member(w.instance_id, w.started_s, w.from_standby, w.adopted) for w in self.servicer.live_slots()]
+
     async def start(self, device: str, start_kind: StartKind) -> str:
         # STANDBY: the slot takes a ready engine from the standby pool; otherwise a new process.
         return self.servicer.add_slot(time.time(), take_standby=start_kind is StartKind.STANDBY)
@@ -50,17 +67,3 @@ class LocalProcesses:
 
     async def remove(self, instance_id: str) -> None:
         self.servicer.retire_slot(instance_id, time.time())
-
-
-class Kubernetes:
-    """Would scale the workers' Deployment (or own worker pods as a controller) through the
-    official Python client. Not implemented in this build."""
-
-    kind = "kubernetes"
-
-    def __init__(self, *args, **kwargs) -> None:
-        raise NotImplementedError("the Kubernetes actuator is not implemented in this build (issue 13); "
-                                  "use the local actuator (--actuator local)")
-
-
-ACTUATORS = {"local": LocalProcesses, "kubernetes": Kubernetes}

@@ -7,6 +7,7 @@ one definition of each flag and its default.
 from __future__ import annotations
 
 import argparse
+import re
 
 from services import argtypes
 from services.common.errors import InvalidArgument
@@ -50,19 +51,61 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--autoscale-window-s", type=argtypes.positive_float, default=30.0,
                    help="window of arrival rate and SLO attainment (default %(default)s)")
     g.add_argument("--actuator", default="local", choices=["local", "kubernetes"],
-                   help="how workers are started and stopped; kubernetes is not implemented yet (default %(default)s)")
+                   help="how workers are started and stopped: local processes, or the pods of a Kubernetes "
+                        "Deployment (`hfx scaler` inside the cluster, deploy/k8s) (default %(default)s)")
+    g.add_argument("--k8s-namespace", type=k8s_name, default=None,
+                   help=f"--actuator kubernetes: the workers' namespace (default: {K8S_DEFAULTS[0]})")
+    g.add_argument("--k8s-deployment", type=k8s_name, default=None,
+                   help=f"--actuator kubernetes: the workers' Deployment (default: {K8S_DEFAULTS[1]})")
 
 
-def check(args) -> str | None:
+K8S_DEFAULTS = ("hfx", "worker")   # deploy/k8s/worker.yaml
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def k8s_name(value: str) -> str:
+    """A Kubernetes object name (RFC 1123 label: lower-case letters, digits and '-', at most 63)."""
+    if len(value) > 63 or not _K8S_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Kubernetes name (lower-case letters, digits and "
+                                         "'-', starting and ending alphanumeric, at most 63 characters)")
+    return value
+
+
+def k8s_target(args) -> tuple[str, str]:
+    """(namespace, deployment) of --actuator kubernetes, defaults filled in."""
+    return args.k8s_namespace or K8S_DEFAULTS[0], args.k8s_deployment or K8S_DEFAULTS[1]
+
+
+def check(args, for_up: bool = False) -> str | None:
     """Cross-flag problems as a usage error (None when fine)."""
     if args.autoscale and args.min_replicas > args.max_replicas:
         return f"--min {args.min_replicas} is above --max {args.max_replicas}"
-    if args.autoscale and args.actuator == "kubernetes":
-        return "--actuator kubernetes is not implemented in this build (issue 13); use --actuator local"
+    problem = _actuator_problem(args, for_up)
+    if problem:
+        return problem
     try:
         config_from_args(args)
     except InvalidArgument as err:
         return err.message
+    return None
+
+
+def _actuator_problem(args, for_up: bool) -> str | None:
+    k8s_flags = [f for f, v in (("--k8s-namespace", args.k8s_namespace), ("--k8s-deployment", args.k8s_deployment))
+                 if v is not None]
+    if args.actuator != "kubernetes":
+        return f"{' and '.join(k8s_flags)} need --actuator kubernetes" if k8s_flags else None
+    if for_up:
+        return ("--actuator kubernetes: `hfx up` runs workers as local processes; run `hfx scaler --autoscale "
+                "--actuator kubernetes` inside the cluster (deploy/k8s)")
+    if not args.autoscale:
+        return "--actuator kubernetes needs --autoscale (the actuator carries out the autoscaler's decisions)"
+    local = [f for f, on in (("--replicas", args.replicas), ("--prefill", args.prefill), ("--decode", args.decode),
+                             ("--standby-pool", args.standby_pool), ("--d2d", args.d2d),
+                             ("--adopt-workers", args.adopt_workers)) if on]
+    if local:
+        return (f"--actuator kubernetes: the workers are the Deployment's pods, not this scaler's processes; "
+                f"drop {', '.join(local)} (--replicas 0)")
     return None
 
 

@@ -85,7 +85,7 @@ class AutoscaleLoop:
             self._warn_once("scheduler GetClusterState", err)
         instances = []
         alive = set()
-        for w in self.servicer.live_slots():
+        for w in await self.actuator.members():
             iid = w.instance_id
             alive.add(iid)
             inst = registry.get(iid)
@@ -101,7 +101,8 @@ class AutoscaleLoop:
                 if iid not in self.ready_since:
                     self.ready_since[iid] = now_s
                     kind = StartKind.STANDBY if w.from_standby else StartKind.COLD
-                    self.ready_times[kind].append(now_s - w.started_s)
+                    if not w.adopted:   # its launch was a previous scaler's: no ready time known
+                        self.ready_times[kind].append(now_s - w.started_s)
                 instances.append(InstanceSignal(iid, Phase.READY, self.ready_since[iid], "cpu", inflight, queued))
             else:
                 instances.append(InstanceSignal(iid, Phase.STARTING, w.started_s))

@@ -42,8 +42,15 @@ class ScalerConfig:
     autoscale: AutoscaleConfig | None = None
     autoscale_options: LiveOptions = field(default_factory=LiveOptions)
     actuator: str = "local"
+    # --actuator kubernetes: the workers' Deployment the autoscaler scales (services/scaler/k8s_actuator.py).
+    k8s_namespace: str = "hfx"
+    k8s_deployment: str = "worker"
     # P-D links (issue 11): keep {prefix}:links (warm-up transfer before a pair is used).
     links: bool = True
     # Role changes (issue 11): every worker starts with --kv-transfer so it can take any role.
     role_changes: bool = False
     pd_local_prefill: bool = True
+    # A restarted scaler adopts running workers (services/scaler/adopt.py): workers outlive the
+    # scaler, tied instead to the anchor process (pid, start ticks) when one is given.
+    adopt_workers: bool = False
+    workers_anchor: tuple[int, int] | None = None

@@ -117,3 +117,15 @@ def cpu_share(index: int, replicas: int, cores: list[int]) -> str:
     size, extra = divmod(n, replicas)
     begin = index * size + min(index, extra)
     return ",".join(str(c) for c in ordered[begin:begin + size + (1 if index < extra else 0)])
+
+
+def slot_index(cluster: str, instance_id: str) -> int | None:
+    """The slot whose instance id (slot_name) is `instance_id`, or None if it names no slot of `cluster`."""
+    prefix = f"{cluster}-"
+    if not instance_id.startswith(prefix) or len(instance_id) < len(prefix) + 2:
+        return None
+    letter, number = instance_id[len(prefix)], instance_id[len(prefix) + 1:]
+    pool = next((p for p, l in ID_LETTER.items() if l == letter), None)
+    if pool is None or not number.isdigit() or int(number) >= POOL_STRIDE or str(int(number)) != number:
+        return None
+    return POOLS.index(pool) * POOL_STRIDE + int(number)

@@ -13,16 +13,17 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 
-from services.common import convert, grpcutil, metrics, procs, proctable, store
+from services.common import convert, grpcutil, lifeline, metrics, procs, proctable, store
 from services.common.domain import Role
 from services.common.errors import InvalidArgument
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
+from services.scaler.adopt import adopt_into
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
 from services.scaler.linking import Linker
+from services.scaler.managed import Managed, describe as _describe
 from services.scaler.role_change import RoleChanges
 from services.scaler.reconcile import (POOL_STRIDE, WorkerSlot, cpu_share, pool_of, pool_slots, reconcile, reconcile_set,
                                        slot_name)
@@ -30,21 +31,6 @@ from services.scaler.standby import StandbyPool
 
 log = logging.getLogger("hfx.scaler")
 SERVICE_NAME = "hfx.v1.Scaler"
-
-
-@dataclass
-class Managed:
-    index: int
-    instance_id: str
-    port: int
-    proc: subprocess.Popen | None = None
-    exited_at_s: float | None = None
-    exit_code: int = 0
-    restarts: int = 0
-    stopping: bool = False
-    started_s: float = 0.0      # when its current process was launched (ready time = registered - this)
-    leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
-    from_standby: bool = False  # its current process was taken from the standby pool
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
@@ -66,9 +52,27 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             a = config.autoscale
             self.desired = max(a.min_replicas, min(a.max_replicas, config.replicas))
             self.wanted = set(range(self.desired))
+        if config.actuator != "local":   # the workers are another system's (a Deployment's pods)
+            self.desired, self.wanted = 0, set()
         # Issue 12: engines started ahead (services/scaler/standby.py); None without --standby-pool.
         self.pool = StandbyPool(config.standby_pool, config.cluster_name, self._spawn_standby) \
             if config.standby_pool else None
+
+    def adopt_running(self) -> str:
+        """Before the first step: take over the workers a previous scaler left running (with
+        --adopt-workers), kill what is left of earlier runs, and want the adopted slots (the
+        autoscaler then decides from there; a fixed count keeps its own)."""
+        if not self.config.adopt_workers:
+            return "adopting off"
+        colocated, reason = adopt_into(self.workers, self.config.cluster_name, self.config.log_dir)
+        bounds = self.config.autoscale
+        if bounds is not None and colocated:
+            wanted = set(colocated)
+            free = (i for i in range(POOL_STRIDE) if i not in wanted)
+            while len(wanted) < bounds.min_replicas:
+                wanted.add(next(free))
+            self.wanted, self.desired = wanted, len(wanted)
+        return reason
 
     def _instance_id(self, index: int) -> str:
         return slot_name(self.config.cluster_name, index)
@@ -107,11 +111,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             "--redis-prefix", self.config.redis_prefix, "--scheduler", self.config.scheduler_address,
             "--tracing", self.config.tracing_spec, *extra, *self.config.worker_args, *self._metrics_flag(instance_id),
         )
+        log_path, record = self.config.log_dir / f"{instance_id}.log", self.config.log_dir / f"{instance_id}.pid"
+        if self.config.adopt_workers:
+            # Outlives this scaler so that a restarted one adopts it; it records itself before it
+            # runs and dies with the anchor (`hfx up`'s caller) if one is given.
+            (self.config.log_dir / f"{instance_id}.port").write_text(str(port))
+            anchor = self.config.workers_anchor
+            return procs.spawn(lifeline.anchored_command(cmd, str(record), *(anchor or (0, 0))), log_path)
         # Tied to this scaler: if it dies, however, its workers die too (and their engines with them).
-        proc = procs.spawn(cmd, self.config.log_dir / f"{instance_id}.log", die_with_parent=True)
+        proc = procs.spawn(cmd, log_path, die_with_parent=True)
         # Every group this slot ever had, one a line: `hfx down` checks them all, even if this
         # scaler was killed before it could reap an exited worker's leftovers.
-        procs.append_group_record(self.config.log_dir / f"{instance_id}.pid", proc.pid)
+        procs.append_group_record(record, proc.pid)
         return proc
 
     def _spawn_standby(self, instance_id: str, port: int) -> subprocess.Popen:
@@ -184,18 +195,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
 
     def _stop(self, index: int) -> None:
         w = self.workers[index]
-        if w.proc is not None and not procs.exited(w.proc.pid):  # not poll(): it would reap (see _observe_exit)
+        if w.proc is not None and not procs.has_exited(w.proc):  # not poll(): it would reap (see _observe_exit)
             w.stopping = True
             w.proc.send_signal(signal.SIGTERM)  # the worker drains, then exits
 
     def _observe_exit(self, w: Managed, now_s: float) -> None:
         """A worker that exited has its process group killed BEFORE it is reaped: until then its
         pid cannot be reused, so the group id still names only its processes (its engine's)."""
-        if w.proc is None or w.exited_at_s is not None or not procs.exited(w.proc.pid):
+        if w.proc is None or w.exited_at_s is not None or not procs.has_exited(w.proc):
             return
-        found = procs.kill_group(w.proc.pid)
-        w.proc.poll()  # reaps it
-        w.exited_at_s, w.exit_code = now_s, w.proc.returncode
+        found = w.proc.kill_rest() if isinstance(w.proc, procs.Adopted) else procs.kill_group(w.proc.pid)
+        code = w.proc.poll()  # reaps it (an adopted one was reaped by whoever adopted it: -1, unknown)
+        w.exited_at_s, w.exit_code = now_s, -1 if code is None else code
         if not w.stopping:
             log.warning("worker %s exited with %s", w.instance_id, w.exit_code)
         if found:
@@ -293,7 +304,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         if self.pool is not None:
             self.pool.shutdown()
         for w in self.workers.values():
-            if w.proc is not None and not procs.exited(w.proc.pid):
+            if w.proc is not None and not procs.has_exited(w.proc):
                 w.stopping = True
                 w.proc.send_signal(signal.SIGTERM)
         for w in self.workers.values():
@@ -370,13 +381,10 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         return out
 
 
-def _describe(found: list[proctable.ProcInfo] | tuple[proctable.ProcInfo, ...]) -> str:
-    return ", ".join(f"{p.pid} ({p.comm})" for p in found)
-
-
 async def serve(config: ScalerConfig) -> None:
     cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
     servicer = ScalerServicer(config, cluster)
+    servicer.adopt_running()
     metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
     server, health = grpcutil.make_server([(scaler_pb2_grpc.add_ScalerServicer_to_server, servicer)], [SERVICE_NAME])
     port = grpcutil.bind(server, config.host, config.port)
@@ -400,12 +408,18 @@ async def serve(config: ScalerConfig) -> None:
 
 
 def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.ClusterStore):
-    from services.scaler.actuator import ACTUATORS
+    from services.scaler.actuator import Actuator, LocalProcesses
     from services.scaler.autoscale import Autoscaler
     from services.scaler.autoscaling import AutoscaleLoop
 
     if config.autoscale is None:
         raise ValueError("the scaler's autoscaler was started without its settings")
-    actuator = ACTUATORS[config.actuator](servicer, cluster)
+    actuator: Actuator
+    if config.actuator == "kubernetes":
+        from services.scaler.k8s_actuator import Kubernetes
+
+        actuator = Kubernetes.connect(cluster, config.k8s_namespace, config.k8s_deployment)
+    else:
+        actuator = LocalProcesses(servicer, cluster)
     policy = Autoscaler(config.autoscale, id_prefix=f"{config.cluster_name}-{int(time.time() * 1000)}")
     return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address)

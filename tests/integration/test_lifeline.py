@@ -195,3 +195,86 @@ def test_down_kills_and_names_what_is_left_in_a_recorded_session(tmp_path, capsy
         assert ClusterFile.load(tmp_path) is None
     finally:
         _cleanup(parent, started)
+
+
+ANCHORED = """
+    import sys
+    from pathlib import Path
+    from services.common import lifeline, procs
+
+    if __name__ == "__main__":
+        anchor, ticks = int(sys.argv[2]), int(sys.argv[3])
+        cmd = lifeline.anchored_command([sys.executable, "-c", "import time; time.sleep(120)"],
+                                        sys.argv[1] + ".record", anchor, ticks)
+        child = procs.spawn(cmd, Path(sys.argv[1] + ".log"))
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{child.pid}\\n")
+"""
+
+
+def test_an_anchored_child_records_itself_outlives_its_starter_and_dies_with_its_anchor(tmp_path):
+    # As a worker under --adopt-workers: the scaler (the starter) may die; `hfx up`'s caller (the
+    # anchor) takes the worker with it.
+    anchor = procs.spawn(SLEEP, tmp_path / "anchor.log")
+    script = tmp_path / "starter.py"
+    script.write_text(textwrap.dedent(ANCHORED))
+    pidfile = tmp_path / "pids.txt"
+    starter = subprocess.run([sys.executable, str(script), str(pidfile), str(anchor.pid),
+                              str(proctable.start_ticks_of(anchor.pid))], env={**os.environ, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, timeout=60)
+    assert starter.returncode == 0, starter.stderr   # the starter is gone now
+    child_pid = int(pidfile.read_text())
+    try:
+        assert wait_until(lambda: procs.read_group_records(Path(f"{pidfile}.record")), 10)
+        assert procs.read_group_records(Path(f"{pidfile}.record")) == [(child_pid, proctable.start_ticks_of(child_pid))]
+        group = wait_until(lambda: len(proctable.group_members(proctable.snapshot(), child_pid)) == 2
+                           and proctable.group_members(proctable.snapshot(), child_pid), 10)
+        assert group   # the child and its watcher, in the child's own group
+        # alive without its starter
+        assert [p.pid for p in proctable.still_running(proctable.snapshot(), group)] == [p.pid for p in group]
+        anchor.kill()
+        anchor.wait(10)
+        assert _gone_within(group, 5.0), proctable.still_running(proctable.snapshot(), group)
+    finally:
+        procs.kill_group(child_pid, wait_s=1)
+        anchor.kill()
+        anchor.wait(10)
+
+
+def test_an_anchored_child_without_an_anchor_is_tied_to_nothing_and_still_recorded(tmp_path):
+    record = tmp_path / "w.pid"
+    child = procs.spawn(lifeline.anchored_command(SLEEP, str(record)), tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: procs.read_group_records(record), 10)
+        assert procs.read_group_records(record) == [(child.pid, proctable.start_ticks_of(child.pid))]
+        assert [p.pid for p in proctable.group_members(proctable.snapshot(), child.pid)] == [child.pid]
+    finally:
+        procs.kill_group(child.pid, wait_s=1)
+        child.wait(10)
+
+
+def test_an_adopted_worker_is_watched_by_pid_and_start_time_and_its_group_killed_after_it(tmp_path):
+    # As a restarted scaler holds a worker it did not start (services/common/procs.Adopted).
+    code = """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{child.pid}\\n")
+        time.sleep(120)
+    """
+    parent, started = _run_parent(tmp_path, code)
+    try:
+        ticks = proctable.start_ticks_of(parent.pid)
+        assert ticks is not None
+        assert procs.Adopted(parent.pid, ticks + 1).running() is False   # same pid, another start: not it
+        adopted = procs.Adopted(parent.pid, ticks)
+        assert adopted.running() and adopted.poll() is None and not procs.has_exited(adopted)
+        adopted.send_signal(signal.SIGKILL)   # the leader dies; its child (same session) lives on
+        assert wait_until(lambda: procs.has_exited(adopted), 5)
+        assert adopted.poll() == -1          # not our child: the status is unknown
+        assert [p.pid for p in proctable.still_running(proctable.snapshot(), started)] == [p.pid for p in started]
+        found = adopted.kill_rest()
+        assert [p.pid for p in found] == [p.pid for p in started]
+        assert not proctable.still_running(proctable.snapshot(), started)
+    finally:
+        _cleanup(parent, started)

@@ -149,12 +149,47 @@ def test_autoscale_flags_refuse_contradictions_before_anything_starts(capsys):
     for argv, says in ((["up", "--autoscale", "--min", "5", "--max", "2"], "--min 5 is above --max 2"),
                        (["up", "--autoscale", "--price", "cpu=-3"], "must be >= 0"),
                        (["up", "--autoscale", "--price", "cpu"], "expected DEVICE=PRICE"),
-                       (["up", "--autoscale", "--actuator", "kubernetes"], "not implemented"),
+                       (["up", "--autoscale", "--actuator", "kubernetes"], "`hfx up` runs workers as local processes"),
                        (["up", "--autoscale", "--scale-down-utilization", "0.9"], "scale_down_utilization")):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and says in err, (argv, err)
+
+
+def test_the_kubernetes_actuator_refuses_bad_combinations(capsys):
+    from services.cli import main
+
+    scaler = ["scaler", "--scheduler", "127.0.0.1:1"]
+    k8s = [*scaler, "--autoscale", "--actuator", "kubernetes"]
+    for argv, says in (([*scaler, "--actuator", "kubernetes"], "needs --autoscale"),
+                       ([*k8s], "drop --replicas"),
+                       ([*k8s, "--replicas", "0", "--prefill", "1"], "drop --prefill"),
+                       ([*k8s, "--replicas", "0", "--adopt-workers"], "drop --adopt-workers"),
+                       ([*scaler, "--autoscale", "--k8s-namespace", "hfx"], "--k8s-namespace need --actuator kubernetes"),
+                       ([*k8s, "--replicas", "0", "--k8s-deployment", "Worker_1"], "is not a Kubernetes name"),
+                       ([*k8s, "--replicas", "0", "--k8s-namespace", "x" * 64], "is not a Kubernetes name")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err, (argv, err)
+
+
+def test_the_kubernetes_actuator_flags_reach_the_scalers_config(monkeypatch):
+    from services import cli
+    from services.scaler import server
+
+    seen = {}
+
+    async def serve(config):
+        seen["config"] = config
+
+    monkeypatch.setattr(server, "serve", serve)
+    assert cli.main(["scaler", "--scheduler", "127.0.0.1:1", "--autoscale", "--actuator", "kubernetes",
+                     "--replicas", "0", "--k8s-namespace", "serving"]) == 0
+    config = seen["config"]
+    assert (config.actuator, config.k8s_namespace, config.k8s_deployment, config.replicas) == \
+        ("kubernetes", "serving", "worker", 0)
 
 
 def test_api_keys_come_from_a_file_and_hfx_up_never_puts_them_on_the_routers_command_line(tmp_path):

@@ -473,3 +473,40 @@ def test_compose_and_k8s_redis_require_the_password_secret(manifests):
     assert "requirepass" in " ".join(k8s_redis["command"])
     config = _of_kind(manifests, "ConfigMap")
     assert any("HFX_REDIS_PASSWORD_FILE" in c.get("data", {}) for c in config.values())
+
+
+def _allows(rules: list[dict], group: str, resource: str, verb: str, name: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               and ("resourceNames" not in r or name in r["resourceNames"]) for r in rules)
+
+
+def test_k8s_scaler_autoscales_the_worker_deployment_with_just_the_rights_it_needs(manifests, parser):
+    from services.scaler.autoscale_cli import k8s_target
+
+    deployments = _of_kind(manifests, "Deployment")
+    pod = deployments["scaler"]["spec"]["template"]["spec"]
+    args = _parse(parser, pod["containers"][0]["args"], "k8s Deployment scaler")
+    assert args.check(args) is None   # the cross-flag checks `hfx scaler` runs before it starts
+    assert args.autoscale and args.actuator == "kubernetes" and args.replicas == 0
+    assert args.scheduler_metrics == f"scheduler:{METRICS_PORTS['scheduler']}"
+    assert args.router_metrics == f"router:{METRICS_PORTS['router']}"
+    namespace, name = k8s_target(args)
+    worker = deployments[name]
+    assert worker["metadata"]["namespace"] == namespace and args.command == "scaler"
+    assert "replicas" not in worker["spec"], "re-applying the manifests would reset the autoscaled count"
+
+    account = pod["serviceAccountName"]
+    assert account in _of_kind(manifests, "ServiceAccount")
+    (binding,) = [b for b in _of_kind(manifests, "RoleBinding").values()
+                  if {"kind": "ServiceAccount", "name": account, "namespace": namespace} in b["subjects"]]
+    assert binding["roleRef"]["kind"] == "Role" and binding["metadata"]["namespace"] == namespace
+    rules = _of_kind(manifests, "Role")[binding["roleRef"]["name"]]["rules"]
+    for group, resource, verb in (("apps", "deployments", "get"), ("apps", "deployments/scale", "get"),
+                                  ("apps", "deployments/scale", "patch"), ("", "pods", "list"),
+                                  ("", "pods", "patch"), ("", "pods", "delete")):
+        assert _allows(rules, group, resource, verb, name), (group, resource, verb)
+    # Nothing more: not another Deployment, no pod creation, no secrets, no wildcards.
+    assert not _allows(rules, "apps", "deployments/scale", "patch", "router")
+    assert not _allows(rules, "", "pods", "create", name) and not _allows(rules, "", "secrets", "get", "x")
+    assert not any("*" in r["verbs"] or "*" in r["resources"] for r in rules)
+    assert not _of_kind(manifests, "ClusterRole") and not _of_kind(manifests, "ClusterRoleBinding")

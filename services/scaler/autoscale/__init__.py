@@ -6,10 +6,11 @@ No I/O and no clock here: time is passed in, so the same objects run on the wall
 simulated one.
 """
 
-from services.scaler.autoscale.actions import Drain, Plan, Remove, Start, Undrain
+from services.scaler.autoscale.actions import Drain, Flip, Plan, Remove, Start, Undrain
 from services.scaler.autoscale.config import AutoscaleConfig
+from services.scaler.autoscale.pd import PDAutoscaler, PDConfig, PDSignals, RoleLoad
 from services.scaler.autoscale.policy import Autoscaler
 from services.scaler.autoscale.signals import InstanceSignal, Phase, Signals, StartKind
 
-__all__ = ["AutoscaleConfig", "Autoscaler", "Drain", "InstanceSignal", "Phase", "Plan", "Remove", "Signals",
-           "Start", "StartKind", "Undrain"]
+__all__ = ["AutoscaleConfig", "Autoscaler", "Drain", "Flip", "InstanceSignal", "PDAutoscaler", "PDConfig", "PDSignals",
+           "Phase", "Plan", "Remove", "RoleLoad", "Signals", "Start", "StartKind", "Undrain"]

@@ -16,6 +16,7 @@ class Start:
     reason: str
     device: str = "cpu"
     start_kind: StartKind = StartKind.COLD
+    role: str = "colocated"     # P/D: the role the new instance takes ("prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,18 @@ class Remove:
     instance_id: str
 
 
-Action = Start | Drain | Undrain | Remove
+@dataclass(frozen=True)
+class Flip:
+    """P/D: change a ready instance's role (prefill <-> decode) instead of starting one and
+    draining another (no start time, no extra cost; the worker drains its old role's work first)."""
+
+    decision_id: str
+    reason: str
+    instance_id: str
+    to_role: str
+
+
+Action = Start | Drain | Undrain | Remove | Flip
 
 
 @dataclass(frozen=True)

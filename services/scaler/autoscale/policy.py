@@ -53,7 +53,8 @@ class Autoscaler:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _capacity_of(self, signals: Signals, device: str, now_s: float) -> float:
-        fallback = self._capacity.get(device, self.config.default_capacity(device))
+        hint = signals.capacity_hint_rps if device == self.config.device else None
+        fallback = hint if hint is not None else self._capacity.get(device, self.config.default_capacity(device))
         cap, samples = estimate_capacity(signals.instances, device, now_s, self.config.warmup_s, fallback)
         if samples:
             self._capacity[device] = cap

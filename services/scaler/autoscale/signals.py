@@ -35,6 +35,7 @@ class InstanceSignal:
     # Requests/s it can carry within the SLOs, from its measured latency model (None: unknown).
     # Measured while it warms up this reads low, so the policy ignores it then (see warmup_s).
     capacity_rps: float | None = None
+    role: str = "colocated"              # P/D: "prefill" or "decode" (services/scaler/autoscale/pd.py)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class Signals:
     # The standby pool's engines (issue 12), idle but paid for: their memory in serving-instance
     # equivalents (pool RSS / a serving worker's RSS; services/scaler/standby.py), 0 without a pool.
     standby_equivalents: float = 0.0
+    # Req/s an instance carries within the SLOs for the traffic as it is now, when no warmed-up
+    # instance has a measured figure (None: the configured capacity). P/D derives it per role from
+    # the mix's token lengths (a longer mean prompt: fewer req/s per prefill instance).
+    capacity_hint_rps: float | None = None
 
     def overall_attainment(self) -> Attainment:
         return Attainment(sum(a.met for a in self.attainment.values()), sum(a.total for a in self.attainment.values()))
