@@ -83,3 +83,42 @@ def test_a_restarted_worker_comes_back_in_its_current_role(tmp_path):
     assert not incomplete(results, MAX_TOKENS)
     assert any("prefill -> hfx-d1" in r.final.placement_reason for r in results), \
         [r.final.placement_reason for r in results][:5]
+
+
+def _mixed_request(client: int, i: int) -> router_pb2.GenerateRequest:
+    """Long prompts (split P -> D) and short ones (served whole: on a colocated instance first)."""
+    req = _request(client, i)
+    if i % 2:
+        del req.token_ids.ids[32:]
+    return req
+
+
+def test_flips_with_a_colocated_instance_under_load_lose_no_request(tmp_path, capsys):
+    home = tmp_path / "home"
+    # The scaler's --role-changes starts the colocated worker with --kv-transfer too, so it may
+    # become P or D; the scheduler runs no role loop here (only these two changes are made).
+    with local_cluster(home, workers=1, prefill=1, decode=2, engine="sim", policy="hfx",
+                       scaler_args=("--role-changes",)) as c:
+        url = c.state.redis_url
+        assert wait_until(lambda: links_of(url) == {("hfx-p0", "hfx-d0"), ("hfx-p0", "hfx-d1")}, 30), links_of(url)
+        results, changed = actions_under_load(
+            c.state.router, _mixed_request, 4,
+            [role_change(home, "hfx-w0", "decode", "test: decode pressed"),
+             role_change(home, "hfx-d1", "colocated", "test: colocated pressed")], pause_s=3)
+        entries = registry(url)
+        links = links_of(url)
+    assert "hfx-w0: colocated -> decode (test: decode pressed)" in capsys.readouterr().out
+    assert len(results) > 20
+    failed = incomplete(results, MAX_TOKENS)
+    assert not failed, failed[:5]
+    assert entries["hfx-w0"].role == common_pb2.ROLE_DECODE and entries["hfx-d1"].role == common_pb2.ROLE_COLOCATED
+    assert links == {("hfx-p0", "hfx-d0"), ("hfx-p0", "hfx-w0")}   # a colocated instance is linked to nothing
+    between = [r.final for r in results if changed[0] + 1.0 < r.started_s < changed[1]]
+    after = [r.final for r in results if r.started_s > changed[1] + 1.0]
+    # hfx-w0 decodes split requests once it is a decode instance, and serves none whole as a colocated one
+    assert any("decode -> hfx-w0 (" in f.placement_reason for f in between + after), \
+        [(f.instance_id, f.placement_reason[-60:]) for f in between][:5]
+    assert not any(f.instance_id == "hfx-w0" and "; colocated: " in f.placement_reason for f in between + after)
+    # hfx-d1 serves short prompts whole as the colocated instance
+    assert any(f.instance_id == "hfx-d1" and "; colocated: " in f.placement_reason for f in after), \
+        [(f.instance_id, f.placement_reason) for f in after][:5]

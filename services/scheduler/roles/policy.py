@@ -20,6 +20,15 @@ Per tick:
    one waits `hold_s` after it. So an alternating signal cannot flap roles.
 5. The instance: of the donor stage, not flipped within hold_s, the one with the least old-role
    work left (cheapest to hand over; ties: lowest id).
+
+Colocated instances (C) beside P and D: C is a third stage (signals.py: its pressure, and its
+free share counted as prefill capacity). A pressed P or D stage may also take a C (C -> P or
+C -> D: it gives up no P/D capacity, only the C's own; a busy last C is never taken, its work
+would have nowhere to go); a pressed C stage takes a P or a D (P/D keep at least one each).
+Nothing flips into C unless C is pressed, so a P/D cluster without C never gets one, and a
+colocated-only cluster is left alone (the signals do not model prefill-decode interference,
+which is what splitting it would buy). Hysteresis as above: a flip back into the role the last
+flip took an instance from waits hold_s.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ class RolePolicy:
     config: RoleConfig = field(default_factory=RoleConfig)
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     flipped_s: dict[str, float] = field(default_factory=dict)   # instance -> its last flip
-    last_flip: tuple[float, Role | None] = (-math.inf, None)    # (when, to which role)
+    last_flip: tuple[float, Role | None] = (-math.inf, None)    # (when, from which role: a flip back waits)
     smoothed: tuple[float, float] | None = None
 
     def on_tick(self, cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], now_s: float) -> RoleDecision:
@@ -79,31 +88,33 @@ class RolePolicy:
 
     def _decide(self, cluster: ClusterSnapshot, s: StagePressure, now_s: float) -> RoleDecision:
         cfg = self.config
-        said = f"pressure prefill {s.prefill:.2f} / decode {s.decode:.2f}"
+        said = f"pressure prefill {s.prefill:.2f} / decode {s.decode:.2f}" + (
+            f" / colocated {s.colocated:.2f}" if s.n_colocated else "")
         if not s.n_prefill or not s.n_decode:
             return _none(f"{said}: not a P/D cluster")
-        worst = max(s.prefill, s.decode)
+        stages = [r for r in (Role.DECODE, Role.PREFILL, Role.COLOCATED) if s.count(r)]
+        pressed = max(stages, key=s.pressure)   # a tie goes to decode, then prefill
+        worst = s.pressure(pressed)
         if worst < cfg.high:
-            return _none(f"{said}: both below {cfg.high}")
-        pressed = Role.PREFILL if s.prefill > s.decode else Role.DECODE
-        waiting = s.waiting_prefill if pressed is Role.PREFILL else s.waiting_decode
-        if waiting < cfg.min_waiting:
+            return _none(f"{said}: {'all' if s.n_colocated else 'both'} below {cfg.high}")
+        if s.waiting(pressed) < cfg.min_waiting:
             return _none(f"{said}: {pressed.value} is full but nothing waits for it")
-        # Either flip may help the pressed stage (a D also prefills when D may prefill locally):
-        # the one that lowers the worse pressure most.
-        options = [(worst - max(s.after_flip(r)), r) for r in (Role.PREFILL, Role.DECODE)
-                   if (s.n_decode if r is Role.PREFILL else s.n_prefill) >= 2]
+        # Each move that may help the pressed stage (a D also prefills when D may prefill
+        # locally; a C serves whole what no pair takes): the one that lowers the worst pressure
+        # most, on a tie the one that leaves the next-worst lowest.
+        options = [(sorted(s.after_move(f, t), reverse=True), f, t) for f, t in _moves(pressed)
+                   if s.count(f) >= _KEEP[f] + 1]
         if not options:
             return _none(f"{said}: {pressed.value} is short but no stage can give up an instance")
-        gain, to_role = max(options, key=lambda o: o[0])
-        from_role = Role.DECODE if to_role is Role.PREFILL else Role.PREFILL
+        ranked, from_role, to_role = min(options, key=lambda o: o[0])
+        gain = worst - ranked[0]
         since = now_s - self.last_flip[0]
         if since < cfg.cooldown_s:
             return _none(f"{said}: cool-down ({since:.1f} of {cfg.cooldown_s:.0f} s since the last flip)")
-        if self.last_flip[1] not in (None, to_role) and since < cfg.hold_s:
+        if self.last_flip[1] is to_role and since < cfg.hold_s:
             return _none(f"{said}: a flip back to {to_role.value} waits {cfg.hold_s:.0f} s after the last one "
                          f"({since:.1f} s so far)")
-        after = s.after_flip(to_role)
+        after = s.after_move(from_role, to_role)
         donors = [i for i in cluster.instances if i.role is from_role and i.accepting
                   and now_s - self.flipped_s.get(i.instance_id, -math.inf) >= cfg.hold_s]
         if not donors:
@@ -116,9 +127,10 @@ class RolePolicy:
         if gap:
             return _none(f"{said}: {gap}")
         self.flipped_s[pick.instance_id] = now_s
-        self.last_flip = (now_s, to_role)
+        self.last_flip = (now_s, from_role)
+        predicted = " / ".join(f"{x:.2f}" for x in (after if s.n_colocated else after[:2]))
         return RoleDecision(pick.instance_id, from_role, to_role,
-                            f"{pressed.value} pressed, to {to_role.value}: {said} -> predicted {after[0]:.2f} / {after[1]:.2f} "
+                            f"{pressed.value} pressed, to {to_role.value}: {said} -> predicted {predicted} "
                             f"(gain {gain:.2f} > {cfg.min_gain} + cost {cost:.2f}); {pick.instance_id} has the "
                             f"least {from_role.value} work left ({self._left_ms(pick, now_s):.0f} ms)", gain, cost)
 
@@ -134,6 +146,21 @@ class RolePolicy:
         expected = self.policy_config.prior_output_tokens
         left = (min(r.spec.max_tokens, expected) - (now_s - r.placed_s) * 1000.0 / step_ms for r in legs)
         return max(max(left, default=0.0), 0.0) * step_ms
+
+
+# A stage keeps at least this many instances: P and D one each (a P/D cluster stays one; and
+# role_change_gap must pass), C may be emptied (its whole requests then split or go to D).
+_KEEP = {Role.PREFILL: 1, Role.DECODE: 1, Role.COLOCATED: 0}
+
+
+def _moves(pressed: Role) -> list[tuple[Role, Role]]:
+    """(from, to) flips that may relieve `pressed`, in the order that wins a tie: from C first
+    (it gives up no P/D capacity, only its own), then the P/D flips either way (a D that also
+    prefills may help more as a D). Never into C unless C is pressed, so a P/D cluster without C
+    stays one."""
+    if pressed is Role.COLOCATED:
+        return [(Role.PREFILL, Role.COLOCATED), (Role.DECODE, Role.COLOCATED)]
+    return [(Role.COLOCATED, pressed), (Role.DECODE, Role.PREFILL), (Role.PREFILL, Role.DECODE)]
 
 
 def _none(reason: str) -> RoleDecision:
