@@ -109,7 +109,7 @@ def test_no_flip_when_the_gain_does_not_pay_for_the_change():
 
 
 def test_an_alternating_signal_flips_an_instance_at_most_once_per_hold_time():
-    cfg = RoleConfig(hold_s=30.0, cooldown_s=1.0, smoothing=1.0)
+    cfg = RoleConfig(hold_s=30.0, cooldown_s=1.0, reverse_s=10.0, smoothing=1.0)
     policy = RolePolicy(cfg, CONFIG)
     roles = {i.instance_id: i.role for i in _cluster(n_p=3, n_d=3).instances}
     flips: dict[str, list[float]] = {}
@@ -129,7 +129,7 @@ def test_an_alternating_signal_flips_an_instance_at_most_once_per_hold_time():
     for times in flips.values():
         assert all(b - a >= cfg.hold_s for a, b in zip(times, times[1:]))
     for (t0, r0), (t1, r1) in zip(directions, directions[1:]):
-        assert t1 - t0 >= (cfg.hold_s if r1 is not r0 else cfg.cooldown_s)
+        assert t1 - t0 >= (cfg.reverse_s if r1 is not r0 else cfg.cooldown_s)
 
 
 def _with_role(inst, roles):
@@ -211,11 +211,12 @@ def test_colocated_pressure_never_empties_prefill_or_decode():
     assert not decision.flip and "no stage can give up an instance" in decision.reason
 
 
-def test_a_flip_into_colocated_is_not_reversed_within_the_hold_time():
-    policy = RolePolicy(RoleConfig(hold_s=30.0, cooldown_s=1.0, smoothing=1.0), CONFIG)
+def test_a_flip_out_of_colocated_is_not_reversed_within_the_reverse_wait():
+    policy = RolePolicy(RoleConfig(hold_s=30.0, cooldown_s=1.0, reverse_s=20.0, smoothing=1.0), CONFIG)
     first = policy.on_tick(_with_colocated(_cluster(d_legs=30), 2), WAIT_D, 100.0)
     assert first.flip and first.from_role is Role.COLOCATED
     # 5 s later C is pressed: taking a D back into C reverses the last flip
     later = policy.on_tick(_with_colocated(_cluster(n_p=2, n_d=3), 1, legs=30), WAIT_C, 105.0)
-    assert not later.flip and "a flip back to colocated waits 30 s" in later.reason
-    assert policy.on_tick(_with_colocated(_cluster(n_p=2, n_d=3), 1, legs=30), WAIT_C, 131.0).flip
+    assert not later.flip and f"a flip back to colocated waits {policy.config.reverse_s:.0f} s" in later.reason
+    assert policy.on_tick(_with_colocated(_cluster(n_p=2, n_d=3), 1, legs=30), WAIT_C,
+                          100.0 + policy.config.reverse_s + 1).flip

@@ -17,7 +17,7 @@ Per tick:
    worth less. Flip when gain > min_gain + cost.
 4. Hysteresis: no instance flips twice within `hold_s`; the cluster flips at most once per
    `cooldown_s` (the next tick then sees the effect); and a flip against the direction of the last
-   one waits `hold_s` after it. So an alternating signal cannot flap roles.
+   one waits `reverse_s` after it. So an alternating signal cannot flap roles.
 5. The instance: of the donor stage, not flipped within hold_s, the one with the least old-role
    work left (cheapest to hand over; ties: lowest id).
 
@@ -28,7 +28,7 @@ would have nowhere to go); a pressed C stage takes a P or a D (P/D keep at least
 Nothing flips into C unless C is pressed, so a P/D cluster without C never gets one, and a
 colocated-only cluster is left alone (the signals do not model prefill-decode interference,
 which is what splitting it would buy). Hysteresis as above: a flip back into the role the last
-flip took an instance from waits hold_s.
+flip took an instance from waits reverse_s.
 """
 
 from __future__ import annotations
@@ -44,13 +44,21 @@ from services.scheduler.roles.signals import StagePressure, stage_pressure
 
 @dataclass(frozen=True)
 class RoleConfig:
-    high: float = 1.0          # a stage this pressed (1.0 = its SLOs just held) asks for help...
+    # A stage this pressed (1.0 = its SLOs just held) asks for help... (0.9, not 1.0: admission
+    # turns away what a stage cannot serve in time, so the signal rarely climbs far past 1.0; in
+    # the simulator, benchmarks/roles.py --no-local-prefill 4:12, the first 4 flips came at
+    # 5-16 s instead of 6-20 s, prompt-heavy attainment 80.6% instead of 73.7%.)
+    high: float = 0.9
     min_waiting: int = 1       # ...when at least this many requests wait at the scheduler for it
     min_gain: float = 0.05     # the worse stage's pressure must drop by at least this (plus the cost)
     change_s: float = 0.5      # a flip's own time (registry, link warm-up) until the new role serves
     horizon_s: float = 10.0    # the time a flip is meant to help over (cost = seconds lost / horizon)
-    hold_s: float = 30.0       # an instance flips at most once per hold_s; a reversal waits as long
+    hold_s: float = 30.0       # an instance flips at most once per hold_s
     cooldown_s: float = 3.0    # between any two flips of the cluster
+    # A flip back into the role the last flip took an instance from waits this long (was hold_s,
+    # 30 s: a mix shift 20 s after the last flip then waited 10 s; the per-instance hold already
+    # keeps any one instance from flapping).
+    reverse_s: float = 10.0
     smoothing: float = 0.5     # EWMA weight of the newest pressure sample
     tick_s: float = 1.0        # how often the adapters run on_tick
 
@@ -75,15 +83,15 @@ class RolePolicy:
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     flipped_s: dict[str, float] = field(default_factory=dict)   # instance -> its last flip
     last_flip: tuple[float, Role | None] = (-math.inf, None)    # (when, from which role: a flip back waits)
-    smoothed: tuple[float, float] | None = None
+    smoothed: tuple[float, float, float] | None = None   # (prefill, decode, colocated)
 
     def on_tick(self, cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], now_s: float) -> RoleDecision:
         raw = stage_pressure(cluster, waiting, self.policy_config)
         a = self.config.smoothing
-        p, d = (raw.prefill, raw.decode) if self.smoothed is None else (
-            a * raw.prefill + (1 - a) * self.smoothed[0], a * raw.decode + (1 - a) * self.smoothed[1])
-        self.smoothed = (p, d)
-        pressure = replace(raw, prefill=p, decode=d)
+        now = (raw.prefill, raw.decode, raw.colocated)
+        p, d, c = now if self.smoothed is None else tuple(a * x + (1 - a) * y for x, y in zip(now, self.smoothed))
+        self.smoothed = (p, d, c)
+        pressure = replace(raw, prefill=p, decode=d, colocated=c)
         return self._decide(cluster, pressure, now_s)
 
     def _decide(self, cluster: ClusterSnapshot, s: StagePressure, now_s: float) -> RoleDecision:
@@ -111,8 +119,8 @@ class RolePolicy:
         since = now_s - self.last_flip[0]
         if since < cfg.cooldown_s:
             return _none(f"{said}: cool-down ({since:.1f} of {cfg.cooldown_s:.0f} s since the last flip)")
-        if self.last_flip[1] is to_role and since < cfg.hold_s:
-            return _none(f"{said}: a flip back to {to_role.value} waits {cfg.hold_s:.0f} s after the last one "
+        if self.last_flip[1] is to_role and since < cfg.reverse_s:
+            return _none(f"{said}: a flip back to {to_role.value} waits {cfg.reverse_s:.0f} s after the last one "
                          f"({since:.1f} s so far)")
         after = s.after_move(from_role, to_role)
         donors = [i for i in cluster.instances if i.role is from_role and i.accepting
