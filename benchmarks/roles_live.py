@@ -160,3 +160,88 @@ def live_main(args) -> int:
     for r in failed[:5]:
         print(f"  failed: {r['error'] or 'incomplete'} ({len(r['tokens'])} tokens)")
     return 0 if not failed else 1
+
+
+def add_mix_parser(sub) -> None:
+    from benchmarks.roles_workload import add_mix_arguments
+
+    p = sub.add_parser("live-mix", help="fixed P:D vs role changes under the shifting mix, on the real mesh")
+    p.add_argument("--instances", type=argtypes.positive_int, default=16, help="default %(default)s")
+    p.add_argument("--modes", nargs="+", choices=["fixed", "roles"], default=["fixed", "roles"],
+                   help="run the fixed ratio, the role policy (scheduler --role-changes), or both (default both)")
+    add_mix_arguments(p)
+    p.set_defaults(func=mix_main)
+
+
+_LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def _changes(log_dir: Path, t0: float) -> list[str]:
+    """Each role change the scheduler decided and the scaler carried out, from their logs: when
+    (seconds into the run), what, and the scaler's time for it (the worker's registry write plus
+    the re-linking with a warm-up transfer per new link)."""
+    import re
+    from datetime import datetime, timezone
+
+    carried = re.compile(r"role of (\S+): (\w+) -> (\w+) .*: worker (\d+) ms, links (\d+) ms, (\d+) link")
+    out = []
+    for line in (log_dir / "scaler.log").read_text().splitlines():
+        m = carried.search(line)
+        if m is None:
+            continue
+        at = datetime.strptime(line[:23], _LOG_TIME).replace(tzinfo=timezone.utc).timestamp() - t0
+        iid, was, now, worker_ms, links_ms, links = m.groups()
+        out.append(f"t={at:6.1f}s {iid} {was} -> {now}: worker {worker_ms} ms + re-linking {links_ms} ms "
+                   f"({links} links) = {int(worker_ms) + int(links_ms)} ms")
+    return out
+
+
+def mix_main(args) -> int:
+    """The shifting mix sent open-loop through the router of a fresh `hfx up` per mode."""
+    import asyncio
+    import json
+
+    from benchmarks.roles_workload import print_attainment, shifting_mix
+    from services.bench.cli import _classes_yaml
+    from services.bench.live import LiveOptions, run_live
+    from services.bench.targets import make_target
+    from services.sim.runner import pd_roles
+
+    workload, phases, reqs, phase_of, _, _ = shifting_mix(args)
+    roles = pd_roles(args.ratio, args.instances)
+    n_p, n_d = roles.count(Role.PREFILL), roles.count(Role.DECODE)
+    model = str(ensure_default_model())
+    vocab = int(json.loads((Path(model) / "config.json").read_text()).get("vocab_size", 32000))
+    profile = args.profile if not Path(args.profile).is_file() else str(Path(args.profile).resolve())
+    print(f"live mesh: router, scheduler (hfx), scaler, Redis real; {n_p} prefill + {n_d} decode workers, "
+          f"SIMULATED engines (profile {args.profile}); requests sent open-loop at their arrival times")
+    for mode in args.modes:
+        home = Path(tempfile.mkdtemp(prefix=f"hfx-roles-{mode}-"))
+        classes = home / "classes.yaml"
+        _classes_yaml(workload, classes)
+        opts = cluster.UpOptions(home=home, model=model, workers=0, router_port=procs.free_port(), redis_url=None,
+                                 policy="hfx", engine="sim", tracing="off", timeout_s=300, classes=str(classes),
+                                 metrics=False, prefill=n_p, decode=n_d, pd_local_prefill=args.local_prefill,
+                                 sim_profile=profile, role_changes=mode == "roles")
+        state = cluster.up(opts)
+        try:
+            started = time.time()
+
+            async def run():
+                target = make_target(state.router)
+                try:
+                    return await run_live(target, reqs, vocab, args.seed, LiveOptions(), instances=args.instances)
+                finally:
+                    await target.close()
+            result = asyncio.run(run())
+            wall = time.time() - started
+            changes = _changes(Path(state.log_dir), started)
+        finally:
+            cluster.down(home, quiet=True)
+        label = "fixed" if mode == "fixed" else "role changes"
+        failed = sum(1 for r in result.records if r.verdict == "failed")
+        print_attainment(label, phases, result.records, phase_of, f"  ({wall:.0f} s wall, {failed} failed)")
+        print(f"  role changes: {len(changes)}")
+        for line in changes:
+            print(f"   {line}")
+    return 0

@@ -3,6 +3,7 @@ scaler, workers) started through the same code as `hfx up`, and an in-process OT
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -11,14 +12,16 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from services.common import grpcutil, procs
+from services.common import grpcutil, procs, store
+from services.common.keys import Keys
 from services.common.model import ensure_default_model
 from services.local import cluster
+from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.local.statefile import ClusterFile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,3 +172,73 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.1):
             return value
         time.sleep(interval_s)
     return predicate()
+
+
+@dataclass
+class Streamed:
+    started_s: float
+    tokens: list[int]
+    final: router_pb2.FinalResult | None
+    error: str
+
+
+def _stream(router: str, stop: threading.Event, results: list[Streamed],
+            make_request: Callable[[int], router_pb2.GenerateRequest]) -> None:
+    with grpc.insecure_channel(router) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        i = 0
+        while not stop.is_set():
+            row = Streamed(time.time(), [], None, "")
+            try:
+                for msg in stub.Generate(make_request(i), timeout=120):
+                    if msg.HasField("delta"):
+                        row.tokens += msg.delta.token_ids
+                    else:
+                        row.final = msg.final
+            except grpc.RpcError as err:
+                row.error = f"{err.code().name}: {err.details()}"
+            results.append(row)
+            i += 1
+
+
+def actions_under_load(router: str, make_request: Callable[[int, int], router_pb2.GenerateRequest], clients: int,
+                       actions: Sequence[Callable[[], object]], pause_s: float) -> tuple[list[Streamed], list[float]]:
+    """`clients` streams through the router (client c's i-th request is make_request(c, i)), one
+    request after another, while each action runs in turn, `pause_s` apart (and before the first
+    and after the last). Returns every request's outcome and when each action started."""
+    stop, results, started = threading.Event(), [], []
+    threads = [threading.Thread(target=_stream, args=(router, stop, results, lambda i, c=c: make_request(c, i)))
+               for c in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(pause_s)
+        for action in actions:
+            started.append(time.time())
+            action()
+            time.sleep(pause_s)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    return results, started
+
+
+def incomplete(results: Sequence[Streamed], max_tokens: int, reference: Sequence[int] | None = None) -> list:
+    """The requests that failed, ended without a final, streamed another count of tokens than
+    `max_tokens`, or (given a reference) other tokens: (error, tokens) each."""
+    return [(r.error, list(r.tokens)) for r in results
+            if r.error or r.final is None or len(r.tokens) != max_tokens
+            or (reference is not None and list(r.tokens) != list(reference))]
+
+
+def registry(redis_url: str, prefix: str = "hfx") -> dict[str, common_pb2.Instance]:
+    async def read():
+        return {i.instance_id: i for i in await store.ClusterStore(store.connect(redis_url), Keys(prefix)).instances()}
+    return asyncio.run(read())
+
+
+def links_of(redis_url: str, prefix: str = "hfx") -> set[tuple[str, str]]:
+    async def read():
+        return set(await store.ClusterStore(store.connect(redis_url), Keys(prefix)).links())
+    return asyncio.run(read())

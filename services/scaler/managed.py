@@ -21,6 +21,7 @@ class Managed:
     started_s: float = 0.0      # when its current process was launched (ready time = registered - this)
     leftovers: tuple[proctable.ProcInfo, ...] = ()  # of the last exited process's group, unkillable so far
     from_standby: bool = False  # its current process was taken from the standby pool
+    role: str = ""              # its role as last registered (role changes, issue 11); "" = its slot's
     adopted: bool = False       # left running by a previous scaler (services/scaler/adopt.py)
 
 

@@ -77,8 +77,20 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
     def _instance_id(self, index: int) -> str:
         return slot_name(self.config.cluster_name, index)
 
+    def _role_of(self, index: int) -> str:
+        """The role a (re)start of slot `index` takes: the one its worker last had in the registry
+        (after any role change), else its slot's. So a restarted worker comes back as it was."""
+        w = self.workers.get(index)
+        return (w.role if w is not None and w.role else "") or pool_of(index)
+
+    def _remember_roles(self, registry: list[common_pb2.Instance]) -> None:
+        roles = {i.instance_id: convert.role_from_pb(i.role).value for i in registry}
+        for w in self.workers.values():
+            if w.instance_id in roles and w.exited_at_s is None:
+                w.role = roles[w.instance_id]
+
     def _role_flag(self, index: int) -> list[str]:
-        role = pool_of(index)
+        role = self._role_of(index)
         # A prefill or decode worker hands KV on or takes it: its engine needs the KV connector
         # (kv_both: either way). With role changes any worker may become one, so every one gets it.
         local = [] if self.config.pd_local_prefill else ["--no-pd-local-prefill"]
@@ -268,6 +280,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                      if i not in self.wanted and (i not in self.workers or self.workers[i].exited_at_s is not None))
         self.wanted.add(index)
         self.desired = len(self.wanted)
+        if index in self.workers:   # a new worker in a retired slot takes the slot's role, not its last one's
+            self.workers[index].role = ""
         if take_standby and self.pool is not None:
             self._adopt(index)
         self.step(now_s)
@@ -289,6 +303,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             try:
                 self.registry = await self.store.instances()
                 self.ready_ids = {i.instance_id for i in self.registry}
+                self._remember_roles(self.registry)
                 if self.linker is not None:   # an exited worker is unlinked at once, not after its TTL
                     gone = {w.instance_id for w in self.workers.values() if w.exited_at_s is not None or w.stopping}
                     await self.linker.step(self.registry, gone)
@@ -359,7 +374,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                                         replicas=len(self.pd_wanted & mine))
 
     async def SetRole(self, request: scaler_pb2.ScalerSetRoleRequest, context) -> scaler_pb2.ScalerSetRoleResponse:
-        return await self.roles.set_role(request)
+        reply = await self.roles.set_role(request)
+        # At once, not at the next registry read: a crash right after the change restarts it in its new role.
+        for w in self.workers.values():
+            if w.instance_id == request.instance_id and w.exited_at_s is None:
+                w.role = convert.role_from_pb(request.role).value
+        return reply
 
     async def ListWorkers(self, request, context) -> scaler_pb2.ListWorkersResponse:
         out = scaler_pb2.ListWorkersResponse()
@@ -375,7 +395,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
                 state = scaler_pb2.WORKER_STATE_STARTING
             out.workers.add(
                 instance_id=w.instance_id, address=f"127.0.0.1:{w.port}",
-                role=registered.get(w.instance_id, convert.role_to_pb(Role(pool_of(w.index)))),
+                role=registered.get(w.instance_id, convert.role_to_pb(Role(self._role_of(w.index)))),
                 state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
             )
         return out

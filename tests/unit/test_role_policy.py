@@ -109,7 +109,7 @@ def test_no_flip_when_the_gain_does_not_pay_for_the_change():
 
 
 def test_an_alternating_signal_flips_an_instance_at_most_once_per_hold_time():
-    cfg = RoleConfig(hold_s=30.0, cooldown_s=1.0, smoothing=1.0)
+    cfg = RoleConfig(hold_s=30.0, cooldown_s=1.0, reverse_s=10.0, smoothing=1.0)
     policy = RolePolicy(cfg, CONFIG)
     roles = {i.instance_id: i.role for i in _cluster(n_p=3, n_d=3).instances}
     flips: dict[str, list[float]] = {}
@@ -129,7 +129,7 @@ def test_an_alternating_signal_flips_an_instance_at_most_once_per_hold_time():
     for times in flips.values():
         assert all(b - a >= cfg.hold_s for a, b in zip(times, times[1:]))
     for (t0, r0), (t1, r1) in zip(directions, directions[1:]):
-        assert t1 - t0 >= (cfg.hold_s if r1 is not r0 else cfg.cooldown_s)
+        assert t1 - t0 >= (cfg.reverse_s if r1 is not r0 else cfg.cooldown_s)
 
 
 def _with_role(inst, roles):
@@ -155,3 +155,68 @@ def test_link_plan_links_every_prefill_to_every_decode_and_drops_gone_or_reroled
     assert dict(plan.remove) == {("d0", "p0"): "d0 is now decode", ("p1", "dx"): "p1 exited"}
     plan = plan_links({**roles, "d1": Role.DECODE}, [("p0", "d0")])
     assert plan.add == (("p0", "d1"), ("p1", "d0"), ("p1", "d1")) and plan.remove == ()
+
+
+def _with_colocated(cluster: ClusterSnapshot, n_c: int, legs: int = 0, tpot_ms: float = 5.0) -> ClusterSnapshot:
+    """`cluster` plus n_c colocated instances, each running `legs` whole requests (TPOT `tpot_ms`)."""
+    insts = []
+    for i in range(n_c):
+        running = tuple(RunningRequest(make_spec(request_id=f"c{i}-{k}", prompt_tokens=200, max_tokens=100,
+                                                 slo=Slo(500, tpot_ms)), 0.0, Role.COLOCATED) for k in range(legs))
+        insts.append(make_instance(f"c{i}", role=Role.COLOCATED, running=running, latency_model=MODEL))
+    return ClusterSnapshot(cluster.instances + tuple(insts))
+
+
+# Short prompts (run whole): with D not allowed to prefill, only a C may serve them.
+WAIT_C = [make_spec(request_id=f"wc{k}", prompt_tokens=40, max_tokens=50, slo=Slo(500, 5.0)) for k in range(4)]
+
+
+def test_an_idle_colocated_instance_is_prefill_capacity():
+    alone = stage_pressure(_cluster(p_legs=4), [], CONFIG)
+    with_c = stage_pressure(_with_colocated(_cluster(p_legs=4), 1), [], CONFIG)
+    # 2 P + one idle C: 3 instances' worth of prefill instead of 2
+    assert math.isclose(with_c.prefill, alone.prefill * 2 / 3)
+    assert (with_c.n_colocated, with_c.colocated) == (1, 0.0)
+    # so moving that idle C to P adds no prefill capacity: no flip for it
+    prefill, _, _ = with_c.after_move(Role.COLOCATED, Role.PREFILL)
+    assert math.isclose(prefill, with_c.prefill)
+
+
+def test_decode_pressure_takes_an_idle_colocated_instance_before_a_prefill_one():
+    cluster = _with_colocated(_cluster(d_legs=30), 2)
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(cluster, WAIT_D, 100.0)
+    assert decision.flip and (decision.from_role, decision.to_role) == (Role.COLOCATED, Role.DECODE)
+    assert decision.instance_id in ("c0", "c1") and "colocated" in decision.reason
+
+
+def test_a_busy_last_colocated_instance_is_not_taken():
+    # its whole requests would have nowhere to go: a P gives up its place instead
+    cluster = _with_colocated(_cluster(d_legs=30), 1, legs=2, tpot_ms=50.0)
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(cluster, WAIT_D, 100.0)
+    assert decision.flip and (decision.from_role, decision.to_role) == (Role.PREFILL, Role.DECODE)
+
+
+def test_a_pressed_colocated_stage_takes_an_idle_decode_instance_before_a_busy_prefill_one():
+    cluster = _with_colocated(_cluster(p_legs=2, n_p=2, n_d=3), 1, legs=30)
+    s = stage_pressure(cluster, WAIT_C, CONFIG)
+    assert s.waiting_colocated == 4 and s.colocated > 1.0 and 0.0 < s.prefill < 1.0 and s.decode == 0.0
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(cluster, WAIT_C, 100.0)
+    assert decision.flip and decision.to_role is Role.COLOCATED and decision.from_role is Role.DECODE, decision.reason
+    assert decision.reason.startswith("colocated pressed, to colocated")
+
+
+def test_colocated_pressure_never_empties_prefill_or_decode():
+    cluster = _with_colocated(_cluster(n_p=1, n_d=1), 1, legs=30)
+    decision = RolePolicy(RoleConfig(), CONFIG).on_tick(cluster, WAIT_C, 100.0)
+    assert not decision.flip and "no stage can give up an instance" in decision.reason
+
+
+def test_a_flip_out_of_colocated_is_not_reversed_within_the_reverse_wait():
+    policy = RolePolicy(RoleConfig(hold_s=30.0, cooldown_s=1.0, reverse_s=20.0, smoothing=1.0), CONFIG)
+    first = policy.on_tick(_with_colocated(_cluster(d_legs=30), 2), WAIT_D, 100.0)
+    assert first.flip and first.from_role is Role.COLOCATED
+    # 5 s later C is pressed: taking a D back into C reverses the last flip
+    later = policy.on_tick(_with_colocated(_cluster(n_p=2, n_d=3), 1, legs=30), WAIT_C, 105.0)
+    assert not later.flip and f"a flip back to colocated waits {policy.config.reverse_s:.0f} s" in later.reason
+    assert policy.on_tick(_with_colocated(_cluster(n_p=2, n_d=3), 1, legs=30), WAIT_C,
+                          100.0 + policy.config.reverse_s + 1).flip

@@ -17,9 +17,18 @@ Per tick:
    worth less. Flip when gain > min_gain + cost.
 4. Hysteresis: no instance flips twice within `hold_s`; the cluster flips at most once per
    `cooldown_s` (the next tick then sees the effect); and a flip against the direction of the last
-   one waits `hold_s` after it. So an alternating signal cannot flap roles.
+   one waits `reverse_s` after it. So an alternating signal cannot flap roles.
 5. The instance: of the donor stage, not flipped within hold_s, the one with the least old-role
    work left (cheapest to hand over; ties: lowest id).
+
+Colocated instances (C) beside P and D: C is a third stage (signals.py: its pressure, and its
+free share counted as prefill capacity). A pressed P or D stage may also take a C (C -> P or
+C -> D: it gives up no P/D capacity, only the C's own; a busy last C is never taken, its work
+would have nowhere to go); a pressed C stage takes a P or a D (P/D keep at least one each).
+Nothing flips into C unless C is pressed, so a P/D cluster without C never gets one, and a
+colocated-only cluster is left alone (the signals do not model prefill-decode interference,
+which is what splitting it would buy). Hysteresis as above: a flip back into the role the last
+flip took an instance from waits reverse_s.
 """
 
 from __future__ import annotations
@@ -35,13 +44,21 @@ from services.scheduler.roles.signals import StagePressure, stage_pressure
 
 @dataclass(frozen=True)
 class RoleConfig:
-    high: float = 1.0          # a stage this pressed (1.0 = its SLOs just held) asks for help...
+    # A stage this pressed (1.0 = its SLOs just held) asks for help... (0.9, not 1.0: admission
+    # turns away what a stage cannot serve in time, so the signal rarely climbs far past 1.0; in
+    # the simulator, benchmarks/roles.py --no-local-prefill 4:12, the first 4 flips came at
+    # 5-16 s instead of 6-20 s, prompt-heavy attainment 80.6% instead of 73.7%.)
+    high: float = 0.9
     min_waiting: int = 1       # ...when at least this many requests wait at the scheduler for it
     min_gain: float = 0.05     # the worse stage's pressure must drop by at least this (plus the cost)
     change_s: float = 0.5      # a flip's own time (registry, link warm-up) until the new role serves
     horizon_s: float = 10.0    # the time a flip is meant to help over (cost = seconds lost / horizon)
-    hold_s: float = 30.0       # an instance flips at most once per hold_s; a reversal waits as long
+    hold_s: float = 30.0       # an instance flips at most once per hold_s
     cooldown_s: float = 3.0    # between any two flips of the cluster
+    # A flip back into the role the last flip took an instance from waits this long (was hold_s,
+    # 30 s: a mix shift 20 s after the last flip then waited 10 s; the per-instance hold already
+    # keeps any one instance from flapping).
+    reverse_s: float = 10.0
     smoothing: float = 0.5     # EWMA weight of the newest pressure sample
     tick_s: float = 1.0        # how often the adapters run on_tick
 
@@ -65,45 +82,47 @@ class RolePolicy:
     config: RoleConfig = field(default_factory=RoleConfig)
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     flipped_s: dict[str, float] = field(default_factory=dict)   # instance -> its last flip
-    last_flip: tuple[float, Role | None] = (-math.inf, None)    # (when, to which role)
-    smoothed: tuple[float, float] | None = None
+    last_flip: tuple[float, Role | None] = (-math.inf, None)    # (when, from which role: a flip back waits)
+    smoothed: tuple[float, float, float] | None = None   # (prefill, decode, colocated)
 
     def on_tick(self, cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], now_s: float) -> RoleDecision:
         raw = stage_pressure(cluster, waiting, self.policy_config)
         a = self.config.smoothing
-        p, d = (raw.prefill, raw.decode) if self.smoothed is None else (
-            a * raw.prefill + (1 - a) * self.smoothed[0], a * raw.decode + (1 - a) * self.smoothed[1])
-        self.smoothed = (p, d)
-        pressure = replace(raw, prefill=p, decode=d)
+        now = (raw.prefill, raw.decode, raw.colocated)
+        p, d, c = now if self.smoothed is None else tuple(a * x + (1 - a) * y for x, y in zip(now, self.smoothed))
+        self.smoothed = (p, d, c)
+        pressure = replace(raw, prefill=p, decode=d, colocated=c)
         return self._decide(cluster, pressure, now_s)
 
     def _decide(self, cluster: ClusterSnapshot, s: StagePressure, now_s: float) -> RoleDecision:
         cfg = self.config
-        said = f"pressure prefill {s.prefill:.2f} / decode {s.decode:.2f}"
+        said = f"pressure prefill {s.prefill:.2f} / decode {s.decode:.2f}" + (
+            f" / colocated {s.colocated:.2f}" if s.n_colocated else "")
         if not s.n_prefill or not s.n_decode:
             return _none(f"{said}: not a P/D cluster")
-        worst = max(s.prefill, s.decode)
+        stages = [r for r in (Role.DECODE, Role.PREFILL, Role.COLOCATED) if s.count(r)]
+        pressed = max(stages, key=s.pressure)   # a tie goes to decode, then prefill
+        worst = s.pressure(pressed)
         if worst < cfg.high:
-            return _none(f"{said}: both below {cfg.high}")
-        pressed = Role.PREFILL if s.prefill > s.decode else Role.DECODE
-        waiting = s.waiting_prefill if pressed is Role.PREFILL else s.waiting_decode
-        if waiting < cfg.min_waiting:
+            return _none(f"{said}: {'all' if s.n_colocated else 'both'} below {cfg.high}")
+        if s.waiting(pressed) < cfg.min_waiting:
             return _none(f"{said}: {pressed.value} is full but nothing waits for it")
-        # Either flip may help the pressed stage (a D also prefills when D may prefill locally):
-        # the one that lowers the worse pressure most.
-        options = [(worst - max(s.after_flip(r)), r) for r in (Role.PREFILL, Role.DECODE)
-                   if (s.n_decode if r is Role.PREFILL else s.n_prefill) >= 2]
+        # Each move that may help the pressed stage (a D also prefills when D may prefill
+        # locally; a C serves whole what no pair takes): the one that lowers the worst pressure
+        # most, on a tie the one that leaves the next-worst lowest.
+        options = [(sorted(s.after_move(f, t), reverse=True), f, t) for f, t in _moves(pressed)
+                   if s.count(f) >= _KEEP[f] + 1]
         if not options:
             return _none(f"{said}: {pressed.value} is short but no stage can give up an instance")
-        gain, to_role = max(options, key=lambda o: o[0])
-        from_role = Role.DECODE if to_role is Role.PREFILL else Role.PREFILL
+        ranked, from_role, to_role = min(options, key=lambda o: o[0])
+        gain = worst - ranked[0]
         since = now_s - self.last_flip[0]
         if since < cfg.cooldown_s:
             return _none(f"{said}: cool-down ({since:.1f} of {cfg.cooldown_s:.0f} s since the last flip)")
-        if self.last_flip[1] not in (None, to_role) and since < cfg.hold_s:
-            return _none(f"{said}: a flip back to {to_role.value} waits {cfg.hold_s:.0f} s after the last one "
+        if self.last_flip[1] is to_role and since < cfg.reverse_s:
+            return _none(f"{said}: a flip back to {to_role.value} waits {cfg.reverse_s:.0f} s after the last one "
                          f"({since:.1f} s so far)")
-        after = s.after_flip(to_role)
+        after = s.after_move(from_role, to_role)
         donors = [i for i in cluster.instances if i.role is from_role and i.accepting
                   and now_s - self.flipped_s.get(i.instance_id, -math.inf) >= cfg.hold_s]
         if not donors:
@@ -116,9 +135,10 @@ class RolePolicy:
         if gap:
             return _none(f"{said}: {gap}")
         self.flipped_s[pick.instance_id] = now_s
-        self.last_flip = (now_s, to_role)
+        self.last_flip = (now_s, from_role)
+        predicted = " / ".join(f"{x:.2f}" for x in (after if s.n_colocated else after[:2]))
         return RoleDecision(pick.instance_id, from_role, to_role,
-                            f"{pressed.value} pressed, to {to_role.value}: {said} -> predicted {after[0]:.2f} / {after[1]:.2f} "
+                            f"{pressed.value} pressed, to {to_role.value}: {said} -> predicted {predicted} "
                             f"(gain {gain:.2f} > {cfg.min_gain} + cost {cost:.2f}); {pick.instance_id} has the "
                             f"least {from_role.value} work left ({self._left_ms(pick, now_s):.0f} ms)", gain, cost)
 
@@ -134,6 +154,21 @@ class RolePolicy:
         expected = self.policy_config.prior_output_tokens
         left = (min(r.spec.max_tokens, expected) - (now_s - r.placed_s) * 1000.0 / step_ms for r in legs)
         return max(max(left, default=0.0), 0.0) * step_ms
+
+
+# A stage keeps at least this many instances: P and D one each (a P/D cluster stays one; and
+# role_change_gap must pass), C may be emptied (its whole requests then split or go to D).
+_KEEP = {Role.PREFILL: 1, Role.DECODE: 1, Role.COLOCATED: 0}
+
+
+def _moves(pressed: Role) -> list[tuple[Role, Role]]:
+    """(from, to) flips that may relieve `pressed`, in the order that wins a tie: from C first
+    (it gives up no P/D capacity, only its own), then the P/D flips either way (a D that also
+    prefills may help more as a D). Never into C unless C is pressed, so a P/D cluster without C
+    stays one."""
+    if pressed is Role.COLOCATED:
+        return [(Role.PREFILL, Role.COLOCATED), (Role.DECODE, Role.COLOCATED)]
+    return [(Role.COLOCATED, pressed), (Role.DECODE, Role.PREFILL), (Role.PREFILL, Role.DECODE)]
 
 
 def _none(reason: str) -> RoleDecision:

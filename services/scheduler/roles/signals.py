@@ -17,6 +17,12 @@ Decode pressure: per decode instance, the larger of (its steady decode step with
 requests waiting for decode room added) / (the tightest TPOT running there, or those requests'
 median TPOT) and its KV use over the watermark; averaged over the decode instances (the scheduler
 spreads new decodes, so the mean is what a new request meets). 1.0: TPOTs or KV just held.
+
+Colocated (C) instances, where a cluster has them beside P and D: a queued request that runs
+whole (a short prompt, pd.py) and that no D may prefill (pd_local_prefill off) waits for a C.
+Colocated pressure is the decode pressure's measure over the C instances with those requests
+shared among them. A C's free share (1 - its pressure) is prefill capacity too: pd.py places a
+long prompt whole on C when no P/D pair fits it in time.
 """
 
 from __future__ import annotations
@@ -41,21 +47,51 @@ class StagePressure:
     waiting_prefill: int = 0     # queued requests some D could take: they wait for a prefill
     waiting_decode: int = 0      # queued requests no D could take: they wait for decode room
     local_prefill: bool = False  # decode instances prefill what P cannot take in time (pd_local_prefill)
+    colocated: float = 0.0       # pressure of the colocated instances (0 without any)
+    n_colocated: int = 0
+    waiting_colocated: int = 0   # queued requests only a C may serve (whole, and D may not prefill)
 
-    def prefill_capacity(self, n_prefill: int, n_decode: int, decode: float) -> float:
+    def count(self, role: Role) -> int:
+        return {Role.PREFILL: self.n_prefill, Role.DECODE: self.n_decode, Role.COLOCATED: self.n_colocated}[role]
+
+    def pressure(self, role: Role) -> float:
+        return {Role.PREFILL: self.prefill, Role.DECODE: self.decode, Role.COLOCATED: self.colocated}[role]
+
+    def waiting(self, role: Role) -> int:
+        return {Role.PREFILL: self.waiting_prefill, Role.DECODE: self.waiting_decode,
+                Role.COLOCATED: self.waiting_colocated}[role]
+
+    def prefill_capacity(self, n_prefill: int, n_decode: int, decode: float, n_colocated: int = 0,
+                         colocated: float = 0.0) -> float:
         """Instances' worth of prefill: every P, plus with local prefill the share of each D's
-        time its decodes leave free (a D prefills the requests P cannot serve in time)."""
-        return n_prefill + (n_decode * max(0.0, 1.0 - decode) if self.local_prefill else 0.0)
+        time its decodes leave free (a D prefills the requests P cannot serve in time), plus each
+        C's free share (a C serves whole what no P/D pair can take in time)."""
+        return (n_prefill + (n_decode * max(0.0, 1.0 - decode) if self.local_prefill else 0.0)
+                + n_colocated * max(0.0, 1.0 - colocated))
 
     def after_flip(self, to_role: Role) -> tuple[float, float]:
-        """(prefill, decode) pressure predicted once one instance moved to `to_role`: the decode
-        work over one fewer (more) D, the prefill work over the prefill capacity that leaves."""
-        step = 1 if to_role is Role.PREFILL else -1
-        n_p, n_d = self.n_prefill + step, self.n_decode - step
-        decode = self.decode * self.n_decode / max(n_d, 1e-9)
-        before = self.prefill_capacity(self.n_prefill, self.n_decode, self.decode)
-        after = self.prefill_capacity(n_p, n_d, decode)
-        return self.prefill * before / max(after, 1e-9), decode
+        """(prefill, decode) pressure predicted once one instance moved between P and D."""
+        from_role = Role.DECODE if to_role is Role.PREFILL else Role.PREFILL
+        prefill, decode, _ = self.after_move(from_role, to_role)
+        return prefill, decode
+
+    def after_move(self, from_role: Role, to_role: Role) -> tuple[float, float, float]:
+        """(prefill, decode, colocated) pressure predicted once one instance moved from
+        `from_role` to `to_role`: the decode (colocated) work over one D (C) more or fewer, the
+        prefill work over the prefill capacity that leaves. A stage emptied while work waits
+        for it is infinitely pressed."""
+        n = {r: self.count(r) + (r is to_role) - (r is from_role) for r in Role}
+        decode = _spread(self.decode * self.n_decode, n[Role.DECODE], self.waiting_decode)
+        colocated = _spread(self.colocated * self.n_colocated, n[Role.COLOCATED], self.waiting_colocated)
+        before = self.prefill_capacity(self.n_prefill, self.n_decode, self.decode, self.n_colocated, self.colocated)
+        after = self.prefill_capacity(n[Role.PREFILL], n[Role.DECODE], decode, n[Role.COLOCATED], colocated)
+        return self.prefill * before / max(after, 1e-9), decode, colocated
+
+
+def _spread(work: float, instances: int, waiting: int) -> float:
+    if instances > 0:
+        return work / instances
+    return math.inf if work > 0 or waiting else 0.0
 
 
 def _splits(spec: RequestSpec, config: PolicyConfig) -> bool:
@@ -65,6 +101,12 @@ def _splits(spec: RequestSpec, config: PolicyConfig) -> bool:
 def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], config: PolicyConfig) -> StagePressure:
     prefill = [i for i in cluster.instances if i.role is Role.PREFILL and i.accepting]
     decode = [i for i in cluster.instances if i.role is Role.DECODE and i.accepting]
+    colocated = [i for i in cluster.instances if i.role is Role.COLOCATED and i.accepting]
+    # Whole requests that D may not serve wait for a C (only where the cluster has P/D at all).
+    whole_on_c = [s for s in waiting if colocated and prefill and decode and not _splits(s, config)
+                  and not config.pd_local_prefill]
+    c_ids = {s.request_id for s in whole_on_c}
+    waiting = [s for s in waiting if s.request_id not in c_ids]
     blocked = [s for s in waiting if not any(_decode_room(i, s, config) for i in decode)]
     ready = {s.request_id for s in waiting} - {s.request_id for s in blocked}
     queued = [s for s in waiting if s.request_id in ready and _splits(s, config)]
@@ -76,15 +118,21 @@ def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], con
         tpots = [s.slo.tpot_ms for s in blocked if math.isfinite(s.slo.tpot_ms)]
         share = len(blocked) / len(decode)
         d_press = statistics.fmean(_decode_pressure(i, share, tpots, config) for i in decode)
+    c_press = 0.0
+    if colocated:
+        tpots = [s.slo.tpot_ms for s in whole_on_c if math.isfinite(s.slo.tpot_ms)]
+        share = len(whole_on_c) / len(colocated)
+        c_press = statistics.fmean(_decode_pressure(i, share, tpots, config) for i in colocated)
     shape = StagePressure(0.0, d_press, len(prefill), len(decode), tokens, "", len(queued), len(blocked),
-                          config.pd_local_prefill)
+                          config.pd_local_prefill, c_press, len(colocated), len(whole_on_c))
     p_press = 0.0
     if prefill and ttfts:
         per_token_ms = statistics.fmean(_prefill_ms_per_token(i, config) for i in prefill + decode)
-        capacity = shape.prefill_capacity(len(prefill), len(decode), d_press)
+        capacity = shape.prefill_capacity(len(prefill), len(decode), d_press, len(colocated), c_press)
         p_press = tokens / max(capacity, 1e-9) * per_token_ms / statistics.median(ttfts)
     detail = (f"prefill {p_press:.2f} ({tokens} prompt tokens for {len(prefill)} P, {len(queued)} requests waiting), "
-              f"decode {d_press:.2f} ({len(blocked)} queued for decode room over {len(decode)} D)")
+              f"decode {d_press:.2f} ({len(blocked)} queued for decode room over {len(decode)} D)"
+              + (f", colocated {c_press:.2f} ({len(whole_on_c)} queued for {len(colocated)} C)" if colocated else ""))
     return replace(shape, prefill=p_press, detail=detail)
 
 
