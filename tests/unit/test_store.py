@@ -92,7 +92,7 @@ def test_autoscale_decisions_apply_once_even_when_replayed(redis_url):
         def __init__(self):
             self.calls = []
 
-        async def start(self, device, start_kind):
+        async def start(self, device, start_kind, role="colocated"):
             self.calls.append(("start", device))
             return "w9"
 
