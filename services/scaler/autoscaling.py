@@ -144,12 +144,11 @@ class AutoscaleLoop:
     async def apply(self, plan: Plan, now_s: float) -> None:
         for action in plan.actions:
             record = {"action": type(action).__name__.lower(), "reason": action.reason, "at": now_s,
-                      "instance_id": getattr(action, "instance_id", "")}
+                      "instance_id": getattr(action, "instance_id", ""), "role": _role_of(action)}
             if not await self.store.claim_decision(action.decision_id, record):
                 log.info("autoscale decision %s already applied; skipped", action.decision_id)
                 continue
             if isinstance(action, Start):
-                record["role"] = action.role
                 record["instance_id"] = await self.actuator.start(action.device, action.start_kind, action.role)
             elif isinstance(action, Drain):
                 await self.actuator.drain(action.instance_id)
@@ -160,11 +159,10 @@ class AutoscaleLoop:
             elif isinstance(action, Remove):
                 await self.actuator.remove(action.instance_id)
             elif isinstance(action, Flip):
-                record["role"] = action.to_role
                 if not await self._flip(action):
                     continue
-            log.info("autoscale %s %s %s: %s", action.decision_id, record["action"], record["instance_id"],
-                     action.reason)
+            log.info("autoscale %s %s %s%s: %s", action.decision_id, record["action"], record["instance_id"],
+                     f" ({record['role']})" if record["role"] else "", action.reason)
             self.last_decision = {"decision_id": action.decision_id, **record}
 
     async def _flip(self, action: Flip) -> bool:
@@ -212,3 +210,10 @@ class AutoscaleLoop:
             except Exception:  # a Redis or policy hiccup must not end autoscaling
                 log.exception("autoscale tick failed")
             await asyncio.sleep(self.options.tick_s)
+
+
+def _role_of(action) -> str:
+    """The role an action gives an instance: a start's, a flip's new one ("" for the others)."""
+    if isinstance(action, Start):
+        return action.role
+    return action.to_role if isinstance(action, Flip) else ""
