@@ -7,11 +7,9 @@ import random
 
 from services.common.domain import Role
 from services.scaler.autoscale import AutoscaleConfig, StartKind
-from services.scaler.autoscale.capacity import pd_tokens_per_s
-from services.scaler.autoscale.pd import PDAutoscaler, PDConfig
 from services.scheduler.policy import make_policy
 from services.scheduler.policy.settings import policy_config
-from services.sim.autoscale_bench import workload_means
+from services.sim.autoscale_bench import pd_autoscaler
 from services.sim.cli import DEFAULT_WORKLOAD
 from services.sim.pd_scaling import PDScalingDriver
 from services.sim.profiles import get_profile
@@ -37,13 +35,9 @@ def phased_requests(workload, profile):
 
 def test_prompt_heavy_load_grows_prefill_then_decode_heavy_load_grows_decode():
     profile, workload = get_profile("cpu-tiny"), load_workload(DEFAULT_WORKLOAD)
-    prompt, output = workload_means(workload)
-    tpot = min(c.slo(profile.model, profile.chunk_tokens).tpot_ms for c in workload.classes)
-    p_tps, d_tps = pd_tokens_per_s(profile.model, profile.chunk_tokens, prompt, output, tpot,
-                                   profile.kv_capacity_tokens, profile.max_num_seqs)
     role = AutoscaleConfig(min_replicas=1, max_replicas=6, scale_down_cooldown_s=30.0, warmup_s=5.0,
                            ready_times_s=READY)
-    scaler = PDAutoscaler(PDConfig(role, role, p_tps, d_tps, max_total=10))
+    scaler = pd_autoscaler(profile, workload, role, max_total=10)
     config = policy_config(profile, workload.classes, {"placement": "best_fit"})
     driver = PDScalingDriver(scaler, ScalingSetup(2, 1.0, READY, tick_s=5.0), config)
     requests = phased_requests(workload, profile)
@@ -60,3 +54,20 @@ def test_prompt_heavy_load_grows_prefill_then_decode_heavy_load_grows_decode():
     served = [r for r in result.records if r.verdict in ("admit", "best_effort")]
     assert len(result.records) == len(requests) and served
     assert all(r.finish_s is not None and r.generated == r.output_tokens for r in served)
+
+
+def test_autoscale_bench_runs_hfx_on_a_pd_cluster(tmp_path, capsys):
+    """`hfx autoscale-bench --pd 1:1`: hfx runs P/D (both roles counted), the baseline colocated."""
+    import json
+
+    from services.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["autoscale-bench", "--pd", "1:1", "--duration-s", "120", "--peak-rps", "8", "--max-instances", "6",
+                 "--autoscalers", "static", "hfx", "--cold-start-s", "10", "--json", str(out)]) == 0
+    results = {r["autoscaler"]: r for r in json.loads(out.read_text())["results"]}
+    assert "pd" not in results["static"] and results["hfx"]["pd"] == "1:1"
+    assert results["hfx"]["peak_prefill"] >= 1 and results["hfx"]["peak_decode"] >= 1
+    assert results["hfx"]["requests"] == results["static"]["requests"]
+    assert "hfx ran P/D from 1:1" in capsys.readouterr().out
+    assert main(["autoscale-bench", "--pd", "0:1"]) == 2
