@@ -187,6 +187,8 @@ class AutoscaleLoop:
         await self.apply(plan, now_s)
         phases = [i.phase for i in signals.instances]
         cfg = getattr(self.autoscaler, "config", None)
+        if isinstance(self.autoscaler, PDAutoscaler):   # bounds per role (the same for both), and P + D
+            cfg = self.autoscaler.config.prefill
         await self.store.put_autoscale_status({
             "at": now_s, "policy": self.autoscaler.name, "actuator": self.actuator.kind,
             "desired": plan.desired, "reason": plan.reason,
@@ -200,6 +202,7 @@ class AutoscaleLoop:
             # P/D: desired vs actual per role (actual: starting, ready or draining in that role now).
             "roles": {role: {"desired": d.get("desired"), "actual": sum(i.role == role for i in signals.instances)}
                       for role, d in plan.details.get("roles", {}).items()},
+            "max_total": self.autoscaler.config.max_total if isinstance(self.autoscaler, PDAutoscaler) else None,
         })
         return plan
 
