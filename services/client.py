@@ -160,6 +160,9 @@ def describe_autoscale(a: dict, now_s: float) -> str:
              f"{a.get('predicted_rps', 0):.2f}, {a.get('capacity_rps', 0):.2f} per worker "
              f"(as of {now_s - a.get('at', now_s):.0f}s ago)",
              f"  now: {a.get('reason', '')}"]
+    if a.get("roles"):   # P/D: each role within min-max, P + D at most max_total
+        lines.insert(1, "  " + "; ".join(f"{role}: desired {r['desired']}, actual {r['actual']}"
+                                         for role, r in a["roles"].items()) + f" (P + D <= {a.get('max_total')})")
     if a.get("paid_instances") is not None:
         lines.append(f"  paying for {a['paid_instances']:.2f} instance(s) at {a['cost_per_s']:.3g}/s; "
                      f"{a['instance_seconds']:.0f} instance-seconds so far, {a['standby_instance_seconds']:.0f} "

@@ -103,7 +103,7 @@ def add_parsers(sub) -> None:
 def cmd_up(args) -> int:
     from services.common.errors import InvalidArgument
     from services.local import cluster
-    from services.scaler.autoscale_cli import config_from_args, forward_flags
+    from services.scaler.autoscale_cli import config_from_args, forward_flags, is_pd
 
     try:
         autoscale = config_from_args(args)
@@ -111,7 +111,11 @@ def cmd_up(args) -> int:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
     if autoscale is not None:  # start within the bounds; the autoscaler takes it from there
-        args.workers = max(autoscale.min_replicas, min(autoscale.max_replicas, args.workers))
+        clamp = lambda n: max(autoscale.min_replicas, min(autoscale.max_replicas, n))  # noqa: E731
+        if is_pd(args):
+            args.prefill, args.decode = clamp(args.prefill), clamp(args.decode)
+        else:
+            args.workers = clamp(args.workers)
 
     model = default_model(args)
     worker_args = list(args.worker_arg)

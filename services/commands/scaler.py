@@ -64,13 +64,14 @@ def add_parsers(sub) -> None:
 
 def cmd_scaler(args) -> int:
     from services.common.errors import InvalidArgument
-    from services.scaler.autoscale_cli import config_from_args, k8s_target
+    from services.scaler.autoscale_cli import config_from_args, k8s_target, pd_config_from_args
     from services.scaler.autoscaling import LiveOptions
     from services.scaler.config import ScalerConfig
     from services.scaler.server import serve
 
     try:
         autoscale = config_from_args(args)
+        pd_autoscale = pd_config_from_args(args)
     except InvalidArgument as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
@@ -81,7 +82,7 @@ def cmd_scaler(args) -> int:
         redis_url=args.redis_url, redis_prefix=args.redis_prefix,
         engine=args.engine, device=args.device, tracing_spec=spec, worker_args=tuple(args.worker_arg),
         metrics_port=args.metrics_port, worker_metrics=args.worker_metrics, d2d=args.d2d,
-        standby_pool=args.standby_pool, autoscale=autoscale, actuator=args.actuator, links=args.links,
+        standby_pool=args.standby_pool, autoscale=autoscale, pd_autoscale=pd_autoscale, actuator=args.actuator, links=args.links,
         role_changes=args.role_changes, pd_local_prefill=args.pd_local_prefill is not False,
         adopt_workers=args.adopt_workers, workers_anchor=anchor_of(args),
         k8s_namespace=k8s_target(args)[0], k8s_deployment=k8s_target(args)[1],

@@ -59,6 +59,9 @@ TICKETS_OUTSTANDING = Gauge("hfx_scheduler_tickets_outstanding", "Tickets (stand
 QUEUE_DEPTH = Gauge("hfx_scheduler_queue_depth", "Requests waiting for placement", ["policy"], registry=REGISTRY)
 VERDICTS = Counter("hfx_scheduler_verdicts", "Placement verdicts (admit, best_effort, reject) by reason kind",
                    ["policy", "verdict", "reason"], registry=REGISTRY)
+VERDICT_TOKENS = Counter("hfx_scheduler_verdict_tokens", "Tokens of the requests given a verdict: prompt tokens "
+                         "(kind=prompt) and output tokens asked (kind=max); over the verdicts, the mean lengths "
+                         "the P/D autoscaler sizes each role by", ["policy", "kind"], registry=REGISTRY)
 PLACEMENTS = Counter("hfx_scheduler_placements", "Requests placed, by how they run: colocated (whole on a "
                      "colocated instance), split (prefill on P, decode on D), prefill_on_decode (whole on a decode "
                      "instance)", ["policy", "mode"], registry=REGISTRY)
@@ -159,8 +162,10 @@ def reason_kind(verdict: str, reason: str) -> str:
     return "placed" if verdict != "reject" else "policy"
 
 
-def record_verdict(policy: str, verdict: str, reason: str) -> None:
+def record_verdict(policy: str, verdict: str, reason: str, prompt_tokens: int = 0, max_tokens: int = 0) -> None:
     VERDICTS.labels(policy, verdict, reason_kind(verdict, reason)).inc()
+    VERDICT_TOKENS.labels(policy, "prompt").inc(max(0, prompt_tokens))
+    VERDICT_TOKENS.labels(policy, "max").inc(max(0, max_tokens))
 
 
 def set_instance_load(instance_id: str, running: int, waiting: int, kv_usage: float, placed: int) -> None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from services.common import convert
+from services.common.domain import Role
+from services.common.pb.hfx.v1 import scaler_pb2
 from services.common.store import ClusterStore
 from services.scaler.autoscale.signals import StartKind
+from services.scaler.reconcile import pool_of
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Member:
     started_s: float            # when it was launched (ready time = registered - this)
     from_standby: bool = False
     adopted: bool = False       # launched by a previous scaler at an unknown time: no ready time
+    role: str = "colocated"     # the role it was launched with (a role change since shows in the registry)
 
 
 class Actuator(Protocol):
@@ -32,8 +37,8 @@ class Actuator(Protocol):
     async def members(self) -> list[Member]:
         """The instances it runs now, starting or ready."""
 
-    async def start(self, device: str, start_kind: StartKind) -> str:
-        """Launch one instance; returns its id (it is STARTING until it registers)."""
+    async def start(self, device: str, start_kind: StartKind, role: str = "colocated") -> str:
+        """Launch one instance (P/D: of `role`); returns its id (it is STARTING until it registers)."""
 
     async def drain(self, instance_id: str) -> None:
         """No new placements there from now on; in-flight requests continue."""
@@ -45,6 +50,14 @@ class Actuator(Protocol):
         """Stop an instance the autoscaler found drained (nothing in flight)."""
 
 
+@runtime_checkable
+class RoleChanger(Protocol):
+    """An actuator that can change a running instance's role (P/D autoscaling's Flip)."""
+
+    async def set_role(self, instance_id: str, role: str, reason: str) -> None:
+        """Through Scaler.SetRole's checks (no stage left empty); raises its errors."""
+
+
 class LocalProcesses:
     kind = "local"
 
@@ -53,11 +66,16 @@ class LocalProcesses:
         self.store = cluster
 
     async def members(self) -> list[Member]:
-        return [Member(w.instance_id, w.started_s, w.from_standby, w.adopted) for w in self.servicer.live_slots()]
+        return [Member(w.instance_id, w.started_s, w.from_standby, w.adopted, pool_of(w.index))
+                for w in self.servicer.live_slots()]
 
-    async def start(self, device: str, start_kind: StartKind) -> str:
+    async def start(self, device: str, start_kind: StartKind, role: str = "colocated") -> str:
         # STANDBY: the slot takes a ready engine from the standby pool; otherwise a new process.
-        return self.servicer.add_slot(time.time(), take_standby=start_kind is StartKind.STANDBY)
+        return self.servicer.add_slot(time.time(), take_standby=start_kind is StartKind.STANDBY, role=role)
+
+    async def set_role(self, instance_id: str, role: str, reason: str) -> None:
+        await self.servicer.roles.set_role(scaler_pb2.ScalerSetRoleRequest(
+            instance_id=instance_id, role=convert.role_to_pb(Role(role)), reason=reason))
 
     async def drain(self, instance_id: str) -> None:
         await self.store.mark_draining(instance_id, True)

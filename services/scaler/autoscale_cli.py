@@ -12,6 +12,7 @@ import re
 from services import argtypes
 from services.common.errors import InvalidArgument
 from services.scaler.autoscale.config import AutoscaleConfig
+from services.scaler.autoscale.pd import PDConfig
 from services.scaler.autoscale.signals import StartKind
 
 _DEFAULTS = AutoscaleConfig()
@@ -50,6 +51,15 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
                    help="seconds between decisions (default %(default)s)")
     g.add_argument("--autoscale-window-s", type=argtypes.positive_float, default=30.0,
                    help="window of arrival rate and SLO attainment (default %(default)s)")
+    g.add_argument("--max-total", type=argtypes.positive_int, default=None,
+                   help="P/D (--autoscale with --prefill/--decode): most prefill + decode workers together; each "
+                        "role scales within --min/--max (default: 2 x --max)")
+    g.add_argument("--prefill-tokens-per-s", type=argtypes.positive_float, default=None,
+                   help=f"P/D: prompt tokens/s one prefill worker processes within the TTFT SLOs "
+                        f"(default {PD_TOKENS_PER_S[0]:g})")
+    g.add_argument("--decode-tokens-per-s", type=argtypes.positive_float, default=None,
+                   help=f"P/D: output tokens/s one decode worker sustains within the TPOT SLOs "
+                        f"(default {PD_TOKENS_PER_S[1]:g})")
     g.add_argument("--actuator", default="local", choices=["local", "kubernetes"],
                    help="how workers are started and stopped: local processes, or the pods of a Kubernetes "
                         "Deployment (`hfx scaler` inside the cluster, deploy/k8s) (default %(default)s)")
@@ -60,6 +70,9 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
 
 
 K8S_DEFAULTS = ("hfx", "worker")   # deploy/k8s/worker.yaml
+# A small model on a few CPU cores (prompt tokens/s per prefill worker, output tokens/s per decode
+# worker), conservative: give measured figures for other engines and devices.
+PD_TOKENS_PER_S = (2000.0, 200.0)
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -80,11 +93,12 @@ def check(args, for_up: bool = False) -> str | None:
     """Cross-flag problems as a usage error (None when fine)."""
     if args.autoscale and args.min_replicas > args.max_replicas:
         return f"--min {args.min_replicas} is above --max {args.max_replicas}"
-    problem = _actuator_problem(args, for_up)
+    problem = _actuator_problem(args, for_up) or _pd_problem(args, for_up)
     if problem:
         return problem
     try:
         config_from_args(args)
+        pd_config_from_args(args)
     except InvalidArgument as err:
         return err.message
     return None
@@ -107,6 +121,43 @@ def _actuator_problem(args, for_up: bool) -> str | None:
         return (f"--actuator kubernetes: the workers are the Deployment's pods, not this scaler's processes; "
                 f"drop {', '.join(local)} (--replicas 0)")
     return None
+
+
+def is_pd(args) -> bool:
+    """Autoscaling a P/D cluster: PDAutoscaler scales the prefill and decode workers."""
+    return bool(args.autoscale and (args.prefill or args.decode))
+
+
+def _pd_problem(args, for_up: bool) -> str | None:
+    pd_only = [f for f, v in (("--max-total", args.max_total), ("--prefill-tokens-per-s", args.prefill_tokens_per_s),
+                              ("--decode-tokens-per-s", args.decode_tokens_per_s)) if v is not None]
+    if not is_pd(args):
+        return f"{', '.join(pd_only)}: P/D autoscaling only (--autoscale with --prefill and --decode)" \
+            if pd_only else None
+    if not (args.prefill and args.decode):
+        return (f"--autoscale --prefill {args.prefill} --decode {args.decode}: P/D autoscaling starts with at least "
+                "one of each (a stage never empties)")
+    colocated = args.workers if for_up else args.replicas
+    if colocated:
+        flag = "--workers" if for_up else "--replicas"
+        return (f"--autoscale with --prefill/--decode scales the prefill and decode workers; {flag} {colocated} "
+                f"colocated ones beside them are not autoscaled: give {flag} 0")
+    if args.min_replicas < 1:
+        return "--min 0 with --prefill/--decode: each role keeps at least one worker (a stage never empties)"
+    if args.standby_pool:
+        return "--standby-pool: standby engines become colocated workers; P/D autoscaling starts prefill and decode"
+    return None
+
+
+def pd_config_from_args(args) -> PDConfig | None:
+    """The P/D autoscaler's settings (None unless is_pd): each role within --min/--max, P + D at
+    most --max-total. Raises InvalidArgument on contradictory values."""
+    role = config_from_args(args)
+    if role is None or not is_pd(args):
+        return None
+    return PDConfig(role, role, args.prefill_tokens_per_s or PD_TOKENS_PER_S[0],
+                    args.decode_tokens_per_s or PD_TOKENS_PER_S[1],
+                    args.max_total if args.max_total is not None else 2 * args.max_replicas)
 
 
 def config_from_args(args) -> AutoscaleConfig | None:
@@ -135,4 +186,8 @@ def forward_flags(args) -> list[str]:
            "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator]
     for device, price in args.price:
         out += ["--price", f"{device}={price}"]
+    for flag, value in (("--max-total", args.max_total), ("--prefill-tokens-per-s", args.prefill_tokens_per_s),
+                        ("--decode-tokens-per-s", args.decode_tokens_per_s)):
+        if value is not None:
+            out += [flag, str(value)]
     return out

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.scaler.autoscale.config import AutoscaleConfig
+from services.scaler.autoscale.pd import PDConfig
 from services.scaler.autoscaling import LiveOptions
 
 
@@ -41,6 +42,9 @@ class ScalerConfig:
     # clamped to [min, max].
     autoscale: AutoscaleConfig | None = None
     autoscale_options: LiveOptions = field(default_factory=LiveOptions)
+    # P/D autoscaling (with autoscale and prefill/decode counts): the prefill and decode slots are
+    # scaled by PDAutoscaler instead of the colocated pool (which is then empty).
+    pd_autoscale: PDConfig | None = None
     actuator: str = "local"
     # --actuator kubernetes: the workers' Deployment the autoscaler scales (services/scaler/k8s_actuator.py).
     k8s_namespace: str = "hfx"

@@ -106,7 +106,9 @@ class Kubernetes:
                                 label_selector=await self._label_selector())
         return members_of(list(pods.items), await self._replicas(), self.deployment, self._scaled_at_s)
 
-    async def start(self, device: str, start_kind: StartKind) -> str:
+    async def start(self, device: str, start_kind: StartKind, role: str = "colocated") -> str:
+        if role != "colocated":   # refused at the command line (autoscale_cli.check); here for other callers
+            raise ValueError(f"the Kubernetes actuator scales one Deployment of colocated workers, not {role}")
         replicas = await self._replicas()
         await self._set_replicas(replicas + 1)
         return f"{self.deployment} replica {replicas + 1}"   # the pod is named by its ReplicaSet

@@ -30,10 +30,13 @@ class Counters:
     slo: dict[str, tuple[float, float]] = field(default_factory=dict)  # class -> cumulative (met, missed)
     queue_depth: int = 0
     placed: dict[str, int] = field(default_factory=dict)     # instance -> placed, not yet completed
+    prompt_tokens: float = 0.0                               # cumulative, of the requests given a verdict
+    max_tokens: float = 0.0                                  # cumulative, output tokens they asked for
 
 
 def parse(t_s: float, scheduler_text: str, router_text: str = "") -> Counters:
     verdicts, queue = 0.0, 0
+    tokens = {"prompt": 0.0, "max": 0.0}
     rejects: dict[str, float] = {}
     placed: dict[str, int] = {}
     for family in text_string_to_metric_families(scheduler_text):
@@ -47,13 +50,16 @@ def parse(t_s: float, scheduler_text: str, router_text: str = "") -> Counters:
                 queue += int(s.value)
             elif s.name == "hfx_instance_placed_requests":
                 placed[s.labels.get("instance", "")] = int(s.value)
+            elif s.name == "hfx_scheduler_verdict_tokens_total" and s.labels.get("kind") in tokens:
+                tokens[s.labels["kind"]] += s.value
     slo: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(router_text):
         for s in family.samples:
             if s.name == "hfx_router_slo_total":
                 pair = slo.setdefault(s.labels.get("task_class", ""), [0.0, 0.0])
                 pair[0 if s.labels.get("result") == "met" else 1] += s.value
-    return Counters(t_s, verdicts, rejects, {k: (v[0], v[1]) for k, v in slo.items()}, queue, placed)
+    return Counters(t_s, verdicts, rejects, {k: (v[0], v[1]) for k, v in slo.items()}, queue, placed,
+                    tokens["prompt"], tokens["max"])
 
 
 class Window:
@@ -75,6 +81,17 @@ class Window:
         dt = b.t_s - a.t_s
         # A restarted scheduler starts its counters at 0: no negative rates.
         return max(0.0, b.verdicts - a.verdicts) / dt if dt > 0 else 0.0
+
+    def mean_tokens(self) -> tuple[float, float]:
+        """(mean prompt tokens, mean output tokens asked) of the requests given a verdict over the
+        window; (0, 0) without any."""
+        if len(self.samples) < 2:
+            return 0.0, 0.0
+        a, b = self.samples[0], self.samples[-1]
+        n = b.verdicts - a.verdicts
+        if n <= 0:
+            return 0.0, 0.0
+        return max(0.0, b.prompt_tokens - a.prompt_tokens) / n, max(0.0, b.max_tokens - a.max_tokens) / n
 
     def attainment(self) -> dict[str, Attainment]:
         if len(self.samples) < 2:

@@ -52,6 +52,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             a = config.autoscale
             self.desired = max(a.min_replicas, min(a.max_replicas, config.replicas))
             self.wanted = set(range(self.desired))
+        if config.pd_autoscale is not None:   # P/D: the autoscaler scales the prefill and decode slots
+            self.desired, self.wanted = 0, set()
         if config.actuator != "local":   # the workers are another system's (a Deployment's pods)
             self.desired, self.wanted = 0, set()
         # Issue 12: engines started ahead (services/scaler/standby.py); None without --standby-pool.
@@ -268,21 +270,24 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
     # -- slots under an autoscaler (services/scaler/actuator.py LocalProcesses) -------------------
 
     def live_slots(self) -> list[Managed]:
-        """Workers wanted and running (starting or ready); retired ones on their way out are not."""
+        """Workers wanted and running (starting or ready); retired ones on their way out are not.
+        P/D autoscaling (config.pd_autoscale): the prefill and decode slots are the autoscaler's."""
+        wanted = (self.wanted or set()) | (self.pd_wanted if self.config.pd_autoscale is not None else set())
         return [w for i, w in sorted(self.workers.items())
-                if self.wanted is not None and i in self.wanted and w.exited_at_s is None and not w.stopping]
+                if self.wanted is not None and i in wanted and w.exited_at_s is None and not w.stopping]
 
-    def add_slot(self, now_s: float, take_standby: bool = False) -> str:
-        """One more worker, in the lowest free slot (from the standby pool when asked and one is
-        ready); returns its instance id."""
+    def add_slot(self, now_s: float, take_standby: bool = False, role: str = "colocated") -> str:
+        """One more worker of `role`, in the lowest free slot of its pool (from the standby pool
+        when asked and one is ready); returns its instance id."""
         assert self.wanted is not None, "add_slot needs autoscaling"
-        index = next(i for i in range(len(self.workers) + len(self.wanted) + 1)
-                     if i not in self.wanted and (i not in self.workers or self.workers[i].exited_at_s is not None))
-        self.wanted.add(index)
+        wanted = self.wanted if role == "colocated" else self.pd_wanted
+        index = next(i for i in sorted(pool_slots(role, POOL_STRIDE))
+                     if i not in wanted and (i not in self.workers or self.workers[i].exited_at_s is not None))
+        wanted.add(index)
         self.desired = len(self.wanted)
         if index in self.workers:   # a new worker in a retired slot takes the slot's role, not its last one's
             self.workers[index].role = ""
-        if take_standby and self.pool is not None:
+        if take_standby and self.pool is not None and role == "colocated":
             self._adopt(index)
         self.step(now_s)
         return self.workers[index].instance_id
@@ -291,9 +296,10 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         """Stop a drained worker (SIGTERM: it finishes anything left, deregisters, exits)."""
         assert self.wanted is not None, "retire_slot needs autoscaling"
         index = next((i for i, w in self.workers.items() if w.instance_id == instance_id), None)
-        if index is None or index not in self.wanted:
+        if index is None or index not in self.wanted | self.pd_wanted:
             return
         self.wanted.discard(index)
+        self.pd_wanted.discard(index)
         self.desired = len(self.wanted)
         self.step(now_s)
 
@@ -358,7 +364,10 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         return scaler_pb2.ScaleResponse(decision_id=request.decision_id, applied=first, replicas=self.desired)
 
     async def _scale_pool(self, request: scaler_pb2.ScaleRequest, role: Role) -> scaler_pb2.ScaleResponse:
-        """A fixed count of prefill or decode workers (the autoscaler scales colocated ones only)."""
+        """A fixed count of prefill or decode workers (unless the P/D autoscaler decides them)."""
+        if self.config.pd_autoscale is not None:
+            raise InvalidArgument("replicas", f"the P/D autoscaler decides the {role.value} count; change "
+                                  "--min/--max/--max-total instead")
         if request.replicas >= POOL_STRIDE:
             raise InvalidArgument("replicas", f"at most {POOL_STRIDE - 1} {role.value} workers, got {request.replicas}")
         first = await self.store.claim_decision(
@@ -429,7 +438,7 @@ async def serve(config: ScalerConfig) -> None:
 
 def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.ClusterStore):
     from services.scaler.actuator import Actuator, LocalProcesses
-    from services.scaler.autoscale import Autoscaler
+    from services.scaler.autoscale import Autoscaler, PDAutoscaler
     from services.scaler.autoscaling import AutoscaleLoop
 
     if config.autoscale is None:
@@ -441,5 +450,7 @@ def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.C
         actuator = Kubernetes.connect(cluster, config.k8s_namespace, config.k8s_deployment)
     else:
         actuator = LocalProcesses(servicer, cluster)
-    policy = Autoscaler(config.autoscale, id_prefix=f"{config.cluster_name}-{int(time.time() * 1000)}")
+    prefix = f"{config.cluster_name}-{int(time.time() * 1000)}"
+    policy = PDAutoscaler(config.pd_autoscale, id_prefix=prefix) if config.pd_autoscale is not None \
+        else Autoscaler(config.autoscale, id_prefix=prefix)
     return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address)

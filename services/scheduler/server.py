@@ -300,7 +300,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             legs = " -> ".join(f"{leg.role.value}:{leg.instance_id}" for leg in decision.legs)
             if legs:
                 span.set_attribute(tracing.ATTR_LEGS, legs)
-            metrics.record_verdict(self.policy.name, decision.verdict.value, decision.reason)
+            metrics.record_verdict(self.policy.name, decision.verdict.value, decision.reason, spec.prompt_tokens,
+                                   spec.max_tokens)
             log.info("place %s -> %s %s (%s)", spec.request_id, decision.verdict.value, legs or decision.instance_id,
                      decision.reason)
             return convert.decision_to_placement(decision, addresses.get(decision.instance_id, ""), self.policy.name,
@@ -330,7 +331,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                         request.ticket_id, spec.request_id, instance_id)
         if self.desk is not None:
             self.desk.saw(spec)
-        metrics.record_verdict(self.policy.name, "admit", "ticket" if ticket is not None else "revoked ticket")
+        metrics.record_verdict(self.policy.name, "admit", "ticket" if ticket is not None else "revoked ticket",
+                               spec.prompt_tokens, spec.max_tokens)
         log.info("place %s -> admit %s on a ticket (%s)", spec.request_id, instance_id, reason)
         self.refresh_tickets(now)
         self.wake()

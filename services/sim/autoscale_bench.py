@@ -20,13 +20,15 @@ from pathlib import Path
 from services import argtypes
 from services.scaler.autoscale import AutoscaleConfig, Autoscaler, StartKind
 from services.scaler.autoscale.baselines import QueueThreshold, Static, ThroughputPlanner
-from services.scaler.autoscale.capacity import slo_capacity_rps
+from services.scaler.autoscale.capacity import pd_tokens_per_s, slo_capacity_rps
+from services.scaler.autoscale.pd import PDAutoscaler, PDConfig
 from services.scheduler.policy import make_policy, policy_names
 from services.scheduler.policy.settings import policy_config
 from services.sim import ENGINE_LABEL
 from services.report.metrics import attainment, met_slo
 from services.sim.profiles import Profile, load_profile
-from services.sim.runner import Simulation
+from services.sim.pd_scaling import PDScalingDriver
+from services.sim.runner import Simulation, pd_roles
 from services.sim.scaling import ScalingDriver, ScalingSetup
 from services.sim.traces import SwellSpikes
 from services.sim.workload import Workload, at_times, load_workload, read_azure_trace
@@ -80,6 +82,10 @@ def add_autoscale_bench(subparsers) -> None:
                    help="hfx: survivors must stay at or below this share (default %(default)s)")
     p.add_argument("--hfx-cooldown-s", type=argtypes.non_negative_float, default=hfx.scale_down_cooldown_s,
                    help="hfx: seconds after a scale action before a removal (default %(default)s)")
+    p.add_argument("--pd", default="", metavar="P:D",
+                   help="hfx runs a P/D cluster starting with P prefill and D decode instances, scaled per role by "
+                   "the P/D autoscaler (each role within --min/--max-instances, P + D at most --max-instances); "
+                   "the baselines stay colocated (default: hfx colocated too)")
     p.add_argument("--tick-s", type=argtypes.positive_float, default=5.0,
                    help="how often every autoscaler is asked (default %(default)s)")
     p.add_argument("--seed", type=argtypes.non_negative_int, default=1, help="(default %(default)s)")
@@ -129,14 +135,35 @@ def make_autoscaler(name: str, args, capacity: float, static_n: int):
                                       scale_down_cooldown_s=args.hfx_cooldown_s))
 
 
+def pd_autoscaler(profile: Profile, workload: Workload, role: AutoscaleConfig, max_total: int) -> PDAutoscaler:
+    """HFX's P/D autoscaler: each role within `role`'s bounds, its tokens/s from the profile for this mix."""
+    prompt, output = workload_means(workload)
+    tpot = min(c.slo(profile.model, profile.chunk_tokens).tpot_ms for c in workload.classes)
+    p_tps, d_tps = pd_tokens_per_s(profile.model, profile.chunk_tokens, prompt, output, tpot,
+                                   profile.kv_capacity_tokens, profile.max_num_seqs)
+    return PDAutoscaler(PDConfig(role, role, p_tps, d_tps, max_total))
+
+
+def make_pd_autoscaler(args, profile: Profile, workload: Workload) -> PDAutoscaler:
+    role = AutoscaleConfig(min_replicas=1, max_replicas=args.max_instances, capacity_rps={"cpu": 1.0},
+                           ready_times_s={StartKind.COLD: args.cold_start_s, StartKind.PEER: args.peer_start_s},
+                           target_utilization=args.hfx_target_utilization,
+                           scale_down_utilization=args.hfx_scale_down_utilization,
+                           scale_down_cooldown_s=args.hfx_cooldown_s)
+    return pd_autoscaler(profile, workload, role, args.max_instances)
+
+
 def run_one(name: str, args, requests, profile: Profile, workload: Workload, capacity: float, static_n: int) -> dict:
     config = policy_config(profile, workload.classes, {"placement": "best_fit"})
-    initial = static_n if name == "static" else args.min_instances
+    roles = pd_roles(args.pd, sum(int(x) for x in args.pd.split(":"))) if args.pd and name == "hfx" else ()
+    initial = len(roles) if roles else static_n if name == "static" else args.min_instances
     setup = ScalingSetup(initial, capacity, {StartKind.COLD: args.cold_start_s, StartKind.PEER: args.peer_start_s},
                          peer_start=not args.no_peer_start, tick_s=args.tick_s)
-    driver = ScalingDriver(make_autoscaler(name, args, capacity, static_n), setup)
+    driver = PDScalingDriver(make_pd_autoscaler(args, profile, workload), setup, config) if roles \
+        else ScalingDriver(make_autoscaler(name, args, capacity, static_n), setup)
     started = time.perf_counter()
-    result = Simulation(make_policy(args.policy, config), profile, initial, args.seed, scaling=driver).run(requests)
+    result = Simulation(make_policy(args.policy, config), profile, initial, args.seed, scaling=driver,
+                        roles=roles).run(requests)
     wall = time.perf_counter() - started
     bucket_s = 30.0
     buckets: dict[int, list[bool]] = {}
@@ -153,6 +180,10 @@ def run_one(name: str, args, requests, profile: Profile, workload: Workload, cap
         "timeline": [(p.t_s, p.instances, p.ready) for p in driver.timeline],
         "attainment_over_time": [((k + 0.5) * bucket_s, sum(v) / len(v)) for k, v in sorted(buckets.items())],
         "last_reasons": [f"{t:.0f}s {kind}: {why}" for t, kind, why in driver.decisions[-3:]],
+        **({"pd": args.pd, "peak_prefill": max(p for _, p, _ in driver.role_timeline),
+            "peak_decode": max(d for _, _, d in driver.role_timeline), "role_timeline": driver.role_timeline,
+            "flips": sum(1 for _, kind, _ in driver.decisions if kind == "Flip")}
+           if isinstance(driver, PDScalingDriver) else {}),
     }
 
 
@@ -163,6 +194,12 @@ def run_autoscale_bench(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.pd:
+        try:
+            pd_roles(args.pd, args.max_instances)
+        except ValueError as exc:
+            print(f"error: --pd: {exc}", file=sys.stderr)
+            return 2
     if args.min_instances > args.max_instances:
         print(f"error: --min-instances {args.min_instances} > --max-instances {args.max_instances}", file=sys.stderr)
         return 2
@@ -214,6 +251,10 @@ def _print(results: list[dict]) -> None:
               f"{r['actions']['Drain']:>7}")
     print("(instance-seconds from launch to removal, starting and draining included; 'vs static' = change in "
           "instance-seconds; attainment counts rejected requests as misses)")
+    for r in results:
+        if "pd" in r:
+            print(f"{r['autoscaler']} ran P/D from {r['pd']}: peak {r['peak_prefill']} prefill, {r['peak_decode']} "
+                  f"decode, {r['flips']} flip(s)")
     if hfx:
         for r in results:
             if r is hfx:

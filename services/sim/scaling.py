@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from services.scaler.autoscale import Drain, InstanceSignal, Phase, Remove, Signals, Start, StartKind, Undrain
+from services.scaler.autoscale.pd import PDSignals
 from services.scaler.autoscale.signals import Attainment
 
 
@@ -93,7 +94,7 @@ class ScalingDriver:
         sim.add_node(sim.new_node(index))
         self.phase[instance_id] = (Phase.READY, sim.now_s)
 
-    def signals(self, sim) -> Signals:
+    def signals(self, sim) -> Signals | PDSignals:   # PDScalingDriver's are per role
         now, w, rw = sim.now_s, self.setup.window_s, self.setup.rate_window_s
         span = min(rw, now) or 1.0
         arrivals = bisect.bisect_right(self._arrivals, now) - bisect.bisect_right(self._arrivals, now - rw)

@@ -26,14 +26,14 @@ AUTOSCALE = ("--autoscale", "--min", "1", "--max", "2", "--capacity-rps", "2", "
              "--warmup-s", "1", "--cold-start-s", "5", "--autoscale-tick-s", "1", "--autoscale-window-s", "6")
 
 
-def one_request(address: str, results: list, lock: threading.Lock) -> None:
+def one_request(address: str, results: list, lock: threading.Lock, prompt: int = 64, tokens: int = TOKENS) -> None:
     started = time.time()
     row = {"start": started, "instance": "", "tokens": 0, "finish": "", "error": ""}
     try:
         with grpcutil.sync_channel(address) as channel:
             stream = router_pb2_grpc.RouterStub(channel).Generate(router_pb2.GenerateRequest(
-                token_ids=router_pb2.TokenIds(ids=list(range(5, 69))),
-                sampling=common_pb2.SamplingParams(max_tokens=TOKENS, ignore_eos=True)), timeout=120)
+                token_ids=router_pb2.TokenIds(ids=[5 + k % 500 for k in range(prompt)]),
+                sampling=common_pb2.SamplingParams(max_tokens=tokens, ignore_eos=True)), timeout=120)
             for msg in stream:
                 if msg.HasField("final"):
                     row["instance"] = msg.final.instance_id
@@ -46,11 +46,12 @@ def one_request(address: str, results: list, lock: threading.Lock) -> None:
         results.append(row)
 
 
-def send(address: str, pool: ThreadPoolExecutor, rate_rps: float, duration_s: float, results, lock) -> list:
+def send(address: str, pool: ThreadPoolExecutor, rate_rps: float, duration_s: float, results, lock, **request) -> list:
+    """Requests at `rate_rps` for `duration_s` (request: one_request's prompt and tokens)."""
     futures, t0 = [], time.monotonic()
     k = 0
     while time.monotonic() - t0 < duration_s:
-        futures.append(pool.submit(one_request, address, results, lock))
+        futures.append(pool.submit(one_request, address, results, lock, **request))
         k += 1
         time.sleep(max(0.0, t0 + k / rate_rps - time.monotonic()))
     return futures

@@ -47,6 +47,7 @@ def test_prefill_heavy_load_grows_prefill_and_not_decode():
     assert len(starts(plan, "prefill")) == 2 and not starts(plan, "decode")
     assert plan.details["roles"]["prefill"]["desired"] == 3 and plan.details["roles"]["decode"]["desired"] == 1
     assert plan.desired == 4
+    assert plan.details["paid_instances"] == 2     # 1 P + 1 D at the default price, for the cost meter
     assert "prefill: start" in plan.reason and "-> 3" in plan.reason
     # The same request rate with 200-token prompts: one P carries 20 req/s, nothing to add.
     plan = make().on_tick(load(200, 50, 4.0, pods(1, 1)), 0.0)

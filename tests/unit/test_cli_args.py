@@ -245,3 +245,37 @@ def test_up_hands_every_process_the_one_resolved_pd_local_prefill(tmp_path, monk
                  "--policy-config", str(config), "--detach", *flags])
     assert code == 1 and len(seen) == 1
     assert seen[0].pd_local_prefill is expected
+
+
+def test_pd_autoscale_flags_refuse_contradictions(capsys):
+    from services.cli import main
+
+    scaler = ["scaler", "--scheduler", "127.0.0.1:1", "--autoscale"]
+    for argv, says in (([*scaler, "--replicas", "0", "--prefill", "1"], "at least one of each"),
+                       (["up", "--autoscale", "--prefill", "1", "--decode", "1", "--workers", "1"], "give --workers 0"),
+                       (["up", "--autoscale", "--prefill", "1", "--decode", "1", "--min", "0"], "--min 0"),
+                       (["up", "--autoscale", "--max-total", "4"], "P/D autoscaling only"),
+                       (["up", "--prefill", "1", "--decode", "1", "--decode-tokens-per-s", "9"], "P/D autoscaling only"),
+                       (["up", "--autoscale", "--prefill", "2", "--decode", "2", "--min", "2", "--max-total", "3"],
+                        "max_total"),
+                       ([*scaler, "--prefill", "1", "--decode", "1"], "give --replicas 0")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err, (argv, err)
+
+
+def test_pd_autoscale_flags_reach_the_scalers_config(monkeypatch):
+    from services import cli
+    from services.scaler import server
+
+    seen = {}
+
+    async def serve(config):
+        seen["config"] = config
+
+    monkeypatch.setattr(server, "serve", serve)
+    assert cli.main(["scaler", "--scheduler", "127.0.0.1:1", "--autoscale", "--replicas", "0", "--prefill", "1",
+                     "--decode", "2", "--max", "3", "--prefill-tokens-per-s", "5000"]) == 0
+    pd = seen["config"].pd_autoscale
+    assert (pd.max_total, pd.prefill_tokens_per_s, pd.prefill.max_replicas, pd.decode.max_replicas) == (6, 5000.0, 3, 3)

@@ -92,7 +92,7 @@ def test_autoscale_decisions_apply_once_even_when_replayed(redis_url):
         def __init__(self):
             self.calls = []
 
-        async def start(self, device, start_kind):
+        async def start(self, device, start_kind, role="colocated"):
             self.calls.append(("start", device))
             return "w9"
 
@@ -129,3 +129,50 @@ def test_a_redis_that_restarted_empty_has_the_entry_load_and_profile_back_after_
         await s.heartbeat(inst, common_pb2.LoadReport(instance_id="w0"), ttl_s=5, profile=profile)
         assert (await s.get_profile("w0"))["source"] == "refined"
     run(go())
+
+
+def test_pd_autoscale_starts_by_role_and_flips_through_set_role(redis_url, caplog):
+    """P/D plan applied live: a start carries its role to the actuator, a flip goes through the
+    actuator's set_role (Scaler.SetRole's checks), and a flip the actuator cannot make or SetRole
+    refuses (it would empty a stage) is logged with the refusal and not recorded as the last decision."""
+    import json
+
+    from services.common.errors import InvalidArgument
+    from services.scaler.actuator import RoleChanger
+    from services.scaler.autoscale import Flip, Plan, Start, StartKind
+    from services.scaler.autoscaling import AutoscaleLoop, LiveOptions
+
+    class Starter:
+        kind = "test"
+
+        def __init__(self):
+            self.calls = []
+
+        async def start(self, device, start_kind, role="colocated"):
+            self.calls.append(("start", role))
+            return "hfx-p1"
+
+    class Flipper(Starter):
+        async def set_role(self, instance_id, role, reason):
+            if instance_id == "hfx-p0":
+                raise InvalidArgument("role", "changing hfx-p0 to decode would leave the cluster unable to serve")
+            self.calls.append(("set_role", instance_id, role))
+
+    assert isinstance(Flipper(), RoleChanger) and not isinstance(Starter(), RoleChanger)
+
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t-pd"))
+        flipper = Flipper()
+        loop = AutoscaleLoop(None, s, flipper, None, LiveOptions(), "127.0.0.1:1")
+        await loop.apply(Plan((Start("pd-1", "prefill grows", "cpu", StartKind.COLD, role="prefill"),
+                               Flip("pd-2", "flip hfx-d1 decode -> prefill", "hfx-d1", "prefill"))), 1.0)
+        assert flipper.calls == [("start", "prefill"), ("set_role", "hfx-d1", "prefill")]
+        assert loop.last_decision["decision_id"] == "pd-2" and loop.last_decision["role"] == "prefill"
+        assert json.loads(await s.redis.get("t-pd:scale:pd-1"))["role"] == "prefill"
+        await loop.apply(Plan((Flip("pd-3", "flip hfx-p0", "hfx-p0", "decode"),)), 2.0)
+        assert loop.last_decision["decision_id"] == "pd-2"          # refused: not applied
+        plain = AutoscaleLoop(None, s, Starter(), None, LiveOptions(), "127.0.0.1:1")
+        await plain.apply(Plan((Flip("pd-4", "flip hfx-d2", "hfx-d2", "prefill"),)), 3.0)
+        assert plain.last_decision is None
+    run(go())
+    assert "unable to serve" in caplog.text and "cannot change roles" in caplog.text

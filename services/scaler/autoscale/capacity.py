@@ -25,12 +25,8 @@ def slo_capacity_rps(model: LatencyModel, mean_prompt_tokens: float, mean_output
     if mean_output_tokens <= 0 or mean_prompt_tokens < 0 or tpot_slo_ms <= 0:
         raise ValueError(f"need mean output > 0, mean prompt >= 0, TPOT SLO > 0; got {mean_output_tokens}, "
                          f"{mean_prompt_tokens}, {tpot_slo_ms}")
-    kv_per_seq = mean_prompt_tokens + mean_output_tokens / 2
-    per_seq_ms = model.c2_ms_per_decode_seq + model.c3_ms_per_kv_token * kv_per_seq
-    room_ms = tpot_slo_ms * step_share - model.c0_ms
-    batch = int(room_ms // per_seq_ms) if per_seq_ms > 0 else max_num_seqs
-    kv_room = int(kv_capacity_tokens // max(1.0, mean_prompt_tokens + mean_output_tokens))
-    batch = max(1, min(batch, max_num_seqs, kv_room))
+    batch, per_seq_ms = _decode_batch(model, mean_prompt_tokens, mean_output_tokens, tpot_slo_ms, kv_capacity_tokens,
+                                      max_num_seqs, step_share)
     per_request_ms = (mean_output_tokens * (model.c0_ms / batch + per_seq_ms)
                       + model.c1_ms_per_prefill_token * mean_prompt_tokens)
     return 1000.0 / per_request_ms
@@ -49,3 +45,33 @@ def estimate_capacity(instances: tuple[InstanceSignal, ...] | list[InstanceSigna
     if not samples:
         return fallback_rps, 0
     return statistics.median(samples), len(samples)
+
+
+def pd_tokens_per_s(model: LatencyModel, chunk_tokens: int, mean_prompt_tokens: float, mean_output_tokens: float,
+                    tpot_slo_ms: float, kv_capacity_tokens: int, max_num_seqs: int,
+                    step_share: float = 0.7) -> tuple[float, float]:
+    """(prompt tokens/s one prefill instance processes, output tokens/s one decode instance
+    sustains within the TPOT SLO) from a latency model, the figures PDConfig wants.
+    Prefill: full chunks back to back, `step_share` of the time (the rest: room for the queue to
+    drain within the TTFT SLOs). Decode: the largest batch whose step leaves `step_share` of the
+    TPOT SLO, each sequence one token per step (as slo_capacity_rps sizes it)."""
+    if chunk_tokens <= 0 or mean_output_tokens <= 0 or mean_prompt_tokens < 0 or tpot_slo_ms <= 0:
+        raise ValueError(f"need chunk > 0, mean output > 0, mean prompt >= 0, TPOT SLO > 0; got {chunk_tokens}, "
+                         f"{mean_output_tokens}, {mean_prompt_tokens}, {tpot_slo_ms}")
+    prefill = step_share * 1000.0 * chunk_tokens / (model.c0_ms + model.c1_ms_per_prefill_token * chunk_tokens)
+    batch, per_seq_ms = _decode_batch(model, mean_prompt_tokens, mean_output_tokens, tpot_slo_ms, kv_capacity_tokens,
+                                      max_num_seqs, step_share)
+    decode = 1000.0 * batch / (model.c0_ms + batch * per_seq_ms)
+    return prefill, decode
+
+
+def _decode_batch(model: LatencyModel, mean_prompt_tokens: float, mean_output_tokens: float, tpot_slo_ms: float,
+                  kv_capacity_tokens: int, max_num_seqs: int, step_share: float) -> tuple[int, float]:
+    """(the largest decode batch whose steady step leaves `step_share` of the TPOT SLO and fits
+    the KV cache, ms each sequence adds to a step)."""
+    kv_per_seq = mean_prompt_tokens + mean_output_tokens / 2
+    per_seq_ms = model.c2_ms_per_decode_seq + model.c3_ms_per_kv_token * kv_per_seq
+    room_ms = tpot_slo_ms * step_share - model.c0_ms
+    batch = int(room_ms // per_seq_ms) if per_seq_ms > 0 else max_num_seqs
+    kv_room = int(kv_capacity_tokens // max(1.0, mean_prompt_tokens + mean_output_tokens))
+    return max(1, min(batch, max_num_seqs, kv_room)), per_seq_ms

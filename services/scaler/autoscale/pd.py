@@ -119,8 +119,10 @@ class PDAutoscaler:
         reason = "; ".join(x for x in (*holds, *(f.reason for f in flips), *kept, capped) if x)
         desired = {role: self._desired(role, actions[role], flips, signals) for role in ROLES}
         details = {role: {**plans[role].details, "desired": desired[role]} for role in ROLES}
+        # What both roles' instances cost now (each core priced its own), for the cost meter and status.
+        paid = {key: sum(plans[role].details.get(key, 0.0) for role in ROLES) for key in ("paid_instances", "cost_per_s")}
         return Plan((*flips, *actions["prefill"], *actions["decode"]), sum(desired.values()), reason,
-                    signals.arrival_rps, 0.0, {"roles": details, "flips": len(flips), "capped": capped})
+                    signals.arrival_rps, 0.0, {"roles": details, "flips": len(flips), "capped": capped, **paid})
 
     def _flips(self, actions: dict[str, list[Action]]) -> list[Flip]:
         """Pairs (a start of one role, a drain of the other) become one flip of the drained instance."""
