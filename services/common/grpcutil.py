@@ -27,6 +27,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # servers accept pings that often. gRPC's server defaults (no pings without calls, at most one
 # per 5 minutes) answer such a client with GOAWAY "too_many_pings" and break its streams.
 CLIENT_PING_MS = 10_000
+CONNECT_TIMEOUT_MS = 5_000
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -37,8 +38,14 @@ _CHANNEL_OPTIONS = [
     # A peer that restarts (the scheduler, a worker) is back within a second or two: reconnect
     # on that scale, not on gRPC's default backoff that grows to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Not the reconnect pace but the deadline of one connection attempt (gRPC's "minimum connect
+    # timeout"): a peer that accepted the TCP connection must send its HTTP/2 SETTINGS by then, or
+    # the attempt fails and every call without wait_for_ready fails with it (UNAVAILABLE). At 100 ms
+    # a busy 2-core machine missed it: a vLLM standby just handed out, its process stalled for a
+    # moment, failed a fresh call with "connection attempt timed out before receiving SETTINGS
+    # frame". A dead peer refuses at once, so this long bound costs a restart nothing.
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
 ]
 _SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -26,9 +26,6 @@ def standby_check(args) -> str | None:
     pool = args.standby_pool
     if pool and not args.d2d:
         return "--standby-pool needs --d2d: a standby takes its weights from a donor's stream when taken"
-    if pool and getattr(args, "engine", "") == "vllm":
-        return ("--standby-pool is not available with engine vllm yet: in CI a vLLM standby taken by a "
-                "scale-up gave greedy tokens different from its donor's (issue 12); use engine sim")
     if pool > MAX_POOL:
         return f"--standby-pool {pool}: at most {MAX_POOL} (each standby holds a whole engine in memory)"
     if args.d2d and getattr(args, "device", "cpu") != "cpu":

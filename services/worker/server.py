@@ -394,6 +394,10 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Before registering (a standby: before its wait): the full collection over the engine's
+    # start-up heap blocks this loop for 0.5-0.8 s here, which a request placed on a worker
+    # that just registered would wait out.
+    runtime.started()
     if config.standby:
         log.info("standby on %s: engine up with dummy weights, not registered; waiting for LoadWeights", info.address)
         waiter = asyncio.create_task(servicer.weights_loaded.wait())
@@ -424,7 +428,6 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
         donor.add_done_callback(lambda t: setattr(info, "weights_address", t.result()))
     failed: list[str] = []
     watchdog = asyncio.create_task(_watch_engine(engine, stop, failed, config.engine_check_s))
-    runtime.started()
     log.info("worker %s serving on %s; weights from %s; start-up %s", config.instance_id, info.address,
              info.weights_source or "n/a", {k: round(v, 3) for k, v in info.startup_s.items()})
     await stop.wait()

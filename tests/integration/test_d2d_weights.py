@@ -31,6 +31,8 @@ from tests.weight_helpers import DyingSource, ListSource, corrupt_one, rolled
 pytestmark = pytest.mark.slow
 
 PROMPT_TOKEN_IDS = [1, 43, 343, 1515, 1196, 15, 262, 1294]
+# Longer than one KV block (128 tokens on CPU): its first block can come from the prefix cache.
+LONG_PROMPT_TOKEN_IDS = [1] + [4 + (i * 37) % 1000 for i in range(199)]
 GREEDY_TOKENS = 24
 START_TIMEOUT_S = 240.0
 REFERENCE = Path(__file__).resolve().parents[1] / "vllm_reference.py"
@@ -44,7 +46,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(model_dir):
     proc = subprocess.Popen(
-        [sys.executable, str(REFERENCE), str(model_dir), ",".join(map(str, PROMPT_TOKEN_IDS)), str(GREEDY_TOKENS)],
+        [sys.executable, str(REFERENCE), str(model_dir),
+         ";".join(",".join(map(str, p)) for p in (PROMPT_TOKEN_IDS, LONG_PROMPT_TOKEN_IDS)), str(GREEDY_TOKENS)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     yield proc
@@ -77,18 +80,23 @@ def engine(model_dir, donor, reference):
 
 
 @pytest.fixture(scope="module")
-def expected(reference):
+def references(reference) -> list[list[int]]:
+    """vLLM's greedy tokens for PROMPT_TOKEN_IDS, then for LONG_PROMPT_TOKEN_IDS."""
     stdout, stderr = reference.communicate(timeout=START_TIMEOUT_S)
     assert reference.returncode == 0, stderr[-3000:]
-    line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
-    return [int(t) for t in line[7:].split(",")]
+    return [[int(t) for t in line[7:].split(",")] for line in stdout.splitlines() if line.startswith("RESULT ")]
+
+
+@pytest.fixture(scope="module")
+def expected(references):
+    return references[0]
 
 
 _ids = itertools.count()
 
 
-def greedy(eng, loop) -> list[int]:
-    req = EngineRequest(request_id=f"greedy-{next(_ids)}", prompt_token_ids=list(PROMPT_TOKEN_IDS),
+def greedy(eng, loop, prompt: list[int] = PROMPT_TOKEN_IDS) -> list[int]:
+    req = EngineRequest(request_id=f"greedy-{next(_ids)}", prompt_token_ids=list(prompt),
                         sampling=Sampling(max_tokens=GREEDY_TOKENS, temperature=0.0, ignore_eos=True))
 
     async def collect():
@@ -177,4 +185,20 @@ def test_donor_of_another_model_is_refused(engine, expected, source, model_dir, 
         wrong.close()
     assert report["source"] == "storage" and report["failure"].startswith("identity"), report
     assert report["tensors"] == 0
+    assert greedy(eng, loop) == expected
+
+
+def test_kv_computed_under_other_weights_is_not_reused_after_a_load(engine, expected, references, source):
+    """vLLM's prefix cache is keyed by token ids: KV a prompt left under other weights (a standby's
+    dummy ones, during its latency profile at start) must not serve it after a load."""
+    eng, loop = engine
+    spoil(eng, loop, source, expected)
+    assert greedy(eng, loop, LONG_PROMPT_TOKEN_IDS) != references[1]  # its first block is cached now, wrong
+    good = serve_once(source)
+    try:
+        report = loop.run(eng.pull_weights(good.address, fallback=False))
+    finally:
+        good.close()
+    assert report["source"] == "donor", report
+    assert greedy(eng, loop, LONG_PROMPT_TOKEN_IDS) == references[1]
     assert greedy(eng, loop) == expected

@@ -3,8 +3,8 @@
 On SIMULATED workers (engine "sim"): the pool, the donor choice, LoadWeights, registration and
 the refill are the real services over real gRPC and Redis, and the weights cross for real (the
 donor worker serves the checkpoint from memory; the standby receives the stream with every check,
-then drops it, since a simulated engine computes nothing). The same path with a real vLLM engine,
-whose reload makes the tokens depend on the pulled weights, is not tested: the vLLM standby pool is refused until its tokens match the donor's (issue 12).
+then drops it, since a simulated engine computes nothing). The same path with real vLLM engines,
+whose tokens depend on the pulled weights: tests/integration/test_standby_pool_vllm.py.
 """
 
 from __future__ import annotations

@@ -36,13 +36,14 @@ def test_pool_cost_is_its_rss_in_serving_instances_or_one_each_until_measured():
 
 
 def flags(**overrides) -> argparse.Namespace:
-    base = {"standby_pool": 0, "d2d": False, "device": "cpu"}
+    base = {"standby_pool": 0, "d2d": False, "device": "cpu", "engine": "vllm"}
     return argparse.Namespace(**{**base, **overrides})
 
 
 def test_flag_rules():
     assert standby_check(flags()) is None
-    assert standby_check(flags(d2d=True, standby_pool=2)) is None
+    assert standby_check(flags(d2d=True, standby_pool=2)) is None          # vLLM engines
+    assert standby_check(flags(d2d=True, standby_pool=2, engine="sim")) is None
     assert "needs --d2d" in standby_check(flags(standby_pool=1))
     assert f"at most {MAX_POOL}" in standby_check(flags(d2d=True, standby_pool=MAX_POOL + 1))
     assert "device cpu only" in standby_check(flags(d2d=True, device="cuda"))

@@ -281,6 +281,7 @@ class VllmEngine:
                 "transport": self.config.weights_transport,
                 "stall_timeout_s": self.config.weights_stall_timeout_s, "deadline_s": self.config.weights_deadline_s}
         (report,) = await self._llm.collective_rpc(pull_weights, args=(spec,))
+        await self._forget_old_kv()
         self.weights_report = report
         log.info("weights: %s", report)
         return report
@@ -289,8 +290,18 @@ class VllmEngine:
         from services.worker.weights.engine_side import load_from_storage
 
         (report,) = await self._llm.collective_rpc(load_from_storage, args=(self.config.model,))
+        await self._forget_old_kv()
         self.weights_report = report
         return report
+
+    async def _forget_old_kv(self) -> None:
+        """After the weights changed, no KV block computed under the old ones may be reused.
+        vLLM's prefix cache is keyed by token ids, not by weights: a standby that ran requests
+        on its dummy weights (the latency profile at start) would otherwise serve a later prompt
+        with the same leading blocks from that KV, and give wrong tokens with success. Refused
+        while requests run (a reload under running requests is no load to serve from)."""
+        if not await self._llm.reset_prefix_cache():
+            raise RuntimeError("weights replaced while requests were running: the prefix cache could not be reset")
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         prompt = await self._render(req.prompt_token_ids)
