@@ -15,20 +15,24 @@ big-endian length and a JSON object; raw block bytes follow their header unframe
 
 D checks the layout against its own before the first block, each block's CRC32, and that END
 came after exactly the blocks it asked for; the ACK's answer must say P still held the lease (a
-transfer freed meanwhile may have had its memory reused while D read it). Any failure is a `KvTransferError` whose
+transfer freed meanwhile may have had its memory reused while D read it). A same-host pull
+(samehost.py) reads no blocks from the stream: it copies them from P's shared memory, makes the
+same check by looking for the transfer's metadata after the copy, and sends the ACK without
+waiting on its answer. Any failure is a `KvTransferError` whose
 `kind` is its reason label: D then recomputes the prefill, it never loads what did not check out.
 """
 
 from __future__ import annotations
 
-from services.common.checksum import crc32
+from services.common.checksum import crc32, crc32_blocks  # noqa: F401 (crc32 re-exported)
 from services.worker.weights.wire import frame, parse_frame_body, parse_frame_length  # noqa: F401 (re-exported)
 
 VERSION = 2
 
 # Blocks are copied and checked this many bytes at a time: the copy leaves them in the core's
-# cache for their CRC32 pass.
-CHUNK_BYTES = 1 << 20
+# cache for their CRC32 pass. 512 KiB: source and destination of a chunk fit a 1 MiB L2 together
+# (measured here: a 16 MiB copy + CRC32 at 72% of one memcpy in 512 KiB chunks, 56% in 1 MiB ones).
+CHUNK_BYTES = 512 << 10
 
 
 def chunks(first: int, stop: int, block_bytes: int):
@@ -41,9 +45,7 @@ def chunks(first: int, stop: int, block_bytes: int):
 def check(transfer_id: str, first: int, data, block_bytes: int, sums) -> None:
     """Raise Integrity unless each block of `data` (blocks first.. back to back) has its CRC32 in
     `sums` (indexed from `first`)."""
-    view = memoryview(data).cast("B")
-    for j in range(len(view) // block_bytes):
-        crc = crc32(view[j * block_bytes:(j + 1) * block_bytes])
+    for j, crc in enumerate(crc32_blocks(data, block_bytes)):
         if crc != sums[j]:
             raise Integrity(f"transfer {transfer_id}: block {first + j} CRC32 {crc:#010x} != staged {sums[j]!r}")
 
