@@ -4,10 +4,9 @@ A donor process serves the checkpoint from memory (as `hfx worker --serve-weight
 process pulls the whole stream several times over each transport, every tensor checked (name,
 dtype, shape, CRC32, completeness), and keeps nothing. The receiver's variants, in the same run:
 
-  zlib          CRC32 with zlib, on the pulling thread (what the pull used first)
-  isal          CRC32 with ISA-L over the same memoryviews (no copy), large buffers through ctypes
-                without the GIL (services/common/checksum.py); over shm, checked a few tensors
-                ahead on two threads (weights/shm.py): what the pull uses now
+  zlib          CRC32 with zlib (what the pull used before)
+  isal          CRC32 with ISA-L over the same memoryviews (no copy): what the pull uses now
+The variants take turns pull by pull (a machine shared with other jobs slows them alike).
 
 (Also tried, at commit 335bca9, and dropped as slower here: populating the shared-memory maps at
 once with MADV_POPULATE_READ, and a donor sending from its memfds with sendfile; BENCHMARKS.md.)
@@ -69,7 +68,7 @@ def serve(model_dir: str) -> None:
 
 
 def pull(address: str, model_dir: Path, mode: str, variant: str, memcpy: Memcpy) -> dict:
-    checksum._crc32, checksum._unlocked = (zlib.crc32, None) if variant == "zlib" else (_ISAL, _UNLOCKED)
+    checksum._crc32 = zlib.crc32 if variant == "zlib" else _ISAL
     copy_s = memcpy()
     index_list = checkpoint.read_index(model_dir)
     index = {t.name: t for t in index_list}
@@ -87,7 +86,7 @@ def pull(address: str, model_dir: Path, mode: str, variant: str, memcpy: Memcpy)
             "bytes": stats.bytes, "memcpy_gbps": stats.bytes / copy_s / 1e9, "of_memcpy": copy_s / elapsed}
 
 
-_ISAL, _UNLOCKED = checksum._crc32, checksum._unlocked
+_ISAL = checksum._crc32
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", type=parse_params, help="the model `hfx model init --params N` builds (built if absent)")
     p.add_argument("--repeats", type=int, default=3, help="pulls per transport and variant; the median is shown "
                    "(default %(default)s)")
+    p.add_argument("--transports", nargs="+", choices=("shm", "tcp"), default=["shm", "tcp"])
     p.add_argument("--out", type=Path, help="write the figures as JSON here (default: print only)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -115,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         memcpy = Memcpy(size)
         result = {"model": str(model_dir), "tensor_bytes": size, "pulls": {}}
         print(f"model {model_dir}: {size / 1e9:.3f} GB of tensors")
-        for mode in ("shm", "tcp"):
+        for mode in args.transports:
+            runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+            for _ in range(args.repeats):
+                for variant in VARIANTS:
+                    runs[variant].append(pull(address, model_dir, mode, variant, memcpy))
             for variant in VARIANTS:
-                runs = [pull(address, model_dir, mode, variant, memcpy) for _ in range(args.repeats)]
-                row = {k: statistics.median(r[k] for r in runs)
+                row = {k: statistics.median(r[k] for r in runs[variant])
                        for k in ("gbps", "seconds", "crc_s", "recv_s", "memcpy_gbps", "of_memcpy")}
                 result["pulls"][f"{mode}/{variant}"] = row
                 print(f"{mode:>4} {variant:<6} {row['gbps']:6.2f} GB/s = {row['of_memcpy']:5.1%} of memcpy "

@@ -201,7 +201,7 @@ class HfxKvConnector(KVConnectorBase_V1):
             else:
                 rows = np.empty(shape, dtype=np.uint8)
             self._gather(spec.block_ids, torch.from_numpy(rows))
-            shm.write(self.staging_dir, spec.transfer_id, rows, wire.crc32_blocks(rows, shape[1]), spec.num_tokens,
+            shm.write(self.staging_dir, spec.transfer_id, rows, [wire.crc32(row) for row in rows], spec.num_tokens,
                       self._layout, spec.expires_unix_s, arena_offset=offset)
         except Exception:  # D then finds no transfer and recomputes
             log.exception("staging KV for %s failed", spec.req_id)

@@ -22,7 +22,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from functools import partial
 
 import numpy as np
@@ -41,9 +40,6 @@ _idle: dict[str, tuple[float, socket.socket]] = {}
 _idle_lock = threading.Lock()
 IDLE_REUSE_S = tcp.IDLE_TIMEOUT_S / 3
 ACK_TIMEOUT_S = 2.0  # an ACK P does not answer within this is left to the lease
-# A pull this large copies and checks its two halves on two threads (one of them a kept helper).
-PARALLEL_MIN_BYTES = 8 << 20
-_helpers = futures.ThreadPoolExecutor(2, thread_name_prefix="kv-copy")
 
 
 def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadline_s: float,
@@ -165,39 +161,19 @@ def _copy(reply: dict, tid: str, from_block: int, layout: dict, deadline: float,
             os.close(fd)
             raise Integrity(f"transfer {tid}: staged file of the wrong size for {len(sums)} blocks of {block_bytes}")
         read = partial(_from_file, fd)
-    runs = list(wire.chunks(from_block, len(sums), block_bytes))
     try:
-        if (len(sums) - from_block) * block_bytes >= PARALLEL_MIN_BYTES:
-            # Two threads, half the chunks each: numpy's copy and the CRC32 both let go of the GIL.
-            half = len(runs) // 2
-            other = _helpers.submit(_copy_runs, runs[half:], read, tid, block_bytes, sums, deadline, into)
-            try:
-                done = _copy_runs(runs[:half], read, tid, block_bytes, sums, deadline, into)
-            except BaseException:
-                futures.wait([other])  # not writing into the caller's buffers any more once this raises
-                raise
-            done += other.result()
-        else:
-            done = _copy_runs(runs, read, tid, block_bytes, sums, deadline, into)
+        for first, count in wire.chunks(from_block, len(sums), block_bytes):
+            if time.monotonic() > deadline:
+                raise TooSlow(f"transfer {tid}: passed its deadline after {result.blocks} blocks")
+            buf = memoryview(into(first, count)).cast("B")
+            read(buf, first * block_bytes, tid)
+            wire.check(tid, first, buf, block_bytes, sums[first:])
+            result.blocks += count
+            result.bytes += count * block_bytes
     finally:
         if not reply.get("arena"):
             os.close(fd)
-    result.blocks += done
-    result.bytes += done * block_bytes
     return True
-
-
-def _copy_runs(runs, read, tid: str, block_bytes: int, sums, deadline: float, into) -> int:
-    """Copy and check the (first block, count) runs; returns the blocks copied."""
-    done = 0
-    for first, count in runs:
-        if time.monotonic() > deadline:
-            raise TooSlow(f"transfer {tid}: passed its deadline at block {first}")
-        buf = memoryview(into(first, count)).cast("B")
-        read(buf, first * block_bytes, tid)
-        wire.check(tid, first, buf, block_bytes, sums[first:])
-        done += count
-    return done
 
 
 def _from_arena(source: np.ndarray, offset: int, buf, start: int, _tid: str) -> None:

@@ -5,8 +5,7 @@ donor's Unix socket (abstract name derived from its TCP address) and gets, with 
 file descriptor per weight file (SCM_RIGHTS). It maps them copy-on-write and hands vLLM views into
 the mapping: no bytes cross a socket, and vLLM's own copy into its parameters is the transfer. The
 headers still come one per tensor with name, dtype, shape, CRC32 (plus file and offset), and the
-receiver checks all of it over the mapped bytes exactly as over a stream (wire.py); the CRC32s
-run a few tensors ahead on two threads, and a tensor is handed on only once its own checked out. A donor that
+receiver checks all of it over the mapped bytes exactly as over a stream (wire.py). A donor that
 dies leaves the receiver's mapping valid (the memfd lives while mapped) but ends the header
 stream: DonorLost, as on TCP. No socket there (another host, no memfds): ShmUnavailable, and the
 caller uses TCP.
@@ -14,17 +13,14 @@ caller uses TCP.
 
 from __future__ import annotations
 
-import collections
 import logging
 import mmap
 import os
 import socket
 import time
 from collections.abc import Iterator
-from concurrent import futures
 
 from services.common import internal_auth
-from services.common.checksum import crc32
 from services.worker.weights import wire
 from services.worker.weights.checkpoint import TensorInfo
 from services.worker.weights.source import SharedMemorySource
@@ -33,13 +29,6 @@ from services.worker.weights.tcp import (HELLO_TIMEOUT_S, ReceiveStats, Threaded
 from services.worker.weights.wire import DonorLost, DonorTooSlow, IdentityMismatch, IntegrityError
 
 log = logging.getLogger("hfx.worker.weights")
-
-
-# Tensors are checked ahead of the consumer on this many threads (the CRC32 lets go of the GIL):
-# the first touch of each mapped page, a page fault, costs more than the checksum itself, and two
-# cores take those faults side by side; vLLM's reload of one tensor overlaps the checks of the next.
-CHECK_THREADS = 2
-CHECKS_AHEAD = 8  # tensors whose checks may run before the consumer takes the one they follow
 
 
 class ShmUnavailable(DonorLost):
@@ -130,43 +119,30 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
             if stats.donor_identity != identity:
                 raise IdentityMismatch(f"donor {address} serves model {stats.donor_identity[:12]}, "
                                        f"this worker loads {identity[:12]}")
-            seen: set[str] = set()       # checked and handed on
-            announced: set[str] = set()  # headers read: a name twice is refused at its second header
-            ahead: collections.deque = collections.deque()  # (info, view, header, its CRC32 under way)
-            with futures.ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="weights-crc") as pool:
-                while True:
-                    if time.monotonic() > deadline:
-                        raise DonorTooSlow(f"donor {address}: stream passed its deadline")
-                    header = _read_frame(conn)
-                    if header.get("end"):
-                        while ahead:
-                            yield _checked(ahead.popleft(), address, seen, stats)
-                        missing = sorted(set(index) - seen)
-                        if missing or header.get("tensors") != len(seen):
-                            raise IntegrityError(f"donor {address} ended after {len(seen)} of {len(index)} tensors "
-                                                 f"(missing e.g. {missing[:3]})")
-                        stats.stream_s = time.monotonic() - t1
-                        return
-                    info = _check_header(header, index, announced, address)
-                    announced.add(info.name)
-                    k, offset = header.get("file"), header.get("offset")
-                    if not isinstance(k, int) or not 0 <= k < len(maps) or not isinstance(offset, int) \
-                            or offset < 0 or offset + info.nbytes > len(maps[k]):
-                        raise IntegrityError(f"tensor {info.name}: donor {address} points outside its shared files")
-                    view = memoryview(maps[k])[offset:offset + info.nbytes]
-                    ahead.append((info, view, header, pool.submit(crc32, view)))
-                    while len(ahead) > CHECKS_AHEAD or (ahead and ahead[0][3].done()):
-                        yield _checked(ahead.popleft(), address, seen, stats)
+            seen: set[str] = set()
+            while True:
+                if time.monotonic() > deadline:
+                    raise DonorTooSlow(f"donor {address}: stream passed its deadline")
+                header = _read_frame(conn)
+                if header.get("end"):
+                    missing = sorted(set(index) - seen)
+                    if missing or header.get("tensors") != len(seen):
+                        raise IntegrityError(f"donor {address} ended after {len(seen)} of {len(index)} tensors "
+                                             f"(missing e.g. {missing[:3]})")
+                    stats.stream_s = time.monotonic() - t1
+                    return
+                info = _check_header(header, index, seen, address)
+                k, offset = header.get("file"), header.get("offset")
+                if not isinstance(k, int) or not 0 <= k < len(maps) or not isinstance(offset, int) \
+                        or offset < 0 or offset + info.nbytes > len(maps[k]):
+                    raise IntegrityError(f"tensor {info.name}: donor {address} points outside its shared files")
+                view = memoryview(maps[k])[offset:offset + info.nbytes]
+                _accept_tensor(info, view, header, address, seen, stats)
+                yield info, view
     except socket.timeout:
         raise DonorTooSlow(f"donor {address} sent nothing for {stall_timeout_s:.1f}s") from None
     except (ConnectionError, OSError) as err:
         raise DonorLost(f"donor {address} connection failed: {err}") from None
-
-
-def _checked(item, address: str, seen: set[str], stats: ReceiveStats) -> tuple[TensorInfo, memoryview]:
-    info, view, header, crc = item
-    _accept_tensor(info, view, header, address, seen, stats, crc=crc)
-    return info, view
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:

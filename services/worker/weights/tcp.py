@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from services.common import internal_auth
@@ -245,13 +244,11 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _accept_tensor(info: TensorInfo, data, header: dict, address: str, seen: set[str], stats: ReceiveStats,
-                   crc: Future | None = None) -> None:
-    """The last check of a tensor on any transport: its bytes against the header's CRC32 (computed
-    here, or by `crc`, a checksum of `data` already under way); then it counts as received.
-    Raises IntegrityError."""
+def _accept_tensor(info: TensorInfo, data, header: dict, address: str, seen: set[str], stats: ReceiveStats) -> None:
+    """The last check of a tensor on any transport: its bytes against the header's CRC32; then it
+    counts as received. Raises IntegrityError."""
     c0 = time.monotonic()
-    crc = crc.result() if crc is not None else crc32(data)
+    crc = crc32(data)
     stats.crc_s += time.monotonic() - c0
     if crc != header.get("crc32"):
         raise IntegrityError(f"tensor {info.name} from donor {address}: CRC32 {crc:#010x} "
