@@ -32,7 +32,7 @@ from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlo
 log = logging.getLogger("hfx.worker.kv")
 
 # P's staging folder by P's address, learnt from its first locate answer: later pulls read the
-# transfer's metadata there themselves, so a pull costs one round trip to P (the ACK).
+# transfer's metadata there themselves, so a pull waits on no round trip to P (the ACK goes after it).
 _folders: dict[str, str] = {}
 # One idle connection per P kept for the next pull's ACK (no connect, no new server thread),
 # reused while younger than the server's idle timeout allows.
