@@ -6,13 +6,17 @@ dtype, shape, CRC32, completeness), and keeps nothing. The receiver's variants, 
 
   zlib          CRC32 with zlib (what the pull used before)
   isal          CRC32 with ISA-L over the same memoryviews (no copy): what the pull uses now
+The variants take turns pull by pull (a machine shared with other jobs slows them alike).
 
 (Also tried, at commit 335bca9, and dropped as slower here: populating the shared-memory maps at
 once with MADV_POPULATE_READ, and a donor sending from its memfds with sendfile; BENCHMARKS.md.)
 
-memcpy: numpy copy between two pre-faulted buffers of the checkpoint's size (best of 3), i.e. what
-it costs to read and write every byte once. The shm transport ends where vLLM's copy begins (its
-bytes are views into the donor's pages); the TCP one has the bytes in the receiver's buffers.
+memcpy: numpy copy between two pre-faulted buffers of the checkpoint's size, i.e. what it costs to
+read and write every byte once (page faults left out), timed just before each pull so that a
+machine shared with other jobs slows both alike; "of memcpy" is the median over the pulls of
+memcpy time / pull time. The shm transport ends where vLLM's copy begins (its bytes are views
+into the donor's pages, each page faulted in by the check's first touch); the TCP one has the
+bytes in the receiver's buffers.
 
   python -m benchmarks.d2d_transport --params 500M            # the ~1 GB checkpoint
 """
@@ -39,16 +43,18 @@ from services.worker.weights.transport import transport_for
 VARIANTS = ("zlib", "isal")
 
 
-def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
-    src = np.ones(nbytes, dtype=np.uint8)
-    dst = np.empty(nbytes, dtype=np.uint8)
-    dst.fill(0)  # both touched: page faults are not part of the copy
-    best = float("inf")
-    for _ in range(repeats):
+class Memcpy:
+    """One memcpy of `nbytes` between two faulted-in buffers, timed on each call."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.src = np.ones(nbytes, dtype=np.uint8)
+        self.dst = np.empty(nbytes, dtype=np.uint8)
+        self.dst.fill(0)  # both touched: page faults are not part of the copy
+
+    def __call__(self) -> float:
         t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best / 1e9
+        np.copyto(self.dst, self.src)
+        return time.perf_counter() - t
 
 
 def serve(model_dir: str) -> None:
@@ -61,8 +67,9 @@ def serve(model_dir: str) -> None:
     handle.close()
 
 
-def pull(address: str, model_dir: Path, mode: str, variant: str) -> dict:
+def pull(address: str, model_dir: Path, mode: str, variant: str, memcpy: Memcpy) -> dict:
     checksum._crc32 = zlib.crc32 if variant == "zlib" else _ISAL
+    copy_s = memcpy()
     index_list = checkpoint.read_index(model_dir)
     index = {t.name: t for t in index_list}
     stats = ReceiveStats()
@@ -76,7 +83,7 @@ def pull(address: str, model_dir: Path, mode: str, variant: str) -> dict:
         pass
     elapsed = time.perf_counter() - t0
     return {"gbps": stats.bytes / elapsed / 1e9, "seconds": elapsed, "crc_s": stats.crc_s, "recv_s": stats.recv_s,
-            "bytes": stats.bytes}
+            "bytes": stats.bytes, "memcpy_gbps": stats.bytes / copy_s / 1e9, "of_memcpy": copy_s / elapsed}
 
 
 _ISAL = checksum._crc32
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", type=parse_params, help="the model `hfx model init --params N` builds (built if absent)")
     p.add_argument("--repeats", type=int, default=3, help="pulls per transport and variant; the median is shown "
                    "(default %(default)s)")
+    p.add_argument("--transports", nargs="+", choices=("shm", "tcp"), default=["shm", "tcp"])
     p.add_argument("--out", type=Path, help="write the figures as JSON here (default: print only)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -104,18 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         address = donor.stdout.readline().strip()
         if not address:
             raise RuntimeError("the donor process did not start")
-        result = {"model": str(model_dir), "tensor_bytes": size, "memcpy_gbps": memcpy_gbps(size), "pulls": {}}
-        print(f"model {model_dir}: {size / 1e9:.3f} GB of tensors; memcpy {result['memcpy_gbps']:.2f} GB/s")
-        for mode in ("shm", "tcp"):
+        memcpy = Memcpy(size)
+        result = {"model": str(model_dir), "tensor_bytes": size, "pulls": {}}
+        print(f"model {model_dir}: {size / 1e9:.3f} GB of tensors")
+        for mode in args.transports:
+            runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+            for _ in range(args.repeats):
+                for variant in VARIANTS:
+                    runs[variant].append(pull(address, model_dir, mode, variant, memcpy))
             for variant in VARIANTS:
-                runs = [pull(address, model_dir, mode, variant) for _ in range(args.repeats)]
-                row = {k: statistics.median(r[k] for r in runs) for k in ("gbps", "seconds", "crc_s", "recv_s")}
+                row = {k: statistics.median(r[k] for r in runs[variant])
+                       for k in ("gbps", "seconds", "crc_s", "recv_s", "memcpy_gbps", "of_memcpy")}
                 result["pulls"][f"{mode}/{variant}"] = row
-                print(f"{mode:>4} {variant:<6} {row['gbps']:6.2f} GB/s = {row['gbps'] / result['memcpy_gbps']:5.1%} "
-                      f"of memcpy  (pull {row['seconds']:.3f} s, of it CRC {row['crc_s']:.3f} s, socket reads "
-                      f"{row['recv_s']:.3f} s; median of {args.repeats})", flush=True)
-        result["memcpy_gbps_after"] = memcpy_gbps(size)
-        print(f"memcpy again at the end: {result['memcpy_gbps_after']:.2f} GB/s")
+                print(f"{mode:>4} {variant:<6} {row['gbps']:6.2f} GB/s = {row['of_memcpy']:5.1%} of memcpy "
+                      f"({row['memcpy_gbps']:.2f} GB/s)  (pull {row['seconds']:.3f} s, of it waiting on CRC "
+                      f"{row['crc_s']:.3f} s, socket reads {row['recv_s']:.3f} s; median of {args.repeats})", flush=True)
     finally:
         donor.stdin.close()
         donor.wait(timeout=30)

@@ -6,9 +6,12 @@ bf16) the way a prefill worker does (into its staging arena, or with --staging f
 file per transfer, + CRC32s; served by the worker service's KvServer in a process of its own),
 then times what a decode worker's connector does, end to end: ask, copy every block into its
 destination buffer (the receive buffer, kept between pulls as the connector keeps it), check each
-CRC32, ACK (P frees). Not timed: the connector's scatter from that buffer into the KV cache.
+CRC32, ACK (P frees; a same-host pull sends it without waiting for P's answer, samehost.py).
+Not timed: the connector's scatter from that buffer into the KV cache.
 Transports: "samehost" (copy from P's shared memory) and "tcp" (stream over loopback). memcpy:
-numpy copy of the same number of bytes between two preallocated buffers. Median of --repeats.
+numpy copy of the same number of bytes between two preallocated, faulted-in buffers, timed just
+before each pull (so a machine shared with other jobs slows both alike); "% memcpy" is the
+median over the repeats of memcpy time / pull time. Medians of --repeats.
 
     .venv/bin/python benchmarks/kv_transfer.py [--sizes-mib 1 4 16 64] [--repeats 7] [--staging arena|file]
 """
@@ -36,16 +39,18 @@ LAYOUT = {"layers": 4, "dtype": "torch.bfloat16", "block_shape": [2, 128, 128], 
 MiB = 1024 * 1024
 
 
-def memcpy_gbps(nbytes: int, repeats: int) -> float:
-    src = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # fault the pages in first
-    times = []
-    for _ in range(repeats):
+class Memcpy:
+    """One memcpy of `nbytes` between two faulted-in buffers, timed on each call."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.src = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
+        self.dst = np.empty_like(self.src)
+        np.copyto(self.dst, self.src)  # fault the pages in first
+
+    def __call__(self) -> float:
         t = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t)
-    return nbytes / statistics.median(times) / 1e9
+        np.copyto(self.dst, self.src)
+        return time.perf_counter() - t
 
 
 def serve(staging: str, ready, stop) -> None:
@@ -56,13 +61,15 @@ def serve(staging: str, ready, stop) -> None:
     server.close()
 
 
-def transfer(address: str, staging: str, size: int, repeats: int, pull, stager) -> tuple[float, float]:
+def transfer(address: str, staging: str, size: int, repeats: int, pull, stager) -> tuple[float, float, float, float]:
+    """(pull GB/s, pull ms, memcpy GB/s, pull's % of memcpy): medians over `repeats`."""
+    memcpy = Memcpy(size)
     n = size // BLOCK_BYTES
     rows = np.random.default_rng(1).integers(0, 256, (n, BLOCK_BYTES), dtype=np.uint8)
     sums = [wire.crc32(r) for r in rows]
     dst = np.empty_like(rows)
     dst[:] = 0  # the receive buffer, faulted in
-    times = []
+    times, copies = [], []
     for r in range(repeats):
         tid = f"bench-{size}-{r}-{pull.__module__.rsplit('.', 1)[-1]}"
         region = stager.region(tid, rows.nbytes) if stager is not None else None
@@ -72,6 +79,7 @@ def transfer(address: str, staging: str, size: int, repeats: int, pull, stager) 
             view[:] = rows.reshape(-1)
         shm.write(staging, tid, rows, sums, n * 128, LAYOUT, time.time() + 60, arena_offset=offset)
         time.sleep(2 * tcp.REAP_INTERVAL_S)  # P adopts it under a lease before it names it (as the engine does)
+        copies.append(memcpy())
         t = time.perf_counter()
         result = pull(address, tid, from_block=0, layout=LAYOUT, deadline_s=30.0,
                       into=lambda i, count: memoryview(dst[i:i + count]))
@@ -79,7 +87,8 @@ def transfer(address: str, staging: str, size: int, repeats: int, pull, stager) 
         assert result.blocks == n and result.acked
     assert (dst == rows).all()
     median = statistics.median(times)
-    return size / median / 1e9, median * 1000.0
+    share = statistics.median(c / t for c, t in zip(copies, times))
+    return size / median / 1e9, median * 1000.0, size / statistics.median(copies) / 1e9, 100 * share
 
 
 def main() -> None:
@@ -104,11 +113,9 @@ def main() -> None:
             print(f"staging: {args.staging}")
             print(f"{'size MiB':>8} {'memcpy GB/s':>11} {'transport':>9} {'GB/s':>7} {'ms':>8} {'% memcpy':>9}")
             for mib in args.sizes_mib:
-                base = memcpy_gbps(mib * MiB, args.repeats)
                 for name, pull in (("samehost", samehost.pull), ("tcp", tcp.pull)):
-                    gbps, ms = transfer(address, staging, mib * MiB, args.repeats, pull, stager)
-                    print(f"{mib:>8} {base:>11.2f} {name:>9} {gbps:>7.2f} {ms:>8.2f} {100 * gbps / base:>8.0f}%",
-                          flush=True)
+                    gbps, ms, base, share = transfer(address, staging, mib * MiB, args.repeats, pull, stager)
+                    print(f"{mib:>8} {base:>11.2f} {name:>9} {gbps:>7.2f} {ms:>8.2f} {share:>8.0f}%", flush=True)
         finally:
             stop.set()
             server.join(10)

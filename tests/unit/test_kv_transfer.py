@@ -189,7 +189,7 @@ def test_same_host_pull_maps_the_staged_file_checks_it_and_acks(server, tmp_path
     rows = stage(tmp_path, "s1", n_blocks=4)
     out, result = samehost_pull(server, "s1", 4, from_block=1)
     assert (out[1:] == rows[1:]).all() and result.blocks == 3 and result.acked
-    assert server.handle({"op": "stats"}, None)["freed"] == {"acked": 1}
+    assert wait_until(lambda: server.handle({"op": "stats"}, None)["freed"] == {"acked": 1}, 2.0)
 
 
 def test_same_host_pull_catches_a_corrupt_block_and_nacks(server, tmp_path):

@@ -275,3 +275,38 @@ def test_with_an_internal_token_donors_serve_only_receivers_that_present_it(mode
         handle.close()
     with pytest.raises(wire.Unauthorised, match="refused the stream"):
         wire.check_manifest({"error": internal_auth.DENIED_HELLO}, "donor:1")
+
+
+def test_shm_hands_on_nothing_from_a_corrupt_tensor_onwards(model_dir):
+    """The checks run ahead of the consumer on threads; a tensor still goes out only once its own
+    CRC32 matched, and nothing after a bad one."""
+    source = CheckpointSource.load(model_dir)
+    first = list(source.entries())[0]
+    handle = transport_for("cpu").serve(source, "127.0.0.1", 0)
+    got = []
+    index = {t.name: t for t in checkpoint.read_index(model_dir)}
+    try:
+        first.data[0] ^= 0x01
+        with pytest.raises(IntegrityError, match=f"{first.info.name}.*CRC32"):
+            for info, _ in transport_for("cpu", "shm").receive(handle.address, checkpoint.identity(model_dir), index):
+                got.append(info.name)
+    finally:
+        handle.close()
+    assert got == []
+
+
+class TwiceSource(CheckpointSource):
+    def entries(self):
+        entries = list(super().entries())
+        yield from [entries[0], entries[1], entries[0]]
+
+
+def test_shm_refuses_a_tensor_announced_twice(model_dir):
+    loaded = CheckpointSource.load(model_dir)
+    source = TwiceSource(loaded.identity, list(loaded.entries()), loaded._buffers, loaded.fds, loaded.file_index)
+    handle = transport_for("cpu", "shm").serve(source, "127.0.0.1", 0)
+    try:
+        with pytest.raises(IntegrityError, match="twice"):
+            pull_via("shm", handle.address, model_dir)
+    finally:
+        handle.close()

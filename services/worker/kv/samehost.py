@@ -2,12 +2,22 @@
 checking each one's CRC32, instead of streaming them over a socket. P's blocks are in its arena
 (arena.py, mapped here once per P, so a transfer is a user-space copy at memcpy speed) or, when
 they did not fit there, in a file of their own (read with one preadv). P still holds the lease
-and frees on D's ACK; the ACK must find the lease still held (else the arena region may have been
-reused mid-copy: the pull fails). A transfer that is not on this host makes D stream it over TCP."""
+and frees on D's ACK. A transfer that is not on this host makes D stream it over TCP.
+
+Whether the copy is good is decided here, not by the ACK's answer: once every block checked out,
+D looks whether the transfer's metadata is still in P's folder. P removes it when it frees the
+transfer (ACK, release, lease expiry), and P's stager hands a region out again only after its
+transfer's metadata is gone (shm.ArenaStager.region), so metadata still there after the copy
+means nothing was written over the blocks while D copied them; metadata gone means they may have
+been, and the pull fails. The ACK then goes off the pull's path (a thread per P, on a kept
+connection): a decode step does not wait for P's round trip (0.3-5 ms here, the largest part of
+a 16 MiB pull on a busy host). An ACK that is lost leaves the blocks to the lease."""
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -19,15 +29,17 @@ import numpy as np
 from services.worker.kv import arena, shm, tcp, wire
 from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlow, UnknownTransfer
 
+log = logging.getLogger("hfx.worker.kv")
 
 # P's staging folder by P's address, learnt from its first locate answer: later pulls read the
-# transfer's metadata there themselves, so a pull costs one round trip to P (the ACK).
+# transfer's metadata there themselves, so a pull waits on no round trip to P (the ACK goes after it).
 _folders: dict[str, str] = {}
 # One idle connection per P kept for the next pull's ACK (no connect, no new server thread),
 # reused while younger than the server's idle timeout allows.
 _idle: dict[str, tuple[float, socket.socket]] = {}
 _idle_lock = threading.Lock()
 IDLE_REUSE_S = tcp.IDLE_TIMEOUT_S / 3
+ACK_TIMEOUT_S = 2.0  # an ACK P does not answer within this is left to the lease
 
 
 def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadline_s: float,
@@ -54,10 +66,44 @@ def pull(address: str, transfer_id: str, *, from_block: int, layout: dict, deadl
     if not copied:  # not this host (or freed just now): stream it
         return tcp.pull(address, transfer_id, from_block=from_block, layout=layout,
                         deadline_s=deadline - time.monotonic(), into=into)
-    _folders[address] = os.path.dirname(str(reply["path"]))
-    _ack(address, transfer_id, deadline, result)
+    folder = os.path.dirname(str(reply["path"]))
+    _folders[address] = folder
+    if not shm.still_staged(folder, transfer_id):
+        raise UnknownTransfer(f"transfer {transfer_id}: P no longer held it after the copy (lease expired or "
+                              f"released while it was read)")
+    _ackers.send(address, transfer_id)
+    result.acked = True
     result.ms = (time.monotonic() - started) * 1000.0
     return result
+
+
+class _Ackers:
+    """One thread per P sending this process's ACKs to it in order, off the pulls' path."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, queue.SimpleQueue] = {}
+
+    def send(self, address: str, transfer_id: str) -> None:
+        with self._lock:
+            pending = self._queues.get(address)
+            if pending is None:
+                pending = self._queues[address] = queue.SimpleQueue()
+                threading.Thread(target=self._run, args=(address, pending), name=f"kv-ack-{address}",
+                                 daemon=True).start()
+        pending.put(transfer_id)
+
+    @staticmethod
+    def _run(address: str, pending: queue.SimpleQueue) -> None:
+        while True:
+            transfer_id = pending.get()
+            try:
+                _ack(address, transfer_id, time.monotonic() + ACK_TIMEOUT_S, tcp.PullResult())
+            except KvTransferError as err:  # the copy was checked already; P's lease frees the blocks
+                log.info("KV ACK of %s to %s: %s", transfer_id, address, err)
+
+
+_ackers = _Ackers()
 
 
 def _ack(address: str, transfer_id: str, deadline: float, result: tcp.PullResult) -> None:

@@ -89,6 +89,12 @@ def read_location(directory: str, transfer_id: str) -> dict | None:
         return None
 
 
+def still_staged(directory: str, transfer_id: str) -> bool:
+    """Whether the transfer's metadata is still in the folder: P has not freed it, so its region
+    has not been handed out again (ArenaStager.region frees only regions whose metadata is gone)."""
+    return valid_id(transfer_id) and os.path.exists(Path(directory) / f"{transfer_id}.json")
+
+
 def complete_ids(directory: str) -> list[str]:
     return [p.name[:-5] for p in Path(directory).glob("*.json")]
 

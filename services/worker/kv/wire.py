@@ -15,7 +15,10 @@ big-endian length and a JSON object; raw block bytes follow their header unframe
 
 D checks the layout against its own before the first block, each block's CRC32, and that END
 came after exactly the blocks it asked for; the ACK's answer must say P still held the lease (a
-transfer freed meanwhile may have had its memory reused while D read it). Any failure is a `KvTransferError` whose
+transfer freed meanwhile may have had its memory reused while D read it). A same-host pull
+(samehost.py) reads no blocks from the stream: it copies them from P's shared memory, makes the
+same check by looking for the transfer's metadata after the copy, and sends the ACK without
+waiting on its answer. Any failure is a `KvTransferError` whose
 `kind` is its reason label: D then recomputes the prefill, it never loads what did not check out.
 """
 
