@@ -47,6 +47,9 @@ ROUTER_INFLIGHT = Gauge("hfx_router_inflight_requests", "Requests in this router
                         registry=REGISTRY)
 ROUTER_CLIENT_STALLS = Counter("hfx_router_client_stalls", "Streams ended because their client stopped reading "
                                "(a write blocked past --client-stall-timeout-s)", ["door"], registry=REGISTRY)
+ROUTER_CHUNKS_MERGED = Counter("hfx_router_chunks_merged", "Worker chunks merged into an earlier one of the same "
+                               "request because the stream to its client had fallen behind (one write instead of "
+                               "several)", registry=REGISTRY)
 HTTP_RESPONSES = Counter("hfx_router_http_responses", "HTTP responses by route and status code",
                          ["route", "status_code"], registry=REGISTRY)
 

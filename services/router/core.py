@@ -264,6 +264,8 @@ class RouterCore:
             for k in keys:
                 self._active.pop(k, None)
             active.stop()  # no-op when finished; stops the worker when the client left
+            if active.stream is not None and active.stream.merged:
+                metrics.ROUTER_CHUNKS_MERGED.inc(active.stream.merged)
             if run.staged_unread:  # aborts travel to P too: free the KV no decode leg will read
                 self.sessions[prefill_address].release(spec.request_id)
             if run.placement is not None:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import grpc
 
-from services.common import grpcutil
+from services.common import chunks, grpcutil
 from services.common.pb.hfx.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("hfx.router.sessions")
@@ -41,12 +41,13 @@ _REQUEST_FAULTS = {grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.FA
 class TokenStream:
     """One request's chunks from its session, in order; a tiny single-consumer channel."""
 
-    __slots__ = ("request_id", "tokens", "last_s", "_items", "_waiter", "_error", "_retryable", "_ended")
+    __slots__ = ("request_id", "tokens", "last_s", "merged", "_items", "_waiter", "_error", "_retryable", "_ended")
 
     def __init__(self, request_id: str, now_s: float) -> None:
         self.request_id = request_id
         self.tokens = 0          # tokens received so far (the idle timeout differs before the first)
         self.last_s = now_s      # when the worker last sent something for it (monotonic)
+        self.merged = 0          # chunks that rode in an earlier one (the consumer had fallen behind)
         self._items: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._error: str | None = None
@@ -73,13 +74,23 @@ class TokenStream:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _take(self) -> worker_pb2.WorkerChunk:
+        """The oldest chunk, with every later one already here merged in: a consumer that fell
+        behind (its client's writes, a busy loop) catches up in one write instead of one per
+        token, and one that keeps up pays nothing (no timer, nothing held back)."""
+        chunk = self._items.popleft()
+        while self._items and chunks.can_merge(chunk, self._items[0]):
+            chunks.merge_into(chunk, self._items.popleft())
+            self.merged += 1
+        return chunk
+
     async def next(self) -> worker_pb2.WorkerChunk | None:
         """The next chunk; None once ended by the router; raises StreamFailed."""
         while True:
             if self._ended:
                 return None
             if self._items:
-                return self._items.popleft()
+                return self._take()
             if self._error is not None:
                 raise StreamFailed(self._error, self._retryable)
             self._waiter = asyncio.get_running_loop().create_future()

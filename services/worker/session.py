@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import AsyncIterator, Callable
 
-from services.common import tracing
+from services.common import chunks, tracing
 from services.common.errors import HfxError
 from services.common.pb.hfx.v1 import worker_pb2
 
@@ -128,12 +128,9 @@ class WorkerSession:
 
     def _emit(self, chunk: worker_pb2.WorkerChunk) -> None:
         held = self._held.get(chunk.request_id)
-        if held is not None and not held.finished and not chunk.error_code:
+        if held is not None and chunks.can_merge(held, chunk):
             # A later step of a request already in this batch: one chunk, so one event downstream.
-            held.token_ids.extend(chunk.token_ids)
-            held.text += chunk.text
-            if chunk.finished:
-                held.finished, held.finish_reason = True, chunk.finish_reason
+            chunks.merge_into(held, chunk)
         else:
             self._out.append(chunk)
             self._held[chunk.request_id] = chunk
