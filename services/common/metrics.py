@@ -123,8 +123,8 @@ ROLE_CHANGES = Counter("hfx_worker_role_changes", "Role changes this worker made
                        "role; the reason is in the registry entry, the log and the worker.set_role span",
                        ["instance", "from_role", "to_role"], registry=REGISTRY)
 ROLE_DECISIONS = Counter("hfx_scheduler_role_decisions", "The role policy's ticks (--role-changes): flip (to_role "
-                         "prefill or decode) or none; the reason with its numbers is in the log",
-                         ["to_role"], registry=REGISTRY)
+                         "prefill, decode or colocated) or none, and for none the rule that held it (held_by); "
+                         "the reason with its numbers is in the log", ["to_role", "held_by"], registry=REGISTRY)
 LINKS = Gauge("hfx_scaler_pd_links", "P-D links up in the link table", ["cluster"], registry=REGISTRY)
 SCALER_LEFTOVERS = Counter("hfx_scaler_leftover_processes_killed", "Processes (engine core, engine workers) "
                            "still running in an exited worker's process group that the scaler had to SIGKILL",

@@ -26,19 +26,21 @@ SET_ROLE_TIMEOUT_S = 30.0   # the worker's change plus a warm-up transfer per ne
 async def run_role_loop(policy: RolePolicy, scaler_address: str,
                         view: Callable[[], tuple[ClusterSnapshot, list[RequestSpec]]]) -> None:
     stub = scaler_pb2_grpc.ScalerStub(grpcutil.aio_channel(scaler_address))
-    last_reason = ""
+    held_by = ""
     while True:
         await asyncio.sleep(policy.config.tick_s)
         cluster, waiting = view()
         decision = policy.on_tick(cluster, waiting, time.time())
         to_role, from_role = decision.to_role, decision.from_role
-        flip = decision.flip and to_role is not None and from_role is not None
-        metrics.ROLE_DECISIONS.labels(to_role.value if flip and to_role is not None else "none").inc()
-        if not flip or to_role is None or from_role is None:
-            if decision.reason != last_reason:
-                log.debug("roles: %s", decision.reason)
-                last_reason = decision.reason
+        if not decision.flip or to_role is None or from_role is None:
+            metrics.ROLE_DECISIONS.labels("none", decision.held_by).inc()
+            # Every tick at debug; at info when the rule holding roles back changes, so a run
+            # without a flip says why (the numbers change every tick, the rule seldom).
+            log.log(logging.INFO if decision.held_by != held_by else logging.DEBUG, "roles: %s", decision.reason)
+            held_by = decision.held_by
             continue
+        held_by = ""
+        metrics.ROLE_DECISIONS.labels(to_role.value, "").inc()
         with _tracer.start_as_current_span("scheduler.role_change") as span:
             span.set_attribute(tracing.ATTR_INSTANCE, decision.instance_id)
             span.set_attribute(tracing.ATTR_REASON, decision.reason)

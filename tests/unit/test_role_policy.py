@@ -88,17 +88,19 @@ def test_decode_pressure_flips_a_prefill_instance():
 
 def test_no_flip_when_both_stages_hold_their_slos():
     decision = RolePolicy(RoleConfig(), CONFIG).on_tick(IDLE, [], 100.0)
-    assert not decision.flip and "both below" in decision.reason
+    assert not decision.flip and "both below" in decision.reason and decision.held_by == "below_high"
 
 
 def test_no_flip_for_a_full_stage_that_nothing_waits_for():
     decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(p_legs=8), [], 100.0)
     assert not decision.flip and "prefill is full but nothing waits for it" in decision.reason
+    assert decision.held_by == "nothing_waits"
 
 
 def test_a_stage_is_never_emptied():
     decision = RolePolicy(RoleConfig(), CONFIG).on_tick(_cluster(p_legs=8, n_p=1, n_d=1), WAIT_P, 100.0)
     assert not decision.flip and "no stage can give up an instance" in decision.reason
+    assert decision.held_by == "no_donor_stage"
 
 
 def test_no_flip_when_the_gain_does_not_pay_for_the_change():
@@ -106,6 +108,7 @@ def test_no_flip_when_the_gain_does_not_pay_for_the_change():
     cfg = RoleConfig(high=0.3, min_gain=0.5)
     decision = RolePolicy(cfg, CONFIG).on_tick(_cluster(p_legs=4, n_p=8, n_d=8), WAIT_P, 100.0)
     assert not decision.flip and "gains" in decision.reason and "cost" in decision.reason
+    assert decision.held_by == "gain_below_cost"
 
 
 def test_an_alternating_signal_flips_an_instance_at_most_once_per_hold_time():

@@ -71,6 +71,7 @@ class RoleDecision:
     reason: str
     gain: float = 0.0
     cost: float = 0.0
+    held_by: str = ""          # no change: which rule held it (a short, bounded name for metrics)
 
     @property
     def flip(self) -> bool:
@@ -99,41 +100,42 @@ class RolePolicy:
         said = f"pressure prefill {s.prefill:.2f} / decode {s.decode:.2f}" + (
             f" / colocated {s.colocated:.2f}" if s.n_colocated else "")
         if not s.n_prefill or not s.n_decode:
-            return _none(f"{said}: not a P/D cluster")
+            return _none(f"{said}: not a P/D cluster", "not_pd")
         stages = [r for r in (Role.DECODE, Role.PREFILL, Role.COLOCATED) if s.count(r)]
         pressed = max(stages, key=s.pressure)   # a tie goes to decode, then prefill
         worst = s.pressure(pressed)
         if worst < cfg.high:
-            return _none(f"{said}: {'all' if s.n_colocated else 'both'} below {cfg.high}")
+            return _none(f"{said}: {'all' if s.n_colocated else 'both'} below {cfg.high}", "below_high")
         if s.waiting(pressed) < cfg.min_waiting:
-            return _none(f"{said}: {pressed.value} is full but nothing waits for it")
+            return _none(f"{said}: {pressed.value} is full but nothing waits for it", "nothing_waits")
         # Each move that may help the pressed stage (a D also prefills when D may prefill
         # locally; a C serves whole what no pair takes): the one that lowers the worst pressure
         # most, on a tie the one that leaves the next-worst lowest.
         options = [(sorted(s.after_move(f, t), reverse=True), f, t) for f, t in _moves(pressed)
                    if s.count(f) >= _KEEP[f] + 1]
         if not options:
-            return _none(f"{said}: {pressed.value} is short but no stage can give up an instance")
+            return _none(f"{said}: {pressed.value} is short but no stage can give up an instance", "no_donor_stage")
         ranked, from_role, to_role = min(options, key=lambda o: o[0])
         gain = worst - ranked[0]
         since = now_s - self.last_flip[0]
         if since < cfg.cooldown_s:
-            return _none(f"{said}: cool-down ({since:.1f} of {cfg.cooldown_s:.0f} s since the last flip)")
+            return _none(f"{said}: cool-down ({since:.1f} of {cfg.cooldown_s:.0f} s since the last flip)", "cooldown")
         if self.last_flip[1] is to_role and since < cfg.reverse_s:
             return _none(f"{said}: a flip back to {to_role.value} waits {cfg.reverse_s:.0f} s after the last one "
-                         f"({since:.1f} s so far)")
+                         f"({since:.1f} s so far)", "reverse_wait")
         after = s.after_move(from_role, to_role)
         donors = [i for i in cluster.instances if i.role is from_role and i.accepting
                   and now_s - self.flipped_s.get(i.instance_id, -math.inf) >= cfg.hold_s]
         if not donors:
-            return _none(f"{said}: every {from_role.value} instance flipped within {cfg.hold_s:.0f} s")
+            return _none(f"{said}: every {from_role.value} instance flipped within {cfg.hold_s:.0f} s", "hold")
         pick = min(donors, key=lambda i: (self._left_ms(i, now_s), i.instance_id))
         cost = (cfg.change_s + self._left_ms(pick, now_s) / 1000.0) / cfg.horizon_s
         if gain <= cfg.min_gain + cost:
-            return _none(f"{said}: flipping a {from_role.value} gains {gain:.2f} <= {cfg.min_gain} + cost {cost:.2f}")
+            return _none(f"{said}: flipping a {from_role.value} gains {gain:.2f} <= {cfg.min_gain} + cost {cost:.2f}",
+                         "gain_below_cost")
         gap = role_change_gap(cluster, pick.instance_id, to_role, self.policy_config)
         if gap:
-            return _none(f"{said}: {gap}")
+            return _none(f"{said}: {gap}", "serving_gap")
         self.flipped_s[pick.instance_id] = now_s
         self.last_flip = (now_s, from_role)
         predicted = " / ".join(f"{x:.2f}" for x in (after if s.n_colocated else after[:2]))
@@ -171,5 +173,5 @@ def _moves(pressed: Role) -> list[tuple[Role, Role]]:
     return [(Role.COLOCATED, pressed), (Role.DECODE, Role.PREFILL), (Role.PREFILL, Role.DECODE)]
 
 
-def _none(reason: str) -> RoleDecision:
-    return RoleDecision("", None, None, reason)
+def _none(reason: str, held_by: str) -> RoleDecision:
+    return RoleDecision("", None, None, reason, held_by=held_by)
