@@ -91,6 +91,8 @@ class LiveRound:
         if decision.verdict is not Verdict.REJECT:
             addresses = {leg.instance_id: _address(self.snapshot, leg.instance_id) for leg in decision.stages()}
             metrics.PLACEMENTS.labels(self.servicer.policy.name, _mode(decision, self.snapshot)).inc()
+        else:
+            self.servicer.refused.append(spec)   # what the role loop counts against the stages
         if not entry.future.done():
             entry.future.set_result((decision, addresses))
 

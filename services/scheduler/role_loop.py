@@ -24,13 +24,14 @@ SET_ROLE_TIMEOUT_S = 30.0   # the worker's change plus a warm-up transfer per ne
 
 
 async def run_role_loop(policy: RolePolicy, scaler_address: str,
-                        view: Callable[[], tuple[ClusterSnapshot, list[RequestSpec]]]) -> None:
+                        view: Callable[[], tuple[ClusterSnapshot, list[RequestSpec], list[RequestSpec]]]) -> None:
+    """`view`: the snapshot, the queue, and the requests rejected for their SLO since the last call."""
     stub = scaler_pb2_grpc.ScalerStub(grpcutil.aio_channel(scaler_address))
     held_by = ""
     while True:
         await asyncio.sleep(policy.config.tick_s)
-        cluster, waiting = view()
-        decision = policy.on_tick(cluster, waiting, time.time())
+        cluster, waiting, refused = view()
+        decision = policy.on_tick(cluster, waiting, time.time(), refused)
         to_role, from_role = decision.to_role, decision.from_role
         if not decision.flip or to_role is None or from_role is None:
             metrics.ROLE_DECISIONS.labels("none", decision.held_by).inc()

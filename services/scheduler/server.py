@@ -10,13 +10,14 @@ load report, a registry refresh. Each decision is logged and put on the request'
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import signal
 import time
 
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import ClusterSnapshot, Decision, InstanceView, Verdict
+from services.common.domain import ClusterSnapshot, Decision, InstanceView, RequestSpec, Verdict
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
@@ -39,6 +40,12 @@ _tracer = tracing.tracer("hfx.scheduler")
 SERVICE_NAME = "hfx.v1.Scheduler"
 
 
+def _drain(items: collections.deque) -> list:
+    out = list(items)
+    items.clear()
+    return out
+
+
 def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
     return Decision(request_id, Verdict.REJECT, reason, retry_after_ms=retry_after_ms)
 
@@ -51,6 +58,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.policy_config = policy_config or PolicyConfig()   # what serving_gap checks against
         self.store = cluster
         self.state = ClusterState()
+        # Requests rejected for their SLO since the role loop last looked (it drains this).
+        self.refused: collections.deque[RequestSpec] = collections.deque(maxlen=4096)
         self.models = InstanceModels(refine=config.refine_models)
         self._wake = asyncio.Event()
         self.workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
@@ -456,7 +465,8 @@ async def serve(config: SchedulerConfig) -> None:
 
         tasks.append(asyncio.create_task(run_role_loop(
             RolePolicy(policy_config=config.policy_config), config.scaler_address,
-            lambda: (servicer.state.snapshot(), [w.spec for w in servicer.state.waiting.values()]))))
+            lambda: (servicer.state.snapshot(), [w.spec for w in servicer.state.waiting.values()],
+                     _drain(servicer.refused)))))
     runtime.started()
     await grpcutil.set_serving(health, [SERVICE_NAME])
     log.info("scheduler (policy %s) serving on %s:%d; policy settings: %s", config.policy, config.host, port,

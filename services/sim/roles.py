@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.domain import ClusterSnapshot, Role
+from services.common.domain import ClusterSnapshot, RequestSpec, Role, Verdict
 from services.scheduler.roles import RoleDecision, RolePolicy
 
 
@@ -29,12 +29,14 @@ class RoleDriver:
         self.change_s = change_s
         self.changes: list[RoleChange] = []
         self.timeline: list[tuple[float, int, int]] = []   # (t, prefill, decode) per tick
+        self.refused: list[RequestSpec] = []   # rejected since the last tick, as the scheduler keeps them
 
     def begin(self, sim) -> None:
         sim._push(0.0, "scale", ("tick", None))
 
     def on_finish(self, rec, now_s: float) -> None:
-        pass
+        if rec.verdict == Verdict.REJECT.value:
+            self.refused.append(rec.spec)
 
     def instance_seconds(self, end_s: float) -> float:
         return 0.0   # the simulation counts its fixed set of nodes
@@ -47,7 +49,9 @@ class RoleDriver:
         roles = [n.role for n in sim.nodes]
         self.timeline.append((sim.now_s, roles.count(Role.PREFILL), roles.count(Role.DECODE)))
         if self.policy is not None:
-            decision = self.policy.on_tick(ClusterSnapshot(tuple(n.view for n in sim.nodes)), sim.waiting, sim.now_s)
+            decision = self.policy.on_tick(ClusterSnapshot(tuple(n.view for n in sim.nodes)), sim.waiting, sim.now_s,
+                                           self.refused)
+            self.refused = []
             if decision.flip:
                 self.changes.append(RoleChange(sim.now_s, sim.now_s + self.change_s, decision))
                 sim._push(sim.now_s + self.change_s, "scale", ("apply", decision))

@@ -223,3 +223,26 @@ def test_a_flip_out_of_colocated_is_not_reversed_within_the_reverse_wait():
     assert not later.flip and f"a flip back to colocated waits {policy.config.reverse_s:.0f} s" in later.reason
     assert policy.on_tick(_with_colocated(_cluster(n_p=2, n_d=3), 1, legs=30), WAIT_C,
                           100.0 + policy.config.reverse_s + 1).flip
+
+
+def test_requests_turned_away_that_an_idle_p_would_have_served_press_the_prefill_stage():
+    # P busy with loose-TTFT legs (5 s): by the mean the stage is far from pressed, and the tight
+    # requests it could not take in time were rejected before any tick saw them queued.
+    loose = tuple(RunningRequest(make_spec(request_id=f"l{k}", prompt_tokens=2000, slo=Slo(5000, 50)), 0.0,
+                                 Role.PREFILL) for k in range(2))
+    insts = [make_instance(f"p{i}", role=Role.PREFILL, running=loose, latency_model=MODEL) for i in range(2)]
+    insts += [make_instance(f"d{i}", role=Role.DECODE, latency_model=MODEL) for i in range(4)]
+    cluster = ClusterSnapshot(tuple(insts))
+    tight = [make_spec(request_id=f"t{k}", prompt_tokens=600, max_tokens=50, slo=Slo(100, 50)) for k in range(2)]
+    assert stage_pressure(cluster, [], CONFIG).prefill < 0.9
+    s = stage_pressure(cluster, [], CONFIG, refused=tight)
+    assert s.prefill == 1.0 and s.waiting(Role.PREFILL) == 2 and "2 turned away" in s.detail
+    # A request no idle P could serve in time (its own prefill alone is over its TTFT) says nothing.
+    hopeless = [make_spec(request_id="h", prompt_tokens=4000, max_tokens=50, slo=Slo(10, 50))]
+    assert stage_pressure(cluster, [], CONFIG, refused=hopeless).prefill < 0.9
+    # Sustained refusals flip a D to P (after the smoothing); without them nothing flips.
+    with_refusals, without = RolePolicy(RoleConfig(), CONFIG), RolePolicy(RoleConfig(), CONFIG)
+    flips = [with_refusals.on_tick(cluster, [], 100.0 + t, tight) for t in range(4)]
+    quiet = [without.on_tick(cluster, [], 100.0 + t) for t in range(4)]
+    assert any(d.flip and d.to_role is Role.PREFILL and d.from_role is Role.DECODE for d in flips), [d.reason for d in flips]
+    assert not any(d.flip for d in quiet) and quiet[-1].held_by == "below_high"

@@ -4,7 +4,8 @@ queue and the time in; a decision with its reason out).
 Per tick:
 1. Smooth each stage's pressure (signals.py) with an EWMA, so one burst does not flip anything.
 2. Nothing to do while both stages are below `high`, or while no request waits at the scheduler
-   for the pressed stage (admission fills each stage up to its SLO limit, so a pressure near 1
+   for the pressed stage (a request rejected since the last tick that an idle P would have
+   prefilled in time counts as waiting for prefill, and presses it to at least 1.0) (admission fills each stage up to its SLO limit, so a pressure near 1
    with nothing waiting is a full stage serving in time, not one falling behind), or while fewer than 2
    instances serve the stage that would give one up (a stage is never emptied; and
    role_change_gap, the scheduler's serving_gap rule, must pass).
@@ -86,8 +87,10 @@ class RolePolicy:
     last_flip: tuple[float, Role | None] = (-math.inf, None)    # (when, from which role: a flip back waits)
     smoothed: tuple[float, float, float] | None = None   # (prefill, decode, colocated)
 
-    def on_tick(self, cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], now_s: float) -> RoleDecision:
-        raw = stage_pressure(cluster, waiting, self.policy_config)
+    def on_tick(self, cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], now_s: float,
+                refused: Sequence[RequestSpec] = ()) -> RoleDecision:
+        """`refused`: the requests the scheduler rejected for their SLO since the last tick."""
+        raw = stage_pressure(cluster, waiting, self.policy_config, refused)
         a = self.config.smoothing
         now = (raw.prefill, raw.decode, raw.colocated)
         p, d, c = now if self.smoothed is None else tuple(a * x + (1 - a) * y for x, y in zip(now, self.smoothed))

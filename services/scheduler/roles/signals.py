@@ -98,7 +98,8 @@ def _splits(spec: RequestSpec, config: PolicyConfig) -> bool:
     return spec.prompt_tokens > config.pd_local_prompt_tokens
 
 
-def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], config: PolicyConfig) -> StagePressure:
+def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], config: PolicyConfig,
+                   refused: Sequence[RequestSpec] = ()) -> StagePressure:
     prefill = [i for i in cluster.instances if i.role is Role.PREFILL and i.accepting]
     decode = [i for i in cluster.instances if i.role is Role.DECODE and i.accepting]
     colocated = [i for i in cluster.instances if i.role is Role.COLOCATED and i.accepting]
@@ -126,11 +127,23 @@ def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], con
     shape = StagePressure(0.0, d_press, len(prefill), len(decode), tokens, "", len(queued), len(blocked),
                           config.pd_local_prefill, c_press, len(colocated), len(whole_on_c))
     p_press = 0.0
-    if prefill and ttfts:
+    missed: list[RequestSpec] = []
+    if prefill:
         per_token_ms = statistics.fmean(_prefill_ms_per_token(i, config) for i in prefill + decode)
-        capacity = shape.prefill_capacity(len(prefill), len(decode), d_press, len(colocated), c_press)
-        p_press = tokens / max(capacity, 1e-9) * per_token_ms / statistics.median(ttfts)
-    detail = (f"prefill {p_press:.2f} ({tokens} prompt tokens for {len(prefill)} P, {len(queued)} requests waiting), "
+        # Turned away since the last tick for want of a prefill in time, though an idle P would
+        # have served them: the stage is pressed at least to 1.0 (the requests its SLOs lost),
+        # however loose the running legs' TTFTs make the mean look. The queue alone misses them:
+        # a tight-TTFT request waits well under a tick before it is hopeless.
+        missed = [s for s in refused if _splits(s, config) and any(_decode_room(i, s, config) for i in decode)
+                  and s.prompt_tokens * per_token_ms < s.slo.ttft_ms]
+        if ttfts:
+            capacity = shape.prefill_capacity(len(prefill), len(decode), d_press, len(colocated), c_press)
+            p_press = tokens / max(capacity, 1e-9) * per_token_ms / statistics.median(ttfts)
+        if missed:
+            p_press = max(p_press, 1.0)
+            shape = replace(shape, waiting_prefill=shape.waiting_prefill + len(missed))
+    detail = (f"prefill {p_press:.2f} ({tokens} prompt tokens for {len(prefill)} P, {len(queued)} requests waiting"
+              + (f", {len(missed)} turned away in time for an idle P" if missed else "") + "), "
               f"decode {d_press:.2f} ({len(blocked)} queued for decode room over {len(decode)} D)"
               + (f", colocated {c_press:.2f} ({len(whole_on_c)} queued for {len(colocated)} C)" if colocated else ""))
     return replace(shape, prefill=p_press, detail=detail)
