@@ -17,7 +17,7 @@ import time
 
 
 from services.common import convert, grpcutil, metrics, runtime, store, tracing
-from services.common.domain import ClusterSnapshot, Decision, InstanceView, RequestSpec, Verdict
+from services.common.domain import ClusterSnapshot, Decision, InstanceView, RequestSpec, ScheduleResult, Verdict
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
@@ -31,7 +31,7 @@ from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, Polic
 from services.scheduler.policy.base import serving_gap
 from services.scheduler.policy.settings import describe
 from services.scheduler.state import ClusterState, Waiting
-from services.scheduler.tickets import TicketDesk
+from services.scheduler.tickets import TicketDesk, outdated_by
 from services.scheduler.trace_spans import RequestTraces, complete_span as _complete_span
 from services.scheduler.trace_spans import decision_attributes as _decision_attributes
 
@@ -80,8 +80,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def run_round(self, now_s: float) -> None:
         """One policy call over the queue; applies its decisions and resolves waiting Place calls;
         then the routers' tickets follow the new state."""
-        self._round(now_s)
-        self.refresh_tickets(now_s, force=False)
+        result = self._round(now_s)
+        self.refresh_tickets(now_s, force=result is not None and outdated_by(result))
 
     def refresh_tickets(self, now_s: float, force: bool = True) -> None:
         """Grants while nothing waits, none while something does (a ticket must not let a new
@@ -121,17 +121,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
         self._ticket_timer = loop.call_later(max(0.0, delay_s), fire)
 
-    def _round(self, now_s: float) -> None:
+    def _round(self, now_s: float) -> ScheduleResult | None:
+        """One policy pass, applied; its result (None when no pass ran)."""
         self._expire(now_s)
         if not self.state.waiting:
             metrics.QUEUE_DEPTH.labels(self.policy.name).set(0)
             if not self.state.inflight_count():
-                return
+                return None
             # Nothing waits: the round would only protect running requests, which needs no
             # answer within milliseconds. Bounding its rate keeps every completion and load
             # report from costing a policy pass (CPU the engines need on small machines).
             if now_s - self._protected_s < self.config.protect_interval_s:
-                return
+                return None
         self._protected_s = now_s
         waiting = [w.spec for w in self.state.waiting.values()]
         snapshot = self.state.snapshot()
@@ -142,10 +143,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             # A policy bug must not kill the round loop: requests keep waiting and are refused
             # by the queue-wait limit, and the error is in the log with its traceback.
             log.exception("policy %s failed; %d requests stay queued", self.policy.name, len(waiting))
-            return
+            return None
         metrics.DECISION_SECONDS.labels(self.policy.name).observe(time.perf_counter() - started)
         apply(result, LiveRound(self, snapshot, now_s))
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
+        return result
 
     def _log_refined(self, instance_id: str, m, every_s: float = 10.0) -> None:
         now = time.monotonic()

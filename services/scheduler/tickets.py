@@ -13,11 +13,19 @@ import itertools
 from typing import Iterable, Mapping, Protocol
 
 from services.common import convert
-from services.common.domain import Grant, RequestSpec, TicketBound
+from services.common.domain import Grant, RequestSpec, ScheduleResult, TicketBound, Verdict
 from services.common.pb.hfx.v1 import scheduler_pb2
 from services.scheduler.policy.tickets import bounds_for
 
 _REMEMBERED = 4096   # issued tickets whose instance is still known when spent after a revocation
+
+
+def outdated_by(result: ScheduleResult) -> bool:
+    """Tickets are granted on the instances as a round found them; a round that placed or
+    preempted anything changed that room, so the tickets are granted again at once, not at the
+    next refresh (issue 17, third pass: a ticket granted before a pass put a 2,290-token prompt on
+    its instance was spent right after by a 51-ms-TTFT request, which then missed by 27 ms)."""
+    return bool(result.preemptions) or any(d.verdict is not Verdict.REJECT for d in result.decisions)
 
 
 class Holder(Protocol):

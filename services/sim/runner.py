@@ -22,6 +22,7 @@ from services.report.records import RequestRecord, RunResult
 from services.scheduler.policy.base import DEFAULT_KV_TRANSFER_MS_PER_TOKEN
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile
+from services.scheduler.tickets import outdated_by
 from services.sim.tickets import SimTickets
 from services.sim.workload import SimRequestSpec
 
@@ -152,8 +153,7 @@ class Simulation:
             elif kind == "tickets":
                 self._tickets_event = False
             placed_before = self.decisions
-            self._schedule()
-            self._refresh_tickets()
+            self._refresh_tickets(force=self._schedule())
             self._start_idle_steps()
             idle_ticks = 0 if self.decisions != placed_before or kind != "tick" else idle_ticks + 1
             if len(self.waiting) and not ticking:
@@ -192,11 +192,14 @@ class Simulation:
 
     # -- scheduler pass -------------------------------------------------------------------------
 
-    def _schedule(self) -> None:
+    def _schedule(self) -> bool:
+        """One pass; True when it changed some instance's room (its tickets are then out of date)."""
         if not len(self.waiting) and not any(n.placed for n in self.nodes):
-            return
+            return False
         cluster = ClusterSnapshot(tuple(n.view for n in self.nodes if n.view is not None))
-        apply(self.policy.schedule(self.waiting, cluster, self.now_s), self)
+        result = self.policy.schedule(self.waiting, cluster, self.now_s)
+        apply(result, self)
+        return outdated_by(result)
 
     # -- the applier's executor (services/scheduler/apply.py: preemptions, then decisions) -------
 

@@ -4,6 +4,8 @@ it; a request on its last chance is not rejected for the worst-case step in flig
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from services.common.domain import ClusterSnapshot, Slo, Verdict
@@ -115,3 +117,33 @@ def test_a_tight_first_token_takes_its_last_chance_at_once():
     loose = make_request(request_id="y", prompt_tokens=300, slo=Slo(30.0, 10.0))
     (d,) = make_policy("hfx", CFG).schedule([loose], cluster(busy), 0.0).decisions
     assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(18.0) and "last chance" not in d.reason
+
+
+def test_what_pressure_held_back_is_released_paced_not_all_at_once():
+    """Issue 17, third pass (family workload s1-w034): loose requests deferred for a whole pressure
+    window were then placed on every instance in one pass, just before a burst of a tight class
+    that found every prefill lane taken. "gone" (TTFT 1 ms < its 3 ms unloaded prefill) is hopeless
+    at once: pressure until t=0.5. Two loose requests (L=100: unloaded prefill 2 + 0.01*100 = 3 ms;
+    TTFT 5 s) wait it out. At t=0.6 the first goes; the next only release_spacing (2) x 3 ms / 2
+    instances = 3 ms later. Once the release window (another 500 ms) is over, no pacing."""
+    idle = cluster(make_instance("i0"), make_instance("i1"))
+    gone = make_request(request_id="gone", slo=Slo(1.0, 50.0))
+    a, b = (make_request(request_id=n, slo=Slo(5000.0, 50.0)) for n in ("a", "b"))
+    hfx = make_policy("hfx", CFG)
+    assert [d.request_id for d in hfx.schedule([gone, a, b], idle, 0.0).decisions] == []
+    (d,) = [d for d in hfx.schedule([gone, a, b], idle, 0.6).decisions if d.request_id in ("a", "b")]
+    assert d.request_id == "a" and d.verdict == Verdict.ADMIT
+    assert "released after pressure, the next loose one in 3 ms" in d.reason
+    assert [d for d in hfx.schedule([gone, b], idle, 0.602).decisions if d.request_id == "b"] == []
+    (d,) = [d for d in hfx.schedule([gone, b], idle, 0.6035).decisions if d.request_id == "b"]
+    assert d.verdict == Verdict.ADMIT
+    # release_spacing 0: both at once when the pressure ends (the flood).
+    hfx = make_policy("hfx", replace(CFG, release_spacing=0.0))
+    hfx.schedule([gone, a, b], idle, 0.0)
+    placed = [d.request_id for d in hfx.schedule([gone, a, b], idle, 0.6).decisions if d.request_id in ("a", "b")]
+    assert placed == ["a", "b"]
+    # After the release window loose requests go at once again.
+    hfx = make_policy("hfx", CFG)
+    hfx.schedule([gone, a, b], idle, 0.0)
+    placed = [d.request_id for d in hfx.schedule([gone, a, b], idle, 1.1).decisions if d.request_id in ("a", "b")]
+    assert placed == ["a", "b"]

@@ -187,6 +187,22 @@ def test_placement_best_fit_consolidates_spread_balances():
         assert f"{placement} -> {expect}" in d.reason
 
 
+def test_spread_counts_queued_prefill_as_load():
+    """"prefilling" runs one request whose 2,000-token prompt was placed just now (2000/99 = 20
+    steps of prefill queued); "decoding" runs two short ones placed long ago (nothing queued).
+    Counting decoding sequences alone, the newcomer went where the long prompt was still being
+    prefilled, and ran its own prefill in that request's first decode steps (family workload
+    s1-w034: 3-6-token outputs with a 14-ms TPOT missed it so). Now it goes to "decoding"."""
+    loose = Slo(5000.0, 1000.0)
+    prefilling = make_instance("prefilling", running=(make_request(request_id="long", prompt_tokens=2000, slo=loose),))
+    decoding = make_instance("decoding", running=(make_request(request_id="a", slo=loose),
+                                                  make_request(request_id="b", slo=loose)), placed_s=-10.0)
+    cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, affinity_tolerance=1.0)
+    req = make_request(request_id="n", prompt_tokens=1000, slo=loose)
+    (d,) = make_policy("hfx", cfg).schedule([req], cluster(prefilling, decoding), 0.0).decisions
+    assert d.instance_id == "decoding" and "spread -> decoding (2 fit)" in d.reason
+
+
 def test_slo_affinity_groups_requests_by_tpot():
     """tolerance 1.25 (ln 1.25 = 0.223): "tight" runs requests with TPOT 10 ms, "loose" with 40 ms.
     A TPOT-10 request: tight |ln(10/10)| = 0 -> band 0; empty -> band 1; loose |ln 4|/0.223 = 6.2

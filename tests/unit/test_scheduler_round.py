@@ -2,7 +2,7 @@
 
 import asyncio
 
-from services.common.domain import InstanceLoad, Verdict
+from services.common.domain import InstanceLoad, Slo, Verdict
 from services.common.pb.hfx.v1 import common_pb2
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.policy import make_policy
@@ -200,3 +200,32 @@ def test_an_instance_the_scaler_drains_takes_no_new_placements():
     views = {v.instance_id: v for v in state.snapshot().instances}
     assert views["w0"].accepting and not views["w1"].accepting
     assert views["w1"].load.running_requests == 2      # still seen, so its running requests are protected
+
+
+class _Router:
+    """A ticket holder that keeps every set it was offered."""
+
+    def __init__(self) -> None:
+        self.offered: list[set[str]] = []
+
+    def offer_tickets(self, tickets) -> None:
+        self.offered.append({t.instance_id for t in tickets.tickets})
+
+
+def test_a_round_that_placed_grants_tickets_again_at_once():
+    """A ticket is the fit test on its instance as a round found it. Before issue 17's third pass
+    a round that placed a request there left the ticket standing until the next refresh (50 ms),
+    and a request spending it queued behind the prompt the round had just placed."""
+    async def go():
+        s = servicer("hfx")
+        router = _Router()
+        s.desk.attach(router)
+        for i in range(4):
+            s.desk.saw(make_spec(request_id=f"seen{i}", prompt_tokens=100, max_tokens=20, slo=Slo(60.0, 100.0)))
+        s.refresh_tickets(0.0)
+        assert router.offered[-1] == {"i0", "i1"}
+        long = enqueue(s, make_spec(request_id="long", prompt_tokens=2000, max_tokens=20, slo=Slo(5000.0, 100.0)), 0.0)
+        s.run_round(now_s=0.01)      # before the refresh is due
+        where = long.future.result()[0].instance_id
+        assert router.offered[-1] == {"i0", "i1"} - {where}
+    asyncio.run(go())

@@ -3,9 +3,10 @@ nothing waits, spent on arrival by the router's rule, revoked when a request que
 
 from __future__ import annotations
 
-from services.common.domain import ClusterSnapshot, Slo
+from services.common.domain import ClusterSnapshot, Decision, Preemption, ScheduleResult, Slo, Verdict
 from services.scheduler.policy import make_policy
 from services.scheduler.policy.settings import policy_config
+from services.scheduler.tickets import outdated_by
 from services.sim.cli import DEFAULT_WORKLOAD
 from services.sim.profiles import get_profile
 from services.sim.runner import Simulation, simulate
@@ -64,3 +65,14 @@ def test_the_simulation_runs_tickets_by_default_as_the_live_scheduler_does():
     assert sim.tickets is not None and sim.tickets.on
     no = Simulation(make_policy("hfx", policy_config(PROFILE)), PROFILE, instances=1, seed=1, tickets=False)
     assert no.tickets is None
+
+
+def test_tickets_are_out_of_date_after_a_round_that_placed_or_preempted():
+    """A ticket is granted on its instance as a round found it: a pass that then placed a long
+    prompt there made it wrong (family workload s1-w034: a 51-ms-TTFT request spent it and missed).
+    Both the simulator and the scheduler service re-grant at once after such a round."""
+    admit = Decision("a", Verdict.ADMIT, "fits", instance_id="i0")
+    reject = Decision("b", Verdict.REJECT, "cannot meet TTFT")
+    assert outdated_by(ScheduleResult(decisions=(admit,)))
+    assert outdated_by(ScheduleResult(preemptions=(Preemption("i0", "c", "budget"),)))
+    assert not outdated_by(ScheduleResult(decisions=(reject,))) and not outdated_by(ScheduleResult())

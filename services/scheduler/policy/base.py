@@ -52,6 +52,10 @@ class PolicyConfig:
     # not. 0 disables deferral.
     defer_slack_ms: float = 200.0
     pressure_window_ms: float = 500.0
+    # For one more pressure window after it ends, the requests deferral held back are released
+    # paced, not all at once: after one is placed the next waits `release_spacing` x its unloaded
+    # prefill / instances (docs/SCHEDULING.md, "Pressure and deferral"). 0 releases them at once.
+    release_spacing: float = 2.0
     # Ranking: each priority level above 1 is worth this much slack (additive, so the order of
     # two queued requests never changes as time passes).
     priority_credit_ms: float = 500.0

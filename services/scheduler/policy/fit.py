@@ -198,14 +198,17 @@ class FitTable:
 
     def choose(self, ok: np.ndarray, tpot_ms: float) -> int:
         """Among fitting instances: lowest affinity band first, then spread (fewest decoding
-        sequences) or best fit (most: consolidates so the scaler can release the idle ones).
+        sequences plus steps of queued prefill) or best fit (most decoding sequences: consolidates
+        so the scaler can release the idle ones).
         Ties go to the lower index (deterministic)."""
         return int(np.argmin(self.preference(ok, tpot_ms)))
 
     def preference(self, ok: np.ndarray, tpot_ms: float) -> np.ndarray:
         """choose()'s order as a key per instance (lower first; inf where not ok)."""
         band = self.affinity_band(tpot_ms)
-        load = self.n if self.config.placement == "spread" else -self.n
+        # spread counts the steps of prefill queued as load too: an instance still prefilling a
+        # long prompt is not idle because nothing decodes there yet (issue 17, third pass).
+        load = self.n + self.backlog / self.per_step if self.config.placement == "spread" else -self.n
         return np.where(ok, band * 1e6 + load, np.inf)
 
     def place(self, idx: int, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool,

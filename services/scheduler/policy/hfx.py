@@ -46,6 +46,7 @@ class Hfx:
         self._best_effort_ids: set[str] = set()   # placed best effort, still running
         self._ref_model = config.default_latency_model
         self._pressure_until_s = float("-inf")   # see PolicyConfig.defer_slack_ms
+        self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
@@ -198,13 +199,25 @@ class Hfx:
                 f"(slack {entry.slack_ms(now_s):.0f} ms)",
                 slack_ms=entry.slack_ms(now_s), retry_after_ms=self.config.retry_after_ms))
 
-    def _deferrable(self, entry: Entry, now_s: float) -> bool:
-        """Under pressure, a request that can still wait does: both its credited slack (the heap's
-        order) and its own slack exceed defer_slack_ms. Its own slack bounds it so that a low
-        priority never turns deferral into a miss: once it is due it competes like any other."""
+    def _loose(self, entry: Entry, now_s: float) -> bool:
+        """It can still wait: both its credited slack (the heap's order) and its own slack exceed
+        defer_slack_ms. Its own slack bounds it so that a low priority never turns deferral into
+        a miss: once it is due it competes like any other."""
         limit = self.config.defer_slack_ms
-        return (self._under_pressure(now_s) and entry.rank_slack_ms(now_s) > limit
-                and entry.slack_ms(now_s) > limit)
+        return limit > 0 and entry.rank_slack_ms(now_s) > limit and entry.slack_ms(now_s) > limit
+
+    def _releasing(self, now_s: float) -> bool:
+        """The window after pressure ended, in which deferred requests are released paced."""
+        return (self.config.release_spacing > 0
+                and now_s < self._pressure_until_s + self.config.pressure_window_ms / 1000.0)
+
+    def _deferrable(self, entry: Entry, now_s: float) -> bool:
+        """Under pressure a loose request waits; just after it, it waits for its paced release
+        (the one before it was placed less than release_spacing x that one's prefill /
+        instances ago), so that what pressure held back does not land on every instance at once."""
+        if not self._loose(entry, now_s):
+            return False
+        return self._under_pressure(now_s) or (self._releasing(now_s) and now_s < self._release_free_s)
 
     def _place(self, table: FitTable, now_s: float, decisions: list[Decision]) -> None:
         cfg = self.config
@@ -226,8 +239,13 @@ class Hfx:
                 self.deferrals += 1
                 break
             tried.add(entry.spec.request_id)
-            if not self._attempt(entry, table, now_s, decisions):
+            paced = self._loose(entry, now_s) and self._releasing(now_s)
+            spacing_ms = self.config.release_spacing * entry.unloaded_prefill_ms / len(table.ids) if paced else 0.0
+            note = f"released after pressure, the next loose one in {spacing_ms:.0f} ms" if paced else ""
+            if not self._attempt(entry, table, now_s, decisions, note):
                 skipped.append(entry)
+            elif paced:
+                self._release_free_s = now_s + spacing_ms / 1000.0
         else:
             stopped_early = True
         for entry in skipped:
@@ -245,11 +263,11 @@ class Hfx:
         if entry is not None and not skipped and not self._under_pressure(now_s) and table.any_open():
             self._try(entry, table, now_s, decisions, best_effort=True)
 
-    def _attempt(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision]) -> bool:
+    def _attempt(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision], note: str = "") -> bool:
         """Try an SLO request (a resumed one past its deadline goes best effort); a failure puts
         the cluster under pressure."""
         late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
-        if self._try(entry, table, now_s, decisions, best_effort=late_resume) is not None:
+        if self._try(entry, table, now_s, decisions, best_effort=late_resume, note=note) is not None:
             return True
         # Last chance: it becomes hopeless before the next pass is likely, or its first token is
         # tight (slack at most (tight_ttft_factor - 1) x its unloaded prefill) while the cluster is
@@ -288,7 +306,7 @@ class Hfx:
         return failed
 
     def _try(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision],
-             best_effort: bool, optimistic: bool = False) -> Decision | None:
+             best_effort: bool, optimistic: bool = False, note: str = "") -> Decision | None:
         spec = entry.spec
         where = plan(table, spec, entry.output_tokens, now_s, self.config, best_effort, optimistic)
         if where is None:
@@ -309,7 +327,8 @@ class Hfx:
         else:
             reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {where.ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
                       f"budget {budget_ms:.0f} ms; {mode}{where.how}"
-                      + ("; last chance, not counting the step in flight" if optimistic else ""))
+                      + ("; last chance, not counting the step in flight" if optimistic else "")
+                      + (f"; {note}" if note else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=first_id,
                             predicted_ttft_ms=where.ttft_ms, slack_ms=slack_ms, budget_ms=budget_ms,
