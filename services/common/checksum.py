@@ -14,6 +14,7 @@ except ImportError:  # an environment installed without it: same checksums, ~8x 
     _crc32 = zlib.crc32
 
 
-def crc32(data) -> int:
-    """CRC32 of a bytes-like object (a memoryview over a tensor or a mapped page range: no copy)."""
-    return _crc32(data)
+def crc32(data, value: int = 0) -> int:
+    """CRC32 of a bytes-like object (a memoryview over a tensor or a mapped page range: no copy);
+    `value`: the CRC32 of the bytes before `data`, to checksum a buffer piece by piece."""
+    return _crc32(data, value)
