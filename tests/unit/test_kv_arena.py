@@ -85,7 +85,7 @@ def test_a_corrupt_block_in_the_arena_fails_its_checksum_and_is_nacked(server, f
 def test_blocks_larger_than_a_piece_are_checked_whole_from_any_first_block(server, folder, monkeypatch):
     """A block copied in several pieces (the last one short) gets one CRC32 over all of them: a
     clean pull from block 1 lands intact, a byte flipped in a block's last piece fails that block."""
-    monkeypatch.setattr(samehost, "PIECE_BYTES", 1000)  # 4096-byte blocks: pieces of 1000 x 4 + 96
+    monkeypatch.setattr(samehost, "PIECE_BYTES", 1000)  # 4096-byte blocks: five pieces of 820 or 816
     stager = shm.ArenaStager(str(folder))
     rows, _ = stage(stager, "p1", n_blocks=4)
     out = np.zeros((4, BLOCK_BYTES), dtype=np.uint8)

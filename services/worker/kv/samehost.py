@@ -16,13 +16,13 @@ a 16 MiB pull on a busy host). An ACK that is lost leaves the blocks to the leas
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 
 from services.worker.kv import arena, shm, tcp, wire
 from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlow, UnknownTransfer
@@ -148,57 +148,56 @@ def _copy(reply: dict, tid: str, from_block: int, layout: dict, deadline: float,
     sums = reply.get("crc32") or []
     if not 0 <= from_block <= len(sums):
         raise Integrity(f"transfer {tid}: from_block {from_block} of {len(sums)} blocks")
-    path, offset = str(reply.get("path", "")), int(reply.get("offset", 0))
-    fd = None
-    if reply.get("arena"):
-        try:
+    path, offset, nbytes = str(reply.get("path", "")), int(reply.get("offset", 0)), len(sums) * block_bytes
+    mapped = None
+    try:
+        if reply.get("arena"):
             source = arena.mapped(path)
-        except OSError:
-            return False
-        if offset < 0 or offset + len(sums) * block_bytes > len(source):
-            raise Integrity(f"transfer {tid}: {len(sums)} blocks at {offset} past the arena's {len(source)} bytes")
-        read = partial(_from_arena, memoryview(source)[offset + from_block * block_bytes:offset + len(sums) * block_bytes])
-    else:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        if os.fstat(fd).st_size != len(sums) * block_bytes:
-            os.close(fd)
-            raise Integrity(f"transfer {tid}: staged file of the wrong size for {len(sums)} blocks of {block_bytes}")
-        read = partial(_from_file, fd, from_block * block_bytes, tid)
+            if offset < 0 or offset + nbytes > len(source):
+                raise Integrity(f"transfer {tid}: {len(sums)} blocks at {offset} past the arena's {len(source)} bytes")
+        else:  # a file of its own (P's arena was full): mapped for this pull only
+            mapped = _map_file(path, nbytes, tid)
+            source, offset = mapped, 0
+    except OSError:
+        return False
     try:
         if from_block < len(sums):  # one destination for the whole run, sliced below (no allocation per piece)
-            _copy_blocks(memoryview(into(from_block, len(sums) - from_block)).cast("B"), read, block_bytes,
-                         sums[from_block:], tid, from_block, deadline, result)
+            # released on the way out, even past an exception whose frames still refer to it (the
+            # file's mapping closes below)
+            with memoryview(source)[offset + from_block * block_bytes:offset + nbytes] as src:
+                _copy_blocks(memoryview(into(from_block, len(sums) - from_block)).cast("B"), src, block_bytes,
+                             sums[from_block:], tid, from_block, deadline)
+        result.blocks += len(sums) - from_block
+        result.bytes += (len(sums) - from_block) * block_bytes
     finally:
-        if fd is not None:
-            os.close(fd)
+        if mapped is not None:
+            mapped.close()
     return True
 
 
-def _copy_blocks(dst: memoryview, read, block_bytes: int, sums: list, tid: str, first: int, deadline: float,
-                 result) -> None:
-    """Each block of `dst` read (`read(piece, at)`) and its CRC32 checked against `sums`, piece by piece."""
+def _copy_blocks(dst: memoryview, src: memoryview, block_bytes: int, sums: list, tid: str, first: int,
+                 deadline: float) -> None:
+    """src into dst, and each block's CRC32 checked against `sums`, piece by piece. Lean on
+    purpose: each piece's copy evicts this loop's own state from the core's caches."""
+    crc32 = wire.crc32
+    step = -(-block_bytes // -(-block_bytes // PIECE_BYTES))  # equal pieces of at most PIECE_BYTES
     for j, staged in enumerate(sums):
         if time.monotonic() > deadline:
-            raise TooSlow(f"transfer {tid}: passed its deadline after {result.blocks} blocks")
-        start, stop = j * block_bytes, (j + 1) * block_bytes
-        crc = 0
-        for at in range(start, stop, PIECE_BYTES):
-            piece = dst[at:min(at + PIECE_BYTES, stop)]
-            read(piece, at)
-            crc = wire.crc32(piece, crc)
-        wire.check_block(tid, first + j, crc, staged)
-        result.blocks += 1
-        result.bytes += block_bytes
+            raise TooSlow(f"transfer {tid}: passed its deadline after {j} blocks")
+        crc, end = 0, (j + 1) * block_bytes
+        for at in range(j * block_bytes, end, step):
+            piece = dst[at:min(at + step, end)]
+            piece[:] = src[at:at + len(piece)]  # under the GIL: no other thread pauses a pull mid-copy
+            crc = crc32(piece, crc)
+        if crc != staged:
+            wire.check_block(tid, first + j, crc, staged)
 
 
-def _from_arena(source: memoryview, piece: memoryview, at: int) -> None:
-    piece[:] = source[at:at + len(piece)]  # under the GIL: a pull is not paused by another thread mid-copy
-
-
-def _from_file(fd: int, base: int, tid: str, piece: memoryview, at: int) -> None:
-    got = os.preadv(fd, [piece], base + at)
-    if got != len(piece):
-        raise Integrity(f"transfer {tid}: read {got} of {len(piece)} bytes at {base + at}")
+def _map_file(path: str, nbytes: int, tid: str) -> mmap.mmap:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size != nbytes or not nbytes:
+            raise Integrity(f"transfer {tid}: staged file of {os.fstat(fd).st_size} bytes, not {nbytes}")
+        return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
