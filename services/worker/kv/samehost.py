@@ -1,7 +1,7 @@
 """The same-host transport: D copies the blocks it needs straight out of P's shared memory,
 checking each one's CRC32, instead of streaming them over a socket. P's blocks are in its arena
 (arena.py, mapped here once per P, so a transfer is a user-space copy at memcpy speed) or, when
-they did not fit there, in a file of their own (read with one preadv). P still holds the lease
+they did not fit there, in a file of their own (mapped for the one pull). P still holds the lease
 and frees on D's ACK. A transfer that is not on this host makes D stream it over TCP.
 
 Whether the copy is good is decided here, not by the ACK's answer: once every block checked out,
