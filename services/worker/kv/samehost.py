@@ -157,7 +157,7 @@ def _copy(reply: dict, tid: str, from_block: int, layout: dict, deadline: float,
                 raise Integrity(f"transfer {tid}: {len(sums)} blocks at {offset} past the arena's {len(source)} bytes")
         else:  # a file of its own (P's arena was full): mapped for this pull only
             mapped = _map_file(path, nbytes, tid)
-            source, offset = mapped, 0
+            source, offset = (mapped if mapped is not None else b""), 0
     except OSError:
         return False
     try:
@@ -193,11 +193,12 @@ def _copy_blocks(dst: memoryview, src: memoryview, block_bytes: int, sums: list,
             wire.check_block(tid, first + j, crc, staged)
 
 
-def _map_file(path: str, nbytes: int, tid: str) -> mmap.mmap:
+def _map_file(path: str, nbytes: int, tid: str) -> mmap.mmap | None:
+    """The staged file, mapped (None when it holds no blocks); OSError when it is not here."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        if os.fstat(fd).st_size != nbytes or not nbytes:
+        if os.fstat(fd).st_size != nbytes:
             raise Integrity(f"transfer {tid}: staged file of {os.fstat(fd).st_size} bytes, not {nbytes}")
-        return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+        return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ) if nbytes else None
     finally:
         os.close(fd)

@@ -29,8 +29,8 @@ from services.worker.weights.wire import frame, parse_frame_body, parse_frame_le
 
 VERSION = 2
 
-# Blocks are copied and checked this many bytes at a time: the copy leaves them in the core's
-# cache for their CRC32 pass.
+# A TCP pull receives and checks blocks this many bytes at a time: the receive leaves them in the
+# core's cache for their CRC32 pass (a same-host pull copies in pieces of its own, samehost.py).
 CHUNK_BYTES = 1 << 20
 
 
