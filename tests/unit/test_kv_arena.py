@@ -82,6 +82,22 @@ def test_a_corrupt_block_in_the_arena_fails_its_checksum_and_is_nacked(server, f
     assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:integrity": 1}
 
 
+def test_blocks_larger_than_a_piece_are_checked_whole_from_any_first_block(server, folder, monkeypatch):
+    """A block copied in several pieces (the last one short) gets one CRC32 over all of them: a
+    clean pull from block 1 lands intact, a byte flipped in a block's last piece fails that block."""
+    monkeypatch.setattr(samehost, "PIECE_BYTES", 1000)  # 4096-byte blocks: five pieces of 820 or 816
+    stager = shm.ArenaStager(str(folder))
+    rows, _ = stage(stager, "p1", n_blocks=4)
+    out = np.zeros((4, BLOCK_BYTES), dtype=np.uint8)
+    result = samehost.pull(server.address, "p1", from_block=1, layout=LAYOUT, deadline_s=5.0,
+                           into=lambda i, count: memoryview(out[i:i + count]))
+    assert result.blocks == 3 and (out[1:] == rows[1:]).all() and not out[0].any()
+    _, offset = stage(stager, "p2", n_blocks=4, seed=2)
+    stager.view[offset + 3 * BLOCK_BYTES - 5] ^= 0x01
+    with pytest.raises(wire.Integrity, match="block 2 CRC32"):
+        pull(samehost.pull, server, "p2", 4)
+
+
 def test_a_transfer_freed_while_it_is_read_fails_after_the_copy(server, folder):
     """P released the transfer (an abort, or its lease ran out) while D copied: its region may hold
     another transfer by now, so the copy counts for nothing even when every checksum matched."""

@@ -160,6 +160,17 @@ def test_staged_files_with_a_bad_name_or_size_are_not_served(tmp_path):
     assert shm.load(str(tmp_path), "t9") is None
 
 
+def test_a_reader_on_this_host_reads_metadata_of_any_length_and_refuses_what_is_not_it(tmp_path):
+    sums = list(range(4_000_000_000, 4_000_000_000 + 9000))  # ~100 KB of JSON: more than one read
+    shm.write(str(tmp_path), "m1", b"", sums, 5, LAYOUT, 2000.0, arena_offset=8192)
+    got = shm.read_location(str(tmp_path), "m1")
+    assert got["crc32"] == sums and got["offset"] == 8192 and got["arena"] and got["blocks"] == 9000
+    (tmp_path / "m2.json").write_text("[1, 2]")
+    (tmp_path / "m3.json").write_text('{"crc32": [1]')
+    assert [shm.read_location(str(tmp_path), t) for t in ("m2", "m3", "absent", "../m1")] == [None] * 4
+    assert shm.load(str(tmp_path), "m2") is None
+
+
 @pytest.mark.parametrize("kwargs,field", [
     ({"do_remote_decode": True, "do_remote_prefill": True}, "exclude"),
     ({"do_remote_prefill": True, "transfer_id": "t", "num_tokens": 3}, "remote_address"),

@@ -15,7 +15,6 @@ import collections
 import mmap
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +25,7 @@ MAPPINGS_KEPT = 16  # readers keep this many peers' arenas mapped
 
 
 def path(directory: str) -> str:
-    return str(Path(directory) / NAME)
+    return os.path.join(directory, NAME)
 
 
 def create(directory: str, nbytes: int = DEFAULT_BYTES) -> str:

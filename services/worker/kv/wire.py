@@ -29,8 +29,8 @@ from services.worker.weights.wire import frame, parse_frame_body, parse_frame_le
 
 VERSION = 2
 
-# Blocks are copied and checked this many bytes at a time: the copy leaves them in the core's
-# cache for their CRC32 pass.
+# A TCP pull receives and checks blocks this many bytes at a time: the receive leaves them in the
+# core's cache for their CRC32 pass (a same-host pull copies in pieces of its own, samehost.py).
 CHUNK_BYTES = 1 << 20
 
 
@@ -46,9 +46,12 @@ def check(transfer_id: str, first: int, data, block_bytes: int, sums) -> None:
     `sums` (indexed from `first`)."""
     view = memoryview(data).cast("B")
     for j in range(len(view) // block_bytes):
-        crc = crc32(view[j * block_bytes:(j + 1) * block_bytes])
-        if crc != sums[j]:
-            raise Integrity(f"transfer {transfer_id}: block {first + j} CRC32 {crc:#010x} != staged {sums[j]!r}")
+        check_block(transfer_id, first + j, crc32(view[j * block_bytes:(j + 1) * block_bytes]), sums[j])
+
+
+def check_block(transfer_id: str, index: int, crc: int, staged) -> None:
+    if crc != staged:
+        raise Integrity(f"transfer {transfer_id}: block {index} CRC32 {crc:#010x} != staged {staged!r}")
 
 
 class KvTransferError(RuntimeError):
