@@ -150,9 +150,10 @@ def _copy(reply: dict, tid: str, from_block: int, layout: dict, deadline: float,
         raise Integrity(f"transfer {tid}: from_block {from_block} of {len(sums)} blocks")
     path, offset, nbytes = str(reply.get("path", "")), int(reply.get("offset", 0)), len(sums) * block_bytes
     mapped = None
+    source: memoryview | mmap.mmap | bytes
     try:
         if reply.get("arena"):
-            source = arena.mapped(path)
+            source = arena.mapped(path).data   # the array's own buffer, no copy
             if offset < 0 or offset + nbytes > len(source):
                 raise Integrity(f"transfer {tid}: {len(sums)} blocks at {offset} past the arena's {len(source)} bytes")
         else:  # a file of its own (P's arena was full): mapped for this pull only
