@@ -21,13 +21,13 @@ from services.common.domain import ClusterSnapshot, Decision, InstanceView, Requ
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
-from services.scheduler import inflight
+from services.scheduler import inflight, registry_sync
 from services.scheduler.apply import apply
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.live_round import LiveRound
 from services.scheduler.models import InstanceModels
-from services.scheduler.policy import IssuesTickets, KeepsBudgets, Policy, PolicyConfig, make_policy, observe_completion
+from services.scheduler.policy import IssuesTickets, Policy, PolicyConfig, make_policy, observe_completion
 from services.scheduler.policy.base import serving_gap
 from services.scheduler.policy.settings import describe
 from services.scheduler.state import ClusterState, Waiting
@@ -157,19 +157,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                      "%.3g*kv_tokens", instance_id, m.c0_ms, m.c1_ms_per_prefill_token, m.c2_ms_per_decode_seq,
                      m.c3_ms_per_kv_token)
 
-    def export_instances(self) -> None:
-        """Per-instance load as this scheduler sees it, for /metrics."""
-        for iid in self.state.instances:
-            load = self.state.loads.get(iid)
-            if load is not None:
-                metrics.set_instance_load(iid, load.running_requests, load.waiting_requests, load.kv_usage,
-                                          len(self.state.running.get(iid, {})))
-        if isinstance(self.policy, KeepsBudgets):  # only policies that keep budgets (hfx)
-            for iid, budget_ms in self.policy.budgets_ms().items():
-                if iid in self.state.instances:
-                    metrics.set_instance_budget(iid, budget_ms)
-        metrics.forget_instances(set(self.state.instances))
-
     def _expire(self, now_s: float) -> None:
         for rid, entry in list(self.state.waiting.items()):
             if now_s - entry.enqueued_s > self.config.max_wait_s:
@@ -199,58 +186,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 pass
             self._wake.clear()
             self.run_round(time.time())
-
-    async def registry_loop(self) -> None:
-        store = self.store
-        if store is None:
-            return   # no registry (an in-process scheduler fed by hand)
-        while True:
-            try:
-                self.state.set_instances(await store.instances())
-                self.state.draining = await store.draining_ids()
-                self.state.links = await store.usable_links()
-                await self.load_profiles()
-                self.export_instances()
-                self.wake()
-            except Exception as err:
-                log.warning("registry refresh failed: %s", err)
-            await asyncio.sleep(self.config.registry_refresh_s)
-
-    async def load_profiles(self) -> None:
-        """Latency models of instances that stored a profile and have none here yet."""
-        store = self.store
-        if store is None:
-            return
-        live = set(self.state.instances)
-        self.models.forget(live)
-        for iid in list(self.state.models):
-            if iid not in live:
-                del self.state.models[iid]
-        for iid in sorted(live - set(self.state.models)):
-            doc = await store.get_profile(iid)
-            if doc is None:
-                continue
-            try:
-                self.state.models[iid] = self.models.set_profile(iid, doc)
-            except (KeyError, TypeError, ValueError) as err:
-                log.warning("instance %s stored an unreadable profile: %s", iid, err)
-                continue
-            self._check_step_budget(iid, doc)
-            m = self.state.models[iid]
-            log.info("latency model of %s (%s): step_ms = %.3g + %.3g*prefill + %.3g*decode_seqs + %.3g*kv_tokens; "
-                     "KV transfer %s", iid, doc.get("source", "profile"), m.c0_ms, m.c1_ms_per_prefill_token,
-                     m.c2_ms_per_decode_seq, m.c3_ms_per_kv_token,
-                     f"{m.kv_transfer_ms_per_token:.3g} ms/token (measured)" if m.kv_transfer_ms_per_token
-                     else "not measured (policy default)")
-
-    def _check_step_budget(self, instance_id: str, doc: dict) -> None:
-        """Prefill estimates assume the policy's chunk_tokens; an instance whose engine steps another
-        budget is mispredicted, so say so once, with the fix."""
-        chunk = doc.get("chunk_tokens")
-        if isinstance(chunk, int) and chunk > 0 and chunk != self.policy_config.chunk_tokens:
-            log.warning("instance %s steps up to %d tokens (its profile's chunk_tokens) but the policy assumes %d: "
-                        "its prefill estimates are off; give the scheduler that profile (--profile FILE) or "
-                        "chunk_tokens (--policy-config)", instance_id, chunk, self.policy_config.chunk_tokens)
 
     def _serving_gap(self) -> str:
         """serving_gap of the registered instances, recomputed only when their roles change (it is
@@ -458,7 +393,7 @@ async def serve(config: SchedulerConfig) -> None:
     )
     port = grpcutil.bind(server, config.host, config.port)
     await server.start()
-    tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(servicer.registry_loop())]
+    tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(registry_sync.registry_loop(servicer))]
     if config.role_changes:
         if not config.scaler_address:
             raise ValueError("--role-changes needs --scaler (the scaler carries the changes out)")

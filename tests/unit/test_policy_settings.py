@@ -14,6 +14,7 @@ from services.commands.scheduler import policy_config_of
 from services.common.domain import LatencyModel
 from services.local import cluster
 from services.router.config import load_classes
+from services.scheduler import registry_sync
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.scheduler.policy.settings import describe, load_settings, policy_config
@@ -123,8 +124,8 @@ def test_the_scheduler_warns_when_a_worker_steps_another_budget_than_its_policy_
     cfg = policy_config(get_profile("cpu-tiny"))
     servicer = SchedulerServicer(SchedulerConfig(policy_config=cfg), make_policy("hfx", cfg), None, cfg)
     with caplog.at_level(logging.WARNING, logger="hfx.scheduler"):
-        servicer._check_step_budget("w0", {"chunk_tokens": 512})
+        registry_sync.check_step_budget(servicer, "w0", {"chunk_tokens": 512})
         assert not caplog.records
-        servicer._check_step_budget("w1", {"chunk_tokens": 2048})
+        registry_sync.check_step_budget(servicer, "w1", {"chunk_tokens": 2048})
     (record,) = caplog.records
     assert "w1 steps up to 2048 tokens" in record.getMessage() and "assumes 512" in record.getMessage()

@@ -4,6 +4,7 @@ import asyncio
 
 from services.common.domain import InstanceLoad, Slo, Verdict
 from services.common.pb.hfx.v1 import common_pb2
+from services.scheduler import registry_sync
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.policy import make_policy
 from services.scheduler.server import SchedulerServicer
@@ -158,12 +159,12 @@ def test_hfx_budgets_reach_the_instance_budget_gauge():
         entry = enqueue(s, make_spec(request_id="b1"), 0.0)
         s.run_round(now_s=0.01)
         iid = entry.future.result()[0].instance_id
-        s.export_instances()
+        registry_sync.export_instances(s)
         placed = metrics.REGISTRY.get_sample_value("hfx_instance_budget_ms", {"instance": iid})
         assert placed is not None and 0 < placed < float("inf")   # a protected request runs there
         assert s.policy.budgets_ms()[iid] == placed
         s.state.instances.pop(iid)                                 # gone: its series goes too
-        s.export_instances()
+        registry_sync.export_instances(s)
         assert metrics.REGISTRY.get_sample_value("hfx_instance_budget_ms", {"instance": iid}) is None
     asyncio.run(go())
 
