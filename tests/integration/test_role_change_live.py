@@ -77,6 +77,11 @@ def test_a_restarted_worker_comes_back_in_its_current_role(tmp_path):
                           and e.registered_unix_s > before.registered_unix_s and e.address != before.address, 60)
         after = registry(url)["hfx-d1"]
         assert wait_until(lambda: links_of(url) == {("hfx-p0", "hfx-d0"), ("hfx-d1", "hfx-d0")}, 30), links_of(url)
+        # With two idle P the scheduler takes the one whose (online-refined) model predicts the
+        # earlier first token, which may be hfx-p0 every time; turned into a decode instance, it
+        # leaves hfx-d1 the only P, so a split request prefills there only if it came back as one.
+        role_change(home, "hfx-p0", "decode", "test: decode pressed")()
+        assert wait_until(lambda: links_of(url) == {("hfx-d1", "hfx-d0"), ("hfx-d1", "hfx-p0")}, 30), links_of(url)
         results, _ = actions_under_load(c.state.router, _request, 2, [], pause_s=2)
     assert before.role == common_pb2.ROLE_PREFILL
     assert after.role == common_pb2.ROLE_PREFILL, common_pb2.Role.Name(after.role)
