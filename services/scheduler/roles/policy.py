@@ -2,7 +2,9 @@
 queue and the time in; a decision with its reason out).
 
 Per tick:
-1. Smooth each stage's pressure (signals.py) with an EWMA, so one burst does not flip anything.
+1. Smooth each stage's pressure (signals.py) with an EWMA, so one burst does not flip anything;
+   but requests turned away since the last tick that an idle P would have served press the
+   prefill stage at once (they are SLO lost, not a sample).
 2. Nothing to do while both stages are below `high`, or while no request waits at the scheduler
    for the pressed stage (a request rejected since the last tick that an idle P would have
    prefilled in time counts as waiting for prefill, and presses it to at least 1.0) (admission fills each stage up to its SLO limit, so a pressure near 1
@@ -94,6 +96,12 @@ class RolePolicy:
         a = self.config.smoothing
         now = (raw.prefill, raw.decode, raw.colocated)
         p, d, c = now if self.smoothed is None else tuple(a * x + (1 - a) * y for x, y in zip(now, self.smoothed))
+        if raw.turned_away:
+            # Requests lost this tick are not a sample to average away: refusals come a few
+            # seconds apart, so smoothed they kept the stage under `high` for 15-30 s live
+            # (benchmarks/roles.py live-mix, 2:14 at 4.5 req/s: 18 rejections in the prompt-heavy
+            # phase before the first flip, which came 27 s after the first of them).
+            p = max(p, raw.prefill)
         self.smoothed = (p, d, c)
         pressure = replace(raw, prefill=p, decode=d, colocated=c)
         return self._decide(cluster, pressure, now_s)
