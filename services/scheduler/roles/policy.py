@@ -53,7 +53,13 @@ class RoleConfig:
     # 5-16 s instead of 6-20 s, prompt-heavy attainment 80.6% instead of 73.7%.)
     high: float = 0.9
     min_waiting: int = 1       # ...when at least this many requests wait at the scheduler for it
-    min_gain: float = 0.05     # the worse stage's pressure must drop by at least this (plus the cost)
+    # The worse stage's pressure must drop by at least this (plus the cost). Was 0.05: with 11-14 D
+    # one more D lowers decode pressure by 0.07-0.08, so a pressed decode stage never got an
+    # instance back (cost alone is >= change_s / horizon_s = 0.05). At 0.02, benchmarks/roles.py
+    # sim, live-mix flags 2:14 at 4.5 req/s: decode-heavy phase 72.4% -> 83.5%, overall 83.0% ->
+    # 89.7% (with turned-away requests pressing at once, on_tick); 8:8 and 4:12 equal or up to 1.1
+    # points better.
+    min_gain: float = 0.02
     change_s: float = 0.5      # a flip's own time (registry, link warm-up) until the new role serves
     horizon_s: float = 10.0    # the time a flip is meant to help over (cost = seconds lost / horizon)
     hold_s: float = 30.0       # an instance flips at most once per hold_s
