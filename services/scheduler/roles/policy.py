@@ -2,7 +2,9 @@
 queue and the time in; a decision with its reason out).
 
 Per tick:
-1. Smooth each stage's pressure (signals.py) with an EWMA, so one burst does not flip anything.
+1. Smooth each stage's pressure (signals.py) with an EWMA, so one burst does not flip anything;
+   but requests turned away since the last tick that an idle P would have served press the
+   prefill stage at once (they are SLO lost, not a sample).
 2. Nothing to do while both stages are below `high`, or while no request waits at the scheduler
    for the pressed stage (a request rejected since the last tick that an idle P would have
    prefilled in time counts as waiting for prefill, and presses it to at least 1.0) (admission fills each stage up to its SLO limit, so a pressure near 1
@@ -51,7 +53,13 @@ class RoleConfig:
     # 5-16 s instead of 6-20 s, prompt-heavy attainment 80.6% instead of 73.7%.)
     high: float = 0.9
     min_waiting: int = 1       # ...when at least this many requests wait at the scheduler for it
-    min_gain: float = 0.05     # the worse stage's pressure must drop by at least this (plus the cost)
+    # The worse stage's pressure must drop by at least this (plus the cost). Was 0.05: with 11-14 D
+    # one more D lowers decode pressure by 0.07-0.08, so a pressed decode stage never got an
+    # instance back (cost alone is >= change_s / horizon_s = 0.05). At 0.02, benchmarks/roles.py
+    # sim, live-mix flags 2:14 at 4.5 req/s: decode-heavy phase 72.4% -> 83.5%, overall 83.0% ->
+    # 89.7% (with turned-away requests pressing at once, on_tick); 8:8 and 4:12 equal or up to 1.1
+    # points better.
+    min_gain: float = 0.02
     change_s: float = 0.5      # a flip's own time (registry, link warm-up) until the new role serves
     horizon_s: float = 10.0    # the time a flip is meant to help over (cost = seconds lost / horizon)
     hold_s: float = 30.0       # an instance flips at most once per hold_s
@@ -94,6 +102,12 @@ class RolePolicy:
         a = self.config.smoothing
         now = (raw.prefill, raw.decode, raw.colocated)
         p, d, c = now if self.smoothed is None else tuple(a * x + (1 - a) * y for x, y in zip(now, self.smoothed))
+        if raw.turned_away:
+            # Requests lost this tick are not a sample to average away: refusals come a few
+            # seconds apart, so smoothed they kept the stage under `high` for 15-30 s live
+            # (benchmarks/roles.py live-mix, 2:14 at 4.5 req/s: 18 rejections in the prompt-heavy
+            # phase before the first flip, which came 27 s after the first of them).
+            p = max(p, raw.prefill)
         self.smoothed = (p, d, c)
         pressure = replace(raw, prefill=p, decode=d, colocated=c)
         return self._decide(cluster, pressure, now_s)

@@ -50,6 +50,7 @@ class StagePressure:
     colocated: float = 0.0       # pressure of the colocated instances (0 without any)
     n_colocated: int = 0
     waiting_colocated: int = 0   # queued requests only a C may serve (whole, and D may not prefill)
+    turned_away: int = 0         # refused since the last tick though an idle P would have served them
 
     def count(self, role: Role) -> int:
         return {Role.PREFILL: self.n_prefill, Role.DECODE: self.n_decode, Role.COLOCATED: self.n_colocated}[role]
@@ -141,7 +142,7 @@ def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], con
             p_press = tokens / max(capacity, 1e-9) * per_token_ms / statistics.median(ttfts)
         if missed:
             p_press = max(p_press, 1.0)
-            shape = replace(shape, waiting_prefill=shape.waiting_prefill + len(missed))
+            shape = replace(shape, waiting_prefill=shape.waiting_prefill + len(missed), turned_away=len(missed))
     detail = (f"prefill {p_press:.2f} ({tokens} prompt tokens for {len(prefill)} P, {len(queued)} requests waiting"
               + (f", {len(missed)} turned away in time for an idle P" if missed else "") + "), "
               f"decode {d_press:.2f} ({len(blocked)} queued for decode room over {len(decode)} D)"
