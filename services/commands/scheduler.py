@@ -25,6 +25,10 @@ def add_parsers(sub) -> None:
                    "retry hint (default %(default)s)")
     p.add_argument("--max-wait-s", type=argtypes.positive_float, default=30.0,
                    help="longest a request waits for placement before it is refused (default %(default)s)")
+    p.add_argument("--serving-gap-grace-s", type=argtypes.non_negative_float, default=2.0,
+                   help="a cluster that cannot serve (only prefill workers registered, say) refuses requests with "
+                   "UNAVAILABLE only once it has been so this long; before that it counts as starting and requests "
+                   "wait (default %(default)s)")
     add_tickets_flag(p)
     add_pd_local_prefill(p)
     add_policy_config_flag(p)
@@ -55,7 +59,8 @@ def cmd_scheduler(args) -> int:
                                       redis_prefix=args.redis_prefix, tracing=args.tracing,
                                       metrics_port=args.metrics_port, tickets=args.tickets,
                                       policy_config=policy_config, max_queue=args.max_queue,
-                                      max_wait_s=args.max_wait_s, role_changes=args.role_changes,
+                                      max_wait_s=args.max_wait_s, serving_gap_grace_s=args.serving_gap_grace_s,
+                                      role_changes=args.role_changes,
                                       scaler_address=args.scaler or "")))
     return 0
 

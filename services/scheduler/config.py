@@ -19,6 +19,10 @@ class SchedulerConfig:
     load_ttl_s: float = 5.0
     max_queue: int = 10_000            # bounded: overload is refused, never buffered without limit
     max_wait_s: float = 30.0           # longest a request waits in the queue before it is refused
+    # A cluster that cannot serve (only P registered, say) refuses requests at once only after it
+    # has been so this long: before that it is starting (P registered a moment before D, and the
+    # registry refresh fell between them) and requests wait, as in an empty cluster.
+    serving_gap_grace_s: float = 2.0
     # With nothing queued, in-flight protection runs at most this often (a round with a queue runs
     # on every arrival, completion and load report).
     protect_interval_s: float = 0.2

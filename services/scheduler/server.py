@@ -66,7 +66,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
-        self._gap: tuple[tuple, str] = ((), "")   # (instances' roles, serving_gap of them)
+        self._gap: tuple[tuple, str, float] = ((), "", 0.0)   # (instances' roles, their serving_gap, since)
         self._ticketing: IssuesTickets | None = (policy if config.tickets and isinstance(policy, IssuesTickets)
                                                  else None)
         self.desk = TicketDesk(policy.name) if self._ticketing is not None else None
@@ -187,14 +187,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             self._wake.clear()
             self.run_round(time.time())
 
-    def _serving_gap(self) -> str:
-        """serving_gap of the registered instances, recomputed only when their roles change (it is
-        asked on every Place)."""
+    def _serving_gap(self, now_s: float) -> str:
+        """serving_gap of the registered instances (recomputed only when their roles change: it is
+        asked on every Place), once it has lasted serving_gap_grace_s. (In CI a request arrived in
+        the 90 ms between the scheduler's registry read that saw a new cluster's two P and the one
+        that saw its two D, and was refused "no decode capacity".)"""
         roles = tuple(sorted((iid, inst.role) for iid, inst in self.state.instances.items()))
         if roles != self._gap[0]:
             views = tuple(InstanceView(iid, "", convert.role_from_pb(role)) for iid, role in roles)
-            self._gap = (roles, serving_gap(ClusterSnapshot(views), self.policy_config))
-        return self._gap[1]
+            gap = serving_gap(ClusterSnapshot(views), self.policy_config)
+            self._gap = (roles, gap, self._gap[2] if gap and self._gap[1] else now_s)
+        _, gap, since = self._gap
+        return gap if gap and now_s - since >= self.config.serving_gap_grace_s else ""
 
     # -- RPCs ----------------------------------------------------------------------------------
 
@@ -218,7 +222,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             span.set_attribute(tracing.ATTR_TASK_CLASS, spec.task_class)
             if spec.request_id in self.state.waiting:
                 raise InvalidArgument("request_id", f"{spec.request_id!r} is already queued")
-            gap = self._serving_gap()
+            gap = self._serving_gap(time.time())
             if gap:
                 span.set_attribute(tracing.ATTR_REASON, gap)
                 log.warning("place %s refused: %s", spec.request_id, gap)

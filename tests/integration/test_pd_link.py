@@ -19,9 +19,9 @@ from services.scheduler.server import SchedulerServicer
 from tests.unit.helpers import make_spec
 
 
-async def _scheduler(instances, local_prefill=True):
+async def _scheduler(instances, local_prefill=True, config=SchedulerConfig()):
     cfg = PolicyConfig(pd_local_prefill=local_prefill)
-    s = SchedulerServicer(SchedulerConfig(), make_policy("hfx", cfg), cluster=None, policy_config=cfg)
+    s = SchedulerServicer(config, make_policy("hfx", cfg), cluster=None, policy_config=cfg)
     s.state.set_instances([common_pb2.Instance(instance_id=i, address=f"127.0.0.1:{n + 1}", role=role,
                                                max_model_len=8192)
                            for n, (i, role) in enumerate(instances)])
@@ -71,7 +71,8 @@ def test_split_placement_over_the_link_and_its_two_completions():
 
 def test_decode_only_cluster_without_local_prefill_is_unavailable_over_the_link():
     async def go():
-        s, server, rounds, link = await _scheduler((("d0", common_pb2.ROLE_DECODE),), local_prefill=False)
+        s, server, rounds, link = await _scheduler((("d0", common_pb2.ROLE_DECODE),), local_prefill=False,
+                                                   config=SchedulerConfig(serving_gap_grace_s=0.0))
         try:
             with pytest.raises(Unavailable, match="UNAVAILABLE: no prefill capacity"):
                 await link.place(convert.spec_to_pb(make_spec(request_id="q", arrival_s=time.time())), 5.0)

@@ -20,9 +20,9 @@ from services.scheduler.state import Waiting
 from tests.unit.helpers import make_spec
 
 
-def servicer(*instances, policy="hfx", local_prefill=True) -> SchedulerServicer:
+def servicer(*instances, policy="hfx", local_prefill=True, config=SchedulerConfig()) -> SchedulerServicer:
     cfg = PolicyConfig(pd_local_prefill=local_prefill)
-    s = SchedulerServicer(SchedulerConfig(), make_policy(policy, cfg), cluster=None, policy_config=cfg)
+    s = SchedulerServicer(config, make_policy(policy, cfg), cluster=None, policy_config=cfg)
     s.state.set_instances([common_pb2.Instance(instance_id=iid, address=f"127.0.0.1:{port}", role=role,
                                                max_model_len=8192)
                            for iid, port, role in instances])
@@ -86,11 +86,30 @@ def test_hfx_placement_reason_reaches_the_placement():
 
 def test_decode_only_cluster_without_local_prefill_is_unavailable_with_reason():
     async def go():
-        s = servicer(("d0", 2, common_pb2.ROLE_DECODE), local_prefill=False)
+        s = servicer(("d0", 2, common_pb2.ROLE_DECODE), local_prefill=False,
+                     config=SchedulerConfig(serving_gap_grace_s=0.0))
         with pytest.raises(Unavailable, match="no prefill capacity.*d0"):
             await s.place(scheduler_pb2.PlaceRequest(request_id="q", prompt_tokens=10, max_tokens=4), None)
         assert not s.state.waiting
     asyncio.run(go())
+
+
+def test_a_serving_gap_refuses_only_once_it_has_lasted_the_grace():
+    grace = SchedulerConfig().serving_gap_grace_s
+    s = servicer(("p0", 1, common_pb2.ROLE_PREFILL))
+    # Seen at 100 s: within the grace the cluster counts as starting (requests wait).
+    assert s._serving_gap(100.0) == ""
+    assert s._serving_gap(100.0 + grace - 0.1) == ""
+    # Another P registers: still the same gap, its clock keeps running.
+    s.state.set_instances(list(s.state.instances.values()) + [common_pb2.Instance(
+        instance_id="p1", address="127.0.0.1:3", role=common_pb2.ROLE_PREFILL)])
+    assert s._serving_gap(100.0 + grace).startswith("no decode capacity")
+    # A D closes it; a later gap gets its own grace.
+    s.state.set_instances(list(s.state.instances.values()) + [common_pb2.Instance(
+        instance_id="d0", address="127.0.0.1:4", role=common_pb2.ROLE_DECODE)])
+    assert s._serving_gap(200.0) == ""
+    del s.state.instances["d0"]
+    assert s._serving_gap(300.0) == "" and s._serving_gap(300.0 + grace).startswith("no decode capacity")
 
 
 def test_worker_role_flag_parses_and_refuses_unknown_roles(capsys):
