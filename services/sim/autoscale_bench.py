@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from services import argtypes
-from services.scaler.autoscale import AutoscaleConfig, Autoscaler, StartKind
-from services.scaler.autoscale.baselines import QueueThreshold, Static, ThroughputPlanner
+from services.scaler.autoscale import AutoscaleConfig, StartKind
+from services.scaler.autoscale.choice import BaselineSettings, make_autoscaler as choose_autoscaler
 from services.scaler.autoscale.capacity import pd_tokens_per_s, slo_capacity_rps
 from services.scaler.autoscale.pd import PDAutoscaler, PDConfig
 from services.scheduler.policy import make_policy, policy_names
@@ -120,19 +120,17 @@ def make_requests(args, workload: Workload, profile: Profile, peak_rps: float):
 
 
 def make_autoscaler(name: str, args, capacity: float, static_n: int):
+    """The autoscaler `name` as the live scaler builds it (services/scaler/autoscale/choice.py); the
+    planner plans for --planner-utilization of the profiled capacity."""
     ready = {StartKind.COLD: args.cold_start_s, StartKind.PEER: args.peer_start_s}
-    if name == "static":
-        return Static(static_n)
-    if name == "queue":
-        return QueueThreshold(args.min_instances, args.max_instances, args.queue_target)
-    if name == "planner":
-        return ThroughputPlanner(args.min_instances, args.max_instances, capacity * args.planner_utilization,
-                                 args.planner_interval_s)
-    return Autoscaler(AutoscaleConfig(min_replicas=args.min_instances, max_replicas=args.max_instances,
-                                      capacity_rps={"cpu": capacity}, ready_times_s=ready,
-                                      target_utilization=args.hfx_target_utilization,
-                                      scale_down_utilization=args.hfx_scale_down_utilization,
-                                      scale_down_cooldown_s=args.hfx_cooldown_s))
+    config = AutoscaleConfig(min_replicas=args.min_instances, max_replicas=args.max_instances,
+                             capacity_rps={"cpu": capacity * (args.planner_utilization if name == "planner" else 1.0)},
+                             ready_times_s=ready, target_utilization=args.hfx_target_utilization,
+                             scale_down_utilization=args.hfx_scale_down_utilization,
+                             scale_down_cooldown_s=args.hfx_cooldown_s)
+    return choose_autoscaler(name, config, BaselineSettings(queue_target=args.queue_target,
+                                                            planner_interval_s=args.planner_interval_s,
+                                                            static_replicas=static_n))
 
 
 def pd_autoscaler(profile: Profile, workload: Workload, role: AutoscaleConfig, max_total: int) -> PDAutoscaler:
