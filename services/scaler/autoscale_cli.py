@@ -40,6 +40,10 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-down-cooldown-s", type=argtypes.non_negative_float,
                    default=_DEFAULTS.scale_down_cooldown_s,
                    help="seconds after any scale action before a removal (default %(default)s)")
+    g.add_argument("--scale-down-horizon-s", type=argtypes.non_negative_float,
+                   default=_DEFAULTS.scale_down_horizon_s,
+                   help="a removal needs the survivors to carry the load forecast this far past a restart's "
+                        "ready time (default %(default)s)")
     g.add_argument("--warmup-s", type=argtypes.non_negative_float, default=_DEFAULTS.warmup_s,
                    help="a new worker's capacity samples count after this long (default %(default)s)")
     g.add_argument("--cold-start-s", type=argtypes.non_negative_float,
@@ -210,7 +214,8 @@ def config_from_args(args) -> AutoscaleConfig | None:
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, prices=prices, device=device,
         capacity_rps={d: args.capacity_rps for d in prices}, target_utilization=args.target_utilization,
         scale_down_utilization=args.scale_down_utilization, scale_down_cooldown_s=args.scale_down_cooldown_s,
-        warmup_s=args.warmup_s, ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
+        scale_down_horizon_s=args.scale_down_horizon_s, warmup_s=args.warmup_s,
+        ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
                                                        StartKind.STANDBY: args.standby_start_s})
 
 
@@ -221,7 +226,8 @@ def forward_flags(args) -> list[str]:
     out = ["--autoscale", "--min", str(args.min_replicas), "--max", str(args.max_replicas),
            "--capacity-rps", str(args.capacity_rps), "--target-utilization", str(args.target_utilization),
            "--scale-down-utilization", str(args.scale_down_utilization),
-           "--scale-down-cooldown-s", str(args.scale_down_cooldown_s), "--warmup-s", str(args.warmup_s),
+           "--scale-down-cooldown-s", str(args.scale_down_cooldown_s),
+           "--scale-down-horizon-s", str(args.scale_down_horizon_s), "--warmup-s", str(args.warmup_s),
            "--cold-start-s", str(args.cold_start_s), "--standby-start-s", str(args.standby_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),
            "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator,
            "--autoscaler", args.autoscaler, "--queue-target", str(args.queue_target),

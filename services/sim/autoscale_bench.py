@@ -25,7 +25,7 @@ from services.scaler.autoscale.pd import PDAutoscaler, PDConfig
 from services.scheduler.policy import make_policy, policy_names
 from services.scheduler.policy.settings import policy_config
 from services.sim import ENGINE_LABEL
-from services.report.metrics import attainment, met_slo
+from services.report.metrics import attainment, attainment_over_time
 from services.sim.profiles import Profile, load_profile
 from services.sim.pd_scaling import PDScalingDriver
 from services.sim.runner import Simulation, pd_roles
@@ -163,10 +163,6 @@ def run_one(name: str, args, requests, profile: Profile, workload: Workload, cap
     result = Simulation(make_policy(args.policy, config), profile, initial, args.seed, scaling=driver,
                         roles=roles).run(requests)
     wall = time.perf_counter() - started
-    bucket_s = 30.0
-    buckets: dict[int, list[bool]] = {}
-    for r in result.records:
-        buckets.setdefault(int(r.spec.arrival_s // bucket_s), []).append(met_slo(r))
     return {
         "autoscaler": name, "instance_seconds": result.instance_seconds, "slo_attainment": attainment(result.records),
         "requests": len(result.records), "rejected": sum(r.verdict == "reject" for r in result.records),
@@ -176,7 +172,7 @@ def run_one(name: str, args, requests, profile: Profile, workload: Workload, cap
         "actions": {k: sum(1 for _, kind, _ in driver.decisions if kind == k)
                     for k in ("Start", "Drain", "Undrain", "Remove")},
         "timeline": [(p.t_s, p.instances, p.ready) for p in driver.timeline],
-        "attainment_over_time": [((k + 0.5) * bucket_s, sum(v) / len(v)) for k, v in sorted(buckets.items())],
+        "attainment_over_time": attainment_over_time(result.records, 30.0),
         "last_reasons": [f"{t:.0f}s {kind}: {why}" for t, kind, why in driver.decisions[-3:]],
         **({"pd": args.pd, "peak_prefill": max(p for _, p, _ in driver.role_timeline),
             "peak_decode": max(d for _, _, d in driver.role_timeline), "role_timeline": driver.role_timeline,

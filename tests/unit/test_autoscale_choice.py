@@ -78,13 +78,15 @@ def test_the_flags_reach_the_scalers_config(monkeypatch):
 
 def test_hfx_up_forwards_the_choice_to_its_scaler():
     from services.cli import build_parser, parse_args
-    from services.scaler.autoscale_cli import baseline_settings_from_args, forward_flags
+    from services.scaler.autoscale_cli import baseline_settings_from_args, config_from_args, forward_flags
 
     parser = build_parser()
-    up = parse_args(parser, ["up", "--autoscale", "--max", "4", "--autoscaler", "planner", "--planner-interval-s", "12"])
+    up = parse_args(parser, ["up", "--autoscale", "--max", "4", "--autoscaler", "planner", "--planner-interval-s", "12",
+                             "--scale-down-horizon-s", "7"])
     scaler = parse_args(parser, ["scaler", "--scheduler", "127.0.0.1:1", *forward_flags(up)])
     assert scaler.autoscaler == "planner" and scaler.max_replicas == 4
     assert baseline_settings_from_args(scaler) == BaselineSettings(planner_interval_s=12.0)
+    assert config_from_args(scaler).scale_down_horizon_s == 7.0
 
 
 @pytest.mark.parametrize("argv,says", [
