@@ -93,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-s", type=argtypes.positive_float, default=15.0, help="seconds between progress lines")
     p.add_argument("--json", type=argtypes.output_file, help="write the results here (default: not written)")
     p.add_argument("--plot", help="write autoscale_timeline.png into this directory (default: no plot)")
+    p.add_argument("--combine", nargs="+", metavar="JSON", default=[],
+                   help="run nothing: print one table (and --plot, --json) from earlier --json outputs of the same "
+                   "trace, e.g. one autoscaler per command (default: run)")
     p.add_argument("--keep-logs", default="", metavar="DIR",
                    help="copy each cluster's logs (the scaler's decisions with reasons) into DIR/NAME/ (default: no)")
     return p
@@ -286,8 +289,42 @@ def print_table(results: list[dict]) -> None:
                       f"instance-seconds, attainment {hfx['slo_attainment']:.1%} vs {r['slo_attainment']:.1%}")
 
 
+def combine(paths: list[str]) -> tuple[dict, list[dict]]:
+    """One document from several runs' --json outputs; they must share the trace."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    same = ("profile", "duration_s", "spike_s", "peak_rps", "seed", "time_scale", "static_workers")
+    for p, d in zip(paths[1:], docs[1:]):
+        differ = [k for k in same if d.get(k) != docs[0].get(k)]
+        if differ:
+            raise ValueError(f"{p} is another trace than {paths[0]} ({', '.join(differ)} differ)")
+    by_name = {r["autoscaler"]: r for d in docs for r in d["results"]}
+    return docs[0], [by_name[n] for n in ORDER if n in by_name]
+
+
+def report(doc: dict, results: list[dict], args) -> None:
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**doc, "results": results}, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        from services.report.plots import autoscale_timeline
+
+        out = Path(args.plot)
+        out.mkdir(parents=True, exist_ok=True)
+        swell = SwellSpikes(doc["duration_s"], doc["peak_rps"], spike_s=doc["spike_s"])
+        print(f"wrote {autoscale_timeline(results, swell.rate, out, ENGINE)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.combine:
+        try:
+            doc, results = combine(args.combine)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: --combine: {exc}", file=sys.stderr)
+            return 2
+        report(doc, results, args)
+        return 0
     if args.min_workers > args.max_workers:
         print(f"error: --min-workers {args.min_workers} > --max-workers {args.max_workers}", file=sys.stderr)
         return 2
@@ -310,19 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, TimeoutError) as exc:
             print(f"error: [{name}] {exc}", file=sys.stderr)
             return 1
-    print_table(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "engine": ENGINE, "profile": trace.profile.name, "duration_s": args.duration_s, "spike_s": args.spike_s,
+    report({"engine": ENGINE, "profile": trace.profile.name, "duration_s": args.duration_s, "spike_s": args.spike_s,
             "peak_rps": trace.peak, "capacity_rps": trace.capacity, "seed": args.seed, "time_scale": args.time_scale,
-            "static_workers": trace.static_n, "results": results}, indent=2))
-        print(f"wrote {args.json}")
-    if args.plot:
-        from services.report.plots import autoscale_timeline
-
-        out = Path(args.plot)
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"wrote {autoscale_timeline(results, trace.swell.rate, out, ENGINE)}")
+            "static_workers": trace.static_n, "requests": len(trace.requests)}, results, args)
     return 0
 
 
