@@ -64,7 +64,8 @@ def add_parsers(sub) -> None:
 
 def cmd_scaler(args) -> int:
     from services.common.errors import InvalidArgument
-    from services.scaler.autoscale_cli import config_from_args, k8s_target, pd_config_from_args
+    from services.scaler.autoscale_cli import (baseline_settings_from_args, config_from_args, k8s_target,
+                                               pd_config_from_args)
     from services.scaler.autoscaling import LiveOptions
     from services.scaler.config import ScalerConfig
     from services.scaler.server import serve
@@ -88,5 +89,6 @@ def cmd_scaler(args) -> int:
         k8s_namespace=k8s_target(args)[0], k8s_deployment=k8s_target(args)[1],
         autoscale_options=LiveOptions(args.autoscale_tick_s, args.autoscale_window_s, args.scheduler_metrics or "",
                                       args.router_metrics or ""),
+        autoscaler=args.autoscaler, baselines=baseline_settings_from_args(args),
     )))
     return 0

@@ -50,6 +50,14 @@ def attainment(records: Sequence[RequestRecord]) -> float:
     return sum(met_slo(r) for r in records) / len(records) if records else 0.0
 
 
+def attainment_over_time(records: Sequence[RequestRecord], bucket_s: float) -> list[tuple[float, float]]:
+    """(bucket middle, attainment) of the requests arriving in each `bucket_s` of the run."""
+    buckets: dict[int, list[bool]] = {}
+    for r in records:
+        buckets.setdefault(int(r.spec.arrival_s // bucket_s), []).append(met_slo(r))
+    return [((k + 0.5) * bucket_s, sum(v) / len(v)) for k, v in sorted(buckets.items())]
+
+
 @dataclass(frozen=True)
 class RunReport:
     policy: str

@@ -11,11 +11,13 @@ import re
 
 from services import argtypes
 from services.common.errors import InvalidArgument
+from services.scaler.autoscale.choice import AUTOSCALERS, BaselineSettings
 from services.scaler.autoscale.config import AutoscaleConfig
 from services.scaler.autoscale.pd import PDConfig
 from services.scaler.autoscale.signals import StartKind
 
 _DEFAULTS = AutoscaleConfig()
+_BASELINES = BaselineSettings()
 
 
 def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
@@ -38,6 +40,10 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-down-cooldown-s", type=argtypes.non_negative_float,
                    default=_DEFAULTS.scale_down_cooldown_s,
                    help="seconds after any scale action before a removal (default %(default)s)")
+    g.add_argument("--scale-down-horizon-s", type=argtypes.non_negative_float,
+                   default=_DEFAULTS.scale_down_horizon_s,
+                   help="a removal needs the survivors to carry the load forecast this far past a restart's "
+                        "ready time (default %(default)s)")
     g.add_argument("--warmup-s", type=argtypes.non_negative_float, default=_DEFAULTS.warmup_s,
                    help="a new worker's capacity samples count after this long (default %(default)s)")
     g.add_argument("--cold-start-s", type=argtypes.non_negative_float,
@@ -60,6 +66,20 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-tokens-per-s", type=argtypes.positive_float, default=None,
                    help=f"P/D: output tokens/s one decode worker sustains within the TPOT SLOs "
                         f"(default {PD_TOKENS_PER_S[1]:g})")
+    g.add_argument("--autoscaler", default="hfx", choices=AUTOSCALERS,
+                   help="who decides: hfx (SLO signals and forecast), or a baseline to compare it with: queue (an HPA "
+                        "on queue length), planner (predicted load / --capacity-rps per worker, as a throughput "
+                        "planner), static (--max workers, provisioning for the peak) (default %(default)s)")
+    g.add_argument("--queue-target", type=argtypes.positive_float, default=_BASELINES.queue_target,
+                   help="--autoscaler queue: target queued requests per ready worker (default %(default)s)")
+    g.add_argument("--queue-period-s", type=argtypes.positive_float, default=_BASELINES.queue_period_s,
+                   help="--autoscaler queue: seconds between its evaluations (default %(default)s)")
+    g.add_argument("--queue-stabilization-s", type=argtypes.non_negative_float,
+                   default=_BASELINES.queue_stabilization_s,
+                   help="--autoscaler queue: scale down to the highest recommendation of this many seconds "
+                        "(default %(default)s)")
+    g.add_argument("--planner-interval-s", type=argtypes.positive_float, default=_BASELINES.planner_interval_s,
+                   help="--autoscaler planner: seconds between its adjustments (default %(default)s)")
     g.add_argument("--actuator", default="local", choices=["local", "kubernetes"],
                    help="how workers are started and stopped: local processes, or the pods of a Kubernetes "
                         "Deployment (`hfx scaler` inside the cluster, deploy/k8s) (default %(default)s)")
@@ -93,7 +113,7 @@ def check(args, for_up: bool = False) -> str | None:
     """Cross-flag problems as a usage error (None when fine)."""
     if args.autoscale and args.min_replicas > args.max_replicas:
         return f"--min {args.min_replicas} is above --max {args.max_replicas}"
-    problem = _actuator_problem(args, for_up) or _pd_problem(args, for_up)
+    problem = _actuator_problem(args, for_up) or _pd_problem(args, for_up) or _autoscaler_problem(args)
     if problem:
         return problem
     try:
@@ -121,6 +141,30 @@ def _actuator_problem(args, for_up: bool) -> str | None:
         return (f"--actuator kubernetes: the workers are the Deployment's pods, not this scaler's processes; "
                 f"drop {', '.join(local)} (--replicas 0)")
     return None
+
+
+def _autoscaler_problem(args) -> str | None:
+    baseline_flags = [f for f, v, default in (
+        ("--queue-target", args.queue_target, _BASELINES.queue_target),
+        ("--queue-period-s", args.queue_period_s, _BASELINES.queue_period_s),
+        ("--queue-stabilization-s", args.queue_stabilization_s, _BASELINES.queue_stabilization_s),
+        ("--planner-interval-s", args.planner_interval_s, _BASELINES.planner_interval_s)) if v != default]
+    if args.autoscaler != "hfx" or baseline_flags:
+        what = f"--autoscaler {args.autoscaler}" if args.autoscaler != "hfx" else ", ".join(baseline_flags)
+        if not args.autoscale:
+            return f"{what} needs --autoscale"
+        if is_pd(args):
+            return f"{what}: the baselines scale colocated workers; P/D autoscaling is hfx's"
+    mine = {"queue": "--queue-", "planner": "--planner-"}
+    foreign = [f for f in baseline_flags if not f.startswith(mine.get(args.autoscaler, "--none-"))]
+    if args.autoscale and foreign:
+        return f"{', '.join(foreign)}: not used by --autoscaler {args.autoscaler}"
+    return None
+
+
+def baseline_settings_from_args(args) -> BaselineSettings:
+    return BaselineSettings(args.queue_target, args.queue_period_s, args.queue_stabilization_s,
+                            args.planner_interval_s)
 
 
 def is_pd(args) -> bool:
@@ -170,7 +214,8 @@ def config_from_args(args) -> AutoscaleConfig | None:
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, prices=prices, device=device,
         capacity_rps={d: args.capacity_rps for d in prices}, target_utilization=args.target_utilization,
         scale_down_utilization=args.scale_down_utilization, scale_down_cooldown_s=args.scale_down_cooldown_s,
-        warmup_s=args.warmup_s, ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
+        scale_down_horizon_s=args.scale_down_horizon_s, warmup_s=args.warmup_s,
+        ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
                                                        StartKind.STANDBY: args.standby_start_s})
 
 
@@ -181,9 +226,13 @@ def forward_flags(args) -> list[str]:
     out = ["--autoscale", "--min", str(args.min_replicas), "--max", str(args.max_replicas),
            "--capacity-rps", str(args.capacity_rps), "--target-utilization", str(args.target_utilization),
            "--scale-down-utilization", str(args.scale_down_utilization),
-           "--scale-down-cooldown-s", str(args.scale_down_cooldown_s), "--warmup-s", str(args.warmup_s),
+           "--scale-down-cooldown-s", str(args.scale_down_cooldown_s),
+           "--scale-down-horizon-s", str(args.scale_down_horizon_s), "--warmup-s", str(args.warmup_s),
            "--cold-start-s", str(args.cold_start_s), "--standby-start-s", str(args.standby_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),
-           "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator]
+           "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator,
+           "--autoscaler", args.autoscaler, "--queue-target", str(args.queue_target),
+           "--queue-period-s", str(args.queue_period_s), "--queue-stabilization-s", str(args.queue_stabilization_s),
+           "--planner-interval-s", str(args.planner_interval_s)]
     for device, price in args.price:
         out += ["--price", f"{device}={price}"]
     for flag, value in (("--max-total", args.max_total), ("--prefill-tokens-per-s", args.prefill_tokens_per_s),

@@ -45,8 +45,9 @@ class LiveOptions:
 
 class AutoscaleLoop:
     def __init__(self, servicer, cluster: ClusterStore, actuator, autoscaler, options: LiveOptions,
-                 scheduler_address: str) -> None:
+                 scheduler_address: str, bounds: tuple[int, int] | None = None) -> None:
         self.servicer = servicer
+        self.bounds = bounds    # (min, max) workers, for `hfx status` (P/D: per role)
         self.store = cluster
         self.actuator = actuator
         self.autoscaler = autoscaler
@@ -186,14 +187,12 @@ class AutoscaleLoop:
         self.meter.add(now_s, plan.details)
         await self.apply(plan, now_s)
         phases = [i.phase for i in signals.instances]
-        cfg = getattr(self.autoscaler, "config", None)
-        if isinstance(self.autoscaler, PDAutoscaler):   # bounds per role (the same for both), and P + D
-            cfg = self.autoscaler.config.prefill
+        low, high = self.bounds or (None, None)
         await self.store.put_autoscale_status({
             "at": now_s, "policy": self.autoscaler.name, "actuator": self.actuator.kind,
             "desired": plan.desired, "reason": plan.reason,
             "actual": {p.value: phases.count(p) for p in Phase},
-            "min": getattr(cfg, "min_replicas", None), "max": getattr(cfg, "max_replicas", None),
+            "min": low, "max": high,
             "arrival_rps": signals.arrival_rps, "predicted_rps": plan.predicted_rps,
             "capacity_rps": plan.capacity_rps, "last_decision": self.last_decision,
             "paid_instances": plan.details.get("paid_instances"), "cost_per_s": plan.details.get("cost_per_s"),

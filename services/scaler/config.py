@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.scaler.autoscale.choice import BaselineSettings
 from services.scaler.autoscale.config import AutoscaleConfig
 from services.scaler.autoscale.pd import PDConfig
 from services.scaler.autoscaling import LiveOptions
@@ -42,6 +43,10 @@ class ScalerConfig:
     # clamped to [min, max].
     autoscale: AutoscaleConfig | None = None
     autoscale_options: LiveOptions = field(default_factory=LiveOptions)
+    # Who decides (services/scaler/autoscale/choice.py): hfx, or a baseline (queue, planner,
+    # static) with its settings, to compare them live.
+    autoscaler: str = "hfx"
+    baselines: BaselineSettings = field(default_factory=BaselineSettings)
     # P/D autoscaling (with autoscale and prefill/decode counts): the prefill and decode slots are
     # scaled by PDAutoscaler instead of the colocated pool (which is then empty).
     pd_autoscale: PDConfig | None = None

@@ -438,7 +438,8 @@ async def serve(config: ScalerConfig) -> None:
 
 def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.ClusterStore):
     from services.scaler.actuator import Actuator, LocalProcesses
-    from services.scaler.autoscale import Autoscaler, PDAutoscaler
+    from services.scaler.autoscale import PDAutoscaler
+    from services.scaler.autoscale.choice import make_autoscaler
     from services.scaler.autoscaling import AutoscaleLoop
 
     if config.autoscale is None:
@@ -452,5 +453,6 @@ def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.C
         actuator = LocalProcesses(servicer, cluster)
     prefix = f"{config.cluster_name}-{int(time.time() * 1000)}"
     policy = PDAutoscaler(config.pd_autoscale, id_prefix=prefix) if config.pd_autoscale is not None \
-        else Autoscaler(config.autoscale, id_prefix=prefix)
-    return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address)
+        else make_autoscaler(config.autoscaler, config.autoscale, config.baselines, id_prefix=prefix)
+    return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address,
+                         (config.autoscale.min_replicas, config.autoscale.max_replicas))

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from services import argtypes
-from services.scaler.autoscale import AutoscaleConfig, Autoscaler, StartKind
-from services.scaler.autoscale.baselines import QueueThreshold, Static, ThroughputPlanner
+from services.scaler.autoscale import AutoscaleConfig, StartKind
+from services.scaler.autoscale.choice import BaselineSettings, make_autoscaler as choose_autoscaler
 from services.scaler.autoscale.capacity import pd_tokens_per_s, slo_capacity_rps
 from services.scaler.autoscale.pd import PDAutoscaler, PDConfig
 from services.scheduler.policy import make_policy, policy_names
 from services.scheduler.policy.settings import policy_config
 from services.sim import ENGINE_LABEL
-from services.report.metrics import attainment, met_slo
+from services.report.metrics import attainment, attainment_over_time
 from services.sim.profiles import Profile, load_profile
 from services.sim.pd_scaling import PDScalingDriver
 from services.sim.runner import Simulation, pd_roles
@@ -120,19 +120,17 @@ def make_requests(args, workload: Workload, profile: Profile, peak_rps: float):
 
 
 def make_autoscaler(name: str, args, capacity: float, static_n: int):
+    """The autoscaler `name` as the live scaler builds it (services/scaler/autoscale/choice.py); the
+    planner plans for --planner-utilization of the profiled capacity."""
     ready = {StartKind.COLD: args.cold_start_s, StartKind.PEER: args.peer_start_s}
-    if name == "static":
-        return Static(static_n)
-    if name == "queue":
-        return QueueThreshold(args.min_instances, args.max_instances, args.queue_target)
-    if name == "planner":
-        return ThroughputPlanner(args.min_instances, args.max_instances, capacity * args.planner_utilization,
-                                 args.planner_interval_s)
-    return Autoscaler(AutoscaleConfig(min_replicas=args.min_instances, max_replicas=args.max_instances,
-                                      capacity_rps={"cpu": capacity}, ready_times_s=ready,
-                                      target_utilization=args.hfx_target_utilization,
-                                      scale_down_utilization=args.hfx_scale_down_utilization,
-                                      scale_down_cooldown_s=args.hfx_cooldown_s))
+    config = AutoscaleConfig(min_replicas=args.min_instances, max_replicas=args.max_instances,
+                             capacity_rps={"cpu": capacity * (args.planner_utilization if name == "planner" else 1.0)},
+                             ready_times_s=ready, target_utilization=args.hfx_target_utilization,
+                             scale_down_utilization=args.hfx_scale_down_utilization,
+                             scale_down_cooldown_s=args.hfx_cooldown_s)
+    return choose_autoscaler(name, config, BaselineSettings(queue_target=args.queue_target,
+                                                            planner_interval_s=args.planner_interval_s,
+                                                            static_replicas=static_n))
 
 
 def pd_autoscaler(profile: Profile, workload: Workload, role: AutoscaleConfig, max_total: int) -> PDAutoscaler:
@@ -165,10 +163,6 @@ def run_one(name: str, args, requests, profile: Profile, workload: Workload, cap
     result = Simulation(make_policy(args.policy, config), profile, initial, args.seed, scaling=driver,
                         roles=roles).run(requests)
     wall = time.perf_counter() - started
-    bucket_s = 30.0
-    buckets: dict[int, list[bool]] = {}
-    for r in result.records:
-        buckets.setdefault(int(r.spec.arrival_s // bucket_s), []).append(met_slo(r))
     return {
         "autoscaler": name, "instance_seconds": result.instance_seconds, "slo_attainment": attainment(result.records),
         "requests": len(result.records), "rejected": sum(r.verdict == "reject" for r in result.records),
@@ -178,7 +172,7 @@ def run_one(name: str, args, requests, profile: Profile, workload: Workload, cap
         "actions": {k: sum(1 for _, kind, _ in driver.decisions if kind == k)
                     for k in ("Start", "Drain", "Undrain", "Remove")},
         "timeline": [(p.t_s, p.instances, p.ready) for p in driver.timeline],
-        "attainment_over_time": [((k + 0.5) * bucket_s, sum(v) / len(v)) for k, v in sorted(buckets.items())],
+        "attainment_over_time": attainment_over_time(result.records, 30.0),
         "last_reasons": [f"{t:.0f}s {kind}: {why}" for t, kind, why in driver.decisions[-3:]],
         **({"pd": args.pd, "peak_prefill": max(p for _, p, _ in driver.role_timeline),
             "peak_decode": max(d for _, _, d in driver.role_timeline), "role_timeline": driver.role_timeline,

@@ -9,6 +9,7 @@
   `interval_s`, predict the next interval's request rate and divide it by the profiled
   per-instance throughput at the SLOs.
 All of them shrink by draining, as HFX does, so the comparison is about when and how much.
+`choice.py` builds any of them (or HFX's) by name, for the live scaler and the benchmarks alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import deque
 
 from services.common.errors import InvalidArgument
 from services.scaler.autoscale.actions import Action, Drain, Plan, Remove, Start
+from services.scaler.autoscale.cost import fleet_cost
 from services.scaler.autoscale.signals import Phase, Signals
 
 
@@ -48,14 +50,19 @@ class _Counted:
         actions += [Start(self._id(), f"{why} -> {target}", self.device, kind) for _ in range(target - active)]
         for inst in sorted(ready, key=lambda i: (i.inflight, -i.since_s))[:max(0, active - target)]:
             actions.append(Drain(self._id(), f"{why} -> {target}", inst.instance_id))
-        return Plan(tuple(actions), target, f"{why} -> {target}")
+        # What the fleet costs now, for the live scaler's meter (every instance at price 1: the
+        # baselines know one device kind), as HFX's plans carry it.
+        paid, cost_per_s = fleet_cost({self.device: 1.0}, signals.instances, signals.standby_equivalents, self.device)
+        details = {"paid_instances": paid, "standby_equivalents": signals.standby_equivalents,
+                   "cost_per_s": cost_per_s, "active": active, "needed": target}
+        return Plan(tuple(actions), target, f"{why} -> {target}", details=details)
 
 
 class Static(_Counted):
     name = "static"
 
-    def __init__(self, replicas: int, device: str = "cpu") -> None:
-        super().__init__(replicas, max(1, replicas), device)
+    def __init__(self, replicas: int, device: str = "cpu", id_prefix: str = "") -> None:
+        super().__init__(replicas, max(1, replicas), device, id_prefix)
         self.replicas = replicas
 
     def on_tick(self, signals: Signals, now_s: float) -> Plan:
@@ -67,10 +74,13 @@ class QueueThreshold(_Counted):
 
     def __init__(self, min_replicas: int, max_replicas: int, target_queue_per_instance: float = 1.0,
                  period_s: float = 15.0, stabilization_s: float = 300.0, tolerance: float = 0.1,
-                 device: str = "cpu") -> None:
-        super().__init__(min_replicas, max_replicas, device)
+                 device: str = "cpu", id_prefix: str = "") -> None:
+        super().__init__(min_replicas, max_replicas, device, id_prefix)
         if target_queue_per_instance <= 0:
             raise InvalidArgument("target_queue_per_instance", f"must be > 0, got {target_queue_per_instance}")
+        if period_s <= 0 or stabilization_s < 0:
+            raise InvalidArgument("period_s", f"need period > 0 and stabilization >= 0 s, got {period_s}, "
+                                  f"{stabilization_s}")
         self.target, self.period_s, self.stabilization_s, self.tolerance = (
             target_queue_per_instance, period_s, stabilization_s, tolerance)
         self._last_s = -math.inf
@@ -100,10 +110,12 @@ class ThroughputPlanner(_Counted):
     name = "planner"
 
     def __init__(self, min_replicas: int, max_replicas: int, capacity_rps: float, interval_s: float = 60.0,
-                 device: str = "cpu") -> None:
-        super().__init__(min_replicas, max_replicas, device)
+                 device: str = "cpu", id_prefix: str = "") -> None:
+        super().__init__(min_replicas, max_replicas, device, id_prefix)
         if capacity_rps <= 0:
             raise InvalidArgument("capacity_rps", f"must be > 0, got {capacity_rps}")
+        if interval_s <= 0:
+            raise InvalidArgument("interval_s", f"must be > 0, got {interval_s}")
         self.capacity_rps, self.interval_s = capacity_rps, interval_s
         self._last_s = -math.inf
         self._rates: list[float] = []     # arrival rates seen since the last adjustment

@@ -1,0 +1,49 @@
+"""benchmarks/autoscale_live.py without processes: the scaler flags it passes for each autoscaler
+are ones `hfx scaler` accepts (and mean what the bench says), and --combine refuses runs of
+different traces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import autoscale_live
+from services.cli import build_parser, parse_args
+from services.scaler.autoscale.choice import AUTOSCALERS
+from services.scaler.autoscale_cli import baseline_settings_from_args, config_from_args
+
+
+@pytest.fixture(scope="module")
+def trace():
+    args = autoscale_live.parser().parse_args(["--duration-s", "30"])
+    return args, autoscale_live.Trace(args)
+
+
+@pytest.mark.parametrize("name", AUTOSCALERS)
+def test_each_autoscalers_flags_are_accepted_by_the_scaler_with_the_clocks_compressed(name, trace):
+    args, tr = trace
+    scaler = parse_args(build_parser(), ["scaler", "--scheduler", "127.0.0.1:1",
+                                         *autoscale_live.scaler_flags(name, args, tr)])
+    config = config_from_args(scaler)
+    assert scaler.autoscaler == name and scaler.autoscale_tick_s == pytest.approx(5 / 6, rel=1e-2)
+    assert config.scale_down_horizon_s == 10.0 and config.warmup_s == 5.0
+    if name == "static":
+        assert config.min_replicas == config.max_replicas == tr.static_n
+    else:
+        assert (config.min_replicas, config.max_replicas) == (1, 16)
+    if name == "queue":
+        assert baseline_settings_from_args(scaler).queue_stabilization_s == 50.0
+
+
+def test_combine_refuses_runs_of_different_traces(tmp_path, trace):
+    base = {"profile": "p", "duration_s": 300.0, "spike_s": 15.0, "peak_rps": 17.0, "seed": 1, "time_scale": 6.0,
+            "static_workers": 12}
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps({**base, "results": [{"autoscaler": "hfx"}]}))
+    b.write_text(json.dumps({**base, "results": [{"autoscaler": "static"}]}))
+    c.write_text(json.dumps({**base, "seed": 2, "results": [{"autoscaler": "queue"}]}))
+    doc, results = autoscale_live.combine([str(a), str(b)])
+    assert [r["autoscaler"] for r in results] == ["static", "hfx"] and doc["peak_rps"] == 17.0
+    with pytest.raises(ValueError, match="seed"):
+        autoscale_live.combine([str(a), str(c)])
