@@ -149,3 +149,21 @@ def test_a_new_attach_replaces_the_old_one(model_dir):
         first.close()
         second.close()
     assert old is not None and new is not None and old.stopped and new.address == second.address
+
+
+def test_engine_side_prepare_then_the_simulated_pull_uses_the_mapping(model_dir):
+    """engine_side.prepare_pull as a standby's engine runs it (the vLLM one runs it in the engine
+    process, the SIMULATED one in the worker), then the pull that follows."""
+    from services.worker.engine.sim_weights import pull_and_drop
+    from services.worker.weights.engine_side import prepare_pull
+
+    handle = donor(model_dir)
+    try:
+        report = prepare_pull(None, {"address": handle.address, "model_dir": str(model_dir)})
+        pulled = pull_and_drop(str(model_dir), handle.address)
+        gone = prepare_pull(None, {"address": "127.0.0.1:1", "model_dir": str(model_dir), "transport": "shm"})
+    finally:
+        handle.close()
+    assert report["prepared"] and report["populated"] and report["seconds"] >= report["populate_s"]
+    assert pulled["source"] == "donor" and pulled["premapped"] is True and pulled["transport"] == "shm"
+    assert gone["prepared"] is False and gone["reason"].startswith("no-shm")

@@ -19,7 +19,7 @@ from typing import Any
 
 from services.worker.weights import checkpoint
 from services.worker.weights.tcp import ReceiveStats
-from services.worker.weights.transport import transport_for
+from services.worker.weights.transport import PreparesPull, transport_for
 from services.worker.weights.wire import TransferError
 
 
@@ -62,8 +62,28 @@ def pull_weights(worker: Any, spec: dict) -> dict:
         runner.reload_weights(weights_iterator=storage_weights(model_dir), is_checkpoint_format=True)
         report.update(source="storage", storage_load_s=time.monotonic() - t1, load_s=time.monotonic() - t0)
     report.update(tensors=stats.tensors, bytes=stats.bytes, connect_s=stats.connect_s, stream_s=stats.stream_s,
-                  recv_s=stats.recv_s, crc_s=stats.crc_s, transport=stats.extra.get("transport", ""))
+                  recv_s=stats.recv_s, crc_s=stats.crc_s, transport=stats.extra.get("transport", ""),
+                  premapped=bool(stats.extra.get("premapped")))
     return report
+
+
+def prepare_pull(worker: Any, spec: dict) -> dict:
+    """Ahead of pull_weights from spec["address"]: whatever the transport can do early (shm: map
+    the donor's files and fault their pages in, here, before returning). Never raises for the
+    donor's sake: a failure is reported (prepared False) and the pull later runs as without it."""
+    model_dir = Path(spec["model_dir"])
+    index_list = checkpoint.read_index(model_dir)
+    identity = spec.get("identity") or checkpoint.identity(model_dir, index_list)
+    t0 = time.monotonic()
+    transport = transport_for(spec.get("device", "cpu"), spec.get("transport", "auto"))
+    if not isinstance(transport, PreparesPull):
+        return {"prepared": False, "reason": f"transport {transport.name}: nothing to do ahead", "seconds": 0.0}
+    try:
+        report = transport.prepare(spec["address"], identity, stall_timeout_s=spec.get("stall_timeout_s", 10.0),
+                                   background=False)
+    except TransferError as err:
+        report = {"prepared": False, "reason": f"{err.kind}: {err}"}
+    return {**report, "seconds": time.monotonic() - t0}
 
 
 def load_from_storage(worker: Any, model_dir: str) -> dict:

@@ -71,13 +71,14 @@ class ShmWeightServer(ThreadedServer):
                 socket.send_fds(conn, [manifest], src.fds)
                 if _hello.get("attach"):
                     return  # a receiver mapping the files ahead of its pull (premap.py): no headers
-                sent = 0
-                for e in src.entries():
-                    conn.sendall(wire.frame({"name": e.info.name, "dtype": e.info.dtype, "shape": list(e.info.shape),
-                                             "nbytes": e.info.nbytes, "crc32": e.crc32,
-                                             "file": src.file_index[e.info.file], "offset": e.info.begin}))
-                    sent += 1
-                conn.sendall(wire.frame({"end": True, "tensors": sent}))
+                frames = [wire.frame({"name": e.info.name, "dtype": e.info.dtype, "shape": list(e.info.shape),
+                                      "nbytes": e.info.nbytes, "crc32": e.crc32,
+                                      "file": src.file_index[e.info.file], "offset": e.info.begin})
+                          for e in src.entries()]
+                frames.append(wire.frame({"end": True, "tensors": len(frames)}))
+                # One send for every header: the receiver then never waits for this thread to be
+                # scheduled between two tensors (on a busy host that wait was up to 0.05 s a pull).
+                conn.sendall(b"".join(frames))
         except Exception as err:
             log.warning("shared-memory weight stream ended early: %s", err)
 
@@ -116,7 +117,7 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
         stats.connect_s = time.monotonic() - t0
         stats.extra["transport"] = "shm"
         deadline = t0 + deadline_s
-        with conn:
+        with conn, conn.makefile("rb") as rfile:
             t1 = time.monotonic()
             manifest, fds = _handshake(conn, address, identity)
             stats.donor_identity = str(manifest.get("identity", ""))
@@ -133,7 +134,7 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
             while True:
                 if time.monotonic() > deadline:
                     raise DonorTooSlow(f"donor {address}: stream passed its deadline")
-                header = _read_frame(conn)
+                header = _read_buffered_frame(rfile)
                 if header.get("end"):
                     missing = sorted(set(index) - seen)
                     if missing or header.get("tensors") != len(seen):
@@ -191,6 +192,14 @@ def _handshake(conn: socket.socket, address: str, identity: str, attach: bool = 
             os.close(fd)
         raise
     return manifest, fds
+
+
+def _read_buffered_frame(rfile) -> dict:
+    head = rfile.read(4)
+    body = rfile.read(wire.parse_frame_length(head)) if len(head) == 4 else b""
+    if len(head) < 4 or len(body) < wire.parse_frame_length(head):
+        raise DonorLost("donor closed the stream mid-way")
+    return wire.parse_frame_body(body)
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
