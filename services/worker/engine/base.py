@@ -159,6 +159,7 @@ def describe_weights(report: dict) -> str:
     """One line for the registry and logs: how the weights arrived."""
     if report.get("source") == "donor":
         over = f" over {report['transport']}" if report.get("transport") else ""
+        over += ", mapped ahead" if report.get("premapped") else ""
         return f"donor {report.get('address', '?')}{over}"
     if report.get("failure"):
         return f"storage after {report['failure']}"
