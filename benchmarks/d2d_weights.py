@@ -36,6 +36,7 @@ Needs the machine to itself (engines on --donor-cores / --receiver-cores).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -375,8 +376,20 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
         row["transport_alone"] = {mode: transport_alone(donor_info.weights_address, model_dir, mode)
                                   for mode in ("shm", "tcp")}
         row["pull_gbps"] = result["checkpoint_bytes"] / row["weight_load_s"] / 1e9 if row["weight_load_s"] else None
+    row["pull_report"] = pull_report(run.home / f"new{i}.log")
     run.stop(proc)
     return row
+
+
+def pull_report(log_path: Path) -> dict:
+    """The worker's own report of its weight load (its log's last "weights: {...}" line): phases
+    (stream, CRC), minor page faults in the engine process, whether the pages were mapped ahead."""
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if "weights: {" in line]
+    if not lines:
+        return {}
+    report = ast.literal_eval(lines[-1].split("weights: ", 1)[1])
+    return {k: report.get(k) for k in ("source", "transport", "premapped", "load_s", "stream_s", "crc_s",
+                                      "connect_s", "minor_faults", "failure") if k in report}
 
 
 def print_table(result: dict) -> None:
@@ -397,6 +410,8 @@ def print_table(result: dict) -> None:
         if "transport_alone" in row:
             alone = ", ".join(f"{mode} {t['gbps']:.2f} GB/s ({t['gbps'] / result['memcpy_gbps']:.0%} of memcpy)"
                               for mode, t in row["transport_alone"].items())
+            if row.get("pull_report"):
+                print(f"{name}: the engine's report of its pull: {row['pull_report']}")
             print(f"{name}: pull into vLLM {row['pull_gbps']:.2f} GB/s end to end (weight load phase, "
                   f"{row['weights_source']}); transports alone, with checks: {alone}")
             if "donor_tpot_ms_before" in row:

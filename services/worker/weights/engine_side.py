@@ -13,6 +13,7 @@ module (it inherits the worker's sys.path), which needs VLLM_ALLOW_INSECURE_SERI
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ def pull_weights(worker: Any, spec: dict) -> dict:
 
     runner = worker.model_runner
     model_dir = Path(spec["model_dir"])
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.monotonic()
     index_list = checkpoint.read_index(model_dir)
     index = {t.name: t for t in index_list}
@@ -63,7 +65,10 @@ def pull_weights(worker: Any, spec: dict) -> dict:
         report.update(source="storage", storage_load_s=time.monotonic() - t1, load_s=time.monotonic() - t0)
     report.update(tensors=stats.tensors, bytes=stats.bytes, connect_s=stats.connect_s, stream_s=stats.stream_s,
                   recv_s=stats.recv_s, crc_s=stats.crc_s, transport=stats.extra.get("transport", ""),
-                  premapped=bool(stats.extra.get("premapped")))
+                  premapped=bool(stats.extra.get("premapped")),
+                  # page faults this process took during the load (the receiver's side: fresh tensors
+                  # the reload allocates and fills, and the donor's pages unless mapped ahead)
+                  minor_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
     return report
 
 
