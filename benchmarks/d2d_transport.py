@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{shares})", flush=True)
                 print(f"     pull {row['seconds']:.3f} s: connect {row['connect_s']:.4f}, handshake {row['handshake_s']:.4f}, "
                       f"map {row['map_s']:.4f}, CRC {row['crc_s']:.3f}, socket reads {row['recv_s']:.3f}, copy "
-                      f"{row['copy_s']:.3f}; done ahead of it: prepare {row['prepare_s']:.3f} s", flush=True)
+                      f"{row['copy_s']:.3f}; done ahead of it: prepare {row['prepare_s']:.3f} s"
+                      + (f" (prepare + pull: {size / (row['prepare_s'] + row['seconds']) / 1e9:.2f} GB/s)"
+                         if row["prepare_s"] else ""), flush=True)
     finally:
         donor.stdin.close()
         donor.wait(timeout=30)
