@@ -18,8 +18,11 @@ Scenarios: storage-cold (page cache of the checkpoint evicted with posix_fadvise
 (a donor worker started first with --serve-weights; its serving slowdown while it streams is
 measured with back-to-back greedy requests; the pull maps the donor's memory, "shm"), d2d-tcp (the
 same over a TCP stream), vllm-cold / vllm-warm (vLLM's own loading path, for
-the total only), standby-d2d (a worker started ahead with --standby, dummy weights, unregistered;
-the decision is its LoadWeights call with the donor's address). Also in the same run: memcpy bandwidth (numpy copy between two pre-faulted
+the total only), standby-d2d (a worker started ahead with --standby, dummy weights, unregistered,
+told its donor ahead with PrepareWeights as the scaler's pool does: it maps the donor's shared
+files and faults them in, timed apart as "prepare"; the decision is its LoadWeights call with the
+donor's address), standby-d2d-unprepared (the same without PrepareWeights: the pull maps the files
+itself). Also in the same run: memcpy bandwidth (numpy copy between two pre-faulted
 buffers of the checkpoint's size) and each transport alone (this process pulls from the donor
 over shm and over TCP and checks every tensor, loading nothing).
 
@@ -33,6 +36,7 @@ Needs the machine to itself (engines on --donor-cores / --receiver-cores).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -56,7 +60,8 @@ from services.worker.weights.tcp import ReceiveStats
 from services.worker.weights.transport import transport_for
 
 PROMPT = [1, 43, 343, 1515, 1196, 15, 262, 1294]
-SCENARIOS = ("storage-cold", "storage-warm", "d2d", "d2d-tcp", "standby-d2d", "vllm-cold", "vllm-warm")
+SCENARIOS = ("storage-cold", "storage-warm", "d2d", "d2d-tcp", "standby-d2d", "standby-d2d-unprepared", "vllm-cold",
+             "vllm-warm")
 
 
 def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
@@ -187,13 +192,24 @@ def wait_grpc(address: str, proc, timeout_s: float) -> None:
     raise TimeoutError(f"standby worker at {address} not up after {timeout_s:.0f}s")
 
 
-def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | None = None) -> dict:
+def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | None = None,
+             prepare: bool = False) -> dict:
     """One scale-up. standby_load: start a standby worker first (not timed), and let the decision be
-    its LoadWeights call with this donor address."""
+    its LoadWeights call with this donor address; prepare: before the decision, tell the standby
+    that donor (PrepareWeights, timed apart)."""
+    prepared: dict = {}
     if standby_load is not None:
         port = procs.free_port()
         proc = run.spawn_worker(name, cores, "--standby", "--port", str(port))
         wait_grpc(f"127.0.0.1:{port}", proc, run.args.timeout)
+        if prepare:
+            t = time.monotonic()
+            with grpcutil.sync_channel(f"127.0.0.1:{port}") as channel:
+                reply = worker_pb2_grpc.WorkerStub(channel).PrepareWeights(
+                    worker_pb2.PrepareWeightsRequest(donor_address=standby_load), timeout=run.args.timeout)
+            prepared = {"prepared": reply.prepared, "detail": reply.detail, "prepare_s": reply.seconds,
+                        "prepare_call_s": time.monotonic() - t}
+            time.sleep(2.0)  # the decision comes later than the preparation, as in the pool
     decided_unix = time.time()
     t0 = time.monotonic()
     if standby_load is None:
@@ -220,7 +236,7 @@ def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | N
         "discovery_and_token_s": total - registered_at, "first_token_call_s": token_s,
         "seen_after_registered_s": seen - t0 - registered_at, "weights_source": info.weights_source,
         "weight_load_window_unix": [s.get("weight_load_started_unix_s"), s.get("weight_load_ended_unix_s")],
-        "proc": proc, "address": info.address,
+        "proc": proc, "address": info.address, **prepared,
     }
     return row
 
@@ -337,7 +353,7 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
     if name.startswith("storage-"):
         extra = ["--weights-from", "storage"]
     donor_info = load = None
-    d2d = name in ("d2d", "d2d-tcp", "standby-d2d")
+    d2d = name in ("d2d", "d2d-tcp", "standby-d2d", "standby-d2d-unprepared")
     if d2d:
         donor_info = run.donor(files)
         extra = ["--weights-from", donor_info.weights_address]
@@ -346,8 +362,8 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
         if args.donor_load_tokens:
             load = DonorLoad(donor_info.address, args.donor_load_tokens).start()
             time.sleep(5.0)  # a baseline before the decision
-    standby = donor_info.weights_address if name == "standby-d2d" else None
-    row = scale_up(run, f"new{i}", args.receiver_cores, *extra, standby_load=standby)
+    standby = donor_info.weights_address if donor_info is not None and name.startswith("standby-") else None
+    row = scale_up(run, f"new{i}", args.receiver_cores, *extra, standby_load=standby, prepare=name == "standby-d2d")
     proc = row.pop("proc")
     row["page_cache"] = cache
     if d2d:
@@ -360,8 +376,20 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
         row["transport_alone"] = {mode: transport_alone(donor_info.weights_address, model_dir, mode)
                                   for mode in ("shm", "tcp")}
         row["pull_gbps"] = result["checkpoint_bytes"] / row["weight_load_s"] / 1e9 if row["weight_load_s"] else None
+    row["pull_report"] = pull_report(run.home / f"new{i}.log")
     run.stop(proc)
     return row
+
+
+def pull_report(log_path: Path) -> dict:
+    """The worker's own report of its weight load (its log's last "weights: {...}" line): phases
+    (stream, CRC), minor page faults in the engine process, whether the pages were mapped ahead."""
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if "weights: {" in line]
+    if not lines:
+        return {}
+    report = ast.literal_eval(lines[-1].split("weights: ", 1)[1])
+    return {k: report.get(k) for k in ("source", "transport", "premapped", "load_s", "stream_s", "crc_s",
+                                      "connect_s", "minor_faults", "failure") if k in report}
 
 
 def print_table(result: dict) -> None:
@@ -376,9 +404,14 @@ def print_table(result: dict) -> None:
     for name, row in result["scenarios"].items():
         if row["page_cache"]:
             print(f"{name} page cache: {row['page_cache']}")
+        if "prepared" in row:
+            print(f"{name}: prepared ahead of the decision: {row['prepared']} ({row['detail']}; {row['prepare_s']:.3f} s "
+                  f"in the engine, call {row['prepare_call_s']:.3f} s)")
         if "transport_alone" in row:
             alone = ", ".join(f"{mode} {t['gbps']:.2f} GB/s ({t['gbps'] / result['memcpy_gbps']:.0%} of memcpy)"
                               for mode, t in row["transport_alone"].items())
+            if row.get("pull_report"):
+                print(f"{name}: the engine's report of its pull: {row['pull_report']}")
             print(f"{name}: pull into vLLM {row['pull_gbps']:.2f} GB/s end to end (weight load phase, "
                   f"{row['weights_source']}); transports alone, with checks: {alone}")
             if "donor_tpot_ms_before" in row:

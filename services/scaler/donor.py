@@ -5,7 +5,9 @@ A new worker of model M takes its weights from a live worker of M that serves it
 waiting requests, then KV usage, then id, so the choice is stable), because the stream costs its
 donor CPU time (BENCHMARKS.md, "Weights from a peer"). No such worker: the new one reads storage.
 P/D links do not exist in this build, so "linked donors first" has nothing to act on yet.
-How each worker finally got its weights (a pull can fall back to storage) is the worker's own
+A standby that already mapped one donor's weights (PrepareWeights) takes that donor while it is
+still one: over shared memory the pull costs its donor no CPU (the receiver reads the donor's
+pages), and the mapping saves the pull its page faults. How each worker finally got its weights (a pull can fall back to storage) is the worker's own
 record: `Instance.weights_source` in the registry.
 """
 
@@ -40,11 +42,17 @@ class DonorChoice:
     reason: str
 
 
-def choose_donor(candidates: Iterable[DonorCandidate], model: str, exclude: str = "") -> DonorChoice:
+def choose_donor(candidates: Iterable[DonorCandidate], model: str, exclude: str = "", prepared: str = ""
+                 ) -> DonorChoice:
+    """prepared: the weight address the receiver already mapped ahead ("" = none)."""
     same_model = [c for c in candidates if c.model == model and c.instance_id != exclude]
     donors = [c for c in same_model if c.weights_address and not c.draining]
     if not donors:
         return DonorChoice("", "", f"storage: none of {len(same_model)} live worker(s) of the model serves weights")
+    ready = [c for c in donors if prepared and c.weights_address == prepared]
+    if ready:
+        return DonorChoice(prepared, ready[0].instance_id, f"donor {ready[0].instance_id}: its weights already "
+                           f"mapped by this standby (one of {len(donors)} donor(s))")
     best = min(donors, key=lambda c: (c.running + c.waiting, c.kv_usage, c.instance_id))
     return DonorChoice(best.weights_address, best.instance_id,
                        f"donor {best.instance_id} (running {best.running}, waiting {best.waiting}, "

@@ -157,7 +157,8 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         now = time.time()
         self.workers[index] = Managed(index, member.instance_id, member.port, member.proc, started_s=now,
                                       restarts=old.restarts + 1 if old else 0, from_standby=True)
-        choice = choose_donor((DonorCandidate.from_pb(i) for i in self.registry), self.config.model, member.instance_id)
+        choice = choose_donor((DonorCandidate.from_pb(i) for i in self.registry), self.config.model, member.instance_id,
+                              prepared=member.prepared_for)
         log.info("slot %d takes standby %s (pid %d); weights: %s", index, member.instance_id, member.proc.pid,
                  choice.reason)
         pool.load(member, choice, now)
@@ -316,6 +317,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             except Exception as err:
                 log.warning("registry read or linking failed: %s", err)
             if self.pool is not None:
+                if self.config.d2d:  # each ready standby maps the donor it would pull from now
+                    donors = [DonorCandidate.from_pb(i) for i in self.registry]
+                    self.pool.prepare(lambda prepared: choose_donor(donors, self.config.model, prepared=prepared))
                 await self.pool.tick(self.store, [w.proc.pid for w in self.workers.values()
                                                   if w.proc is not None and w.instance_id in self.ready_ids])
             self.export_metrics()

@@ -1,7 +1,10 @@
 """The standby pool (issue 12): engines started ahead with dummy weights, handed out on scale-up.
 
 A standby is a worker started with `--standby --serve-weights`: its engine is up (dummy weights),
-its gRPC serves LoadWeights, it is not in the registry, so nothing is placed on it. A scale-up
+its gRPC serves LoadWeights, it is not in the registry, so nothing is placed on it. Once ready,
+and whenever the donor the scaler would choose changes, it is told that donor (PrepareWeights:
+on one host it maps the donor's weight files and faults their pages in), so that the pull at
+hand-out is only the checks and vLLM's copy. A scale-up
 takes the oldest ready standby instead of spawning a process: the scaler calls its LoadWeights
 with the least loaded donor's address (services/scaler/donor.py; "" = storage, and a failed pull
 falls back to storage inside the worker), the worker then registers as itself, and the pool
@@ -35,6 +38,7 @@ MEASURE_EVERY_S = 5.0     # reading /proc for RSS costs a walk over every proces
 # A pull that fails falls back to storage inside the worker: the call can take a pull's deadline
 # (the worker's --weights-deadline, 300 s) plus a load from storage.
 LOAD_TIMEOUT_S = 600.0
+PREPARE_TIMEOUT_S = 60.0  # mapping a checkpoint's files and faulting them in: ~0.1 s per GB here
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Standby:
     proc: subprocess.Popen
     started_s: float
     ready_s: float | None = None
+    prepared_for: str = ""      # the donor weight address it mapped ahead (PrepareWeights), "" none
+    prepare_asked: str = ""     # the last address asked for (not asked again after a failure)
 
     @property
     def address(self) -> str:
@@ -125,6 +131,34 @@ class StandbyPool:
                 continue
             m.ready_s = time.time()
             log.info("standby %s ready (%.1f s after launch)", m.instance_id, m.ready_s - m.started_s)
+
+    def prepare(self, choose: Callable[[str], DonorChoice]) -> None:
+        """Tell each ready standby the donor it would pull from now, `choose(its prepared
+        address)` (a donor it prepared for stays its choice while it is one), unless it was
+        already told; in the background (until done, its pull is the one it had without it)."""
+        for m in self.members:
+            if m.ready_s is None:
+                continue
+            donor = choose(m.prepared_for)
+            if not donor.address or donor.address in (m.prepare_asked, m.prepared_for):
+                continue
+            m.prepare_asked = donor.address
+            task = asyncio.get_running_loop().create_task(self._prepare(m, donor))
+            self._loads.add(task)
+            task.add_done_callback(self._loads.discard)
+
+    async def _prepare(self, member: Standby, donor: DonorChoice) -> None:
+        try:
+            async with grpcutil.aio_channel(member.address) as channel:
+                reply = await worker_pb2_grpc.WorkerStub(channel).PrepareWeights(
+                    worker_pb2.PrepareWeightsRequest(donor_address=donor.address), timeout=PREPARE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            log.warning("standby %s: PrepareWeights from %s failed (%s: %s); its pull maps the files itself",
+                        member.instance_id, donor.instance_id, err.code().name, err.details())
+            return
+        member.prepared_for = donor.address if reply.prepared else ""
+        log.info("standby %s prepared its pull from donor %s: %s (%.2f s)", member.instance_id, donor.instance_id,
+                 reply.detail, reply.seconds)
 
     # -- handing out ------------------------------------------------------------------------------
 

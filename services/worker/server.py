@@ -35,8 +35,8 @@ def argtypes_address(value: str) -> None:
     except Exception as err:
         raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import (Engine, EngineRequest, LoadsWeights, MeasuresKvTransfer, ReportsHealth, ReportsWeights,
-                                         TransfersKv, describe_weights)
+from services.worker.engine.base import (Engine, EngineRequest, LoadsWeights, MeasuresKvTransfer, PreparesPull, ReportsHealth,
+                                         ReportsWeights, TransfersKv, describe_weights)
 from services.worker.interference import PrefillLedger
 from services.worker.kv import params as kv_params
 from services.worker.role_change import RoleChanger
@@ -238,6 +238,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.weights_loaded.set()
         return worker_pb2.LoadWeightsResponse(weights_source=describe_weights(self.engine.weights_report),
                                               load_s=self.engine.timings["weight_load_s"])
+
+    async def PrepareWeights(self, request: worker_pb2.PrepareWeightsRequest, context
+                             ) -> worker_pb2.PrepareWeightsResponse:
+        if self.weights_loaded.is_set() or self._loading or not isinstance(self.engine, LoadsWeights):
+            raise FailedPrecondition(f"instance {self.info.instance_id} is not a standby waiting for weights")
+        argtypes_address(request.donor_address)
+        if not isinstance(self.engine, PreparesPull):
+            return worker_pb2.PrepareWeightsResponse(prepared=False, detail="this engine has nothing to do ahead")
+        report = await self.engine.prepare_pull(request.donor_address)
+        detail = (f"{report.get('files', 0)} file(s), {report.get('bytes', 0) / 1e6:.1f} MB of {request.donor_address} "
+                  f"mapped and faulted in" if report.get("prepared") else str(report.get("reason", "")))
+        return worker_pb2.PrepareWeightsResponse(prepared=bool(report.get("prepared")), detail=detail,
+                                                 seconds=float(report.get("seconds", 0.0)))
 
     async def SetRole(self, request: worker_pb2.SetRoleRequest, context) -> worker_pb2.SetRoleResponse:
         return await self.roles.change(request, len(self.inflight),

@@ -143,6 +143,19 @@ def test_a_pull_over_tcp_replaces_wrong_weights_exactly(engine, expected, source
     assert greedy(eng, loop) == expected
 
 
+def test_a_pull_prepared_ahead_reads_the_mapped_pages_and_replaces_wrong_weights_exactly(engine, expected, source,
+                                                                                          donor):
+    """PrepareWeights' engine side: the donor's files mapped and faulted in inside vLLM's engine
+    process, then the pull from that donor reads through them."""
+    eng, loop = engine
+    spoil(eng, loop, source, expected)
+    prepared = loop.run(eng.prepare_pull(donor.address))
+    assert prepared["prepared"] and prepared["populated"] and prepared["bytes"] >= source.total_bytes, prepared
+    report = loop.run(eng.pull_weights(donor.address, fallback=False))
+    assert report["source"] == "donor" and report["transport"] == "shm" and report["premapped"], report
+    assert greedy(eng, loop) == expected
+
+
 def test_donor_dying_mid_stream_falls_back_to_storage(engine, expected, source):
     eng, loop = engine
     spoil(eng, loop, source, expected)

@@ -69,12 +69,15 @@ def test_a_scale_up_takes_the_standby_which_pulls_from_the_donor_and_the_pool_re
         assert standby not in registered(r, keys)
         assert pool_status(r, keys)["rss_bytes"] > 0 and pool_status(r, keys)["instance_equivalents"] > 0
         donor_address = registered(r, keys)["hfx-w0"].weights_address
+        # The ready standby is told its donor ahead (PrepareWeights: it maps the donor's files).
+        assert wait_until(lambda: any("prepared its pull from donor hfx-w0" in p.read_text()
+                                      for p in mesh.log_dir.glob("scaler*.log")), 30), mesh.logs()
 
         assert scale(mesh, 2, "standby-up-1").applied
         # The standby registers as itself, with weights from the donor's stream (every tensor checked).
         assert wait_until(lambda: standby in registered(r, keys), 30), mesh.logs()
         inst = registered(r, keys)[standby]
-        assert inst.weights_source.startswith(f"donor {donor_address}"), inst.weights_source
+        assert inst.weights_source == f"donor {donor_address} over shm, mapped ahead", inst.weights_source
         # A replacement is started in the background; the hand-out is recorded with its donor.
         assert wait_until(lambda: (s := pool_status(r, keys)).get("ready") == 1 and standby not in s["members"], 60), \
             pool_status(r, keys)

@@ -65,3 +65,13 @@ def test_scaler_without_d2d_adds_nothing_and_sim_workers_stream_too():
     # Sim workers serve and pull the real stream (their engine drops it: a SIMULATED load).
     servicer, new = _servicer(d2d=True, engine="sim")
     assert servicer._weights_flags(new) == ["--serve-weights"]
+
+
+def test_a_standby_keeps_the_donor_it_mapped_ahead_while_that_one_is_a_donor():
+    busy = cand("busy", running=5)
+    idle = cand("idle")
+    choice = choose_donor([busy, idle], "m", prepared=busy.weights_address)
+    assert choice.instance_id == "busy" and "already mapped" in choice.reason
+    draining = cand("busy", running=5, draining=True)
+    assert choose_donor([draining, idle], "m", prepared=busy.weights_address).instance_id == "idle"
+    assert choose_donor([busy, idle], "m", prepared="127.0.0.1:1").instance_id == "idle"

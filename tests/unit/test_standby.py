@@ -75,3 +75,41 @@ def test_empty_donor_means_storage():
         assert engine.pulls == ["storage"] and reply.weights_source == "storage"
 
     asyncio.run(scenario())
+
+
+class PreparingEngine(WeightsEngine):
+    def __init__(self, prepared: bool) -> None:
+        super().__init__()
+        self.prepared = prepared
+        self.prepares: list[str] = []
+
+    async def prepare_pull(self, address: str) -> dict:
+        self.prepares.append(address)
+        if not self.prepared:
+            return {"prepared": False, "reason": "no-shm: no shared-memory donor here", "seconds": 0.01}
+        return {"prepared": True, "files": 1, "bytes": 2_000_000, "seconds": 0.25}
+
+
+def test_prepare_weights_is_for_standbys_with_a_well_formed_donor_and_says_what_it_did():
+    async def scenario():
+        engine = PreparingEngine(prepared=True)
+        servicer = WorkerServicer(engine, common_pb2.Instance(instance_id="s2"), standby=True)
+        with pytest.raises(InvalidArgument, match="donor_address"):
+            await servicer.PrepareWeights(worker_pb2.PrepareWeightsRequest(donor_address=""), None)
+        reply = await servicer.PrepareWeights(worker_pb2.PrepareWeightsRequest(donor_address="127.0.0.1:7001"), None)
+        assert reply.prepared and reply.seconds == 0.25 and "2.0 MB of 127.0.0.1:7001" in reply.detail
+        assert engine.prepares == ["127.0.0.1:7001"] and not servicer.weights_loaded.is_set()
+        await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(donor_address="127.0.0.1:7001"), None)
+        with pytest.raises(FailedPrecondition):  # loaded: nothing left to prepare
+            await servicer.PrepareWeights(worker_pb2.PrepareWeightsRequest(donor_address="127.0.0.1:7001"), None)
+
+        failing = PreparingEngine(prepared=False)
+        servicer = WorkerServicer(failing, common_pb2.Instance(instance_id="s3"), standby=True)
+        reply = await servicer.PrepareWeights(worker_pb2.PrepareWeightsRequest(donor_address="127.0.0.1:7001"), None)
+        assert not reply.prepared and "no shared-memory donor" in reply.detail
+
+        plain = WorkerServicer(WeightsEngine(), common_pb2.Instance(instance_id="s4"), standby=True)
+        reply = await plain.PrepareWeights(worker_pb2.PrepareWeightsRequest(donor_address="127.0.0.1:7001"), None)
+        assert not reply.prepared and "nothing to do ahead" in reply.detail
+
+    asyncio.run(scenario())

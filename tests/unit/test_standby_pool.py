@@ -115,3 +115,49 @@ def test_with_a_ready_standby_the_policy_starts_from_it_and_its_plan_carries_the
     plan = Autoscaler(config).on_tick(Signals(one, 30.0), 0.0)
     assert [a.start_kind for a in plan.actions if isinstance(a, Start)][0] is StartKind.COLD
     assert plan.details["paid_instances"] == pytest.approx(1.0)
+
+
+# -- telling ready standbys their donor ahead (PrepareWeights, over real gRPC) ------------------
+
+
+def test_each_ready_standby_is_told_its_donor_once_and_keeps_it_while_it_is_one():
+    import asyncio
+
+    import grpc
+
+    from services.common.pb.hfx.v1 import common_pb2, worker_pb2_grpc
+    from services.scaler.donor import DonorCandidate, choose_donor
+    from services.worker.server import WorkerServicer
+    from tests.unit.test_standby import PreparingEngine
+
+    async def scenario():
+        engine = PreparingEngine(prepared=True)
+        server = grpc.aio.server()
+        worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(engine, common_pb2.Instance(instance_id="hfx-s1"),
+                                                                    standby=True), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        sleeper = subprocess.Popen([sys.executable, "-c", "pass"])
+        sleeper.wait()
+        pool = StandbyPool(2, "hfx", spawn=lambda name, port: None)
+        starting, ready = Standby("hfx-s0", 1, sleeper, 0.0), Standby("hfx-s1", port, sleeper, 1.0, ready_s=2.0)
+        pool.members = [starting, ready]
+        donors = [DonorCandidate("busy", "m", "127.0.0.1:7001", running=4), DonorCandidate("idle", "m", "127.0.0.1:7002")]
+        try:
+            for _ in range(3):  # every scaler loop asks; the standby is told once
+                pool.prepare(lambda prepared: choose_donor(donors, "m", prepared=prepared))
+                await asyncio.gather(*pool._loads)
+            assert engine.prepares == ["127.0.0.1:7002"] and ready.prepared_for == "127.0.0.1:7002"
+            assert starting.prepare_asked == ""  # not up yet: nothing to tell
+            donors[1] = DonorCandidate("idle", "m", "127.0.0.1:7002", running=9)  # now the busier one
+            pool.prepare(lambda prepared: choose_donor(donors, "m", prepared=prepared))
+            await asyncio.gather(*pool._loads)
+            assert engine.prepares == ["127.0.0.1:7002"]  # it keeps the donor it mapped
+            donors.pop()  # that donor is gone: the standby is told the other one
+            pool.prepare(lambda prepared: choose_donor(donors, "m", prepared=prepared))
+            await asyncio.gather(*pool._loads)
+            assert engine.prepares == ["127.0.0.1:7002", "127.0.0.1:7001"] and ready.prepared_for == "127.0.0.1:7001"
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())

@@ -147,10 +147,19 @@ class LoadsWeights(ReportsWeights, Protocol):
     async def load_from_storage(self) -> dict: ...
 
 
+@runtime_checkable
+class PreparesPull(LoadsWeights, Protocol):
+    """A standby engine that can do part of a pull ahead, once told its donor (Worker.PrepareWeights):
+    returns a report with "prepared" (bool), "seconds", and "reason" when not prepared."""
+
+    async def prepare_pull(self, address: str) -> dict: ...
+
+
 def describe_weights(report: dict) -> str:
     """One line for the registry and logs: how the weights arrived."""
     if report.get("source") == "donor":
         over = f" over {report['transport']}" if report.get("transport") else ""
+        over += ", mapped ahead" if report.get("premapped") else ""
         return f"donor {report.get('address', '?')}{over}"
     if report.get("failure"):
         return f"storage after {report['failure']}"

@@ -145,6 +145,15 @@ class SimEngine:
         log.info("SIMULATED engine weights: %s", self.weights_report)
         return self.weights_report
 
+    async def prepare_pull(self, address: str) -> dict:
+        """As a vLLM standby: map the donor's files ahead (real; the pull that follows uses them)."""
+        from services.worker.weights.engine_side import prepare_pull
+
+        c = self.config
+        spec = {"address": address, "model_dir": c.model, "transport": c.weights_transport,
+                "stall_timeout_s": c.weights_stall_timeout_s}
+        return await asyncio.get_running_loop().run_in_executor(None, prepare_pull, None, spec)
+
     async def load_from_storage(self) -> dict:
         self.weights_report = {"source": STORAGE}
         return self.weights_report

@@ -39,5 +39,5 @@ def pull_and_drop(model_dir: str, address: str, device: str = "cpu", mode: str =
     except TransferError as err:
         report.update(source=STORAGE, failure=f"{err.kind}: {err}")
     report.update(load_s=time.monotonic() - t0, tensors=stats.tensors, bytes=stats.bytes,
-                  transport=stats.extra.get("transport", ""))
+                  transport=stats.extra.get("transport", ""), premapped=bool(stats.extra.get("premapped")))
     return report

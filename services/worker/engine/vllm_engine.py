@@ -277,13 +277,20 @@ class VllmEngine:
         then raise). Returns and keeps the report (source, timings, bytes, failure)."""
         from services.worker.weights.engine_side import pull_weights
 
-        spec = {"address": address, "model_dir": self.config.model, "device": self.config.device, "fallback": fallback,
-                "transport": self.config.weights_transport,
-                "stall_timeout_s": self.config.weights_stall_timeout_s, "deadline_s": self.config.weights_deadline_s}
+        spec = {**self._pull_spec(address), "fallback": fallback}
         (report,) = await self._llm.collective_rpc(pull_weights, args=(spec,))
         await self._forget_old_kv()
         self.weights_report = report
         log.info("weights: %s", report)
+        return report
+
+    async def prepare_pull(self, address: str) -> dict[str, Any]:
+        """Before pull_weights(address): the transport's work that can be done early, in the
+        engine process (one host: the donor's files mapped there, their pages faulted in)."""
+        from services.worker.weights.engine_side import prepare_pull
+
+        (report,) = await self._llm.collective_rpc(prepare_pull, args=(self._pull_spec(address),))
+        log.info("weights prepared ahead of a pull: %s", report)
         return report
 
     async def load_from_storage(self) -> dict[str, Any]:
@@ -293,6 +300,11 @@ class VllmEngine:
         await self._forget_old_kv()
         self.weights_report = report
         return report
+
+    def _pull_spec(self, address: str) -> dict[str, Any]:
+        return {"address": address, "model_dir": self.config.model, "device": self.config.device,
+                "transport": self.config.weights_transport,
+                "stall_timeout_s": self.config.weights_stall_timeout_s, "deadline_s": self.config.weights_deadline_s}
 
     async def _forget_old_kv(self) -> None:
         """After the weights changed, no KV block computed under the old ones may be reused.

@@ -13,13 +13,14 @@ module (it inherits the worker's sys.path), which needs VLLM_ALLOW_INSECURE_SERI
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from typing import Any
 
 from services.worker.weights import checkpoint
 from services.worker.weights.tcp import ReceiveStats
-from services.worker.weights.transport import transport_for
+from services.worker.weights.transport import PreparesPull, transport_for
 from services.worker.weights.wire import TransferError
 
 
@@ -31,6 +32,7 @@ def pull_weights(worker: Any, spec: dict) -> dict:
 
     runner = worker.model_runner
     model_dir = Path(spec["model_dir"])
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.monotonic()
     index_list = checkpoint.read_index(model_dir)
     index = {t.name: t for t in index_list}
@@ -62,8 +64,31 @@ def pull_weights(worker: Any, spec: dict) -> dict:
         runner.reload_weights(weights_iterator=storage_weights(model_dir), is_checkpoint_format=True)
         report.update(source="storage", storage_load_s=time.monotonic() - t1, load_s=time.monotonic() - t0)
     report.update(tensors=stats.tensors, bytes=stats.bytes, connect_s=stats.connect_s, stream_s=stats.stream_s,
-                  recv_s=stats.recv_s, crc_s=stats.crc_s, transport=stats.extra.get("transport", ""))
+                  recv_s=stats.recv_s, crc_s=stats.crc_s, transport=stats.extra.get("transport", ""),
+                  premapped=bool(stats.extra.get("premapped")),
+                  # page faults this process took during the load (the receiver's side: fresh tensors
+                  # the reload allocates and fills, and the donor's pages unless mapped ahead)
+                  minor_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
     return report
+
+
+def prepare_pull(worker: Any, spec: dict) -> dict:
+    """Ahead of pull_weights from spec["address"]: whatever the transport can do early (shm: map
+    the donor's files and fault their pages in, here, before returning). Never raises for the
+    donor's sake: a failure is reported (prepared False) and the pull later runs as without it."""
+    model_dir = Path(spec["model_dir"])
+    index_list = checkpoint.read_index(model_dir)
+    identity = spec.get("identity") or checkpoint.identity(model_dir, index_list)
+    t0 = time.monotonic()
+    transport = transport_for(spec.get("device", "cpu"), spec.get("transport", "auto"))
+    if not isinstance(transport, PreparesPull):
+        return {"prepared": False, "reason": f"transport {transport.name}: nothing to do ahead", "seconds": 0.0}
+    try:
+        report = transport.prepare(spec["address"], identity, stall_timeout_s=spec.get("stall_timeout_s", 10.0),
+                                   background=False)
+    except TransferError as err:
+        report = {"prepared": False, "reason": f"{err.kind}: {err}"}
+    return {**report, "seconds": time.monotonic() - t0}
 
 
 def load_from_storage(worker: Any, model_dir: str) -> dict:

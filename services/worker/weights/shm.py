@@ -8,20 +8,20 @@ headers still come one per tensor with name, dtype, shape, CRC32 (plus file and 
 receiver checks all of it over the mapped bytes exactly as over a stream (wire.py). A donor that
 dies leaves the receiver's mapping valid (the memfd lives while mapped) but ends the header
 stream: DonorLost, as on TCP. No socket there (another host, no memfds): ShmUnavailable, and the
-caller uses TCP.
+caller uses TCP. A receiver that knows its donor ahead (a standby) can `attach` first: the files
+are mapped and their pages faulted in then (premap.py), and the pull only checks and hands on.
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import socket
 import time
 from collections.abc import Iterator
 
 from services.common import internal_auth
-from services.worker.weights import wire
+from services.worker.weights import premap, wire
 from services.worker.weights.checkpoint import TensorInfo
 from services.worker.weights.source import SharedMemorySource
 from services.worker.weights.tcp import (HELLO_TIMEOUT_S, ReceiveStats, ThreadedServer, _accept_tensor, _check_header,
@@ -60,7 +60,8 @@ class ShmWeightServer(ThreadedServer):
         try:
             with conn:
                 conn.settimeout(HELLO_TIMEOUT_S)
-                if not internal_auth.hello_allowed(_read_frame(conn)):
+                _hello = _read_frame(conn)
+                if not internal_auth.hello_allowed(_hello):
                     log.warning("shared-memory weight stream refused: %s", internal_auth.DENIED_HELLO)
                     conn.sendall(wire.frame({"error": internal_auth.DENIED_HELLO}))
                     return
@@ -68,62 +69,72 @@ class ShmWeightServer(ThreadedServer):
                 manifest = wire.frame({"version": wire.VERSION, "identity": src.identity, "tensors": src.tensor_count,
                                        "total_bytes": src.total_bytes, "files": len(src.fds)})
                 socket.send_fds(conn, [manifest], src.fds)
-                sent = 0
-                for e in src.entries():
-                    conn.sendall(wire.frame({"name": e.info.name, "dtype": e.info.dtype, "shape": list(e.info.shape),
-                                             "nbytes": e.info.nbytes, "crc32": e.crc32,
-                                             "file": src.file_index[e.info.file], "offset": e.info.begin}))
-                    sent += 1
-                conn.sendall(wire.frame({"end": True, "tensors": sent}))
+                if _hello.get("attach"):
+                    return  # a receiver mapping the files ahead of its pull (premap.py): no headers
+                frames = [wire.frame({"name": e.info.name, "dtype": e.info.dtype, "shape": list(e.info.shape),
+                                      "nbytes": e.info.nbytes, "crc32": e.crc32,
+                                      "file": src.file_index[e.info.file], "offset": e.info.begin})
+                          for e in src.entries()]
+                frames.append(wire.frame({"end": True, "tensors": len(frames)}))
+                # One send for every header: the receiver then never waits for this thread to be
+                # scheduled between two tensors (on a busy host that wait was up to 0.05 s a pull).
+                conn.sendall(b"".join(frames))
         except Exception as err:
             log.warning("shared-memory weight stream ended early: %s", err)
+
+
+def attach(address: str, identity: str, *, stall_timeout_s: float = 10.0, background: bool = True) -> dict:
+    """Map the weight files of the donor at `address` now, ahead of a pull from it, and fault
+    their pages in (premap.py; on a daemon thread unless not `background`). Raises
+    ShmUnavailable (no shared-memory donor here), IdentityMismatch, or another TransferError;
+    nothing is kept then. Returns the mapping's report (files, bytes, map_s, populate_s)."""
+    conn = _connect(address, stall_timeout_s)
+    try:
+        with conn:
+            manifest, fds = _handshake(conn, address, identity, attach=True)
+            try:
+                pre = premap.keep(address, identity, fds, background=background)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+    except socket.timeout:
+        raise DonorTooSlow(f"donor {address} sent nothing for {stall_timeout_s:.1f}s") from None
+    except (ConnectionError, OSError) as err:
+        raise DonorLost(f"donor {address} connection failed: {err}") from None
+    return pre.report()
 
 
 def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_timeout_s: float = 10.0,
             deadline_s: float = 300.0, stats: ReceiveStats | None = None, **_: object
             ) -> Iterator[tuple[TensorInfo, memoryview]]:
-    """As tcp.receive, but the bytes are views into the donor's shared pages (copy-on-write)."""
+    """As tcp.receive, but the bytes are views into the donor's shared pages (copy-on-write):
+    through the mapping `attach` made ahead, when it is of the same files, else mapped here.
+    Phases in stats.extra: handshake_s (hello to fds), map_s, premapped, populated."""
     stats = stats if stats is not None else ReceiveStats()
     t0 = time.monotonic()
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.settimeout(stall_timeout_s)
-        conn.connect(socket_name(address))
-    except OSError as err:
-        conn.close()
-        raise ShmUnavailable(f"no shared-memory donor for {address} here: {err}") from None
-    stats.connect_s = time.monotonic() - t0
-    stats.extra["transport"] = "shm"
-    deadline = t0 + deadline_s
-    maps: list[mmap.mmap] = []
-    try:
-        with conn:
-            conn.sendall(wire.frame({"version": wire.VERSION, "identity": identity, **internal_auth.hello_fields()}))
+        conn = _connect(address, stall_timeout_s)
+        stats.connect_s = time.monotonic() - t0
+        stats.extra["transport"] = "shm"
+        deadline = t0 + deadline_s
+        with conn, conn.makefile("rb") as rfile:
             t1 = time.monotonic()
-            head, fds, _flags, _peer = socket.recv_fds(conn, 4, 16)
-            if len(head) < 4:
-                raise DonorLost(f"donor {address} closed before its manifest")
-            body = _recv_exact(conn, wire.parse_frame_length(head))
-            manifest = wire.parse_frame_body(body)
-            wire.check_manifest(manifest, address)
+            manifest, fds = _handshake(conn, address, identity)
+            stats.donor_identity = str(manifest.get("identity", ""))
+            t2 = time.monotonic()
             try:
-                for fd in fds:
-                    size = os.fstat(fd).st_size
-                    maps.append(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
+                pre = premap.take(address, identity, [premap.file_key(fd) for fd in fds])
+                stats.extra.update(premapped=pre is not None, populated=pre is not None and pre.done.is_set())
+                maps = pre.maps if pre is not None else premap.map_files(fds)
             finally:
                 for fd in fds:
                     os.close(fd)
-            stats.donor_identity = str(manifest.get("identity", ""))
-            if manifest.get("version") != wire.VERSION:
-                raise IntegrityError(f"donor {address} speaks wire version {manifest.get('version')}")
-            if stats.donor_identity != identity:
-                raise IdentityMismatch(f"donor {address} serves model {stats.donor_identity[:12]}, "
-                                       f"this worker loads {identity[:12]}")
+            stats.extra.update(handshake_s=t2 - t1, map_s=time.monotonic() - t2)
             seen: set[str] = set()
             while True:
                 if time.monotonic() > deadline:
                     raise DonorTooSlow(f"donor {address}: stream passed its deadline")
-                header = _read_frame(conn)
+                header = _read_buffered_frame(rfile)
                 if header.get("end"):
                     missing = sorted(set(index) - seen)
                     if missing or header.get("tensors") != len(seen):
@@ -143,6 +154,52 @@ def receive(address: str, identity: str, index: dict[str, TensorInfo], *, stall_
         raise DonorTooSlow(f"donor {address} sent nothing for {stall_timeout_s:.1f}s") from None
     except (ConnectionError, OSError) as err:
         raise DonorLost(f"donor {address} connection failed: {err}") from None
+    finally:
+        premap.drop()  # used or not, a pull ends the mapping made ahead of it
+
+
+def _connect(address: str, stall_timeout_s: float) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(stall_timeout_s)
+        conn.connect(socket_name(address))
+    except OSError as err:
+        conn.close()
+        raise ShmUnavailable(f"no shared-memory donor for {address} here: {err}") from None
+    return conn
+
+
+def _handshake(conn: socket.socket, address: str, identity: str, attach: bool = False) -> tuple[dict, list[int]]:
+    """HELLO, then the manifest with the donor's fds (the caller closes them), checked: version
+    and identity. On a failed check the fds are closed and the TransferError raised."""
+    hello = {"version": wire.VERSION, "identity": identity, **internal_auth.hello_fields()}
+    conn.sendall(wire.frame({**hello, "attach": True} if attach else hello))
+    head, fds, _flags, _peer = socket.recv_fds(conn, 4, 16)
+    try:
+        if len(head) < 4:
+            raise DonorLost(f"donor {address} closed before its manifest")
+        manifest = wire.parse_frame_body(_recv_exact(conn, wire.parse_frame_length(head)))
+        wire.check_manifest(manifest, address)
+        if manifest.get("version") != wire.VERSION:
+            raise IntegrityError(f"donor {address} speaks wire version {manifest.get('version')}")
+        if str(manifest.get("identity", "")) != identity:
+            raise IdentityMismatch(f"donor {address} serves model {str(manifest.get('identity', ''))[:12]}, "
+                                   f"this worker loads {identity[:12]}")
+        if len(fds) != manifest.get("files"):
+            raise IntegrityError(f"donor {address} sent {len(fds)} files, its manifest says {manifest.get('files')}")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return manifest, fds
+
+
+def _read_buffered_frame(rfile) -> dict:
+    head = rfile.read(4)
+    body = rfile.read(wire.parse_frame_length(head)) if len(head) == 4 else b""
+    if len(head) < 4 or len(body) < wire.parse_frame_length(head):
+        raise DonorLost("donor closed the stream mid-way")
+    return wire.parse_frame_body(body)
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from services.worker.weights import shm, tcp
 from services.worker.weights.checkpoint import TensorInfo
@@ -46,6 +46,15 @@ class WeightTransport(Protocol):
 
     def receive(self, address: str, identity: str, index: dict[str, TensorInfo], **opts: Any
                 ) -> Iterator[tuple[TensorInfo, memoryview]]: ...
+
+
+@runtime_checkable
+class PreparesPull(Protocol):
+    """A transport that can do part of a pull ahead, once the receiver knows its donor (the shm
+    one: map the donor's files and fault their pages in). Returns a report; raises a
+    TransferError (the pull itself then runs as if nothing was prepared)."""
+
+    def prepare(self, address: str, identity: str, **opts: Any) -> dict: ...
 
 
 MODES = ("auto", "tcp", "shm")
@@ -94,6 +103,18 @@ class CpuTransport:
             else:
                 return _chain(first, stream)
         return tcp.receive(address, identity, index, **opts)
+
+    def prepare(self, address: str, identity: str, **opts: Any) -> dict:
+        """shm and auto: map the donor's files now (shm.attach). TCP has nothing to do ahead."""
+        if self.mode == "tcp":
+            return {"prepared": False, "reason": "transport tcp: nothing to do ahead"}
+        try:
+            return {"prepared": True, **shm.attach(address, identity, stall_timeout_s=opts.get("stall_timeout_s", 10.0),
+                                                   background=opts.get("background", True))}
+        except shm.ShmUnavailable as err:
+            if self.mode == "shm":
+                raise
+            return {"prepared": False, "reason": str(err)}
 
 
 def _chain(first, stream):

@@ -140,6 +140,22 @@ class LoadWeightsResponse(_message.Message):
     load_s: float
     def __init__(self, weights_source: _Optional[str] = ..., load_s: _Optional[float] = ...) -> None: ...
 
+class PrepareWeightsRequest(_message.Message):
+    __slots__ = ("donor_address",)
+    DONOR_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    donor_address: str
+    def __init__(self, donor_address: _Optional[str] = ...) -> None: ...
+
+class PrepareWeightsResponse(_message.Message):
+    __slots__ = ("prepared", "detail", "seconds")
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    prepared: bool
+    detail: str
+    seconds: float
+    def __init__(self, prepared: _Optional[bool] = ..., detail: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class SetRoleRequest(_message.Message):
     __slots__ = ("role", "reason")
     ROLE_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,11 @@ class WorkerStub:
                 request_serializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.SerializeToString,
                 response_deserializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.FromString,
                 _registered_method=True)
+        self.PrepareWeights = channel.unary_unary(
+                '/hfx.v1.Worker/PrepareWeights',
+                request_serializer=hfx_dot_v1_dot_worker__pb2.PrepareWeightsRequest.SerializeToString,
+                response_deserializer=hfx_dot_v1_dot_worker__pb2.PrepareWeightsResponse.FromString,
+                _registered_method=True)
         self.SetRole = channel.unary_unary(
                 '/hfx.v1.Worker/SetRole',
                 request_serializer=hfx_dot_v1_dot_worker__pb2.SetRoleRequest.SerializeToString,
@@ -131,6 +136,17 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareWeights(self, request, context):
+        """Standby workers only, ahead of LoadWeights: do now what a pull from this donor can do early
+        (one host: map the donor's shared weight files and fault their pages in), so that the pull
+        itself is only the checks and the copy. prepared=false (with why) when there is nothing to do
+        or it failed: the pull then runs as without it. INVALID_ARGUMENT for a malformed address;
+        FAILED_PRECONDITION on a worker that already has its weights.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetRole(self, request, context):
         """Changes what the scheduler places here (issue 11) without restarting the engine: the registry
         entry takes the new role and the reason at once; work already running (a decode in progress
@@ -179,6 +195,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.LoadWeights,
                     request_deserializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.FromString,
                     response_serializer=hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.SerializeToString,
+            ),
+            'PrepareWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareWeights,
+                    request_deserializer=hfx_dot_v1_dot_worker__pb2.PrepareWeightsRequest.FromString,
+                    response_serializer=hfx_dot_v1_dot_worker__pb2.PrepareWeightsResponse.SerializeToString,
             ),
             'SetRole': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRole,
@@ -375,6 +396,33 @@ class Worker:
             '/hfx.v1.Worker/LoadWeights',
             hfx_dot_v1_dot_worker__pb2.LoadWeightsRequest.SerializeToString,
             hfx_dot_v1_dot_worker__pb2.LoadWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfx.v1.Worker/PrepareWeights',
+            hfx_dot_v1_dot_worker__pb2.PrepareWeightsRequest.SerializeToString,
+            hfx_dot_v1_dot_worker__pb2.PrepareWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,
