@@ -28,7 +28,7 @@ from services.scheduler.link import Link
 from services.scheduler.live_round import LiveRound
 from services.scheduler.models import InstanceModels
 from services.scheduler.policy import IssuesTickets, Policy, PolicyConfig, make_policy, observe_completion
-from services.scheduler.policy.base import serving_gap
+from services.scheduler.policy.base import gap_after_grace, gap_since, serving_gap
 from services.scheduler.policy.settings import describe
 from services.scheduler.state import ClusterState, Waiting
 from services.scheduler.tickets import TicketDesk, outdated_by
@@ -58,8 +58,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.policy_config = policy_config or PolicyConfig()   # what serving_gap checks against
         self.store = cluster
         self.state = ClusterState()
-        # Requests rejected for their SLO since the role loop last looked (it drains this).
-        self.refused: collections.deque[RequestSpec] = collections.deque(maxlen=4096)
+        # Requests rejected for their SLO since the role loop last looked (it drains this; kept
+        # only when the loop runs).
+        self.refused: collections.deque[RequestSpec] = collections.deque(maxlen=4096 if self.config.role_changes else 0)
         self.models = InstanceModels(refine=config.refine_models)
         self._wake = asyncio.Event()
         self.workers = grpcutil.StubCache(worker_pb2_grpc.WorkerStub)
@@ -196,9 +197,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if roles != self._gap[0]:
             views = tuple(InstanceView(iid, "", convert.role_from_pb(role)) for iid, role in roles)
             gap = serving_gap(ClusterSnapshot(views), self.policy_config)
-            self._gap = (roles, gap, self._gap[2] if gap and self._gap[1] else now_s)
+            self._gap = (roles, gap, gap_since(self._gap[1], self._gap[2], gap, now_s))
         _, gap, since = self._gap
-        return gap if gap and now_s - since >= self.config.serving_gap_grace_s else ""
+        return gap_after_grace(gap, since, now_s, self.config.serving_gap_grace_s)
 
     # -- RPCs ----------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2
 from services.scaler.reconcile import pool_of, pool_slots, reconcile_set, slot_name
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy.base import gap_after_grace, gap_since
 from services.scheduler.server import SchedulerServicer
 from services.scheduler.state import Waiting
 from tests.unit.helpers import make_spec
@@ -110,6 +111,22 @@ def test_a_serving_gap_refuses_only_once_it_has_lasted_the_grace():
     assert s._serving_gap(200.0) == ""
     del s.state.instances["d0"]
     assert s._serving_gap(300.0) == "" and s._serving_gap(300.0 + grace).startswith("no decode capacity")
+
+
+def test_gap_rules_keep_the_first_gaps_start_and_wait_out_the_grace():
+    assert gap_since("", 5.0, "no decode capacity", 9.0) == 9.0            # a new gap starts now
+    assert gap_since("no decode capacity", 5.0, "no prefill capacity", 9.0) == 5.0   # gap follows gap
+    assert gap_since("no decode capacity", 5.0, "", 9.0) == 9.0            # closed
+    assert gap_after_grace("gap", 5.0, 6.9, 2.0) == "" and gap_after_grace("gap", 5.0, 7.0, 2.0) == "gap"
+    assert gap_after_grace("", 0.0, 100.0, 2.0) == ""
+
+
+def test_refusals_are_kept_for_the_role_loop_only_when_it_runs():
+    for on in (False, True):
+        s = servicer(("p0", 1, common_pb2.ROLE_PREFILL), ("d0", 2, common_pb2.ROLE_DECODE),
+                     config=SchedulerConfig(role_changes=on))
+        s.refused.append(make_spec())
+        assert len(s.refused) == (1 if on else 0)
 
 
 def test_worker_role_flag_parses_and_refuses_unknown_roles(capsys):

@@ -167,6 +167,18 @@ def serving_gap(cluster: ClusterSnapshot, config: PolicyConfig) -> str:
             f"may not prefill (pd_local_prefill off); start colocated or prefill workers")
 
 
+def gap_since(previous_gap: str, previous_since_s: float, gap: str, now_s: float) -> float:
+    """When the serving gap `gap` began: a gap that follows a gap keeps the first one's start (the
+    cluster has been unable to serve since then), anything else starts now."""
+    return previous_since_s if gap and previous_gap else now_s
+
+
+def gap_after_grace(gap: str, since_s: float, now_s: float, grace_s: float) -> str:
+    """The serving gap Place refuses with: only once it has lasted `grace_s` ("" before: the cluster
+    counts as starting, e.g. its decode workers registering just after its prefill ones)."""
+    return gap if gap and now_s - since_s >= grace_s else ""
+
+
 def role_change_gap(cluster: ClusterSnapshot, instance_id: str, role: Role, config: PolicyConfig) -> str:
     """Why `instance_id` may not take `role` ("" when it may): the serving_gap of the cluster as
     it would be after the change. One rule for role changes, `hfx up` and Place."""
