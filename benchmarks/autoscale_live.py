@@ -43,7 +43,7 @@ from services.local import cluster
 from services.report.metrics import attainment, attainment_over_time
 from services.scaler.autoscale import AutoscaleConfig
 from services.scaler.autoscale.choice import AUTOSCALERS, BaselineSettings
-from services.sim.autoscale_bench import DEFAULT_WORKLOAD, instance_capacity
+from services.sim.autoscale_bench import DEFAULT_WORKLOAD, instance_capacity, print_autoscalers
 from services.sim.profiles import load_profile
 from services.sim.traces import SwellSpikes
 from services.sim.workload import as_live, at_times, load_workload
@@ -269,24 +269,14 @@ def _measure(name: str, args, trace: Trace, state: cluster.ClusterFile, up_s: fl
 
 
 def print_table(results: list[dict]) -> None:
-    static = next((r for r in results if r["autoscaler"] == "static"), None)
-    hfx = next((r for r in results if r["autoscaler"] == "hfx"), None)
-    print(f"{'autoscaler':<11}{'inst-s':>8}{'vs static':>10}{'attain':>8}{'peak':>6}{'mean':>6}{'done':>6}"
-          f"{'rej':>5}{'fail':>5}{'starts':>7}{'drains':>7}{'removes':>8}")
-    for r in results:
-        vs = f"{r['instance_seconds'] / static['instance_seconds'] - 1:+.1%}" if static else "-"
-        a = r["actions"]
-        print(f"{r['autoscaler']:<11}{r['instance_seconds']:>8.0f}{vs:>10}{r['slo_attainment']:>8.1%}"
-              f"{r['peak_instances']:>6}{r['mean_instances']:>6.1f}{r['done']:>6}{r['rejected']:>5}{r['failed']:>5}"
-              f"{a['Start']:>7}{a['Drain']:>7}{a['Remove']:>8}")
-    print(f"({ENGINE}; instance-seconds: the scaler's meter of the workers it launched (starting, ready or "
-          "draining) from the first request's arrival to the last one's end; attainment counts rejected and "
-          "failed requests as misses)")
-    if hfx:
-        for r in results:
-            if r is not hfx:
-                print(f"hfx vs {r['autoscaler']}: {1 - hfx['instance_seconds'] / r['instance_seconds']:.1%} fewer "
-                      f"instance-seconds, attainment {hfx['slo_attainment']:.1%} vs {r['slo_attainment']:.1%}")
+    counts = [(head, width, lambda r, k=key: f"{r[k]}") for head, width, key in
+              (("done", 6, "done"), ("rej", 5, "rejected"), ("fail", 5, "failed"))]
+    actions = [(head, width, lambda r, k=key: f"{r['actions'][k]}") for head, width, key in
+               (("starts", 7, "Start"), ("drains", 7, "Drain"), ("removes", 8, "Remove"))]
+    print_autoscalers(results, counts + actions,
+                      f"({ENGINE}; instance-seconds: the scaler's meter of the workers it launched (starting, ready or "
+                      "draining) from the first request's arrival to the last one's end; attainment counts rejected "
+                      "and failed requests as misses)")
 
 
 def combine(paths: list[str]) -> tuple[dict, list[dict]]:

@@ -15,6 +15,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services import argtypes
@@ -233,26 +234,39 @@ def run_autoscale_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print(results: list[dict]) -> None:
+Column = tuple[str, int, Callable[[dict], str]]   # header, width, cell
+
+
+def print_autoscalers(results: list[dict], extra: Sequence[Column], note: str) -> None:
+    """One autoscaler per row: instance-seconds (and the change against static provisioning),
+    attainment, peak and mean instances, then `extra` columns; `note` under the table; then hfx
+    against each other autoscaler. Shared by `hfx autoscale-bench` and benchmarks/autoscale_live.py."""
     static = next((r for r in results if r["autoscaler"] == "static"), None)
     hfx = next((r for r in results if r["autoscaler"] == "hfx"), None)
-    print(f"{'autoscaler':<11}{'inst-s':>9}{'vs static':>10}{'attain':>8}{'peak':>6}{'mean':>7}{'rejected':>9}"
-          f"{'starts':>7}{'drains':>7}")
+    columns: list[Column] = [
+        ("inst-s", 9, lambda r: f"{r['instance_seconds']:.0f}"),
+        ("vs static", 10, lambda r: f"{r['instance_seconds'] / static['instance_seconds'] - 1:+.1%}" if static else "-"),
+        ("attain", 8, lambda r: f"{r['slo_attainment']:.1%}"),
+        ("peak", 6, lambda r: f"{r['peak_instances']}"),
+        ("mean", 7, lambda r: f"{r['mean_instances']:.1f}"),
+        *extra]
+    print(f"{'autoscaler':<11}" + "".join(f"{head:>{width}}" for head, width, _ in columns))
     for r in results:
-        vs = f"{r['instance_seconds'] / static['instance_seconds'] - 1:+.1%}" if static else "-"
-        print(f"{r['autoscaler']:<11}{r['instance_seconds']:>9.0f}{vs:>10}{r['slo_attainment']:>8.1%}"
-              f"{r['peak_instances']:>6}{r['mean_instances']:>7.1f}{r['rejected']:>9}{r['actions']['Start']:>7}"
-              f"{r['actions']['Drain']:>7}")
-    print("(instance-seconds from launch to removal, starting and draining included; 'vs static' = change in "
-          "instance-seconds; attainment counts rejected requests as misses)")
+        print(f"{r['autoscaler']:<11}" + "".join(f"{cell(r):>{width}}" for _, width, cell in columns))
+    print(note)
+    for r in results if hfx else ():
+        if r is not hfx:
+            print(f"hfx vs {r['autoscaler']}: {1 - hfx['instance_seconds'] / r['instance_seconds']:.1%} fewer "
+                  f"instance-seconds, attainment {hfx['slo_attainment']:.1%} vs {r['slo_attainment']:.1%}")
+
+
+def _print(results: list[dict]) -> None:
+    print_autoscalers(results, [("rejected", 9, lambda r: f"{r['rejected']}"),
+                                ("starts", 7, lambda r: f"{r['actions']['Start']}"),
+                                ("drains", 7, lambda r: f"{r['actions']['Drain']}")],
+                      "(instance-seconds from launch to removal, starting and draining included; 'vs static' = "
+                      "change in instance-seconds; attainment counts rejected requests as misses)")
     for r in results:
         if "pd" in r:
             print(f"{r['autoscaler']} ran P/D from {r['pd']}: peak {r['peak_prefill']} prefill, {r['peak_decode']} "
                   f"decode, {r['flips']} flip(s)")
-    if hfx:
-        for r in results:
-            if r is hfx:
-                continue
-            saving = 1 - hfx["instance_seconds"] / r["instance_seconds"]
-            print(f"hfx vs {r['autoscaler']}: {saving:.1%} fewer instance-seconds, attainment "
-                  f"{hfx['slo_attainment']:.1%} vs {r['slo_attainment']:.1%}")

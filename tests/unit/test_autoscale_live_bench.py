@@ -47,3 +47,16 @@ def test_combine_refuses_runs_of_different_traces(tmp_path, trace):
     assert [r["autoscaler"] for r in results] == ["static", "hfx"] and doc["peak_rps"] == 17.0
     with pytest.raises(ValueError, match="seed"):
         autoscale_live.combine([str(a), str(c)])
+
+
+def test_the_table_compares_every_autoscaler_with_static_and_hfx_with_the_others(capsys):
+    def row(name, inst_s, att):
+        return {"autoscaler": name, "instance_seconds": inst_s, "slo_attainment": att, "peak_instances": 4,
+                "mean_instances": 2.5, "done": 90, "rejected": 10, "failed": 0,
+                "actions": {"Start": 3, "Drain": 2, "Remove": 2}}
+    autoscale_live.print_table([row("static", 1000.0, 0.99), row("hfx", 400.0, 0.95)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["autoscaler", "inst-s", "vs", "static", "attain", "peak", "mean", "done", "rej",
+                              "fail", "starts", "drains", "removes"]
+    assert out[2].split() == ["hfx", "400", "-60.0%", "95.0%", "4", "2.5", "90", "10", "0", "3", "2", "2"]
+    assert "hfx vs static: 60.0% fewer instance-seconds, attainment 95.0% vs 99.0%" in out
