@@ -245,7 +245,7 @@ def print_autoscalers(results: list[dict], extra: Sequence[Column], note: str) -
     hfx = next((r for r in results if r["autoscaler"] == "hfx"), None)
     columns: list[Column] = [
         ("inst-s", 9, lambda r: f"{r['instance_seconds']:.0f}"),
-        ("vs static", 10, lambda r: f"{r['instance_seconds'] / static['instance_seconds'] - 1:+.1%}" if static else "-"),
+        ("vs static", 10, lambda r: "-" if static is None else f"{r['instance_seconds'] / static['instance_seconds'] - 1:+.1%}"),
         ("attain", 8, lambda r: f"{r['slo_attainment']:.1%}"),
         ("peak", 6, lambda r: f"{r['peak_instances']}"),
         ("mean", 7, lambda r: f"{r['mean_instances']:.1f}"),
@@ -254,8 +254,8 @@ def print_autoscalers(results: list[dict], extra: Sequence[Column], note: str) -
     for r in results:
         print(f"{r['autoscaler']:<11}" + "".join(f"{cell(r):>{width}}" for _, width, cell in columns))
     print(note)
-    for r in results if hfx else ():
-        if r is not hfx:
+    for r in results:
+        if hfx is not None and r is not hfx:
             print(f"hfx vs {r['autoscaler']}: {1 - hfx['instance_seconds'] / r['instance_seconds']:.1%} fewer "
                   f"instance-seconds, attainment {hfx['slo_attainment']:.1%} vs {r['slo_attainment']:.1%}")
 
