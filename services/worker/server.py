@@ -26,21 +26,14 @@ from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2_grpc, worker_pb2
 from services.worker.config import WorkerConfig
 
 
-def argtypes_address(value: str) -> None:
-    """INVALID_ARGUMENT unless HOST:PORT."""
-    from services.argtypes import address
-
-    try:
-        address(value)
-    except Exception as err:
-        raise InvalidArgument("donor_address", str(err)) from None
 from services.worker.engine import make_engine
-from services.worker.engine.base import (Engine, EngineRequest, LoadsWeights, MeasuresKvTransfer, PreparesPull, ReportsHealth,
+from services.worker.engine.base import (Engine, EngineRequest, LoadsWeights, MeasuresKvTransfer, ReportsHealth,
                                          ReportsWeights, TransfersKv, describe_weights)
 from services.worker.interference import PrefillLedger
 from services.worker.kv import params as kv_params
 from services.worker.role_change import RoleChanger
 from services.worker.session import WorkerSession
+from services.worker.standby_weights import StandbyWeights
 from services.worker.trace_spans import LegTimes, record_leg
 
 log = logging.getLogger("hfx.worker")
@@ -57,10 +50,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.roles = roles or RoleChanger(info, engine, heartbeat_ttl_s=5.0)
         self.session_coalesce_s = session_coalesce_s
         # A standby worker's engine holds dummy weights until LoadWeights: it serves nothing before.
-        self.weights_loaded = asyncio.Event()
-        if not standby:
-            self.weights_loaded.set()
-        self._loading = False
+        self.weights = StandbyWeights(engine, info.instance_id, standby)
+        self.weights_loaded = self.weights.loaded
         self.draining = False
         self.inflight: dict[str, common_pb2.RunningEntry] = {}   # what load reports list
         self.preempted: dict[str, str] = {}  # request id -> the scheduler's reason
@@ -219,38 +210,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return info
 
     async def LoadWeights(self, request: worker_pb2.LoadWeightsRequest, context) -> worker_pb2.LoadWeightsResponse:
-        if self.weights_loaded.is_set() or self._loading or not isinstance(self.engine, LoadsWeights):
-            raise FailedPrecondition(f"instance {self.info.instance_id} is not a standby waiting for weights")
-        if request.donor_address:
-            argtypes_address(request.donor_address)
-        self._loading = True
-        started = time.monotonic()
-        try:
-            self.engine.timings["weight_load_started_unix_s"] = time.time()
-            if request.donor_address:
-                await self.engine.pull_weights(request.donor_address)
-            else:
-                await self.engine.load_from_storage()
-            self.engine.timings["weight_load_s"] = time.monotonic() - started
-            self.engine.timings["weight_load_ended_unix_s"] = time.time()
-        finally:
-            self._loading = False
-        self.weights_loaded.set()
-        return worker_pb2.LoadWeightsResponse(weights_source=describe_weights(self.engine.weights_report),
-                                              load_s=self.engine.timings["weight_load_s"])
+        return await self.weights.load(request, context)
 
     async def PrepareWeights(self, request: worker_pb2.PrepareWeightsRequest, context
                              ) -> worker_pb2.PrepareWeightsResponse:
-        if self.weights_loaded.is_set() or self._loading or not isinstance(self.engine, LoadsWeights):
-            raise FailedPrecondition(f"instance {self.info.instance_id} is not a standby waiting for weights")
-        argtypes_address(request.donor_address)
-        if not isinstance(self.engine, PreparesPull):
-            return worker_pb2.PrepareWeightsResponse(prepared=False, detail="this engine has nothing to do ahead")
-        report = await self.engine.prepare_pull(request.donor_address)
-        detail = (f"{report.get('files', 0)} file(s), {report.get('bytes', 0) / 1e6:.1f} MB of {request.donor_address} "
-                  f"mapped and faulted in" if report.get("prepared") else str(report.get("reason", "")))
-        return worker_pb2.PrepareWeightsResponse(prepared=bool(report.get("prepared")), detail=detail,
-                                                 seconds=float(report.get("seconds", 0.0)))
+        return await self.weights.prepare(request, context)
 
     async def SetRole(self, request: worker_pb2.SetRoleRequest, context) -> worker_pb2.SetRoleResponse:
         return await self.roles.change(request, len(self.inflight),

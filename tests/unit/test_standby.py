@@ -113,3 +113,31 @@ def test_prepare_weights_is_for_standbys_with_a_well_formed_donor_and_says_what_
         assert not reply.prepared and "nothing to do ahead" in reply.detail
 
     asyncio.run(scenario())
+
+
+def test_load_weights_leaves_a_span_with_its_donor_and_source(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.common import tracing
+    from services.worker import standby_weights
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(standby_weights, "_tracer", provider.get_tracer("test"))
+
+    async def scenario():
+        servicer = WorkerServicer(WeightsEngine(), common_pb2.Instance(instance_id="s0"), standby=True)
+        await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(donor_address="127.0.0.1:7001"), None)
+        with pytest.raises(FailedPrecondition):   # a second load is refused, and its span says so
+            await servicer.LoadWeights(worker_pb2.LoadWeightsRequest(), None)
+
+    asyncio.run(scenario())
+    first, second = exporter.get_finished_spans()
+    assert first.name == tracing.SPAN_LOAD_WEIGHTS
+    assert first.attributes[tracing.ATTR_INSTANCE] == "s0"
+    assert first.attributes[tracing.ATTR_WEIGHTS_DONOR] == "127.0.0.1:7001"
+    assert first.attributes[tracing.ATTR_WEIGHTS_SOURCE] == "donor 127.0.0.1:7001"
+    assert not second.status.is_ok and tracing.ATTR_WEIGHTS_SOURCE not in second.attributes
