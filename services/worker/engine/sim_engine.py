@@ -147,11 +147,9 @@ class SimEngine:
 
     async def prepare_pull(self, address: str) -> dict:
         """As a vLLM standby: map the donor's files ahead (real; the pull that follows uses them)."""
-        from services.worker.weights.engine_side import prepare_pull
+        from services.worker.weights.engine_side import prepare_pull, pull_spec
 
-        c = self.config
-        spec = {"address": address, "model_dir": c.model, "transport": c.weights_transport,
-                "stall_timeout_s": c.weights_stall_timeout_s}
+        spec = {**pull_spec(self.config, address), "device": "cpu"}   # as pull_weights: sim weights are host memory
         return await asyncio.get_running_loop().run_in_executor(None, prepare_pull, None, spec)
 
     async def load_from_storage(self) -> dict:

@@ -302,9 +302,9 @@ class VllmEngine:
         return report
 
     def _pull_spec(self, address: str) -> dict[str, Any]:
-        return {"address": address, "model_dir": self.config.model, "device": self.config.device,
-                "transport": self.config.weights_transport,
-                "stall_timeout_s": self.config.weights_stall_timeout_s, "deadline_s": self.config.weights_deadline_s}
+        from services.worker.weights.engine_side import pull_spec
+
+        return pull_spec(self.config, address)
 
     async def _forget_old_kv(self) -> None:
         """After the weights changed, no KV block computed under the old ones may be reused.

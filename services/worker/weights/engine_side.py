@@ -24,6 +24,14 @@ from services.worker.weights.transport import PreparesPull, transport_for
 from services.worker.weights.wire import TransferError
 
 
+def pull_spec(config: Any, address: str) -> dict[str, Any]:
+    """What pull_weights and prepare_pull take, from a worker's config (WorkerConfig): one place
+    for every engine that pulls."""
+    return {"address": address, "model_dir": config.model, "device": config.device,
+            "transport": config.weights_transport, "stall_timeout_s": config.weights_stall_timeout_s,
+            "deadline_s": config.weights_deadline_s}
+
+
 def pull_weights(worker: Any, spec: dict) -> dict:
     """Load the model's weights from the donor at spec["address"]; on a TransferError fall back
     to the checkpoint in spec["model_dir"] (unless spec["fallback"] is False: then re-raise).
