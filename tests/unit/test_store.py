@@ -81,32 +81,35 @@ def test_draining_marks_and_autoscale_status(redis_url):
     run(go())
 
 
+class StartRecorder:
+    """An actuator stand-in: records each start (device, role) and names the worker it started."""
+    kind = "test"
+
+    def __init__(self, started: str):
+        self.started, self.calls = started, []
+
+    async def start(self, device, start_kind, role="colocated"):
+        self.calls.append(("start", device, role))
+        return self.started
+
+
 def test_autoscale_decisions_apply_once_even_when_replayed(redis_url):
     """A restarted scaler replaying a plan (same decision ids) does not act twice."""
     from services.scaler.autoscale import Drain, Plan, Start, StartKind
     from services.scaler.autoscaling import AutoscaleLoop, LiveOptions
 
-    class Recorder:  # the actuator: records what it is asked to do
-        kind = "test"
-
-        def __init__(self):
-            self.calls = []
-
-        async def start(self, device, start_kind, role="colocated"):
-            self.calls.append(("start", device))
-            return "w9"
-
+    class Recorder(StartRecorder):
         async def drain(self, instance_id):
             self.calls.append(("drain", instance_id))
 
     async def go():
         s = store.ClusterStore(store.connect(redis_url), Keys("t-once"))
         plan = Plan((Start("run1-1", "why", "cpu", StartKind.COLD), Drain("run1-2", "why", "w3")), 2, "why")
-        actuator = Recorder()
+        actuator = Recorder("w9")
         for _ in range(2):
             loop = AutoscaleLoop(None, s, actuator, None, LiveOptions(), "127.0.0.1:1")
             await loop.apply(plan, 100.0)
-        assert actuator.calls == [("start", "cpu"), ("drain", "w3")]
+        assert actuator.calls == [("start", "cpu", "colocated"), ("drain", "w3")]
         assert loop.last_decision is None   # the replaying loop applied nothing
     run(go())
 
@@ -142,36 +145,26 @@ def test_pd_autoscale_starts_by_role_and_flips_through_set_role(redis_url, caplo
     from services.scaler.autoscale import Flip, Plan, Start, StartKind
     from services.scaler.autoscaling import AutoscaleLoop, LiveOptions
 
-    class Starter:
-        kind = "test"
-
-        def __init__(self):
-            self.calls = []
-
-        async def start(self, device, start_kind, role="colocated"):
-            self.calls.append(("start", role))
-            return "hfx-p1"
-
-    class Flipper(Starter):
+    class Flipper(StartRecorder):
         async def set_role(self, instance_id, role, reason):
             if instance_id == "hfx-p0":
                 raise InvalidArgument("role", "changing hfx-p0 to decode would leave the cluster unable to serve")
             self.calls.append(("set_role", instance_id, role))
 
-    assert isinstance(Flipper(), RoleChanger) and not isinstance(Starter(), RoleChanger)
+    assert isinstance(Flipper("hfx-p1"), RoleChanger) and not isinstance(StartRecorder("hfx-p1"), RoleChanger)
 
     async def go():
         s = store.ClusterStore(store.connect(redis_url), Keys("t-pd"))
-        flipper = Flipper()
+        flipper = Flipper("hfx-p1")
         loop = AutoscaleLoop(None, s, flipper, None, LiveOptions(), "127.0.0.1:1")
         await loop.apply(Plan((Start("pd-1", "prefill grows", "cpu", StartKind.COLD, role="prefill"),
                                Flip("pd-2", "flip hfx-d1 decode -> prefill", "hfx-d1", "prefill"))), 1.0)
-        assert flipper.calls == [("start", "prefill"), ("set_role", "hfx-d1", "prefill")]
+        assert flipper.calls == [("start", "cpu", "prefill"), ("set_role", "hfx-d1", "prefill")]
         assert loop.last_decision["decision_id"] == "pd-2" and loop.last_decision["role"] == "prefill"
         assert json.loads(await s.redis.get("t-pd:scale:pd-1"))["role"] == "prefill"
         await loop.apply(Plan((Flip("pd-3", "flip hfx-p0", "hfx-p0", "decode"),)), 2.0)
         assert loop.last_decision["decision_id"] == "pd-2"          # refused: not applied
-        plain = AutoscaleLoop(None, s, Starter(), None, LiveOptions(), "127.0.0.1:1")
+        plain = AutoscaleLoop(None, s, StartRecorder("hfx-p1"), None, LiveOptions(), "127.0.0.1:1")
         await plain.apply(Plan((Flip("pd-4", "flip hfx-d2", "hfx-d2", "prefill"),)), 3.0)
         assert plain.last_decision is None
     run(go())
