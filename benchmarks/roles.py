@@ -14,8 +14,8 @@ worker's registry write, the linking (a warm-up transfer per new link), and the 
 decision to the first request that prefilled on the instance in its new role reaching its first
 token; and whether any request failed.
 
-`live-mix` (the real mesh, SIMULATED workers): the same shifting mix sent open-loop through the
-router of a fresh `hfx up --prefill P --decode D` per mode, once with the ratio fixed and once
+`live-mix` (the real mesh; SIMULATED workers, or real vLLM CPU workers with `--engine vllm`): the
+same shifting mix sent open-loop through the router of a fresh `hfx up --prefill P --decode D` per mode, once with the ratio fixed and once
 with the scheduler's role loop on (`--role-changes`); attainment per phase and per 10 s window,
 and each change the scaler carried out with its time (from the scaler's log). Use a profile
 whose token rate this machine can serve for 16 workers (benchmarks/sim-cpu-tiny-x10.json) and
@@ -25,6 +25,7 @@ the same flags is its simulator counterpart.
   python -m benchmarks.roles sim [--instances 16] [--ratio 8:8] [--rate 20] [--no-local-prefill]
   python -m benchmarks.roles live [--engine sim|vllm] [--changes 6]
   python -m benchmarks.roles live-mix [--ratio 2:14] [--rate 3] [--profile FILE] [--max-model-len 2048]
+  python -m benchmarks.roles live-mix --engine vllm --instances 3 --ratio 2:1 --rate 4 --profile FILE ...
 """
 
 from __future__ import annotations

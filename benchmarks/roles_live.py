@@ -169,6 +169,10 @@ def add_mix_parser(sub) -> None:
     p.add_argument("--instances", type=argtypes.positive_int, default=16, help="default %(default)s")
     p.add_argument("--modes", nargs="+", choices=["fixed", "roles"], default=["fixed", "roles"],
                    help="run the fixed ratio, the role policy (scheduler --role-changes), or both (default both)")
+    p.add_argument("--engine", default="sim", choices=["sim", "vllm"],
+                   help="workers' engine (default %(default)s). vllm: real vLLM CPU workers, each profiled at "
+                        "start; --profile then only sets the SLOs (multiples of its unloaded latency) and "
+                        "should be a measured one (`hfx profile --out FILE`)")
     add_mix_arguments(p)
     p.set_defaults(func=mix_main)
 
@@ -213,14 +217,16 @@ def mix_main(args) -> int:
     model = str(ensure_default_model())
     vocab = int(json.loads((Path(model) / "config.json").read_text()).get("vocab_size", 32000))
     profile = args.profile if not Path(args.profile).is_file() else str(Path(args.profile).resolve())
+    engines = (f"SIMULATED engines (profile {args.profile})" if args.engine == "sim"
+               else f"vLLM CPU engines (real inference; SLOs scaled from profile {args.profile})")
     print(f"live mesh: router, scheduler (hfx), scaler, Redis real; {n_p} prefill + {n_d} decode workers, "
-          f"SIMULATED engines (profile {args.profile}); requests sent open-loop at their arrival times")
+          f"{engines}; requests sent open-loop at their arrival times")
     for mode in args.modes:
         home = Path(tempfile.mkdtemp(prefix=f"hfx-roles-{mode}-"))
         classes = home / "classes.yaml"
         _classes_yaml(workload, classes)
         opts = cluster.UpOptions(home=home, model=model, workers=0, router_port=procs.free_port(), redis_url=None,
-                                 policy="hfx", engine="sim", tracing="off", timeout_s=300, classes=str(classes),
+                                 policy="hfx", engine=args.engine, tracing="off", timeout_s=600, classes=str(classes),
                                  metrics=False, prefill=n_p, decode=n_d, pd_local_prefill=args.local_prefill,
                                  sim_profile=profile, role_changes=mode == "roles")
         state = cluster.up(opts)
