@@ -149,7 +149,7 @@ class SimEngine:
         """As a vLLM standby: map the donor's files ahead (real; the pull that follows uses them)."""
         from services.worker.weights.engine_side import prepare_pull, pull_spec
 
-        spec = {**pull_spec(self.config, address), "device": "cpu"}   # as pull_weights: sim weights are host memory
+        spec = pull_spec(self.config, address, "cpu")   # as pull_weights: sim weights are host memory
         return await asyncio.get_running_loop().run_in_executor(None, prepare_pull, None, spec)
 
     async def load_from_storage(self) -> dict:

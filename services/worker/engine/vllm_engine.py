@@ -304,7 +304,7 @@ class VllmEngine:
     def _pull_spec(self, address: str) -> dict[str, Any]:
         from services.worker.weights.engine_side import pull_spec
 
-        return pull_spec(self.config, address)
+        return pull_spec(self.config, address, self.config.device)
 
     async def _forget_old_kv(self) -> None:
         """After the weights changed, no KV block computed under the old ones may be reused.

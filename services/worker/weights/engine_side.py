@@ -24,10 +24,10 @@ from services.worker.weights.transport import PreparesPull, transport_for
 from services.worker.weights.wire import TransferError
 
 
-def pull_spec(config: Any, address: str) -> dict[str, Any]:
-    """What pull_weights and prepare_pull take, from a worker's config (WorkerConfig): one place
-    for every engine that pulls."""
-    return {"address": address, "model_dir": config.model, "device": config.device,
+def pull_spec(config: Any, address: str, device: str) -> dict[str, Any]:
+    """What pull_weights and prepare_pull take, from an engine's config (its model and weights_*
+    settings) and the device the weights land on: one place for every engine that pulls."""
+    return {"address": address, "model_dir": config.model, "device": device,
             "transport": config.weights_transport, "stall_timeout_s": config.weights_stall_timeout_s,
             "deadline_s": config.weights_deadline_s}
 
