@@ -66,7 +66,8 @@ class Hfx:
         if not cluster.instances or not bounds:
             return []
         budgets = [self._budget(inst) for inst in cluster.instances]
-        table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set())
+        # Tickets are spent later, behind whatever step runs then: the estimated in-flight charge.
+        table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set(), reported_step=False)
         granted: dict[int, Grant] = {}
         for bound in bounds:
             probe = bound.probe("ticket-probe", now_s)
