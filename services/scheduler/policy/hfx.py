@@ -266,7 +266,8 @@ class Hfx:
 
     def _attempt(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision], note: str = "") -> bool:
         """Try an SLO request (a resumed one past its deadline goes best effort); a failure of
-        one that is due (own slack <= defer_slack_ms) puts the cluster under pressure."""
+        one that is due (own slack <= defer_slack_ms), or any failure while more are queued than
+        there are instances, puts the cluster under pressure."""
         late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
         if self._try(entry, table, now_s, decisions, best_effort=late_resume, note=note) is not None:
             return True
@@ -281,10 +282,11 @@ class Hfx:
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
                 and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
             return True
-        # Pressure only when one that cannot wait does not fit: a loose request (own slack above
-        # defer_slack_ms) that fits nowhere yet will get its turn, and deferring others for it
-        # would hold requests back at a load where everyone fits (issue 17, fourth pass).
-        if slack_ms <= self.config.defer_slack_ms:
+        # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
+        # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
+        # the cluster keeps up will get its turn: deferring others for it held requests back at a
+        # load where everyone fits (issue 17, fourth pass).
+        if slack_ms <= self.config.defer_slack_ms or len(self.queue.known) > len(table.ids):
             self._pressure_until_s = now_s + self.config.pressure_window_ms / 1000.0
         return False
 
