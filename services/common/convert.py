@@ -119,6 +119,10 @@ def load_to_pb(instance_id: str, load: d.InstanceLoad) -> common_pb2.LoadReport:
         reported_unix_s=load.reported_s, draining=load.draining, steps_total=load.steps_total,
         recent_steps=[common_pb2.StepSample(prefill_tokens=st.prefill_tokens, decode_seqs=st.decode_seqs,
                                             kv_tokens=st.kv_tokens, step_ms=st.step_ms) for st in load.recent_steps],
+        reports_step=load.reports_step,
+        step_in_flight=None if load.step_in_flight is None else common_pb2.StepInFlight(
+            started_unix_s=load.step_in_flight.started_s, prefill_tokens=load.step_in_flight.prefill_tokens,
+            decode_seqs=load.step_in_flight.decode_seqs, kv_tokens=load.step_in_flight.kv_tokens),
     )
 
 
@@ -129,7 +133,10 @@ def load_from_pb(pb: common_pb2.LoadReport) -> d.InstanceLoad:
         recent_step_ms=tuple(pb.recent_step_ms), reported_s=pb.reported_unix_s, draining=pb.draining,
         recent_steps=tuple(d.StepSample(st.prefill_tokens, st.decode_seqs, st.kv_tokens, st.step_ms)
                            for st in pb.recent_steps),
-        steps_total=pb.steps_total,
+        steps_total=pb.steps_total, reports_step=pb.reports_step,
+        step_in_flight=d.StepInFlight(pb.step_in_flight.started_unix_s, pb.step_in_flight.prefill_tokens,
+                                      pb.step_in_flight.decode_seqs, pb.step_in_flight.kv_tokens)
+        if pb.reports_step and pb.HasField("step_in_flight") else None,
     )
 
 

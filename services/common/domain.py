@@ -125,6 +125,18 @@ class StepSample:
 
 
 @dataclass(frozen=True)
+class StepInFlight:
+    """The engine step that was running when a load was reported: when it began (the clock of
+    InstanceLoad.reported_s) and what it holds, so a policy can predict its end with the
+    instance's latency model (LatencyModel.step_ms of the same three terms)."""
+
+    started_s: float
+    prefill_tokens: int
+    decode_seqs: int
+    kv_tokens: int
+
+
+@dataclass(frozen=True)
 class InstanceLoad:
     running_requests: int = 0
     waiting_requests: int = 0
@@ -135,6 +147,10 @@ class InstanceLoad:
     draining: bool = False
     recent_steps: tuple[StepSample, ...] = ()  # with composition, when the engine knows it
     steps_total: int = 0                       # steps so far; recent_steps end at this count
+    # reports_step: the engine says which step it was running at reported_s (step_in_flight;
+    # None then means between steps). False: it does not say (step_in_flight is always None).
+    reports_step: bool = False
+    step_in_flight: StepInFlight | None = None
 
 
 @dataclass(frozen=True)

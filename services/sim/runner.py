@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from services.common.domain import (ClusterSnapshot, Decision, InstanceLoad, InstanceView, Leg, Preemption, RequestSpec,
-                                    Role, RunningRequest, ScheduleResult, Verdict)
+                                    Role, RunningRequest, ScheduleResult, StepInFlight, Verdict)
 from services.scheduler.apply import apply
 from services.scheduler.policy import Policy, observe_completion
 from services.report.records import RequestRecord, RunResult
@@ -67,6 +67,7 @@ class _Node:
     draining: bool = False      # set by an autoscaler (services/sim/scaling.py): no new placements
     role: Role = Role.COLOCATED
     prefill_done_s: float = float("-inf")   # when a prefill leg last ended here (InstanceView)
+    step_started_s: float = 0.0             # when the step in flight began (sim.busy)
 
 
 class Simulation:
@@ -293,6 +294,11 @@ class Simulation:
                 if ms > 0:
                     self._busy_s += ms / 1000.0
                     self._push(self.now_s + ms / 1000.0, "step", node)
+                    node.step_started_s = self.now_s
+                    # The step's start and shape, as a worker reports them (InstanceLoad.step_in_flight);
+                    # the load figures stay those of the last refresh (what the policies saw so far).
+                    if node.view is not None:
+                        node.view = replace(node.view, load=replace(node.view.load, step_in_flight=self._step_of(node)))
 
     def set_role(self, instance_id: str, role: Role) -> None:
         """A role change (issue 11): new legs follow the new role; legs placed before it finish
@@ -331,12 +337,23 @@ class Simulation:
         if running_changed:  # a new tuple only when the set changed, so policies can cache on it
             node.running_view = tuple(node.placed.values())
         load = InstanceLoad(len(sim.running), len(sim.waiting), sim.kv_used_tokens / sim.kv_capacity_tokens,
-                            sim.kv_capacity_tokens, (sim.last_step_ms,), self.now_s)
+                            sim.kv_capacity_tokens, (sim.last_step_ms,), self.now_s, reports_step=True,
+                            step_in_flight=self._step_of(node))
         if node.draining:
             load = replace(load, draining=True)
         node.view = InstanceView(sim.instance_id, f"sim://{sim.instance_id}", role=node.role, load=load,
                                  running=node.running_view, latency_model=sim.model,
                                  prefill_done_s=node.prefill_done_s)
+
+    @staticmethod
+    def _step_of(node: _Node) -> StepInFlight | None:
+        """The step in flight on `node` (None between steps): its start and its shape. The shape
+        is what the model was evaluated on, not the duration: a policy predicts the end itself,
+        as it must for a live worker's report (step_noise makes the two differ)."""
+        if not node.sim.busy:
+            return None
+        prefill, decodes, kv = node.sim.last_step_shape
+        return StepInFlight(node.step_started_s, prefill, decodes, kv)
 
     def _finish(self, rec: RequestRecord) -> None:
         self._done += 1

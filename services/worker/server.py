@@ -67,6 +67,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             kv_usage=stats.kv_usage, kv_capacity_tokens=stats.kv_capacity_tokens,
             recent_step_ms=tuple(stats.recent_step_ms), reported_s=time.time(), draining=self.draining,
             recent_steps=tuple(stats.recent_steps), steps_total=stats.steps_total,
+            reports_step=stats.reports_step, step_in_flight=stats.step_in_flight,
         )
         report = convert.load_to_pb(self.info.instance_id, load)
         report.running.extend(self.inflight.values())

@@ -1,5 +1,5 @@
 from services.common import convert
-from services.common.domain import Decision, InstanceLoad, Role, Sampling, Slo, Verdict
+from services.common.domain import Decision, InstanceLoad, Role, Sampling, Slo, StepInFlight, Verdict
 from services.common.pb.hfx.v1 import scheduler_pb2
 from tests.unit.helpers import make_spec
 
@@ -19,6 +19,15 @@ def test_load_round_trips():
     load = InstanceLoad(running_requests=3, waiting_requests=1, kv_usage=0.25, kv_capacity_tokens=4096,
                         recent_step_ms=(2.0, 3.5), reported_s=99.0, draining=True)
     assert convert.load_from_pb(convert.load_to_pb("i0", load)) == load
+
+
+def test_the_step_in_flight_round_trips_and_between_steps_stays_none():
+    running = InstanceLoad(reported_s=99.0, reports_step=True, step_in_flight=StepInFlight(98.995, 480, 3, 1200))
+    assert convert.load_from_pb(convert.load_to_pb("i0", running)) == running
+    between = InstanceLoad(reported_s=99.0, reports_step=True)
+    assert convert.load_from_pb(convert.load_to_pb("i0", between)).step_in_flight is None
+    # An engine that does not report its step: not "between steps".
+    assert not convert.load_from_pb(convert.load_to_pb("i0", InstanceLoad(reported_s=99.0))).reports_step
 
 
 def test_enums_round_trip():

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from services.common.domain import ClusterSnapshot, Slo, Verdict
+from services.common.domain import ClusterSnapshot, Slo, StepInFlight, TicketBound, Verdict
 from services.scheduler.policy import PolicyConfig, make_policy
 from tests.unit.helpers_sched import MODEL, make_instance, make_request
 
@@ -147,3 +147,37 @@ def test_what_pressure_held_back_is_released_paced_not_all_at_once():
     hfx.schedule([gone, a, b], idle, 0.0)
     placed = [d.request_id for d in hfx.schedule([gone, a, b], idle, 1.1).decisions if d.request_id in ("a", "b")]
     assert placed == ["a", "b"]
+
+
+def test_the_reported_step_in_flight_replaces_the_worst_case_wait():
+    """Busy i0 (a, b as above: step s = 3 ms, no backlog). x (L=50, TTFT 6 ms): 1 step * 3 +
+    0.5 = 3.5 ms of its own, slack 3.5 ms (not its last chance). Without a report of the step in
+    flight it is charged a whole step: 6.5 > 6, it waits (as in the last-chance test). When the
+    load report says a step of 2 decodes (2 + 0.5*2 = 3 ms by the model) began 2 ms ago, 1 ms is
+    left: 4.5 <= 6, admitted now. A reported step past its predicted end (began 5 ms ago) or a
+    "between steps" report older than step_report_max_age_ms cannot tell: the whole step again.
+    A fresh "between steps" report: nothing to wait for, 3.5 ms."""
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    x = make_request(request_id="x", prompt_tokens=50, slo=Slo(6.0, 10.0))
+
+    def busy(**load):
+        inst = make_instance(running=(a, b), placed_s=-10.0)
+        return replace(inst, load=replace(inst.load, **load))
+
+    def place(inst):
+        return make_policy("hfx", CFG).schedule([x], cluster(inst), 0.0).decisions
+
+    assert place(busy()) == ()
+    (d,) = place(busy(reports_step=True, reported_s=-0.002, step_in_flight=StepInFlight(-0.002, 0, 2, 0)))
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(4.5) and "last chance" not in d.reason
+    assert place(busy(reports_step=True, reported_s=-0.005, step_in_flight=StepInFlight(-0.005, 0, 2, 0))) == ()
+    assert place(busy(reports_step=True, reported_s=-0.01)) == ()
+    (d,) = place(busy(reports_step=True, reported_s=0.0))
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(3.5)
+    # Tickets are spent later, behind whatever step runs then: they keep the whole-step charge.
+    probe = TicketBound(50, 10, 6.0, 10.0)
+    assert make_policy("hfx", CFG).tickets(cluster(busy(reports_step=True, reported_s=0.0)), [probe], 0.0) == []
+    (g,) = make_policy("hfx", CFG).tickets(cluster(busy(reports_step=True, reported_s=0.0)),
+                                           [replace(probe, min_ttft_ms=7.0)], 0.0)
+    assert g.predicted_ttft_ms == pytest.approx(6.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -173,6 +174,30 @@ def test_loose_requests_deferred_while_slo_requests_are_turned_away():
     cfg = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, defer_slack_ms=0.0)
     (d,) = make_policy("hfx", cfg).schedule([tight, loose], cluster(inst), 0.0).decisions
     assert d.request_id == "loose"
+
+
+def test_a_loose_request_that_fits_nowhere_yet_defers_nobody():
+    """Issue 17, fourth pass: pressure comes from a request that cannot wait, or a queue. Two
+    instances each running r. "big" (L=600, like "tight" above it does not fit beside r: 10.5 >
+    9.9 ms) has a 5-s TTFT (slack ~4982 ms > defer_slack_ms): it can wait its turn, so with two
+    queued on two instances its failed fit defers nobody and "loose" (it fits) is admitted in the
+    same pass. Before, one failed fit of anyone deferred every loose request for 500 ms, at a
+    load where everyone fits. "tight" (slack 82 ms) failing still does, and so does big's once
+    more are queued than there are instances (three)."""
+    r = make_request(request_id="r", slo=Slo(1000.0, 3.6))
+    two = cluster(make_instance("i0", running=(r,), placed_s=-10.0),
+                  make_instance("i1", running=(replace(r, request_id="r1"),), placed_s=-10.0))
+    big = make_request(request_id="big", prompt_tokens=600, slo=Slo(5000.0, 50.0))
+    loose = make_request(request_id="loose", prompt_tokens=100, slo=Slo(5010.0, 50.0))
+    hfx = make_policy("hfx", CFG)
+    (d,) = hfx.schedule([big, loose], two, 0.0).decisions
+    assert d.request_id == "loose" and d.verdict == Verdict.ADMIT and hfx.deferrals == 0
+    tight = make_request(request_id="tight", prompt_tokens=600, slo=Slo(100.0, 50.0))
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([tight, loose], two, 0.0).decisions == () and hfx.deferrals == 1
+    other = make_request(request_id="other", prompt_tokens=100, slo=Slo(5020.0, 50.0))
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([big, loose, other], two, 0.0).decisions == () and hfx.deferrals == 1
 
 
 def test_placement_best_fit_consolidates_spread_balances():

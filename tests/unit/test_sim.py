@@ -135,3 +135,33 @@ def test_comparison_says_when_the_baseline_never_collapses_or_a_goodput_is_undef
     assert comparison([_rec("hfx", 10, 0.9, 600.0, 10)]) is None  # no baseline in the sweep
     zero = comparison([_rec("fcfs", 10, 0.0, 900.0, None), _rec("hfx", 10, 0.5, 600.0, None)])
     assert zero["attainment_ratio"] is None and "(inf)" in describe_comparison(zero)
+
+
+def test_the_view_reports_the_step_in_flight_as_a_worker_would():
+    """The policy's snapshot carries when the step in flight began and its shape (not its
+    duration: the policy predicts that with its model); between steps it says so."""
+    from services.common.domain import ClusterSnapshot, RequestSpec, Slo
+    from services.sim.runner import Simulation
+    from services.sim.workload import SimRequestSpec
+
+    seen = []
+
+    class Spy:
+        name = "spy"
+
+        def __init__(self):
+            self.inner = make_policy("fcfs", policy_config(get_profile("cpu-tiny")))
+
+        def schedule(self, waiting, cluster: ClusterSnapshot, now_s):
+            seen.append((now_s, cluster.instances[0].load))
+            return self.inner.schedule(waiting, cluster, now_s)
+
+    spec = lambda rid, t: RequestSpec(rid, 600, 4, Slo(1000.0, 100.0), arrival_s=t)  # noqa: E731
+    Simulation(Spy(), get_profile("cpu-tiny"), 1, 1, tickets=False).run(
+        [SimRequestSpec(spec("a", 0.0), 4), SimRequestSpec(spec("b", 0.001), 4)])
+    (t0, first), (t1, second) = seen[0], seen[1]
+    assert first.reports_step and first.step_in_flight is None and first.reported_s == t0 == 0.0
+    # "b" arrives 1 ms into the first step: the first chunk of "a"'s 600-token prompt.
+    step = second.step_in_flight
+    assert t1 == 0.001 and step is not None and step.started_s == 0.0
+    assert (step.prefill_tokens, step.decode_seqs) == (get_profile("cpu-tiny").chunk_tokens, 0)

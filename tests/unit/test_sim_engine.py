@@ -5,6 +5,7 @@ recovers the model it simulates; the scheduler's per-instance models from profil
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 
 import pytest
@@ -189,3 +190,26 @@ def test_scheduler_models_start_from_the_profile_and_refine_from_new_steps_only(
     assert models.online["w0"].steps == total
     models.forget(set())
     assert not models.has("w0") and models.observe("w0", InstanceLoad()) is None
+
+
+def test_stats_say_which_step_runs_and_when_it_began(tmp_path):
+    """Load reports carry the step in flight (InstanceLoad.step_in_flight) so the scheduler's
+    fit test can wait for what is left of it: its shape, and its start on the time.time() clock
+    (the step loop runs on the engine's own clock); between steps, none."""
+    engine, clock = make_engine_on(write_profile(tmp_path))
+
+    async def main():
+        await engine.start()
+        task = asyncio.create_task(collect(engine, clock, request("a", [7] * 600, 3)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        mid = engine.stats()
+        await task
+        return mid, engine.stats()
+
+    before = time.time()
+    mid, after = run(main())
+    assert mid.reports_step and mid.step_in_flight is not None
+    assert (mid.step_in_flight.prefill_tokens, mid.step_in_flight.decode_seqs, mid.step_in_flight.kv_tokens) == (512, 0, 600)
+    assert before <= mid.step_in_flight.started_s <= time.time()
+    assert after.reports_step and after.step_in_flight is None

@@ -79,6 +79,12 @@ class PolicyConfig:
     # default workload it was +4.4..+6.4 points at 14-18 req/s with 16 cpu-tiny-x10 instances
     # (3 seeds) and +0.4..+1.4 with 4 cpu-tiny instances at 20-28 req/s; 1.5 was worse than 1.0.
     inflight_step_share: float = 1.0
+    # ...unless the instance's load report says which step it runs (InstanceLoad.step_in_flight):
+    # then the wait is that step's predicted end (its latency-model time from its start) and
+    # nothing once it has ended. A report of no step in flight counts only while it is at most
+    # this old (a worker with work starts its next step at once); a step past its predicted end
+    # (it ran long, or the report is older than it) falls back to the charge above.
+    step_report_max_age_ms: float = 1.0
     # Placement of a request whose time left to its TTFT deadline is below this many times its
     # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
     tight_ttft_factor: float = 2.0

@@ -2,8 +2,9 @@
 
 A request fits instance m when, by m's latency model (notation in budget.py):
  (1) own first token:   w + ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now, where
-                        w = inflight_step_share * (s + c1*min(B, C')) on a busy instance (the step
-                        in flight, which it cannot join), 0 on an idle one
+                        w = what is left of the step in flight (which it cannot join) when the
+                        load report says which step runs (inflight_left_ms), else
+                        inflight_step_share * (s + c1*min(B, C')) on a busy instance, 0 on an idle one
  (2) running requests:  bank_r - min(O, remaining_r)*(s' - s) - c1*L  >=  0  for every protected
                         running r (its chunked prefill and the slower step s' eat into r's bank;
                         the slower step lasts only while both decode: min(O, r's remaining steps))
@@ -20,20 +21,40 @@ from typing import Sequence
 
 import numpy as np
 
-from services.common.domain import InstanceView, RequestSpec, Role
+from services.common.domain import InstanceView, LatencyModel, RequestSpec, Role
 from services.scheduler.policy.base import PolicyConfig, outstanding
 from services.scheduler.policy.budget import InstanceBudget
+
+
+def inflight_left_ms(inst: InstanceView, model: LatencyModel, now_s: float, max_age_ms: float) -> float | None:
+    """How long `inst` still runs the engine step in flight at now_s, by its load report (a new
+    prefill cannot join that step), or None when the report cannot tell: the engine does not say
+    which step it runs; the reported step should have ended by its latency model (it ran long, or
+    the report is older than the step); or the report says "between steps" but is older than
+    max_age_ms (a worker with work starts its next step at once)."""
+    load = inst.load
+    if not load.reports_step:
+        return None
+    step = load.step_in_flight
+    if step is None:
+        age_ms = (now_s - load.reported_s) * 1000.0
+        return 0.0 if 0.0 <= age_ms <= max_age_ms else None
+    elapsed_ms = (now_s - step.started_s) * 1000.0
+    predicted_ms = model.step_ms(step.prefill_tokens, step.decode_seqs, step.kv_tokens)
+    return predicted_ms - elapsed_ms if 0.0 <= elapsed_ms <= predicted_ms else None
 
 
 class FitTable:
     def __init__(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget],
                  config: PolicyConfig, now_s: float, banned: set[str], reserve: bool = False,
-                 links: frozenset[tuple[str, str]] | None = None) -> None:
+                 links: frozenset[tuple[str, str]] | None = None, reported_step: bool = True) -> None:
         """reserve: test (2) charges each instance's least bank for its longest remaining run
         (bank - min(O, max_r remaining_r)*(s' - s)), a conservative bound that keeps room back
         for arrivals to come (HFX sets it while the cluster is under pressure or a queue forms);
         otherwise each running request is charged for its own remaining steps only. links: the
-        P-D pairs that may split a request (None: any pair)."""
+        P-D pairs that may split a request (None: any pair). reported_step: test (1) waits for
+        the step in flight as the load report tells it (inflight_left_ms) where it can; False
+        (tickets, which are spent later, whatever step runs then) always charges the estimate."""
         self.config = config
         self.budgets = budgets
         self.reserve = reserve
@@ -61,6 +82,10 @@ class FitTable:
         self.min_tpot = np.zeros(len(budgets))
         self.bank_ms = np.zeros(len(budgets))
         self.backlog = np.zeros(len(budgets))
+        # What the load reports say is left of each step in flight (nan: they cannot tell).
+        left = [inflight_left_ms(i, b.model, now_s, config.step_report_max_age_ms) if reported_step else None
+                for i, b in zip(instances, budgets)]
+        self.step_left_ms = f([np.nan if x is None else x for x in left])
         for idx in range(len(budgets)):
             self._load_row(idx, now_s)
         self._flatten()
@@ -98,8 +123,9 @@ class FitTable:
         self.per_step = np.maximum(1.0, self.config.chunk_tokens - self.n)
         self.kv_room = self.kv_limit - self.kv_peak
         busy = (self.n > 0) | (self.backlog > 0)
-        self.inflight_ms = np.where(busy, self.config.inflight_step_share
-                                    * (self.s + self.c1 * np.minimum(self.backlog, self.per_step)), 0.0)
+        estimate_ms = np.where(busy, self.config.inflight_step_share
+                               * (self.s + self.c1 * np.minimum(self.backlog, self.per_step)), 0.0)
+        self.inflight_ms = np.where(np.isnan(self.step_left_ms), estimate_ms, self.step_left_ms)
         self.open = self._open()
 
     def _load_row(self, idx: int, now_s: float) -> None:

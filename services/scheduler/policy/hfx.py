@@ -66,7 +66,8 @@ class Hfx:
         if not cluster.instances or not bounds:
             return []
         budgets = [self._budget(inst) for inst in cluster.instances]
-        table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set())
+        # Tickets are spent later, behind whatever step runs then: the estimated in-flight charge.
+        table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set(), reported_step=False)
         granted: dict[int, Grant] = {}
         for bound in bounds:
             probe = bound.probe("ticket-probe", now_s)
@@ -264,8 +265,9 @@ class Hfx:
             self._try(entry, table, now_s, decisions, best_effort=True)
 
     def _attempt(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision], note: str = "") -> bool:
-        """Try an SLO request (a resumed one past its deadline goes best effort); a failure puts
-        the cluster under pressure."""
+        """Try an SLO request (a resumed one past its deadline goes best effort); a failure of
+        one that is due (own slack <= defer_slack_ms), or any failure while more are queued than
+        there are instances, puts the cluster under pressure."""
         late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
         if self._try(entry, table, now_s, decisions, best_effort=late_resume, note=note) is not None:
             return True
@@ -280,7 +282,12 @@ class Hfx:
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
                 and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
             return True
-        self._pressure_until_s = now_s + self.config.pressure_window_ms / 1000.0
+        # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
+        # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
+        # the cluster keeps up will get its turn: deferring others for it held requests back at a
+        # load where everyone fits (issue 17, fourth pass).
+        if slack_ms <= self.config.defer_slack_ms or len(self.queue.known) > len(table.ids):
+            self._pressure_until_s = now_s + self.config.pressure_window_ms / 1000.0
         return False
 
     def _place_due(self, table: FitTable, now_s: float, decisions: list[Decision], tried: set[str]) -> list[Entry]:

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from services.common.domain import FinishReason, Sampling, StepSample
+from services.common.domain import FinishReason, Sampling, StepInFlight, StepSample
 from services.worker.kv.params import KvParams
 
 
@@ -45,6 +45,10 @@ class EngineStats:
     recent_step_ms: tuple[float, ...] = ()  # durations of the latest busy engine steps, oldest first
     recent_steps: tuple[StepSample, ...] = ()  # the same with their composition, when known
     steps_total: int = 0                       # steps so far (recent_steps end at this count)
+    # The step running now (started_s on the time.time() clock; None: between steps), when the
+    # engine knows it (reports_step); load reports carry it (InstanceLoad.step_in_flight).
+    reports_step: bool = False
+    step_in_flight: StepInFlight | None = None
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.common.domain import FinishReason, StepSample
+from services.common.domain import FinishReason, StepInFlight, StepSample
 from services.sim.instance import SimInstance, SimSeq
 from services.sim.profiles import Profile, load_profile
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
@@ -129,6 +129,7 @@ class SimEngine:
         self._steps: collections.deque[StepSample] = collections.deque(maxlen=RECENT_STEPS)
         self.steps_total = 0
         self._t_end_s: float | None = None
+        self._step_started_s: float | None = None   # the step in flight began (engine clock)
         # P/D emulation, SIMULATED: a prefill leg "stages" nothing and names a transfer at this
         # placeholder address; a decode leg skips the prefill of the tokens it was told are staged.
         self.kv_address = SIM_KV_ADDRESS
@@ -274,8 +275,10 @@ class SimEngine:
                 await self._wake.wait()
                 continue
             end = start + ms / 1000.0
+            self._step_started_s = start
             await clock.sleep(end - clock.now_s())
             self._t_end_s = end
+            self._step_started_s = None
             self._finish_step(sim.end_step(), ms)
 
     def _finish_step(self, out, ms: float) -> None:
@@ -310,7 +313,17 @@ class SimEngine:
             running_requests=len(sim.running), waiting_requests=len(sim.waiting),
             kv_usage=sim.kv_used_tokens / sim.kv_capacity_tokens, kv_capacity_tokens=sim.kv_capacity_tokens,
             recent_step_ms=tuple(s.step_ms for s in steps), recent_steps=steps, steps_total=self.steps_total,
+            reports_step=True, step_in_flight=self._step_in_flight(),
         )
+
+    def _step_in_flight(self) -> StepInFlight | None:
+        """The step running now, its start on the time.time() clock of load reports (the step loop
+        keeps the engine's clock): what a policy needs to predict when a new prefill can start."""
+        started, sim = self._step_started_s, self.sim
+        if started is None or sim is None or not sim.busy:
+            return None
+        prefill, decodes, kv = sim.last_step_shape
+        return StepInFlight(time.time() - (self.clock.now_s() - started), prefill, decodes, kv)
 
     async def shutdown(self) -> None:
         if self._loop_task is not None:

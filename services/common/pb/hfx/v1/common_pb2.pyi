@@ -58,7 +58,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_capacity_tokens", "recent_step_ms", "reported_unix_s", "draining", "recent_steps", "steps_total", "running", "lists_running")
+    __slots__ = ("instance_id", "running_requests", "waiting_requests", "kv_usage", "kv_capacity_tokens", "recent_step_ms", "reported_unix_s", "draining", "recent_steps", "steps_total", "running", "lists_running", "reports_step", "step_in_flight")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class LoadReport(_message.Message):
     STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     LISTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     running_requests: int
     waiting_requests: int
@@ -83,7 +85,21 @@ class LoadReport(_message.Message):
     steps_total: int
     running: _containers.RepeatedCompositeFieldContainer[RunningEntry]
     lists_running: bool
-    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., recent_step_ms: _Optional[_Iterable[float]] = ..., reported_unix_s: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_steps: _Optional[_Iterable[_Union[StepSample, _Mapping]]] = ..., steps_total: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningEntry, _Mapping]]] = ..., lists_running: _Optional[bool] = ...) -> None: ...
+    reports_step: bool
+    step_in_flight: StepInFlight
+    def __init__(self, instance_id: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., recent_step_ms: _Optional[_Iterable[float]] = ..., reported_unix_s: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_steps: _Optional[_Iterable[_Union[StepSample, _Mapping]]] = ..., steps_total: _Optional[int] = ..., running: _Optional[_Iterable[_Union[RunningEntry, _Mapping]]] = ..., lists_running: _Optional[bool] = ..., reports_step: _Optional[bool] = ..., step_in_flight: _Optional[_Union[StepInFlight, _Mapping]] = ...) -> None: ...
+
+class StepInFlight(_message.Message):
+    __slots__ = ("started_unix_s", "prefill_tokens", "decode_seqs", "kv_tokens")
+    STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_SEQS_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    started_unix_s: float
+    prefill_tokens: int
+    decode_seqs: int
+    kv_tokens: int
+    def __init__(self, started_unix_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_seqs: _Optional[int] = ..., kv_tokens: _Optional[int] = ...) -> None: ...
 
 class RunningEntry(_message.Message):
     __slots__ = ("request_id", "prompt_tokens", "max_tokens", "output_tokens", "slo", "priority", "started_unix_s")
