@@ -35,6 +35,9 @@ class WorkerConfig:
     kv_cache_memory_bytes: int = 256 * 1024 * 1024
     max_num_seqs: int = 64
     cpu_cores: str = ""                  # CPU engines: cores for this worker's engine threads
+    # CPU engines: advise transparent huge pages for the engine's large allocations (torch's and
+    # malloc's): a standby's pull takes ~20x fewer page faults (BENCHMARKS.md, issue 12, fifth pass).
+    cpu_huge_pages: bool = False
     max_model_len: int = 0               # 0: the model's own
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off

@@ -55,6 +55,7 @@ class VllmEngineConfig:
     standby: bool = False  # start with dummy weights and load none: pull_weights / load_from_storage later
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
+    cpu_huge_pages: bool = False  # CPU only: the engine's large allocations on transparent huge pages (device.py)
     # P/D KV transfer (services/worker/kv): HFX's connector in the engine and its transfer server
     # on kv_host:kv_port (0: a free port), staged KV held kv_lease_s, pulls bounded by kv_deadline_s.
     kv_transfer: bool = False
@@ -101,6 +102,13 @@ def engine_args(config: VllmEngineConfig, kv_transfer_config: Any = None) -> dic
     args.update(config.extra_engine_args)
     args.update(device_engine_kwargs(config.device, kv_cache_memory_bytes=config.kv_cache_memory_bytes))
     return args
+
+
+def engine_environment(config: VllmEngineConfig, inherited: Mapping[str, str]) -> dict[str, str]:
+    """What start() adds to the environment that vLLM's engine core process inherits, over
+    `inherited`: the device seam's settings (CPU cores, huge pages)."""
+    return device_environment(config.device, cpu_cores=config.cpu_cores, huge_pages=config.cpu_huge_pages,
+                              inherited=inherited)
 
 
 class _StatsSink:
@@ -219,7 +227,7 @@ class VllmEngine:
             # Read by vLLM when it configures logging, here and in its engine subprocess.
             os.environ.setdefault("VLLM_LOGGING_LEVEL", self.config.vllm_log_level)
         # Inherited by the engine core process that vLLM spawns next.
-        os.environ.update(device_environment(self.config.device, cpu_cores=self.config.cpu_cores))
+        os.environ.update(engine_environment(self.config, os.environ))
         pinned = pin_cpu_cores(self.config.device, self.config.cpu_cores)
         if pinned is not None:
             log.info("bound to CPU cores %s (the engine core inherits it)", sorted(pinned))
