@@ -31,7 +31,8 @@ taking turns within each of --repeats rounds, so they share the machine's condit
   default  the worker's default            on     --cpu-huge-pages (torch's and glibc's advice)
   off      --no-cpu-huge-pages             torch  off, plus THP_MEM_ALLOC_ENABLE=1 for the worker
   glibc    off, plus GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for the worker
-(the donor runs with the worker's default). With --serve-requests N, after its first token the
+(the donor runs with the worker's default). A variant may end in "/cold": the standby then skips
+its rehearsal reload at start (--no-standby-warm-reload); a variant may be named more than once. With --serve-requests N, after its first token the
 new worker also serves N concurrent greedy requests of --serve-tokens tokens (distinct prompts of
 --serve-prompt-tokens), --serve-rounds times: TTFT and TPOT as the client sees them, then the
 resident memory of its processes (RssAnon, of it AnonHugePages; RssShmem apart).
@@ -406,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown scenarios {sorted(unknown)}")
     variants = [v for v in args.huge_pages.split(",") if v]
-    if not variants or set(variants) - set(HUGE_PAGES):
+    if not variants or {v.partition("/")[0] for v in variants} - set(HUGE_PAGES) or \
+            {v.partition("/")[2] for v in variants} - {"", "cold"}:
         p.error(f"--huge-pages: expected variants from {sorted(HUGE_PAGES)}")
     model_dir = Path(args.model)
     files = checkpoint.weight_files(model_dir)
@@ -466,7 +468,10 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
             load = DonorLoad(donor_info.address, args.donor_load_tokens).start()
             time.sleep(5.0)  # a baseline before the decision
     standby = donor_info.weights_address if donor_info is not None and name.startswith("standby-") else None
-    flags, env = HUGE_PAGES[variant]
+    base, _, cold = variant.partition("/")
+    flags, env = HUGE_PAGES[base]
+    if cold:
+        flags = (*flags, "--no-standby-warm-reload")
     row = scale_up(run, f"new{i}", args.receiver_cores, *extra, standby_load=standby, prepare=name == "standby-d2d",
                    flags=flags, env=env)
     proc = row.pop("proc")

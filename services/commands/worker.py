@@ -72,6 +72,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--standby", action="store_true",
                    help="engine vllm (or sim, SIMULATED): start the engine with dummy weights and wait, unregistered, for a LoadWeights "
                         "call (donor address or storage) before registering (default: off)")
+    p.add_argument("--standby-warm-reload", action=argparse.BooleanOptionalAction,
+                   default=WorkerConfig.standby_warm_reload,
+                   help="with --standby, engine vllm: rehearse one weight reload at start (zeros, no file read), so "
+                        "the load at the decision runs faster (default %(default)s)")
     p.add_argument("--kv-transfer", action="store_true",
                    help="engine vllm: P/D KV transfer: stage a prefill leg's KV for a decode worker and pull a "
                         "decode leg's KV from its prefill worker (default: off)")
@@ -119,6 +123,7 @@ def cmd_worker(args) -> int:
         weights_stall_timeout_s=args.weights_stall_timeout, weights_deadline_s=args.weights_deadline,
         weights_transport=args.weights_transport,
         serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
+        standby_warm_reload=args.standby_warm_reload,
         kv_transfer=args.kv_transfer, kv_port=args.kv_port, kv_lease_s=args.kv_lease_s,
         kv_deadline_s=args.kv_deadline_s, pd_local_prefill=args.pd_local_prefill is not False,
     )

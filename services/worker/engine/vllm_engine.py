@@ -53,6 +53,7 @@ class VllmEngineConfig:
     weights_deadline_s: float = 300.0       # a whole pull slower than this falls back to storage
     weights_transport: str = "auto"  # "auto" (shared memory on one host, else TCP), "tcp", "shm"
     standby: bool = False  # start with dummy weights and load none: pull_weights / load_from_storage later
+    standby_warm_reload: bool = True  # a standby rehearses one reload at start (engine_side.warm_reload)
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
     cpu_huge_pages: bool = False  # CPU only: the engine's large allocations on transparent huge pages (device.py)
@@ -263,6 +264,13 @@ class VllmEngine:
         self._sink.kv_capacity_tokens = self._kv_capacity_tokens
         if self.config.standby:
             self.weights_report = {"source": "none (standby, dummy weights)"}
+            if self.config.standby_warm_reload:
+                from services.worker.weights.engine_side import warm_reload
+
+                (warm,) = await self._llm.collective_rpc(warm_reload, args=(self.config.model,))
+                self.timings["standby_warm_reload_s"] = warm["seconds"]
+                log.info("standby: reload rehearsed on zeros in %.2f s (%d minor faults)", warm["seconds"],
+                         warm["minor_faults"])
         elif self.config.weights_from:
             t1 = time.monotonic()
             self.timings["weight_load_started_unix_s"] = time.time()
