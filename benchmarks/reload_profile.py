@@ -58,7 +58,8 @@ def profiled_reload(worker: Any, model_dir: str, reloads: int, top: int) -> dict
 async def one_variant(model_dir: str, cores: str, huge_pages: bool, reloads: int, top: int) -> dict:
     from services.worker.engine.vllm_engine import VllmEngine, VllmEngineConfig
 
-    engine = VllmEngine(VllmEngineConfig(model=model_dir, standby=True, cpu_cores=cores, cpu_huge_pages=huge_pages))
+    engine = VllmEngine(VllmEngineConfig(model=model_dir, standby=True, standby_warm_reload=False, cpu_cores=cores,
+                                         cpu_huge_pages=huge_pages))
     await engine.start()
     try:
         (report,) = await engine._llm.collective_rpc(profiled_reload, args=(model_dir, reloads, top))

@@ -48,7 +48,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--cpu-huge-pages", action=argparse.BooleanOptionalAction, default=WorkerConfig.cpu_huge_pages,
                    help="device cpu: advise transparent huge pages for the engine's large allocations (torch's "
                         "THP_MEM_ALLOC_ENABLE, glibc.malloc.hugetlb=1); no effect where the kernel's THP is off "
-                        "(default %(default)s)")
+                        "(default: on with --standby or --weights-from, whose weight load it speeds up; off else)")
     p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
     p.add_argument("--weights-from", type=argtypes.weights_from, default=None,

@@ -37,7 +37,8 @@ class WorkerConfig:
     cpu_cores: str = ""                  # CPU engines: cores for this worker's engine threads
     # CPU engines: advise transparent huge pages for the engine's large allocations (torch's and
     # malloc's): a standby's pull takes ~20x fewer page faults (BENCHMARKS.md, issue 12, fifth pass).
-    cpu_huge_pages: bool = False
+    # None: on where the engine reloads its weights (standby, weights_from), off elsewhere.
+    cpu_huge_pages: bool | None = None
     max_model_len: int = 0               # 0: the model's own
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off

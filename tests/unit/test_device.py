@@ -74,3 +74,14 @@ def test_pin_binds_this_process_and_nothing_off_cpu():
         os.sched_setaffinity(0, before)
     assert pin_cpu_cores("cuda", "0") is None and pin_cpu_cores("cpu", "") is None
     assert os.sched_getaffinity(0) == before
+
+
+def test_huge_pages_by_default_only_where_the_engine_reloads_its_weights():
+    def env(**settings):
+        config = VllmEngineConfig.from_settings(WorkerConfig(model="m", instance_id="w", **settings))
+        return engine_environment(config, inherited={})
+
+    assert "THP_MEM_ALLOC_ENABLE" in env(standby=True) and "GLIBC_TUNABLES" in env(weights_from="127.0.0.1:1")
+    assert "THP_MEM_ALLOC_ENABLE" not in env() and "GLIBC_TUNABLES" not in env()
+    assert "THP_MEM_ALLOC_ENABLE" not in env(standby=True, cpu_huge_pages=False)
+    assert "THP_MEM_ALLOC_ENABLE" in env(cpu_huge_pages=True)

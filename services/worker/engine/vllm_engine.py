@@ -56,7 +56,9 @@ class VllmEngineConfig:
     standby_warm_reload: bool = True  # a standby rehearses one reload at start (engine_side.warm_reload)
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
-    cpu_huge_pages: bool = False  # CPU only: the engine's large allocations on transparent huge pages (device.py)
+    # CPU only: the engine's large allocations on transparent huge pages (device.py); None = on for
+    # engines that start with dummy weights and reload (standby, weights_from), off otherwise.
+    cpu_huge_pages: bool | None = None
     # P/D KV transfer (services/worker/kv): HFX's connector in the engine and its transfer server
     # on kv_host:kv_port (0: a free port), staged KV held kv_lease_s, pulls bounded by kv_deadline_s.
     kv_transfer: bool = False
@@ -108,8 +110,10 @@ def engine_args(config: VllmEngineConfig, kv_transfer_config: Any = None) -> dic
 def engine_environment(config: VllmEngineConfig, inherited: Mapping[str, str]) -> dict[str, str]:
     """What start() adds to the environment that vLLM's engine core process inherits, over
     `inherited`: the device seam's settings (CPU cores, huge pages)."""
-    return device_environment(config.device, cpu_cores=config.cpu_cores, huge_pages=config.cpu_huge_pages,
-                              inherited=inherited)
+    huge_pages = config.cpu_huge_pages
+    if huge_pages is None:  # measured for the reload only (BENCHMARKS.md, issue 12, fifth pass)
+        huge_pages = bool(config.standby or config.weights_from)
+    return device_environment(config.device, cpu_cores=config.cpu_cores, huge_pages=huge_pages, inherited=inherited)
 
 
 class _StatsSink:
