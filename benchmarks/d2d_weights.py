@@ -24,11 +24,24 @@ files and faults them in, timed apart as "prepare"; the decision is its LoadWeig
 donor's address), standby-d2d-unprepared (the same without PrepareWeights: the pull maps the files
 itself). Also in the same run: memcpy bandwidth (numpy copy between two pre-faulted
 buffers of the checkpoint's size) and each transport alone (this process pulls from the donor
-over shm and over TCP and checks every tensor, loading nothing).
+over shm and over TCP and checks every tensor, loading nothing; --no-transport-alone skips it).
+
+Huge pages (--huge-pages, issue 12 fifth pass): each scale-up runs once per variant, the variants
+taking turns within each of --repeats rounds, so they share the machine's conditions:
+  default  the worker's default            on     --cpu-huge-pages (torch's and glibc's advice)
+  off      --no-cpu-huge-pages             torch  off, plus THP_MEM_ALLOC_ENABLE=1 for the worker
+  glibc    off, plus GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for the worker
+(the donor runs with the worker's default). A variant may end in "/cold": the standby then skips
+its rehearsal reload at start (--no-standby-warm-reload); a variant may be named more than once. With --serve-requests N, after its first token the
+new worker also serves N concurrent greedy requests of --serve-tokens tokens (distinct prompts of
+--serve-prompt-tokens), --serve-rounds times: TTFT and TPOT as the client sees them, then the
+resident memory of its processes (RssAnon, of it AnonHugePages; RssShmem apart).
 
   python -m benchmarks.d2d_weights                         # the tiny model
   python -m services.cli model init --params 500M          # ~1 GB checkpoint, once
   python -m benchmarks.d2d_weights --params 500M --out benchmarks/d2d-500M.json
+  python -m benchmarks.d2d_weights --params 500M --scenarios standby-d2d --donor-load-tokens 0 \
+      --huge-pages off,on --repeats 4 --no-transport-alone --serve-requests 8
 
 Needs the machine to itself (engines on --donor-cores / --receiver-cores).
 """
@@ -62,6 +75,14 @@ from services.worker.weights.transport import transport_for
 PROMPT = [1, 43, 343, 1515, 1196, 15, 262, 1294]
 SCENARIOS = ("storage-cold", "storage-warm", "d2d", "d2d-tcp", "standby-d2d", "standby-d2d-unprepared", "vllm-cold",
              "vllm-warm")
+# The new worker's flags and extra environment per huge-pages variant (see the docstring).
+HUGE_PAGES = {
+    "default": ((), {}),
+    "on": (("--cpu-huge-pages",), {}),
+    "off": (("--no-cpu-huge-pages",), {}),
+    "torch": (("--no-cpu-huge-pages",), {"THP_MEM_ALLOC_ENABLE": "1"}),
+    "glibc": (("--no-cpu-huge-pages",), {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
+}
 
 
 def memcpy_gbps(nbytes: int, repeats: int = 3) -> float:
@@ -127,12 +148,12 @@ class Run:
         self.procs.append(redis_server.start(self.redis_port, self.home, self.home / "redis.log", die_with_parent=True))
         redis_server.wait_ready(self.redis_url)
 
-    def spawn_worker(self, name: str, cores: str, *extra: str):
+    def spawn_worker(self, name: str, cores: str, *extra: str, env: dict[str, str] | None = None):
         cmd = procs.hfx_command(
             "worker", "--model", self.args.model, "--instance-id", name, "--redis-url", self.redis_url,
             "--redis-prefix", self.prefix, "--no-profile-at-start", "--cpu-cores", cores,
             "--kv-cache-mib", str(self.args.kv_cache_mib), *extra)
-        proc = procs.spawn(cmd, self.home / f"{name}.log", die_with_parent=True)
+        proc = procs.spawn(cmd, self.home / f"{name}.log", env=env, die_with_parent=True)
         self.procs.append(proc)
         return proc
 
@@ -193,14 +214,15 @@ def wait_grpc(address: str, proc, timeout_s: float) -> None:
 
 
 def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | None = None,
-             prepare: bool = False) -> dict:
+             prepare: bool = False, flags: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict:
     """One scale-up. standby_load: start a standby worker first (not timed), and let the decision be
     its LoadWeights call with this donor address; prepare: before the decision, tell the standby
-    that donor (PrepareWeights, timed apart)."""
+    that donor (PrepareWeights, timed apart). flags, env: the new worker's (standby's) own flags and
+    extra environment."""
     prepared: dict = {}
     if standby_load is not None:
         port = procs.free_port()
-        proc = run.spawn_worker(name, cores, "--standby", "--port", str(port))
+        proc = run.spawn_worker(name, cores, "--standby", "--port", str(port), *flags, env=env)
         wait_grpc(f"127.0.0.1:{port}", proc, run.args.timeout)
         if prepare:
             t = time.monotonic()
@@ -213,7 +235,7 @@ def scale_up(run: Run, name: str, cores: str, *extra: str, standby_load: str | N
     decided_unix = time.time()
     t0 = time.monotonic()
     if standby_load is None:
-        proc = run.spawn_worker(name, cores, *extra)
+        proc = run.spawn_worker(name, cores, *extra, *flags, env=env)
     else:
         with grpcutil.sync_channel(f"127.0.0.1:{port}") as channel:
             worker_pb2_grpc.WorkerStub(channel).LoadWeights(
@@ -280,6 +302,65 @@ class DonorLoad:
         return (statistics.mean(sel) * 1000 if sel else float("nan")), len(sel)
 
 
+def serve_load(address: str, requests: int, tokens: int, prompt_tokens: int, rounds: int, seed: int) -> dict:
+    """`rounds` x `requests` concurrent greedy requests of `tokens` tokens, distinct prompts (no
+    prefix-cache hits): TTFT and TPOT (first to last token / (tokens - 1)) as the client sees them."""
+    ttft_ms: list[float] = []
+    tpot_ms: list[float] = []
+    for r in range(rounds):
+        results: list[tuple[float, list[float]]] = [(0.0, [])] * requests
+
+        def one(i: int) -> None:
+            base = (seed * 1000 + r * requests + i) * 7919
+            prompt = [1] + [10 + (base + k * 31) % 1000 for k in range(prompt_tokens - 1)]
+            t0 = time.monotonic()
+            arrivals: list[float] = []
+            with grpcutil.sync_channel(address) as channel:
+                req = worker_pb2.WorkerGenerateRequest(
+                    request_id=uuid.uuid4().hex, prompt_token_ids=prompt,
+                    sampling=common_pb2.SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True))
+                for chunk in worker_pb2_grpc.WorkerStub(channel).Generate(req, timeout=300):
+                    arrivals.extend([time.monotonic()] * len(chunk.token_ids))
+            results[i] = (t0, arrivals)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(requests)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for t0, arrivals in results:
+            ttft_ms.append((arrivals[0] - t0) * 1000)
+            if len(arrivals) > 1:
+                tpot_ms.append((arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) * 1000)
+    return {"requests": requests * rounds, "tokens": tokens, "prompt_tokens": prompt_tokens,
+            "ttft_ms_mean": statistics.mean(ttft_ms), "ttft_ms_p50": statistics.median(ttft_ms),
+            "ttft_ms_max": max(ttft_ms), "tpot_ms_mean": statistics.mean(tpot_ms),
+            "tpot_ms_p50": statistics.median(tpot_ms), "tpot_ms_max": max(tpot_ms)}
+
+
+def group_memory(pgid: int) -> dict:
+    """Resident memory of every process in the group (the worker and its vLLM engine core), kB
+    summed: RssAnon, of it AnonHugePages (smaps_rollup), and RssShmem (the donor's mapped pages)."""
+    total = {"processes": 0, "rss_anon_kb": 0, "anon_huge_kb": 0, "rss_shmem_kb": 0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            status = Path(f"/proc/{entry}/status").read_text()
+            rollup = Path(f"/proc/{entry}/smaps_rollup").read_text()
+        except (OSError, ProcessLookupError):
+            continue
+        fields = {line.split(":")[0]: line.split()[1] for line in (status + rollup).splitlines()
+                  if ":" in line and len(line.split()) >= 2}
+        total["processes"] += 1
+        total["rss_anon_kb"] += int(fields.get("RssAnon", 0))
+        total["anon_huge_kb"] += int(fields.get("AnonHugePages", 0))
+        total["rss_shmem_kb"] += int(fields.get("RssShmem", 0))
+    return total
+
+
 def transport_alone(address: str, model_dir: Path, mode: str) -> dict:
     index_list = checkpoint.read_index(model_dir)
     index = {t.name: t for t in index_list}
@@ -306,6 +387,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="tokens per background request to the donor during d2d; 0 = no load (default %(default)s)")
     p.add_argument("--redis-port", type=int, default=0, help="port for the run's Redis; 0 = a free one (default 0)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a worker may take to register (default %(default)s)")
+    p.add_argument("--huge-pages", default="default",
+                   help="comma-separated variants of the new worker, from " + ", ".join(HUGE_PAGES)
+                        + " (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over scenarios x variants (default %(default)s)")
+    p.add_argument("--transport-alone", action=argparse.BooleanOptionalAction, default=True,
+                   help="after each d2d scale-up, time each transport alone (default on)")
+    p.add_argument("--serve-requests", type=int, default=0,
+                   help="after the first token, this many concurrent requests to the new worker; 0 = none (default 0)")
+    p.add_argument("--serve-tokens", type=int, default=32, help="output tokens per such request (default %(default)s)")
+    p.add_argument("--serve-prompt-tokens", type=int, default=128, help="prompt tokens per such request (default %(default)s)")
+    p.add_argument("--serve-rounds", type=int, default=2, help="rounds of such requests (default %(default)s)")
     p.add_argument("--out", type=Path, help="write the figures as JSON here (default: print only)")
     args = p.parse_args(argv)
     if args.model is None:
@@ -314,10 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios {sorted(unknown)}")
+    variants = [v for v in args.huge_pages.split(",") if v]
+    if not variants or {v.partition("/")[0] for v in variants} - set(HUGE_PAGES) or \
+            {v.partition("/")[2] for v in variants} - {"", "cold"}:
+        p.error(f"--huge-pages: expected variants from {sorted(HUGE_PAGES)}")
     model_dir = Path(args.model)
     files = checkpoint.weight_files(model_dir)
     size = sum(f.stat().st_size for f in files)
-    result: dict = {"model": str(model_dir), "checkpoint_bytes": size, "scenarios": {}}
+    result: dict = {"model": str(model_dir), "checkpoint_bytes": size, "runs": [],
+                    "thp": {knob: Path(f"/sys/kernel/mm/transparent_hugepage/{knob}").read_text().strip()
+                            for knob in ("enabled", "defrag")}}
     print(f"model {model_dir} ({size / 1e9:.3f} GB in {len(files)} file(s))", flush=True)
     result["memcpy_gbps"] = memcpy_gbps(size)
     print(f"memcpy bandwidth: {result['memcpy_gbps']:.2f} GB/s", flush=True)
@@ -325,11 +423,17 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args)
     try:
         run.start_redis()
-        for i, name in enumerate(scenarios):
-            row = run_scenario(run, name, i, model_dir, files, result)
-            result["scenarios"][name] = row
-            print(f"{name}: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}),
-                  flush=True)
+        for repeat in range(args.repeats):
+            for name in scenarios:
+                for variant in variants:
+                    i = len(result["runs"])
+                    row = {"scenario": name, "huge_pages": variant, "repeat": repeat,
+                           "load_at_start": os.getloadavg()[0],
+                           **run_scenario(run, name, i, model_dir, files, result, variant)}
+                    result["runs"].append(row)
+                    print(f"{name} [{variant}]: "
+                          + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}),
+                          flush=True)
     finally:
         run.close()
     print_table(result)
@@ -338,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path], result: dict) -> dict:
+def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path], result: dict,
+                 variant: str = "default") -> dict:
     args = run.args
     extra: list[str] = []
     cache: dict = {}
@@ -363,8 +468,17 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
             load = DonorLoad(donor_info.address, args.donor_load_tokens).start()
             time.sleep(5.0)  # a baseline before the decision
     standby = donor_info.weights_address if donor_info is not None and name.startswith("standby-") else None
-    row = scale_up(run, f"new{i}", args.receiver_cores, *extra, standby_load=standby, prepare=name == "standby-d2d")
+    base, _, cold = variant.partition("/")
+    flags, env = HUGE_PAGES[base]
+    if cold:
+        flags = (*flags, "--no-standby-warm-reload")
+    row = scale_up(run, f"new{i}", args.receiver_cores, *extra, standby_load=standby, prepare=name == "standby-d2d",
+                   flags=flags, env=env)
     proc = row.pop("proc")
+    if args.serve_requests:
+        row["serving"] = serve_load(row["address"], args.serve_requests, args.serve_tokens, args.serve_prompt_tokens,
+                                    args.serve_rounds, seed=i)
+        row["memory"] = group_memory(proc.pid)
     row["page_cache"] = cache
     if d2d:
         if load is not None:
@@ -373,8 +487,9 @@ def run_scenario(run: Run, name: str, i: int, model_dir: Path, files: list[Path]
             row["donor_tpot_ms_before"], row["donor_tokens_before"] = load.tpot_ms(hi=lo - 1e-3 if lo else None)
             row["donor_tpot_ms_during_pull"], row["donor_tokens_during_pull"] = load.tpot_ms(lo, hi)
             row["donor_outputs_unchanged_during_pull"], row["donor_requests_during_pull"] = load.outputs_identical(lo, hi)
-        row["transport_alone"] = {mode: transport_alone(donor_info.weights_address, model_dir, mode)
-                                  for mode in ("shm", "tcp")}
+        if args.transport_alone:
+            row["transport_alone"] = {mode: transport_alone(donor_info.weights_address, model_dir, mode)
+                                      for mode in ("shm", "tcp")}
         row["pull_gbps"] = result["checkpoint_bytes"] / row["weight_load_s"] / 1e9 if row["weight_load_s"] else None
     row["pull_report"] = pull_report(run.home / f"new{i}.log")
     run.stop(proc)
@@ -396,29 +511,46 @@ def print_table(result: dict) -> None:
     cols = ("process_start_s", "vllm_import_s", "engine_init_s", "weight_load_s", "registration_s", "other_s",
             "discovery_and_token_s", "total_s")
     print()
-    print(f"checkpoint {result['checkpoint_bytes'] / 1e9:.3f} GB; memcpy {result['memcpy_gbps']:.2f} GB/s")
-    print("| scenario | " + " | ".join(c[:-2].replace("_", " ") + " s" for c in cols) + " | weights from |")
-    print("|---|" + "---:|" * len(cols) + "---|")
-    for name, row in result["scenarios"].items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + f" | {row['weights_source']} |")
-    for name, row in result["scenarios"].items():
+    print(f"checkpoint {result['checkpoint_bytes'] / 1e9:.3f} GB; memcpy {result['memcpy_gbps']:.2f} GB/s; "
+          f"THP {result['thp']}")
+    print("| scenario | huge pages | round | " + " | ".join(c[:-2].replace("_", " ") + " s" for c in cols)
+          + " | weights from |")
+    print("|---|---|---:|" + "---:|" * len(cols) + "---|")
+    for row in result["runs"]:
+        print(f"| {row['scenario']} | {row['huge_pages']} | {row['repeat'] + 1} | "
+              + " | ".join(f"{row[c]:.2f}" for c in cols) + f" | {row['weights_source']} |")
+    print()
+    print("| scenario | huge pages | round | load at start | weight load s | of it CRC s | faults in the pull | total s "
+          "| TTFT mean / max ms | TPOT mean / max ms | RssAnon MiB | of it huge MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in result["runs"]:
+        pull, serving, mem = row.get("pull_report") or {}, row.get("serving"), row.get("memory")
+        served = (f"{serving['ttft_ms_mean']:.0f} / {serving['ttft_ms_max']:.0f} | "
+                  f"{serving['tpot_ms_mean']:.1f} / {serving['tpot_ms_max']:.1f}") if serving else "- | -"
+        memory = f"{mem['rss_anon_kb'] / 1024:.0f} | {mem['anon_huge_kb'] / 1024:.0f}" if mem else "- | -"
+        crc, faults = pull.get("crc_s"), pull.get("minor_faults")
+        print(f"| {row['scenario']} | {row['huge_pages']} | {row['repeat'] + 1} | {row['load_at_start']:.2f} | "
+              f"{row['weight_load_s']:.2f} | {'-' if crc is None else f'{crc:.3f}'} | "
+              f"{'-' if faults is None else f'{faults:,}'} | **{row['total_s']:.2f}** | {served} | {memory} |")
+    for row in result["runs"]:
+        name = f"{row['scenario']} [{row['huge_pages']}] round {row['repeat'] + 1}"
         if row["page_cache"]:
             print(f"{name} page cache: {row['page_cache']}")
         if "prepared" in row:
             print(f"{name}: prepared ahead of the decision: {row['prepared']} ({row['detail']}; {row['prepare_s']:.3f} s "
                   f"in the engine, call {row['prepare_call_s']:.3f} s)")
+        if row.get("pull_report"):
+            print(f"{name}: the engine's report of its pull: {row['pull_report']}")
         if "transport_alone" in row:
             alone = ", ".join(f"{mode} {t['gbps']:.2f} GB/s ({t['gbps'] / result['memcpy_gbps']:.0%} of memcpy)"
                               for mode, t in row["transport_alone"].items())
-            if row.get("pull_report"):
-                print(f"{name}: the engine's report of its pull: {row['pull_report']}")
             print(f"{name}: pull into vLLM {row['pull_gbps']:.2f} GB/s end to end (weight load phase, "
                   f"{row['weights_source']}); transports alone, with checks: {alone}")
-            if "donor_tpot_ms_before" in row:
-                print(f"{name}: donor TPOT {row['donor_tpot_ms_before']:.2f} ms before ({row['donor_tokens_before']} tokens), "
-                      f"{row['donor_tpot_ms_during_pull']:.2f} ms during the pull ({row['donor_tokens_during_pull']} tokens); "
-                      f"its {row['donor_requests_during_pull']} requests overlapping the pull gave the same greedy tokens "
-                      f"as before: {row['donor_outputs_unchanged_during_pull']}")
+        if "donor_tpot_ms_before" in row:
+            print(f"{name}: donor TPOT {row['donor_tpot_ms_before']:.2f} ms before ({row['donor_tokens_before']} tokens), "
+                  f"{row['donor_tpot_ms_during_pull']:.2f} ms during the pull ({row['donor_tokens_during_pull']} tokens); "
+                  f"its {row['donor_requests_during_pull']} requests overlapping the pull gave the same greedy tokens "
+                  f"as before: {row['donor_outputs_unchanged_during_pull']}")
 
 
 if __name__ == "__main__":

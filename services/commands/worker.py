@@ -45,6 +45,10 @@ def add_parsers(sub) -> None:
                    help="context length in tokens; 0 = the model's own (default %(default)s)")
     p.add_argument("--cpu-cores", default="", help="device cpu: cores for the engine's threads, e.g. 0 or 2-3 "
                    "(the scaler gives each worker its own share) (default: not pinned)")
+    p.add_argument("--cpu-huge-pages", action=argparse.BooleanOptionalAction, default=WorkerConfig.cpu_huge_pages,
+                   help="device cpu: advise transparent huge pages for the engine's large allocations (torch's "
+                        "THP_MEM_ALLOC_ENABLE, glibc.malloc.hugetlb=1); no effect where the kernel's THP is off "
+                        "(default: on with --standby or --weights-from, whose weight load it speeds up; off else)")
     p.add_argument("--metrics-port", type=argtypes.port_or_zero, default=0,
                    help="Prometheus /metrics port; 0 = off (default %(default)s)")
     p.add_argument("--weights-from", type=argtypes.weights_from, default=None,
@@ -68,6 +72,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--standby", action="store_true",
                    help="engine vllm (or sim, SIMULATED): start the engine with dummy weights and wait, unregistered, for a LoadWeights "
                         "call (donor address or storage) before registering (default: off)")
+    p.add_argument("--standby-warm-reload", action=argparse.BooleanOptionalAction,
+                   default=WorkerConfig.standby_warm_reload,
+                   help="with --standby, engine vllm: rehearse one weight reload at start (zeros, no file read), so "
+                        "the load at the decision runs faster (default %(default)s)")
     p.add_argument("--kv-transfer", action="store_true",
                    help="engine vllm: P/D KV transfer: stage a prefill leg's KV for a decode worker and pull a "
                         "decode leg's KV from its prefill worker (default: off)")
@@ -109,12 +117,13 @@ def cmd_worker(args) -> int:
         scheduler_address=args.scheduler or "", kv_cache_memory_bytes=args.kv_cache_mib * 1024 * 1024,
         max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, tracing=args.tracing,
         session_coalesce_ms=args.session_coalesce_ms,
-        cpu_cores=args.cpu_cores,
+        cpu_cores=args.cpu_cores, cpu_huge_pages=args.cpu_huge_pages,
         metrics_port=args.metrics_port, sim_profile=args.sim_profile, sim_seed=args.sim_seed,
         profile_at_start=args.profile_at_start, weights_from=args.weights_from or "",
         weights_stall_timeout_s=args.weights_stall_timeout, weights_deadline_s=args.weights_deadline,
         weights_transport=args.weights_transport,
         serve_weights=args.serve_weights, weights_port=args.weights_port, standby=args.standby,
+        standby_warm_reload=args.standby_warm_reload,
         kv_transfer=args.kv_transfer, kv_port=args.kv_port, kv_lease_s=args.kv_lease_s,
         kv_deadline_s=args.kv_deadline_s, pd_local_prefill=args.pd_local_prefill is not False,
     )

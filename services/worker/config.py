@@ -35,6 +35,10 @@ class WorkerConfig:
     kv_cache_memory_bytes: int = 256 * 1024 * 1024
     max_num_seqs: int = 64
     cpu_cores: str = ""                  # CPU engines: cores for this worker's engine threads
+    # CPU engines: advise transparent huge pages for the engine's large allocations (torch's and
+    # malloc's): a standby's pull takes ~20x fewer page faults (BENCHMARKS.md, issue 12, fifth pass).
+    # None: on where the engine reloads its weights (standby, weights_from), off elsewhere.
+    cpu_huge_pages: bool | None = None
     max_model_len: int = 0               # 0: the model's own
     tracing: TracingConfig = TracingConfig()
     metrics_port: int = 0                # Prometheus /metrics on 127.0.0.1; 0 = off
@@ -56,6 +60,9 @@ class WorkerConfig:
     # Standby: start the engine with dummy weights, serve gRPC, stay out of the registry until a
     # LoadWeights call loads the weights (from a donor or storage); then register and serve.
     standby: bool = False
+    # A standby rehearses vLLM's reload once at start (zeros, no file read), so the pull at the
+    # decision is the engine's second reload, which ran 0.5-0.6 s faster per GB here.
+    standby_warm_reload: bool = True
     # P/D KV transfer (issue 10; services/worker/kv): the engine's connector and its transfer server
     # on this worker's host, kv_port (0: a free one); staged KV is held kv_lease_s for its decode
     # worker; a pull longer than kv_deadline_s is abandoned and the decode worker recomputes.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from typing import Any
 
 DEVICES = ("cpu", "cuda", "npu")
@@ -28,7 +29,17 @@ def device_engine_kwargs(device: str, *, kv_cache_memory_bytes: int | None) -> d
     raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
 
 
-def device_environment(device: str, *, cpu_cores: str = "") -> dict[str, str]:
+# Read by torch's CPU allocator (c10/core/alloc_cpu.cpp) at its first allocation: buffers of
+# 2 MiB and more are madvise(MADV_HUGEPAGE)d, so the kernel backs them with transparent huge pages.
+TORCH_THP_VAR = "THP_MEM_ALLOC_ENABLE"
+# Read by glibc (2.35+) when a process starts: malloc madvises its heap and mmap'd chunks of 2 MiB
+# and more for THP, but only where the kernel's THP mode is "madvise" (it checks).
+GLIBC_TUNABLES_VAR = "GLIBC_TUNABLES"
+GLIBC_HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
+
+
+def device_environment(device: str, *, cpu_cores: str = "", huge_pages: bool = False,
+                       inherited: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for the engine's processes on `device`.
 
     On CPU, engines sharing a machine must not share cores: each vLLM CPU engine runs OpenMP
@@ -38,10 +49,38 @@ def device_environment(device: str, *, cpu_cores: str = "") -> dict[str, str]:
     ("0", "2-3", "0,4") sizes this engine's OpenMP pool to its share; `pin_cpu_cores` then
     binds the process. VLLM_CPU_OMP_THREADS_BIND is set too, for vLLM's multiprocess executor,
     which binds per rank; the single-process engine core used here does not read it.
+
+    `huge_pages` (CPU): see `cpu_huge_pages_environment`; `inherited` is the environment the
+    engine would otherwise get (default: this process's), so a GLIBC_TUNABLES already set is kept.
     """
-    if device == "cpu" and cpu_cores:
-        return {"VLLM_CPU_OMP_THREADS_BIND": cpu_cores, "OMP_NUM_THREADS": str(len(parse_cores(cpu_cores)))}
-    return {}
+    env: dict[str, str] = {}
+    if device != "cpu":
+        return env
+    if cpu_cores:
+        env.update({"VLLM_CPU_OMP_THREADS_BIND": cpu_cores, "OMP_NUM_THREADS": str(len(parse_cores(cpu_cores)))})
+    if huge_pages:
+        env.update(cpu_huge_pages_environment(os.environ if inherited is None else inherited))
+    return env
+
+
+def cpu_huge_pages_environment(inherited: Mapping[str, str]) -> dict[str, str]:
+    """Let a CPU engine's large allocations use transparent huge pages (2 MiB instead of 4 KiB).
+
+    Why: a standby's weight pull is vLLM's layer-wise reload, which allocates every layer's
+    parameters anew and repacks them into new oneDNN buffers: ~1.1 GB of fresh memory per GB of
+    weights, ~280 thousand 4 KiB page faults, a large share of the pull's time (BENCHMARKS.md,
+    issue 12, fifth pass). Torch's allocator (the parameters) and glibc's malloc (oneDNN's
+    buffers, which do not come from torch) are told separately. Both only advise: where THP is
+    off (`/sys/kernel/mm/transparent_hugepage/enabled` = never) the kernel ignores the advice
+    and the engine runs as without it; glibc does nothing unless the mode is "madvise".
+    A tunable already in GLIBC_TUNABLES (this one or others) is kept.
+    """
+    tunables = inherited.get(GLIBC_TUNABLES_VAR, "")
+    names = {item.partition("=")[0] for item in tunables.split(":") if item}
+    env = {TORCH_THP_VAR: inherited.get(TORCH_THP_VAR, "1")}
+    if GLIBC_HUGETLB_TUNABLE not in names:
+        env[GLIBC_TUNABLES_VAR] = ":".join(filter(None, (tunables, f"{GLIBC_HUGETLB_TUNABLE}=1")))
+    return env
 
 
 def pin_cpu_cores(device: str, cpu_cores: str) -> set[int] | None:

@@ -53,8 +53,12 @@ class VllmEngineConfig:
     weights_deadline_s: float = 300.0       # a whole pull slower than this falls back to storage
     weights_transport: str = "auto"  # "auto" (shared memory on one host, else TCP), "tcp", "shm"
     standby: bool = False  # start with dummy weights and load none: pull_weights / load_from_storage later
+    standby_warm_reload: bool = True  # a standby rehearses one reload at start (engine_side.warm_reload)
     vllm_log_level: str = "WARNING"  # applies unless VLLM_LOGGING_LEVEL is already set
     cpu_cores: str = ""  # CPU only: cores for this engine's threads ("0", "2-3"); empty = vLLM decides
+    # CPU only: the engine's large allocations on transparent huge pages (device.py); None = on for
+    # engines that start with dummy weights and reload (standby, weights_from), off otherwise.
+    cpu_huge_pages: bool | None = None
     # P/D KV transfer (services/worker/kv): HFX's connector in the engine and its transfer server
     # on kv_host:kv_port (0: a free port), staged KV held kv_lease_s, pulls bounded by kv_deadline_s.
     kv_transfer: bool = False
@@ -101,6 +105,15 @@ def engine_args(config: VllmEngineConfig, kv_transfer_config: Any = None) -> dic
     args.update(config.extra_engine_args)
     args.update(device_engine_kwargs(config.device, kv_cache_memory_bytes=config.kv_cache_memory_bytes))
     return args
+
+
+def engine_environment(config: VllmEngineConfig, inherited: Mapping[str, str]) -> dict[str, str]:
+    """What start() adds to the environment that vLLM's engine core process inherits, over
+    `inherited`: the device seam's settings (CPU cores, huge pages)."""
+    huge_pages = config.cpu_huge_pages
+    if huge_pages is None:  # measured for the reload only (BENCHMARKS.md, issue 12, fifth pass)
+        huge_pages = bool(config.standby or config.weights_from)
+    return device_environment(config.device, cpu_cores=config.cpu_cores, huge_pages=huge_pages, inherited=inherited)
 
 
 class _StatsSink:
@@ -219,7 +232,7 @@ class VllmEngine:
             # Read by vLLM when it configures logging, here and in its engine subprocess.
             os.environ.setdefault("VLLM_LOGGING_LEVEL", self.config.vllm_log_level)
         # Inherited by the engine core process that vLLM spawns next.
-        os.environ.update(device_environment(self.config.device, cpu_cores=self.config.cpu_cores))
+        os.environ.update(engine_environment(self.config, os.environ))
         pinned = pin_cpu_cores(self.config.device, self.config.cpu_cores)
         if pinned is not None:
             log.info("bound to CPU cores %s (the engine core inherits it)", sorted(pinned))
@@ -255,6 +268,13 @@ class VllmEngine:
         self._sink.kv_capacity_tokens = self._kv_capacity_tokens
         if self.config.standby:
             self.weights_report = {"source": "none (standby, dummy weights)"}
+            if self.config.standby_warm_reload:
+                from services.worker.weights.engine_side import warm_reload
+
+                (warm,) = await self._llm.collective_rpc(warm_reload, args=(self.config.model,))
+                self.timings["standby_warm_reload_s"] = warm["seconds"]
+                log.info("standby: reload rehearsed on zeros in %.2f s (%d minor faults)", warm["seconds"],
+                         warm["minor_faults"])
         elif self.config.weights_from:
             t1 = time.monotonic()
             self.timings["weight_load_started_unix_s"] = time.time()
