@@ -264,7 +264,7 @@ _VARIANTS = {"plain": ("align 1", ""),
 
 # (dst address, src address, blocks, block bytes, out address); holds the GIL (a same-host pull
 # copies under it, samehost.py), so a caller bounds how much one call moves.
-_Fn = Callable[[int, int, int, int, int], None]
+_Fn = Callable[..., None]
 
 WIDE_BYTES = 256  # blocks of a multiple of this take the 512-bit loop where the CPU has one
 
