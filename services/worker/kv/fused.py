@@ -337,8 +337,11 @@ def _build() -> Copier | None:
         engine.finalize_object()
         signature = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                       ctypes.c_void_p)
-        fns = {(w, name == "stream"): signature(engine.get_function_address(f"copy_crc32_{'wide_' if w else ''}{name}"))
-               for w in ((False, True) if wide else (False,)) for name in _VARIANTS}
+        fns: dict[tuple[bool, bool], _Fn] = {}
+        for w in (False, True) if wide else (False,):
+            for name in _VARIANTS:
+                address = engine.get_function_address(f"copy_crc32_{'wide_' if w else ''}{name}")
+                fns[w, name == "stream"] = signature(address)
         built = Copier(engine, fns)
     except Exception as err:  # an LLVM that refuses the IR or the CPU: the two-pass copy still works
         log.warning("KV copy: one-pass copy + CRC32 unavailable (%s); same-host pulls copy, then check", err)
