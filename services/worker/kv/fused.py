@@ -1,19 +1,20 @@
-"""Copy KV blocks and compute each one's CRC32 in one pass over the bytes: for every 16 bytes, one
-load from P's shared memory, one store into D's buffer, and the checksum folded from that same
-register (carry-less multiplication, PCLMULQDQ), so the CRC32 is of exactly what D stored, not of
-a second read of P's memory. A same-host pull (samehost.py) does this instead of a copy and a
-CRC32 pass per piece: the bytes cross the memory bus once, and a run of blocks costs one call
-from Python instead of a handful per block.
+"""Copy KV blocks and compute each one's CRC32 in one pass over the bytes: each 16 or 64 bytes are
+loaded once from P's shared memory, stored once into D's buffer, and folded into the block's
+CRC32 from that same register (carry-less multiplication: PCLMULQDQ, or VPCLMULQDQ on AVX-512),
+so the CRC32 is of exactly what D stored, not of a second read of P's memory. A same-host pull
+(samehost.py) does this instead of a copy and a CRC32 pass per piece: the bytes cross the memory
+bus once each way (streaming stores for large runs), and a run of blocks costs one call from
+Python instead of a handful per block. Measured in BENCHMARKS.md (issue 10, fifth pass).
 
-The loop is LLVM IR compiled for this CPU at first use by llvmlite (which vLLM's numba brings;
-~0.1-0.25 s, paid by the worker's start probe, kv/probe.py), checked against zlib's CRC32 on
-sample blocks before use. Without llvmlite, without PCLMULQDQ, or when that check fails,
-`copier()` is None and the pull copies and checks in two passes as before.
+The loops are LLVM IR compiled for this CPU at first use by llvmlite (which vLLM brings through
+numba; ~0.1-0.25 s, started while the engine starts, connector.register_kv_caches), checked
+against zlib's CRC32 on sample blocks before use. Without llvmlite, without PCLMULQDQ, or when
+that check fails, `copier()` is None and the pull copies and checks in two passes as before.
 
-The folding constants are zlib's polynomial's (reflected 0xEDB88320) for 4 x 128-bit lanes 64
-bytes apart and for one lane 16 bytes apart, as in Intel's "Fast CRC Computation for Generic
-Polynomials Using PCLMULQDQ" and Linux's crc32-pclmul; the last 128 bits are reduced bit by bit
-(a few hundred cycles a block, against ~15 us to move a 256 KiB block).
+The folding constants are zlib's polynomial's (reflected 0xEDB88320), x^(d+-32) mod P for lanes
+d bits apart, as in Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ" and
+Linux's crc32-pclmul; the last 128 bits are reduced bit by bit (a few hundred cycles a block,
+against ~15 us to move a 256 KiB block).
 """
 
 from __future__ import annotations
