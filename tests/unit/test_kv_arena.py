@@ -125,6 +125,26 @@ def test_the_one_pass_copy_fails_a_byte_flipped_anywhere_in_a_block_over_several
     assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:integrity": 1}
 
 
+def test_a_same_host_pull_past_its_deadline_stops_before_the_next_run_and_is_nacked(server, folder, monkeypatch,
+                                                                                   copy_path):
+    """The deadline is checked before each run of the copy (one block a run here): a destination
+    handed out only after the deadline passed gets no block, and P is told why."""
+    monkeypatch.setattr(samehost, "RUN_BYTES", BLOCK_BYTES)
+    stager = shm.ArenaStager(str(folder))
+    stage(stager, "d1")
+    assert wait_until(lambda: server._adopt("d1") or server.handle({"op": "stats"}, None)["leases"] == 1, 2.0)
+    out = np.zeros((3, BLOCK_BYTES), dtype=np.uint8)
+
+    def late(i, count):
+        time.sleep(0.6)
+        return memoryview(out[i:i + count])
+
+    with pytest.raises(wire.TooSlow, match="after 0 blocks"):
+        samehost.pull(server.address, "d1", from_block=0, layout=LAYOUT, deadline_s=0.5, into=late)
+    assert not out.any()
+    assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:deadline": 1}
+
+
 def test_the_one_pass_copy_gives_zlibs_crc32_for_every_block_and_every_loop(monkeypatch):
     """Plain and streaming stores (the latter for runs of STREAM_BYTES and more), the 128-bit loop
     (blocks of whole 64 bytes) and the 512-bit one (whole 256 bytes), blocks of one lane to many,
