@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from services.worker.kv import arena, buffers, samehost, shm, tcp, wire
+from services.worker.kv import arena, buffers, fused, samehost, shm, tcp, wire
 from services.worker.kv.store import StagingStore
 from tests.harness import wait_until
 from tests.unit.test_kv_transfer import BLOCK_BYTES, LAYOUT
@@ -73,7 +73,17 @@ def test_a_transfer_staged_in_the_arena_is_pulled_checked_and_its_region_reused(
     assert (out == rows2).all()
 
 
-def test_a_corrupt_block_in_the_arena_fails_its_checksum_and_is_nacked(server, folder):
+@pytest.fixture(params=["one-pass", "two-pass"])
+def copy_path(request, monkeypatch):
+    """A same-host pull's copy + CRC32: in one pass (fused.py), or a copy and a CRC32 pass per piece."""
+    if request.param == "two-pass":
+        monkeypatch.setattr(fused, "copier", lambda: None)
+    else:
+        assert fused.copier() is not None  # llvmlite and PCLMULQDQ are there on these machines
+    return request.param
+
+
+def test_a_corrupt_block_in_the_arena_fails_its_checksum_and_is_nacked(server, folder, copy_path):
     stager = shm.ArenaStager(str(folder))
     _, offset = stage(stager, "a3")
     stager.view[offset + 2 * BLOCK_BYTES + 9] ^= 0x10
@@ -82,7 +92,7 @@ def test_a_corrupt_block_in_the_arena_fails_its_checksum_and_is_nacked(server, f
     assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:integrity": 1}
 
 
-def test_blocks_larger_than_a_piece_are_checked_whole_from_any_first_block(server, folder, monkeypatch):
+def test_blocks_larger_than_a_piece_are_checked_whole_from_any_first_block(server, folder, monkeypatch, copy_path):
     """A block copied in several pieces (the last one short) gets one CRC32 over all of them: a
     clean pull from block 1 lands intact, a byte flipped in a block's last piece fails that block."""
     monkeypatch.setattr(samehost, "PIECE_BYTES", 1000)  # 4096-byte blocks: five pieces of 820 or 816
@@ -98,7 +108,69 @@ def test_blocks_larger_than_a_piece_are_checked_whole_from_any_first_block(serve
         pull(samehost.pull, server, "p2", 4)
 
 
-def test_a_transfer_freed_while_it_is_read_fails_after_the_copy(server, folder):
+@pytest.mark.parametrize("where", [0, 15, 16, 63, 64, 2000, BLOCK_BYTES - 1])
+def test_the_one_pass_copy_fails_a_byte_flipped_anywhere_in_a_block_over_several_runs(server, folder, monkeypatch, where):
+    """One bit flipped in P's memory, in the first 16 bytes (where the CRC register's start goes), at
+    a lane's edge, mid-block or in the last byte: that block fails, in a later run of the copy (two
+    blocks a run here), and the pull is NACKed; the blocks before it were copied intact."""
+    monkeypatch.setattr(samehost, "RUN_BYTES", 2 * BLOCK_BYTES)
+    stager = shm.ArenaStager(str(folder))
+    rows, offset = stage(stager, "f1", n_blocks=5)
+    stager.view[offset + 3 * BLOCK_BYTES + where] ^= 0x04
+    out = np.zeros((5, BLOCK_BYTES), dtype=np.uint8)
+    with pytest.raises(wire.Integrity, match="block 3 CRC32"):
+        samehost.pull(server.address, "f1", from_block=0, layout=LAYOUT, deadline_s=5.0,
+                      into=lambda i, count: memoryview(out[i:i + count]))
+    assert (out[:3] == rows[:3]).all()
+    assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:integrity": 1}
+
+
+def test_a_same_host_pull_past_its_deadline_stops_before_the_next_run_and_is_nacked(server, folder, monkeypatch,
+                                                                                   copy_path):
+    """The deadline is checked before each run of the copy (one block a run here): a destination
+    handed out only after the deadline passed gets no block, and P is told why."""
+    monkeypatch.setattr(samehost, "RUN_BYTES", BLOCK_BYTES)
+    stager = shm.ArenaStager(str(folder))
+    stage(stager, "d1")
+    assert wait_until(lambda: server._adopt("d1") or server.handle({"op": "stats"}, None)["leases"] == 1, 2.0)
+    out = np.zeros((3, BLOCK_BYTES), dtype=np.uint8)
+
+    def late(i, count):
+        time.sleep(0.6)
+        return memoryview(out[i:i + count])
+
+    with pytest.raises(wire.TooSlow, match="after 0 blocks"):
+        samehost.pull(server.address, "d1", from_block=0, layout=LAYOUT, deadline_s=0.5, into=late)
+    assert not out.any()
+    assert server.handle({"op": "stats"}, None)["freed"] == {"nacked:deadline": 1}
+
+
+def test_the_one_pass_copy_gives_zlibs_crc32_for_every_block_and_every_loop(monkeypatch):
+    """Plain and streaming stores (the latter for runs of STREAM_BYTES and more), the 128-bit loop
+    (blocks of whole 64 bytes) and the 512-bit one (whole 256 bytes), blocks of one lane to many,
+    from an unaligned source into a destination aligned to 16 bytes but not 64: the same bytes,
+    and zlib's CRC32 of each block."""
+    import zlib
+
+    copier = fused.copier()
+    assert copier is not None
+    rng = np.random.default_rng(7)
+    for stream_bytes in (1 << 40, 0):
+        monkeypatch.setattr(fused, "STREAM_BYTES", stream_bytes)
+        for block_bytes, n in ((64, 1), (128, 5), (256, 1), (4096, 3), (BLOCK_BYTES * 4 + 64, 2)):
+            src = rng.integers(0, 256, n * block_bytes + 3, dtype=np.uint8)[3:]
+            room = np.zeros(n * block_bytes + 64, dtype=np.uint8)
+            at = (16 - room.ctypes.data) % 64
+            dst, out = room[at:at + n * block_bytes], np.zeros(n, dtype=np.uint32)
+            copier(dst, src, block_bytes, out)
+            assert (dst == src).all()
+            assert out.tolist() == [zlib.crc32(src[i * block_bytes:(i + 1) * block_bytes].tobytes()) for i in range(n)]
+    with pytest.raises(ValueError):  # not whole lanes: the pull copies in two passes instead
+        copier(np.zeros(100, dtype=np.uint8), np.zeros(100, dtype=np.uint8), 100, np.zeros(1, dtype=np.uint32))
+    assert not fused.usable(100) and not fused.usable(32) and fused.usable(BLOCK_BYTES)
+
+
+def test_a_transfer_freed_while_it_is_read_fails_after_the_copy(server, folder, copy_path):
     """P released the transfer (an abort, or its lease ran out) while D copied: its region may hold
     another transfer by now, so the copy counts for nothing even when every checksum matched."""
     stager = shm.ArenaStager(str(folder))

@@ -24,7 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from services.worker.kv import arena, shm, tcp, wire
+import numpy as np
+
+from services.worker.kv import arena, fused, shm, tcp, wire
 from services.worker.kv.wire import Integrity, KvTransferError, PeerLost, TooSlow, UnknownTransfer
 
 log = logging.getLogger("hfx.worker.kv")
@@ -133,11 +135,14 @@ def _keep(address: str, conn: socket.socket) -> None:
         old[1].close()
 
 
-# A block is copied and checked in pieces of at most this many bytes: a piece just copied is still
-# in the core's L2 (1 MiB here, shared by the source's and the destination's lines) for its CRC32
-# pass. In one process here, 16 MiB from the arena: copy + CRC32 in 256 KiB pieces ran at 96-103%
-# of a plain memcpy, in 1 MiB pieces at 78-82%.
+# Without the one-pass copy (fused.py), a block is copied and checked in pieces of at most this
+# many bytes: a piece just copied is still in the core's L2 (1 MiB here, shared by the source's and
+# the destination's lines) for its CRC32 pass. In one process here, 16 MiB from the arena: copy +
+# CRC32 in 256 KiB pieces ran at 96-103% of a plain memcpy, in 1 MiB pieces at 78-82%.
 PIECE_BYTES = 256 * 1024
+# The one-pass copy moves at most this much per call: it holds the GIL while it runs (as the
+# piecewise copy does per piece), ~1 ms per 16 MiB here, and the deadline is checked between calls.
+RUN_BYTES = 16 << 20
 
 
 def _copy(reply: dict, tid: str, from_block: int, layout: dict, deadline: float, into, result) -> bool:
@@ -178,8 +183,42 @@ def _copy(reply: dict, tid: str, from_block: int, layout: dict, deadline: float,
 
 def _copy_blocks(dst: memoryview, src: memoryview, block_bytes: int, sums: list, tid: str, first: int,
                  deadline: float) -> None:
-    """src into dst, and each block's CRC32 checked against `sums`, piece by piece. Lean on
-    purpose: each piece's copy evicts this loop's own state from the core's caches."""
+    """src into dst, and each block's CRC32 over what landed in dst checked against `sums`: in one
+    pass (fused.py) in runs of at most RUN_BYTES, else a copy and a CRC32 pass piece by piece."""
+    copier = fused.copier() if fused.usable(block_bytes) else None
+    if copier is None:
+        _copy_blocks_in_pieces(dst, src, block_bytes, sums, tid, first, deadline)
+        return
+    failed = _copy_runs(copier, dst, src, block_bytes, sums, deadline)
+    if failed is not None:  # raised here, not where the arrays over dst and src live (see _copy)
+        j, crc = failed
+        if crc is None:
+            raise TooSlow(f"transfer {tid}: passed its deadline after {j} blocks")
+        wire.check_block(tid, first + j, crc, sums[j])
+
+
+def _copy_runs(copier: fused.Copier, dst: memoryview, src: memoryview, block_bytes: int, sums: list,
+               deadline: float) -> tuple[int, int | None] | None:
+    """None when every block came over with its CRC32; else (block, its CRC32), or (block, None)
+    when the deadline passed before it."""
+    per_run = max(1, RUN_BYTES // block_bytes)
+    out = np.empty(min(per_run, len(sums)), dtype=np.uint32)
+    to, source = np.frombuffer(dst, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8)
+    for j in range(0, len(sums), per_run):
+        if time.monotonic() > deadline:
+            return j, None
+        k = min(per_run, len(sums) - j)
+        copier(to[j * block_bytes:(j + k) * block_bytes], source[j * block_bytes:(j + k) * block_bytes], block_bytes, out)
+        for i, (crc, staged) in enumerate(zip(out[:k].tolist(), sums[j:j + k])):
+            if crc != staged:
+                return j + i, crc
+    return None
+
+
+def _copy_blocks_in_pieces(dst: memoryview, src: memoryview, block_bytes: int, sums: list, tid: str, first: int,
+                           deadline: float) -> None:
+    """The two-pass copy: lean on purpose, each piece's copy evicts this loop's own state from the
+    core's caches."""
     crc32 = wire.crc32
     step = -(-block_bytes // -(-block_bytes // PIECE_BYTES))  # equal pieces of at most PIECE_BYTES
     for j, staged in enumerate(sums):
