@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,9 +16,34 @@ from pathlib import Path
 from services.common import lifeline, proctable
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PICK_FROM = 20000   # ports we hand out lie in [PICK_FROM, start of the ephemeral range)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's default where it cannot be read)."""
+    try:
+        low, high = map(int, EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> int:
-    """A port free now, never one of `avoid` (ports promised to a process that has not bound yet)."""
-    while True:
+    """A port free now, never one of `avoid` (ports promised to a process that has not bound yet).
+
+    Chosen below the ephemeral range: a port the kernel handed out by bind(0) can be taken, before
+    the process it is meant for binds it, as the source port of any outgoing connection on the
+    machine (a Redis client, a trace exporter); that made a whole test module fail in CI with
+    "Failed to bind". Below the range only a listener choosing that very port can take it."""
+    low, _ = ephemeral_range()
+    if low - PICK_FROM >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(PICK_FROM, low)
+            if port not in avoid and port_free(port, host):
+                return port
+    while True:   # a machine whose ephemeral range leaves no room below it: the kernel's choice
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]

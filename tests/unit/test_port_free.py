@@ -74,3 +74,17 @@ def test_a_reuseport_listener_is_busy():
 
 def test_a_free_port_is_free():
     assert procs.port_free(procs.free_port())
+
+
+def test_a_free_port_lies_below_the_ephemeral_range_so_no_outgoing_connection_can_take_it():
+    low, _ = procs.ephemeral_range()
+    if low - procs.PICK_FROM < 1000:
+        pytest.skip(f"this machine's ephemeral range starts at {low}: no room below it")
+    ports = {procs.free_port() for _ in range(20)}
+    assert all(procs.PICK_FROM <= p < low for p in ports)
+    assert len(ports) > 1   # random, so two clusters starting at once do not pick alike
+
+
+def test_a_free_port_is_never_one_promised_to_another_process():
+    first = procs.free_port()
+    assert all(procs.free_port(avoid=frozenset({first})) != first for _ in range(50))
