@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.common import procs
 from services.common.pb.hfx.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -54,12 +54,6 @@ def _tool(name: str) -> str:
     assert found, (f"{name} is not installed: the compose test needs podman, runc, debootstrap and "
                    f"podman-compose==1.6.0 (see .ci/run and the README, 'CI')")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(argv: list[str], timeout: float, env: dict | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -163,7 +157,7 @@ def _stack(images: dict, secrets_root: Path, request, profiles: tuple[str, ...] 
     secrets = secrets_root / "secrets"
     _run(["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(secrets)], 30)
     api_key = next(l.strip() for l in (secrets / "api-keys").read_text().splitlines() if l.strip()[:1] not in ("", "#"))
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = procs.free_port(), procs.free_port()
     env = {**_env_without_hfx(), **images, "HFX_ENGINE": "sim", "HFX_SECRETS_DIR": str(secrets),
            "HFX_GRPC_PORT": str(grpc_port), "HFX_HTTP_PORT": str(http_port)}
     s = Stack(podman, compose, env, f"hfxct{uuid.uuid4().hex[:8]}", api_key, grpc_port, http_port, profiles)
