@@ -148,7 +148,7 @@ def serve_bench(url: str, model: str, args, rate: float, out: Path, headers: lis
            "--random-output-len", str(args.output_len), "--ignore-eos", "--num-prompts", str(args.requests),
            "--request-rate", str(rate), "--seed", str(args.seed), "--percentile-metrics", "ttft,tpot,itl,e2el",
            "--metric-percentiles", "50,90,99", "--goodput", f"ttft:{args.ttft_ms:g}", f"tpot:{args.tpot_ms:g}",
-           "--save-result", "--result-dir", str(out), "--result-filename", name, "--disable-tqdm"]
+           "--save-result", "--save-detailed", "--result-dir", str(out), "--result-filename", name, "--disable-tqdm"]
     if headers:
         cmd += ["--header", *headers]
     with open(out / f"serve-{rate:g}.log", "w") as log:
@@ -179,6 +179,7 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
         recorder = flame.Recorder(roots, Path(args.flame), f"{name}-{rate:g}") if args.flame else None
         load_before = round(os.getloadavg()[0], 2)  # the machine's other work, which skews every figure
         before = cputime.tree_cpu_s(roots, cputime.snapshot())
+        started = time.time()  # the run's window, to pick its spans (benchmarks.peer.ttft_spans)
         try:
             run = serve_bench(url, model, args, rate, out / name, headers)
         finally:
@@ -188,6 +189,7 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
                 _print_top(name, rate, recorder.paths)
         tokens = run.get("total_output_tokens", 0) or 1
         results["serve"].append({"target": name, "rate_rps": rate, "loadavg_1m_before": load_before,
+                                 "started_unix_s": started, "ended_unix_s": time.time(),
                                  **{k: run.get(k) for k in SERVE_FIELDS},
                                  "failed": args.requests - int(run.get("completed", 0)), "cpu_s": cpu,
                                  # goodput = requests within both SLOs / duration, and the duration
