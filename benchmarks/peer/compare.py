@@ -83,6 +83,15 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None,
     raise TimeoutError(f"{what or url} not ready after {timeout_s:.0f}s")
 
 
+def _vllm_router() -> str:
+    """vllm-router next to this interpreter (the `bench` extra), else the first on PATH."""
+    beside = Path(sys.executable).parent / "vllm-router"
+    found = str(beside) if beside.exists() else shutil.which("vllm-router")
+    if not found:
+        raise FileNotFoundError("vllm-router: not beside the interpreter nor on PATH (pip install 'hfx[bench]')")
+    return found
+
+
 @contextmanager
 def peer(model: str, engines: int, logs: Path):
     """vllm-router (round robin) over `engines` pinned vLLM OpenAI servers; yields (url, roots)."""
@@ -105,7 +114,7 @@ def peer(model: str, engines: int, logs: Path):
         for i, url in enumerate(urls):
             _wait_http(f"{url}/health", 300, started[i], f"api_server-{i}")
         port = procs.free_port()
-        router = procs.spawn([str(Path(sys.executable).parent / "vllm-router"), "--host", "127.0.0.1",
+        router = procs.spawn([_vllm_router(), "--host", "127.0.0.1",
                               "--port", str(port), "--policy", "round_robin", "--worker-urls", *urls,
                               "--prometheus-host", "127.0.0.1", "--prometheus-port", str(procs.free_port())],
                              logs / "vllm-router.log")
