@@ -83,6 +83,15 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None,
     raise TimeoutError(f"{what or url} not ready after {timeout_s:.0f}s")
 
 
+def _vllm_router() -> str:
+    """vllm-router next to this interpreter (the `bench` extra), else the first on PATH."""
+    beside = Path(sys.executable).parent / "vllm-router"
+    found = str(beside) if beside.exists() else shutil.which("vllm-router")
+    if not found:
+        raise FileNotFoundError("vllm-router: not beside the interpreter nor on PATH (pip install 'hfx[bench]')")
+    return found
+
+
 @contextmanager
 def peer(model: str, engines: int, logs: Path):
     """vllm-router (round robin) over `engines` pinned vLLM OpenAI servers; yields (url, roots)."""
@@ -105,7 +114,7 @@ def peer(model: str, engines: int, logs: Path):
         for i, url in enumerate(urls):
             _wait_http(f"{url}/health", 300, started[i], f"api_server-{i}")
         port = procs.free_port()
-        router = procs.spawn([str(Path(sys.executable).parent / "vllm-router"), "--host", "127.0.0.1",
+        router = procs.spawn([_vllm_router(), "--host", "127.0.0.1",
                               "--port", str(port), "--policy", "round_robin", "--worker-urls", *urls,
                               "--prometheus-host", "127.0.0.1", "--prometheus-port", str(procs.free_port())],
                              logs / "vllm-router.log")
@@ -148,7 +157,7 @@ def serve_bench(url: str, model: str, args, rate: float, out: Path, headers: lis
            "--random-output-len", str(args.output_len), "--ignore-eos", "--num-prompts", str(args.requests),
            "--request-rate", str(rate), "--seed", str(args.seed), "--percentile-metrics", "ttft,tpot,itl,e2el",
            "--metric-percentiles", "50,90,99", "--goodput", f"ttft:{args.ttft_ms:g}", f"tpot:{args.tpot_ms:g}",
-           "--save-result", "--result-dir", str(out), "--result-filename", name, "--disable-tqdm"]
+           "--save-result", "--save-detailed", "--result-dir", str(out), "--result-filename", name, "--disable-tqdm"]
     if headers:
         cmd += ["--header", *headers]
     with open(out / f"serve-{rate:g}.log", "w") as log:
@@ -179,6 +188,7 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
         recorder = flame.Recorder(roots, Path(args.flame), f"{name}-{rate:g}") if args.flame else None
         load_before = round(os.getloadavg()[0], 2)  # the machine's other work, which skews every figure
         before = cputime.tree_cpu_s(roots, cputime.snapshot())
+        started = time.time()  # the run's window, to pick its spans (benchmarks.peer.ttft_spans)
         try:
             run = serve_bench(url, model, args, rate, out / name, headers)
         finally:
@@ -188,6 +198,7 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
                 _print_top(name, rate, recorder.paths)
         tokens = run.get("total_output_tokens", 0) or 1
         results["serve"].append({"target": name, "rate_rps": rate, "loadavg_1m_before": load_before,
+                                 "started_unix_s": started, "ended_unix_s": time.time(),
                                  **{k: run.get(k) for k in SERVE_FIELDS},
                                  "failed": args.requests - int(run.get("completed", 0)), "cpu_s": cpu,
                                  # goodput = requests within both SLOs / duration, and the duration

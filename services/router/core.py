@@ -111,7 +111,6 @@ class RouterCore:
             except HfxError as err:
                 metrics.record_request(self._class_label(request.task_class), _refusal_outcome(err))
                 raise
-            yield Placed(spec.request_id, placement.instance_id)
             async for item in self._stream(spec, valid, placement, span, ctx):
                 yield item
 
@@ -196,8 +195,14 @@ class RouterCore:
 
     async def _stream(self, spec: RequestSpec, valid: ValidRequest, placement: scheduler_pb2.Placement, span, ctx):
         """Drives the request's state machine (request_run.py) until a terminal phase: opens the
-        worker stream, relays chunks, places it again after a preemption."""
+        worker stream, relays chunks, places it again after a preemption.
+
+        Placed is yielded once the worker's start is queued, not before: the front door's answer
+        to it (gRPC initial metadata, the HTTP response head) is a write to the client that
+        waits for the loop and gRPC's poller, and the engine can prefill meanwhile instead of
+        after it. A client that leaves at Placed still ends the request here (the finally)."""
         run = RequestRun(spec, valid, placement, StreamTimer(spec.arrival_s), failovers_left=self.config.max_failovers)
+        announce: Placed | None = Placed(spec.request_id, placement.instance_id)
         prefill_address = ""
         active = Active()
         keys = [spec.request_id] + ([valid.client_request_id] if valid.client_request_id else [])
@@ -213,6 +218,9 @@ class RouterCore:
                     active.session = self.sessions[run.address()]
                     active.stream = active.session.start(_worker_request(run), tracing.inject_metadata(ctx))
                     run.started()
+                    if announce is not None:
+                        yield announce
+                        announce = None
                 elif run.phase is Phase.TRANSFERRING:
                     if active.aborted:
                         run.stopped()
