@@ -103,7 +103,7 @@ class Hfx:
         if not self.queue.known:   # nothing to place (protection still ran): skip the fit table
             return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned, reserve=self._strained(now_s, cluster),
-                         links=cluster.links)
+                         links=cluster.links, unprotected=self._best_effort_ids)
         if table.any_open():
             self._place(table, now_s, decisions)
         return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
@@ -276,7 +276,7 @@ class Hfx:
         # not strained: waiting for a step to end costs it about as much as the step in flight it
         # would wait behind. Rejecting,
         # demoting or holding it is a likely miss that buys nothing if it fits once the step in
-        # flight is not charged (tests 2-5 still protect everyone else): place it at its own risk.
+        # flight is not charged (tests 2-6 still protect everyone else): place it at its own risk.
         slack_ms = entry.slack_ms(now_s)
         tight_ms = 0.0 if table.reserve else (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)

@@ -1,0 +1,70 @@
+"""What HFX predicts of the prefill queued on an instance (issue 17, fifth pass): a newcomer may not
+ride in the step that yields a queued first token when that makes it late (fit test (6))."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from services.common.domain import ClusterSnapshot, RunningRequest, Slo, StepInFlight, Verdict
+from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy.budget import summarise
+from services.scheduler.policy.estimate import OutputLengthEstimator
+from services.scheduler.policy.fit import FitTable
+from tests.unit.helpers_sched import MODEL, make_instance, make_request
+
+# step_ms = 2 + 0.01*p + 0.5*n (c3 = 0); chunk 100 tokens; 10 output tokens until one is seen.
+CFG = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, prior_output_tokens=10, preempt_margin_ms=0.0)
+
+
+def cluster(*instances):
+    return ClusterSnapshot(tuple(instances))
+
+
+def busy_with_queued_first(queued_ttft_ms: float):
+    """i0 decodes a (placed long ago); its step in flight (1 decode, 2.5 ms by the model) began 2
+    ms ago, so 0.5 ms is left. q (L=20) was placed 1 ms ago, after that step began: it waits for
+    the next one. Budget: n = 2 (a, q), s = 3 ms, C' = 98; q's first token comes out of step 1
+    after the step in flight: 0.5 + 3 + 0.01*20 = 3.7 ms from now. Its deadline is
+    queued_ttft_ms after its arrival (1 ms ago)."""
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(1000.0, 50.0))
+    q = make_request(request_id="q", prompt_tokens=20, slo=Slo(queued_ttft_ms, 50.0), arrival_s=-0.001)
+    inst = make_instance(running=(a,), placed_s=-10.0)
+    load = replace(inst.load, reports_step=True, reported_s=-0.002, step_in_flight=StepInFlight(-0.002, 0, 1, 0))
+    return replace(inst, load=load, running=inst.running + (RunningRequest(q, -0.001),))
+
+
+def test_a_newcomer_does_not_make_a_queued_first_token_late():
+    """q's TTFT 5.2 ms: deadline 4.2 ms from now, predicted 3.7: 0.5 ms of margin. A newcomer's
+    prompt rides in q's step (room 98 - 20 = 78 tokens) and slows it by 0.01 ms per token it puts
+    there: 60 tokens (0.6 ms) would make q late, so x waits (before the fifth pass it was placed,
+    and q missed); 30 tokens (0.3 ms) fit. With 40 ms of TTFT q has room for any newcomer."""
+    x = make_request(request_id="x", prompt_tokens=60, slo=Slo(1000.0, 50.0))
+    assert make_policy("hfx", CFG).schedule([x], cluster(busy_with_queued_first(5.2)), 0.0).decisions == ()
+    small = replace(x, request_id="small", prompt_tokens=30)
+    (d,) = make_policy("hfx", CFG).schedule([small], cluster(busy_with_queued_first(5.2)), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and d.instance_id == "i0"
+    (d,) = make_policy("hfx", CFG).schedule([x], cluster(busy_with_queued_first(40.0)), 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and d.instance_id == "i0"
+
+
+def test_the_queued_first_token_test_in_numbers():
+    """FitTable's view of the instance above: room R = 78 tokens, least margin 4.2 - 3.7 = 0.5 ms.
+    A request placed in the same pass joins the queue (Q = 50, R = 48, margin of the 30-token one
+    ... the step now ends 0.3 ms later, so q keeps 0.2 ms). Without a known step in flight (no
+    report) there is nothing to test."""
+    inst = busy_with_queued_first(5.2)
+    budget = summarise(inst, CFG, OutputLengthEstimator(CFG.prior_output_tokens))
+    table = FitTable([inst], [budget], CFG, 0.0, banned=set())
+    assert table.first_room[0] == pytest.approx(78.0)
+    assert table.first_margin_ms[0] == pytest.approx(0.5)
+    assert list(table.queued_first_ok(60.0)) == [False] and list(table.queued_first_ok(30.0)) == [True]
+    small = make_request(request_id="small", prompt_tokens=30, slo=Slo(1000.0, 50.0))
+    table.place(0, small, 10, 0.0, protected=True)
+    assert table.first_room[0] == pytest.approx(47.0)   # n = 3 now: C' = 97, Q = 50
+    assert table.first_margin_ms[0] == pytest.approx(4.2 - (0.5 + 3.5 + 0.01 * 50))
+    unknown = replace(inst, load=replace(inst.load, reports_step=False, step_in_flight=None))
+    budget = summarise(unknown, CFG, OutputLengthEstimator(CFG.prior_output_tokens))
+    assert list(FitTable([unknown], [budget], CFG, 0.0, banned=set()).queued_first_ok(1000.0)) == [True]
+
