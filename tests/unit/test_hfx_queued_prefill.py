@@ -1,5 +1,6 @@
 """What HFX predicts of the prefill queued on an instance (issue 17, fifth pass): a newcomer may not
-ride in the step that yields a queued first token when that makes it late (fit test (6))."""
+ride in the step that yields a queued first token when that makes it late (fit test (6)), and the
+queue a finished request held others behind stays predicted after it leaves (carry_backlog)."""
 
 from __future__ import annotations
 
@@ -67,4 +68,25 @@ def test_the_queued_first_token_test_in_numbers():
     unknown = replace(inst, load=replace(inst.load, reports_step=False, step_in_flight=None))
     budget = summarise(unknown, CFG, OutputLengthEstimator(CFG.prior_output_tokens))
     assert list(FitTable([unknown], [budget], CFG, 0.0, banned=set()).queued_first_ok(1000.0)) == [True]
+
+
+def test_the_queue_a_finished_request_held_stays_predicted():
+    """head (L=2000) was placed at 0, b (L=1000) 1 ms later, behind it. With both running (n = 2,
+    C' = 98, s = 3 ms) prefill drains at 98 / 3.98 tokens per ms: at 90 ms 3000 - 2216 = 784
+    tokens are still queued (b's, head's prefill is done). Then head finishes. Summarised from
+    scratch, b alone looks as if it had prefilled since it was placed: nothing queued. x (L=100,
+    TTFT 30 ms) would be predicted 2.5 (the step in flight) + ceil(100/99) * 2.5 + 0.01*100 = 8.5
+    ms and admitted, behind 784 queued tokens (~35 ms: a miss). A policy that saw the queue before
+    keeps it: ceil(884/99) * 2.5 + 0.01*884 = 31.3 ms > 30 before the step in flight, so x is
+    not placed there. A policy that never saw it cannot know (the old prediction)."""
+    head = make_request(request_id="head", prompt_tokens=2000, slo=Slo(1000.0, 50.0))
+    b = make_request(request_id="b", prompt_tokens=1000, slo=Slo(1000.0, 50.0))
+    before = replace(make_instance(), running=(RunningRequest(head, 0.0), RunningRequest(b, 0.001)))
+    after = replace(before, running=(RunningRequest(b, 0.001),))
+    x = make_request(request_id="x", prompt_tokens=100, slo=Slo(30.0, 10.0), arrival_s=0.09)
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([], cluster(before), 0.002).decisions == ()
+    assert hfx.schedule([x], cluster(after), 0.09).decisions == ()
+    (d,) = make_policy("hfx", CFG).schedule([x], cluster(after), 0.09).decisions
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(2.5 + 2 * 2.5 + 1.0)
 

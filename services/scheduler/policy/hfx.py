@@ -18,7 +18,7 @@ import numpy as np
 from services.common.domain import (ClusterSnapshot, Decision, Grant, InstanceView, Preemption, RequestSpec,
                                     ScheduleResult, TicketBound, Verdict)
 from services.scheduler.policy.base import PolicyConfig, latency_model_of
-from services.scheduler.policy.budget import InstanceBudget, prefill_ms, summarise
+from services.scheduler.policy.budget import InstanceBudget, carry_backlog, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.pd import SPLIT, legs_of, options, plan
@@ -65,7 +65,7 @@ class Hfx:
         a router relies on). Ranked as a pass would choose."""
         if not cluster.instances or not bounds:
             return []
-        budgets = [self._budget(inst) for inst in cluster.instances]
+        budgets = [self._budget(inst, now_s) for inst in cluster.instances]
         # Tickets are spent later, behind whatever step runs then: the estimated in-flight charge.
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set(), reported_step=False)
         granted: dict[int, Grant] = {}
@@ -94,7 +94,7 @@ class Hfx:
             self._budgets = {iid: hit for iid, hit in self._budgets.items() if iid in live}
         self.queue.sync(waiting, self._entry)
         decisions: list[Decision] = []
-        budgets = [self._budget(inst) for inst in cluster.instances]
+        budgets = [self._budget(inst, now_s) for inst in cluster.instances]
         self._pass_budgets = {inst.instance_id: b for inst, b in zip(cluster.instances, budgets)}
         preemptions = self._protect(cluster.instances, budgets)
         banned = {p.instance_id for p in preemptions}
@@ -120,7 +120,7 @@ class Hfx:
             entry.demoted_s = spec.arrival_s
         return entry
 
-    def _budget(self, inst: InstanceView) -> InstanceBudget:
+    def _budget(self, inst: InstanceView, now_s: float) -> InstanceBudget:
         """This pass's budget of `inst`: a copy, because the pass mutates it as it places
         (FitTable.place). The cached original must stay as the snapshot showed the instance:
         an idle instance's running set is the one empty tuple in every snapshot, so a mutated
@@ -132,6 +132,8 @@ class Hfx:
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
             return copy.copy(hit[1])
         budget = summarise(inst, self.config, self.estimator, self._best_effort_ids)
+        if hit is not None:   # the running set changed: the prefill queued before stays queued
+            carry_backlog(budget, hit[1], hit[0][0], inst, now_s)
         self._budgets[inst.instance_id] = (sig, budget)
         return copy.copy(budget)
 
