@@ -154,3 +154,14 @@ def test_hfx_keeps_up_where_queued_prefill_was_mispredicted(seed, index, factor)
     v = verdict(attain)
     assert max(attain[p][rates[0]] for p in BASELINES) >= 0.9 and v["violations"] == [], attain
 
+
+def test_hfx_reaches_90_percent_where_the_baselines_do_on_the_out_of_reach_workload():
+    """Family workload s3-w003 at 0.15x its capacity (9.1 req/s, 200 requests): a class whose TTFT is
+    1.6x its mean unloaded prefill arrives out of reach now and then. Each such arrival put the
+    cluster under pressure, holding best effort back for 500-800 ms: hfx 89.5% (89.0% before the
+    fourth pass) where least-load attains 90.5%, so its goodput was below the baselines' (issue
+    17, fifth pass: such an arrival sets no pressure)."""
+    name, _, wl = load_family(4, 3)[3]
+    rates = rate_grid(capacity_rps(wl, PROFILE.model, PROFILE.chunk_tokens, 4), (0.15,))
+    attain = run_workload(name, wl, PROFILE, 4, 200, 3, (*BASELINES, "hfx"), rates, lambda: None)
+    assert max(attain[p][rates[0]] for p in BASELINES) >= 0.9 and attain["hfx"][rates[0]] >= 0.9, attain

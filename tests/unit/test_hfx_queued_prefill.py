@@ -1,6 +1,7 @@
 """What HFX predicts of the prefill queued on an instance (issue 17, fifth pass): a newcomer may not
 ride in the step that yields a queued first token when that makes it late (fit test (6)), and the
-queue a finished request held others behind stays predicted after it leaves (carry_backlog)."""
+queue a finished request held others behind stays predicted after it leaves (carry_backlog). And
+a request out of reach on arrival says nothing about the load: it sets no pressure."""
 
 from __future__ import annotations
 
@@ -90,3 +91,18 @@ def test_the_queue_a_finished_request_held_stays_predicted():
     (d,) = make_policy("hfx", CFG).schedule([x], cluster(after), 0.09).decisions
     assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(2.5 + 2 * 2.5 + 1.0)
 
+
+def test_a_request_out_of_reach_on_arrival_puts_no_pressure_on_the_cluster():
+    """"gone" (TTFT 1 ms, unloaded prefill 2 + 0.01*100 = 3 ms) cannot make its first token even on
+    an idle instance: hopeless on arrival, demoted. That says nothing about the load: "loose" (TTFT
+    5 s) is placed in the same pass, and gone goes best effort on the spare room at once. Before
+    the fifth pass gone put the cluster under pressure for 500 ms: loose was deferred and gone held
+    back. A request that became hopeless while it waited still puts the cluster under pressure."""
+    idle = cluster(make_instance("i0"), make_instance("i1"))
+    gone = make_request(request_id="gone", slo=Slo(1.0, 50.0))
+    loose = make_request(request_id="loose", slo=Slo(5000.0, 50.0))
+    decisions = {d.request_id: d for d in make_policy("hfx", CFG).schedule([gone, loose], idle, 0.0).decisions}
+    assert decisions["loose"].verdict == Verdict.ADMIT
+    assert decisions["gone"].verdict == Verdict.BEST_EFFORT
+    waited = replace(gone, slo=Slo(50.0, 50.0), arrival_s=-0.1)
+    assert make_policy("hfx", CFG).schedule([waited, loose], idle, 0.0).decisions == ()

@@ -167,7 +167,12 @@ class Hfx:
                 return
             spec = entry.spec
             slack_ms = entry.slack_ms(now_s)
-            self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
+            if entry.hopeless_at_s > spec.arrival_s or spec.resumed_tokens:
+                # It waited until it was hopeless: the cluster did not keep up. One that was out of
+                # reach on arrival (its first token late even on an idle instance) says nothing of
+                # the load: its pressure deferred loose requests and held best effort, its own
+                # included, for a window each such arrival renewed (issue 17, fifth pass).
+                self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
             if spec.resumed_tokens:
                 # Preempted after streaming tokens: never turned away now. It keeps its place at
                 # the head of the ranking (least slack) and is placed as soon as room appears.
