@@ -51,6 +51,17 @@ def test_a_newcomer_does_not_make_a_queued_first_token_late():
     assert d.verdict == Verdict.ADMIT and d.instance_id == "i0"
 
 
+def test_under_strain_the_queued_first_token_test_steps_aside():
+    """As above (q keeps 0.5 ms), but a second request waits too ("big", 20,000 tokens: it fits
+    nowhere), so more are queued than there are instances: the cluster is strained, and x, refused,
+    would wait behind a queue and likely miss itself. Test (6) applies only while the cluster
+    keeps up (like test (2)'s exact charge): x is placed on i0."""
+    x = make_request(request_id="x", prompt_tokens=60, slo=Slo(1000.0, 50.0))
+    big = make_request(request_id="big", prompt_tokens=20_000, slo=Slo(100_000.0, 50.0))
+    decisions = make_policy("hfx", CFG).schedule([x, big], cluster(busy_with_queued_first(5.2)), 0.0).decisions
+    assert [(d.request_id, d.verdict, d.instance_id) for d in decisions] == [("x", Verdict.ADMIT, "i0")]
+
+
 def test_the_queued_first_token_test_in_numbers():
     """FitTable's view of the instance above: room R = 78 tokens, least margin 4.2 - 3.7 = 0.5 ms.
     A request placed in the same pass joins the queue (Q = 50, R = 48, margin of the 30-token one
