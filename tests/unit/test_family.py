@@ -137,3 +137,31 @@ def test_hfx_keeps_up_on_the_tight_first_token_workload():
     attain = run_workload(name, wl, PROFILE, 4, 200, 2, (*BASELINES, "hfx"), rates, lambda: None)
     v = verdict(attain)
     assert max(attain[p][rates[0]] for p in BASELINES) >= 0.9 and v["violations"] == [], attain
+
+
+@pytest.mark.parametrize("seed,index,factor", [
+    pytest.param(2, 17, 0.15, id="s2-w017@14"), pytest.param(2, 17, 0.3, id="s2-w017@27"),
+    pytest.param(1, 12, 1.2, id="s1-w012@49")])
+def test_hfx_keeps_up_where_queued_prefill_was_mispredicted(seed, index, factor):
+    """Issue 17, fifth pass (200 requests per point). s2-w017 at 14 and 27 req/s: a 14-ms-TTFT
+    request queued behind the step in flight shared its step with a prompt placed after it (fit
+    test (6) now refuses that); s1-w012 at 49 req/s: a long prompt predicted 162 ms got its first
+    token after 286 ms, the queue a finished request had held forgotten (carry_backlog). hfx was
+    1.5 points below the best baseline at each."""
+    name, _, wl = load_family(index + 1, seed)[index]
+    rates = rate_grid(capacity_rps(wl, PROFILE.model, PROFILE.chunk_tokens, 4), (factor,))
+    attain = run_workload(name, wl, PROFILE, 4, 200, seed, (*BASELINES, "hfx"), rates, lambda: None)
+    v = verdict(attain)
+    assert max(attain[p][rates[0]] for p in BASELINES) >= 0.9 and v["violations"] == [], attain
+
+
+def test_hfx_reaches_90_percent_where_the_baselines_do_on_the_out_of_reach_workload():
+    """Family workload s3-w003 at 0.15x its capacity (9.1 req/s, 200 requests): a class whose TTFT is
+    1.6x its mean unloaded prefill arrives out of reach now and then. Each such arrival put the
+    cluster under pressure, holding best effort back for 500-800 ms: hfx 89.5% (89.0% before the
+    fourth pass) where least-load attains 90.5%, so its goodput was below the baselines' (issue
+    17, fifth pass: such an arrival sets no pressure)."""
+    name, _, wl = load_family(4, 3)[3]
+    rates = rate_grid(capacity_rps(wl, PROFILE.model, PROFILE.chunk_tokens, 4), (0.15,))
+    attain = run_workload(name, wl, PROFILE, 4, 200, 3, (*BASELINES, "hfx"), rates, lambda: None)
+    assert max(attain[p][rates[0]] for p in BASELINES) >= 0.9 and attain["hfx"][rates[0]] >= 0.9, attain

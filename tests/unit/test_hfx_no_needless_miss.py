@@ -122,12 +122,12 @@ def test_a_tight_first_token_takes_its_last_chance_at_once():
 def test_what_pressure_held_back_is_released_paced_not_all_at_once():
     """Issue 17, third pass (family workload s1-w034): loose requests deferred for a whole pressure
     window were then placed on every instance in one pass, just before a burst of a tight class
-    that found every prefill lane taken. "gone" (TTFT 1 ms < its 3 ms unloaded prefill) is hopeless
-    at once: pressure until t=0.5. Two loose requests (L=100: unloaded prefill 2 + 0.01*100 = 3 ms;
+    that found every prefill lane taken. "gone" (arrived 100 ms ago, TTFT 50 ms, unloaded prefill 3
+    ms) waited until it was hopeless: pressure until t=0.5. Two loose requests (L=100: unloaded prefill 2 + 0.01*100 = 3 ms;
     TTFT 5 s) wait it out. At t=0.6 the first goes; the next only release_spacing (2) x 3 ms / 2
     instances = 3 ms later. Once the release window (another 500 ms) is over, no pacing."""
     idle = cluster(make_instance("i0"), make_instance("i1"))
-    gone = make_request(request_id="gone", slo=Slo(1.0, 50.0))
+    gone = make_request(request_id="gone", slo=Slo(50.0, 50.0), arrival_s=-0.1)
     a, b = (make_request(request_id=n, slo=Slo(5000.0, 50.0)) for n in ("a", "b"))
     hfx = make_policy("hfx", CFG)
     assert [d.request_id for d in hfx.schedule([gone, a, b], idle, 0.0).decisions] == []

@@ -368,4 +368,4 @@ def test_an_idle_instance_budget_is_not_carried_over_from_an_earlier_pass():
         (d,) = hfx.schedule([make_request(request_id=f"r{k}", arrival_s=float(k))], cluster(make_instance()),
                             float(k)).decisions
         assert d.verdict == Verdict.ADMIT, (k, d.reason)
-        assert hfx._budget(make_instance()).bank_ms == fresh.bank_ms == math.inf
+        assert hfx._budget(make_instance(), 0.0).bank_ms == fresh.bank_ms == math.inf

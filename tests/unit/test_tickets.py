@@ -90,7 +90,7 @@ def test_every_request_a_grant_covers_fits_that_instance_by_the_passes_own_test(
             spec = _spec(f"c{k}", rng.randint(1, bound.max_prompt_tokens), rng.randint(1, bound.max_tokens),
                          bound.min_ttft_ms * rng.uniform(1, 3), bound.min_tpot_ms * rng.uniform(1, 3))
             assert bound.covers(spec, NOW)
-            table = FitTable([inst], [policy._budget(inst)], config, NOW, banned=set())
+            table = FitTable([inst], [policy._budget(inst, NOW)], config, NOW, banned=set())
             ok, _ = table.fits(spec, spec.max_tokens, NOW, best_effort=False)
             assert ok[0], (trial, bound, spec)
             checked += 1

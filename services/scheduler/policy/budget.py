@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from services.common.domain import InstanceView, LatencyModel, RequestSpec, Role
+from services.common.domain import InstanceView, LatencyModel, RequestSpec, Role, RunningRequest
 from services.scheduler.policy.base import PolicyConfig, kv_capacity_of, latency_model_of
 from services.scheduler.policy.estimate import OutputLengthEstimator
 
@@ -150,3 +150,27 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
             victim_key, out.victim_id, out.victim_bank_ms = key, r.spec.request_id, bank
     out.banks_ms, out.remaining = tuple(banks), tuple(remaining)
     return out
+
+
+def carry_backlog(budget: InstanceBudget, previous: InstanceBudget, previous_running: Iterable[RunningRequest],
+                  inst: InstanceView, now_s: float) -> None:
+    """Keep the prefill queue `previous` (the budget of the running set before) predicted, across
+    a change of the running set: `budget` was summarised from scratch, and that walk assumes each
+    request's prefill began no earlier than its placement, so when a request that held the queue
+    before them leaves (it finished: its own prefill was done long ago), the ones behind it
+    would look as if they had been prefilling since they were placed (issue 17, fifth pass:
+    s1-w012, a 3,644-token prompt predicted 162 ms, first token after 286 ms, behind a prompt
+    placed 140 ms earlier that had waited behind a third, finished one). A finish removes no
+    queued prefill, so the queue left at the change is the previous one's, plus what was placed
+    since (FIFO, behind it); it never exceeds the prefill the running set still holds."""
+    before = {r.spec.request_id for r in previous_running}
+    new = [r for r in inst.running if r.spec.request_id not in before]
+    since_s = min((r.placed_s for r in new), default=now_s)
+    added = sum(leg_shape(r.role, r.spec.prompt_tokens, 1)[0] for r in new)
+    carried = previous.backlog_tokens(since_s) + added
+    if carried <= 0:
+        return
+    held = sum(leg_shape(r.role, r.spec.prompt_tokens, 1)[0] for r in inst.running)
+    rate = budget.prefill_rate_tps
+    budget.backlog_anchor_tokens = max(budget.backlog_anchor_tokens,
+                                       min(carried + rate * since_s, held + rate * now_s))

@@ -18,7 +18,7 @@ import numpy as np
 from services.common.domain import (ClusterSnapshot, Decision, Grant, InstanceView, Preemption, RequestSpec,
                                     ScheduleResult, TicketBound, Verdict)
 from services.scheduler.policy.base import PolicyConfig, latency_model_of
-from services.scheduler.policy.budget import InstanceBudget, prefill_ms, summarise
+from services.scheduler.policy.budget import InstanceBudget, carry_backlog, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.pd import SPLIT, legs_of, options, plan
@@ -65,7 +65,7 @@ class Hfx:
         a router relies on). Ranked as a pass would choose."""
         if not cluster.instances or not bounds:
             return []
-        budgets = [self._budget(inst) for inst in cluster.instances]
+        budgets = [self._budget(inst, now_s) for inst in cluster.instances]
         # Tickets are spent later, behind whatever step runs then: the estimated in-flight charge.
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set(), reported_step=False)
         granted: dict[int, Grant] = {}
@@ -94,7 +94,7 @@ class Hfx:
             self._budgets = {iid: hit for iid, hit in self._budgets.items() if iid in live}
         self.queue.sync(waiting, self._entry)
         decisions: list[Decision] = []
-        budgets = [self._budget(inst) for inst in cluster.instances]
+        budgets = [self._budget(inst, now_s) for inst in cluster.instances]
         self._pass_budgets = {inst.instance_id: b for inst, b in zip(cluster.instances, budgets)}
         preemptions = self._protect(cluster.instances, budgets)
         banned = {p.instance_id for p in preemptions}
@@ -103,7 +103,7 @@ class Hfx:
         if not self.queue.known:   # nothing to place (protection still ran): skip the fit table
             return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned, reserve=self._strained(now_s, cluster),
-                         links=cluster.links)
+                         links=cluster.links, unprotected=self._best_effort_ids)
         if table.any_open():
             self._place(table, now_s, decisions)
         return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
@@ -120,7 +120,7 @@ class Hfx:
             entry.demoted_s = spec.arrival_s
         return entry
 
-    def _budget(self, inst: InstanceView) -> InstanceBudget:
+    def _budget(self, inst: InstanceView, now_s: float) -> InstanceBudget:
         """This pass's budget of `inst`: a copy, because the pass mutates it as it places
         (FitTable.place). The cached original must stay as the snapshot showed the instance:
         an idle instance's running set is the one empty tuple in every snapshot, so a mutated
@@ -132,6 +132,8 @@ class Hfx:
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
             return copy.copy(hit[1])
         budget = summarise(inst, self.config, self.estimator, self._best_effort_ids)
+        if hit is not None:   # the running set changed: the prefill queued before stays queued
+            carry_backlog(budget, hit[1], hit[0][0], inst, now_s)
         self._budgets[inst.instance_id] = (sig, budget)
         return copy.copy(budget)
 
@@ -165,7 +167,12 @@ class Hfx:
                 return
             spec = entry.spec
             slack_ms = entry.slack_ms(now_s)
-            self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
+            if entry.hopeless_at_s > spec.arrival_s or spec.resumed_tokens:
+                # It waited until it was hopeless: the cluster did not keep up. One that was out of
+                # reach on arrival (its first token late even on an idle instance) says nothing of
+                # the load: its pressure deferred loose requests and held best effort, its own
+                # included, for a window each such arrival renewed (issue 17, fifth pass).
+                self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
             if spec.resumed_tokens:
                 # Preempted after streaming tokens: never turned away now. It keeps its place at
                 # the head of the ranking (least slack) and is placed as soon as room appears.
@@ -276,7 +283,7 @@ class Hfx:
         # not strained: waiting for a step to end costs it about as much as the step in flight it
         # would wait behind. Rejecting,
         # demoting or holding it is a likely miss that buys nothing if it fits once the step in
-        # flight is not charged (tests 2-5 still protect everyone else): place it at its own risk.
+        # flight is not charged (tests 2-6 still protect everyone else): place it at its own risk.
         slack_ms = entry.slack_ms(now_s)
         tight_ms = 0.0 if table.reserve else (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)

@@ -53,6 +53,8 @@ def prefill_fit(table: FitTable, spec: RequestSpec, optimistic: bool) -> tuple[n
     """(fits, ms until P's prefill ends, ms of the KV transfer) per instance."""
     L = float(spec.prompt_tokens)
     ok = table.open & table.role_rows[Role.PREFILL] & (table.kv_room >= L + 1) & table.fits_len(spec)
+    if not table.reserve:   # fit.py (6): first tokens queued behind P's step in flight
+        ok &= table.queued_first_ok(L)
     # A P that was a D moments ago may still run decodes (a role change lets them finish there):
     # the prefill's chunks then eat into their bank as on any instance (fit.py (2)). Elsewhere n = 0.
     ok &= (table.n == 0) | (table.bank_ms - table.c1 * L >= 0)
