@@ -83,6 +83,17 @@ def add_autoscale_bench(subparsers) -> None:
                    help="hfx: survivors must stay at or below this share (default %(default)s)")
     p.add_argument("--hfx-cooldown-s", type=argtypes.non_negative_float, default=hfx.scale_down_cooldown_s,
                    help="hfx: seconds after a scale action before a removal (default %(default)s)")
+    p.add_argument("--hfx-backlog-drain-s", type=argtypes.non_negative_float, default=hfx.backlog_drain_s,
+                   help="hfx: buy capacity that clears the queue within this long (default %(default)s)")
+    p.add_argument("--hfx-rate-noise-z", type=argtypes.non_negative_float, default=hfx.rate_noise_z,
+                   help="hfx: a rate change beyond this many deviations of counting noise counts at once; within "
+                   "it, smoothed (0: none) (default %(default)s)")
+    p.add_argument("--hfx-slo-feedback-s", type=argtypes.non_negative_float, default=hfx.slo_feedback_s,
+                   help="hfx: time constant of the SLO feedback on capacity (0: off) (default %(default)s)")
+    p.add_argument("--hfx-attainment-margin", type=argtypes.non_negative_float, default=hfx.attainment_margin,
+                   help="hfx: the SLO feedback aims this far above the target attainment (default %(default)s)")
+    p.add_argument("--hfx-forecast-max-growth", type=argtypes.non_negative_float, default=hfx.forecast_max_growth,
+                   help="hfx: the forecast exceeds the measured rate by at most this share (default %(default)s)")
     p.add_argument("--pd", default="", metavar="P:D",
                    help="hfx runs a P/D cluster starting with P prefill and D decode instances, scaled per role by "
                    "the P/D autoscaler (each role within --min/--max-instances, P + D at most --max-instances); "
@@ -128,10 +139,17 @@ def make_autoscaler(name: str, args, capacity: float, static_n: int):
                              capacity_rps={"cpu": capacity * (args.planner_utilization if name == "planner" else 1.0)},
                              ready_times_s=ready, target_utilization=args.hfx_target_utilization,
                              scale_down_utilization=args.hfx_scale_down_utilization,
-                             scale_down_cooldown_s=args.hfx_cooldown_s)
+                             scale_down_cooldown_s=args.hfx_cooldown_s, **hfx_extras(args))
     return choose_autoscaler(name, config, BaselineSettings(queue_target=args.queue_target,
                                                             planner_interval_s=args.planner_interval_s,
                                                             static_replicas=static_n))
+
+
+def hfx_extras(args) -> dict:
+    """The hfx policy's cost settings from the bench's flags."""
+    return {"backlog_drain_s": args.hfx_backlog_drain_s, "rate_noise_z": args.hfx_rate_noise_z,
+            "slo_feedback_s": args.hfx_slo_feedback_s, "attainment_margin": args.hfx_attainment_margin,
+            "forecast_max_growth": args.hfx_forecast_max_growth}
 
 
 def pd_autoscaler(profile: Profile, workload: Workload, role: AutoscaleConfig, max_total: int) -> PDAutoscaler:
