@@ -47,6 +47,9 @@ def add_autoscale_bench(subparsers) -> None:
                    "(TIMESTAMP, ContextTokens, GeneratedTokens) replayed at its own times (default %(default)s)")
     p.add_argument("--trace-speedup", type=argtypes.positive_float, default=1.0,
                    help="Azure trace: divide its timestamps by this (default %(default)s)")
+    p.add_argument("--trace-lengths", choices=("trace", "mix"), default="trace",
+                   help="Azure trace: each request's prompt and output lengths from the trace, or drawn from "
+                   "--workload's classes (its arrival times only) (default %(default)s)")
     p.add_argument("--duration-s", type=argtypes.positive_float, default=1800.0,
                    help="swell trace: length in seconds; Azure trace: replay at most this long (default %(default)s)")
     p.add_argument("--peak-rps", type=argtypes.positive_float, default=None,
@@ -127,8 +130,23 @@ def make_requests(args, workload: Workload, profile: Profile, peak_rps: float):
         shapes = [(t, -1, -1) for t in trace.arrivals(args.seed)]
         return at_times(workload, shapes, rng, profile.model, profile.chunk_tokens), trace.rate
     rows = read_azure_trace(args.trace)
-    shapes = [(t / args.trace_speedup, c, g) for t, c, g in rows if t / args.trace_speedup < args.duration_s]
+    keep = args.trace_lengths == "trace"
+    shapes = [(t / args.trace_speedup, c if keep else -1, g if keep else -1) for t, c, g in rows
+              if t / args.trace_speedup < args.duration_s]
     return at_times(workload, shapes, rng, profile.model, profile.chunk_tokens), None
+
+
+PEAK_BIN_S = 30.0
+
+
+def trace_peak_rps(requests) -> float:
+    """A replayed trace's peak: the most arrivals in a PEAK_BIN_S bin, per second (what static
+    provisioning at the peak is sized for)."""
+    bins: dict[int, int] = {}
+    for r in requests:
+        k = int(r.spec.arrival_s // PEAK_BIN_S)
+        bins[k] = bins.get(k, 0) + 1
+    return max(bins.values(), default=0) / PEAK_BIN_S
 
 
 def make_autoscaler(name: str, args, capacity: float, static_n: int):
@@ -226,6 +244,8 @@ def run_autoscale_bench(args: argparse.Namespace) -> int:
     if not requests:
         print("error: the trace has no requests in --duration-s", file=sys.stderr)
         return 2
+    if args.trace != "swell" and not args.peak_rps:
+        peak = trace_peak_rps(requests)
     static_n = args.static_instances or min(args.max_instances, math.ceil(peak / capacity))
     print(f"{ENGINE_LABEL}; profile {profile.name}; policy {args.policy}; trace {args.trace} "
           f"({len(requests)} requests over {requests[-1].spec.arrival_s:.0f}s, peak {peak:.1f} req/s); "

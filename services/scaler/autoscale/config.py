@@ -42,7 +42,7 @@ class AutoscaleConfig:
     forecast_beta: float = 0.3
     # The forecast may exceed the measured rate by at most this share: a step (a spike) makes
     # a steep trend whose extrapolation would buy far more than the step itself.
-    forecast_max_growth: float = 0.5
+    forecast_max_growth: float = 0.1
     # Look this far past the ready time when deciding a removal (the survivors must carry it).
     scale_down_horizon_s: float = 60.0
     # The scheduler's backlog is bought as capacity that clears it within this long (at least a
