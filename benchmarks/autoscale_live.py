@@ -97,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
                    help="hfx: time constant of the SLO feedback on capacity, before --time-scale (0: off)")
     p.add_argument("--hfx-attainment-margin", type=argtypes.non_negative_float, default=d.attainment_margin,
                    help="hfx: the SLO feedback aims this far above the target attainment")
-    p.add_argument("--hfx-forecast-max-growth", type=argtypes.non_negative_float, default=d.forecast_max_growth,
-                   help="hfx: the forecast exceeds the measured rate by at most this share")
+    p.add_argument("--hfx-forecast-max-growth-per-min", type=argtypes.non_negative_float, default=d.forecast_max_growth_per_min,
+                   help="hfx: the forecast exceeds the measured rate by at most this share per minute of lead time")
     p.add_argument("--seed", type=argtypes.non_negative_int, default=1, help="trace, classes and prompts")
     p.add_argument("--request-timeout", type=argtypes.positive_float, default=120.0, help="seconds per request")
     p.add_argument("--progress-s", type=argtypes.positive_float, default=15.0, help="seconds between progress lines")
@@ -145,7 +145,7 @@ def scaler_flags(name: str, args, trace: Trace) -> tuple[str, ...]:
              "--backlog-drain-s", f"{args.hfx_backlog_drain_s / k:.3g}", "--rate-noise-z", str(args.hfx_rate_noise_z),
              "--slo-feedback-s", f"{args.hfx_slo_feedback_s / k:.3g}",
              "--attainment-margin", str(args.hfx_attainment_margin),
-             "--forecast-max-growth", str(args.hfx_forecast_max_growth)]
+             "--forecast-max-growth-per-min", str(args.hfx_forecast_max_growth_per_min)]
     base = BaselineSettings()
     if name == "queue":
         flags += ["--queue-target", str(args.queue_target), "--queue-period-s", f"{base.queue_period_s / k:.3g}",

@@ -58,9 +58,9 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
                    help="the SLO feedback aims at this much above the target attainment (default %(default)s)")
     g.add_argument("--max-capacity-gain", type=argtypes.positive_float, default=_DEFAULTS.max_capacity_gain,
                    help="the SLO feedback's bound (default %(default)s)")
-    g.add_argument("--forecast-max-growth", type=argtypes.non_negative_float,
-                   default=_DEFAULTS.forecast_max_growth,
-                   help="the forecast may exceed the measured rate by at most this share (default %(default)s)")
+    g.add_argument("--forecast-max-growth-per-min", type=argtypes.non_negative_float,
+                   default=_DEFAULTS.forecast_max_growth_per_min,
+                   help="the forecast may exceed the measured rate by at most this share per minute of lead time (default %(default)s)")
     g.add_argument("--warmup-s", type=argtypes.non_negative_float, default=_DEFAULTS.warmup_s,
                    help="a new worker's capacity samples count after this long (default %(default)s)")
     g.add_argument("--cold-start-s", type=argtypes.non_negative_float,
@@ -234,7 +234,7 @@ def config_from_args(args) -> AutoscaleConfig | None:
         scale_down_horizon_s=args.scale_down_horizon_s, warmup_s=args.warmup_s,
         backlog_drain_s=args.backlog_drain_s, rate_noise_z=args.rate_noise_z, slo_feedback_s=args.slo_feedback_s,
         attainment_margin=args.attainment_margin, max_capacity_gain=args.max_capacity_gain,
-        forecast_max_growth=args.forecast_max_growth,
+        forecast_max_growth_per_min=args.forecast_max_growth_per_min,
         ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
                                                        StartKind.STANDBY: args.standby_start_s})
 
@@ -250,7 +250,7 @@ def forward_flags(args) -> list[str]:
            "--scale-down-horizon-s", str(args.scale_down_horizon_s), "--warmup-s", str(args.warmup_s),
            "--backlog-drain-s", str(args.backlog_drain_s), "--rate-noise-z", str(args.rate_noise_z),
            "--slo-feedback-s", str(args.slo_feedback_s), "--attainment-margin", str(args.attainment_margin),
-           "--max-capacity-gain", str(args.max_capacity_gain), "--forecast-max-growth", str(args.forecast_max_growth),
+           "--max-capacity-gain", str(args.max_capacity_gain), "--forecast-max-growth-per-min", str(args.forecast_max_growth_per_min),
            "--cold-start-s", str(args.cold_start_s), "--standby-start-s", str(args.standby_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),
            "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator,
            "--autoscaler", args.autoscaler, "--queue-target", str(args.queue_target),

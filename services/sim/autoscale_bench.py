@@ -95,8 +95,8 @@ def add_autoscale_bench(subparsers) -> None:
                    help="hfx: time constant of the SLO feedback on capacity (0: off) (default %(default)s)")
     p.add_argument("--hfx-attainment-margin", type=argtypes.non_negative_float, default=hfx.attainment_margin,
                    help="hfx: the SLO feedback aims this far above the target attainment (default %(default)s)")
-    p.add_argument("--hfx-forecast-max-growth", type=argtypes.non_negative_float, default=hfx.forecast_max_growth,
-                   help="hfx: the forecast exceeds the measured rate by at most this share (default %(default)s)")
+    p.add_argument("--hfx-forecast-max-growth-per-min", type=argtypes.non_negative_float, default=hfx.forecast_max_growth_per_min,
+                   help="hfx: the forecast exceeds the measured rate by at most this share per minute of lead time (default %(default)s)")
     p.add_argument("--pd", default="", metavar="P:D",
                    help="hfx runs a P/D cluster starting with P prefill and D decode instances, scaled per role by "
                    "the P/D autoscaler (each role within --min/--max-instances, P + D at most --max-instances); "
@@ -167,7 +167,7 @@ def hfx_extras(args) -> dict:
     """The hfx policy's cost settings from the bench's flags."""
     return {"backlog_drain_s": args.hfx_backlog_drain_s, "rate_noise_z": args.hfx_rate_noise_z,
             "slo_feedback_s": args.hfx_slo_feedback_s, "attainment_margin": args.hfx_attainment_margin,
-            "forecast_max_growth": args.hfx_forecast_max_growth}
+            "forecast_max_growth_per_min": args.hfx_forecast_max_growth_per_min}
 
 
 def pd_autoscaler(profile: Profile, workload: Workload, role: AutoscaleConfig, max_total: int) -> PDAutoscaler:

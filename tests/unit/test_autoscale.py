@@ -360,7 +360,7 @@ def test_above_a_lowered_max_the_extras_drain():
 
 
 def test_a_step_in_load_is_not_extrapolated_past_the_growth_cap():
-    scaler = Autoscaler(make_config(forecast_max_growth=0.5))
+    scaler = Autoscaler(make_config(forecast_max_growth_per_min=0.5))
     for k in range(10):
         scaler.on_tick(signals(ready(2), 10.0), 5.0 * k)
     plan = scaler.on_tick(signals(ready(2), 30.0), 50.0)       # a spike: 3x in one tick

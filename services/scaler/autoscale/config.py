@@ -40,9 +40,11 @@ class AutoscaleConfig:
     # Holt linear-trend forecast of the arrival rate (smoothing of level and trend per tick).
     forecast_alpha: float = 0.5
     forecast_beta: float = 0.3
-    # The forecast may exceed the measured rate by at most this share: a step (a spike) makes
-    # a steep trend whose extrapolation would buy far more than the step itself.
-    forecast_max_growth: float = 0.1
+    # The forecast may exceed the measured rate by at most this share per minute of the lead time
+    # it looks ahead: a step (a spike) makes a steep trend whose extrapolation would buy far more
+    # than the step itself, and the shorter the lead, the less a trend can add before the next
+    # decision (a 2 s start: ~2%; a 60 s one: the whole share).
+    forecast_max_growth_per_min: float = 0.5
     # Look this far past the ready time when deciding a removal (the survivors must carry it).
     scale_down_horizon_s: float = 60.0
     # The scheduler's backlog is bought as capacity that clears it within this long (at least a
@@ -88,7 +90,7 @@ class AutoscaleConfig:
         if not 0 < self.target_attainment <= 1:
             raise InvalidArgument("target_attainment", f"must be in (0, 1], got {self.target_attainment}")
         for name in ("scale_down_cooldown_s", "scale_up_cooldown_s", "warmup_s", "scale_down_horizon_s",
-                     "forecast_max_growth", "backlog_drain_s", "rate_noise_z", "slo_feedback_s",
+                     "forecast_max_growth_per_min", "backlog_drain_s", "rate_noise_z", "slo_feedback_s",
                      "attainment_margin"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(name, f"must be >= 0, got {getattr(self, name)}")

@@ -97,7 +97,7 @@ class Autoscaler:
         cap = self._capacity_of(signals, cfg.device, now_s)
         caps = {i.instance_id: self._instance_capacity(i, signals, now_s) for i in active}
         total_cap = sum(caps.values())
-        predicted = max(rate, min(self.forecast.at(lead_s), rate * (1 + cfg.forecast_max_growth)))
+        predicted = max(rate, min(self.forecast.at(lead_s), rate * (1 + cfg.forecast_max_growth_per_min * lead_s / 60.0)))
         gain_note = f" (x{self.gain:.2f}, learnt from attainment)" if self.gain != 1.0 else ""
         rate_note = "" if rate == signals.arrival_rps else f", measured {signals.arrival_rps:.2f}"
         backlog_rps = signals.queue_depth / max(lead_s, cfg.backlog_drain_s, 1.0)
