@@ -88,6 +88,17 @@ def parser() -> argparse.ArgumentParser:
                    help="hfx: survivors must stay at or below this share")
     p.add_argument("--hfx-cooldown-s", type=argtypes.non_negative_float, default=30.0,
                    help="hfx: seconds after a scale action before a removal, before --time-scale")
+    d = AutoscaleConfig()
+    p.add_argument("--hfx-backlog-drain-s", type=argtypes.non_negative_float, default=d.backlog_drain_s,
+                   help="hfx: buy capacity that clears the queue within this long, before --time-scale")
+    p.add_argument("--hfx-rate-noise-z", type=argtypes.non_negative_float, default=d.rate_noise_z,
+                   help="hfx: a rate change beyond this many deviations of counting noise counts at once (0: none)")
+    p.add_argument("--hfx-slo-feedback-s", type=argtypes.non_negative_float, default=d.slo_feedback_s,
+                   help="hfx: time constant of the SLO feedback on capacity, before --time-scale (0: off)")
+    p.add_argument("--hfx-attainment-margin", type=argtypes.non_negative_float, default=d.attainment_margin,
+                   help="hfx: the SLO feedback aims this far above the target attainment")
+    p.add_argument("--hfx-forecast-max-growth-per-min", type=argtypes.non_negative_float, default=d.forecast_max_growth_per_min,
+                   help="hfx: the forecast exceeds the measured rate by at most this share per minute of lead time")
     p.add_argument("--seed", type=argtypes.non_negative_int, default=1, help="trace, classes and prompts")
     p.add_argument("--request-timeout", type=argtypes.positive_float, default=120.0, help="seconds per request")
     p.add_argument("--progress-s", type=argtypes.positive_float, default=15.0, help="seconds between progress lines")
@@ -130,7 +141,11 @@ def scaler_flags(name: str, args, trace: Trace) -> tuple[str, ...]:
              "--target-utilization", str(args.hfx_target_utilization),
              "--scale-down-utilization", str(args.hfx_scale_down_utilization),
              "--scale-down-cooldown-s", f"{args.hfx_cooldown_s / k:.3g}",
-             "--scale-down-horizon-s", f"{AutoscaleConfig().scale_down_horizon_s / k:.3g}"]
+             "--scale-down-horizon-s", f"{AutoscaleConfig().scale_down_horizon_s / k:.3g}",
+             "--backlog-drain-s", f"{args.hfx_backlog_drain_s / k:.3g}", "--rate-noise-z", str(args.hfx_rate_noise_z),
+             "--slo-feedback-s", f"{args.hfx_slo_feedback_s / k:.3g}",
+             "--attainment-margin", str(args.hfx_attainment_margin),
+             "--forecast-max-growth-per-min", str(args.hfx_forecast_max_growth_per_min)]
     base = BaselineSettings()
     if name == "queue":
         flags += ["--queue-target", str(args.queue_target), "--queue-period-s", f"{base.queue_period_s / k:.3g}",

@@ -44,6 +44,23 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
                    default=_DEFAULTS.scale_down_horizon_s,
                    help="a removal needs the survivors to carry the load forecast this far past a restart's "
                         "ready time (default %(default)s)")
+    g.add_argument("--backlog-drain-s", type=argtypes.non_negative_float, default=_DEFAULTS.backlog_drain_s,
+                   help="the scheduler's queue is bought as capacity that clears it within this long (at least a "
+                        "start's ready time) (default %(default)s)")
+    g.add_argument("--rate-noise-z", type=argtypes.non_negative_float, default=_DEFAULTS.rate_noise_z,
+                   help="a change in the measured arrival rate counts at once beyond this many standard deviations "
+                        "of the window's counting noise, is smoothed within it (0: no smoothing) (default %(default)s)")
+    g.add_argument("--slo-feedback-s", type=argtypes.non_negative_float, default=_DEFAULTS.slo_feedback_s,
+                   help="time constant of the SLO feedback on capacity: attainment above target + margin lets each "
+                        "worker count for up to --max-capacity-gain times its SLO capacity (0: off) "
+                        "(default %(default)s)")
+    g.add_argument("--attainment-margin", type=argtypes.non_negative_float, default=_DEFAULTS.attainment_margin,
+                   help="the SLO feedback aims at this much above the target attainment (default %(default)s)")
+    g.add_argument("--max-capacity-gain", type=argtypes.positive_float, default=_DEFAULTS.max_capacity_gain,
+                   help="the SLO feedback's bound (default %(default)s)")
+    g.add_argument("--forecast-max-growth-per-min", type=argtypes.non_negative_float,
+                   default=_DEFAULTS.forecast_max_growth_per_min,
+                   help="the forecast may exceed the measured rate by at most this share per minute of lead time (default %(default)s)")
     g.add_argument("--warmup-s", type=argtypes.non_negative_float, default=_DEFAULTS.warmup_s,
                    help="a new worker's capacity samples count after this long (default %(default)s)")
     g.add_argument("--cold-start-s", type=argtypes.non_negative_float,
@@ -215,6 +232,9 @@ def config_from_args(args) -> AutoscaleConfig | None:
         capacity_rps={d: args.capacity_rps for d in prices}, target_utilization=args.target_utilization,
         scale_down_utilization=args.scale_down_utilization, scale_down_cooldown_s=args.scale_down_cooldown_s,
         scale_down_horizon_s=args.scale_down_horizon_s, warmup_s=args.warmup_s,
+        backlog_drain_s=args.backlog_drain_s, rate_noise_z=args.rate_noise_z, slo_feedback_s=args.slo_feedback_s,
+        attainment_margin=args.attainment_margin, max_capacity_gain=args.max_capacity_gain,
+        forecast_max_growth_per_min=args.forecast_max_growth_per_min,
         ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
                                                        StartKind.STANDBY: args.standby_start_s})
 
@@ -228,6 +248,9 @@ def forward_flags(args) -> list[str]:
            "--scale-down-utilization", str(args.scale_down_utilization),
            "--scale-down-cooldown-s", str(args.scale_down_cooldown_s),
            "--scale-down-horizon-s", str(args.scale_down_horizon_s), "--warmup-s", str(args.warmup_s),
+           "--backlog-drain-s", str(args.backlog_drain_s), "--rate-noise-z", str(args.rate_noise_z),
+           "--slo-feedback-s", str(args.slo_feedback_s), "--attainment-margin", str(args.attainment_margin),
+           "--max-capacity-gain", str(args.max_capacity_gain), "--forecast-max-growth-per-min", str(args.forecast_max_growth_per_min),
            "--cold-start-s", str(args.cold_start_s), "--standby-start-s", str(args.standby_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),
            "--autoscale-window-s", str(args.autoscale_window_s), "--actuator", args.actuator,
            "--autoscaler", args.autoscaler, "--queue-target", str(args.queue_target),

@@ -128,7 +128,7 @@ class AutoscaleLoop:
             return self._pd_signals(tuple(instances), counters.queue_depth, ready_times, kinds)
         return Signals(tuple(instances), self.window.arrival_rps(), self.window.attainment(), counters.queue_depth,
                        0.0, self.window.rejections(), ready_times, kinds,
-                       pool.equivalents if pool is not None else 0.0)
+                       pool.equivalents if pool is not None else 0.0, rate_window_s=self.window.span_s())
 
     def _pd_signals(self, instances: tuple[InstanceSignal, ...], queue_depth: int, ready_times, kinds) -> PDSignals:
         """Each role's side: the mean prompt and asked output lengths of the window's verdicts (the

@@ -82,6 +82,10 @@ class Window:
         # A restarted scheduler starts its counters at 0: no negative rates.
         return max(0.0, b.verdicts - a.verdicts) / dt if dt > 0 else 0.0
 
+    def span_s(self) -> float:
+        """How long the window behind arrival_rps() is (0 before it has two samples)."""
+        return self.samples[-1].t_s - self.samples[0].t_s if len(self.samples) >= 2 else 0.0
+
     def mean_tokens(self) -> tuple[float, float]:
         """(mean prompt tokens, mean output tokens asked) of the requests given a verdict over the
         window; (0, 0) without any."""

@@ -47,6 +47,9 @@ def add_autoscale_bench(subparsers) -> None:
                    "(TIMESTAMP, ContextTokens, GeneratedTokens) replayed at its own times (default %(default)s)")
     p.add_argument("--trace-speedup", type=argtypes.positive_float, default=1.0,
                    help="Azure trace: divide its timestamps by this (default %(default)s)")
+    p.add_argument("--trace-lengths", choices=("trace", "mix"), default="trace",
+                   help="Azure trace: each request's prompt and output lengths from the trace, or drawn from "
+                   "--workload's classes (its arrival times only) (default %(default)s)")
     p.add_argument("--duration-s", type=argtypes.positive_float, default=1800.0,
                    help="swell trace: length in seconds; Azure trace: replay at most this long (default %(default)s)")
     p.add_argument("--peak-rps", type=argtypes.positive_float, default=None,
@@ -83,6 +86,17 @@ def add_autoscale_bench(subparsers) -> None:
                    help="hfx: survivors must stay at or below this share (default %(default)s)")
     p.add_argument("--hfx-cooldown-s", type=argtypes.non_negative_float, default=hfx.scale_down_cooldown_s,
                    help="hfx: seconds after a scale action before a removal (default %(default)s)")
+    p.add_argument("--hfx-backlog-drain-s", type=argtypes.non_negative_float, default=hfx.backlog_drain_s,
+                   help="hfx: buy capacity that clears the queue within this long (default %(default)s)")
+    p.add_argument("--hfx-rate-noise-z", type=argtypes.non_negative_float, default=hfx.rate_noise_z,
+                   help="hfx: a rate change beyond this many deviations of counting noise counts at once; within "
+                   "it, smoothed (0: none) (default %(default)s)")
+    p.add_argument("--hfx-slo-feedback-s", type=argtypes.non_negative_float, default=hfx.slo_feedback_s,
+                   help="hfx: time constant of the SLO feedback on capacity (0: off) (default %(default)s)")
+    p.add_argument("--hfx-attainment-margin", type=argtypes.non_negative_float, default=hfx.attainment_margin,
+                   help="hfx: the SLO feedback aims this far above the target attainment (default %(default)s)")
+    p.add_argument("--hfx-forecast-max-growth-per-min", type=argtypes.non_negative_float, default=hfx.forecast_max_growth_per_min,
+                   help="hfx: the forecast exceeds the measured rate by at most this share per minute of lead time (default %(default)s)")
     p.add_argument("--pd", default="", metavar="P:D",
                    help="hfx runs a P/D cluster starting with P prefill and D decode instances, scaled per role by "
                    "the P/D autoscaler (each role within --min/--max-instances, P + D at most --max-instances); "
@@ -116,8 +130,23 @@ def make_requests(args, workload: Workload, profile: Profile, peak_rps: float):
         shapes = [(t, -1, -1) for t in trace.arrivals(args.seed)]
         return at_times(workload, shapes, rng, profile.model, profile.chunk_tokens), trace.rate
     rows = read_azure_trace(args.trace)
-    shapes = [(t / args.trace_speedup, c, g) for t, c, g in rows if t / args.trace_speedup < args.duration_s]
+    keep = args.trace_lengths == "trace"
+    shapes = [(t / args.trace_speedup, c if keep else -1, g if keep else -1) for t, c, g in rows
+              if t / args.trace_speedup < args.duration_s]
     return at_times(workload, shapes, rng, profile.model, profile.chunk_tokens), None
+
+
+PEAK_BIN_S = 30.0
+
+
+def trace_peak_rps(requests) -> float:
+    """A replayed trace's peak: the most arrivals in a PEAK_BIN_S bin, per second (what static
+    provisioning at the peak is sized for)."""
+    bins: dict[int, int] = {}
+    for r in requests:
+        k = int(r.spec.arrival_s // PEAK_BIN_S)
+        bins[k] = bins.get(k, 0) + 1
+    return max(bins.values(), default=0) / PEAK_BIN_S
 
 
 def make_autoscaler(name: str, args, capacity: float, static_n: int):
@@ -128,10 +157,17 @@ def make_autoscaler(name: str, args, capacity: float, static_n: int):
                              capacity_rps={"cpu": capacity * (args.planner_utilization if name == "planner" else 1.0)},
                              ready_times_s=ready, target_utilization=args.hfx_target_utilization,
                              scale_down_utilization=args.hfx_scale_down_utilization,
-                             scale_down_cooldown_s=args.hfx_cooldown_s)
+                             scale_down_cooldown_s=args.hfx_cooldown_s, **hfx_extras(args))
     return choose_autoscaler(name, config, BaselineSettings(queue_target=args.queue_target,
                                                             planner_interval_s=args.planner_interval_s,
                                                             static_replicas=static_n))
+
+
+def hfx_extras(args) -> dict:
+    """The hfx policy's cost settings from the bench's flags."""
+    return {"backlog_drain_s": args.hfx_backlog_drain_s, "rate_noise_z": args.hfx_rate_noise_z,
+            "slo_feedback_s": args.hfx_slo_feedback_s, "attainment_margin": args.hfx_attainment_margin,
+            "forecast_max_growth_per_min": args.hfx_forecast_max_growth_per_min}
 
 
 def pd_autoscaler(profile: Profile, workload: Workload, role: AutoscaleConfig, max_total: int) -> PDAutoscaler:
@@ -208,6 +244,8 @@ def run_autoscale_bench(args: argparse.Namespace) -> int:
     if not requests:
         print("error: the trace has no requests in --duration-s", file=sys.stderr)
         return 2
+    if args.trace != "swell" and not args.peak_rps:
+        peak = trace_peak_rps(requests)
     static_n = args.static_instances or min(args.max_instances, math.ceil(peak / capacity))
     print(f"{ENGINE_LABEL}; profile {profile.name}; policy {args.policy}; trace {args.trace} "
           f"({len(requests)} requests over {requests[-1].spec.arrival_s:.0f}s, peak {peak:.1f} req/s); "

@@ -122,7 +122,7 @@ class ScalingDriver:
             kinds.append(StartKind.PEER)
         ready_times = {k: sum(v) / len(v) for k, v in self.measured.items() if v}
         return Signals(tuple(insts), arrivals / span, {c: Attainment(m, t) for c, (m, t) in att.items()},
-                       len(sim.waiting), late_ms, rejections, ready_times, tuple(kinds))
+                       len(sim.waiting), late_ms, rejections, ready_times, tuple(kinds), rate_window_s=span)
 
     def _tick(self, sim) -> None:
         plan = self.autoscaler.on_tick(self.signals(sim), sim.now_s)

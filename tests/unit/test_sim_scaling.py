@@ -60,3 +60,27 @@ def test_static_costs_its_count_times_the_makespan():
     result, driver = run(Static(3), 3, requests, profile, workload, capacity)
     assert abs(result.instance_seconds - 3 * result.makespan_s) < 1e-6
     assert not driver.decisions
+
+
+def test_an_azure_trace_replays_its_times_with_its_or_the_mixs_lengths_and_sizes_static_for_its_peak(tmp_path):
+    import argparse
+
+    from services.sim.autoscale_bench import make_requests, trace_peak_rps
+
+    trace = tmp_path / "t.csv"
+    # 40 requests in the first 30 s, then 10 in the next 30 s; every one 3000 prompt tokens, 7 out.
+    rows = [f"2023-11-16 18:00:{i * 30 / 40:09.6f},3000,7" for i in range(40)]
+    rows += [f"2023-11-16 18:00:{30 + i * 3:09.6f},3000,7" for i in range(10)]
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    workload = load_workload(DEFAULT_WORKLOAD)
+    profile = get_profile("cpu-tiny")
+    for lengths in ("trace", "mix"):
+        args = argparse.Namespace(trace=str(trace), trace_speedup=2.0, duration_s=1000.0, trace_lengths=lengths,
+                                  seed=1)
+        requests, _ = make_requests(args, workload, profile, 1.0)
+        assert len(requests) == 50
+        assert max(r.spec.arrival_s for r in requests) < 30.0        # 57 s of trace at 2x
+        prompts = {r.spec.prompt_tokens for r in requests}
+        assert (prompts == {3000}) == (lengths == "trace")
+        # At 2x all 50 fall in the first 30 s bin.
+        assert trace_peak_rps(requests) == 50 / 30.0

@@ -40,11 +40,29 @@ class AutoscaleConfig:
     # Holt linear-trend forecast of the arrival rate (smoothing of level and trend per tick).
     forecast_alpha: float = 0.5
     forecast_beta: float = 0.3
-    # The forecast may exceed the measured rate by at most this share: a step (a spike) makes
-    # a steep trend whose extrapolation would buy far more than the step itself.
-    forecast_max_growth: float = 0.5
+    # The forecast may exceed the measured rate by at most this share per minute of the lead time
+    # it looks ahead: a step (a spike) makes a steep trend whose extrapolation would buy far more
+    # than the step itself, and the shorter the lead, the less a trend can add before the next
+    # decision (a 2 s start: ~2%; a 60 s one: the whole share).
+    forecast_max_growth_per_min: float = 0.5
     # Look this far past the ready time when deciding a removal (the survivors must carry it).
     scale_down_horizon_s: float = 60.0
+    # The scheduler's backlog is bought as capacity that clears it within this long (at least a
+    # start's lead time): the new instances serve the queue and the arrivals both, so sizing to
+    # clear it within the lead time alone buys instances the arrivals never need once it is gone.
+    backlog_drain_s: float = 60.0
+    # The measured arrival rate counts as a change only beyond this many standard deviations of a
+    # window's counting noise; within it, it is smoothed over the window's length (forecast.py's
+    # RateTracker). 0: size for each window's measurement as it is.
+    rate_noise_z: float = 2.0
+    # SLO feedback on capacity: while attainment stays above target_attainment + attainment_margin
+    # with nothing queued or turned away, the instances carry more than their SLO capacity says
+    # (the profile's is conservative), so the policy counts each as carrying up to
+    # max_capacity_gain times it, learnt with this time constant; below the mark the gain falls
+    # back toward 1 (never under: a shortfall is SLO pressure's to answer). 0: no feedback.
+    slo_feedback_s: float = 300.0
+    attainment_margin: float = 0.03
+    max_capacity_gain: float = 1.5
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -72,9 +90,12 @@ class AutoscaleConfig:
         if not 0 < self.target_attainment <= 1:
             raise InvalidArgument("target_attainment", f"must be in (0, 1], got {self.target_attainment}")
         for name in ("scale_down_cooldown_s", "scale_up_cooldown_s", "warmup_s", "scale_down_horizon_s",
-                     "forecast_max_growth"):
+                     "forecast_max_growth_per_min", "backlog_drain_s", "rate_noise_z", "slo_feedback_s",
+                     "attainment_margin"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.max_capacity_gain < 1 or not math.isfinite(self.max_capacity_gain):
+            raise InvalidArgument("max_capacity_gain", f"must be >= 1, got {self.max_capacity_gain}")
         for kind, t in self.ready_times_s.items():
             if t < 0:
                 raise InvalidArgument("ready_times_s", f"{kind.value} must be >= 0 s, got {t}")

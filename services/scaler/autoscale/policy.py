@@ -28,10 +28,11 @@ from services.scaler.autoscale.actions import Action, Drain, Plan, Remove, Start
 from services.scaler.autoscale.capacity import estimate_capacity, warmed_up
 from services.scaler.autoscale.config import AutoscaleConfig
 from services.scaler.autoscale.cost import Option, choose, fleet_cost
-from services.scaler.autoscale.forecast import HoltForecast
+from services.scaler.autoscale.forecast import HoltForecast, RateTracker
 from services.scaler.autoscale.signals import InstanceSignal, Phase, Signals
 
 NEVER = -math.inf
+CEILING_STEP = 0.03      # below the gain of a removal that cost SLOs
 
 
 class Autoscaler:
@@ -41,6 +42,13 @@ class Autoscaler:
         self.config = config
         self.id_prefix = id_prefix
         self.forecast = HoltForecast(config.forecast_alpha, config.forecast_beta)
+        self.rate = RateTracker(config.rate_noise_z)
+        self.gain = 1.0            # learnt from SLO attainment: what an instance carries / its SLO capacity
+        self._gain_s: float | None = None
+        # The gain may not climb back to one at which a removal cost SLOs: that removal would
+        # come again and the fleet would cycle. The ceiling only falls (at worst to 1: no feedback).
+        self.gain_ceiling = config.max_capacity_gain
+        self._gain_at_drain: float | None = None   # the gain of the latest removal, while it is the latest action
         self._seq = 0
         self.last_action_s = NEVER
         self.last_slo_start_s = NEVER
@@ -53,6 +61,9 @@ class Autoscaler:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _capacity_of(self, signals: Signals, device: str, now_s: float) -> float:
+        return self._measured_capacity(signals, device, now_s) * self.gain
+
+    def _measured_capacity(self, signals: Signals, device: str, now_s: float) -> float:
         hint = signals.capacity_hint_rps if device == self.config.device else None
         fallback = hint if hint is not None else self._capacity.get(device, self.config.default_capacity(device))
         cap, samples = estimate_capacity(signals.instances, device, now_s, self.config.warmup_s, fallback)
@@ -62,7 +73,7 @@ class Autoscaler:
 
     def _instance_capacity(self, inst: InstanceSignal, signals: Signals, now_s: float) -> float:
         if inst.capacity_rps and warmed_up(inst, now_s, self.config.warmup_s):
-            return inst.capacity_rps
+            return inst.capacity_rps * self.gain
         return self._capacity_of(signals, inst.device, now_s)
 
     def _options(self, signals: Signals, now_s: float) -> list[Option]:
@@ -75,7 +86,9 @@ class Autoscaler:
 
     def on_tick(self, signals: Signals, now_s: float) -> Plan:
         cfg = self.config
-        self.forecast.observe(signals.arrival_rps, now_s)
+        rate = self.rate.observe(signals.arrival_rps, signals.rate_window_s, now_s)
+        self.forecast.observe(rate, now_s)
+        self._learn_gain(signals, now_s)
         ready, starting = signals.of(Phase.READY), signals.of(Phase.STARTING)
         draining = signals.of(Phase.DRAINING)
         active = ready + starting
@@ -84,16 +97,17 @@ class Autoscaler:
         cap = self._capacity_of(signals, cfg.device, now_s)
         caps = {i.instance_id: self._instance_capacity(i, signals, now_s) for i in active}
         total_cap = sum(caps.values())
-        predicted = max(signals.arrival_rps,
-                        min(self.forecast.at(lead_s), signals.arrival_rps * (1 + cfg.forecast_max_growth)))
-        backlog_rps = signals.queue_depth / max(lead_s, 1.0)
+        predicted = max(rate, min(self.forecast.at(lead_s), rate * (1 + cfg.forecast_max_growth_per_min * lead_s / 60.0)))
+        gain_note = f" (x{self.gain:.2f}, learnt from attainment)" if self.gain != 1.0 else ""
+        rate_note = "" if rate == signals.arrival_rps else f", measured {signals.arrival_rps:.2f}"
+        backlog_rps = signals.queue_depth / max(lead_s, cfg.backlog_drain_s, 1.0)
         demand = predicted + backlog_rps
         # What the instances in service (or on their way) carry at the target utilization; the
         # shortfall is bought in instances of the default device's measured capacity.
         shortfall = demand / cfg.target_utilization - total_cap
         needed = len(active) + max(0, math.ceil(shortfall / cap - 1e-9))
-        why_needed = (f"predicted {predicted:.2f} req/s in {lead_s:.0f}s (now {signals.arrival_rps:.2f}) + backlog "
-                      f"{signals.queue_depth}: {total_cap:.2f} req/s of SLO capacity in {len(active)} at <= "
+        why_needed = (f"predicted {predicted:.2f} req/s in {lead_s:.0f}s (now {rate:.2f}{rate_note}) + backlog "
+                      f"{signals.queue_depth}: {total_cap:.2f} req/s of SLO capacity{gain_note} in {len(active)} at <= "
                       f"{cfg.target_utilization:.0%} -> {needed}")
         slo = self._slo_pressure(signals, now_s, ready, starting)
         if slo and needed <= len(active):
@@ -104,7 +118,7 @@ class Autoscaler:
         details = {"predicted_rps": predicted, "capacity_rps": cap, "active": len(active), "needed": needed,
                    "lead_s": lead_s, "utilization": demand / total_cap if total_cap else None,
                    "paid_instances": paid, "standby_equivalents": signals.standby_equivalents,
-                   "cost_per_s": cost_per_s}
+                   "cost_per_s": cost_per_s, "capacity_gain": self.gain}
 
         actions: list[Action] = []
         if needed > len(active):
@@ -129,10 +143,38 @@ class Autoscaler:
             hold = f"hold at {len(active)}: {why_needed}"
         if any(not isinstance(a, Remove) for a in actions):
             self.last_action_s = now_s
+            drained = any(isinstance(a, Drain) for a in actions)
+            self._gain_at_drain = self.gain if drained and self.gain > 1.0 else None
         reason = "; ".join([hold] * bool(hold) + [a.reason for a in actions])
         starts = sum(isinstance(a, (Start, Undrain)) for a in actions)
         drains = sum(isinstance(a, Drain) for a in actions)
         return Plan(tuple(actions), len(active) + starts - drains, reason, predicted, cap, details)
+
+    def _learn_gain(self, signals: Signals, now_s: float) -> None:
+        """SLO feedback: raise the capacity gain while attainment is above target + margin with
+        nothing queued or turned away; lower it toward 1 while attainment is below that mark."""
+        cfg = self.config
+        last, self._gain_s = self._gain_s, now_s
+        if cfg.slo_feedback_s <= 0 or last is None:
+            return
+        att = signals.overall_attainment()
+        if att.total < cfg.min_attainment_samples or att.share is None:
+            return
+        dt = now_s - last
+        err = att.share - min(1.0, cfg.target_attainment + cfg.attainment_margin)
+        if err > 0 and (signals.queue_depth or sum(signals.rejections.values())):
+            return
+        # Misses count against the latest removal when they take attainment below the target
+        # itself (the margin is for the gain's aim, and a short window's share is noisy), once a
+        # warm-up has passed since it: the window then holds requests the survivors served, not
+        # those of a spike before it.
+        if (att.share < cfg.target_attainment and self._gain_at_drain is not None
+                and now_s - self.last_action_s >= cfg.warmup_s):
+            self.gain_ceiling = min(self.gain_ceiling, max(1.0, self._gain_at_drain * (1.0 - CEILING_STEP)))
+            self._gain_at_drain = None
+        # A sustained 5-point error moves the gain by about 10% per time constant.
+        self.gain *= math.exp(2.0 * err * dt / cfg.slo_feedback_s)
+        self.gain = max(1.0, min(self.gain_ceiling, self.gain))
 
     def _slo_pressure(self, signals: Signals, now_s: float, ready: list[InstanceSignal],
                       starting: list[InstanceSignal]) -> str:

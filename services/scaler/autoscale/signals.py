@@ -66,6 +66,9 @@ class Signals:
     # instance has a measured figure (None: the configured capacity). P/D derives it per role from
     # the mix's token lengths (a longer mean prompt: fewer req/s per prefill instance).
     capacity_hint_rps: float | None = None
+    # How long the window behind arrival_rps is (0: unknown). With it the policy tells a change in
+    # the rate from the counting noise of a short window (services/scaler/autoscale/forecast.py).
+    rate_window_s: float = 0.0
 
     def overall_attainment(self) -> Attainment:
         return Attainment(sum(a.met for a in self.attainment.values()), sum(a.total for a in self.attainment.values()))
