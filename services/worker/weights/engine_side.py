@@ -16,7 +16,7 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from services.worker.weights import checkpoint
 from services.worker.weights.tcp import ReceiveStats
@@ -24,7 +24,20 @@ from services.worker.weights.transport import PreparesPull, transport_for
 from services.worker.weights.wire import TransferError
 
 
-def pull_spec(config: Any, address: str, device: str) -> dict[str, Any]:
+class PullSettings(Protocol):
+    """The engine config fields a pull reads (vLLM's and the sim engine's configs both have them):
+    typed, so a config without one fails the type check instead of a standby's PrepareWeights."""
+    @property
+    def model(self) -> str: ...
+    @property
+    def weights_transport(self) -> str: ...
+    @property
+    def weights_stall_timeout_s(self) -> float: ...
+    @property
+    def weights_deadline_s(self) -> float: ...
+
+
+def pull_spec(config: PullSettings, address: str, device: str) -> dict[str, Any]:
     """What pull_weights and prepare_pull take, from an engine's config (its model and weights_*
     settings) and the device the weights land on: one place for every engine that pulls."""
     return {"address": address, "model_dir": config.model, "device": device,
