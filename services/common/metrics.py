@@ -71,6 +71,8 @@ PLACEMENTS = Counter("hfx_scheduler_placements", "Requests placed, by how they r
 PREEMPTIONS = Counter("hfx_scheduler_preemptions", "Running requests preempted by in-flight protection, by "
                       "result (sent: the worker stopped it, gone: it had already ended, failed: the worker "
                       "could not be told)", ["policy", "result"], registry=REGISTRY)
+DEFERRALS = Counter("hfx_scheduler_deferrals", "Requests a pass held back on purpose for a later one (hfx: "
+                    "pressure deferral, reason in the scheduler's log)", ["policy"], registry=REGISTRY)
 DECISION_SECONDS = Histogram("hfx_scheduler_decision_seconds", "Time in one policy.schedule() call",
                              ["policy"], buckets=_DECISION_BUCKETS_S, registry=REGISTRY)
 INSTANCE_RUNNING = Gauge("hfx_instance_running_requests", "Running requests, from the instance's last load report",
@@ -81,8 +83,8 @@ INSTANCE_KV_USAGE = Gauge("hfx_instance_kv_usage_ratio", "Fraction of the instan
                           ["instance"], registry=REGISTRY)
 INSTANCE_PLACED = Gauge("hfx_instance_placed_requests", "Requests the scheduler placed there and has not "
                         "heard the end of", ["instance"], registry=REGISTRY)
-# Placeholder for the hfx policy: the time bank (ms) an instance has left before a running
-# request misses its SLO. Nothing sets it yet; set_instance_budget() is the hook for the policy.
+# The time bank (ms) an instance has left before a running request misses its SLO, from policies
+# that keep budgets (KeepsBudgets: hfx), set each registry sync (registry_sync.py).
 INSTANCE_BUDGET_MS = Gauge("hfx_instance_budget_ms", "SLO time budget left on the instance (hfx policy)",
                            ["instance"], registry=REGISTRY)
 _INSTANCE_GAUGES = (INSTANCE_RUNNING, INSTANCE_WAITING, INSTANCE_KV_USAGE, INSTANCE_PLACED, INSTANCE_BUDGET_MS)

@@ -27,7 +27,7 @@ from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.live_round import LiveRound
 from services.scheduler.models import InstanceModels
-from services.scheduler.policy import IssuesTickets, Policy, PolicyConfig, make_policy, observe_completion
+from services.scheduler.policy import Defers, IssuesTickets, Policy, PolicyConfig, make_policy, observe_completion
 from services.scheduler.policy.base import gap_after_grace, gap_since, serving_gap
 from services.scheduler.policy.settings import describe
 from services.scheduler.state import ClusterState, Waiting
@@ -67,6 +67,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.background = grpcutil.Background()  # preemption calls to workers
         self._refined_logged: dict[str, float] = {}
         self._protected_s = float("-inf")  # when the policy last ran (so last checked running requests)
+        self._deferrals_seen = 0           # the policy's deferral count already exported
         self._gap: tuple[tuple, str, float] = ((), "", 0.0)   # (instances' roles, their serving_gap, since)
         self._ticketing: IssuesTickets | None = (policy if config.tickets and isinstance(policy, IssuesTickets)
                                                  else None)
@@ -146,6 +147,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             log.exception("policy %s failed; %d requests stay queued", self.policy.name, len(waiting))
             return None
         metrics.DECISION_SECONDS.labels(self.policy.name).observe(time.perf_counter() - started)
+        if isinstance(self.policy, Defers):
+            metrics.DEFERRALS.labels(self.policy.name).inc(self.policy.deferrals - self._deferrals_seen)
+            self._deferrals_seen = self.policy.deferrals
         apply(result, LiveRound(self, snapshot, now_s))
         metrics.QUEUE_DEPTH.labels(self.policy.name).set(len(self.state.waiting))
         return result

@@ -2,7 +2,8 @@
 
 import asyncio
 
-from services.common.domain import InstanceLoad, Slo, Verdict
+from services.common import metrics
+from services.common.domain import InstanceLoad, ScheduleResult, Slo, Verdict
 from services.common.pb.hfx.v1 import common_pb2
 from services.scheduler import registry_sync
 from services.scheduler.config import SchedulerConfig
@@ -229,4 +230,35 @@ def test_a_round_that_placed_grants_tickets_again_at_once():
         s.run_round(now_s=0.01)      # before the refresh is due
         where = long.future.result()[0].instance_id
         assert router.offered[-1] == {"i0", "i1"} - {where}
+    asyncio.run(go())
+
+
+class _Deferring:
+    """A policy stand-in that defers every waiting request (what hfx's pressure deferral does to
+    the ones it holds back) and counts it, as the Defers protocol declares."""
+
+    name = "deferring"
+
+    def __init__(self) -> None:
+        self.deferrals = 0
+
+    def schedule(self, waiting, cluster, now_s):
+        self.deferrals += len(waiting)
+        return ScheduleResult()
+
+
+def test_deferrals_are_exported_as_a_counter_by_their_increase_per_round():
+    def exported() -> float:
+        return metrics.REGISTRY.get_sample_value("hfx_scheduler_deferrals_total", {"policy": "deferring"}) or 0.0
+
+    async def go():
+        s = SchedulerServicer(SchedulerConfig(), _Deferring(), cluster=None)
+        s.state.set_instances([common_pb2.Instance(instance_id="i0", address="127.0.0.1:1", max_model_len=2048)])
+        before = exported()
+        enqueue(s, make_spec(request_id="a"), 0.0)
+        enqueue(s, make_spec(request_id="b"), 0.0)
+        s.run_round(now_s=1.0)
+        assert exported() - before == 2          # both held back once
+        s.run_round(now_s=2.0)
+        assert exported() - before == 4          # the count's increase, not its total, each round
     asyncio.run(go())

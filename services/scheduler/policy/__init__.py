@@ -8,7 +8,7 @@ capabilities are declared protocols (base.py): `LearnsFromCompletions` (observe_
 
 from __future__ import annotations
 
-from services.scheduler.policy.base import IssuesTickets, KeepsBudgets, LearnsFromCompletions, Policy, PolicyConfig
+from services.scheduler.policy.base import Defers, IssuesTickets, KeepsBudgets, LearnsFromCompletions, Policy, PolicyConfig
 from services.scheduler.policy.edf import Edf
 from services.scheduler.policy.fcfs import FcfsRoundRobin
 from services.scheduler.policy.headroom import Headroom
@@ -38,4 +38,4 @@ def observe_completion(policy: Policy, task_class: str, output_tokens: int, requ
         policy.observe_completion(task_class, output_tokens, request_id)
 
 
-__all__ = ["IssuesTickets", "KeepsBudgets", "LearnsFromCompletions", "Policy", "PolicyConfig", "make_policy", "observe_completion", "policy_names"]
+__all__ = ["Defers", "IssuesTickets", "KeepsBudgets", "LearnsFromCompletions", "Policy", "PolicyConfig", "make_policy", "observe_completion", "policy_names"]

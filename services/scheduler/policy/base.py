@@ -115,6 +115,14 @@ class KeepsBudgets(Protocol):
 
 
 @runtime_checkable
+class Defers(Protocol):
+    """A policy that may hold a request back for a later pass on purpose (hfx's pressure
+    deferral): `deferrals` counts them since it started, exported as hfx_scheduler_deferrals."""
+
+    deferrals: int
+
+
+@runtime_checkable
 class IssuesTickets(Protocol):
     """A policy that can grant standing placements (tickets) while nothing waits: for each bound
     (widest first), the instances where a request within it fits by the policy's own test."""
