@@ -2,7 +2,11 @@
 
 Linux only (/proc); elsewhere `cpu_sample` returns None and the checks are skipped. "Own" CPU is
 this process and its descendants (vLLM's engine core is a child), so a worker's own profiling
-load is not counted as contention. Parsing and arithmetic are pure, for tests.
+load is not counted as contention. Work at a positive niceness (/proc/stat's "nice" column) is not
+counted either while the worker itself runs at niceness <= 0: the kernel gives it a small share
+beside the engine (nice 19 weighs 15 against 1024), so it barely moves the engine's step times,
+and a machine busy only with niced background jobs would otherwise never count as quiet.
+Parsing and arithmetic are pure, for tests.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ class CpuSample:
     own_busy_s: float      # this process tree's user + system time
 
 
-def system_busy_ticks(proc_stat: str) -> int:
+def system_busy_ticks(proc_stat: str, count_nice: bool = True) -> int:
     """Busy ticks from /proc/stat's aggregate "cpu" line: everything but idle and iowait (guest
-    time is already inside user/nice, so it is not added again)."""
+    time is already inside user/nice, so it is not added again); without niced processes' time
+    when not `count_nice`."""
     for line in proc_stat.splitlines():
         if line.startswith("cpu "):
             v = [int(x) for x in line.split()[1:]]
             v += [0] * (10 - len(v))
             user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
-            return user + nice + system + irq + softirq + steal
+            return user + (nice if count_nice else 0) + system + irq + softirq + steal
     raise ValueError("no aggregate cpu line in /proc/stat")
 
 
@@ -63,7 +68,8 @@ def others_cores(before: CpuSample, after: CpuSample, elapsed_s: float) -> float
 def cpu_sample(root: int | None = None) -> CpuSample | None:
     try:
         tick = os.sysconf("SC_CLK_TCK")
-        busy = system_busy_ticks(Path("/proc/stat").read_text())
+        # A niced worker's own ticks are in the "nice" column: then niced work competes as equals.
+        busy = system_busy_ticks(Path("/proc/stat").read_text(), count_nice=os.getpriority(os.PRIO_PROCESS, 0) > 0)
         stats: dict[int, tuple[int, int]] = {}
         for d in Path("/proc").iterdir():
             if d.name.isdigit():

@@ -56,3 +56,40 @@ def test_sink_times_decode_steps_on_the_engine_clock_and_prefill_only_steps_by_g
     sink.record(None, _iteration([], prompt=32, first=1, generated=1), now_s=10.060)
     assert [s.step_ms for s in sink.steps] == [pytest.approx(2.0), pytest.approx(10.0)]
     assert (sink.steps[1].prefill_tokens, sink.steps[1].decode_seqs) == (32, 0)
+
+
+def test_system_busy_ticks_can_leave_out_niced_work():
+    text = "cpu  100 5 20 1000 50 1 2 3 7 0\n"
+    assert system_busy_ticks(text, count_nice=False) == 100 + 20 + 1 + 2 + 3
+
+
+def test_profiling_on_a_machine_that_is_never_quiet_stops_waiting_after_one_budget(monkeypatch):
+    """Every wait of every attempt comes out of one QUIET_WAIT_S: the worker then keeps its least
+    contended profile and registers (it once waited 3 x 60 s and missed a 240 s readiness wait)."""
+    import asyncio
+
+    from services.worker import contention, profile
+
+    waits: list[float] = []
+
+    async def wait_quiet(max_wait_s: float = profile.QUIET_WAIT_S) -> float:
+        waits.append(max_wait_s)
+        return 2.0
+
+    profiled: list[int] = []
+
+    async def profile_engine(engine, vocab_size, grid):
+        profiled.append(len(profiled) + 1)
+        await asyncio.sleep(0.2)
+        return f"fit {len(profiled)}", None
+
+    # Other processes keep the machine busy: ~3 cores over the 1st profile (0.2 s), ~1.5 over the 2nd.
+    samples = iter([CpuSample(0.0, 0.0), CpuSample(0.6, 0.0), CpuSample(10.0, 0.0), CpuSample(10.3, 0.0)])
+    monkeypatch.setattr(contention, "cpu_sample", lambda root=None: next(samples))
+    monkeypatch.setattr(profile, "wait_quiet", wait_quiet)
+    monkeypatch.setattr(profile, "profile_engine", profile_engine)
+    monkeypatch.setattr(profile, "QUIET_WAIT_S", 0.3)
+    fit_, busy, attempts = asyncio.run(profile._quiet_profile(object(), 1000))
+    assert attempts == 2 == len(profiled) < profile.PROFILE_ATTEMPTS   # the budget ran out after the 2nd
+    assert waits[0] == pytest.approx(0.3, abs=0.05) and waits[1] < 0.05   # the 2nd wait had what was left
+    assert fit_ == "fit 2" and busy == pytest.approx(1.5, rel=0.3)        # the least contended one
