@@ -24,6 +24,7 @@ import logging
 import threading
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -85,20 +86,23 @@ end:
 }
 """
 
-# One function per kind of store: copy `nblocks` blocks of `block` bytes from src to dst and write
-# each one's CRC32 (zlib's, initial value 0) to out[i]. The first 16 bytes get the register's
-# initial value (0xFFFFFFFF) xored in; the four lanes fold 64 bytes on per step; at the block's
-# end they fold into one, whose CRC32 is the block's.
-_COPY = """
-define internal <2 x i64> @move_{name}(ptr %dst, ptr %src, i64 %at) alwaysinline {{
+# One function per register width and kind of store: copy `nblocks` blocks of `block` bytes from
+# src to dst and write each one's CRC32 (zlib's, initial value 0) to out[i]. The first 16 bytes get
+# the register's initial value (0xFFFFFFFF) xored in; four lanes, each one register wide, fold a
+# register's width x 4 bytes on per step; at the block's end they fold into one 128-bit value,
+# whose CRC32 is the block's. 128-bit: four 16-byte lanes, 64 bytes a step. 512-bit (VPCLMULQDQ on
+# AVX-512): four 64-byte lanes, 256 bytes a step, a quarter of the steps, for blocks of whole
+# 256 bytes on CPUs that have it.
+_LOOP = """
+define internal {vec} @{move}_{name}(ptr %dst, ptr %src, i64 %at) alwaysinline {{
   %s = getelementptr i8, ptr %src, i64 %at
   %d = getelementptr i8, ptr %dst, i64 %at
-  %v = load <2 x i64>, ptr %s, align 1
-  store <2 x i64> %v, ptr %d, {store}
-  ret <2 x i64> %v
+  %v = load {vec}, ptr %s, align 1
+  store {vec} %v, ptr %d, {store}
+  ret {vec} %v
 }}
 
-define void @copy_crc32_{name}(ptr %dst, ptr %src, i64 %nblocks, i64 %block, ptr %out) {{
+define void @{function}_{name}(ptr %dst, ptr %src, i64 %nblocks, i64 %block, ptr %out) {{
 entry:
   %any = icmp sgt i64 %nblocks, 0
   br i1 %any, label %blk, label %done
@@ -107,41 +111,39 @@ blk:
   %off = mul i64 %bi, %block
   %s = getelementptr i8, ptr %src, i64 %off
   %d = getelementptr i8, ptr %dst, i64 %off
-  %a1 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 0)
-  %a2 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 16)
-  %a3 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 32)
-  %a4 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 48)
-  %a1x = xor <2 x i64> %a1, <i64 4294967295, i64 0>
-  %big = icmp ugt i64 %block, 64
+  %a1 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 0)
+  %a2 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 {lane1})
+  %a3 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 {lane2})
+  %a4 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 {lane3})
+  %a1x = xor {vec} %a1, {init}
+  %big = icmp ugt i64 %block, {step}
   br i1 %big, label %loop, label %tail
 loop:
-  %i = phi i64 [64, %blk], [%i.next, %loop]
-  %x1 = phi <2 x i64> [%a1x, %blk], [%n1, %loop]
-  %x2 = phi <2 x i64> [%a2, %blk], [%n2, %loop]
-  %x3 = phi <2 x i64> [%a3, %blk], [%n3, %loop]
-  %x4 = phi <2 x i64> [%a4, %blk], [%n4, %loop]
-  %i16 = add i64 %i, 16
-  %i32 = add i64 %i, 32
-  %i48 = add i64 %i, 48
-  %v1 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 %i)
-  %v2 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 %i16)
-  %v3 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 %i32)
-  %v4 = call <2 x i64> @move_{name}(ptr %d, ptr %s, i64 %i48)
-  %n1 = call <2 x i64> @fold(<2 x i64> %x1, <2 x i64> {k4}, <2 x i64> %v1)
-  %n2 = call <2 x i64> @fold(<2 x i64> %x2, <2 x i64> {k4}, <2 x i64> %v2)
-  %n3 = call <2 x i64> @fold(<2 x i64> %x3, <2 x i64> {k4}, <2 x i64> %v3)
-  %n4 = call <2 x i64> @fold(<2 x i64> %x4, <2 x i64> {k4}, <2 x i64> %v4)
-  %i.next = add i64 %i, 64
+  %i = phi i64 [{step}, %blk], [%i.next, %loop]
+  %x1 = phi {vec} [%a1x, %blk], [%n1, %loop]
+  %x2 = phi {vec} [%a2, %blk], [%n2, %loop]
+  %x3 = phi {vec} [%a3, %blk], [%n3, %loop]
+  %x4 = phi {vec} [%a4, %blk], [%n4, %loop]
+  %j1 = add i64 %i, {lane1}
+  %j2 = add i64 %i, {lane2}
+  %j3 = add i64 %i, {lane3}
+  %v1 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 %i)
+  %v2 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 %j1)
+  %v3 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 %j2)
+  %v4 = call {vec} @{move}_{name}(ptr %d, ptr %s, i64 %j3)
+  %n1 = call {vec} @{fold}({vec} %x1, {vec} {k}, {vec} %v1)
+  %n2 = call {vec} @{fold}({vec} %x2, {vec} {k}, {vec} %v2)
+  %n3 = call {vec} @{fold}({vec} %x3, {vec} {k}, {vec} %v3)
+  %n4 = call {vec} @{fold}({vec} %x4, {vec} {k}, {vec} %v4)
+  %i.next = add i64 %i, {step}
   %more = icmp ult i64 %i.next, %block
   br i1 %more, label %loop, label %tail
 tail:
-  %y1 = phi <2 x i64> [%a1x, %blk], [%n1, %loop]
-  %y2 = phi <2 x i64> [%a2, %blk], [%n2, %loop]
-  %y3 = phi <2 x i64> [%a3, %blk], [%n3, %loop]
-  %y4 = phi <2 x i64> [%a4, %blk], [%n4, %loop]
-  %z2 = call <2 x i64> @fold(<2 x i64> %y1, <2 x i64> {k1}, <2 x i64> %y2)
-  %z3 = call <2 x i64> @fold(<2 x i64> %z2, <2 x i64> {k1}, <2 x i64> %y3)
-  %z4 = call <2 x i64> @fold(<2 x i64> %z3, <2 x i64> {k1}, <2 x i64> %y4)
+  %y1 = phi {vec} [%a1x, %blk], [%n1, %loop]
+  %y2 = phi {vec} [%a2, %blk], [%n2, %loop]
+  %y3 = phi {vec} [%a3, %blk], [%n3, %loop]
+  %y4 = phi {vec} [%a4, %blk], [%n4, %loop]
+{reduce}
   %crc = call i32 @finish(<2 x i64> %z4)
   %o = getelementptr i32, ptr %out, i64 %bi
   store i32 %crc, ptr %o, align 4
@@ -158,9 +160,45 @@ done:
 }}
 """
 
-# The same with 512-bit registers (VPCLMULQDQ on AVX-512), four 64-byte lanes 256 bytes apart, for
-# blocks of whole 256 bytes on CPUs that have it: a quarter of the loop's steps. The four lanes'
-# sixteen 128-bit parts fold into one at the block's end.
+# The four lanes' registers into one 128-bit value %z4, by width. (@lanes from 0 starts with the
+# register's lowest part: a fold of 0 is 0.)
+_REDUCE_128 = """  %z2 = call <2 x i64> @fold(<2 x i64> %y1, <2 x i64> {k1}, <2 x i64> %y2)
+  %z3 = call <2 x i64> @fold(<2 x i64> %z2, <2 x i64> {k1}, <2 x i64> %y3)
+  %z4 = call <2 x i64> @fold(<2 x i64> %z3, <2 x i64> {k1}, <2 x i64> %y4)"""
+_REDUCE_512 = """  %z1 = call <2 x i64> @lanes(<2 x i64> zeroinitializer, <8 x i64> %y1)
+  %z2 = call <2 x i64> @lanes(<2 x i64> %z1, <8 x i64> %y2)
+  %z3 = call <2 x i64> @lanes(<2 x i64> %z2, <8 x i64> %y3)
+  %z4 = call <2 x i64> @lanes(<2 x i64> %z3, <8 x i64> %y4)"""
+
+@dataclass(frozen=True)
+class _Width:
+    """One register width's loop: register type, move and fold helpers, lane bytes, the
+    fold-by-four-lanes constant, the initial value xored into the first register, the reduction."""
+    vec: str
+    move: str
+    function: str
+    fold: str
+    lane: int
+    k: str
+    init: str
+    reduce: str
+
+
+_WIDTHS = {
+    False: _Width("<2 x i64>", "move", "copy_crc32", "fold", 16, _K4, "<i64 4294967295, i64 0>", _REDUCE_128),
+    True: _Width("<8 x i64>", "movez", "copy_crc32_wide", "foldz", 64, _K16, "<i64 4294967295" + ", i64 0" * 7 + ">",
+                 _REDUCE_512),
+}
+
+
+def _loop(wide: bool, name: str, store: str, fence: str) -> str:
+    w = _WIDTHS[wide]
+    return _LOOP.format(name=name, store=store, fence=fence, vec=w.vec, move=w.move, function=w.function,
+                        fold=w.fold, k=w.k, init=w.init, lane1=w.lane, lane2=2 * w.lane, lane3=3 * w.lane,
+                        step=4 * w.lane, reduce=w.reduce.format(k1=_K1))
+
+
+# The 512-bit loop's helpers: its fold, and one register's four 128-bit parts folded into x.
 _WIDE_COMMON = """declare <8 x i64> @llvm.x86.pclmulqdq.512(<8 x i64>, <8 x i64>, i8)
 
 define internal <8 x i64> @foldz(<8 x i64> %x, <8 x i64> %k, <8 x i64> %d) alwaysinline {{
@@ -181,81 +219,6 @@ define internal <2 x i64> @lanes(<2 x i64> %x, <8 x i64> %z) alwaysinline {{
   %f2 = call <2 x i64> @fold(<2 x i64> %f1, <2 x i64> {k1}, <2 x i64> %l2)
   %f3 = call <2 x i64> @fold(<2 x i64> %f2, <2 x i64> {k1}, <2 x i64> %l3)
   ret <2 x i64> %f3
-}}
-"""
-
-_WIDE = """define internal <8 x i64> @movez_{name}(ptr %dst, ptr %src, i64 %at) alwaysinline {{
-  %s = getelementptr i8, ptr %src, i64 %at
-  %d = getelementptr i8, ptr %dst, i64 %at
-  %v = load <8 x i64>, ptr %s, align 1
-  store <8 x i64> %v, ptr %d, {store}
-  ret <8 x i64> %v
-}}
-
-define void @copy_crc32_wide_{name}(ptr %dst, ptr %src, i64 %nblocks, i64 %block, ptr %out) {{
-entry:
-  %any = icmp sgt i64 %nblocks, 0
-  br i1 %any, label %blk, label %done
-blk:
-  %bi = phi i64 [0, %entry], [%bi.next, %blk.end]
-  %off = mul i64 %bi, %block
-  %s = getelementptr i8, ptr %src, i64 %off
-  %d = getelementptr i8, ptr %dst, i64 %off
-  %a1 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 0)
-  %a2 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 64)
-  %a3 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 128)
-  %a4 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 192)
-  %a1x = xor <8 x i64> %a1, <i64 4294967295, i64 0, i64 0, i64 0, i64 0, i64 0, i64 0, i64 0>
-  %big = icmp ugt i64 %block, 256
-  br i1 %big, label %loop, label %tail
-loop:
-  %i = phi i64 [256, %blk], [%i.next, %loop]
-  %x1 = phi <8 x i64> [%a1x, %blk], [%n1, %loop]
-  %x2 = phi <8 x i64> [%a2, %blk], [%n2, %loop]
-  %x3 = phi <8 x i64> [%a3, %blk], [%n3, %loop]
-  %x4 = phi <8 x i64> [%a4, %blk], [%n4, %loop]
-  %i64 = add i64 %i, 64
-  %i128 = add i64 %i, 128
-  %i192 = add i64 %i, 192
-  %v1 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 %i)
-  %v2 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 %i64)
-  %v3 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 %i128)
-  %v4 = call <8 x i64> @movez_{name}(ptr %d, ptr %s, i64 %i192)
-  %n1 = call <8 x i64> @foldz(<8 x i64> %x1, <8 x i64> {k16}, <8 x i64> %v1)
-  %n2 = call <8 x i64> @foldz(<8 x i64> %x2, <8 x i64> {k16}, <8 x i64> %v2)
-  %n3 = call <8 x i64> @foldz(<8 x i64> %x3, <8 x i64> {k16}, <8 x i64> %v3)
-  %n4 = call <8 x i64> @foldz(<8 x i64> %x4, <8 x i64> {k16}, <8 x i64> %v4)
-  %i.next = add i64 %i, 256
-  %more = icmp ult i64 %i.next, %block
-  br i1 %more, label %loop, label %tail
-tail:
-  %y1 = phi <8 x i64> [%a1x, %blk], [%n1, %loop]
-  %y2 = phi <8 x i64> [%a2, %blk], [%n2, %loop]
-  %y3 = phi <8 x i64> [%a3, %blk], [%n3, %loop]
-  %y4 = phi <8 x i64> [%a4, %blk], [%n4, %loop]
-  %h0 = shufflevector <8 x i64> %y1, <8 x i64> poison, <2 x i32> <i32 0, i32 1>
-  %h1 = shufflevector <8 x i64> %y1, <8 x i64> poison, <2 x i32> <i32 2, i32 3>
-  %h2 = shufflevector <8 x i64> %y1, <8 x i64> poison, <2 x i32> <i32 4, i32 5>
-  %h3 = shufflevector <8 x i64> %y1, <8 x i64> poison, <2 x i32> <i32 6, i32 7>
-  %g1 = call <2 x i64> @fold(<2 x i64> %h0, <2 x i64> {k1}, <2 x i64> %h1)
-  %g2 = call <2 x i64> @fold(<2 x i64> %g1, <2 x i64> {k1}, <2 x i64> %h2)
-  %g3 = call <2 x i64> @fold(<2 x i64> %g2, <2 x i64> {k1}, <2 x i64> %h3)
-  %z2 = call <2 x i64> @lanes(<2 x i64> %g3, <8 x i64> %y2)
-  %z3 = call <2 x i64> @lanes(<2 x i64> %z2, <8 x i64> %y3)
-  %z4 = call <2 x i64> @lanes(<2 x i64> %z3, <8 x i64> %y4)
-  %crc = call i32 @finish(<2 x i64> %z4)
-  %o = getelementptr i32, ptr %out, i64 %bi
-  store i32 %crc, ptr %o, align 4
-  br label %blk.end
-blk.end:
-  %bi.next = add i64 %bi, 1
-  %again = icmp ult i64 %bi.next, %nblocks
-  br i1 %again, label %blk, label %fin
-fin:
-  {fence}
-  br label %done
-done:
-  ret void
 }}
 """
 
@@ -322,11 +285,9 @@ def _build() -> Copier | None:
             log.info("KV copy: no PCLMULQDQ on this CPU; same-host pulls copy, then check")
             return None
         wide = bool(features.get("vpclmulqdq") and features.get("avx512f"))
-        ir = _COMMON + "".join(_COPY.format(name=name, store=store, fence=fence, k4=_K4, k1=_K1)
-                               for name, (store, fence) in _VARIANTS.items())
-        if wide:
-            ir += _WIDE_COMMON.format(k1=_K1) + "".join(_WIDE.format(name=name, store=store, fence=fence, k16=_K16, k1=_K1)
-                                                        for name, (store, fence) in _VARIANTS.items())
+        ir = _COMMON + (_WIDE_COMMON.format(k1=_K1) if wide else "") + "".join(
+            _loop(w, name, store, fence) for w in ((False, True) if wide else (False,))
+            for name, (store, fence) in _VARIANTS.items())
         ir += "\n!0 = !{i32 1}\n"
         target = llvm.Target.from_default_triple().create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=features.flatten(), opt=3)
