@@ -61,11 +61,11 @@ class OnlineLatencyModel:
     where decode_part = c0 + c2*n + c3*kv of the profile and c1*p its prefill term.
 
     Each factor is the exponentially weighted geometric mean of observed / predicted ratios
-    (`forgetting` 0.995: the last ~200 steps), each ratio clipped to [min_scale, max_scale]. A
-    step updates the factor of the term that dominates its prediction: a step mostly of prefill
-    calibrates kp by what is left after the decode part (kd's), the others calibrate kd by what is
-    left after the prefill part. The profile fixes the shape within each term; live steps say how
-    much slower or faster the instance runs now (a noisy neighbour, CPU contention, throttling).
+    (`forgetting` 0.995: the last ~200 steps), each ratio clipped to [min_scale, max_scale]. Steps
+    without prefill tokens calibrate kd (step / decode_part); a step with prefill tokens calibrates
+    kp by what is left of it after the decode part at kd ((step - kd*decode_part) / (c1*p)). The
+    profile fixes the shape within each term; live steps say how much slower or faster the
+    instance runs now (a noisy neighbour, CPU contention, throttling).
 
     Why two: a quick start-up profile taken under contention gets the prefill coefficient wrong
     by 3-5x (issue 9, seventh session: two identical engines' profiles had c1 0.006 and 0.032
@@ -94,13 +94,12 @@ class OnlineLatencyModel:
         prefill_ms = m.c1_ms_per_prefill_token * prefill_tokens
         if decode_ms + prefill_ms <= 0 or step_ms <= 0:
             return
-        kd, kp = self.scale, self.prefill_scale
-        if prefill_ms > 0 and kp * prefill_ms >= kd * decode_ms:   # mostly prefill: calibrate kp
-            factor, ratio = self._prefill, (step_ms - kd * decode_ms) / prefill_ms
-        elif decode_ms > 0:
-            factor, ratio = self._decode, (step_ms - kp * prefill_ms) / decode_ms
+        if prefill_ms > 0:   # what the decode part at kd leaves of the step is the prefill's
+            factor, ratio = self._prefill, (step_ms - self.scale * decode_ms) / prefill_ms
         else:
-            return
+            # A step with prefill tokens but no prefill term in the profile (c1 = 0) has nothing
+            # else to calibrate: it counts for the decode part.
+            factor, ratio = self._decode, step_ms / decode_ms
         low, high = self._clip
         factor.add(min(max(float(np.log(max(ratio, 1e-9))), low), high), self.forgetting)
         self.steps += 1
