@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also run HFX's multi-class workload at these rates against both (default: none)")
     p.add_argument("--multi-slo-requests", type=argtypes.positive_int, default=300,
                    help="requests per rate of the multi-class workload (default %(default)s)")
+    p.add_argument("--unloaded-from", default="", metavar="JSON",
+                   help="the multi-class workload's shared unloaded-latency probe (hence its absolute SLOs) for "
+                   "every target, from an earlier run's multi-slo-peer.json (`--keep-logs`) or `hfx bench --json`, "
+                   "so the targets can run in either order (default: probe the peer, which must then run first)")
     p.add_argument("--hfx-arg", action="append", default=[], metavar="ARG",
                    help="extra `hfx up` argument, repeatable (e.g. --hfx-arg=--policy=fcfs)")
     p.add_argument("--flame", default="", metavar="DIR",
@@ -208,8 +212,17 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
         print(f"  {name} @ {rate:g} req/s: goodput {run.get('request_goodput', 0):.2f} req/s, "
               f"TPOT mean {run.get('mean_tpot_ms', 0):.2f} ms", file=sys.stderr)
     if args.multi_slo:
-        probe = out / "multi-slo-peer.json" if name == "hfx" and "peer" in args.targets else None
-        results["multi_slo"][name] = multi_slo(url, model, args, name, out, probe)
+        results["multi_slo"][name] = multi_slo(url, model, args, name, out, shared_probe(name, args, out))
+
+
+def shared_probe(name: str, args, out: Path) -> Path | None:
+    """Where `name`'s multi-class SLOs come from: --unloaded-from for every target; else the
+    peer's own probe for HFX when the peer ran first; None = the target probes itself."""
+    if args.unloaded_from:
+        return Path(args.unloaded_from)
+    if name == "hfx" and "peer" in args.targets and args.targets.index("peer") < args.targets.index("hfx"):
+        return out / "multi-slo-peer.json"
+    return None
 
 
 def _print_top(name: str, rate: float, paths: dict[str, Path]) -> None:
@@ -240,10 +253,17 @@ def _print(results: dict) -> None:
         for name, doc in results["multi_slo"].items():
             cells = "  ".join(f"{rec['rate_rps']:g} req/s {100 * rec['slo_attainment']:.1f}%" for rec in doc["records"])
             print(f"  {name:<6} {cells}")
+            for rec in doc["records"]:   # which class misses, and how many were refused
+                per = ", ".join(f"{c} {100 * v['slo_attainment']:.0f}% ({v['rejected']} refused)"
+                                for c, v in rec["per_class"].items())
+                print(f"    {rec['rate_rps']:g} req/s: {per}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.multi_slo and not args.unloaded_from and args.targets[:2] == ["hfx", "peer"]:
+        print("error: HFX first needs --unloaded-from (the SLOs come from the peer's probe)", file=sys.stderr)
+        return 2
     from services.common.model import ensure_default_model
 
     model = str(ensure_default_model())

@@ -1,8 +1,9 @@
 """Fitting the step-time model step_ms = c0 + c1*prefill_tokens + c2*decode_seqs + c3*kv_tokens.
 
 Pure: `fit` solves least squares over profiled steps and reports its error; `OnlineLatencyModel`
-calibrates a fitted model by the steps a worker reports (one scale factor with forgetting, so
-the model follows drift such as thermal throttling or a noisy neighbour).
+calibrates a fitted model by the steps a worker reports (a scale factor for its decode part and
+one for its prefill term, with forgetting, so the model follows drift such as thermal throttling
+or a noisy neighbour).
 """
 
 from __future__ import annotations
@@ -56,16 +57,26 @@ def fit(samples: Sequence[StepSample]) -> Fit:
 
 
 class OnlineLatencyModel:
-    """Calibrates a profiled model online by one factor: step_ms ~= scale * profile(step).
+    """Calibrates a profiled model online by two factors: step_ms ~= kd * decode_part + kp * c1*p,
+    where decode_part = c0 + c2*n + c3*kv of the profile and c1*p its prefill term.
 
-    `scale` is the exponentially weighted geometric mean of observed / predicted step times
-    (`forgetting` 0.995: the last ~200 steps), each ratio clipped to [min_scale, max_scale].
-    The profile fixes the model's shape; live steps only say how much slower or faster the
-    instance runs now (a noisy neighbour, CPU contention, throttling). A free refit of all four
-    coefficients (recursive least squares, the first version) was unstable on live vLLM steps:
-    under load they all have similar composition, so the intercept and the per-sequence terms
-    trade off, and clamping the negative one produced models like 28.7 + 4.09*decode_seqs ms
-    against real steps of ~8 ms (docs/LIVE.md), which made HFX turn requests away.
+    Each factor is the exponentially weighted geometric mean of observed / predicted ratios
+    (`forgetting` 0.995: the last ~200 steps), each ratio clipped to [min_scale, max_scale]. Steps
+    without prefill tokens calibrate kd (step / decode_part); a step with prefill tokens calibrates
+    kp by what is left of it after the decode part at kd ((step - kd*decode_part) / (c1*p)). The
+    profile fixes the shape within each term; live steps say how much slower or faster the
+    instance runs now (a noisy neighbour, CPU contention, throttling).
+
+    Why two: a quick start-up profile taken under contention gets the prefill coefficient wrong
+    by 3-5x (issue 9, seventh session: two identical engines' profiles had c1 0.006 and 0.032
+    ms/token, R^2 0.54-0.59). With one factor every prefill step then pulled the whole model,
+    intercept included, 2-3x up: c0 read 8-11.6 ms against decode steps the peer's engines ran in
+    under 9.3 ms, so every request with a 10.1 ms TPOT was taken for "below one decode step" and
+    refused. A free refit of all four coefficients (recursive least squares, the first version)
+    was unstable on live vLLM steps: under load they all have similar composition, so the
+    intercept and the per-sequence terms trade off, and clamping the negative one produced models
+    like 28.7 + 4.09*decode_seqs ms against real steps of ~8 ms (docs/LIVE.md), which made HFX
+    turn requests away.
     """
 
     def __init__(self, start: LatencyModel, forgetting: float = 0.995,
@@ -73,26 +84,54 @@ class OnlineLatencyModel:
         self.start = start
         self.forgetting = forgetting
         self._clip = (float(np.log(min_scale)), float(np.log(max_scale)))
-        self._log_sum = 0.0
-        self._weight = 0.0
+        self._decode = _Factor()
+        self._prefill = _Factor()
         self.steps = 0
 
     def observe(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int, step_ms: float) -> None:
-        predicted = self.start.step_ms(prefill_tokens, decode_seqs, kv_tokens)
-        if predicted <= 0 or step_ms <= 0:
+        m = self.start
+        decode_ms = m.c0_ms + m.c2_ms_per_decode_seq * decode_seqs + m.c3_ms_per_kv_token * kv_tokens
+        prefill_ms = m.c1_ms_per_prefill_token * prefill_tokens
+        if decode_ms + prefill_ms <= 0 or step_ms <= 0:
             return
-        ratio = min(max(float(np.log(step_ms / predicted)), self._clip[0]), self._clip[1])
-        self._log_sum = self.forgetting * self._log_sum + ratio
-        self._weight = self.forgetting * self._weight + 1.0
+        if prefill_ms > 0:   # what the decode part at kd leaves of the step is the prefill's
+            factor, ratio = self._prefill, (step_ms - self.scale * decode_ms) / prefill_ms
+        else:
+            # A step with prefill tokens but no prefill term in the profile (c1 = 0) has nothing
+            # else to calibrate: it counts for the decode part.
+            factor, ratio = self._decode, step_ms / decode_ms
+        low, high = self._clip
+        factor.add(min(max(float(np.log(max(ratio, 1e-9))), low), high), self.forgetting)
         self.steps += 1
 
     @property
     def scale(self) -> float:
-        return float(np.exp(self._log_sum / self._weight)) if self._weight else 1.0
+        """kd: how much slower (> 1) or faster the decode part runs than profiled."""
+        return self._decode.value()
+
+    @property
+    def prefill_scale(self) -> float:
+        """kp: the same for the prefill term (c1)."""
+        return self._prefill.value()
 
     @property
     def model(self) -> LatencyModel:
-        k, m = self.scale, self.start
+        kd, kp, m = self.scale, self.prefill_scale, self.start
         # The KV transfer is the link's, not the engine's steps': it is not scaled with them.
-        return LatencyModel(m.c0_ms * k, m.c1_ms_per_prefill_token * k, m.c2_ms_per_decode_seq * k,
-                            m.c3_ms_per_kv_token * k, m.kv_transfer_ms_per_token)
+        return LatencyModel(m.c0_ms * kd, m.c1_ms_per_prefill_token * kp, m.c2_ms_per_decode_seq * kd,
+                            m.c3_ms_per_kv_token * kd, m.kv_transfer_ms_per_token)
+
+
+class _Factor:
+    """An exponentially weighted geometric mean of ratios (given as logs); 1 before any."""
+
+    def __init__(self) -> None:
+        self._log_sum = 0.0
+        self._weight = 0.0
+
+    def add(self, log_ratio: float, forgetting: float) -> None:
+        self._log_sum = forgetting * self._log_sum + log_ratio
+        self._weight = forgetting * self._weight + 1.0
+
+    def value(self) -> float:
+        return float(np.exp(self._log_sum / self._weight)) if self._weight else 1.0

@@ -65,3 +65,29 @@ def test_online_model_keeps_the_profiled_shape_when_live_steps_all_look_alike():
     before = online.scale
     online.observe(0, 20, 10_000, 100 * TRUE.step_ms(0, 20, 10_000))
     assert before < online.scale < before * 1.02
+
+
+def test_a_wrong_prefill_coefficient_does_not_inflate_the_decode_step():
+    """A start-up profile taken under contention got c1 5x too small (issue 9, seventh session).
+    Live steps: decodes run 1.2x the profile, prefills 5x its c1. The decode step the model
+    predicts (what decides whether a tight TPOT can be met at all) must follow the decodes, and
+    a prefill's prediction the prefills, rather than one factor between them for both."""
+    profiled = LatencyModel(4.0, 0.006, 0.05, 0.0004)
+    decode = lambda n, kv: 1.2 * (4.0 + 0.05 * n + 0.0004 * kv)   # noqa: E731
+    rng = random.Random(1)
+    online = OnlineLatencyModel(profiled)
+    for i in range(600):
+        n, kv = rng.randint(1, 12), rng.randint(500, 8000)
+        p = rng.choice((256, 512, 2048)) if i % 5 == 0 else 0
+        online.observe(p, n, kv, (decode(n, kv) + 0.03 * p) * rng.uniform(0.9, 1.1))
+    assert online.scale == pytest.approx(1.2, rel=0.05)
+    assert online.model.step_ms(0, 1, 1000) == pytest.approx(decode(1, 1000), rel=0.05)
+    assert online.model.step_ms(512, 4, 2000) == pytest.approx(decode(4, 2000) + 0.03 * 512, rel=0.1)
+
+
+def test_prefill_steps_alone_calibrate_the_prefill_term_and_leave_the_decode_part():
+    online = OnlineLatencyModel(TRUE)
+    for _ in range(200):
+        online.observe(1024, 0, 0, TRUE.c0_ms + 3 * TRUE.c1_ms_per_prefill_token * 1024)
+    assert online.scale == 1.0
+    assert online.prefill_scale == pytest.approx(3.0, rel=0.01)

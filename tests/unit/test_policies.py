@@ -369,3 +369,15 @@ def test_an_idle_instance_budget_is_not_carried_over_from_an_earlier_pass():
                             float(k)).decisions
         assert d.verdict == Verdict.ADMIT, (k, d.reason)
         assert hfx._budget(make_instance(), 0.0).bank_ms == fresh.bank_ms == math.inf
+
+
+def test_a_tpot_one_instance_cannot_meet_is_not_best_effort_when_another_can():
+    """MODEL's decode step is 2.5 ms; "slow" runs 4x that (contention, calibrated online). A new
+    request with TPOT 5 ms is below one step on "slow" but not on "fast": it is an SLO request
+    placed on "fast", whichever instance the snapshot lists first (issue 9, seventh session)."""
+    slow_model = replace(MODEL, c0_ms=4 * MODEL.c0_ms, c2_ms_per_decode_seq=4 * MODEL.c2_ms_per_decode_seq)
+    slow, fast = make_instance("slow", latency_model=slow_model), make_instance("fast")
+    req = make_request(request_id="tight", prompt_tokens=10, slo=Slo(1000.0, 5.0))
+    for order in ((slow, fast), (fast, slow)):
+        (d,) = make_policy("hfx", CFG).schedule([req], cluster(*order), 0.0).decisions
+        assert (d.verdict, d.instance_id) == (Verdict.ADMIT, "fast")

@@ -40,3 +40,18 @@ def test_a_ticket_has_no_queue_wait_and_requests_of_other_traces_stay_apart():
     a, b = ttft_spans.rows(spans)
     assert (a.placed_by, a.queue_wait_ms, b.placed_by, b.queue_wait_ms) == ("ticket", 0.0, "place", 200.0)
     assert "over 200 ms: 1" in ttft_spans.report([a, b], ttft_ms=200.0, top=5)
+
+
+def test_by_class_counts_each_request_against_its_own_slo_and_the_refused_apart():
+    spans = [
+        _span(tracing.SPAN_ROUTER, 1.0, 2.0, trace="a", attrs={
+            tracing.ATTR_TTFT_MS: 60.0, tracing.ATTR_TASK_CLASS: "code", tracing.ATTR_TTFT_SLO_MS: 46.0,
+            tracing.ATTR_SLO_MISSED: "ttft"}),
+        _span(tracing.SPAN_ROUTER, 1.1, 2.0, trace="b", attrs={
+            tracing.ATTR_TTFT_MS: 60.0, tracing.ATTR_TASK_CLASS: "chat", tracing.ATTR_TTFT_SLO_MS: 109.0}),
+        _span(tracing.SPAN_ROUTER, 1.2, 1.3, trace="c", attrs={
+            tracing.ATTR_TASK_CLASS: "chat", tracing.ATTR_VERDICT: "reject"}),
+    ]
+    text = ttft_spans.by_class(ttft_spans.rows(spans), ttft_spans.refused(spans))
+    assert "chat: 1 served (met 1), 1 refused; TTFT SLO 109 ms, 0 over it" in text
+    assert "code: 1 served (ttft 1), 0 refused; TTFT SLO 46 ms, 1 over it" in text

@@ -88,7 +88,12 @@ class Hfx:
 
     def schedule(self, waiting: Sequence[RequestSpec], cluster: ClusterSnapshot, now_s: float) -> ScheduleResult:
         if cluster.instances:
-            self._ref_model = latency_model_of(cluster.instances[0], self.config)
+            # "Unloaded" is on the fastest instance: a TPOT below one decode step there can be met
+            # nowhere, but one the first-listed instance cannot meet may fit another (issue 9,
+            # seventh session: a contended instance's step made every tight-TPOT request best
+            # effort at arrival, and refused, while the other one could have served it).
+            self._ref_model = min((latency_model_of(inst, self.config) for inst in cluster.instances),
+                                  key=lambda m: m.c0_ms + m.c2_ms_per_decode_seq)
         if len(self._budgets) > len(cluster.instances):  # instances left: drop their cached budgets
             live = {inst.instance_id for inst in cluster.instances}
             self._budgets = {iid: hit for iid, hit in self._budgets.items() if iid in live}
