@@ -81,6 +81,9 @@ class FitTable:
         self.config = config
         self.budgets = budgets
         self.reserve = reserve
+        # Set by the policy while a task class seen has a tight TPOT (PolicyConfig lane_tightness):
+        # that TPOT, ms; placement then goes by SLO affinity with tolerance lane_tolerance.
+        self.tight_tpot_ms: float | None = None
         self.now_s = now_s
         self.ids = [i.instance_id for i in instances]
         f = lambda xs: np.array(xs, dtype=float)  # noqa: E731
@@ -247,6 +250,8 @@ class FitTable:
             idx, how = int(np.argmin(np.where(ok, ttft_ms, np.inf))), "least TTFT"
         else:
             idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
+            if self.tight_tpot_ms is not None and self.config.affinity_tolerance <= 1.0:
+                how += f" by TPOT affinity (a class's TPOT {self.tight_tpot_ms:.1f} ms is tight)"
         return idx, float(ttft_ms[idx]), n_fit, how
 
     def fits(self, spec: RequestSpec, output_tokens: int, now_s: float, best_effort: bool,
@@ -289,6 +294,8 @@ class FitTable:
         0.18 -> band 0; empty -> 1; capped at 18.7 ms -> 1 + floor(|ln 1.87|/ln 1.25) = 1 + 2 = 3.
         """
         tol = self.config.affinity_tolerance
+        if tol <= 1.0 and self.tight_tpot_ms is not None:
+            tol = self.config.lane_tolerance
         if tol <= 1.0:
             return np.zeros(len(self.n))
         empty = ~np.isfinite(self.min_tpot)
