@@ -47,7 +47,7 @@ def test_loose_request_keeps_off_the_tight_class_instance():
     streams, bulk = instances()
     req = make_request(request_id="n", task_class="bulk", slo=LOOSE)
     (d,) = hfx.schedule([req], cluster(streams, bulk), 0.0).decisions
-    # affinity, tolerance 1.25: "streams" |ln(3.5/40)| / ln 1.25 = 10.9 -> band 11; "bulk" band 0
+    # TPOT 40 >= 1.5 x 3.5: loose. "streams" runs a tight one -> band 1; "bulk" band 0
     assert d.instance_id == "bulk"
     assert "spread by TPOT affinity (a class's TPOT 3.5 ms is tight) -> bulk (2 fit)" in d.reason
 
@@ -96,6 +96,6 @@ def test_tight_request_goes_where_its_class_runs():
     assert d.instance_id == "streams"
 
 
-def test_lane_tolerance_checked():
-    with pytest.raises(ValueError, match="lane_tolerance"):
-        check(PolicyConfig(lane_tolerance=0.5))
+def test_lane_factor_checked():
+    with pytest.raises(ValueError, match="lane_factor"):
+        check(PolicyConfig(lane_factor=0.5))
