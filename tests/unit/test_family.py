@@ -172,7 +172,7 @@ def test_hfx_serves_a_tight_tpot_class_beside_long_loose_decodes():
     of 1.3x its unloaded decode step beside a class with 300-token outputs and a 5.2x TPOT.
     Spread put the long decodes on every instance, every step grew past 4.46 ms and the tight
     class fit nowhere: hfx 89.5% (that class 62%), so its goodput was the baselines' (23 req/s).
-    With SLO affinity while a class's TPOT is tight, 95.0% (issue 17, sixth pass)."""
+    Keeping loose requests off an instance for the tight class: 94.0% (issue 17, sixth pass)."""
     name, _, wl = load_family(16, 2)[15]
     rates = rate_grid(capacity_rps(wl, PROFILE.model, PROFILE.chunk_tokens, 4), (0.55,))
     assert rates == [43.0]

@@ -306,9 +306,10 @@ class FitTable:
         """Bands while a class's TPOT is tight (tight_tpot_ms, T): a request is tight when its TPOT
         is below lane_factor x T, and so is an instance running such a request (its min_tpot).
         A loose request: band 0 on instances with no tight request (empty or loose), 1 on those
-        with one (it would grow their steps). A tight request: band 0 where tight ones run, 1 on
-        empty instances, 2 where only loose ones run. Loose requests still spread among each
-        other; the tight class keeps instances whose steps stay short."""
+        with one (it would grow their steps) and, while no instance runs one, on the allowed
+        instance with the shortest step (kept for the next tight arrival). A tight request: band
+        0 where tight ones run, 1 on empty instances, 2 where only loose ones run. Loose requests
+        still spread among each other; the tight class keeps instances whose steps stay short."""
         assert self.tight_tpot_ms is not None
         limit = self.config.lane_factor * self.tight_tpot_ms
         empty = ~np.isfinite(self.min_tpot)
