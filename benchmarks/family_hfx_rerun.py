@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from services.sim import ENGINE_LABEL
-from services.sim.family import load_family
-from services.sim.family_bench import GOODPUT_WIN, TARGET, aggregate, measurer, refine_goodput, verdict
+from services.sim.family_bench import (GOODPUT_WIN, TARGET, add_stored_args, aggregate, measurer, refine_goodput, stored_family,
+                                        verdict)
 from services.sim.profiles import get_profile
 
 
@@ -38,16 +38,12 @@ def _refined(stored: dict, attain_hfx: dict[float, float], measure, steps: int) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stored", help="a `hfx bench --sim --family --json` document (baselines taken from it)")
-    p.add_argument("--only", nargs="*", default=None, help="workload names (default: all)")
+    add_stored_args(p)   # the baselines are taken from the stored document
     p.add_argument("--goodput-steps", type=int, default=0)
-    p.add_argument("--instances", type=int, default=4)
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    doc = json.loads(Path(args.stored).read_text())
+    doc, family = stored_family(args.stored)
     profile = get_profile("cpu-tiny")
     stored = {w["name"]: w for w in doc["workloads"]}
-    family = {name: wl for name, _, wl in load_family(len(doc["workloads"]), doc["seed"])}
     names = args.only or [w["name"] for w in doc["workloads"]]
     print(f"{ENGINE_LABEL}; family seed {doc['seed']}; {doc['requests']} requests per point; hfx re-measured, "
           f"baselines from {args.stored}")

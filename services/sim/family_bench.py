@@ -136,6 +136,22 @@ def _badness(r: dict) -> tuple:
             r["goodput_ratio"] if r["goodput_ratio"] is not None else 9.0, r["min_diff"])
 
 
+def add_stored_args(p) -> None:
+    """The arguments of the scripts that work over a stored family run (benchmarks/family_*.py):
+    the document, --only, --instances and --json."""
+    p.add_argument("stored", help="a `hfx bench --sim --family --json` document (or a rerun of one)")
+    p.add_argument("--only", nargs="*", default=None, help="workload names (default: all)")
+    p.add_argument("--instances", type=int, default=4)
+    p.add_argument("--json", default=None, help="write the results here")
+
+
+def stored_family(path: str | Path) -> tuple[dict, dict[str, Workload]]:
+    """A stored `--family --json` document (or a rerun of one) and its workloads by name,
+    regenerated from the family seed (the document keeps their YAML, the seed is what replays)."""
+    doc = json.loads(Path(path).read_text())
+    return doc, {name: wl for name, _, wl in load_family(len(doc["workloads"]), doc["seed"])}
+
+
 def measurer(workload: Workload, profile: Profile, instances: int, requests: int, seed: int):
     """measure(policy, rate) -> SLO attainment of one simulated point (the same requests for
     every policy at a rate)."""

@@ -31,6 +31,16 @@ class PolicyConfig:
     # do not cap the batch of loose ones. 1.0 (default) disables it: on the default workload it
     # cost attainment (73.5% vs 78.1% at 28 req/s, seed 1) and light-load E2E (824 vs 654 ms).
     affinity_tolerance: float = 1.0
+    # While a class's TPOT is tight (HFX only; docs/SCHEDULING.md "While a TPOT is tight"):
+    # when the tightest TPOT class seen has a TPOT at most `lane_tightness` x its
+    # own unloaded decode step (one more sequence of it may join only a small batch), a request
+    # whose TPOT is at least `lane_factor` x that TPOT prefers instances running no request
+    # tighter than that (while none does, not the one with the shortest step), and a tighter one
+    # prefers instances where tight ones run, then empty ones (FitTable.tight_band); spread
+    # alone packs long loose decodes on every instance and
+    # closes them all to that class. A preference only: it never refuses a placement. 0: off.
+    lane_tightness: float = 1.6
+    lane_factor: float = 1.5
     # Step-time model for instances that report none.
     default_latency_model: LatencyModel = DEFAULT_LATENCY_MODEL
     # The engine's token budget per step (vLLM max_num_batched_tokens): sets prefill chunking.

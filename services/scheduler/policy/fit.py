@@ -81,6 +81,9 @@ class FitTable:
         self.config = config
         self.budgets = budgets
         self.reserve = reserve
+        # Set by the policy while a task class seen has a tight TPOT (PolicyConfig lane_tightness):
+        # that TPOT, ms; placement then goes by SLO affinity with tolerance lane_tolerance.
+        self.tight_tpot_ms: float | None = None
         self.now_s = now_s
         self.ids = [i.instance_id for i in instances]
         f = lambda xs: np.array(xs, dtype=float)  # noqa: E731
@@ -247,6 +250,8 @@ class FitTable:
             idx, how = int(np.argmin(np.where(ok, ttft_ms, np.inf))), "least TTFT"
         else:
             idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
+            if self.tight_tpot_ms is not None and self.config.affinity_tolerance <= 1.0:
+                how += f" by TPOT affinity (a class's TPOT {self.tight_tpot_ms:.1f} ms is tight)"
         return idx, float(ttft_ms[idx]), n_fit, how
 
     def fits(self, spec: RequestSpec, output_tokens: int, now_s: float, best_effort: bool,
@@ -289,11 +294,33 @@ class FitTable:
         0.18 -> band 0; empty -> 1; capped at 18.7 ms -> 1 + floor(|ln 1.87|/ln 1.25) = 1 + 2 = 3.
         """
         tol = self.config.affinity_tolerance
+        if tol <= 1.0 and self.tight_tpot_ms is not None:
+            return self.tight_band(tpot_ms)
         if tol <= 1.0:
             return np.zeros(len(self.n))
         empty = ~np.isfinite(self.min_tpot)
         ratio = np.abs(np.log(np.where(empty, tpot_ms, self.min_tpot) / tpot_ms)) / np.log(tol)
         return np.where(empty, 1.0, np.where(ratio < 1.0, 0.0, 1.0 + np.floor(ratio)))
+
+    def tight_band(self, tpot_ms: float) -> np.ndarray:
+        """Bands while a class's TPOT is tight (tight_tpot_ms, T): a request is tight when its TPOT
+        is below lane_factor x T, and so is an instance running such a request (its min_tpot).
+        A loose request: band 0 on instances with no tight request (empty or loose), 1 on those
+        with one (it would grow their steps) and, while no instance runs one, on the allowed
+        instance with the shortest step (kept for the next tight arrival). A tight request: band
+        0 where tight ones run, 1 on empty instances, 2 where only loose ones run. Loose requests
+        still spread among each other; the tight class keeps instances whose steps stay short."""
+        assert self.tight_tpot_ms is not None
+        limit = self.config.lane_factor * self.tight_tpot_ms
+        empty = ~np.isfinite(self.min_tpot)
+        hosts_tight = self.min_tpot < limit
+        if tpot_ms >= limit:
+            keep = hosts_tight.copy()
+            if not keep.any() and self.allowed.sum() > 1:
+                # None runs one yet: keep the instance with the shortest step for the next.
+                keep[int(np.argmin(np.where(self.allowed, self.s, np.inf)))] = True
+            return np.where(keep, 1.0, 0.0)
+        return np.where(hosts_tight, 0.0, np.where(empty, 1.0, 2.0))
 
     def choose(self, ok: np.ndarray, tpot_ms: float) -> int:
         """Among fitting instances: lowest affinity band first, then spread (fewest decoding

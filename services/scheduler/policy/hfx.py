@@ -48,6 +48,8 @@ class Hfx:
         self._pressure_until_s = float("-inf")   # see PolicyConfig.defer_slack_ms
         self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
+        # Per task class: (its TPOT SLO ms, prompt tokens seen, requests seen): _tight_tpot_ms.
+        self._classes: dict[str, tuple[float, float, int]] = {}
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
         """Called by the service (or simulator) when a request finishes: learn its class's length."""
@@ -109,6 +111,7 @@ class Hfx:
             return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned, reserve=self._strained(now_s, cluster),
                          links=cluster.links, unprotected=self._best_effort_ids)
+        table.tight_tpot_ms = self._tight_tpot_ms()
         if table.any_open():
             self._place(table, now_s, decisions)
         return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
@@ -119,11 +122,30 @@ class Hfx:
         hopeless_at_s = spec.ttft_deadline_s - unloaded_ms / 1000.0
         credit_s = (spec.priority - 1) * cfg.priority_credit_ms / 1000.0
         entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)
+        _, prompt_sum, count = self._classes.get(spec.task_class, (0.0, 0.0, 0))
+        self._classes[spec.task_class] = (spec.slo.tpot_ms, prompt_sum + spec.prompt_tokens, count + 1)
         # A TPOT below one unloaded decode step can never be met: best effort from the start.
         if not spec.resumed_tokens and spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
             entry.best_effort = True
             entry.demoted_s = spec.arrival_s
         return entry
+
+    def _tight_tpot_ms(self) -> float | None:
+        """The tightest TPOT among the task classes seen that is at most lane_tightness x the
+        class's own unloaded decode step (c0 + c2 + c3 x (mean prompt + half its estimated
+        output)) and that an unloaded instance can still meet: one more of it fits only beside a
+        small batch, so placement goes by SLO affinity (FitTable.tight_tpot_ms). None if none."""
+        limit = self.config.lane_tightness
+        if limit <= 0:
+            return None
+        m = self._ref_model
+        tight: float | None = None
+        for task_class, (tpot_ms, prompt_sum, count) in self._classes.items():
+            kv_tokens = prompt_sum / count + self.estimator.mean_tokens(task_class) / 2.0
+            step_ms = m.c0_ms + m.c2_ms_per_decode_seq + m.c3_ms_per_kv_token * kv_tokens
+            if step_ms <= tpot_ms <= limit * step_ms and (tight is None or tpot_ms < tight):
+                tight = tpot_ms
+        return tight
 
     def _budget(self, inst: InstanceView, now_s: float) -> InstanceBudget:
         """This pass's budget of `inst`: a copy, because the pass mutates it as it places

@@ -111,6 +111,8 @@ def check(config: PolicyConfig, where: str = "policy config") -> None:
             raise ValueError(f"{where}: {name} must be >= 1, not {value!r}")
     if config.affinity_tolerance < 1.0:
         raise ValueError(f"{where}: affinity_tolerance must be >= 1 (1 = off), not {config.affinity_tolerance!r}")
+    if config.lane_factor < 1.0:
+        raise ValueError(f"{where}: lane_factor must be >= 1, not {config.lane_factor!r}")
     if config.kv_watermark >= 1.0:
         raise ValueError(f"{where}: kv_watermark must be below 1 (a share of KV kept free), not {config.kv_watermark!r}")
     m = config.default_latency_model

@@ -76,7 +76,8 @@ def split_fit(table: FitTable, spec: RequestSpec, output_tokens: int, now_s: flo
         return None
     sign = 1.0 if table.config.placement == "spread" else -1.0
     room = table.kv_room / np.maximum(table.kv_limit, 1.0)
-    # SLO affinity first when configured (fit.py affinity_band; off by default), as for whole requests.
+    # SLO affinity first when configured or while a TPOT is tight (fit.py affinity_band), as for
+    # whole requests.
     key = table.affinity_band(spec.slo.tpot_ms) * 1e6 + sign * s_new
     by_tpot = int(np.lexsort((-room, np.where(d_ok, key, np.inf)))[0])
     by_first = int(np.argmin(np.where(d_ok, first_ms, np.inf)))
