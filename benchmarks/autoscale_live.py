@@ -93,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
                    help="hfx: buy capacity that clears the queue within this long, before --time-scale")
     p.add_argument("--hfx-rate-noise-z", type=argtypes.non_negative_float, default=d.rate_noise_z,
                    help="hfx: a rate change beyond this many deviations of counting noise counts at once (0: none)")
+    p.add_argument("--hfx-drain-noise-z", type=argtypes.non_negative_float, default=d.drain_noise_z,
+                   help="hfx: survivors of a removal stay under the target utilization at the rate this many "
+                   "deviations of counting noise above the measured one (0: off)")
     p.add_argument("--hfx-slo-feedback-s", type=argtypes.non_negative_float, default=d.slo_feedback_s,
                    help="hfx: time constant of the SLO feedback on capacity, before --time-scale (0: off)")
     p.add_argument("--hfx-attainment-margin", type=argtypes.non_negative_float, default=d.attainment_margin,
@@ -143,6 +146,7 @@ def scaler_flags(name: str, args, trace: Trace) -> tuple[str, ...]:
              "--scale-down-cooldown-s", f"{args.hfx_cooldown_s / k:.3g}",
              "--scale-down-horizon-s", f"{AutoscaleConfig().scale_down_horizon_s / k:.3g}",
              "--backlog-drain-s", f"{args.hfx_backlog_drain_s / k:.3g}", "--rate-noise-z", str(args.hfx_rate_noise_z),
+             "--drain-noise-z", str(args.hfx_drain_noise_z),
              "--slo-feedback-s", f"{args.hfx_slo_feedback_s / k:.3g}",
              "--attainment-margin", str(args.hfx_attainment_margin),
              "--forecast-max-growth-per-min", str(args.hfx_forecast_max_growth_per_min)]

@@ -50,6 +50,10 @@ def add_autoscale_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rate-noise-z", type=argtypes.non_negative_float, default=_DEFAULTS.rate_noise_z,
                    help="a change in the measured arrival rate counts at once beyond this many standard deviations "
                         "of the window's counting noise, is smoothed within it (0: no smoothing) (default %(default)s)")
+    g.add_argument("--drain-noise-z", type=argtypes.non_negative_float, default=_DEFAULTS.drain_noise_z,
+                   help="a removal needs the survivors under --target-utilization also at the rate this many "
+                        "standard deviations of the window's counting noise above the one measured (0: only "
+                        "--scale-down-utilization) (default %(default)s)")
     g.add_argument("--slo-feedback-s", type=argtypes.non_negative_float, default=_DEFAULTS.slo_feedback_s,
                    help="time constant of the SLO feedback on capacity: attainment above target + margin lets each "
                         "worker count for up to --max-capacity-gain times its SLO capacity (0: off) "
@@ -232,7 +236,8 @@ def config_from_args(args) -> AutoscaleConfig | None:
         capacity_rps={d: args.capacity_rps for d in prices}, target_utilization=args.target_utilization,
         scale_down_utilization=args.scale_down_utilization, scale_down_cooldown_s=args.scale_down_cooldown_s,
         scale_down_horizon_s=args.scale_down_horizon_s, warmup_s=args.warmup_s,
-        backlog_drain_s=args.backlog_drain_s, rate_noise_z=args.rate_noise_z, slo_feedback_s=args.slo_feedback_s,
+        backlog_drain_s=args.backlog_drain_s, rate_noise_z=args.rate_noise_z, drain_noise_z=args.drain_noise_z,
+        slo_feedback_s=args.slo_feedback_s,
         attainment_margin=args.attainment_margin, max_capacity_gain=args.max_capacity_gain,
         forecast_max_growth_per_min=args.forecast_max_growth_per_min,
         ready_times_s={**_DEFAULTS.ready_times_s, StartKind.COLD: args.cold_start_s,
@@ -249,6 +254,7 @@ def forward_flags(args) -> list[str]:
            "--scale-down-cooldown-s", str(args.scale_down_cooldown_s),
            "--scale-down-horizon-s", str(args.scale_down_horizon_s), "--warmup-s", str(args.warmup_s),
            "--backlog-drain-s", str(args.backlog_drain_s), "--rate-noise-z", str(args.rate_noise_z),
+           "--drain-noise-z", str(args.drain_noise_z),
            "--slo-feedback-s", str(args.slo_feedback_s), "--attainment-margin", str(args.attainment_margin),
            "--max-capacity-gain", str(args.max_capacity_gain), "--forecast-max-growth-per-min", str(args.forecast_max_growth_per_min),
            "--cold-start-s", str(args.cold_start_s), "--standby-start-s", str(args.standby_start_s), "--autoscale-tick-s", str(args.autoscale_tick_s),

@@ -150,7 +150,11 @@ class AutoscaleLoop:
                 log.info("autoscale decision %s already applied; skipped", action.decision_id)
                 continue
             if isinstance(action, Start):
-                record["instance_id"] = await self.actuator.start(action.device, action.start_kind, action.role)
+                record["instance_id"] = iid = await self.actuator.start(action.device, action.start_kind, action.role)
+                # A start may reuse a retired slot's id whose draining mark is still set (its old
+                # worker exited after this tick's signals were read): a new worker is not draining.
+                await self.store.mark_draining(iid, False)
+                self.drain_since.pop(iid, None)
             elif isinstance(action, Drain):
                 await self.actuator.drain(action.instance_id)
                 self.drain_since[action.instance_id] = now_s

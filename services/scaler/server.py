@@ -245,8 +245,10 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         """Observe exits, then apply reconcile's actions."""
         for w in self.workers.values():
             self._observe_exit(w, now_s)
+        # A slot stopped on purpose (retired after a drain) that is wanted again starts at once:
+        # the crash backoff is for crashes.
         slots = [
-            WorkerSlot(w.index, w.exited_at_s is None, w.exited_at_s, w.restarts)
+            WorkerSlot(w.index, w.exited_at_s is None, None if w.stopping else w.exited_at_s, w.restarts)
             for w in self.workers.values()
             if self.config.restart_crashed or w.exited_at_s is None or w.stopping
         ]
@@ -258,7 +260,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         pd_actions = reconcile_set(self.pd_wanted, [s for s in slots if s.index >= POOL_STRIDE], now_s)
         for acts in (actions, pd_actions):
             for index in acts.start:
-                if index in self.workers and self.workers[index].stopping:
+                # A retired slot wanted again starts once its old process has exited, not before
+                # (it may still be finishing its requests). Skipping it for good after the exit
+                # (the mark stayed set) left a reused slot wanted and never started: the
+                # autoscaler saw no start and decided another on the next tick (issue 13).
+                old = self.workers.get(index)
+                if old is not None and old.stopping and old.exited_at_s is None:
                     continue
                 self._spawn(index)
             for index in acts.stop:

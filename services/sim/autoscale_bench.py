@@ -91,6 +91,9 @@ def add_autoscale_bench(subparsers) -> None:
     p.add_argument("--hfx-rate-noise-z", type=argtypes.non_negative_float, default=hfx.rate_noise_z,
                    help="hfx: a rate change beyond this many deviations of counting noise counts at once; within "
                    "it, smoothed (0: none) (default %(default)s)")
+    p.add_argument("--hfx-drain-noise-z", type=argtypes.non_negative_float, default=hfx.drain_noise_z,
+                   help="hfx: survivors of a removal stay under the target utilization at the rate this many "
+                   "deviations of counting noise above the measured one (0: off) (default %(default)s)")
     p.add_argument("--hfx-slo-feedback-s", type=argtypes.non_negative_float, default=hfx.slo_feedback_s,
                    help="hfx: time constant of the SLO feedback on capacity (0: off) (default %(default)s)")
     p.add_argument("--hfx-attainment-margin", type=argtypes.non_negative_float, default=hfx.attainment_margin,
@@ -166,6 +169,7 @@ def make_autoscaler(name: str, args, capacity: float, static_n: int):
 def hfx_extras(args) -> dict:
     """The hfx policy's cost settings from the bench's flags."""
     return {"backlog_drain_s": args.hfx_backlog_drain_s, "rate_noise_z": args.hfx_rate_noise_z,
+            "drain_noise_z": args.hfx_drain_noise_z,
             "slo_feedback_s": args.hfx_slo_feedback_s, "attainment_margin": args.hfx_attainment_margin,
             "forecast_max_growth_per_min": args.hfx_forecast_max_growth_per_min}
 

@@ -66,3 +66,57 @@ def test_scale_beyond_the_autoscalers_max_is_refused_and_changes_nothing(tmp_pat
     with pytest.raises(InvalidArgument, match=r"outside the autoscaler's bounds \[1, 4\]"):
         asyncio.run(servicer.Scale(scaler_pb2.ScaleRequest(decision_id="d1", replicas=9), None))
     assert servicer.desired == 4 and servicer.wanted == {0, 1, 2, 3}
+
+
+class _FakeProc:
+    """A worker process stand-in: exits when SIGTERMed and the test says so."""
+
+    _next_pid = 40000
+
+    def __init__(self) -> None:
+        _FakeProc._next_pid += 1
+        self.pid = _FakeProc._next_pid
+        self.signals: list[int] = []
+        self.exited = False
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+    def poll(self) -> int | None:
+        return 0 if self.exited else None
+
+
+def test_a_retired_slot_wanted_again_starts_a_worker(tmp_path, monkeypatch):
+    """Issue 13: after a drain retired slot 1 and its worker exited, the next start took slot 1
+    (the lowest free one) but never launched it (its stopping mark stayed set), so the autoscaler
+    saw no start and decided another one every tick."""
+    from services.common import procs
+    from services.scaler.autoscale import AutoscaleConfig
+    from services.scaler.config import ScalerConfig
+    from services.scaler.server import ScalerServicer
+
+    launched: list[tuple[str, _FakeProc]] = []
+
+    def launch(instance_id, port, *extra):
+        proc = _FakeProc()
+        launched.append((instance_id, proc))
+        return proc
+
+    monkeypatch.setattr(procs, "has_exited", lambda proc: proc.exited)
+    monkeypatch.setattr(procs, "kill_group", lambda pgid, wait_s=5.0: [])
+    config = ScalerConfig(model="m", scheduler_address="127.0.0.1:1", log_dir=tmp_path, replicas=1, engine="sim",
+                          autoscale=AutoscaleConfig(min_replicas=1, max_replicas=4))
+    servicer = ScalerServicer(config, cluster=None)
+    monkeypatch.setattr(servicer, "_launch", launch)
+    servicer.step(0.0)
+    assert servicer.add_slot(1.0) == "hfx-w1" and len(launched) == 2
+    first = launched[1][1]
+    servicer.retire_slot("hfx-w1", 10.0)                     # drained: SIGTERM, it finishes and exits
+    assert first.signals and [w.instance_id for w in servicer.live_slots()] == ["hfx-w0"]
+    assert servicer.add_slot(10.5) == "hfx-w2"               # slot 1 is still on its way out: not reused
+    first.exited = True
+    servicer.step(11.0)
+    assert servicer.add_slot(11.5) == "hfx-w1"               # now it is, and a worker starts in it at once
+    assert [i for i, _ in launched] == ["hfx-w0", "hfx-w1", "hfx-w2", "hfx-w1"]
+    assert [w.instance_id for w in servicer.live_slots()] == ["hfx-w0", "hfx-w1", "hfx-w2"]
+    assert servicer.workers[1].proc is launched[3][1] and not servicer.workers[1].stopping

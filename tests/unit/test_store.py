@@ -114,6 +114,24 @@ def test_autoscale_decisions_apply_once_even_when_replayed(redis_url):
     run(go())
 
 
+def test_a_start_in_a_retired_slot_clears_its_old_draining_mark(redis_url):
+    """The local actuator reuses a retired slot's id (hfx-w5); a mark left from its drained
+    predecessor would make the new worker read as draining, and its removal would follow."""
+    from services.scaler.autoscale import Plan, Start, StartKind
+    from services.scaler.autoscaling import AutoscaleLoop, LiveOptions
+
+    async def go():
+        s = store.ClusterStore(store.connect(redis_url), Keys("t-reuse"))
+        await s.mark_draining("hfx-w5")
+        await s.mark_draining("hfx-w7")
+        loop = AutoscaleLoop(None, s, StartRecorder("hfx-w5"), None, LiveOptions(), "127.0.0.1:1")
+        loop.drain_since["hfx-w5"] = 50.0
+        await loop.apply(Plan((Start("reuse-1", "why", "cpu", StartKind.COLD),), 1, "why"), 100.0)
+        assert await s.draining_ids() == {"hfx-w7"}
+        assert "hfx-w5" not in loop.drain_since
+    run(go())
+
+
 def test_a_redis_that_restarted_empty_has_the_entry_load_and_profile_back_after_one_heartbeat(redis_url):
     async def go():
         s = store.ClusterStore(store.connect(redis_url), Keys("t9"))

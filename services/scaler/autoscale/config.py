@@ -55,6 +55,12 @@ class AutoscaleConfig:
     # window's counting noise; within it, it is smoothed over the window's length (forecast.py's
     # RateTracker). 0: size for each window's measurement as it is.
     rate_noise_z: float = 2.0
+    # A drain must leave survivors that stay under the scale-up line (target_utilization) if the
+    # rate turns out this many standard deviations of a window's counting noise above the one it
+    # was decided on: a drain sized to one low window (after a spike, the swell's next seconds
+    # are a fresh draw) is undone by the next, at a start's lead time and the misses meanwhile.
+    # 0: only scale_down_utilization.
+    drain_noise_z: float = 1.0
     # SLO feedback on capacity: while attainment stays above target_attainment + attainment_margin
     # with nothing queued or turned away, the instances carry more than their SLO capacity says
     # (the profile's is conservative), so the policy counts each as carrying up to
@@ -90,7 +96,7 @@ class AutoscaleConfig:
         if not 0 < self.target_attainment <= 1:
             raise InvalidArgument("target_attainment", f"must be in (0, 1], got {self.target_attainment}")
         for name in ("scale_down_cooldown_s", "scale_up_cooldown_s", "warmup_s", "scale_down_horizon_s",
-                     "forecast_max_growth_per_min", "backlog_drain_s", "rate_noise_z", "slo_feedback_s",
+                     "forecast_max_growth_per_min", "backlog_drain_s", "rate_noise_z", "drain_noise_z", "slo_feedback_s",
                      "attainment_margin"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(name, f"must be >= 0, got {getattr(self, name)}")

@@ -253,23 +253,32 @@ class Autoscaler:
         # The survivors must carry the load predicted over a restart's lead time and the horizon
         # beyond it: if we are wrong, capacity comes back no sooner than that.
         horizon = max(predicted, self.forecast.at(lead_s + cfg.scale_down_horizon_s))
+        # ... and stay under the scale-up line if the rate is `drain_noise_z` deviations of a
+        # window's counting noise above it: else the next window's draw can undo the drain.
+        bound = horizon + cfg.drain_noise_z * _window_noise(horizon, signals.rate_window_s)
         total = sum(caps[i.instance_id] for i in ready)
         removed, removed_cap = [], 0.0
         for v in victims[:max(0, n - max(cfg.min_replicas, 1 if horizon > 0 else 0))]:
             survivors_cap = total - removed_cap - caps[v.instance_id]
-            util = horizon / survivors_cap if survivors_cap > 0 else (0.0 if horizon <= 0 else math.inf)
-            if util > cfg.scale_down_utilization:
+            util = _util(horizon, survivors_cap)
+            if util > cfg.scale_down_utilization or _util(bound, survivors_cap) > cfg.target_utilization:
                 break
             removed.append((v, util, survivors_cap))
             removed_cap += caps[v.instance_id]
+        noise_note = (f"; {bound:.2f} req/s ({cfg.drain_noise_z:g} deviations of a {signals.rate_window_s:.0f}s window's "
+                      f"noise above) at <= {cfg.target_utilization:.0%}") if bound > horizon else ""
         if not removed:
             survivors_cap = total - caps[victims[0].instance_id] if victims else 0.0
-            util = horizon / survivors_cap if survivors_cap > 0 else math.inf
+            util = _util(horizon, survivors_cap)
+            if util <= cfg.scale_down_utilization:
+                return (f"hold at {n}: survivors would run at {_util(bound, survivors_cap):.0%} of SLO capacity for "
+                        f"{bound:.2f} req/s, predicted {horizon:.2f} + {cfg.drain_noise_z:g} deviations of a "
+                        f"{signals.rate_window_s:.0f}s window's noise (> {cfg.target_utilization:.0%})")
             return (f"hold at {n}: survivors would run at {util:.0%} of SLO capacity for {horizon:.2f} req/s "
                     f"(> {cfg.scale_down_utilization:.0%})")
         _, util, survivors_cap = removed[-1]
         why = (f"{n - len(removed)} survivors carry predicted {horizon:.2f} req/s at {util:.0%} of their SLO "
-               f"capacity {survivors_cap:.2f} (<= {cfg.scale_down_utilization:.0%})")
+               f"capacity {survivors_cap:.2f} (<= {cfg.scale_down_utilization:.0%}{noise_note})")
         return [Drain(self._id(), f"drain {v.instance_id}: {why}", v.instance_id) for v, _, _ in removed]
 
     def _victims(self, ready: list[InstanceSignal]) -> list[InstanceSignal]:
@@ -277,3 +286,13 @@ class Autoscaler:
         cfg = self.config
         return sorted(ready, reverse=True, key=lambda i: (
             cfg.prices.get(i.device, 0.0) / (i.capacity_rps or cfg.default_capacity(i.device)), -i.inflight, i.since_s))
+
+
+def _util(rps: float, capacity: float) -> float:
+    return rps / capacity if capacity > 0 else (0.0 if rps <= 0 else math.inf)
+
+
+def _window_noise(rps: float, window_s: float) -> float:
+    """One standard deviation of the rate a `window_s` window measures at `rps` (Poisson counts);
+    0 when the window is unknown."""
+    return math.sqrt(max(rps, 1.0 / window_s) / window_s) if window_s > 0 else 0.0
