@@ -178,7 +178,7 @@ def _handshake(conn: socket.socket, address: str, identity: str, attach: bool = 
     try:
         if len(head) < 4:
             raise DonorLost(f"donor {address} closed before its manifest")
-        manifest = wire.parse_frame_body(_recv_exact(conn, wire.parse_frame_length(head)))
+        manifest = wire.parse_frame_body(wire.recv_exact(conn, wire.parse_frame_length(head), DonorLost))
         wire.check_manifest(manifest, address)
         if manifest.get("version") != wire.VERSION:
             raise IntegrityError(f"donor {address} speaks wire version {manifest.get('version')}")
@@ -201,13 +201,3 @@ def _read_buffered_frame(rfile) -> dict:
         raise DonorLost("donor closed the stream mid-way")
     return wire.parse_frame_body(body)
 
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = conn.recv_into(view[got:])
-        if k == 0:
-            raise DonorLost("donor closed the stream mid-way")
-        got += k
-    return bytes(buf)

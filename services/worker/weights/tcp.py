@@ -229,19 +229,8 @@ class _Reader:
 
 
 def _read_frame(conn: socket.socket) -> dict:
-    head = _recv_exact(conn, 4)
-    return wire.parse_frame_body(_recv_exact(conn, wire.parse_frame_length(head)))
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = conn.recv_into(view[got:])
-        if k == 0:
-            raise ConnectionError("peer closed")
-        got += k
-    return bytes(buf)
+    head = wire.recv_exact(conn, 4)
+    return wire.parse_frame_body(wire.recv_exact(conn, wire.parse_frame_length(head)))
 
 
 def _accept_tensor(info: TensorInfo, data, header: dict, address: str, seen: set[str], stats: ReceiveStats) -> None:

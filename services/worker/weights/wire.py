@@ -76,3 +76,15 @@ def parse_frame_body(body: bytes) -> dict:
     if not isinstance(obj, dict):
         raise IntegrityError("frame is not a JSON object")
     return obj
+
+
+def recv_exact(conn, n: int, lost: type[Exception] = ConnectionError) -> bytes:
+    """Exactly n bytes from a socket; `lost` (with the reason) when the peer closes first."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if k == 0:
+            raise lost("peer closed the stream mid-way")
+        got += k
+    return bytes(buf)
