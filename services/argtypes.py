@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import TypeVar
 
 MAX_PORT = 65535
 
 _N = TypeVar("_N", int, float)
+_T = TypeVar("_T")
 
 
 def _number(value: str, kind: type[_N]) -> _N:
@@ -24,6 +26,14 @@ def _number(value: str, kind: type[_N]) -> _N:
     if kind is float and not math.isfinite(number):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
     return number
+
+
+def _loaded(value: str, load: Callable[[str], _T], errors: tuple[type[Exception], ...] = (ValueError,)) -> _T:
+    """load(value), its error turned into argparse's (whose message is all the user sees)."""
+    try:
+        return load(value)
+    except errors as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def positive_int(value: str) -> int:
@@ -141,10 +151,7 @@ def tracing_spec(value: str) -> str:
     """The --tracing spec as text (handed on to child processes), checked here."""
     from services.common.tracing import TracingConfig
 
-    try:
-        TracingConfig.parse(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    _loaded(value, TracingConfig.parse)
     return value
 
 
@@ -157,30 +164,21 @@ def tracing_config(value: str):
     """The --tracing spec parsed into a TracingConfig (services that set up tracing themselves)."""
     from services.common.tracing import TracingConfig
 
-    try:
-        return TracingConfig.parse(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return _loaded(value, TracingConfig.parse)
 
 
 def target_address(value: str) -> str:
     """`hfx bench --target`: grpc://HOST:PORT, HOST:PORT or http(s)://HOST:PORT."""
     from services.bench.targets import check_address
 
-    try:
-        return check_address(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return _loaded(value, check_address)
 
 
 def sim_profile(value: str) -> str:
     """A built-in latency profile name or a profile JSON file from `hfx profile`."""
     from services.sim.profiles import load_profile
 
-    try:
-        load_profile(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    _loaded(value, load_profile)
     return value
 
 
@@ -188,10 +186,7 @@ def workload_file(value: str) -> str:
     """A workload YAML that loads (its trace file included)."""
     from services.sim.workload import load_workload
 
-    try:
-        load_workload(value)
-    except (OSError, ValueError) as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    _loaded(value, load_workload, (OSError, ValueError))
     return value
 
 
@@ -199,10 +194,7 @@ def policy_config_file(value: str) -> str:
     """A policy settings file (services/scheduler/policy/settings.py) whose every setting checks out."""
     from services.scheduler.policy.settings import load_settings
 
-    try:
-        load_settings(value)
-    except (OSError, ValueError) as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    _loaded(value, load_settings, (OSError, ValueError))
     return value
 
 
