@@ -119,6 +119,23 @@ def test_slo_feedback_does_not_cycle_when_a_removal_costs_slos():
     assert scaler.gain_ceiling < AutoscaleConfig().max_capacity_gain
 
 
+def test_misses_under_a_load_grown_past_the_survivors_line_do_not_cap_the_gain():
+    """Real capacity 12 req/s, the policy told 10: at 24 req/s the feedback learns to hold 3 (8
+    each). Then the load doubles: the 3 miss until starts are ready, but at 48 req/s, past the
+    30 x gain the survivors were judged to carry, so the misses are the growth's, not the
+    removal's: the gain may climb back to where it was (before issue 13's eighth pass it was capped
+    under the removal's for good, and on a bursty trace every spike did that). The same misses
+    at the load the survivors were left for still cap it (the test above)."""
+    rng = random.Random(5)
+    cluster = SloCluster(4, true_cap=12.0)
+    scaler = Autoscaler(make_config(slo_feedback_s=300.0))
+    run_loop(scaler, cluster, lambda t: (24.0 if t < 7200 else 48.0) * (1 + rng.uniform(-0.05, 0.05)), until_s=7600)
+    drains_before = [t for t, kind in cluster.history if kind == "Drain" and t < 7200]
+    starts_after = [t for t, kind in cluster.history if kind == "Start" and t >= 7200]
+    assert drains_before and starts_after, cluster.history
+    assert scaler.gain_ceiling == AutoscaleConfig().max_capacity_gain
+
+
 def test_slo_feedback_never_takes_capacity_below_the_profile():
     # Attainment far below target for a long time: the gain stays at 1 (shortfalls are SLO
     # pressure's to answer, with more instances), never under.
