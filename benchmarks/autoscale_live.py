@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -166,6 +167,7 @@ class Watch:
         self.redis = store.connect_sync(state.redis_url)
         self.keys = Keys(state.redis_prefix)
         self.samples: list[tuple[float, dict]] = []     # (wall time, status)
+        self.max_load_1m = 0.0                            # the machine's, while the replay runs
 
     def status(self) -> dict | None:
         raw = self.redis.get(self.keys.autoscale())
@@ -196,6 +198,7 @@ class Watch:
         while True:
             s = await asyncio.to_thread(self.status)
             now = time.time()
+            self.max_load_1m = max(self.max_load_1m, os.getloadavg()[0])
             if s is not None:
                 self.samples.append((now, s))
                 if now - last_print >= progress_s:
@@ -242,6 +245,8 @@ def _measure(name: str, args, trace: Trace, state: cluster.ClusterFile, up_s: fl
     done = [0]
     opts = LiveOptions(max_inflight=1024, request_timeout_s=args.request_timeout)
 
+    load_start = load_now()
+
     async def replay():
         t0 = time.time()
         follower = asyncio.create_task(watch.follow(t0, SAMPLE_S, args.progress_s, name, lambda: done[0]))
@@ -254,6 +259,7 @@ def _measure(name: str, args, trace: Trace, state: cluster.ClusterFile, up_s: fl
         return t0, result
 
     t0, result = asyncio.run(replay())
+    load_end = load_now()
     # run_live's clock starts 0.1 s after t0; the run ends when its last request finishes.
     start_s, end_s = t0 + 0.1, t0 + 0.1 + result.makespan_s
     instance_s = watch.meter_at(end_s) - watch.meter_at(start_s)
@@ -274,6 +280,7 @@ def _measure(name: str, args, trace: Trace, state: cluster.ClusterFile, up_s: fl
         "peak_instances": max((n for _, n, _ in timeline), default=0),
         "mean_instances": instance_s / result.makespan_s if result.makespan_s else 0.0,
         "makespan_s": result.makespan_s, "cluster_up_s": up_s,
+        "load": {"start": load_start, "end": load_end, "max_1m": round(watch.max_load_1m, 2)},
         "actions": {k: sum(d["action"] == k.lower() for d in decisions) for k in ("Start", "Drain", "Undrain", "Remove")},
         "timeline": timeline,
         "attainment_over_time": attainment_over_time(records, BUCKET_S),
@@ -283,8 +290,18 @@ def _measure(name: str, args, trace: Trace, state: cluster.ClusterFile, up_s: fl
     }
     print(f"[{name}] {out['instance_seconds']:.0f} instance-s, attainment {out['slo_attainment']:.1%}, "
           f"{verdicts['admit']} done / {verdicts['reject']} rejected / {verdicts['failed']} failed of "
-          f"{len(records)}, peak {out['peak_instances']}", file=sys.stderr, flush=True)
+          f"{len(records)}, peak {out['peak_instances']}; load average {_load_text(load_start)} at the start, "
+          f"{_load_text(load_end)} at the end, 1-min max {watch.max_load_1m:.2f}", file=sys.stderr, flush=True)
     return out
+
+
+def load_now() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _load_text(load: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
 
 
 def print_table(results: list[dict]) -> None:

@@ -30,4 +30,8 @@ def test_the_planner_drives_live_workers_and_every_request_is_accounted_for(tmp_
     assert run["actions"]["Start"] >= 1 and run["peak_instances"] >= 2
     # At least one worker the whole time, more after the planner's start; at most 3.
     assert run["makespan_s"] <= run["instance_seconds"] <= 3 * run["makespan_s"]
+    # The machine's load averages (1, 5, 15 min) at the replay's start and end, as numbers.
+    load = run["load"]
+    assert [len(load["start"]), len(load["end"])] == [3, 3]
+    assert all(isinstance(x, float) and x >= 0 for x in load["start"] + load["end"] + [load["max_1m"]])
     assert "planner" in capsys.readouterr().out

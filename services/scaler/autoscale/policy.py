@@ -49,6 +49,7 @@ class Autoscaler:
         # come again and the fleet would cycle. The ceiling only falls (at worst to 1: no feedback).
         self.gain_ceiling = config.max_capacity_gain
         self._gain_at_drain: float | None = None   # the gain of the latest removal, while it is the latest action
+        self._drain_line_rps = math.inf            # the rate its survivors were judged to carry (at target utilization)
         self._seq = 0
         self.last_action_s = NEVER
         self.last_slo_start_s = NEVER
@@ -88,7 +89,7 @@ class Autoscaler:
         cfg = self.config
         rate = self.rate.observe(signals.arrival_rps, signals.rate_window_s, now_s)
         self.forecast.observe(rate, now_s)
-        self._learn_gain(signals, now_s)
+        self._learn_gain(signals, now_s, rate)
         ready, starting = signals.of(Phase.READY), signals.of(Phase.STARTING)
         draining = signals.of(Phase.DRAINING)
         active = ready + starting
@@ -145,12 +146,16 @@ class Autoscaler:
             self.last_action_s = now_s
             drained = any(isinstance(a, Drain) for a in actions)
             self._gain_at_drain = self.gain if drained and self.gain > 1.0 else None
+            if drained:
+                survivors = sum(c for i, c in caps.items() if i not in {a.instance_id for a in actions
+                                                                         if isinstance(a, Drain)})
+                self._drain_line_rps = survivors * cfg.target_utilization
         reason = "; ".join([hold] * bool(hold) + [a.reason for a in actions])
         starts = sum(isinstance(a, (Start, Undrain)) for a in actions)
         drains = sum(isinstance(a, Drain) for a in actions)
         return Plan(tuple(actions), len(active) + starts - drains, reason, predicted, cap, details)
 
-    def _learn_gain(self, signals: Signals, now_s: float) -> None:
+    def _learn_gain(self, signals: Signals, now_s: float, rate: float) -> None:
         """SLO feedback: raise the capacity gain while attainment is above target + margin with
         nothing queued or turned away; lower it toward 1 while attainment is below that mark."""
         cfg = self.config
@@ -166,10 +171,13 @@ class Autoscaler:
             return
         # Misses count against the latest removal when they take attainment below the target
         # itself (the margin is for the gain's aim, and a short window's share is noisy), once a
-        # warm-up has passed since it: the window then holds requests the survivors served, not
-        # those of a spike before it.
+        # warm-up has passed since it (the window then holds requests the survivors served, not
+        # those of a spike before it), and only at a rate its survivors were judged to carry: misses
+        # under a load grown past that line are the growth's, which starts answer (on a bursty
+        # trace, blaming them on the removal capped the gain at ~1 for good).
         if (att.share < cfg.target_attainment and self._gain_at_drain is not None
-                and now_s - self.last_action_s >= cfg.warmup_s):
+                and now_s - self.last_action_s >= cfg.warmup_s
+                and max(rate, signals.arrival_rps) <= self._drain_line_rps):
             self.gain_ceiling = min(self.gain_ceiling, max(1.0, self._gain_at_drain * (1.0 - CEILING_STEP)))
             self._gain_at_drain = None
         # A sustained 5-point error moves the gain by about 10% per time constant.
