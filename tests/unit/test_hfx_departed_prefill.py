@@ -39,13 +39,26 @@ def test_departed_prefill_charges_those_placed_before_the_leaver_only():
     here: its departure charges no one. The leaver's own entry is forgotten."""
     e = make_request(request_id="e", prompt_tokens=50)
     leg = make_request(request_id="leg", prompt_tokens=3000)
+    est = OutputLengthEstimator(CFG.prior_output_tokens)
     interfered = {"d": 7.0}
     departed_prefill((run(A, 0.0), run(D, 0.001), run(e, 0.002), run(leg, 0.0005, Role.DECODE)),
-                     (run(A, 0.0), run(e, 0.002)), interfered)
+                     (run(A, 0.0), run(e, 0.002)), interfered, est, 0.01)
     assert interfered == {"a": 500.0}
-    departed_prefill((run(A, 0.0), run(e, 0.002)), (run(A, 0.0),), interfered)   # e's 50 reach a
+    departed_prefill((run(A, 0.0), run(e, 0.002)), (run(A, 0.0),), interfered, est, 0.02)   # e's 50 reach a
     assert interfered == {"a": 550.0}
-    departed_prefill((run(A, 0.0),), (), interfered)
+    departed_prefill((run(A, 0.0),), (), interfered, est, 0.03)
+    assert interfered == {}
+
+
+def test_nothing_is_carried_for_a_request_that_outlived_its_estimate():
+    """a's estimated life at its SLO pace: TTFT 1000 ms + (10 - 1) x 4 ms = 1.036 s after its
+    placement. Still running later, it has more tokens than its bank counts (or has missed
+    already): its carried charge is dropped, and a departure then charges it nothing."""
+    est = OutputLengthEstimator(CFG.prior_output_tokens)
+    interfered = {"a": 500.0}
+    departed_prefill((run(A, 0.0), run(D, 0.001)), (run(A, 0.0),), interfered, est, 1.03)
+    assert interfered == {"a": 1000.0}
+    departed_prefill((run(A, 0.0), run(D, 0.001)), (run(A, 0.0),), interfered, est, 1.04)
     assert interfered == {}
 
 

@@ -159,25 +159,33 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
 
 
 def departed_prefill(previous_running: Iterable[RunningRequest], running: Iterable[RunningRequest],
-                     interfered_tokens: dict[str, float]) -> None:
+                     interfered_tokens: dict[str, float], estimator: OutputLengthEstimator, now_s: float) -> None:
     """Across a change of an instance's running set, add to `interfered_tokens` (in place) the
     prefill of each request that left to every request still running that was placed before it
     (and so decoded while that prompt was prefilled, FIFO behind its own); forget the ones that
     left. Without it a departure restored the bank its prompt had spent (issue 17, seventh pass:
     s2-w025 at 31 req/s, a TPOT-8.4-ms request was charged 44 ms for a 2,212-token prompt placed
     behind it; when that one finished, its bank was whole again, a 1,663-token prompt was placed
-    on the strength of it, and its TPOT came to 8.97 ms)."""
+    on the strength of it, and its TPOT came to 8.97 ms).
+
+    A request still running past placed + TTFT + (O_est - 1) x TPOT has outlived its estimated
+    output (or already missed): its bank, counted on O_est, no longer bounds it, so nothing is
+    carried for it any more (carried without end, the charge closed instances to everyone:
+    s1-w014 at 140 req/s, 100.0 -> 98.0%)."""
     now = {r.spec.request_id: r for r in running}
     left = [r for r in previous_running if r.spec.request_id not in now]
     for d in left:
         interfered_tokens.pop(d.spec.request_id, None)
-        tokens = leg_shape(d.role, d.spec.prompt_tokens, 1)[0]
-        if not tokens:
+    for r in now.values():
+        slo = r.spec.slo
+        life_s = (slo.ttft_ms + (estimator.estimate(r.spec) - 1) * slo.tpot_ms) / 1000.0
+        if now_s > r.placed_s + life_s:
+            interfered_tokens.pop(r.spec.request_id, None)
             continue
-        key = (d.placed_s, d.spec.request_id)
-        for r in now.values():
-            if (r.placed_s, r.spec.request_id) < key:
-                interfered_tokens[r.spec.request_id] = interfered_tokens.get(r.spec.request_id, 0.0) + tokens
+        key = (r.placed_s, r.spec.request_id)
+        tokens = sum(leg_shape(d.role, d.spec.prompt_tokens, 1)[0] for d in left if (d.placed_s, d.spec.request_id) > key)
+        if tokens:
+            interfered_tokens[r.spec.request_id] = interfered_tokens.get(r.spec.request_id, 0.0) + tokens
 
 
 def carry_backlog(budget: InstanceBudget, previous: InstanceBudget, previous_running: Iterable[RunningRequest],

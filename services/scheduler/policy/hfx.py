@@ -162,7 +162,7 @@ class Hfx:
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
             return copy.copy(hit[1])
         if hit is not None:   # the running set changed: what the leavers' prefill cost stays spent
-            departed_prefill(hit[0][0], inst.running, self._interfered)
+            departed_prefill(hit[0][0], inst.running, self._interfered, self.estimator, now_s)
         budget = summarise(inst, self.config, self.estimator, self._best_effort_ids, self._interfered)
         if hit is not None:   # the running set changed: the prefill queued before stays queued
             carry_backlog(budget, hit[1], hit[0][0], inst, now_s)
