@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from services.common.domain import InstanceView, LatencyModel, RequestSpec, Role, RunningRequest
 from services.scheduler.policy.base import PolicyConfig, kv_capacity_of, latency_model_of
@@ -103,16 +103,11 @@ def leg_shape(role: Role, prompt_tokens: int, output_tokens: int) -> tuple[int, 
 
 
 def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthEstimator,
-              unprotected_ids: Iterable[str] = (),
-              interfered_tokens: Mapping[str, float] | None = None) -> InstanceBudget:
+              unprotected_ids: Iterable[str] = ()) -> InstanceBudget:
     """Budget of one instance from its running set (O(n log n); cached by the caller).
 
     Requests in `unprotected_ids` (best effort) hold KV and decode slots but have no deadlines.
-    `interfered_tokens[id]`: prompt tokens of requests placed after that one that have already
-    left the running set (departed_prefill): their prefill slowed its decode all the same, so
-    its bank stays charged for them (the walk below sees only the running set).
     """
-    interfered = interfered_tokens or {}
     model = latency_model_of(inst, config)
     out = InstanceBudget(inst.instance_id, model, kv_capacity_of(inst, config))
     running = sorted(inst.running, key=lambda r: (r.placed_s, r.spec.request_id))
@@ -141,8 +136,7 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
                                         after_tokens + out.prefill_rate_tps * r.placed_s)
         if r.role is Role.PREFILL:   # no decode here: nothing to protect, nothing to preempt for
             continue
-        interference_ms = model.c1_ms_per_prefill_token * (after_tokens - prefill
-                                                           + interfered.get(r.spec.request_id, 0.0))
+        interference_ms = model.c1_ms_per_prefill_token * (after_tokens - prefill)
         bank = (o - 1) * (r.spec.slo.tpot_ms - s) - interference_ms
         is_protected = r.spec.request_id not in unprotected
         if is_protected:
@@ -156,36 +150,6 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
             victim_key, out.victim_id, out.victim_bank_ms = key, r.spec.request_id, bank
     out.banks_ms, out.remaining = tuple(banks), tuple(remaining)
     return out
-
-
-def departed_prefill(previous_running: Iterable[RunningRequest], running: Iterable[RunningRequest],
-                     interfered_tokens: dict[str, float], estimator: OutputLengthEstimator, now_s: float) -> None:
-    """Across a change of an instance's running set, add to `interfered_tokens` (in place) the
-    prefill of each request that left to every request still running that was placed before it
-    (and so decoded while that prompt was prefilled, FIFO behind its own); forget the ones that
-    left. Without it a departure restored the bank its prompt had spent (issue 17, seventh pass:
-    s2-w025 at 31 req/s, a TPOT-8.4-ms request was charged 44 ms for a 2,212-token prompt placed
-    behind it; when that one finished, its bank was whole again, a 1,663-token prompt was placed
-    on the strength of it, and its TPOT came to 8.97 ms).
-
-    A request still running past placed + TTFT + (O_est - 1) x TPOT has outlived its estimated
-    output (or already missed): its bank, counted on O_est, no longer bounds it, so nothing is
-    carried for it any more (carried without end, the charge closed instances to everyone:
-    s1-w014 at 140 req/s, 100.0 -> 98.0%)."""
-    now = {r.spec.request_id: r for r in running}
-    left = [r for r in previous_running if r.spec.request_id not in now]
-    for d in left:
-        interfered_tokens.pop(d.spec.request_id, None)
-    for r in now.values():
-        slo = r.spec.slo
-        life_s = (slo.ttft_ms + (estimator.estimate(r.spec) - 1) * slo.tpot_ms) / 1000.0
-        if now_s > r.placed_s + life_s:
-            interfered_tokens.pop(r.spec.request_id, None)
-            continue
-        key = (r.placed_s, r.spec.request_id)
-        tokens = sum(leg_shape(d.role, d.spec.prompt_tokens, 1)[0] for d in left if (d.placed_s, d.spec.request_id) > key)
-        if tokens:
-            interfered_tokens[r.spec.request_id] = interfered_tokens.get(r.spec.request_id, 0.0) + tokens
 
 
 def carry_backlog(budget: InstanceBudget, previous: InstanceBudget, previous_running: Iterable[RunningRequest],

@@ -18,7 +18,7 @@ import numpy as np
 from services.common.domain import (ClusterSnapshot, Decision, Grant, InstanceView, Preemption, RequestSpec,
                                     ScheduleResult, TicketBound, Verdict)
 from services.scheduler.policy.base import PolicyConfig, latency_model_of
-from services.scheduler.policy.budget import InstanceBudget, carry_backlog, departed_prefill, prefill_ms, summarise
+from services.scheduler.policy.budget import InstanceBudget, carry_backlog, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.pd import SPLIT, legs_of, options, plan
@@ -50,9 +50,6 @@ class Hfx:
         self.deferrals = 0
         # Per task class: (its TPOT SLO ms, prompt tokens seen, requests seen): _tight_tpot_ms.
         self._classes: dict[str, tuple[float, float, int]] = {}
-        # Per running request: prompt tokens of requests placed after it on its instance that have
-        # left (budget.departed_prefill): the interference its bank already paid.
-        self._interfered: dict[str, float] = {}
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
         """Called by the service (or simulator) when a request finishes: learn its class's length."""
@@ -161,9 +158,7 @@ class Hfx:
         hit = self._budgets.get(inst.instance_id)
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
             return copy.copy(hit[1])
-        if hit is not None:   # the running set changed: what the leavers' prefill cost stays spent
-            departed_prefill(hit[0][0], inst.running, self._interfered, self.estimator, now_s)
-        budget = summarise(inst, self.config, self.estimator, self._best_effort_ids, self._interfered)
+        budget = summarise(inst, self.config, self.estimator, self._best_effort_ids)
         if hit is not None:   # the running set changed: the prefill queued before stays queued
             carry_backlog(budget, hit[1], hit[0][0], inst, now_s)
         self._budgets[inst.instance_id] = (sig, budget)
