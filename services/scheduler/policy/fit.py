@@ -84,6 +84,11 @@ class FitTable:
         # Set by the policy while a task class seen has a tight TPOT (PolicyConfig lane_tightness):
         # that TPOT, ms; placement then goes by SLO affinity with tolerance lane_tolerance.
         self.tight_tpot_ms: float | None = None
+        # Set by the policy while a task class seen has a tight first token (Hfx._tight_ttft):
+        # requests prefilling at least this many tokens keep off the instance with the least
+        # queued prefill (ttft_keep), so that one arrival of that class does not wait behind
+        # full-chunk steps.
+        self.lane_prompt_tokens: float | None = None
         self.now_s = now_s
         self.ids = [i.instance_id for i in instances]
         f = lambda xs: np.array(xs, dtype=float)  # noqa: E731
@@ -249,9 +254,11 @@ class FitTable:
             # spare is too small to trade for balance).
             idx, how = int(np.argmin(np.where(ok, ttft_ms, np.inf))), "least TTFT"
         else:
-            idx, how = self.choose(ok, spec.slo.tpot_ms), self.config.placement
+            idx, how = self.choose(ok, spec.slo.tpot_ms, spec.prompt_tokens), self.config.placement
             if self.tight_tpot_ms is not None and self.config.affinity_tolerance <= 1.0:
                 how += f" by TPOT affinity (a class's TPOT {self.tight_tpot_ms:.1f} ms is tight)"
+            if self.lane_prompt_tokens is not None and spec.prompt_tokens >= self.lane_prompt_tokens:
+                how += " off the instance kept for a tight first token"
         return idx, float(ttft_ms[idx]), n_fit, how
 
     def fits(self, spec: RequestSpec, output_tokens: int, now_s: float, best_effort: bool,
@@ -322,16 +329,28 @@ class FitTable:
             return np.where(keep, 1.0, 0.0)
         return np.where(hosts_tight, 0.0, np.where(empty, 1.0, 2.0))
 
-    def choose(self, ok: np.ndarray, tpot_ms: float) -> int:
-        """Among fitting instances: lowest affinity band first, then spread (fewest decoding
-        sequences plus steps of queued prefill) or best fit (most decoding sequences: consolidates
-        so the scaler can release the idle ones).
-        Ties go to the lower index (deterministic)."""
-        return int(np.argmin(self.preference(ok, tpot_ms)))
+    def ttft_keep(self, prompt_tokens: float) -> np.ndarray:
+        """1 on the instance kept for a tight first token (the allowed one with the least queued
+        prefill, then the fewest decoding sequences) for a request prefilling at least
+        lane_prompt_tokens; 0 elsewhere, and everywhere while no class's first token is tight,
+        for shorter prompts, or with a single allowed instance. Only a preference (choose)."""
+        keep = np.zeros(len(self.n))
+        if self.lane_prompt_tokens is None or prompt_tokens < self.lane_prompt_tokens or self.allowed.sum() < 2:
+            return keep
+        key = np.where(self.allowed, self.backlog * 1e3 + self.n, np.inf)
+        keep[int(np.argmin(key))] = 1.0
+        return keep
 
-    def preference(self, ok: np.ndarray, tpot_ms: float) -> np.ndarray:
+    def choose(self, ok: np.ndarray, tpot_ms: float, prompt_tokens: float = 0.0) -> int:
+        """Among fitting instances: lowest affinity band first (a long prompt off the instance kept
+        for a tight first token next), then spread (fewest decoding sequences plus steps of queued
+        prefill) or best fit (most decoding sequences: consolidates so the scaler can release the
+        idle ones). Ties go to the lower index (deterministic)."""
+        return int(np.argmin(self.preference(ok, tpot_ms, prompt_tokens)))
+
+    def preference(self, ok: np.ndarray, tpot_ms: float, prompt_tokens: float = 0.0) -> np.ndarray:
         """choose()'s order as a key per instance (lower first; inf where not ok)."""
-        band = self.affinity_band(tpot_ms)
+        band = self.affinity_band(tpot_ms) + 0.5 * self.ttft_keep(prompt_tokens)
         # spread counts the steps of prefill queued as load too: an instance still prefilling a
         # long prompt is not idle because nothing decodes there yet (issue 17, third pass).
         load = self.n + self.backlog / self.per_step if self.config.placement == "spread" else -self.n

@@ -50,6 +50,7 @@ class Hfx:
         self.deferrals = 0
         # Per task class: (its TPOT SLO ms, prompt tokens seen, requests seen): _tight_tpot_ms.
         self._classes: dict[str, tuple[float, float, int]] = {}
+        self._class_ttft_ms: dict[str, float] = {}   # per task class: its TTFT SLO (_tight_ttft)
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
         """Called by the service (or simulator) when a request finishes: learn its class's length."""
@@ -112,6 +113,7 @@ class Hfx:
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned, reserve=self._strained(now_s, cluster),
                          links=cluster.links, unprotected=self._best_effort_ids)
         table.tight_tpot_ms = self._tight_tpot_ms()
+        table.lane_prompt_tokens = self._tight_ttft()
         if table.any_open():
             self._place(table, now_s, decisions)
         return ScheduleResult(decisions=tuple(decisions), preemptions=tuple(preemptions))
@@ -124,6 +126,7 @@ class Hfx:
         entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)
         _, prompt_sum, count = self._classes.get(spec.task_class, (0.0, 0.0, 0))
         self._classes[spec.task_class] = (spec.slo.tpot_ms, prompt_sum + spec.prompt_tokens, count + 1)
+        self._class_ttft_ms[spec.task_class] = spec.slo.ttft_ms
         # A TPOT below one unloaded decode step can never be met: best effort from the start.
         if not spec.resumed_tokens and spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
             entry.best_effort = True
@@ -146,6 +149,24 @@ class Hfx:
             if step_ms <= tpot_ms <= limit * step_ms and (tight is None or tpot_ms < tight):
                 tight = tpot_ms
         return tight
+
+    def _tight_ttft(self) -> float | None:
+        """While some task class seen has a tight first token, the prompt length (chunk_tokens: a
+        prompt that fills whole chunk steps) that keeps off the instance kept for it
+        (FitTable.lane_prompt_tokens); None if none. Tight: its TTFT is reachable on an idle
+        instance (at least its mean prompt's unloaded prefill) but not behind one full-chunk step
+        in flight (below that prefill plus c0 + c2 + c1 x chunk_tokens): one arrival of it
+        meets its first token only where no long prompt is being prefilled (issue 17, seventh
+        pass: s3-w029, a 7.5-ms TTFT beside 3,000-4,000-token prompts whose chunk steps take
+        13 ms)."""
+        m, chunk = self._ref_model, self.config.chunk_tokens
+        step_ms = m.c0_ms + m.c2_ms_per_decode_seq + m.c1_ms_per_prefill_token * chunk
+        for task_class, ttft_ms in self._class_ttft_ms.items():
+            _, prompt_sum, count = self._classes[task_class]
+            alone_ms = prefill_ms(m, prompt_sum / count, chunk)
+            if alone_ms <= ttft_ms < alone_ms + step_ms and prompt_sum / count < chunk:
+                return float(chunk)
+        return None
 
     def _budget(self, inst: InstanceView, now_s: float) -> InstanceBudget:
         """This pass's budget of `inst`: a copy, because the pass mutates it as it places
