@@ -130,23 +130,22 @@ def test_what_pressure_held_back_is_released_paced_not_all_at_once():
     gone = make_request(request_id="gone", slo=Slo(50.0, 50.0), arrival_s=-0.1)
     a, b = (make_request(request_id=n, slo=Slo(5000.0, 50.0)) for n in ("a", "b"))
     hfx = make_policy("hfx", CFG)
-    # gone itself goes best effort at once (the pressure is its own: the test below); a, b wait.
-    assert [d.request_id for d in hfx.schedule([gone, a, b], idle, 0.0).decisions] == ["gone"]
-    (d,) = [d for d in hfx.schedule([a, b], idle, 0.6).decisions if d.request_id in ("a", "b")]
+    assert [d.request_id for d in hfx.schedule([gone, a, b], idle, 0.0).decisions] == []
+    (d,) = [d for d in hfx.schedule([gone, a, b], idle, 0.6).decisions if d.request_id in ("a", "b")]
     assert d.request_id == "a" and d.verdict == Verdict.ADMIT
     assert "released after pressure, the next loose one in 3 ms" in d.reason
-    assert [d for d in hfx.schedule([b], idle, 0.602).decisions if d.request_id == "b"] == []
-    (d,) = [d for d in hfx.schedule([b], idle, 0.6035).decisions if d.request_id == "b"]
+    assert [d for d in hfx.schedule([gone, b], idle, 0.602).decisions if d.request_id == "b"] == []
+    (d,) = [d for d in hfx.schedule([gone, b], idle, 0.6035).decisions if d.request_id == "b"]
     assert d.verdict == Verdict.ADMIT
     # release_spacing 0: both at once when the pressure ends (the flood).
     hfx = make_policy("hfx", replace(CFG, release_spacing=0.0))
     hfx.schedule([gone, a, b], idle, 0.0)
-    placed = [d.request_id for d in hfx.schedule([a, b], idle, 0.6).decisions if d.request_id in ("a", "b")]
+    placed = [d.request_id for d in hfx.schedule([gone, a, b], idle, 0.6).decisions if d.request_id in ("a", "b")]
     assert placed == ["a", "b"]
     # After the release window loose requests go at once again.
     hfx = make_policy("hfx", CFG)
     hfx.schedule([gone, a, b], idle, 0.0)
-    placed = [d.request_id for d in hfx.schedule([a, b], idle, 1.1).decisions if d.request_id in ("a", "b")]
+    placed = [d.request_id for d in hfx.schedule([gone, a, b], idle, 1.1).decisions if d.request_id in ("a", "b")]
     assert placed == ["a", "b"]
 
 
@@ -190,8 +189,9 @@ def test_a_request_is_not_held_by_pressure_it_alone_caused():
     opened. Busy i0 (a, b as above: step 3 ms). x (L=300, TTFT 12 ms): unloaded prefill 9 ms,
     slack 3 ms, due; on i0 it needs 15 ms even on its last chance: no fit, pressure. At t=4 ms it
     is hopeless and demoted: the pressure is its own, so it goes best effort at once on the spare
-    room, though a loose request its pressure deferred still waits. When y (same shape) also
-    failed, in between, the pressure is y's too: x waits out y's window (until t=502 ms)."""
+    room (before: at t=504 ms). A loose request deferred in the same pass keeps the room (x
+    waits). When y (same shape) also failed, in between, the pressure is y's too: x waits out
+    y's window (until t=502 ms)."""
     a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
     b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
     busy = cluster(make_instance(running=(a, b), placed_s=-10.0))
@@ -200,8 +200,11 @@ def test_a_request_is_not_held_by_pressure_it_alone_caused():
     loose = make_request(request_id="loose", slo=Slo(5000.0, 50.0), arrival_s=0.003)
     hfx = make_policy("hfx", CFG)
     assert hfx.schedule([x], busy, 0.0).decisions == ()
-    (d,) = hfx.schedule([x, loose], busy, 0.004).decisions
-    assert d.request_id == "x" and d.verdict == Verdict.BEST_EFFORT and hfx.deferrals == 1
+    (d,) = hfx.schedule([x], busy, 0.004).decisions
+    assert d.request_id == "x" and d.verdict == Verdict.BEST_EFFORT
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([x], busy, 0.0).decisions == ()
+    assert hfx.schedule([x, loose], busy, 0.004).decisions == () and hfx.deferrals == 1
     hfx = make_policy("hfx", CFG)
     assert hfx.schedule([x], busy, 0.0).decisions == ()
     assert hfx.schedule([x, y], busy, 0.002).decisions == ()

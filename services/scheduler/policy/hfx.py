@@ -319,12 +319,14 @@ class Hfx:
         # turned away in the last pressure window): its SLO is already lost, so it must not take
         # room from one that can still be met. Pressure it alone caused (it was due, fit nowhere,
         # then turned hopeless) holds nobody else's first token: waiting it out is a sure miss.
-        # Nor after a deferral, unless only its own pressure deferred: paced release keeps the room.
+        # Nor after a deferral: the room is the deferred SLO request's next (placing best effort
+        # while its own pressure deferred a loose request cost the default workload 1-2 points
+        # at 16-32 req/s in the simulator; BENCHMARKS.md, issue 9 eighth session).
         entry = self.queue.next_best_effort()
         if entry is None or skipped or not table.any_open():
             return
         rid = entry.spec.request_id
-        if self._pressed_by_others(rid, now_s) or (deferred is not None and not self._under_pressure(now_s)):
+        if self._pressed_by_others(rid, now_s) or deferred is not None:
             return
         self._try(entry, table, now_s, decisions, best_effort=True)
 
