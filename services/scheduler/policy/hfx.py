@@ -320,8 +320,8 @@ class Hfx:
         # room from one that can still be met. Pressure it alone caused (it was due, fit nowhere,
         # then turned hopeless) holds nobody else's first token: waiting it out is a sure miss.
         # Nor after a deferral: the room is the deferred SLO request's next (placing best effort
-        # while its own pressure deferred a loose request cost the default workload 1-2 points
-        # at 16-32 req/s in the simulator; BENCHMARKS.md, issue 9 eighth session).
+        # while its own pressure deferred a loose request was 0.4-2.3 points lower on the
+        # default workload at 16-24 and 32 req/s in the simulator; BENCHMARKS.md, issue 9 eighth session).
         entry = self.queue.next_best_effort()
         if entry is None or skipped or not table.any_open():
             return
