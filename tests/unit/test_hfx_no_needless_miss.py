@@ -181,3 +181,34 @@ def test_the_reported_step_in_flight_replaces_the_worst_case_wait():
     (g,) = make_policy("hfx", CFG).tickets(cluster(busy(reports_step=True, reported_s=0.0)),
                                            [replace(probe, min_ttft_ms=7.0)], 0.0)
     assert g.predicted_ttft_ms == pytest.approx(6.5)
+
+
+def test_a_request_is_not_held_by_pressure_it_alone_caused():
+    """Issue 9, eighth session: a code request due on arrival that fit nowhere opened a pressure
+    window, turned hopeless a few ms later and, best effort, waited out the window its own miss
+    opened. Busy i0 (a, b as above: step 3 ms). x (L=300, TTFT 12 ms): unloaded prefill 9 ms,
+    slack 3 ms, due; on i0 it needs 15 ms even on its last chance: no fit, pressure. At t=4 ms it
+    is hopeless and demoted: the pressure is its own, so it goes best effort at once on the spare
+    room (before: at t=504 ms). A loose request deferred in the same pass keeps the room (x
+    waits). When y (same shape) also failed, in between, the pressure is y's too: x waits out
+    y's window (until t=502 ms)."""
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    busy = cluster(make_instance(running=(a, b), placed_s=-10.0))
+    x = make_request(request_id="x", prompt_tokens=300, slo=Slo(12.0, 10.0))
+    y = make_request(request_id="y", prompt_tokens=300, slo=Slo(12.0, 10.0), arrival_s=0.002)
+    loose = make_request(request_id="loose", slo=Slo(5000.0, 50.0), arrival_s=0.003)
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([x], busy, 0.0).decisions == ()
+    (d,) = hfx.schedule([x], busy, 0.004).decisions
+    assert d.request_id == "x" and d.verdict == Verdict.BEST_EFFORT
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([x], busy, 0.0).decisions == ()
+    assert hfx.schedule([x, loose], busy, 0.004).decisions == () and hfx.deferrals == 1
+    hfx = make_policy("hfx", CFG)
+    assert hfx.schedule([x], busy, 0.0).decisions == ()
+    assert hfx.schedule([x, y], busy, 0.002).decisions == ()
+    assert hfx.schedule([x], busy, 0.004).decisions == ()     # y's pressure: held
+    assert hfx.schedule([x], busy, 0.5015).decisions == ()
+    (d,) = hfx.schedule([x], busy, 0.5025).decisions            # y's window over; x's own remains
+    assert d.request_id == "x" and d.verdict == Verdict.BEST_EFFORT

@@ -46,6 +46,10 @@ class Hfx:
         self._best_effort_ids: set[str] = set()   # placed best effort, still running
         self._ref_model = config.default_latency_model
         self._pressure_until_s = float("-inf")   # see PolicyConfig.defer_slack_ms
+        # Who last renewed the pressure, and until when the others' renewals hold it (_press):
+        # a request is not held by pressure it alone caused.
+        self._pressed_by = ""
+        self._others_until_s = float("-inf")
         self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
         # Per task class: (its TPOT SLO ms, prompt tokens seen, requests seen): _tight_tpot_ms.
@@ -199,6 +203,27 @@ class Hfx:
     def _under_pressure(self, now_s: float) -> bool:
         return self.config.defer_slack_ms > 0 and now_s < self._pressure_until_s
 
+    def _press(self, request_id: str, now_s: float) -> None:
+        """`request_id` failed (or was found hopeless after waiting): pressure for a window. Every
+        renewal is later than the one before, so the latest until is the window's end, and the
+        previous renewer's until (kept when another renews) bounds every other renewal."""
+        until_s = now_s + self.config.pressure_window_ms / 1000.0
+        if request_id != self._pressed_by:
+            self._others_until_s = max(self._others_until_s, self._pressure_until_s)
+            self._pressed_by = request_id
+        self._pressure_until_s = until_s
+
+    def _pressed_by_others(self, request_id: str, now_s: float) -> bool:
+        """Under pressure that some request other than `request_id` opened or renewed. The
+        pressure one request's own miss opened buys nothing for it (issue 9, eighth session:
+        a code request due on arrival that fit nowhere opened a window, turned best effort a few
+        ms later and waited out its own window, a sure miss, where a peer placing it at once met
+        73% of the class)."""
+        if not self._under_pressure(now_s):
+            return False
+        until_s = self._others_until_s if request_id == self._pressed_by else self._pressure_until_s
+        return now_s < until_s
+
     def _strained(self, now_s: float, cluster: ClusterSnapshot) -> bool:
         """Under pressure, or more requests queued than there are instances: the fit test keeps
         room back for what comes next (FitTable reserve) and a tight first token waits its turn.
@@ -220,7 +245,7 @@ class Hfx:
                 # reach on arrival (its first token late even on an idle instance) says nothing of
                 # the load: its pressure deferred loose requests and held best effort, its own
                 # included, for a window each such arrival renewed (issue 17, fifth pass).
-                self._pressure_until_s = now_s + cfg.pressure_window_ms / 1000.0
+                self._press(spec.request_id, now_s)
             if spec.resumed_tokens:
                 # Preempted after streaming tokens: never turned away now. It keeps its place at
                 # the head of the ranking (least slack) and is placed as soon as room appears.
@@ -310,14 +335,21 @@ class Hfx:
             self.queue.push_back(deferred)
         if deferred is not None or stopped_early:
             skipped += self._place_due(table, now_s, decisions, tried)
-        if deferred is not None:
-            return
-        # Best effort (one per pass keeps it gentle) only after every SLO request tried this pass, and not while the cluster is
-        # under pressure (an SLO request was turned away in the last pressure window): its SLO
-        # is already lost, so it must not take room from one that can still be met.
+        # Best effort (one per pass keeps it gentle) only after every SLO request tried this pass
+        # fitted, and not while the cluster is under pressure that another request caused (one
+        # turned away in the last pressure window): its SLO is already lost, so it must not take
+        # room from one that can still be met. Pressure it alone caused (it was due, fit nowhere,
+        # then turned hopeless) holds nobody else's first token: waiting it out is a sure miss.
+        # Nor after a deferral: the room is the deferred SLO request's next (placing best effort
+        # while its own pressure deferred a loose request was 0.4-2.3 points lower on the
+        # default workload at 16-24 and 32 req/s in the simulator; BENCHMARKS.md, issue 9 eighth session).
         entry = self.queue.next_best_effort()
-        if entry is not None and not skipped and not self._under_pressure(now_s) and table.any_open():
-            self._try(entry, table, now_s, decisions, best_effort=True)
+        if entry is None or skipped or not table.any_open():
+            return
+        rid = entry.spec.request_id
+        if self._pressed_by_others(rid, now_s) or deferred is not None:
+            return
+        self._try(entry, table, now_s, decisions, best_effort=True)
 
     def _attempt(self, entry: Entry, table: FitTable, now_s: float, decisions: list[Decision], note: str = "") -> bool:
         """Try an SLO request (a resumed one past its deadline goes best effort); a failure of
@@ -342,7 +374,7 @@ class Hfx:
         # the cluster keeps up will get its turn: deferring others for it held requests back at a
         # load where everyone fits (issue 17, fourth pass).
         if slack_ms <= self.config.defer_slack_ms or len(self.queue.known) > len(table.ids):
-            self._pressure_until_s = now_s + self.config.pressure_window_ms / 1000.0
+            self._press(entry.spec.request_id, now_s)
         return False
 
     def _place_due(self, table: FitTable, now_s: float, decisions: list[Decision], tried: set[str]) -> list[Entry]:
