@@ -44,7 +44,8 @@ from services.local import cluster
 from services.report.metrics import attainment, attainment_over_time
 from services.scaler.autoscale import AutoscaleConfig
 from services.scaler.autoscale.choice import AUTOSCALERS, BaselineSettings
-from services.sim.autoscale_bench import DEFAULT_WORKLOAD, instance_capacity, print_autoscalers
+from services.sim.autoscale_bench import (
+    DEFAULT_WORKLOAD, PEAK_BIN_S, add_trace_flags, instance_capacity, make_requests, print_autoscalers, trace_peak_rps)
 from services.sim.profiles import load_profile
 from services.sim.traces import SwellSpikes
 from services.sim.workload import as_live, at_times, load_workload
@@ -60,10 +61,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.autoscale_live", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--autoscalers", nargs="+", default=list(ORDER), choices=AUTOSCALERS, help="which to run")
-    p.add_argument("--duration-s", type=argtypes.positive_float, default=300.0, help="trace length")
-    p.add_argument("--spike-s", type=argtypes.positive_float, default=15.0, help="length of each spike")
+    add_trace_flags(p)
+    p.add_argument("--duration-s", type=argtypes.positive_float, default=300.0,
+                   help="swell trace: length; Azure trace: replay at most this long")
+    p.add_argument("--spike-s", type=argtypes.positive_float, default=15.0, help="swell trace: length of each spike")
     p.add_argument("--peak-rps", type=argtypes.positive_float, default=None,
-                   help="the trace's peak rate (default: 75%% of --max-workers' SLO capacity)")
+                   help="swell trace: the peak rate (default: 75%% of --max-workers' SLO capacity); Azure trace: "
+                   "static's sizing rate (default: the replay's most arrivals in 30 s, per second)")
     p.add_argument("--max-workers", type=argtypes.positive_int, default=16, help="autoscalers' maximum")
     p.add_argument("--min-workers", type=argtypes.positive_int, default=1, help="autoscalers' minimum and start")
     p.add_argument("--static-workers", type=argtypes.positive_int, default=None,
@@ -117,20 +121,49 @@ def parser() -> argparse.ArgumentParser:
 
 
 class Trace:
+    """The replayed requests: the swell (its spikes --spike-s long), or an Azure trace through
+    `hfx autoscale-bench`'s make_requests, static sized for its 30 s peak as that bench does."""
+
     def __init__(self, args) -> None:
         self.workload = load_workload(args.workload)
         self.profile = load_profile(args.profile)
         self.capacity = instance_capacity(self.profile, self.workload)
-        self.peak = args.peak_rps or 0.75 * args.max_workers * self.capacity
-        self.swell = SwellSpikes(args.duration_s, self.peak, spike_s=args.spike_s)
         model = Path(ensure_default_model())
         config = json.loads((model / "config.json").read_text())
         self.model, self.vocab = str(model), int(config.get("vocab_size", 32000))
         self.max_len = int(config.get("max_position_embeddings", 2048))
-        shapes = [(t, -1, -1) for t in self.swell.arrivals(args.seed)]
-        reqs = at_times(self.workload, shapes, random.Random(args.seed), self.profile.model, self.profile.chunk_tokens)
+        if args.trace == "swell":
+            self.peak = args.peak_rps or 0.75 * args.max_workers * self.capacity
+            swell = SwellSpikes(args.duration_s, self.peak, spike_s=args.spike_s)
+            shapes = [(t, -1, -1) for t in swell.arrivals(args.seed)]
+            reqs = at_times(self.workload, shapes, random.Random(args.seed), self.profile.model,
+                            self.profile.chunk_tokens)
+        else:
+            reqs, _ = make_requests(args, self.workload, self.profile, 0.0)
+            self.peak = args.peak_rps or trace_peak_rps(reqs)
         self.requests = as_live(reqs, self.max_len)
         self.static_n = args.static_workers or min(args.max_workers, math.ceil(self.peak / self.capacity))
+
+    def arrival_rps(self) -> list[float]:
+        """Arrivals per second in each PEAK_BIN_S bin of the replay (the plot's offered rate)."""
+        counts = [0] * (int(max((r.spec.arrival_s for r in self.requests), default=0.0) // PEAK_BIN_S) + 1)
+        for r in self.requests:
+            counts[int(r.spec.arrival_s // PEAK_BIN_S)] += 1
+        return [n / PEAK_BIN_S for n in counts]
+
+    def describe(self, args) -> str:
+        span = f"{len(self.requests)} requests over {self.requests[-1].spec.arrival_s:.0f}s" if self.requests else "empty"
+        if args.trace == "swell":
+            return f"swell trace ({span}, spikes {args.spike_s:g}s, peak {self.peak:.2f} req/s, seed {args.seed})"
+        return (f"trace {args.trace} (every {args.trace_every}th row at {args.trace_speedup:g}x, lengths "
+                f"{args.trace_lengths}: {span}, 30 s peak {self.peak:.2f} req/s, seed {args.seed})")
+
+    def doc(self, args) -> dict:
+        """The trace's part of the --json document (what --combine compares)."""
+        if args.trace == "swell":
+            return {"duration_s": args.duration_s, "spike_s": args.spike_s}
+        return {"trace": args.trace, "trace_speedup": args.trace_speedup, "trace_lengths": args.trace_lengths,
+                "trace_every": args.trace_every, "duration_s": args.duration_s, "arrival_rps": self.arrival_rps()}
 
 
 def scaler_flags(name: str, args, trace: Trace) -> tuple[str, ...]:
@@ -318,7 +351,8 @@ def print_table(results: list[dict]) -> None:
 def combine(paths: list[str]) -> tuple[dict, list[dict]]:
     """One document from several runs' --json outputs; they must share the trace."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
-    same = ("profile", "duration_s", "spike_s", "peak_rps", "seed", "time_scale", "static_workers")
+    same = ("profile", "trace", "trace_speedup", "trace_lengths", "trace_every", "duration_s", "spike_s", "peak_rps",
+            "seed", "time_scale", "static_workers")
     for p, d in zip(paths[1:], docs[1:]):
         differ = [k for k in same if d.get(k) != docs[0].get(k)]
         if differ:
@@ -337,8 +371,18 @@ def report(doc: dict, results: list[dict], args) -> None:
 
         out = Path(args.plot)
         out.mkdir(parents=True, exist_ok=True)
-        swell = SwellSpikes(doc["duration_s"], doc["peak_rps"], spike_s=doc["spike_s"])
-        print(f"wrote {autoscale_timeline(results, swell.rate, out, ENGINE)}")
+        print(f"wrote {autoscale_timeline(results, offered_rate(doc), out, ENGINE)}")
+
+
+def offered_rate(doc: dict):
+    """The replay's offered rate over time: the swell's curve, or a replayed trace's arrivals per
+    PEAK_BIN_S bin (None for a trace document without them)."""
+    if "trace" not in doc:
+        return SwellSpikes(doc["duration_s"], doc["peak_rps"], spike_s=doc["spike_s"]).rate
+    bins = doc.get("arrival_rps")
+    if not bins:
+        return None
+    return lambda t: bins[min(len(bins) - 1, max(0, int(t // PEAK_BIN_S)))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,8 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if not trace.requests:
         print("error: the trace has no requests", file=sys.stderr)
         return 2
-    print(f"{ENGINE}; profile {trace.profile.name}; scheduling policy hfx; swell trace ({len(trace.requests)} requests "
-          f"over {args.duration_s:g}s, spikes {args.spike_s:g}s, peak {trace.peak:.2f} req/s, seed {args.seed}); "
+    print(f"{ENGINE}; profile {trace.profile.name}; scheduling policy hfx; {trace.describe(args)}; "
           f"per-worker SLO capacity {trace.capacity:.3f} req/s; workers {args.min_workers}-{args.max_workers}, "
           f"static {trace.static_n}; clocks / {args.time_scale:g}", flush=True)
     results = []
@@ -373,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, TimeoutError) as exc:
             print(f"error: [{name}] {exc}", file=sys.stderr)
             return 1
-    report({"engine": ENGINE, "profile": trace.profile.name, "duration_s": args.duration_s, "spike_s": args.spike_s,
+    report({"engine": ENGINE, "profile": trace.profile.name, **trace.doc(args),
             "peak_rps": trace.peak, "capacity_rps": trace.capacity, "seed": args.seed, "time_scale": args.time_scale,
             "static_workers": trace.static_n, "requests": len(trace.requests)}, results, args)
     return 0

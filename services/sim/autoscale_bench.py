@@ -42,14 +42,7 @@ def add_autoscale_bench(subparsers) -> None:
     p = subparsers.add_parser(
         "autoscale-bench", help="autoscalers (static peak, queue threshold, throughput planner, hfx) on a bursty "
         "trace in the simulator: instance-seconds and SLO attainment")
-    p.add_argument("--trace", default="swell", metavar="swell|FILE",
-                   help="'swell' (a slow swell with sharp spikes, services/sim/traces.py) or an Azure LLM trace CSV "
-                   "(TIMESTAMP, ContextTokens, GeneratedTokens) replayed at its own times (default %(default)s)")
-    p.add_argument("--trace-speedup", type=argtypes.positive_float, default=1.0,
-                   help="Azure trace: divide its timestamps by this (default %(default)s)")
-    p.add_argument("--trace-lengths", choices=("trace", "mix"), default="trace",
-                   help="Azure trace: each request's prompt and output lengths from the trace, or drawn from "
-                   "--workload's classes (its arrival times only) (default %(default)s)")
+    add_trace_flags(p)
     p.add_argument("--duration-s", type=argtypes.positive_float, default=1800.0,
                    help="swell trace: length in seconds; Azure trace: replay at most this long (default %(default)s)")
     p.add_argument("--peak-rps", type=argtypes.positive_float, default=None,
@@ -112,6 +105,20 @@ def add_autoscale_bench(subparsers) -> None:
     p.set_defaults(func=run_autoscale_bench)
 
 
+def add_trace_flags(p: argparse.ArgumentParser) -> None:
+    """The trace's flags (make_requests reads them); shared with benchmarks/autoscale_live.py."""
+    p.add_argument("--trace", default="swell", metavar="swell|FILE",
+                   help="'swell' (a slow swell with sharp spikes, services/sim/traces.py) or an Azure LLM trace CSV "
+                   "(TIMESTAMP, ContextTokens, GeneratedTokens) replayed at its own times (default %(default)s)")
+    p.add_argument("--trace-speedup", type=argtypes.positive_float, default=1.0,
+                   help="Azure trace: divide its timestamps by this (default %(default)s)")
+    p.add_argument("--trace-lengths", choices=("trace", "mix"), default="trace",
+                   help="Azure trace: each request's prompt and output lengths from the trace, or drawn from "
+                   "--workload's classes (its arrival times only) (default %(default)s)")
+    p.add_argument("--trace-every", type=argtypes.positive_int, default=1, metavar="N",
+                   help="Azure trace: replay every Nth row only, its shape at 1/N of its rate (default %(default)s)")
+
+
 def workload_means(workload: Workload) -> tuple[float, float]:
     total = sum(c.weight for c in workload.classes)
     prompt = sum(c.weight * c.prompt_tokens.mean for c in workload.classes) / total
@@ -132,7 +139,7 @@ def make_requests(args, workload: Workload, profile: Profile, peak_rps: float):
         trace = SwellSpikes(args.duration_s, peak_rps)
         shapes = [(t, -1, -1) for t in trace.arrivals(args.seed)]
         return at_times(workload, shapes, rng, profile.model, profile.chunk_tokens), trace.rate
-    rows = read_azure_trace(args.trace)
+    rows = read_azure_trace(args.trace)[::args.trace_every]
     keep = args.trace_lengths == "trace"
     shapes = [(t / args.trace_speedup, c if keep else -1, g if keep else -1) for t, c, g in rows
               if t / args.trace_speedup < args.duration_s]

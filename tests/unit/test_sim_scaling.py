@@ -76,7 +76,7 @@ def test_an_azure_trace_replays_its_times_with_its_or_the_mixs_lengths_and_sizes
     profile = get_profile("cpu-tiny")
     for lengths in ("trace", "mix"):
         args = argparse.Namespace(trace=str(trace), trace_speedup=2.0, duration_s=1000.0, trace_lengths=lengths,
-                                  seed=1)
+                                  trace_every=1, seed=1)
         requests, _ = make_requests(args, workload, profile, 1.0)
         assert len(requests) == 50
         assert max(r.spec.arrival_s for r in requests) < 30.0        # 57 s of trace at 2x
