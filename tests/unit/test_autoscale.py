@@ -197,6 +197,7 @@ def test_removes_only_drained_instances_and_never_aborts():
     plan = scaler.on_tick(signals(ready(1) + (busy, idle), 1.0), 100.0)
     removes = [a for a in plan.actions if isinstance(a, Remove)]
     assert [r.instance_id for r in removes] == ["idle"]
+    assert "draining for 100 s" in removes[0].reason  # a duration, not the clock's reading
     assert not any(getattr(a, "instance_id", "") == "busy" for a in plan.actions)
 
 

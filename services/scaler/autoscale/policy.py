@@ -132,7 +132,7 @@ class Autoscaler:
         for inst in draining:
             if inst.inflight == 0 and inst.instance_id not in undrained:
                 actions.append(Remove(self._id(), f"remove {inst.instance_id}: drained, nothing in flight "
-                                      f"(draining since {inst.since_s:.0f}s)", inst.instance_id))
+                                      f"(draining for {max(0.0, now_s - inst.since_s):.0f} s)", inst.instance_id))
         hold = ""
         if needed <= len(active) and not grew:
             shrink = self._shrink(signals, ready, starting, draining, caps, predicted, lead_s, now_s)
