@@ -11,12 +11,13 @@ Not timed: the connector's scatter from that buffer into the KV cache.
 Transports: "samehost" (copy from P's shared memory) and "tcp" (stream over loopback). memcpy:
 numpy copy of the same number of bytes between two preallocated, faulted-in buffers, timed beside
 each pull (so a machine shared with other jobs slows both alike): just before it on even repeats,
-just after it on odd ones. The order matters on a shared machine: each repeat starts after a
-0.4 s pause, and the second of the two to run is the likelier to lose a scheduler tick (4 ms here)
-to another session's process (in one run at load 8, memcpy always first: the 16 MiB pull lost
-one in 10 of 11 repeats, the memcpy in none; pull first: 2 of 11 and none). "% memcpy" is the median over the repeats of memcpy time /
-pull time. "waited" is the median time the pull and the memcpy spent runnable but not running (the thread's run-queue wait,
-/proc/thread-self/schedstat), i.e. the cores given to other processes. Medians of --repeats.
+just after it on odd ones. The order matters on a shared machine: each repeat starts after a 0.4 s
+pause, and the second of the two to run is the likelier to lose a scheduler tick (4 ms here) to
+another session's process (in one run at load 8, memcpy always first: the 16 MiB pull lost one in
+10 of 11 repeats, the memcpy in none; pull first: 2 of 11 and none). "% memcpy" is the median over
+the repeats of memcpy time / pull time. "waited" is the median time the pull and the memcpy spent
+runnable but not running (the thread's run-queue wait, /proc/thread-self/schedstat), i.e. the cores
+given to other processes. Medians of --repeats.
 
     .venv/bin/python benchmarks/kv_transfer.py [--sizes-mib 1 4 16 64] [--repeats 7] [--staging arena|file]
 """
