@@ -17,7 +17,8 @@ another session's process (in one run at load 8, memcpy always first: the 16 MiB
 10 of 11 repeats, the memcpy in none; pull first: 2 of 11 and none). "% memcpy" is the median over
 the repeats of memcpy time / pull time. "waited" is the median time the pull and the memcpy spent
 runnable but not running (the thread's run-queue wait, /proc/thread-self/schedstat), i.e. the cores
-given to other processes. Medians of --repeats.
+given to other processes (the pull's includes ~0.2 ms of its ACK thread's wake-up, which runs just
+after the pull's clock stops, when the wait is read). Medians of --repeats.
 
     .venv/bin/python benchmarks/kv_transfer.py [--sizes-mib 1 4 16 64] [--repeats 7] [--staging arena|file]
 """
