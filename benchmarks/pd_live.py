@@ -28,7 +28,7 @@ from services.bench.live import LiveOptions, probe, run_live, with_slos
 from services.common import procs
 from services.common.model import ensure_default_model
 from services.local import cluster
-from services.sim.metrics import report
+from services.report.metrics import report
 from services.sim.profiles import get_profile
 from services.sim.workload import as_live, generate, load_workload
 from services.worker.kv import tcp
