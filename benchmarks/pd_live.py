@@ -1,15 +1,17 @@
 """Colocated vs P/D on live vLLM CPU workers, paired (issue 10): the same requests (one workload,
 one seed, the same arrival times and prompts) with the same absolute SLOs, sent open-loop through
-the whole mesh (router, scheduler, workers) to two clusters of equal instance count, started one
-after the other by this command: `--workers N` colocated, then `--prefill P --decode D` (KV moved
-by HFX's connector). The SLOs are scales of the colocated cluster's unloaded latency, probed first.
+the whole mesh (router, scheduler, workers) to clusters of equal instance count, started one
+after the other by this command: `--colocated N` colocated, then `--prefill P --decode D` once per
+policy in --pd-policies (KV moved by HFX's connector; the baselines place each stage by their own
+rule). The SLOs are scales of the first cluster's unloaded latency, probed first.
 Prints SLO attainment and TTFT / TPOT p50 / p99, overall and per class, and D's KV pulls.
 
 On a 2-core machine the engines, the control plane and the client share the cores: both setups
 run under the same contention, which is part of what is measured.
 
     .venv/bin/python -m benchmarks.pd_live [--workload services/sim/workloads/pd.yaml] [--rate 2]
-        [--requests 80] [--colocated 2] [--prefill 1] [--decode 1] [--policy hfx] [--json out.json]
+        [--requests 80] [--colocated 2] [--prefill 1] [--decode 1] [--policy hfx]
+        [--pd-policies hfx least-load fcfs] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from services import argtypes
 from services.bench.cli import _classes_yaml, _with_target
 from services.bench.live import LiveOptions, probe, run_live, with_slos
 from services.common import procs
 from services.common.model import ensure_default_model
 from services.local import cluster
 from services.report.metrics import report
+from services.scheduler.policy import policy_names
 from services.sim.profiles import get_profile
 from services.sim.workload import as_live, generate, load_workload
 from services.worker.kv import tcp
@@ -36,10 +40,10 @@ from services.worker.kv import tcp
 PD_WORKLOAD = Path(__file__).resolve().parent.parent / "services" / "sim" / "workloads" / "pd.yaml"
 
 
-def up(home: Path, args, workers: int, prefill: int, decode: int, classes: Path) -> cluster.ClusterFile:
+def up(home: Path, args, workers: int, prefill: int, decode: int, classes: Path, policy: str) -> cluster.ClusterFile:
     return cluster.up(cluster.UpOptions(
         home=home, model=args.model, workers=workers, router_port=procs.free_port(), redis_url=None,
-        policy=args.policy, engine=args.engine, tracing="off", timeout_s=600, classes=str(classes), http_port=0,
+        policy=policy, engine=args.engine, tracing="off", timeout_s=600, classes=str(classes), http_port=0,
         metrics=False, prefill=prefill, decode=decode))
 
 
@@ -54,15 +58,16 @@ def d_pulls(state: cluster.ClusterFile) -> dict:
     return out
 
 
-def run_setup(name: str, args, workers: int, prefill: int, decode: int, workload, slos_holder: dict) -> dict:
+def run_setup(name: str, args, workers: int, prefill: int, decode: int, workload, slos_holder: dict,
+              policy: str) -> dict:
     config = json.loads((Path(args.model) / "config.json").read_text())
     vocab, max_len = int(config.get("vocab_size", 32000)), int(config.get("max_position_embeddings", 2048))
     with tempfile.TemporaryDirectory(prefix="hfx-pdlive-") as home:
         classes = Path(home) / "classes.yaml"
         _classes_yaml(workload, classes)
-        print(f"[{name}] starting {workers} colocated, {prefill} prefill, {decode} decode {args.engine} workers",
-              file=sys.stderr)
-        state = up(Path(home), args, workers, prefill, decode, classes)
+        print(f"[{name}] starting {workers} colocated, {prefill} prefill, {decode} decode {args.engine} workers, "
+              f"policy {policy}", file=sys.stderr)
+        state = up(Path(home), args, workers, prefill, decode, classes, policy)
         try:
             if "slos" not in slos_holder:
                 unloaded = asyncio.run(_with_target(state.router, lambda t: probe(
@@ -81,14 +86,20 @@ def run_setup(name: str, args, workers: int, prefill: int, decode: int, workload
             pulls = d_pulls(state) if decode else {}
         finally:
             cluster.down(Path(home), quiet=True)
-    return {"setup": name, "attainment": rep.slo_attainment, "completed": rep.completed, "rejected": rep.rejected,
+    return {"setup": name, "policy": policy, "attainment": rep.slo_attainment, "completed": rep.completed, "rejected": rep.rejected,
             "failed": rep.failed, "ttft_ms": rep.ttft_ms, "tpot_ms": rep.tpot_ms, "per_class": rep.per_class,
             "kv_pulls": pulls}
 
 
+def _policy(value: str) -> str:
+    if value not in policy_names():
+        raise argparse.ArgumentTypeError(f"unknown policy {value!r}; choose one of {', '.join(policy_names())}")
+    return value
+
+
 def show(rows: list[dict]) -> None:
     f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-    print(f"{'setup':<12} {'class':<8} {'n':>4} {'attain':>7} {'rej':>4} {'TTFT p50':>9} {'p99':>7} "
+    print(f"{'setup':<16} {'class':<8} {'n':>4} {'attain':>7} {'rej':>4} {'TTFT p50':>9} {'p99':>7} "
           f"{'TPOT p50':>9} {'p99':>6}")
     for r in rows:
         lines = [("all", r["completed"] + r["rejected"] + r["failed"], r["attainment"], r["rejected"],
@@ -96,32 +107,39 @@ def show(rows: list[dict]) -> None:
         lines += [(c, v["requests"], v["slo_attainment"], v["rejected"], v["ttft_ms"], v["tpot_ms"])
                   for c, v in sorted(r["per_class"].items())]
         for cls, n, att, rej, ttft, tpot in lines:
-            print(f"{r['setup']:<12} {cls:<8} {n:>4} {100 * att:>6.1f}% {rej:>4} {f(ttft.get('p50')):>9} "
+            print(f"{r['setup']:<16} {cls:<8} {n:>4} {100 * att:>6.1f}% {rej:>4} {f(ttft.get('p50')):>9} "
                   f"{f(ttft.get('p99')):>7} {f(tpot.get('p50')):>9} {f(tpot.get('p99')):>6}")
         if r["kv_pulls"]:
-            print(f"{r['setup']:<12} KV pulls on D: {r['kv_pulls']}")
+            print(f"{r['setup']:<16} KV pulls on D: {r['kv_pulls']}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default=str(PD_WORKLOAD))
-    parser.add_argument("--rate", type=float, default=2.0)
-    parser.add_argument("--requests", type=int, default=80)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--colocated", type=int, default=2)
-    parser.add_argument("--prefill", type=int, default=1)
-    parser.add_argument("--decode", type=int, default=1)
-    parser.add_argument("--policy", default="hfx")
-    parser.add_argument("--model", default="")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workload", type=argtypes.workload_file, default=str(PD_WORKLOAD),
+                        help="task classes and arrivals (lengths, SLO scales); its rate is --rate")
+    parser.add_argument("--rate", type=argtypes.positive_float, default=2.0, help="arrivals per second (Poisson)")
+    parser.add_argument("--requests", type=argtypes.positive_int, default=80, help="requests per setup")
+    parser.add_argument("--seed", type=argtypes.non_negative_int, default=1, help="arrivals and prompts")
+    parser.add_argument("--colocated", type=argtypes.non_negative_int, default=2,
+                        help="workers of the colocated setup (0: skip it; the SLOs are then probed on the first P/D one)")
+    parser.add_argument("--prefill", type=argtypes.positive_int, default=1, help="prefill workers of each P/D setup")
+    parser.add_argument("--decode", type=argtypes.positive_int, default=1, help="decode workers of each P/D setup")
+    parser.add_argument("--policy", type=_policy, default="hfx", help="the colocated setup's scheduling policy")
+    parser.add_argument("--pd-policies", type=_policy, nargs="+", default=["hfx"],
+                        help="one P/D setup per policy, in this order, all with the same requests and SLOs "
+                             "(e.g. hfx least-load fcfs: the P/D baselines place each stage by that policy)")
+    parser.add_argument("--model", default="", help="model directory (default: the built-in tiny model)")
     parser.add_argument("--engine", default="vllm", choices=["vllm", "sim"],
                         help="sim: SIMULATED engines (a smoke run of this command, not a measurement)")
-    parser.add_argument("--json", default="")
+    parser.add_argument("--json", default="", help="write the rows (and the probed unloaded latency) here")
     args = parser.parse_args()
     args.model = args.model or str(ensure_default_model())
     workload = load_workload(args.workload)
     slos: dict = {}
-    rows = [run_setup("colocated", args, args.colocated, 0, 0, workload, slos),
-            run_setup("P/D", args, 0, args.prefill, args.decode, workload, slos)]
+    rows = [run_setup("colocated", args, args.colocated, 0, 0, workload, slos, args.policy)] if args.colocated else []
+    rows += [run_setup(f"P/D {policy}", args, 0, args.prefill, args.decode, workload, slos, policy)
+             for policy in args.pd_policies]
     if args.engine == "sim":
         print("engine: sim (SIMULATED, not inference)")
     show(rows)
