@@ -10,6 +10,7 @@ best fitting one; best-effort requests only take room no SLO request could use.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 from typing import Sequence
 
@@ -28,6 +29,24 @@ MAX_DEMOTIONS_PER_CALL = 256
 # Rejections of expired best-effort requests per pass: each is a Decision with a reason string, so
 # this bounds decision latency (the rest wait for the next pass, which comes with the next event).
 MAX_EXPIRIES_PER_CALL = 16
+
+
+@dataclass
+class _ClassSeen:
+    """A task class as the requests seen of it describe it: its latest SLOs and its mean prompt."""
+    tpot_ms: float = 0.0
+    ttft_ms: float = 0.0
+    prompt_sum: float = 0.0
+    count: int = 0
+
+    def add(self, spec: RequestSpec) -> None:
+        self.tpot_ms, self.ttft_ms = spec.slo.tpot_ms, spec.slo.ttft_ms
+        self.prompt_sum += spec.prompt_tokens
+        self.count += 1
+
+    @property
+    def mean_prompt(self) -> float:
+        return self.prompt_sum / self.count
 
 
 class Hfx:
@@ -52,9 +71,7 @@ class Hfx:
         self._others_until_s = float("-inf")
         self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
-        # Per task class: (its TPOT SLO ms, prompt tokens seen, requests seen): _tight_tpot_ms.
-        self._classes: dict[str, tuple[float, float, int]] = {}
-        self._class_ttft_ms: dict[str, float] = {}   # per task class: its TTFT SLO (_tight_ttft)
+        self._classes: dict[str, _ClassSeen] = {}   # per task class seen: _tight_tpot_ms, _tight_ttft
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
         """Called by the service (or simulator) when a request finishes: learn its class's length."""
@@ -128,9 +145,7 @@ class Hfx:
         hopeless_at_s = spec.ttft_deadline_s - unloaded_ms / 1000.0
         credit_s = (spec.priority - 1) * cfg.priority_credit_ms / 1000.0
         entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)
-        _, prompt_sum, count = self._classes.get(spec.task_class, (0.0, 0.0, 0))
-        self._classes[spec.task_class] = (spec.slo.tpot_ms, prompt_sum + spec.prompt_tokens, count + 1)
-        self._class_ttft_ms[spec.task_class] = spec.slo.ttft_ms
+        self._classes.setdefault(spec.task_class, _ClassSeen()).add(spec)
         # A TPOT below one unloaded decode step can never be met: best effort from the start.
         if not spec.resumed_tokens and spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
             entry.best_effort = True
@@ -147,11 +162,11 @@ class Hfx:
             return None
         m = self._ref_model
         tight: float | None = None
-        for task_class, (tpot_ms, prompt_sum, count) in self._classes.items():
-            kv_tokens = prompt_sum / count + self.estimator.mean_tokens(task_class) / 2.0
+        for task_class, seen in self._classes.items():
+            kv_tokens = seen.mean_prompt + self.estimator.mean_tokens(task_class) / 2.0
             step_ms = m.c0_ms + m.c2_ms_per_decode_seq + m.c3_ms_per_kv_token * kv_tokens
-            if step_ms <= tpot_ms <= limit * step_ms and (tight is None or tpot_ms < tight):
-                tight = tpot_ms
+            if step_ms <= seen.tpot_ms <= limit * step_ms and (tight is None or seen.tpot_ms < tight):
+                tight = seen.tpot_ms
         return tight
 
     def _tight_ttft(self) -> float | None:
@@ -165,10 +180,9 @@ class Hfx:
         13 ms)."""
         m, chunk = self._ref_model, self.config.chunk_tokens
         step_ms = m.c0_ms + m.c2_ms_per_decode_seq + m.c1_ms_per_prefill_token * chunk
-        for task_class, ttft_ms in self._class_ttft_ms.items():
-            _, prompt_sum, count = self._classes[task_class]
-            alone_ms = prefill_ms(m, prompt_sum / count, chunk)
-            if alone_ms <= ttft_ms < alone_ms + step_ms and prompt_sum / count < chunk:
+        for seen in self._classes.values():
+            alone_ms = prefill_ms(m, seen.mean_prompt, chunk)
+            if alone_ms <= seen.ttft_ms < alone_ms + step_ms and seen.mean_prompt < chunk:
                 return float(chunk)
         return None
 
