@@ -3,9 +3,12 @@
 Linux only (/proc); elsewhere `cpu_sample` returns None and the checks are skipped. "Own" CPU is
 this process and its descendants (vLLM's engine core is a child), so a worker's own profiling
 load is not counted as contention. Work at a positive niceness (/proc/stat's "nice" column) is not
-counted either while the worker itself runs at niceness <= 0: the kernel gives it a small share
-beside the engine (nice 19 weighs 15 against 1024), so it barely moves the engine's step times,
-and a machine busy only with niced background jobs would otherwise never count as quiet.
+counted either while the worker itself runs at niceness <= 0 and the kernel groups no processes
+by session: nice 19 then weighs 15 against the engine's 1024, so it barely moves its step times.
+With session autogroups (/proc/sys/kernel/sched_autogroup_enabled = 1, common on desktops and
+some VMs) nice orders processes only inside one session's group and groups share the CPU equally,
+so another session's niced job competes with the engine as an equal and counts (seen on this
+project's machines: issue 9, eighth session).
 Parsing and arithmetic are pure, for tests.
 """
 
@@ -65,11 +68,23 @@ def others_cores(before: CpuSample, after: CpuSample, elapsed_s: float) -> float
     return max(0.0, others / elapsed_s)
 
 
+def counts_nice(worker_niceness: int, autogroups: bool) -> bool:
+    """Whether niced processes' CPU time is contention for a worker at `worker_niceness`."""
+    return worker_niceness > 0 or autogroups
+
+
+def _autogroups() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def cpu_sample(root: int | None = None) -> CpuSample | None:
     try:
         tick = os.sysconf("SC_CLK_TCK")
-        # A niced worker's own ticks are in the "nice" column: then niced work competes as equals.
-        busy = system_busy_ticks(Path("/proc/stat").read_text(), count_nice=os.getpriority(os.PRIO_PROCESS, 0) > 0)
+        busy = system_busy_ticks(Path("/proc/stat").read_text(),
+                                 count_nice=counts_nice(os.getpriority(os.PRIO_PROCESS, 0), _autogroups()))
         stats: dict[int, tuple[int, int]] = {}
         for d in Path("/proc").iterdir():
             if d.name.isdigit():

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.worker.contention import CpuSample, others_cores, pid_stat, system_busy_ticks, tree_ticks
+from services.worker.contention import CpuSample, counts_nice, others_cores, pid_stat, system_busy_ticks, tree_ticks
 from services.worker.engine.vllm_engine import _StatsSink, engine_step_ms
 
 
@@ -61,6 +61,12 @@ def test_sink_times_decode_steps_on_the_engine_clock_and_prefill_only_steps_by_g
 def test_system_busy_ticks_can_leave_out_niced_work():
     text = "cpu  100 5 20 1000 50 1 2 3 7 0\n"
     assert system_busy_ticks(text, count_nice=False) == 100 + 20 + 1 + 2 + 3
+
+
+def test_niced_work_counts_when_the_worker_is_niced_or_sessions_share_the_cpu_as_groups():
+    assert not counts_nice(0, autogroups=False)   # nice 19 weighs 15 against the engine's 1024
+    assert counts_nice(5, autogroups=False)       # a niced worker competes with niced work as an equal
+    assert counts_nice(0, autogroups=True)        # groups share equally whatever their processes' nice
 
 
 def test_profiling_on_a_machine_that_is_never_quiet_stops_waiting_after_one_budget(monkeypatch):
