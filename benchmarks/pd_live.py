@@ -91,12 +91,6 @@ def run_setup(name: str, args, workers: int, prefill: int, decode: int, workload
             "kv_pulls": pulls}
 
 
-def _policy(value: str) -> str:
-    if value not in policy_names():
-        raise argparse.ArgumentTypeError(f"unknown policy {value!r}; choose one of {', '.join(policy_names())}")
-    return value
-
-
 def show(rows: list[dict]) -> None:
     f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     print(f"{'setup':<16} {'class':<8} {'n':>4} {'attain':>7} {'rej':>4} {'TTFT p50':>9} {'p99':>7} "
@@ -125,8 +119,8 @@ def main() -> None:
                         help="workers of the colocated setup (0: skip it; the SLOs are then probed on the first P/D one)")
     parser.add_argument("--prefill", type=argtypes.positive_int, default=1, help="prefill workers of each P/D setup")
     parser.add_argument("--decode", type=argtypes.positive_int, default=1, help="decode workers of each P/D setup")
-    parser.add_argument("--policy", type=_policy, default="hfx", help="the colocated setup's scheduling policy")
-    parser.add_argument("--pd-policies", type=_policy, nargs="+", default=["hfx"],
+    parser.add_argument("--policy", choices=policy_names(), default="hfx", help="the colocated setup's scheduling policy")
+    parser.add_argument("--pd-policies", choices=policy_names(), nargs="+", default=["hfx"],
                         help="one P/D setup per policy, in this order, all with the same requests and SLOs "
                              "(e.g. hfx least-load fcfs: the P/D baselines place each stage by that policy)")
     parser.add_argument("--model", default="", help="model directory (default: the built-in tiny model)")
