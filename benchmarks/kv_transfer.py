@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services import argtypes  # noqa: E402
 from services.worker.kv import arena, samehost, shm, tcp, wire  # noqa: E402
 from services.worker.kv.store import StagingStore  # noqa: E402
 
@@ -123,8 +124,9 @@ def transfer(address: str, staging: str, size: int, repeats: int, pull, stager) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sizes-mib", type=argtypes.positive_int, nargs="+", default=[1, 4, 16, 64],
+                        help="transfer sizes, MiB (whole 256 KiB blocks)")
+    parser.add_argument("--repeats", type=argtypes.positive_int, default=7, help="pulls per size and transport (medians)")
     parser.add_argument("--staging", choices=("arena", "file"), default="arena",
                         help="P stages into its arena (as workers do) or into a file per transfer")
     args = parser.parse_args()
