@@ -68,7 +68,7 @@ def cmd_scaler(args) -> int:
                                                pd_config_from_args)
     from services.scaler.autoscaling import LiveOptions
     from services.scaler.config import ScalerConfig
-    from services.scaler.server import serve
+    from services.scaler.serve import serve
 
     try:
         autoscale = config_from_args(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from dataclasses import dataclass
 
@@ -25,5 +26,42 @@ class Managed:
     adopted: bool = False       # left running by a previous scaler (services/scaler/adopt.py)
 
 
+STATES = ("starting", "ready", "stopping", "exited")
+
+
+def state_of(w: Managed, ready_ids: set[str]) -> str:
+    """One of STATES: exited, stopping (SIGTERM sent), ready (registered), else starting."""
+    if w.exited_at_s is not None:
+        return "exited"
+    if w.stopping:
+        return "stopping"
+    return "ready" if w.instance_id in ready_ids else "starting"
+
+
 def describe(found: list[proctable.ProcInfo] | tuple[proctable.ProcInfo, ...]) -> str:
     return ", ".join(f"{p.pid} ({p.comm})" for p in found)
+
+
+def observe_exit(w: Managed, now_s: float) -> list[proctable.ProcInfo] | None:
+    """If `w`'s process has just exited: kill what is left of its group BEFORE reaping it (until
+    then its pid cannot be reused, so the group id still names only its processes, its engine's),
+    record the exit, and return what was found left running (None: it has not just exited)."""
+    if w.proc is None or w.exited_at_s is not None or not procs.has_exited(w.proc):
+        return None
+    found = w.proc.kill_rest() if isinstance(w.proc, procs.Adopted) else procs.kill_group(w.proc.pid)
+    code = w.proc.poll()  # reaps it (an adopted one was reaped by whoever adopted it: -1, unknown)
+    w.exited_at_s, w.exit_code = now_s, -1 if code is None else code
+    w.leftovers = tuple(proctable.still_running(proctable.snapshot(), found))
+    return found
+
+
+def check_gone(w: Managed, log: logging.Logger) -> None:
+    """Before a replacement starts: the old worker's processes must be gone (an engine left
+    running would hold the cores or device memory the new one needs)."""
+    if not w.leftovers:
+        return
+    left = procs.kill_processes(list(w.leftovers))
+    if left:
+        log.error("starting worker %s although %d process(es) of its previous run survive SIGKILL: %s",
+                  w.instance_id, len(left), describe(left))
+    w.leftovers = tuple(left)

@@ -14,16 +14,15 @@ import signal
 import subprocess
 import time
 
-from services.common import convert, grpcutil, lifeline, metrics, procs, proctable, store
+from services.common import convert, lifeline, metrics, procs, store
 from services.common.domain import Role
 from services.common.errors import InvalidArgument
-from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scaler_pb2, scaler_pb2_grpc
 from services.scaler.adopt import adopt_into
 from services.scaler.config import ScalerConfig
 from services.scaler.donor import DonorCandidate, choose_donor
 from services.scaler.linking import Linker
-from services.scaler.managed import Managed, describe as _describe
+from services.scaler.managed import STATES, Managed, check_gone, describe as _describe, observe_exit, state_of
 from services.scaler.role_change import RoleChanges
 from services.scaler.reconcile import (POOL_STRIDE, WorkerSlot, cpu_share, pool_of, pool_slots, reconcile, reconcile_set,
                                        slot_name)
@@ -31,6 +30,8 @@ from services.scaler.standby import StandbyPool
 
 log = logging.getLogger("hfx.scaler")
 SERVICE_NAME = "hfx.v1.Scaler"
+_STATE_PB = {"starting": scaler_pb2.WORKER_STATE_STARTING, "ready": scaler_pb2.WORKER_STATE_READY,
+             "stopping": scaler_pb2.WORKER_STATE_STOPPING, "exited": scaler_pb2.WORKER_STATE_EXITED}
 
 
 class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
@@ -109,7 +110,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             w = self.workers[index] = Managed(index, self._instance_id(index), procs.free_port())
         elif w.proc is not None:
             w.restarts += 1
-            self._check_gone(w)
+            check_gone(w, log)
             # A fresh port: the old one may be taken meanwhile (any socket's ephemeral port; a
             # start that failed to bind would otherwise fail the same way on every restart).
             w.port = procs.free_port()
@@ -153,7 +154,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             return False
         old = self.workers.get(index)
         if old is not None:
-            self._check_gone(old)
+            check_gone(old, log)
         now = time.time()
         self.workers[index] = Managed(index, member.instance_id, member.port, member.proc, started_s=now,
                                       restarts=old.restarts + 1 if old else 0, from_standby=True)
@@ -197,14 +198,9 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         metrics.SCALER_LEFTOVERS.labels(name).inc(0)  # the series exists from the start, at 0
         metrics.SCALER_DESIRED.labels(name).set(self.desired)
         metrics.SCALER_RESTARTS.labels(name).set(sum(w.restarts for w in self.workers.values()))
-        states = {"starting": 0, "ready": 0, "stopping": 0, "exited": 0}
+        states = dict.fromkeys(STATES, 0)
         for w in self.workers.values():
-            if w.exited_at_s is not None:
-                states["exited"] += 1
-            elif w.stopping:
-                states["stopping"] += 1
-            else:
-                states["ready" if w.instance_id in self.ready_ids else "starting"] += 1
+            states[state_of(w, self.ready_ids)] += 1
         for state, count in states.items():
             metrics.SCALER_WORKERS.labels(name, state).set(count)
 
@@ -215,31 +211,15 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             w.proc.send_signal(signal.SIGTERM)  # the worker drains, then exits
 
     def _observe_exit(self, w: Managed, now_s: float) -> None:
-        """A worker that exited has its process group killed BEFORE it is reaped: until then its
-        pid cannot be reused, so the group id still names only its processes (its engine's)."""
-        if w.proc is None or w.exited_at_s is not None or not procs.has_exited(w.proc):
+        found = observe_exit(w, now_s)
+        if found is None:
             return
-        found = w.proc.kill_rest() if isinstance(w.proc, procs.Adopted) else procs.kill_group(w.proc.pid)
-        code = w.proc.poll()  # reaps it (an adopted one was reaped by whoever adopted it: -1, unknown)
-        w.exited_at_s, w.exit_code = now_s, -1 if code is None else code
         if not w.stopping:
             log.warning("worker %s exited with %s", w.instance_id, w.exit_code)
         if found:
             metrics.SCALER_LEFTOVERS.labels(self.config.cluster_name).inc(len(found))
             log.warning("worker %s (pid %d) left %d process(es) running in its group; killed: %s",
-                        w.instance_id, w.proc.pid, len(found), _describe(found))
-        w.leftovers = tuple(proctable.still_running(proctable.snapshot(), found))
-
-    def _check_gone(self, w: Managed) -> None:
-        """Before a replacement starts: the old worker's processes must be gone (an engine left
-        running would hold the cores or device memory the new one needs)."""
-        if not w.leftovers:
-            return
-        left = procs.kill_processes(list(w.leftovers))
-        if left:
-            log.error("starting worker %s although %d process(es) of its previous run survive SIGKILL: %s",
-                      w.instance_id, len(left), _describe(left))
-        w.leftovers = tuple(left)
+                        w.instance_id, w.proc.pid if w.proc else 0, len(found), _describe(found))
 
     def step(self, now_s: float) -> None:
         """Observe exits, then apply reconcile's actions."""
@@ -405,65 +385,10 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         out = scaler_pb2.ListWorkersResponse()
         registered = {i.instance_id: i.role for i in self.registry}   # a role change shows here
         for w in sorted(self.workers.values(), key=lambda w: w.index):
-            if w.exited_at_s is not None:
-                state = scaler_pb2.WORKER_STATE_EXITED
-            elif w.stopping:
-                state = scaler_pb2.WORKER_STATE_STOPPING
-            elif w.instance_id in self.ready_ids:
-                state = scaler_pb2.WORKER_STATE_READY
-            else:
-                state = scaler_pb2.WORKER_STATE_STARTING
             out.workers.add(
                 instance_id=w.instance_id, address=f"127.0.0.1:{w.port}",
                 role=registered.get(w.instance_id, convert.role_to_pb(Role(self._role_of(w.index)))),
-                state=state, pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
+                state=_STATE_PB[state_of(w, self.ready_ids)], pid=w.proc.pid if w.proc else 0, restarts=w.restarts, exit_code=w.exit_code or 0,
             )
         return out
 
-
-async def serve(config: ScalerConfig) -> None:
-    cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    servicer = ScalerServicer(config, cluster)
-    servicer.adopt_running()
-    metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
-    server, health = grpcutil.make_server([(scaler_pb2_grpc.add_ScalerServicer_to_server, servicer)], [SERVICE_NAME])
-    port = grpcutil.bind(server, config.host, config.port)
-    await server.start()
-    await grpcutil.set_serving(health, [SERVICE_NAME])
-    tasks = [asyncio.create_task(servicer.loop())]
-    if config.autoscale is not None:
-        tasks.append(asyncio.create_task(_autoscaler(config, servicer, cluster).run()))
-    log.info("scaler serving on %s:%d, %d colocated + %d prefill + %d decode workers wanted%s", config.host, port,
-             servicer.desired, config.prefill_replicas, config.decode_replicas,
-             f" (autoscaling {config.autoscale.min_replicas}-{config.autoscale.max_replicas})"
-             if config.autoscale else "")
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.get_running_loop().run_in_executor(None, servicer.shutdown)
-    await server.stop(grace=1.0)
-
-
-def _autoscaler(config: ScalerConfig, servicer: ScalerServicer, cluster: store.ClusterStore):
-    from services.scaler.actuator import Actuator, LocalProcesses
-    from services.scaler.autoscale import PDAutoscaler
-    from services.scaler.autoscale.choice import make_autoscaler
-    from services.scaler.autoscaling import AutoscaleLoop
-
-    if config.autoscale is None:
-        raise ValueError("the scaler's autoscaler was started without its settings")
-    actuator: Actuator
-    if config.actuator == "kubernetes":
-        from services.scaler.k8s_actuator import Kubernetes
-
-        actuator = Kubernetes.connect(cluster, config.k8s_namespace, config.k8s_deployment)
-    else:
-        actuator = LocalProcesses(servicer, cluster)
-    prefix = f"{config.cluster_name}-{int(time.time() * 1000)}"
-    policy = PDAutoscaler(config.pd_autoscale, id_prefix=prefix) if config.pd_autoscale is not None \
-        else make_autoscaler(config.autoscaler, config.autoscale, config.baselines, id_prefix=prefix)
-    return AutoscaleLoop(servicer, cluster, actuator, policy, config.autoscale_options, config.scheduler_address,
-                         (config.autoscale.min_replicas, config.autoscale.max_replicas))

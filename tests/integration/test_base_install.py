@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECK = """
 import importlib.util, sys
 import services.router.server, services.router.http, services.router.core, services.scheduler.server
-import services.scaler.server, services.worker.server, services.local.cluster, services.bench.cli, services.cli
+import services.scaler.server, services.scaler.serve, services.worker.server, services.local.cluster, services.bench.cli, services.cli
 from services.router.tokenizer import Tokenizer
 assert services.cli.__file__.startswith(sys.prefix), services.cli.__file__
 assert importlib.util.find_spec("torch") is None and importlib.util.find_spec("vllm") is None

@@ -59,7 +59,7 @@ def test_baselines_carry_the_decision_prefix_and_what_the_fleet_costs():
 
 def test_the_flags_reach_the_scalers_config(monkeypatch):
     from services import cli
-    from services.scaler import server
+    from services.scaler import serve as server
 
     seen = {}
 

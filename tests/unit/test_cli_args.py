@@ -177,7 +177,7 @@ def test_the_kubernetes_actuator_refuses_bad_combinations(capsys):
 
 def test_the_kubernetes_actuator_flags_reach_the_scalers_config(monkeypatch):
     from services import cli
-    from services.scaler import server
+    from services.scaler import serve as server
 
     seen = {}
 
@@ -267,7 +267,7 @@ def test_pd_autoscale_flags_refuse_contradictions(capsys):
 
 def test_pd_autoscale_flags_reach_the_scalers_config(monkeypatch):
     from services import cli
-    from services.scaler import server
+    from services.scaler import serve as server
 
     seen = {}
 

@@ -1,6 +1,6 @@
 """Which autoscaler decides: HFX's policy or one of the baselines, built by name.
 
-The live scaler (`hfx scaler --autoscale --autoscaler NAME`, services/scaler/server.py) and the
+The live scaler (`hfx scaler --autoscale --autoscaler NAME`, services/scaler/serve.py) and the
 benchmarks build their autoscaler here, so the objects compared in the simulator are the ones
 that drive live workers. Bounds, the default device and its capacity come from the
 AutoscaleConfig that HFX's policy uses; the baselines' own knobs from BaselineSettings.
