@@ -11,7 +11,8 @@ run under the same contention, which is part of what is measured.
 
     .venv/bin/python -m benchmarks.pd_live [--workload services/sim/workloads/pd.yaml] [--rate 2]
         [--requests 80] [--colocated 2] [--prefill 1] [--decode 1] [--policy hfx]
-        [--pd-policies hfx least-load fcfs] [--json out.json]
+        [--pd-policies hfx least-load fcfs] [--policy-config FILE] [--json out.json] [--keep-logs DIR]
+        [--tracing local]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ from services.bench.live import LiveOptions, probe, run_live, with_slos
 from services.common import procs
 from services.common.model import ensure_default_model
 from services.local import cluster
-from services.report.metrics import report
+from services.report.metrics import met_slo, report, tpot_ms, ttft_ms
 from services.scheduler.policy import policy_names
 from services.sim.profiles import get_profile
 from services.sim.workload import as_live, generate, load_workload
@@ -43,8 +45,9 @@ PD_WORKLOAD = Path(__file__).resolve().parent.parent / "services" / "sim" / "wor
 def up(home: Path, args, workers: int, prefill: int, decode: int, classes: Path, policy: str) -> cluster.ClusterFile:
     return cluster.up(cluster.UpOptions(
         home=home, model=args.model, workers=workers, router_port=procs.free_port(), redis_url=None,
-        policy=policy, engine=args.engine, tracing="off", timeout_s=600, classes=str(classes), http_port=0,
-        metrics=False, prefill=prefill, decode=decode))
+        policy=policy, engine=args.engine, tracing=args.tracing, timeout_s=600, classes=str(classes), http_port=0,
+        metrics=False, prefill=prefill, decode=decode,
+        policy_config=str(Path(args.policy_config).resolve()) if args.policy_config else ""))
 
 
 def d_pulls(state: cluster.ClusterFile) -> dict:
@@ -84,11 +87,24 @@ def run_setup(name: str, args, workers: int, prefill: int, decode: int, workload
                 workers + prefill + decode)))
             rep = report(name, args.rate, result, time.perf_counter() - started)
             pulls = d_pulls(state) if decode else {}
+            if args.keep_logs:   # the scheduler's log holds each decision's reason
+                kept = Path(args.keep_logs) / name.replace("/", "").replace(" ", "-")
+                shutil.copytree(state.log_dir, kept, dirs_exist_ok=True)
+                if cluster.traces_dir(Path(home)).is_dir():   # --tracing local: `hfx explain` reads these
+                    shutil.copytree(cluster.traces_dir(Path(home)), kept / "traces", dirs_exist_ok=True)
         finally:
             cluster.down(Path(home), quiet=True)
     return {"setup": name, "policy": policy, "attainment": rep.slo_attainment, "completed": rep.completed, "rejected": rep.rejected,
             "failed": rep.failed, "ttft_ms": rep.ttft_ms, "tpot_ms": rep.tpot_ms, "per_class": rep.per_class,
-            "kv_pulls": pulls}
+            "kv_pulls": pulls, "requests": [per_request(r) for r in result.records]}
+
+
+def per_request(r) -> dict:
+    """One request's outcome: what the same request did under each setup can then be compared."""
+    f = lambda v: None if v is None else round(v, 2)  # noqa: E731
+    return {"i": r.spec.request_id, "class": r.spec.task_class, "prompt": r.spec.prompt_tokens,
+            "output": r.output_tokens, "arrival_s": round(r.spec.arrival_s, 3), "verdict": r.verdict,
+            "reason": r.reason, "ttft_ms": f(ttft_ms(r)), "tpot_ms": f(tpot_ms(r)), "met": met_slo(r)}
 
 
 def show(rows: list[dict]) -> None:
@@ -123,10 +139,17 @@ def main() -> None:
     parser.add_argument("--pd-policies", choices=policy_names(), nargs="+", default=["hfx"],
                         help="one P/D setup per policy, in this order, all with the same requests and SLOs "
                              "(e.g. hfx least-load fcfs: the P/D baselines place each stage by that policy)")
+    parser.add_argument("--policy-config", type=argtypes.policy_config_file, default="",
+                        help="every scheduler's --policy-config (e.g. benchmarks/pd-live-policy.yaml: the chunk_tokens "
+                             "the vLLM CPU workers step, 2048 here; without it HFX assumes 512 and says so in its log)")
     parser.add_argument("--model", default="", help="model directory (default: the built-in tiny model)")
     parser.add_argument("--engine", default="vllm", choices=["vllm", "sim"],
                         help="sim: SIMULATED engines (a smoke run of this command, not a measurement)")
     parser.add_argument("--json", default="", help="write the rows (and the probed unloaded latency) here")
+    parser.add_argument("--tracing", choices=["off", "local"], default="off",
+                        help="local: spans in each cluster's span store (kept with --keep-logs), at some cost")
+    parser.add_argument("--keep-logs", default="", help="copy each cluster's logs (the scheduler's has every "
+                        "decision's reason) into a folder per setup under this one; empty: not kept")
     args = parser.parse_args()
     args.model = args.model or str(ensure_default_model())
     workload = load_workload(args.workload)

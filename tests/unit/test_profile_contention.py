@@ -99,3 +99,16 @@ def test_profiling_on_a_machine_that_is_never_quiet_stops_waiting_after_one_budg
     assert attempts == 2 == len(profiled) < profile.PROFILE_ATTEMPTS   # the budget ran out after the 2nd
     assert waits[0] == pytest.approx(0.3, abs=0.05) and waits[1] < 0.05   # the 2nd wait had what was left
     assert fit_ == "fit 2" and busy == pytest.approx(1.5, rel=0.3)        # the least contended one
+
+
+def test_a_step_that_loaded_kv_from_another_worker_is_no_sample():
+    # A P/D decode leg's first step on D: one recomputed prompt token beside the KV's load into
+    # the cache. Read as a prefill of one token it scaled D's c1 up 6x online (issue 10).
+    sink = _StatsSink()
+    sink.record(SimpleNamespace(num_running_reqs=2, num_waiting_reqs=0, kv_cache_usage=0.0), None, now_s=10.0)
+    loaded = _iteration([0.004], prompt=1, first=1, generated=2)
+    loaded.prompt_token_stats.external_kv_transfer = 1500
+    sink.record(None, loaded, now_s=10.004)
+    sink.record(None, _iteration([0.002], generated=2), now_s=10.006)
+    assert [(s.prefill_tokens, s.step_ms) for s in sink.steps] == [(0, pytest.approx(2.0))]
+    assert sink.steps_total == 1   # recent_steps end at this count: readers take the last new ones

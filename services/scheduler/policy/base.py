@@ -105,6 +105,13 @@ class PolicyConfig:
     # KV transfer, is served whole in one place (a colocated instance, else a decode instance
     # prefills it itself): a handoff would cost it more than it saves the decode instance.
     pd_local_prompt_tokens: int = 64
+    # ...and, where D may prefill, so is one of at most this share of chunk_tokens (0: off). On P
+    # a long prompt placed before such a prompt's step begins rides in that step (the engine fills
+    # a step up to chunk_tokens) and delays its first token by more than its own prefill (the
+    # rider's chunk_tokens - L tokens exceed L): measured live, first tokens after 126-162 ms for
+    # chat prompts whose own prefill took 20-30 ms. On D it shares steps with decodes and other
+    # short prompts only, and D's fit test charges its prefill to every request decoding there.
+    pd_local_chunk_share: float = 0.5
     # May a decode instance prefill such a request itself? False: only colocated instances serve
     # whole requests, and a cluster of decode instances alone cannot serve anything.
     pd_local_prefill: bool = True

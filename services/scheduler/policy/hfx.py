@@ -16,13 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from services.common.domain import (ClusterSnapshot, Decision, Grant, InstanceView, Preemption, RequestSpec,
-                                    ScheduleResult, TicketBound, Verdict)
+from services.common.domain import (ClusterSnapshot, Decision, Grant, InstanceView, LatencyModel, Preemption,
+                                    RequestSpec, ScheduleResult, TicketBound, Verdict)
 from services.scheduler.policy.base import PolicyConfig, latency_model_of
 from services.scheduler.policy.budget import InstanceBudget, carry_backlog, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
-from services.scheduler.policy.pd import SPLIT, legs_of, options, plan
+from services.scheduler.policy.pd import SPLIT, fastest_prefill_ms, legs_of, options, plan, prefill_models
 from services.scheduler.policy.ranking import Entry, RankedQueue
 
 MAX_DEMOTIONS_PER_CALL = 256
@@ -64,6 +64,7 @@ class Hfx:
         self._pass_budgets: dict[str, InstanceBudget] = {}  # this pass's copies, after its placements
         self._best_effort_ids: set[str] = set()   # placed best effort, still running
         self._ref_model = config.default_latency_model
+        self._prefill_models: tuple[LatencyModel, ...] = ()   # pd.prefill_models: the unloaded-prefill bound
         self._pressure_until_s = float("-inf")   # see PolicyConfig.defer_slack_ms
         # Who last renewed the pressure, and until when the others' renewals hold it (_press):
         # a request is not held by pressure it alone caused.
@@ -118,6 +119,7 @@ class Hfx:
             # effort at arrival, and refused, while the other one could have served it).
             self._ref_model = min((latency_model_of(inst, self.config) for inst in cluster.instances),
                                   key=lambda m: m.c0_ms + m.c2_ms_per_decode_seq)
+            self._prefill_models = prefill_models(cluster.instances, self.config)
         if len(self._budgets) > len(cluster.instances):  # instances left: drop their cached budgets
             live = {inst.instance_id for inst in cluster.instances}
             self._budgets = {iid: hit for iid, hit in self._budgets.items() if iid in live}
@@ -141,7 +143,8 @@ class Hfx:
 
     def _entry(self, spec: RequestSpec) -> Entry:
         cfg = self.config
-        unloaded_ms = prefill_ms(self._ref_model, spec.prompt_tokens, cfg.chunk_tokens)
+        unloaded_ms = (fastest_prefill_ms(self._prefill_models, spec.prompt_tokens, cfg.chunk_tokens)
+                       if self._prefill_models else prefill_ms(self._ref_model, spec.prompt_tokens, cfg.chunk_tokens))
         hopeless_at_s = spec.ttft_deadline_s - unloaded_ms / 1000.0
         credit_s = (spec.priority - 1) * cfg.priority_credit_ms / 1000.0
         entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)

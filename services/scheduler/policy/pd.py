@@ -4,9 +4,13 @@ and decode (D) instances at once (docs/ARCHITECTURE.md, "P/D scheduling").
 The rule, per request:
 - no P or no D instance: whole, on C (or, with no C either, prefilled on D itself when
   pd_local_prefill allows it);
-- a short prompt (<= pd_local_prompt_tokens), or one whose unloaded prefill costs no more than
-  moving its KV: whole first (C, then D itself), split only if neither fits. The handoff would
-  cost it more than it saves D, whose decodes it interrupts for one short chunk at most;
+- a short prompt (<= pd_local_prompt_tokens, or, where D may prefill, <= pd_local_chunk_share x
+  chunk_tokens: half a step's token budget by default), or one whose unloaded prefill costs no
+  more than moving its KV: whole first (C, then D itself), split only if neither fits. The
+  handoff would cost it more than it saves D, whose decodes it interrupts for one short chunk at
+  most; and on P a long prompt placed before its step begins rides in that step, delaying its
+  first token by more than its own prefill (chunk_tokens - L > L tokens; measured live, issue
+  10 ninth session: chat first tokens after 126-162 ms, with a long document's chunk, on P);
 - otherwise split first (P prefills, D decodes: D's steps stay free of long prefill chunks, which
   is what protects tight TPOTs); when no (P, D) pair fits (P's queue too long for its TTFT, say),
   whole on C, then prefilled on D itself, each only if its fit test passes: that test charges the
@@ -22,11 +26,13 @@ fits wins, and the Placement's reason says which option won and why the earlier 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from services.common.domain import Leg, RequestSpec, Role
-from services.scheduler.policy.base import PolicyConfig
+from services.common.domain import InstanceView, LatencyModel, Leg, RequestSpec, Role
+from services.scheduler.policy.base import PolicyConfig, latency_model_of
+from services.scheduler.policy.budget import prefill_ms
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.stages import split_fit
 
@@ -54,13 +60,39 @@ def options(table: FitTable, spec: RequestSpec, config: PolicyConfig) -> tuple[l
         only_colocated = not (table.has(Role.PREFILL) or table.has(Role.DECODE))
         return local, "" if only_colocated else "no P/D pair"
     L = spec.prompt_tokens
-    if L <= config.pd_local_prompt_tokens:
-        return local + [SPLIT], f"short prompt ({L} <= {config.pd_local_prompt_tokens} tokens)"
+    short = short_prompt_tokens(config)
+    if L <= short:
+        return local + [SPLIT], f"short prompt ({L} <= {short} tokens)"
     own_ms = unloaded_prefill_ms(table, L, config)
     xfer_ms = float(table.xfer[table.role_rows[Role.PREFILL]].min()) * L
     if own_ms <= xfer_ms:
         return local + [SPLIT], f"prefill {own_ms:.1f} ms <= KV transfer {xfer_ms:.1f} ms"
     return [SPLIT] + local, f"prefill {own_ms:.1f} ms > KV transfer {xfer_ms:.1f} ms"
+
+
+def short_prompt_tokens(config: PolicyConfig) -> int:
+    """Prompts this long or shorter are served whole first (C, then prefilled on D itself): at most
+    pd_local_prompt_tokens, or, where D may prefill (pd_local_prefill), pd_local_chunk_share of a
+    step's token budget, whichever is more: that share keeps short prompts off P for D's sake."""
+    if not config.pd_local_prefill:
+        return config.pd_local_prompt_tokens
+    return max(config.pd_local_prompt_tokens, int(config.pd_local_chunk_share * config.chunk_tokens))
+
+
+def prefill_models(instances: Sequence[InstanceView], config: PolicyConfig) -> tuple[LatencyModel, ...]:
+    """The latency models of the instances that may prefill a request: colocated and prefill ones,
+    and decode ones where pd_local_prefill lets them. A request is out of reach only if its
+    prefill is late on the fastest of these, each by its own c1: a D's c1 says nothing of P's
+    (issue 10, ninth session: the reference was the instance with the fastest decode step, a D
+    whose c1 read 6x P's, and a chat prompt of 1,427 tokens P prefills in ~70 ms was refused as
+    needing 176 ms of a 117-ms TTFT)."""
+    return tuple(latency_model_of(inst, config) for inst in instances
+                 if inst.role is not Role.DECODE or config.pd_local_prefill)
+
+
+def fastest_prefill_ms(models: Sequence[LatencyModel], prompt_tokens: float, chunk_tokens: int) -> float:
+    """The prompt's prefill on an idle instance, the fastest of `models` (inf for none)."""
+    return min((prefill_ms(m, prompt_tokens, chunk_tokens) for m in models), default=float("inf"))
 
 
 def unloaded_prefill_ms(table: FitTable, prompt_tokens: int, config: PolicyConfig) -> float:

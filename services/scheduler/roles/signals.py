@@ -34,6 +34,7 @@ from typing import Sequence
 
 from services.common.domain import ClusterSnapshot, InstanceView, RequestSpec, Role
 from services.scheduler.policy.base import PolicyConfig, kv_capacity_of, latency_model_of
+from services.scheduler.policy.pd import short_prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _spread(work: float, instances: int, waiting: int) -> float:
 
 
 def _splits(spec: RequestSpec, config: PolicyConfig) -> bool:
-    return spec.prompt_tokens > config.pd_local_prompt_tokens
+    return spec.prompt_tokens > short_prompt_tokens(config)
 
 
 def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], config: PolicyConfig,

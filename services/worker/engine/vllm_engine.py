@@ -141,8 +141,9 @@ class _StatsSink:
                 step_ms = (now_s - self._last_output_s) * 1000.0
             if step_ms is not None:
                 self.step_ms.append(step_ms)
-                self.steps.append(_step_shape(iteration_stats, step_ms, self.kv_usage * kv_capacity_tokens))
-                self.steps_total += 1
+                if not _loaded_kv(iteration_stats):   # steps_total counts the samples in `steps`
+                    self.steps.append(_step_shape(iteration_stats, step_ms, self.kv_usage * kv_capacity_tokens))
+                    self.steps_total += 1
             self._last_output_s = now_s
         if scheduler_stats is not None:
             self.running_requests = scheduler_stats.num_running_reqs
@@ -160,6 +161,16 @@ def engine_step_ms(iteration_stats: Any) -> float | None:
     itls = getattr(iteration_stats, "inter_token_latencies_iter", None) or ()
     positive = [v for v in itls if v > 0]
     return min(positive) * 1000.0 if positive else None
+
+
+def _loaded_kv(iteration_stats: Any) -> bool:
+    """The step took a prompt's KV from another worker (a P/D decode leg's first step on D): its
+    time holds the KV's load into the cache, for which the step model has no term, beside one
+    recomputed prompt token. Such a step is no sample: online calibration read it as a prefill of
+    that one token and scaled D's c1 up to its 8x clip (issue 10, ninth session: 0.0185 ->
+    0.113 ms/token), which made every prefill on D, and the scheduler's unloaded-prefill bound,
+    look 6x slower than D runs it."""
+    return bool(getattr(getattr(iteration_stats, "prompt_token_stats", None), "external_kv_transfer", 0) or 0)
 
 
 def _step_shape(iteration_stats: Any, step_ms: float, kv_tokens: float) -> StepSample:
