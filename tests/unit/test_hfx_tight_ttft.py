@@ -79,3 +79,22 @@ def test_a_long_prompt_keeps_off_the_instance_kept_for_a_tight_first_token():
     short = replace(x, request_id="short", prompt_tokens=99)   # under a chunk: no lane for it
     (d,) = seen_tight_class(4.0).schedule([short], snapshot, 1.0).decisions
     assert d.instance_id == "i0"
+
+
+def test_no_first_token_lane_while_a_tpot_lane_keeps_an_instance():
+    """Once the policy has also seen a class whose TPOT is tight (3 ms against a 2.5-ms unloaded
+    step: Hfx._tight_tpot_ms), the TPOT lane keeps loose requests off an instance with short
+    steps, and the first-token lane is off: a second kept instance crowded the long prompts onto
+    the rest (issue 17, eighth pass: s3-w009 at 17 req/s, 85.5% with both lanes, 90.0% with the
+    TPOT lane alone). The long prompt goes where the TPOT lane alone sends it, and its reason no
+    longer names an instance kept for a tight first token."""
+    hfx = seen_tight_class(4.0)
+    assert hfx._tight_ttft() == 100.0
+    p = make_request(request_id="p", prompt_tokens=20, slo=Slo(1000.0, 3.0), task_class="tpot", arrival_s=0.5)
+    hfx.schedule([p], cluster(make_instance("i0"), make_instance("i1")), 0.5)
+    assert hfx._tight_tpot_ms() == 3.0
+    assert hfx._tight_ttft() is None
+    x = make_request(request_id="x", prompt_tokens=300, slo=LOOSE, arrival_s=1.0)
+    (d,) = hfx.schedule([x], cluster(make_instance("i0"), busy("i1"), busy("i2")), 1.0).decisions
+    assert d.verdict is Verdict.ADMIT and "kept for a tight first token" not in d.reason
+    assert "TPOT affinity" in d.reason

@@ -180,7 +180,13 @@ class Hfx:
         in flight (below that prefill plus c0 + c2 + c1 x chunk_tokens): one arrival of it
         meets its first token only where no long prompt is being prefilled (issue 17, seventh
         pass: s3-w029, a 7.5-ms TTFT beside 3,000-4,000-token prompts whose chunk steps take
-        13 ms)."""
+        13 ms). None while a TPOT is tight (_tight_tpot_ms): its lane already keeps loose requests,
+        long prompts among them, off an instance with short steps, where a tight first token (placed
+        by least predicted TTFT) finds no chunk ahead of it; a second kept instance only crowded
+        the long prompts onto the rest (issue 17, eighth pass: s3-w009 at 17 req/s, 85.5% with
+        both lanes, 90.0% with the TPOT lane alone)."""
+        if self._tight_tpot_ms() is not None:
+            return None
         m, chunk = self._ref_model, self.config.chunk_tokens
         step_ms = m.c0_ms + m.c2_ms_per_decode_seq + m.c1_ms_per_prefill_token * chunk
         for seen in self._classes.values():
