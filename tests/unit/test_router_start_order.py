@@ -89,3 +89,31 @@ def test_a_client_that_leaves_at_placed_ends_the_request_on_the_worker_and_at_th
     placed, log, completes = asyncio.run(run())
     assert log == [f"start {placed.request_id}", f"abort {placed.request_id}"]
     assert [(c.request_id, c.outcome) for c in completes] == [(placed.request_id, scheduler_pb2.OUTCOME_ABORTED)]
+
+
+def test_requests_in_flight_are_counted_down_however_the_request_ends():
+    # The count of requests in flight (bounded by max_inflight) must fall back when the stream
+    # ends, when the client leaves at Placed, and when validation refuses the request.
+    async def run():
+        core, sessions, _ = _core()
+        counts = []
+        gen = core.generate(_request())
+        placed = await gen.__anext__()
+        counts.append(core.inflight)
+        sessions["w0:1"].streams[placed.request_id].push(worker_pb2.WorkerChunk(
+            request_id=placed.request_id, token_ids=[7], finished=True,
+            finish_reason=common_pb2.FINISH_REASON_LENGTH), 0.0)
+        [item async for item in gen]
+        counts.append(core.inflight)
+        gen = core.generate(_request())
+        await gen.__anext__()
+        await gen.aclose()
+        counts.append(core.inflight)
+        bad = router_pb2.GenerateRequest(token_ids=router_pb2.TokenIds(ids=[5000]))  # outside the vocabulary
+        try:
+            await core.generate(bad).__anext__()
+        except Exception as err:  # noqa: BLE001 - the refusal's type is not what this test is about
+            counts.append(type(err).__name__)
+        counts.append(core.inflight)
+        return counts
+    assert asyncio.run(run()) == [1, 0, 0, "InvalidArgument", 0]
