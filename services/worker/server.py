@@ -22,15 +22,14 @@ from services.common import convert, grpcutil, metrics, runtime, store, tracing
 from services.common.domain import FinishReason, InstanceLoad
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.keys import Keys
-from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
-
-
 from services.worker.engine import make_engine
 from services.worker.engine.base import (Engine, EngineRequest, LoadsWeights, MeasuresKvTransfer, ReportsHealth,
                                          ReportsWeights, TransfersKv, describe_weights)
 from services.worker.interference import PrefillLedger
 from services.worker.kv import params as kv_params
+from services.worker.reporting import report_loop
 from services.worker.role_change import RoleChanger
 from services.worker.session import WorkerSession
 from services.worker.standby_weights import StandbyWeights
@@ -226,73 +225,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.DrainResponse(remaining=len(self.inflight))
 
 
-async def _report_loop(config: WorkerConfig, servicer: WorkerServicer, cluster: store.ClusterStore,
-                       profile: dict | None = None) -> None:
-    """Every report_interval_s: the load to the scheduler, on one long-lived StreamLoad stream
-    (a stream message costs both sides far less CPU than a unary call); every
-    heartbeat_interval_s: the registry heartbeat with the same report to Redis."""
-    link = _LoadStream(config.scheduler_address, config.report_timeout_s) if config.scheduler_address else None
-    next_heartbeat_s = 0.0
-    try:
-        while True:
-            report = servicer.load_report()
-            _export_load(report)
-            now = time.monotonic()
-            if now >= next_heartbeat_s:
-                next_heartbeat_s = now + config.heartbeat_interval_s
-                await _export_kv(servicer)
-                try:
-                    await cluster.heartbeat(servicer.info, report, config.heartbeat_ttl_s, profile)
-                except Exception as err:  # Redis hiccup: keep serving, the TTL covers a short gap
-                    log.warning("heartbeat to redis failed: %s", err)
-            if link is not None:
-                await link.send(report)
-            await asyncio.sleep(config.report_interval_s)
-    finally:
-        if link is not None:
-            link.close()
-
-
-class _LoadStream:
-    """The worker's Scheduler.StreamLoad call, reopened after it breaks."""
-
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self._stub = scheduler_pb2_grpc.SchedulerStub(grpcutil.aio_channel(address))
-        self._timeout_s = timeout_s
-        self._call: grpc.aio.StreamUnaryCall | None = None
-
-    async def send(self, report: common_pb2.LoadReport) -> None:
-        try:
-            if self._call is None or self._call.done():
-                self._call = self._stub.StreamLoad()
-            call = self._call
-            await asyncio.wait_for(call.write(report), self._timeout_s)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.TimeoutError) as err:
-            log.debug("load report to scheduler failed: %s", err)
-            self.close()
-
-    def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-
-async def _export_kv(servicer: WorkerServicer) -> None:
-    engine = servicer.engine
-    if not (isinstance(engine, TransfersKv) and engine.kv_address):
-        return
-    try:
-        metrics.set_worker_kv(servicer.info.instance_id, await engine.kv_stats())
-    except Exception as err:  # metrics must not stop the reports
-        log.debug("KV stats unavailable: %s", err)
-
-
-def _export_load(report: common_pb2.LoadReport) -> None:
-    metrics.WORKER_RUNNING.labels(report.instance_id).set(report.running_requests)
-    metrics.WORKER_WAITING.labels(report.instance_id).set(report.waiting_requests)
-    metrics.WORKER_KV_USAGE.labels(report.instance_id).set(report.kv_usage)
-
-
 async def _profile_at_start(config: WorkerConfig, engine: Engine) -> dict | None:
     if not config.profile_at_start:
         return None
@@ -400,7 +332,7 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     roles.cluster = cluster   # from here its role may change (SetRole writes the registry)
     if profile is not None:
         await cluster.put_profile(config.instance_id, profile)  # the scheduler's model for this instance
-    reporter = asyncio.create_task(_report_loop(config, servicer, cluster, profile))
+    reporter = asyncio.create_task(report_loop(config, servicer, cluster, profile))
     if config.serve_weights:  # after registering: serving first; the heartbeat then advertises it
         donor = asyncio.create_task(_serve_weights(config))
         donor.add_done_callback(lambda t: setattr(info, "weights_address", t.result()))
