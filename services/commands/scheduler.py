@@ -48,7 +48,7 @@ def add_parsers(sub) -> None:
 
 def cmd_scheduler(args) -> int:
     from services.scheduler.config import SchedulerConfig
-    from services.scheduler.server import serve
+    from services.scheduler.serve import serve
 
     try:
         policy_config = policy_config_of(args)

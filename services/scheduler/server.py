@@ -12,24 +12,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import signal
 import time
 
-
-from services.common import convert, grpcutil, metrics, runtime, store, tracing
+from services.common import convert, grpcutil, metrics, store, tracing
 from services.common.domain import ClusterSnapshot, Decision, InstanceView, RequestSpec, ScheduleResult, Verdict
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.keys import Keys
 from services.common.pb.hfx.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2_grpc
-from services.scheduler import inflight, registry_sync
+from services.scheduler import inflight
 from services.scheduler.apply import apply
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.link import Link
 from services.scheduler.live_round import LiveRound
 from services.scheduler.models import InstanceModels
-from services.scheduler.policy import Defers, IssuesTickets, Policy, PolicyConfig, make_policy, observe_completion
+from services.scheduler.policy import Defers, IssuesTickets, Policy, PolicyConfig, observe_completion
 from services.scheduler.policy.base import gap_after_grace, gap_since, serving_gap
-from services.scheduler.policy.settings import describe
 from services.scheduler.state import ClusterState, Waiting
 from services.scheduler.tickets import TicketDesk, outdated_by
 from services.scheduler.trace_spans import RequestTraces, complete_span as _complete_span
@@ -38,12 +34,6 @@ from services.scheduler.trace_spans import decision_attributes as _decision_attr
 log = logging.getLogger("hfx.scheduler")
 _tracer = tracing.tracer("hfx.scheduler")
 SERVICE_NAME = "hfx.v1.Scheduler"
-
-
-def _drain(items: collections.deque) -> list:
-    out = list(items)
-    items.clear()
-    return out
 
 
 def _reject(request_id: str, reason: str, retry_after_ms: float) -> Decision:
@@ -390,38 +380,3 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 copy.load.instance_id, copy.load.draining = iid, True
         return out
 
-
-async def serve(config: SchedulerConfig) -> None:
-    tracing.setup("hfx-scheduler", config.tracing)
-    metrics.serve_http(config.metrics_port, config.host)  # same address as gRPC, so other hosts can scrape
-    cluster = store.ClusterStore(store.connect(config.redis_url), Keys(config.redis_prefix))
-    servicer = SchedulerServicer(config, make_policy(config.policy, config.policy_config), cluster,
-                                 config.policy_config)
-    server, health = grpcutil.make_server(
-        [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer)], [SERVICE_NAME]
-    )
-    port = grpcutil.bind(server, config.host, config.port)
-    await server.start()
-    tasks = [asyncio.create_task(servicer.round_loop()), asyncio.create_task(registry_sync.registry_loop(servicer))]
-    if config.role_changes:
-        if not config.scaler_address:
-            raise ValueError("--role-changes needs --scaler (the scaler carries the changes out)")
-        from services.scheduler.role_loop import run_role_loop
-        from services.scheduler.roles import RolePolicy
-
-        tasks.append(asyncio.create_task(run_role_loop(
-            RolePolicy(policy_config=config.policy_config), config.scaler_address,
-            lambda: (servicer.state.snapshot(), [w.spec for w in servicer.state.waiting.values()],
-                     _drain(servicer.refused)))))
-    runtime.started()
-    await grpcutil.set_serving(health, [SERVICE_NAME])
-    log.info("scheduler (policy %s) serving on %s:%d; policy settings: %s", config.policy, config.host, port,
-             describe(config.policy_config))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for t in tasks:
-        t.cancel()
-    await server.stop(grace=1.0)
-    tracing.shutdown()

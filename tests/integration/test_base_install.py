@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHECK = """
 import importlib.util, sys
-import services.router.server, services.router.http, services.router.core, services.scheduler.server
+import services.router.server, services.router.http, services.router.core, services.scheduler.server, services.scheduler.serve
 import services.scaler.server, services.scaler.serve, services.worker.server, services.local.cluster, services.bench.cli, services.cli
 from services.router.tokenizer import Tokenizer
 assert services.cli.__file__.startswith(sys.prefix), services.cli.__file__
