@@ -9,11 +9,14 @@ from __future__ import annotations
 import pytest
 
 from services.common.pb.hfx.v1 import common_pb2, router_pb2
+from services.scheduler.policy import PolicyConfig
+from services.scheduler.policy.pd import short_prompt_tokens
 from tests.harness import actions_under_load, incomplete, links_of, local_cluster, registry, vllm_reference, wait_until
 from tests.integration.test_role_change_live import role_change
 
 pytestmark = pytest.mark.slow
-PROMPT = [1 + (k * 37) % 1900 for k in range(160)]   # long enough that HFX splits it P -> D
+# Long enough that HFX splits it P -> D: past the prompts it serves whole on D (pd.short_prompt_tokens).
+PROMPT = [1 + (k * 37) % 1900 for k in range(short_prompt_tokens(PolicyConfig()) + 96)]
 MAX_TOKENS = 16
 
 
