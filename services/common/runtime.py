@@ -5,12 +5,14 @@
 - `started()`, called once a service has finished starting, moves everything allocated so far
   (models, tokenizers, frameworks) out of the cyclic garbage collector's sight (`gc.freeze`),
   so that the full collections that serving triggers do not rescan the start-up heap every time.
+- `stop_on_signals()`: the event SIGTERM or SIGINT sets, after which a service drains and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 from typing import Any, Coroutine
 
 
@@ -25,3 +27,12 @@ def run_service(main: Coroutine[Any, Any, Any]) -> Any:
 def started() -> None:
     gc.collect()
     gc.freeze()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM and SIGINT set (from then on neither ends the process by itself)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

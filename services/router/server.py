@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import grpc
 
@@ -74,10 +73,7 @@ async def serve(config: RouterConfig) -> None:
     await grpcutil.set_serving(health, [SERVICE_NAME])
     log.info("router serving gRPC%s on %s:%d%s", " over TLS" if tls else "", config.host, port,
              " (API keys required)" if config.api_keys else "")
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await runtime.stop_on_signals().wait()
     if web is not None:
         await web.stop()
     await server.stop(grace=2.0)

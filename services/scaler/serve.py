@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
-from services.common import grpcutil, metrics, store
+from services.common import grpcutil, metrics, runtime, store
 from services.common.keys import Keys
 from services.common.pb.hfx.v1 import scaler_pb2_grpc
 from services.scaler.config import ScalerConfig
@@ -31,10 +30,7 @@ async def serve(config: ScalerConfig) -> None:
              servicer.desired, config.prefill_replicas, config.decode_replicas,
              f" (autoscaling {config.autoscale.min_replicas}-{config.autoscale.max_replicas})"
              if config.autoscale else "")
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await runtime.stop_on_signals().wait()
     for task in tasks:
         task.cancel()
     await asyncio.get_running_loop().run_in_executor(None, servicer.shutdown)

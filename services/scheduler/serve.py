@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import signal
 
 from services.common import grpcutil, metrics, runtime, store, tracing
 from services.common.keys import Keys
@@ -52,10 +51,7 @@ async def serve(config: SchedulerConfig) -> None:
     await grpcutil.set_serving(health, [SERVICE_NAME])
     log.info("scheduler (policy %s) serving on %s:%d; policy settings: %s", config.policy, config.host, port,
              describe(config.policy_config))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await runtime.stop_on_signals().wait()
     for t in tasks:
         t.cancel()
     await server.stop(grace=1.0)

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import dataclasses
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -300,10 +299,7 @@ async def serve(config: WorkerConfig, engine: Engine | None = None) -> None:
     await server.start()
     await grpcutil.set_serving(health, [SERVICE_NAME])
     # From here SIGTERM drains (before, it ends the process: nothing is served yet).
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = runtime.stop_on_signals()
     # Before registering (a standby: before its wait): the full collection over the engine's
     # start-up heap blocks this loop for 0.5-0.8 s here, which a request placed on a worker
     # that just registered would wait out.
