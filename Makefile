@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python -m services.demo
 
 test: $(STAMP) protos-check lint typecheck container-tools
-	$(BIN)/python -m pytest tests -q -rfE
+	$(BIN)/python -m pytest tests -q -rfE --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests benchmarks
