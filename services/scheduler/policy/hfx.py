@@ -304,6 +304,7 @@ class Hfx:
         # would wait behind. Rejecting,
         # demoting or holding it is a likely miss that buys nothing if it fits once the step in
         # flight is not charged (tests 2-6 still protect everyone else): place it at its own risk.
+        # What a load report says is left of that step is charged still (FitTable.ttft_ms).
         slack_ms = entry.slack_ms(now_s)
         tight_ms = 0.0 if table.reserve else (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
