@@ -212,3 +212,32 @@ def test_a_request_is_not_held_by_pressure_it_alone_caused():
     assert hfx.schedule([x], busy, 0.5015).decisions == ()
     (d,) = hfx.schedule([x], busy, 0.5025).decisions            # y's window over; x's own remains
     assert d.request_id == "x" and d.verdict == Verdict.BEST_EFFORT
+
+
+def test_the_last_chance_still_counts_a_step_in_flight_that_the_load_report_names():
+    """Issue 17, ninth pass: the last chance leaves out the step in flight because it may be about
+    to end; where the load report says how much of it is left, that much is charged still (in the
+    family, 25 of 26 such placements at four near-miss points missed their first token). Busy i0
+    (a, b as above: step 3 ms). x (L=50, TTFT 5 ms): 3.5 ms of its own, slack 2.5 ms <= the
+    longest step: its last chance. No report: admitted at its own risk (3.5 <= 5). A step of 2
+    decodes (3 ms) that began 0.5 ms ago: 2.5 ms left, 3.5 + 2.5 = 6 > 5, so not placed. One
+    that began 2 ms ago: 1 ms left, 4.5 <= 5, an ordinary admission. One past its predicted end
+    (began 5 ms ago): the report cannot tell, so the last chance leaves it out again."""
+    a = make_request(request_id="a", prompt_tokens=100, slo=Slo(100.0, 10.0))
+    b = make_request(request_id="b", prompt_tokens=200, slo=Slo(100.0, 8.0))
+    x = make_request(request_id="x", prompt_tokens=50, slo=Slo(5.0, 10.0))
+
+    def place(began_s=None):
+        inst = make_instance(running=(a, b), placed_s=-10.0)
+        if began_s is not None:
+            inst = replace(inst, load=replace(inst.load, reports_step=True, reported_s=began_s,
+                                              step_in_flight=StepInFlight(began_s, 0, 2, 0)))
+        return make_policy("hfx", CFG).schedule([x], cluster(inst), 0.0).decisions
+
+    (d,) = place()
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(3.5) and "last chance" in d.reason
+    assert place(-0.0005) == ()
+    (d,) = place(-0.002)
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(4.5) and "last chance" not in d.reason
+    (d,) = place(-0.005)
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(3.5) and "last chance" in d.reason

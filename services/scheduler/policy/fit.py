@@ -230,10 +230,11 @@ class FitTable:
 
     def ttft_ms(self, prefill_tokens: float, optimistic: bool) -> np.ndarray:
         """(1) per instance: until a prefill of `prefill_tokens` queued last yields its first token.
-        optimistic: without the wait for the step in flight (it may be about to end)."""
+        optimistic: without the estimated wait for the step in flight (it may be about to end);
+        what the load report says is left of it still counts (docs/SCHEDULING.md "Last chance")."""
         queued = self.backlog + prefill_tokens
         ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
-        return ttft_ms if optimistic else ttft_ms + self.inflight_ms
+        return ttft_ms + (np.nan_to_num(self.step_left_ms) if optimistic else self.inflight_ms)
 
     def fits_len(self, spec: RequestSpec) -> np.ndarray | bool:
         if not self.has_max_len:

@@ -10,8 +10,6 @@ best fitting one; best-effort requests only take room no SLO request could use.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +20,8 @@ from services.scheduler.policy.base import PolicyConfig, latency_model_of
 from services.scheduler.policy.budget import InstanceBudget, carry_backlog, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
+from services.scheduler.policy.lanes import ClassesSeen
+from services.scheduler.policy.pressure import Pressure
 from services.scheduler.policy.pd import SPLIT, fastest_prefill_ms, legs_of, options, plan, prefill_models
 from services.scheduler.policy.ranking import Entry, RankedQueue
 
@@ -29,24 +29,6 @@ MAX_DEMOTIONS_PER_CALL = 256
 # Rejections of expired best-effort requests per pass: each is a Decision with a reason string, so
 # this bounds decision latency (the rest wait for the next pass, which comes with the next event).
 MAX_EXPIRIES_PER_CALL = 16
-
-
-@dataclass
-class _ClassSeen:
-    """A task class as the requests seen of it describe it: its latest SLOs and its mean prompt."""
-    tpot_ms: float = 0.0
-    ttft_ms: float = 0.0
-    prompt_sum: float = 0.0
-    count: int = 0
-
-    def add(self, spec: RequestSpec) -> None:
-        self.tpot_ms, self.ttft_ms = spec.slo.tpot_ms, spec.slo.ttft_ms
-        self.prompt_sum += spec.prompt_tokens
-        self.count += 1
-
-    @property
-    def mean_prompt(self) -> float:
-        return self.prompt_sum / self.count
 
 
 class Hfx:
@@ -65,14 +47,10 @@ class Hfx:
         self._best_effort_ids: set[str] = set()   # placed best effort, still running
         self._ref_model = config.default_latency_model
         self._prefill_models: tuple[LatencyModel, ...] = ()   # pd.prefill_models: the unloaded-prefill bound
-        self._pressure_until_s = float("-inf")   # see PolicyConfig.defer_slack_ms
-        # Who last renewed the pressure, and until when the others' renewals hold it (_press):
-        # a request is not held by pressure it alone caused.
-        self._pressed_by = ""
-        self._others_until_s = float("-inf")
+        self.pressure = Pressure(config)          # see PolicyConfig.defer_slack_ms
         self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
-        self._classes: dict[str, _ClassSeen] = {}   # per task class seen: _tight_tpot_ms, _tight_ttft
+        self._classes = ClassesSeen()   # per task class seen: _tight_tpot_ms, _tight_ttft
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
         """Called by the service (or simulator) when a request finishes: learn its class's length."""
@@ -148,7 +126,7 @@ class Hfx:
         hopeless_at_s = spec.ttft_deadline_s - unloaded_ms / 1000.0
         credit_s = (spec.priority - 1) * cfg.priority_credit_ms / 1000.0
         entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)
-        self._classes.setdefault(spec.task_class, _ClassSeen()).add(spec)
+        self._classes.add(spec)
         # A TPOT below one unloaded decode step can never be met: best effort from the start.
         if not spec.resumed_tokens and spec.slo.tpot_ms < self._ref_model.c0_ms + self._ref_model.c2_ms_per_decode_seq:
             entry.best_effort = True
@@ -156,44 +134,12 @@ class Hfx:
         return entry
 
     def _tight_tpot_ms(self) -> float | None:
-        """The tightest TPOT among the task classes seen that is at most lane_tightness x the
-        class's own unloaded decode step (c0 + c2 + c3 x (mean prompt + half its estimated
-        output)) and that an unloaded instance can still meet: one more of it fits only beside a
-        small batch, so placement goes by SLO affinity (FitTable.tight_tpot_ms). None if none."""
-        limit = self.config.lane_tightness
-        if limit <= 0:
-            return None
-        m = self._ref_model
-        tight: float | None = None
-        for task_class, seen in self._classes.items():
-            kv_tokens = seen.mean_prompt + self.estimator.mean_tokens(task_class) / 2.0
-            step_ms = m.c0_ms + m.c2_ms_per_decode_seq + m.c3_ms_per_kv_token * kv_tokens
-            if step_ms <= seen.tpot_ms <= limit * step_ms and (tight is None or seen.tpot_ms < tight):
-                tight = seen.tpot_ms
-        return tight
+        """The TPOT lane's tightest TPOT, or None (lanes.ClassesSeen.tight_tpot_ms)."""
+        return self._classes.tight_tpot_ms(self._ref_model, self.estimator, self.config.lane_tightness)
 
     def _tight_ttft(self) -> float | None:
-        """While some task class seen has a tight first token, the prompt length (chunk_tokens: a
-        prompt that fills whole chunk steps) that keeps off the instance kept for it
-        (FitTable.lane_prompt_tokens); None if none. Tight: its TTFT is reachable on an idle
-        instance (at least its mean prompt's unloaded prefill) but not behind one full-chunk step
-        in flight (below that prefill plus c0 + c2 + c1 x chunk_tokens): one arrival of it
-        meets its first token only where no long prompt is being prefilled (issue 17, seventh
-        pass: s3-w029, a 7.5-ms TTFT beside 3,000-4,000-token prompts whose chunk steps take
-        13 ms). None while a TPOT is tight (_tight_tpot_ms): its lane already keeps loose requests,
-        long prompts among them, off an instance with short steps, where a tight first token (placed
-        by least predicted TTFT) finds no chunk ahead of it; a second kept instance only crowded
-        the long prompts onto the rest (issue 17, eighth pass: s3-w009 at 17 req/s, 85.5% with
-        both lanes, 90.0% with the TPOT lane alone)."""
-        if self._tight_tpot_ms() is not None:
-            return None
-        m, chunk = self._ref_model, self.config.chunk_tokens
-        step_ms = m.c0_ms + m.c2_ms_per_decode_seq + m.c1_ms_per_prefill_token * chunk
-        for seen in self._classes.values():
-            alone_ms = prefill_ms(m, seen.mean_prompt, chunk)
-            if alone_ms <= seen.ttft_ms < alone_ms + step_ms and seen.mean_prompt < chunk:
-                return float(chunk)
-        return None
+        """The prompt length the first-token lane keeps off its instance, or None (lanes.ClassesSeen.tight_ttft)."""
+        return self._classes.tight_ttft(self._ref_model, self.config.chunk_tokens, self._tight_tpot_ms() is not None)
 
     def _budget(self, inst: InstanceView, now_s: float) -> InstanceBudget:
         """This pass's budget of `inst`: a copy, because the pass mutates it as it places
@@ -223,37 +169,13 @@ class Hfx:
                                       f"preempt {b.victim_id} (most slack {b.victim_bank_ms:.0f} ms / lowest priority)"))
         return out
 
-    def _under_pressure(self, now_s: float) -> bool:
-        return self.config.defer_slack_ms > 0 and now_s < self._pressure_until_s
-
-    def _press(self, request_id: str, now_s: float) -> None:
-        """`request_id` failed (or was found hopeless after waiting): pressure for a window. Every
-        renewal is later than the one before, so the latest until is the window's end, and the
-        previous renewer's until (kept when another renews) bounds every other renewal."""
-        until_s = now_s + self.config.pressure_window_ms / 1000.0
-        if request_id != self._pressed_by:
-            self._others_until_s = max(self._others_until_s, self._pressure_until_s)
-            self._pressed_by = request_id
-        self._pressure_until_s = until_s
-
-    def _pressed_by_others(self, request_id: str, now_s: float) -> bool:
-        """Under pressure that some request other than `request_id` opened or renewed. The
-        pressure one request's own miss opened buys nothing for it (issue 9, eighth session:
-        a code request due on arrival that fit nowhere opened a window, turned best effort a few
-        ms later and waited out its own window, a sure miss, where a peer placing it at once met
-        73% of the class)."""
-        if not self._under_pressure(now_s):
-            return False
-        until_s = self._others_until_s if request_id == self._pressed_by else self._pressure_until_s
-        return now_s < until_s
-
     def _strained(self, now_s: float, cluster: ClusterSnapshot) -> bool:
         """Under pressure, or more requests queued than there are instances: the fit test keeps
         room back for what comes next (FitTable reserve) and a tight first token waits its turn.
         Otherwise the cluster keeps up, and holding a request back buys nobody anything (issue 17:
         on the default workload the exact charge and the early last chance under overload cost
         2-5 points at 24-32 req/s; at light load they won back points lost to the baselines)."""
-        return self._under_pressure(now_s) or len(self.queue.known) > len(cluster.instances)
+        return self.pressure.on(now_s) or len(self.queue.known) > len(cluster.instances)
 
     def _demote(self, now_s: float, decisions: list[Decision]) -> None:
         cfg = self.config
@@ -268,7 +190,7 @@ class Hfx:
                 # reach on arrival (its first token late even on an idle instance) says nothing of
                 # the load: its pressure deferred loose requests and held best effort, its own
                 # included, for a window each such arrival renewed (issue 17, fifth pass).
-                self._press(spec.request_id, now_s)
+                self.pressure.press(spec.request_id, now_s)
             if spec.resumed_tokens:
                 # Preempted after streaming tokens: never turned away now. It keeps its place at
                 # the head of the ranking (least slack) and is placed as soon as room appears.
@@ -310,18 +232,13 @@ class Hfx:
         limit = self.config.defer_slack_ms
         return limit > 0 and entry.rank_slack_ms(now_s) > limit and entry.slack_ms(now_s) > limit
 
-    def _releasing(self, now_s: float) -> bool:
-        """The window after pressure ended, in which deferred requests are released paced."""
-        return (self.config.release_spacing > 0
-                and now_s < self._pressure_until_s + self.config.pressure_window_ms / 1000.0)
-
     def _deferrable(self, entry: Entry, now_s: float) -> bool:
         """Under pressure a loose request waits; just after it, it waits for its paced release
         (the one before it was placed less than release_spacing x that one's prefill /
         instances ago), so that what pressure held back does not land on every instance at once."""
         if not self._loose(entry, now_s):
             return False
-        return self._under_pressure(now_s) or (self._releasing(now_s) and now_s < self._release_free_s)
+        return self.pressure.on(now_s) or (self.pressure.releasing(now_s) and now_s < self._release_free_s)
 
     def _place(self, table: FitTable, now_s: float, decisions: list[Decision]) -> None:
         cfg = self.config
@@ -343,7 +260,7 @@ class Hfx:
                 self.deferrals += 1
                 break
             tried.add(entry.spec.request_id)
-            paced = self._loose(entry, now_s) and self._releasing(now_s)
+            paced = self._loose(entry, now_s) and self.pressure.releasing(now_s)
             spacing_ms = self.config.release_spacing * entry.unloaded_prefill_ms / len(table.ids) if paced else 0.0
             note = f"released after pressure, the next loose one in {spacing_ms:.0f} ms" if paced else ""
             if not self._attempt(entry, table, now_s, decisions, note):
@@ -370,7 +287,7 @@ class Hfx:
         if entry is None or skipped or not table.any_open():
             return
         rid = entry.spec.request_id
-        if self._pressed_by_others(rid, now_s) or deferred is not None:
+        if self.pressure.by_others(rid, now_s) or deferred is not None:
             return
         self._try(entry, table, now_s, decisions, best_effort=True)
 
@@ -387,6 +304,7 @@ class Hfx:
         # would wait behind. Rejecting,
         # demoting or holding it is a likely miss that buys nothing if it fits once the step in
         # flight is not charged (tests 2-6 still protect everyone else): place it at its own risk.
+        # What a load report says is left of that step is charged still (FitTable.ttft_ms).
         slack_ms = entry.slack_ms(now_s)
         tight_ms = 0.0 if table.reserve else (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
@@ -397,7 +315,7 @@ class Hfx:
         # the cluster keeps up will get its turn: deferring others for it held requests back at a
         # load where everyone fits (issue 17, fourth pass).
         if slack_ms <= self.config.defer_slack_ms or len(self.queue.known) > len(table.ids):
-            self._press(entry.spec.request_id, now_s)
+            self.pressure.press(entry.spec.request_id, now_s)
         return False
 
     def _place_due(self, table: FitTable, now_s: float, decisions: list[Decision], tried: set[str]) -> list[Entry]:
