@@ -51,7 +51,7 @@ class InstanceBudget:
     instance_id: str
     model: LatencyModel
     kv_capacity_tokens: int
-    chunk_tokens: int = 512               # the engine's token budget per step (chunk_tokens_of)
+    chunk_tokens: int                     # the engine's token budget per step (chunk_tokens_of)
     decode_seqs: int = 0
     kv_mean_tokens: float = 0.0          # sum(L + O/2): average KV the running set holds
     kv_peak_tokens: float = 0.0          # sum(L + O): KV if every request runs to its estimate
