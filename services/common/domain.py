@@ -199,6 +199,9 @@ class InstanceView:
     load: InstanceLoad = field(default_factory=InstanceLoad)
     running: tuple[RunningRequest, ...] = ()
     latency_model: LatencyModel | None = None
+    # The engine's token budget per step as its profile reported it (vLLM max_num_batched_tokens);
+    # 0: not reported, the policy's chunk_tokens (base.chunk_tokens_of).
+    chunk_tokens: int = 0
     # When a prefill leg last ended here (P instances): the prefill still queued started no
     # earlier, however long ago it was placed (its RunningRequest is all the queue left).
     prefill_done_s: float = float("-inf")

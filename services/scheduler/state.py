@@ -25,6 +25,8 @@ class ClusterState:
     loads: dict[str, InstanceLoad] = field(default_factory=dict)
     running: dict[str, dict[str, RunningRequest]] = field(default_factory=dict)  # instance -> id -> req
     models: dict[str, LatencyModel] = field(default_factory=dict)
+    # instance -> its engine's step token budget, from the profile it stored (0 / absent: unknown)
+    chunk_tokens: dict[str, int] = field(default_factory=dict)
     waiting: dict[str, Waiting] = field(default_factory=dict)  # insertion (arrival) order
     # instance -> when a request failed on it. It takes no new work until it reports load again
     # after that time: a dead worker stays in the registry until its heartbeat TTL runs out.
@@ -103,6 +105,7 @@ class ClusterState:
                     load=load,
                     running=tuple(self.running.get(iid, {}).values()),
                     latency_model=self.models.get(iid),
+                    chunk_tokens=self.chunk_tokens.get(iid, 0),
                     prefill_done_s=self.prefill_done.get(iid, float("-inf")),
                 )
             )

@@ -343,7 +343,7 @@ class Simulation:
             load = replace(load, draining=True)
         node.view = InstanceView(sim.instance_id, f"sim://{sim.instance_id}", role=node.role, load=load,
                                  running=node.running_view, latency_model=sim.model,
-                                 prefill_done_s=node.prefill_done_s)
+                                 chunk_tokens=sim.chunk_tokens, prefill_done_s=node.prefill_done_s)
 
     @staticmethod
     def _step_of(node: _Node) -> StepInFlight | None:

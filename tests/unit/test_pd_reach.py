@@ -39,10 +39,10 @@ def test_out_of_reach_is_judged_by_the_fastest_prefill_not_the_fastest_decode():
 
 def test_prefill_models_leave_out_d_only_where_it_may_not_prefill():
     c = pd_cluster()
-    assert prefill_models(c.instances, CFG) == (P_MODEL, D_MODEL)
-    assert prefill_models(c.instances, replace(CFG, pd_local_prefill=False)) == (P_MODEL,)
-    assert fastest_prefill_ms((P_MODEL, D_MODEL), 1427, 2048) == pytest.approx(2.5 + 0.046 * 1427)
-    assert fastest_prefill_ms((), 10, 2048) == float("inf")
+    assert prefill_models(c.instances, CFG) == ((P_MODEL, 2048), (D_MODEL, 2048))
+    assert prefill_models(c.instances, replace(CFG, pd_local_prefill=False)) == ((P_MODEL, 2048),)
+    assert fastest_prefill_ms(((P_MODEL, 2048), (D_MODEL, 2048)), 1427) == pytest.approx(2.5 + 0.046 * 1427)
+    assert fastest_prefill_ms((), 10) == float("inf")
 
 
 def test_a_request_out_of_reach_everywhere_is_still_refused():

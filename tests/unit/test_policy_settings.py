@@ -3,7 +3,6 @@ flags and the simulator's sweep make the same PolicyConfig from the same profile
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,8 @@ from services.commands.scheduler import policy_config_of
 from services.common.domain import LatencyModel
 from services.local import cluster
 from services.router.config import load_classes
-from services.scheduler import registry_sync
-from services.scheduler.config import SchedulerConfig
-from services.scheduler.policy import PolicyConfig, make_policy
+from services.scheduler.policy import PolicyConfig
 from services.scheduler.policy.settings import describe, load_settings, policy_config
-from services.scheduler.server import SchedulerServicer
 from services.sim.cli import DEFAULT_WORKLOAD, sweep_policy_config
 from services.sim.profiles import get_profile
 from services.sim.workload import load_workload
@@ -118,14 +114,3 @@ def test_hfx_up_hands_the_scheduler_the_workers_profile_its_classes_and_its_sett
     vllm = cluster.UpOptions(home=tmp_path, model="m", workers=1, router_port=1, redis_url=None, policy="hfx",
                              engine="vllm", tracing="off", timeout_s=1, pd_local_prefill=False)
     assert cluster._policy_flags(vllm) == ["--no-pd-local-prefill"] and cluster._worker_flags(vllm) == ()
-
-
-def test_the_scheduler_warns_when_a_worker_steps_another_budget_than_its_policy_assumes(caplog):
-    cfg = policy_config(get_profile("cpu-tiny"))
-    servicer = SchedulerServicer(SchedulerConfig(policy_config=cfg), make_policy("hfx", cfg), None, cfg)
-    with caplog.at_level(logging.WARNING, logger="hfx.scheduler"):
-        registry_sync.check_step_budget(servicer, "w0", {"chunk_tokens": 512})
-        assert not caplog.records
-        registry_sync.check_step_budget(servicer, "w1", {"chunk_tokens": 2048})
-    (record,) = caplog.records
-    assert "w1 steps up to 2048 tokens" in record.getMessage() and "assumes 512" in record.getMessage()

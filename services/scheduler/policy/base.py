@@ -43,7 +43,8 @@ class PolicyConfig:
     lane_factor: float = 1.5
     # Step-time model for instances that report none.
     default_latency_model: LatencyModel = DEFAULT_LATENCY_MODEL
-    # The engine's token budget per step (vLLM max_num_batched_tokens): sets prefill chunking.
+    # The engine's token budget per step (vLLM max_num_batched_tokens): sets prefill chunking,
+    # for instances whose profile reports none (chunk_tokens_of).
     chunk_tokens: int = 512
     # KV capacity assumed when an instance reports none, and the share kept free for growth.
     default_kv_capacity_tokens: int = 65_536
@@ -238,6 +239,14 @@ def fits_context(spec: RequestSpec, inst: InstanceView) -> bool:
 
 def latency_model_of(inst: InstanceView, config: PolicyConfig) -> LatencyModel:
     return inst.latency_model or config.default_latency_model
+
+
+def chunk_tokens_of(inst: InstanceView, config: PolicyConfig) -> int:
+    """The step token budget of `inst`'s engine: the one its profile reported, else the policy's.
+    An engine's budget is a fact of the engine, like its latency model: a vLLM CPU worker steps up
+    to 2048 tokens, and a scheduler that assumed 512 charged a 1,500-token prompt three steps'
+    intercept where the engine takes one (issue 9, tenth session)."""
+    return inst.chunk_tokens or config.chunk_tokens
 
 
 def kv_capacity_of(inst: InstanceView, config: PolicyConfig) -> int:

@@ -1,7 +1,8 @@
 """Per-instance budgets from the step-time model: the arithmetic behind the HFX fit test.
 
 Notation (docs/SCHEDULING.md): model step_ms = c0 + c1*p + c2*n + c3*kv; n decode sequences;
-C' = max(1, chunk_tokens - n) prefill tokens per step (decodes share the step's token budget).
+C' = max(1, chunk_tokens - n) prefill tokens per step (decodes share the step's token budget);
+chunk_tokens is the instance's own (base.chunk_tokens_of).
 - steady step s = c0 + c2*n + c3*kv.
 - a prefill of L tokens on an instance with B tokens of prefill queued ahead (FIFO) yields its
   first token after  ttft = ceil((B+L)/C') * s + c1*(B+L)  ms.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from services.common.domain import InstanceView, LatencyModel, RequestSpec, Role, RunningRequest
-from services.scheduler.policy.base import PolicyConfig, kv_capacity_of, latency_model_of
+from services.scheduler.policy.base import PolicyConfig, chunk_tokens_of, kv_capacity_of, latency_model_of
 from services.scheduler.policy.estimate import OutputLengthEstimator
 
 
@@ -50,6 +51,7 @@ class InstanceBudget:
     instance_id: str
     model: LatencyModel
     kv_capacity_tokens: int
+    chunk_tokens: int                     # the engine's token budget per step (chunk_tokens_of)
     decode_seqs: int = 0
     kv_mean_tokens: float = 0.0          # sum(L + O/2): average KV the running set holds
     kv_peak_tokens: float = 0.0          # sum(L + O): KV if every request runs to its estimate
@@ -109,7 +111,7 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
     Requests in `unprotected_ids` (best effort) hold KV and decode slots but have no deadlines.
     """
     model = latency_model_of(inst, config)
-    out = InstanceBudget(inst.instance_id, model, kv_capacity_of(inst, config))
+    out = InstanceBudget(inst.instance_id, model, kv_capacity_of(inst, config), chunk_tokens_of(inst, config))
     running = sorted(inst.running, key=lambda r: (r.placed_s, r.spec.request_id))
     unprotected = set(unprotected_ids)
     shapes = [leg_shape(r.role, r.spec.prompt_tokens, estimator.estimate(r.spec)) for r in running]
@@ -118,7 +120,7 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
     out.kv_mean_tokens = sum(r.spec.prompt_tokens + o / 2 for r, o in zip(running, outputs))
     out.kv_peak_tokens = sum(r.spec.prompt_tokens + o for r, o in zip(running, outputs))
     s = out.steady_ms()
-    per_step = chunk_tokens_for(config.chunk_tokens, out.decode_seqs)
+    per_step = chunk_tokens_for(out.chunk_tokens, out.decode_seqs)
     step_with_chunk_ms = s + model.c1_ms_per_prefill_token * per_step
     out.prefill_rate_tps = per_step / step_with_chunk_ms * 1000.0
     # Walk newest to oldest: suffix sums give both the FIFO backlog anchor and the interference

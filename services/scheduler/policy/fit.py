@@ -96,6 +96,7 @@ class FitTable:
         self.c1 = f([b.model.c1_ms_per_prefill_token for b in budgets])
         self.c2 = f([b.model.c2_ms_per_decode_seq for b in budgets])
         self.c3 = f([b.model.c3_ms_per_kv_token for b in budgets])
+        self.chunk = f([b.chunk_tokens for b in budgets])        # each engine's own step budget
         self.kv_limit = f([b.kv_capacity_tokens for b in budgets]) * (1.0 - config.kv_watermark)
         self.max_len = f([i.max_model_len for i in instances])
         self.has_max_len = bool((self.max_len > 0).any())
@@ -164,7 +165,7 @@ class FitTable:
         """Terms of the fit test that do not depend on the request (recomputed after a placement)."""
         self.s = self.c0 + self.c2 * self.n + self.c3 * self.kv_mean
         self.s_plus_c2 = self.s + self.c2
-        self.per_step = np.maximum(1.0, self.config.chunk_tokens - self.n)
+        self.per_step = np.maximum(1.0, self.chunk - self.n)
         self.kv_room = self.kv_limit - self.kv_peak
         busy = (self.n > 0) | (self.backlog > 0)
         estimate_ms = np.where(busy, self.config.inflight_step_share

@@ -43,7 +43,7 @@ class Headroom:
             out_tokens = self.estimator.estimate(spec)
             L = float(spec.prompt_tokens)
             s = table.c0 + table.c2 * table.n + table.c3 * table.kv_mean
-            per_step = np.maximum(1.0, self.config.chunk_tokens - table.n)
+            per_step = np.maximum(1.0, table.chunk - table.n)
             queued = table.backlog + L
             ttft_ms = np.ceil(queued / per_step) * s + table.c1 * queued
             tpot_ms = s + table.c2 + table.c3 * (L + out_tokens / 2)

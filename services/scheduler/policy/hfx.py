@@ -16,7 +16,7 @@ import numpy as np
 
 from services.common.domain import (ClusterSnapshot, Decision, Grant, InstanceView, LatencyModel, Preemption,
                                     RequestSpec, ScheduleResult, TicketBound, Verdict)
-from services.scheduler.policy.base import PolicyConfig, latency_model_of
+from services.scheduler.policy.base import PolicyConfig, chunk_tokens_of, latency_model_of
 from services.scheduler.policy.budget import InstanceBudget, carry_backlog, prefill_ms, summarise
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
@@ -46,7 +46,8 @@ class Hfx:
         self._pass_budgets: dict[str, InstanceBudget] = {}  # this pass's copies, after its placements
         self._best_effort_ids: set[str] = set()   # placed best effort, still running
         self._ref_model = config.default_latency_model
-        self._prefill_models: tuple[LatencyModel, ...] = ()   # pd.prefill_models: the unloaded-prefill bound
+        self._ref_chunk = config.chunk_tokens      # the step token budget of _ref_model's instance
+        self._prefill_models: tuple[tuple[LatencyModel, int], ...] = ()   # pd.prefill_models: the unloaded-prefill bound
         self.pressure = Pressure(config)          # see PolicyConfig.defer_slack_ms
         self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
@@ -95,8 +96,9 @@ class Hfx:
             # nowhere, but one the first-listed instance cannot meet may fit another (issue 9,
             # seventh session: a contended instance's step made every tight-TPOT request best
             # effort at arrival, and refused, while the other one could have served it).
-            self._ref_model = min((latency_model_of(inst, self.config) for inst in cluster.instances),
-                                  key=lambda m: m.c0_ms + m.c2_ms_per_decode_seq)
+            self._ref_model, self._ref_chunk = min(
+                ((latency_model_of(inst, self.config), chunk_tokens_of(inst, self.config)) for inst in cluster.instances),
+                key=lambda mc: mc[0].c0_ms + mc[0].c2_ms_per_decode_seq)
             self._prefill_models = prefill_models(cluster.instances, self.config)
         if len(self._budgets) > len(cluster.instances):  # instances left: drop their cached budgets
             live = {inst.instance_id for inst in cluster.instances}
@@ -121,8 +123,8 @@ class Hfx:
 
     def _entry(self, spec: RequestSpec) -> Entry:
         cfg = self.config
-        unloaded_ms = (fastest_prefill_ms(self._prefill_models, spec.prompt_tokens, cfg.chunk_tokens)
-                       if self._prefill_models else prefill_ms(self._ref_model, spec.prompt_tokens, cfg.chunk_tokens))
+        unloaded_ms = (fastest_prefill_ms(self._prefill_models, spec.prompt_tokens)
+                       if self._prefill_models else prefill_ms(self._ref_model, spec.prompt_tokens, self._ref_chunk))
         hopeless_at_s = spec.ttft_deadline_s - unloaded_ms / 1000.0
         credit_s = (spec.priority - 1) * cfg.priority_credit_ms / 1000.0
         entry = Entry(spec, hopeless_at_s - credit_s, hopeless_at_s, self.estimator.estimate(spec), unloaded_ms)
@@ -139,7 +141,7 @@ class Hfx:
 
     def _tight_ttft(self) -> float | None:
         """The prompt length the first-token lane keeps off its instance, or None (lanes.ClassesSeen.tight_ttft)."""
-        return self._classes.tight_ttft(self._ref_model, self.config.chunk_tokens, self._tight_tpot_ms() is not None)
+        return self._classes.tight_ttft(self._ref_model, self._ref_chunk, self._tight_tpot_ms() is not None)
 
     def _budget(self, inst: InstanceView, now_s: float) -> InstanceBudget:
         """This pass's budget of `inst`: a copy, because the pass mutates it as it places
@@ -148,7 +150,7 @@ class Hfx:
         cache entry would carry the requests placed there in earlier passes forever."""
         # Cached while the running set, model and capacity are the same objects/values: a
         # snapshot producer that keeps unchanged tuples makes a pass O(instances), not O(running).
-        sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens, inst.prefill_done_s)
+        sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens, inst.prefill_done_s, inst.chunk_tokens)
         hit = self._budgets.get(inst.instance_id)
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
             return copy.copy(hit[1])

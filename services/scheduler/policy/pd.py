@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from services.common.domain import InstanceView, LatencyModel, Leg, RequestSpec, Role
-from services.scheduler.policy.base import PolicyConfig, latency_model_of
+from services.scheduler.policy.base import PolicyConfig, chunk_tokens_of, latency_model_of
 from services.scheduler.policy.budget import prefill_ms
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.stages import split_fit
@@ -79,26 +79,27 @@ def short_prompt_tokens(config: PolicyConfig) -> int:
     return max(config.pd_local_prompt_tokens, int(config.pd_local_chunk_share * config.chunk_tokens))
 
 
-def prefill_models(instances: Sequence[InstanceView], config: PolicyConfig) -> tuple[LatencyModel, ...]:
-    """The latency models of the instances that may prefill a request: colocated and prefill ones,
+def prefill_models(instances: Sequence[InstanceView], config: PolicyConfig) -> tuple[tuple[LatencyModel, int], ...]:
+    """The latency models, each with its engine's step budget (chunk_tokens_of), of the instances
+    that may prefill a request: colocated and prefill ones,
     and decode ones where pd_local_prefill lets them. A request is out of reach only if its
     prefill is late on the fastest of these, each by its own c1: a D's c1 says nothing of P's
     (issue 10, ninth session: the reference was the instance with the fastest decode step, a D
     whose c1 read 6x P's, and a chat prompt of 1,427 tokens P prefills in ~70 ms was refused as
     needing 176 ms of a 117-ms TTFT)."""
-    return tuple(latency_model_of(inst, config) for inst in instances
+    return tuple((latency_model_of(inst, config), chunk_tokens_of(inst, config)) for inst in instances
                  if inst.role is not Role.DECODE or config.pd_local_prefill)
 
 
-def fastest_prefill_ms(models: Sequence[LatencyModel], prompt_tokens: float, chunk_tokens: int) -> float:
-    """The prompt's prefill on an idle instance, the fastest of `models` (inf for none)."""
-    return min((prefill_ms(m, prompt_tokens, chunk_tokens) for m in models), default=float("inf"))
+def fastest_prefill_ms(models: Sequence[tuple[LatencyModel, int]], prompt_tokens: float) -> float:
+    """The prompt's prefill on an idle instance, the fastest of `models` (prefill_models; inf for none)."""
+    return min((prefill_ms(m, prompt_tokens, chunk) for m, chunk in models), default=float("inf"))
 
 
 def unloaded_prefill_ms(table: FitTable, prompt_tokens: int, config: PolicyConfig) -> float:
     """The prompt's prefill on the fastest instance that could serve it whole (C or D), idle."""
     rows = table.role_rows[Role.COLOCATED] | table.role_rows[Role.DECODE]
-    steps = np.ceil(prompt_tokens / config.chunk_tokens)
+    steps = np.ceil(prompt_tokens / table.chunk)
     return float((steps * table.c0 + table.c1 * prompt_tokens)[rows].min())
 
 

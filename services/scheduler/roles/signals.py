@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from services.common.domain import ClusterSnapshot, InstanceView, RequestSpec, Role
-from services.scheduler.policy.base import PolicyConfig, kv_capacity_of, latency_model_of
+from services.scheduler.policy.base import PolicyConfig, chunk_tokens_of, kv_capacity_of, latency_model_of
 from services.scheduler.policy.pd import short_prompt_tokens
 
 
@@ -153,7 +153,7 @@ def stage_pressure(cluster: ClusterSnapshot, waiting: Sequence[RequestSpec], con
 
 def _prefill_ms_per_token(inst: InstanceView, config: PolicyConfig) -> float:
     model = latency_model_of(inst, config)
-    return model.c1_ms_per_prefill_token + model.c0_ms / max(config.chunk_tokens, 1)
+    return model.c1_ms_per_prefill_token + model.c0_ms / max(chunk_tokens_of(inst, config), 1)
 
 
 def _decode_legs(inst: InstanceView) -> tuple[list[RequestSpec], float]:
