@@ -74,14 +74,12 @@ def test_a_report_without_the_engine_cores_account_of_its_step_is_no_sample():
     assert sink.kv_usage == 0.0 and sink.running_requests == 1
 
 
-def test_a_step_that_loaded_kv_from_another_worker_is_no_sample():
-    # A P/D decode leg's first step on D: one recomputed prompt token beside the KV's load into
-    # the cache. Read as a prefill of one token it scaled D's c1 up 6x online (issue 10).
+def test_a_p_d_legs_first_step_on_d_is_a_step_with_one_prompt_token():
+    # Its prompt's KV came from P; the one recomputed token is the step's prefill.
     sink = StepSink()
     sink.record(_scheduler(_details(1, 2, 3.0)), _outputs([0.004, 0.004], completed_prompt=1, first=1, generated=3,
                                                           external=1500))
-    sink.record(_scheduler(_details(0, 3, 2.0)), _outputs([0.002] * 3, generated=3))
-    assert [(s.prefill_tokens, s.decode_seqs, s.step_ms) for s in sink.steps] == [(0, 3, pytest.approx(2.0))]
+    assert [(s.prefill_tokens, s.decode_seqs, s.step_ms) for s in sink.steps] == [(1, 2, pytest.approx(4.0))]
     assert sink.steps_total == 1   # recent_steps end at this count: readers take the last new ones
 
 

@@ -64,8 +64,6 @@ class StepSink:
         if step_ms <= 0:
             return
         self.step_ms.append(step_ms)
-        if iteration_stats is not None and _loaded_kv(iteration_stats):
-            return  # steps_total counts the samples in `steps`
         self.steps.append(StepSample(int(details.num_ctx_tokens), decodes, int(kv_tokens), step_ms))
         self.steps_total += 1
 
@@ -80,16 +78,6 @@ def engine_step_ms(iteration_stats: Any) -> float | None:
     itls = getattr(iteration_stats, "inter_token_latencies_iter", None) or ()
     positive = [v for v in itls if v > 0]
     return min(positive) * 1000.0 if positive else None
-
-
-def _loaded_kv(iteration_stats: Any) -> bool:
-    """The step took a prompt's KV from another worker (a P/D decode leg's first step on D): its
-    time holds the KV's load into the cache, for which the step model has no term, beside one
-    recomputed prompt token. Such a step is no sample: online calibration read it as a prefill of
-    that one token and scaled D's c1 up to its 8x clip (issue 10, ninth session: 0.0185 ->
-    0.113 ms/token), which made every prefill on D, and the scheduler's unloaded-prefill bound,
-    look 6x slower than D runs it."""
-    return bool(getattr(getattr(iteration_stats, "prompt_token_stats", None), "external_kv_transfer", 0) or 0)
 
 
 def stat_logger_factory(sink: StepSink):
