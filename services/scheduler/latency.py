@@ -63,9 +63,11 @@ class OnlineLatencyModel:
     Each factor is the exponentially weighted geometric mean of observed / predicted ratios
     (`forgetting` 0.995: the last ~200 steps), each ratio clipped to [min_scale, max_scale]. Steps
     without prefill tokens calibrate kd (step / decode_part); a step with prefill tokens calibrates
-    kp by what is left of it after the decode part at kd ((step - kd*decode_part) / (c1*p)). The
-    profile fixes the shape within each term; live steps say how much slower or faster the
-    instance runs now (a noisy neighbour, CPU contention, throttling).
+    kp by what is left of it after the decode part at kd ((step - kd*decode_part) / (c1*p)) when
+    the prefill term is the larger part of its prediction, else kd by what the prefill term at kp
+    leaves of it ((step - kp*c1*p) / decode_part). The profile fixes the shape within each term;
+    live steps say how much slower or faster the instance runs now (a noisy neighbour, CPU
+    contention, throttling).
 
     Why two: a quick start-up profile taken under contention gets the prefill coefficient wrong
     by 3-5x (issue 9, seventh session: two identical engines' profiles had c1 0.006 and 0.032
@@ -94,12 +96,14 @@ class OnlineLatencyModel:
         prefill_ms = m.c1_ms_per_prefill_token * prefill_tokens
         if decode_ms + prefill_ms <= 0 or step_ms <= 0:
             return
-        if prefill_ms > 0:   # what the decode part at kd leaves of the step is the prefill's
+        # The step calibrates the term that holds most of its prediction, by what the other term
+        # (at its own factor) leaves of the step. Charging every step with any prefill to kp made
+        # a step of a few prompt tokens beside a batch of decodes (a P/D leg's one recomputed
+        # token on D, a 10-token prompt) decide kp by noise: (step - kd*decode) / (c1*1 token).
+        if prefill_ms > decode_ms:
             factor, ratio = self._prefill, (step_ms - self.scale * decode_ms) / prefill_ms
         else:
-            # A step with prefill tokens but no prefill term in the profile (c1 = 0) has nothing
-            # else to calibrate: it counts for the decode part.
-            factor, ratio = self._decode, step_ms / decode_ms
+            factor, ratio = self._decode, (step_ms - self.prefill_scale * prefill_ms) / decode_ms
         low, high = self._clip
         factor.add(min(max(float(np.log(max(ratio, 1e-9))), low), high), self.forgetting)
         self.steps += 1

@@ -1,11 +1,8 @@
-"""Worker-start profiling's contention check and vLLM's engine-timed step durations."""
-
-from types import SimpleNamespace
+"""Worker-start profiling's contention check."""
 
 import pytest
 
 from services.worker.contention import CpuSample, counts_nice, others_cores, pid_stat, system_busy_ticks, tree_ticks
-from services.worker.engine.vllm_engine import _StatsSink, engine_step_ms
 
 
 def test_system_busy_ticks_leaves_out_idle_and_iowait():
@@ -34,28 +31,6 @@ def test_others_cores_subtracts_own_tree():
     assert others_cores(before, after, 2.0) == pytest.approx(0.75)
     assert others_cores(before, CpuSample(101.0, 12.0), 2.0) == 0.0  # clock skew never goes negative
     assert others_cores(before, after, 0.0) == 0.0
-
-
-def test_engine_step_ms_is_the_smallest_inter_token_gap():
-    assert engine_step_ms(SimpleNamespace(inter_token_latencies_iter=[0.0031, 0.0021, 0.0])) == pytest.approx(2.1)
-    assert engine_step_ms(SimpleNamespace(inter_token_latencies_iter=[])) is None
-    assert engine_step_ms(SimpleNamespace()) is None
-
-
-def _iteration(itls, prompt=0, first=0, generated=0):
-    return SimpleNamespace(inter_token_latencies_iter=itls, prompt_token_stats=SimpleNamespace(computed=prompt),
-                           time_to_first_tokens_iter=[0.0] * first, num_generation_tokens=generated)
-
-
-def test_sink_times_decode_steps_on_the_engine_clock_and_prefill_only_steps_by_gap():
-    sink = _StatsSink()
-    sink.record(None, _iteration([], prompt=64, first=1, generated=1), now_s=10.0)  # from idle: skipped
-    assert sink.steps_total == 0
-    sink.record(SimpleNamespace(num_running_reqs=1, num_waiting_reqs=0, kv_cache_usage=0.0), None, now_s=10.0)
-    sink.record(None, _iteration([0.002], generated=1), now_s=10.050)  # frontend gap 50 ms, engine 2 ms
-    sink.record(None, _iteration([], prompt=32, first=1, generated=1), now_s=10.060)
-    assert [s.step_ms for s in sink.steps] == [pytest.approx(2.0), pytest.approx(10.0)]
-    assert (sink.steps[1].prefill_tokens, sink.steps[1].decode_seqs) == (32, 0)
 
 
 def test_system_busy_ticks_can_leave_out_niced_work():
@@ -99,16 +74,3 @@ def test_profiling_on_a_machine_that_is_never_quiet_stops_waiting_after_one_budg
     assert attempts == 2 == len(profiled) < profile.PROFILE_ATTEMPTS   # the budget ran out after the 2nd
     assert waits[0] == pytest.approx(0.3, abs=0.05) and waits[1] < 0.05   # the 2nd wait had what was left
     assert fit_ == "fit 2" and busy == pytest.approx(1.5, rel=0.3)        # the least contended one
-
-
-def test_a_step_that_loaded_kv_from_another_worker_is_no_sample():
-    # A P/D decode leg's first step on D: one recomputed prompt token beside the KV's load into
-    # the cache. Read as a prefill of one token it scaled D's c1 up 6x online (issue 10).
-    sink = _StatsSink()
-    sink.record(SimpleNamespace(num_running_reqs=2, num_waiting_reqs=0, kv_cache_usage=0.0), None, now_s=10.0)
-    loaded = _iteration([0.004], prompt=1, first=1, generated=2)
-    loaded.prompt_token_stats.external_kv_transfer = 1500
-    sink.record(None, loaded, now_s=10.004)
-    sink.record(None, _iteration([0.002], generated=2), now_s=10.006)
-    assert [(s.prefill_tokens, s.step_ms) for s in sink.steps] == [(0, pytest.approx(2.0))]
-    assert sink.steps_total == 1   # recent_steps end at this count: readers take the last new ones

@@ -8,7 +8,6 @@ engine core in a spawned subprocess: an entry script that starts this engine nee
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import os
@@ -18,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common import lifeline
-from services.common.domain import FinishReason, Sampling, StepSample
+from services.common.domain import FinishReason, Sampling
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
 from services.worker.kv.params import KvParams
 from services.worker.engine.device import device_engine_kwargs, device_environment, pin_cpu_cores
+from services.worker.engine.vllm_steps import StepSink, stat_logger_factory
 
 log = logging.getLogger("hfx.worker.vllm")
 
 MiB = 1024 * 1024
-RECENT_STEPS = 32
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -98,6 +97,8 @@ def engine_args(config: VllmEngineConfig, kv_transfer_config: Any = None) -> dic
         "scheduling_policy": "priority",
         # Only our own stat logger runs: no periodic throughput lines in the log.
         "disable_log_stats": True,
+        # Each step's composition as the engine core scheduled it, for the step model (vllm_steps.py).
+        "enable_logging_iteration_details": True,
         "enable_log_requests": False,
     }
     if kv_transfer_config is not None:
@@ -114,89 +115,6 @@ def engine_environment(config: VllmEngineConfig, inherited: Mapping[str, str]) -
     if huge_pages is None:  # measured for the reload only (BENCHMARKS.md, issue 12, fifth pass)
         huge_pages = bool(config.standby or config.weights_from)
     return device_environment(config.device, cpu_cores=config.cpu_cores, huge_pages=huge_pages, inherited=inherited)
-
-
-class _StatsSink:
-    """What the stat logger saw last; read by VllmEngine.stats() on the event loop thread."""
-
-    def __init__(self) -> None:
-        self.running_requests = 0
-        self.waiting_requests = 0
-        self.kv_usage = 0.0
-        self.step_ms: collections.deque[float] = collections.deque(maxlen=RECENT_STEPS)
-        self.steps: collections.deque[StepSample] = collections.deque(maxlen=RECENT_STEPS)
-        self.steps_total = 0
-        self.kv_capacity_tokens = 0
-        self._last_output_s: float | None = None
-
-    def record(self, scheduler_stats: Any, iteration_stats: Any, now_s: float, kv_capacity_tokens: int = 0) -> None:
-        # vLLM reports once per engine step that produced outputs. The step's duration comes
-        # from the engine core's own clock where the step carried a decode (inter-token latency
-        # between two engine-core output batches, see `engine_step_ms`); a step of prefills only
-        # falls back to the gap between reports as the frontend sees it, which only counts while
-        # requests were running at the previous report (after idle time it is not one step).
-        if iteration_stats is not None:
-            step_ms = engine_step_ms(iteration_stats)
-            if step_ms is None and self._last_output_s is not None and self.running_requests > 0:
-                step_ms = (now_s - self._last_output_s) * 1000.0
-            if step_ms is not None:
-                self.step_ms.append(step_ms)
-                if not _loaded_kv(iteration_stats):   # steps_total counts the samples in `steps`
-                    self.steps.append(_step_shape(iteration_stats, step_ms, self.kv_usage * kv_capacity_tokens))
-                    self.steps_total += 1
-            self._last_output_s = now_s
-        if scheduler_stats is not None:
-            self.running_requests = scheduler_stats.num_running_reqs
-            self.waiting_requests = scheduler_stats.num_waiting_reqs
-            self.kv_usage = scheduler_stats.kv_cache_usage
-
-
-def engine_step_ms(iteration_stats: Any) -> float | None:
-    """The step's duration on the engine core's clock, or None when no request decoded in it.
-
-    vLLM stamps each batch of engine-core outputs with the core's monotonic time; a decoding
-    request's inter-token latency is the gap between the batch that carried its previous token
-    and this one: one engine step, free of frontend and event-loop delays. All decoding requests
-    of a step share it (a preempted one shows a longer gap), so the smallest is the step."""
-    itls = getattr(iteration_stats, "inter_token_latencies_iter", None) or ()
-    positive = [v for v in itls if v > 0]
-    return min(positive) * 1000.0 if positive else None
-
-
-def _loaded_kv(iteration_stats: Any) -> bool:
-    """The step took a prompt's KV from another worker (a P/D decode leg's first step on D): its
-    time holds the KV's load into the cache, for which the step model has no term, beside one
-    recomputed prompt token. Such a step is no sample: online calibration read it as a prefill of
-    that one token and scaled D's c1 up to its 8x clip (issue 10, ninth session: 0.0185 ->
-    0.113 ms/token), which made every prefill on D, and the scheduler's unloaded-prefill bound,
-    look 6x slower than D runs it."""
-    return bool(getattr(getattr(iteration_stats, "prompt_token_stats", None), "external_kv_transfer", 0) or 0)
-
-
-def _step_shape(iteration_stats: Any, step_ms: float, kv_tokens: float) -> StepSample:
-    """The step's composition as far as vLLM's iteration stats tell it: prompt tokens are counted
-    when a prefill completes (a chunked prompt lands on its last chunk), decodes are the tokens
-    generated minus first tokens, KV is the block usage at the previous report."""
-    prompt = getattr(getattr(iteration_stats, "prompt_token_stats", None), "computed", 0) or 0
-    first = len(getattr(iteration_stats, "time_to_first_tokens_iter", ()) or ())
-    decodes = max(0, int(getattr(iteration_stats, "num_generation_tokens", 0)) - first)
-    return StepSample(int(prompt), decodes, int(kv_tokens), step_ms)
-
-
-def _stat_logger_factory(sink: _StatsSink):
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class HfxStatLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self.engine_index = engine_index
-
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
-            sink.record(scheduler_stats, iteration_stats, time.monotonic(), sink.kv_capacity_tokens)
-
-        def log_engine_initialized(self) -> None:
-            pass
-
-    return HfxStatLogger
 
 
 def sampling_params(sampling: Sampling, kv: KvParams | None = None):
@@ -226,7 +144,7 @@ class VllmEngine:
         self.chunk_tokens = 0  # token budget per engine step (max_num_batched_tokens), after start()
         self._llm: Any = None
         self._kv_capacity_tokens = 0
-        self._sink = _StatsSink()
+        self._sink = StepSink()
         self.engine_timed_steps = True  # recent_steps are timed by the engine core (for the profiler)
         self._live: set[str] = set()
         self._reaper: Any = None
@@ -270,7 +188,7 @@ class VllmEngine:
                                              deadline_s=self.config.kv_deadline_s)
         args = AsyncEngineArgs(**engine_args(self.config, kv_config))
         t0 = time.monotonic()
-        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self._sink)])
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger_factory(self._sink)])
         self.timings["engine_init_s"] = time.monotonic() - t0
         self.max_model_len = self._llm.model_config.max_model_len
         cache = self._llm.vllm_config.cache_config
