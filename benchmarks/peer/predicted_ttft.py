@@ -66,8 +66,12 @@ def main() -> None:
     p.add_argument("--since", type=float, default=0.0, help="only router spans starting at/after this unix time")
     p.add_argument("--until", type=float, default=float("inf"), help="only router spans starting before this unix time")
     args = p.parse_args()
+    if not args.traces.is_dir():
+        p.error(f"{args.traces} is not a directory: give a cluster's span store, HOME/traces")
     spans = [s for s in spanstore.read_spans(args.traces)
              if s.name != tracing.SPAN_ROUTER or args.since <= s.start_unix_s < args.until]
+    if not spans:
+        p.error(f"no spans in {args.traces}: is it a span store (HOME/traces) of a cluster that served requests?")
     print(report(pairs(spans)))
 
 

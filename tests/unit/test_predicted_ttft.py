@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.peer import predicted_ttft
 from services.common import tracing
 from services.common.spanstore import SpanRecord
@@ -32,3 +34,12 @@ def test_the_prediction_is_held_against_the_time_from_placement_to_the_first_tok
     assert a[0] == 30.0 and round(a[1], 6) == 40.0
     assert b[0] == 17.0 and round(b[1], 6) == 10.0
     assert "50%" in predicted_ttft.report(predicted_ttft.pairs(spans))
+
+
+def test_a_path_that_holds_no_span_store_is_a_clear_error_not_an_empty_table(tmp_path, monkeypatch, capsys):
+    for path in (tmp_path / "missing", tmp_path):
+        monkeypatch.setattr("sys.argv", ["predicted_ttft", str(path)])
+        with pytest.raises(SystemExit) as ended:
+            predicted_ttft.main()
+        assert ended.value.code == 2
+        assert str(path) in capsys.readouterr().err
