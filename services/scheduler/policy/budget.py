@@ -87,12 +87,28 @@ class InstanceBudget:
         interference_ms = self.model.c1_ms_per_prefill_token * prefill
         self.banks_ms = tuple(b - min(float(output_tokens), rem) * (s_new - s_old) - interference_ms
                               for b, rem in zip(self.banks_ms, self.remaining))
-        if protected and role is not Role.PREFILL:
+        if protected and role is not Role.PREFILL and keeps_tpot(spec, output_tokens):
             self.min_tpot_ms = min(self.min_tpot_ms, spec.slo.tpot_ms)
             self.banks_ms += ((output_tokens - 1) * (spec.slo.tpot_ms - s_new),)
             self.remaining += (float(output_tokens - 1),)
         self.bank_ms = min(self.banks_ms, default=math.inf)
         self.backlog_anchor_tokens = backlog + self.prefill_rate_tps * now_s
+
+
+def keeps_tpot(spec: RequestSpec, output_tokens: int) -> bool:
+    """Whether a decoding request has a TPOT for newcomers to keep: decode steps left (output
+    beyond its first token) and a TPOT SLO. One with neither (a single token left; no SLO: sent to
+    a worker directly and adopted from its load report) is load, never a deadline: its bank
+    would be 0 (or 0 x inf = NaN) and fail fit test (2) for every newcomer until it ended (issue
+    9, eleventh session: each direct probe a load report caught held the router's probes 40-210 ms)."""
+    return output_tokens > 1 and math.isfinite(spec.slo.tpot_ms)
+
+
+def decode_bank_ms(spec: RequestSpec, output_tokens: int, step_ms: float) -> float:
+    """(O - 1) x (TPOT - s): the delay its decode steps may still absorb; inf with no TPOT SLO,
+    0 with no decode steps left (never NaN)."""
+    steps = output_tokens - 1
+    return steps * (spec.slo.tpot_ms - step_ms) if steps > 0 else 0.0
 
 
 def leg_shape(role: Role, prompt_tokens: int, output_tokens: int) -> tuple[int, int]:
@@ -139,9 +155,9 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
         if r.role is Role.PREFILL:   # no decode here: nothing to protect, nothing to preempt for
             continue
         interference_ms = model.c1_ms_per_prefill_token * (after_tokens - prefill)
-        bank = (o - 1) * (r.spec.slo.tpot_ms - s) - interference_ms
+        bank = decode_bank_ms(r.spec, o, s) - interference_ms
         is_protected = r.spec.request_id not in unprotected
-        if is_protected:
+        if is_protected and keeps_tpot(r.spec, o):
             out.bank_ms = min(out.bank_ms, bank)
             banks.append(bank)
             remaining.append(float(o - 1))
