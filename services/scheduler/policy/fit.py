@@ -1,7 +1,9 @@
 """The HFX fit test for one request against every instance at once (vectorised over instances).
 
 A request fits instance m when, by m's latency model (notation in budget.py):
- (1) own first token:   w + ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now, where
+ (1) own first token:   w + ceil((B+L)/C') * s + c1*(B+L)  <=  ttft_deadline - now (B: the
+                        queued prefill as estimated; while not `reserve`, at least the Q tokens
+                        test (6) sees queued), where
                         w = what is left of the step in flight (which it cannot join) when the
                         load report says which step runs (inflight_left_ms), else
                         inflight_step_share * (s + c1*min(B, C')) on a busy instance, 0 on an idle one
@@ -14,7 +16,8 @@ A request fits instance m when, by m's latency model (notation in budget.py):
                         vLLM's priority scheduling may run its prefill ahead of the B queued
                         prefill tokens, which then run during its decode
  (6) queued first tokens: where the load report names the step in flight, the requests placed on m
-                        after it began wait for the next step (Q tokens queued, FIFO). A newcomer's
+                        after it began wait for the next step (Q tokens queued, FIFO); where it says
+                        m is between steps, so do the last `waiting_requests` placed. A newcomer's
                         prefill rides in the last of those steps when it has room left,
                         R = C'*ceil(Q/C') - Q, and slows it by c1*min(L, R) + c3*L (its chunk, and
                         its prompt's KV): every protected request whose first token comes out of
@@ -36,14 +39,21 @@ from services.scheduler.policy.budget import InstanceBudget
 
 
 def queued_since_step(inst: InstanceView) -> list[RunningRequest] | None:
-    """The requests placed on `inst` after its step in flight began, in FIFO (placement) order:
-    none of them is in that step, so all of their prompt waits for the next steps. None when the
-    load report names no step in flight (the engine does not say, or it is between steps)."""
-    step = inst.load.step_in_flight
-    if not inst.load.reports_step or step is None:
+    """The requests whose whole prompt waits for `inst`'s next steps, in FIFO (placement) order:
+    those placed after its step in flight began (none of them is in that step) or, when the report
+    says it is between steps, the last `waiting_requests` placed before the report (its engine
+    queue) and any placed since. None when the engine does not say which step it runs."""
+    load, step = inst.load, inst.load.step_in_flight
+    if not load.reports_step:
         return None
-    queued = [r for r in inst.running if r.placed_s > step.started_s and r.role is not Role.DECODE]
-    return sorted(queued, key=lambda r: (r.placed_s, r.spec.request_id))
+    placed = sorted(inst.running, key=lambda r: (r.placed_s, r.spec.request_id))
+    if step is not None:
+        queued = [r for r in placed if r.placed_s > step.started_s]
+    else:
+        before = [r for r in placed if r.placed_s <= load.reported_s]
+        queued = before[max(0, len(before) - load.waiting_requests):] if load.waiting_requests > 0 else []
+        queued += [r for r in placed if r.placed_s > load.reported_s]
+    return [r for r in queued if r.role is not Role.DECODE]
 
 
 def inflight_left_ms(inst: InstanceView, model: LatencyModel, now_s: float, max_age_ms: float) -> float | None:
@@ -115,14 +125,15 @@ class FitTable:
         self.min_tpot = np.zeros(len(budgets))
         self.bank_ms = np.zeros(len(budgets))
         self.backlog = np.zeros(len(budgets))
+        self.queued_tokens = np.zeros(len(budgets))
         # What the load reports say is left of each step in flight (nan: they cannot tell).
         left = [inflight_left_ms(i, b.model, now_s, config.step_report_max_age_ms) if reported_step else None
                 for i, b in zip(instances, budgets)]
         self.step_left_ms = f([np.nan if x is None else x for x in left])
-        # Test (6): per instance whose step in flight is known, the first tokens queued behind it:
+        # Test (6): per instance whose next step is known, the first tokens queued for it:
         # (prefill tokens, TTFT deadline in s or None when unprotected), FIFO; [] elsewhere.
         self.queued_first: list[list[tuple[float, float | None]]] = []
-        self.behind_step = np.zeros(len(budgets), dtype=bool)   # a step in flight, known
+        self.behind_step = np.zeros(len(budgets), dtype=bool)   # what runs next is known
         for idx, (i, x) in enumerate(zip(instances, left)):
             queued = queued_since_step(i) if x is not None else None
             self.behind_step[idx] = queued is not None
@@ -211,6 +222,9 @@ class FitTable:
         self.n[idx], self.kv_mean[idx], self.kv_peak[idx] = b.decode_seqs, b.kv_mean_tokens, b.kv_peak_tokens
         self.min_tpot[idx], self.bank_ms[idx] = b.min_tpot_ms, b.bank_ms
         self.backlog[idx] = b.backlog_tokens(now_s)
+        # The estimate drains from each placement on, but the prompts test (6) sees queued (behind
+        # the step in flight, or between steps in the engine queue) have not started.
+        self.queued_tokens[idx] = sum(tokens for tokens, _ in self.queued_first[idx])
 
     def _open(self) -> np.ndarray:
         """Instances that could take some request at all: skip the pass when none can."""
@@ -233,7 +247,9 @@ class FitTable:
         """(1) per instance: until a prefill of `prefill_tokens` queued last yields its first token.
         optimistic: without the estimated wait for the step in flight (it may be about to end);
         what the load report says is left of it still counts (docs/SCHEDULING.md "Last chance")."""
-        queued = self.backlog + prefill_tokens
+        # At least the prompts known to be queued, while the cluster keeps up (not `reserve`, as for
+        # test (6)): under strain too the family lost two wins and gained one (issue 17, tenth pass).
+        queued = (self.backlog if self.reserve else np.maximum(self.backlog, self.queued_tokens)) + prefill_tokens
         ttft_ms = np.ceil(queued / self.per_step) * self.s + self.c1 * queued
         return ttft_ms + (np.nan_to_num(self.step_left_ms) if optimistic else self.inflight_ms)
 
