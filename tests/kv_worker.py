@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
 
 from services.common import grpcutil, tracing
 from services.common.model import ensure_default_model
@@ -26,24 +27,23 @@ async def main(args) -> None:
     port = grpcutil.bind(server, "127.0.0.1", 0)
     await server.start()
     print(f"READY 127.0.0.1:{port} {engine.kv_address}", flush=True)
-    control = asyncio.create_task(answer_stdin(engine))
+    threading.Thread(target=answer_stdin, args=(engine, asyncio.get_running_loop()), daemon=True).start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
-    control.cancel()
     await server.stop(grace=0.5)
     await engine.shutdown()
     tracing.shutdown()
 
 
-async def answer_stdin(engine: VllmEngine) -> None:
-    """The test's questions on stdin, one a line: "IDLE?" -> "IDLE True" when every KV block of
-    the engine is free (it empties the prefix cache then)."""
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
+def answer_stdin(engine: VllmEngine, loop: asyncio.AbstractEventLoop) -> None:
+    """The test's questions on stdin, one a line (a daemon thread: it never holds up the exit):
+    "IDLE?" -> "IDLE True" when every KV block of the engine is free (it empties the prefix cache)."""
+    for line in sys.stdin:
         if line.strip() == "IDLE?":
-            print(f"IDLE {await engine.kv_blocks_idle()}", flush=True)
+            idle = asyncio.run_coroutine_threadsafe(engine.kv_blocks_idle(), loop).result()
+            print(f"IDLE {idle}", flush=True)
 
 
 if __name__ == "__main__":
