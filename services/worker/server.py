@@ -32,7 +32,7 @@ from services.worker.reporting import report_loop
 from services.worker.role_change import RoleChanger
 from services.worker.session import WorkerSession
 from services.worker.standby_weights import StandbyWeights
-from services.worker.trace_spans import LegTimes, record_leg
+from services.worker.trace_spans import LegTimes, record_kv_pull, record_leg
 
 log = logging.getLogger("hfx.worker")
 _tracer = tracing.tracer("hfx.worker")
@@ -91,7 +91,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument("prompt_token_ids", "must not be empty")
         if request.request_id in self.inflight:
             raise InvalidArgument("request_id", f"{request.request_id!r} is already running here")
-        with tracing.detached_span(_tracer, tracing.SPAN_WORKER, parent) as (span, _):
+        with tracing.detached_span(_tracer, tracing.SPAN_WORKER, parent) as (span, leg_ctx):
             span.set_attribute(tracing.ATTR_REQUEST_ID, request.request_id)
             span.set_attribute(tracing.ATTR_INSTANCE, self.info.instance_id)
             span.set_attribute(tracing.ATTR_PROMPT_TOKENS, len(request.prompt_token_ids))
@@ -104,6 +104,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             elif kv is not None:
                 span.set_attribute("hfx.pd.leg", "decode")
                 span.set_attribute("hfx.kv.transfer_id", kv.transfer_id)
+            pulls = kv is not None and kv.do_remote_prefill  # a kv.transfer span to record, once D's pull ended
             engine_request = EngineRequest(
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
@@ -126,6 +127,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     if leg.on_tokens(len(out.new_token_ids), time.time()) and leg.first_s is not None:
                         self.prefills.first_token(request.request_id, leg.first_s)
                         span.add_event(tracing.EVENT_FIRST_TOKEN)
+                        pulls = pulls and not self._kv_span(leg_ctx, request.request_id, kv)
                     finish = convert.finish_to_pb(out.finish_reason)
                     finished = finished or out.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
                     if out.finished and request.request_id in self.preempted:
@@ -146,11 +148,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 if not ended and request.request_id in self.preempted:  # ended with no last output
                     yield worker_pb2.WorkerChunk(finished=True, finish_reason=common_pb2.FINISH_REASON_PREEMPTED)
             finally:
+                if pulls:  # the leg ended before its first token
+                    self._kv_span(leg_ctx, request.request_id, kv)
                 self.inflight.pop(request.request_id, None)
                 self.preempted.pop(request.request_id, None)
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
                 record_leg(span, request, leg, finished, self.prefills.ended(request.request_id, time.time()))
                 metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)
+
+    def _kv_span(self, parent, request_id: str, kv: kv_params.KvParams | None) -> bool:
+        """Record the decode leg's kv.transfer span from D's pull (connector.py reports it before
+        the load is done); True once recorded, or when this engine pulls nothing."""
+        pull = self.engine.kv_pull(kv.transfer_id) if isinstance(self.engine, TransfersKv) and kv else {}
+        if pull:
+            record_kv_pull(_tracer, parent, request_id, self.info.instance_id, kv.remote_address if kv else "", pull)
+        return pull is not None
 
     def _kv_params(self, request: worker_pb2.WorkerGenerateRequest) -> kv_params.KvParams | None:
         if not request.HasField("kv_transfer"):

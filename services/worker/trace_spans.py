@@ -54,3 +54,19 @@ def record_leg(span, request: worker_pb2.WorkerGenerateRequest, leg: LegTimes, f
         span.set_attribute(key, value)
     if seen.requests:
         span.set_attribute(tracing.ATTR_PREFILL_REQUESTS, list(seen.requests[:8]))
+
+
+def record_kv_pull(span_tracer, parent, request_id: str, instance_id: str, from_address: str, pull: dict) -> None:
+    """A kv.transfer span under the decode leg's span, over the pull's own start and end (D's
+    connector reported them): its bytes, blocks, ms and outcome (anything but ok / local-hit means
+    the engine recomputed the prefill: no tokens from that KV)."""
+    start, end = float(pull.get("start_unix_s", 0.0)), float(pull.get("end_unix_s", 0.0))
+    timed = 0.0 < start <= end
+    span = span_tracer.start_span(tracing.SPAN_KV_TRANSFER, context=parent,
+                                  start_time=int(start * 1e9) if timed else None)
+    for key, value in ((tracing.ATTR_REQUEST_ID, request_id), (tracing.ATTR_INSTANCE, instance_id),
+                       (tracing.ATTR_KV_TRANSFER_ID, pull.get("transfer_id", "")), (tracing.ATTR_KV_FROM, from_address),
+                       (tracing.ATTR_KV_BYTES, int(pull.get("bytes", 0))), (tracing.ATTR_KV_BLOCKS, int(pull.get("blocks", 0))),
+                       (tracing.ATTR_KV_MS, float(pull.get("ms", 0.0))), (tracing.ATTR_KV_OUTCOME, str(pull.get("outcome", "")))):
+        span.set_attribute(key, value)
+    span.end(end_time=int(end * 1e9) if timed else None)

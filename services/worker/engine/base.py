@@ -89,6 +89,10 @@ class TransfersKv(Protocol):
     async def kv_stats(self) -> dict:
         """Staged leases, blocks, bytes; freed by reason; this engine's pulls by outcome."""
 
+    def kv_pull(self, transfer_id: str) -> dict | None:
+        """This engine's pull of `transfer_id` once its connector reported it (outcome, bytes,
+        blocks, ms, start_unix_s, end_unix_s), handed out once; None when there is none (yet)."""
+
 
 @runtime_checkable
 class MeasuresKvTransfer(Protocol):

@@ -227,6 +227,9 @@ class SimEngine:
     async def release_kv(self, transfer_id: str) -> bool:
         return False  # nothing is staged in a simulation
 
+    def kv_pull(self, transfer_id: str) -> dict | None:
+        return None  # a simulated decode leg pulls nothing
+
     async def kv_stats(self) -> dict:
         return {"simulated": True, "leases": 0, "blocks": 0, "bytes": 0, "freed": {}, "pulls": {"outcomes": {}}}
 

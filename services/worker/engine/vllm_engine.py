@@ -290,6 +290,14 @@ class VllmEngine:
     async def release_kv(self, transfer_id: str) -> bool:
         return self._kv is not None and await self._kv.release(transfer_id)
 
+    async def kv_blocks_idle(self) -> bool:
+        """True when every KV block of the engine is free (none held by a request, a pull or a
+        stage): vLLM's prefix-cache reset succeeds only then, and empties that cache. For tests."""
+        return bool(await self._llm.reset_prefix_cache())
+
+    def kv_pull(self, transfer_id: str) -> dict | None:
+        return self._kv.pull_record(transfer_id) if self._kv is not None else None
+
     async def kv_stats(self) -> dict:
         if self._kv is None:
             raise RuntimeError("this engine was started without KV transfer")

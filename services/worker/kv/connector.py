@@ -222,7 +222,7 @@ class HfxKvConnector(KVConnectorBase_V1):
         return self._stager
 
     def _load(self, spec: LoadSpec) -> None:
-        ok, outcome, result = False, "ok", tcp.PullResult()
+        ok, outcome, result, started_s = False, "ok", tcp.PullResult(), time.time()
         try:
             n = len(spec.block_ids)
             with self._buffers.take(n * self._layout["block_bytes"]) as flat:
@@ -243,7 +243,7 @@ class HfxKvConnector(KVConnectorBase_V1):
             log.warning("KV %s from %s failed (%s): the prefill is recomputed here", spec.transfer_id,
                         spec.address, err)
         finally:
-            self._report(outcome, result)
+            self._report(outcome, result, spec.transfer_id, started_s)
             with self._lock:
                 (self._loaded if ok else self._failed).add(spec.req_id)
 
@@ -253,13 +253,19 @@ class HfxKvConnector(KVConnectorBase_V1):
             tcp.request(spec.address, {"op": "release", "transfer_id": spec.transfer_id})
         except wire.KvTransferError as err:  # P's lease frees it
             log.warning("releasing KV %s at %s failed: %s", spec.transfer_id, spec.address, err)
-        self._report("local-hit", tcp.PullResult())
+        self._report("local-hit", tcp.PullResult(), spec.transfer_id, time.time())
 
-    def _report(self, outcome: str, result: tcp.PullResult) -> None:
-        """Tell this engine's worker service how the pull went (its metrics and stats)."""
+    def _report(self, outcome: str, result: tcp.PullResult, transfer_id: str, started_s: float) -> None:
+        """Tell this engine's worker service how the pull went (its metrics and stats, and the
+        decode leg's kv.transfer span): before the load is reported done, so the record is there
+        by the leg's first token. `ms` is the pull's own clock when it succeeded, else the time
+        the attempt took."""
+        ended_s = time.time()
+        ms = result.ms if outcome == "ok" else (ended_s - started_s) * 1000.0
         try:
-            tcp.request(self.address, {"op": "pulled", "outcome": outcome, "bytes": result.bytes, "ms": result.ms},
-                        timeout_s=1.0)
+            tcp.request(self.address, {"op": "pulled", "outcome": outcome, "bytes": result.bytes, "ms": ms,
+                                       "transfer_id": transfer_id, "blocks": result.blocks,
+                                       "start_unix_s": started_s, "end_unix_s": ended_s}, timeout_s=1.0)
         except wire.KvTransferError as err:
             log.warning("could not report a KV pull to %s: %s", self.address, err)
 

@@ -70,6 +70,10 @@ class KvService:
     def stats(self) -> dict:
         return self.server.handle({"op": "stats"}, None)
 
+    def pull_record(self, transfer_id: str) -> dict | None:
+        """The engine's pull of `transfer_id` as its connector reported it here (once)."""
+        return self.server.pulls.take(transfer_id)
+
     def close(self) -> None:
         self.server.close()
         shutil.rmtree(self.staging_dir, ignore_errors=True)

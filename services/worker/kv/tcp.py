@@ -137,7 +137,10 @@ class KvServer(ThreadedServer):
         if op == "release":
             return {"freed": self.release(tid)}
         if op == "pulled":  # this engine's connector reporting one of its pulls
-            self.pulls.record(str(request.get("outcome")), int(request.get("bytes", 0)), float(request.get("ms", 0.0)))
+            self.pulls.record(str(request.get("outcome")), int(request.get("bytes", 0)), float(request.get("ms", 0.0)),
+                              transfer_id=tid, blocks=int(request.get("blocks", 0)),
+                              start_unix_s=float(request.get("start_unix_s", 0.0)),
+                              end_unix_s=float(request.get("end_unix_s", 0.0)))
             return {}
         if op == "stats":
             s = self.store.stats()
@@ -158,21 +161,37 @@ class KvServer(ThreadedServer):
 
 
 class PullLog:
-    """Outcomes of this engine's pulls (as D): counts by outcome, bytes and ms of the good ones."""
+    """Outcomes of this engine's pulls (as D): counts by outcome, bytes and ms of the good ones,
+    and each pull by transfer id until the decode leg's span takes it (`take`; the oldest
+    KEPT_PULLS are kept, so records nobody takes do not pile up)."""
+
+    KEPT_PULLS = 1024
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._outcomes: dict[str, int] = {}
         self._bytes = 0
         self._ms: list[float] = []
+        self._by_transfer: dict[str, dict] = {}
 
-    def record(self, outcome: str, nbytes: int = 0, ms: float = 0.0) -> None:
+    def record(self, outcome: str, nbytes: int = 0, ms: float = 0.0, *, transfer_id: str = "", blocks: int = 0,
+               start_unix_s: float = 0.0, end_unix_s: float = 0.0) -> None:
         with self._lock:
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
             if outcome == "ok":
                 self._bytes += nbytes
                 self._ms.append(ms)
                 del self._ms[:-256]
+            if transfer_id:
+                self._by_transfer[transfer_id] = {"transfer_id": transfer_id, "outcome": outcome, "bytes": nbytes, "blocks": blocks, "ms": ms,
+                                                  "start_unix_s": start_unix_s, "end_unix_s": end_unix_s}
+                while len(self._by_transfer) > self.KEPT_PULLS:
+                    del self._by_transfer[next(iter(self._by_transfer))]
+
+    def take(self, transfer_id: str) -> dict | None:
+        """The pull of `transfer_id` as its connector reported it (once), or None."""
+        with self._lock:
+            return self._by_transfer.pop(transfer_id, None)
 
     def snapshot(self) -> dict:
         with self._lock:
