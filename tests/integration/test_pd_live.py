@@ -123,8 +123,8 @@ def test_fifty_concurrent_mixed_slo_requests_over_pd_all_complete_with_the_right
     wrong = [i for i, (tokens, _) in enumerate(got) if tokens != expected[i]]
     # A split request's first decode step on D recomputes the prompt's last token over the KV it
     # loaded (as vLLM's connectors do), in a decode kernel rather than P's prefill kernel: in bf16 a
-    # near tie later on may tip. Such a request gives the same tokens when sent alone and split again,
-    # and agrees with P on the first token (P's prefill). A request served whole on D decodes in a
+    # near tie later on may tip. Such a request gives the same tokens (or P's) when sent alone and
+    # split again, and agrees with P on the first token (P's prefill). A request served whole on D decodes in a
     # batch of others where the reference ran alone: on an AMX CPU 2-3 of 50 tipped so (the same ones
     # in two runs, from their 7th-11th token), while D's engine called directly gave the reference.
     # Wrong or misplaced KV would not stay this rare: at most 5 of the 50 may differ from P alone,
@@ -142,7 +142,8 @@ def test_fifty_concurrent_mixed_slo_requests_over_pd_all_complete_with_the_right
         if tokens[0] != expected[i][0] or p_alone != expected[i]:
             return False
         if "P/D: " in final.placement_reason:
-            return mesh_alone[0] == tokens and "P/D: " in mesh_alone[1].placement_reason
+            # Alone and split again: the same near tie, or none (P's tokens): the KV was right.
+            return mesh_alone[0] in (tokens, expected[i]) and "P/D: " in mesh_alone[1].placement_reason
         return final.instance_id != "hfx-p0" and engine_alone == expected[i]  # the engines agree alone
     if wrong:
         print(f"differ from P alone: {detail}")
