@@ -103,7 +103,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 span.set_attribute("hfx.pd.leg", "prefill")
             elif kv is not None:
                 span.set_attribute("hfx.pd.leg", "decode")
-                span.set_attribute("hfx.kv.transfer_id", kv.transfer_id)
+                span.set_attribute(tracing.ATTR_KV_TRANSFER_ID, kv.transfer_id)
             pulls = kv is not None and kv.do_remote_prefill  # a kv.transfer span to record, once D's pull ended
             engine_request = EngineRequest(
                 request_id=request.request_id,
@@ -141,7 +141,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     if out.kv is not None and out.kv.transfer_id:
                         chunk.kv_transfer.CopyFrom(kv_params.to_pb(out.kv))
                         self._remember_staged(request.request_id, out.kv.transfer_id)
-                        span.set_attribute("hfx.kv.transfer_id", out.kv.transfer_id)
+                        span.set_attribute(tracing.ATTR_KV_TRANSFER_ID, out.kv.transfer_id)
                         span.set_attribute("hfx.kv.staged_blocks", out.kv.num_blocks)
                     yield chunk
                     ended = ended or out.finished

@@ -162,7 +162,7 @@ class KvServer(ThreadedServer):
 
 class PullLog:
     """Outcomes of this engine's pulls (as D): counts by outcome, bytes and ms of the good ones,
-    and each pull by transfer id until the decode leg's span takes it (`take`; the oldest
+    and each pull by transfer id until the decode leg's span takes it (`take`; only the newest
     KEPT_PULLS are kept, so records nobody takes do not pile up)."""
 
     KEPT_PULLS = 1024
