@@ -105,6 +105,18 @@ async def _collect(eng, req):
     return [out async for out in eng.generate(req)]
 
 
+def test_an_engines_first_step_of_one_token_is_served(engine):
+    """First in this module on purpose: the engine's very first step has one token. On a CPU with
+    AMX, vLLM's attention used AMX tiles the process had not asked for, and the model worker died
+    of SIGILL (device.allow_amx, run by vLLM as HFX's general plugin, asks at start)."""
+    eng, loop = engine
+    req = EngineRequest(request_id="one-token-first", prompt_token_ids=PROMPT_TOKEN_IDS[:1],
+                        sampling=Sampling(max_tokens=4, temperature=0.0, ignore_eos=True), priority=1)
+    outputs = loop.run(_collect(eng, req))
+    assert sum(len(o.new_token_ids) for o in outputs) == 4
+    assert eng.failure() is None
+
+
 def test_greedy_tokens_match_offline_vllm(engine, offline_reference):
     eng, loop = engine
     outputs = loop.run(_collect(eng, _request("greedy", GREEDY_TOKENS)))

@@ -85,3 +85,28 @@ def test_huge_pages_by_default_only_where_the_engine_reloads_its_weights():
     assert "THP_MEM_ALLOC_ENABLE" not in env() and "GLIBC_TUNABLES" not in env()
     assert "THP_MEM_ALLOC_ENABLE" not in env(standby=True, cpu_huge_pages=False)
     assert "THP_MEM_ALLOC_ENABLE" in env(cpu_huge_pages=True)
+
+
+def test_vllm_runs_allow_amx_in_its_processes_as_a_general_plugin():
+    """vLLM calls each `vllm.general_plugins` entry point in its engine and worker processes;
+    HFX's must resolve to device.allow_amx (the installed metadata comes from pyproject.toml)."""
+    from importlib.metadata import entry_points
+
+    from services.worker.engine import device
+
+    plugins = {ep.name: ep for ep in entry_points(group="vllm.general_plugins")}
+    assert "hfx_allow_amx" in plugins
+    assert plugins["hfx_allow_amx"].load() is device.allow_amx
+
+
+def test_allow_amx_never_raises(monkeypatch):
+    """vLLM does not catch what a general plugin raises: a failing probe is logged, not raised."""
+    import torch
+
+    from services.worker.engine import device
+
+    def broken() -> bool:
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken)
+    device.allow_amx()

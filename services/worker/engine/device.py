@@ -7,11 +7,14 @@ torch-npu) is one more branch in `device_engine_kwargs`, not edits across the en
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 DEVICES = ("cpu", "cuda", "npu")
+
+log = logging.getLogger(__name__)
 
 
 class DeviceUnavailable(RuntimeError):
@@ -136,3 +139,24 @@ def _npu_kwargs(kv_cache_memory_bytes: int | None) -> dict[str, Any]:
                 "vllm-ascend with torch-npu on an Ascend machine"
             )
     return _cuda_kwargs(kv_cache_memory_bytes)
+
+
+def allow_amx() -> None:
+    """Let this process use the CPU's AMX tiles; vLLM runs it in each of its processes as a general
+    plugin (pyproject.toml, entry point group `vllm.general_plugins`), so it runs in the worker
+    process that executes the model, before its first step.
+
+    vLLM's CPU attention takes its AMX kernels wherever the CPU has AMX (cpu_attn._get_attn_isa),
+    but Linux lets a process use AMX only after it asked (arch_prctl ARCH_REQ_XCOMP_PERM). oneDNN
+    asks the first time its own matmuls use AMX, which a step of one token does not: an engine
+    whose first step had one token (a one-token prompt, or a D's decode leg after a KV load) ran
+    the AMX attention without it, and its worker died of SIGILL (exit -4, EngineDeadError) on an
+    Intel VM with AMX. torch.cpu._init_amx() asks; nothing happens where there is no AMX. It never
+    raises: vLLM does not catch what a plugin raises."""
+    try:
+        import torch
+
+        if torch.cpu._is_amx_tile_supported() and not torch.cpu._init_amx():
+            log.warning("AMX: this CPU has it but the kernel refused its use; vLLM's AMX attention may fail")
+    except Exception:  # noqa: BLE001 - a failed probe must not stop vLLM from starting
+        log.exception("AMX: could not ask for AMX tiles")

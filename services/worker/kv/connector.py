@@ -72,18 +72,6 @@ class HfxKvMetadata(KVConnectorMetadata):
     loads: list[LoadSpec] = field(default_factory=list)
 
 
-def _allow_amx() -> None:
-    """Let this process (vLLM's worker, where the connector's worker side lives) use AMX tiles.
-    vLLM's CPU attention takes its AMX kernels wherever the CPU has AMX (cpu_attn._get_attn_isa),
-    but Linux allows AMX only to a process that asked for it (arch_prctl ARCH_REQ_XCOMP_PERM).
-    oneDNN asks the first time its own matmuls use AMX, which a step of one token does not: a D
-    whose first step is a decode leg after a KV load (one token recomputed) ran the AMX attention
-    without it and its worker died of SIGILL (exit -4, EngineDeadError) on an Intel VM with AMX.
-    torch.cpu._init_amx() asks; a no-op where there is no AMX."""
-    if torch.cpu._is_amx_tile_supported() and not torch.cpu._init_amx():
-        log.warning("AMX: this CPU has it but the kernel refused its use; vLLM's AMX attention may fail")
-
-
 class HfxKvConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
@@ -174,7 +162,6 @@ class HfxKvConnector(KVConnectorBase_V1):
     # ---- worker side (beside the KV cache) ----
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
-        _allow_amx()
         self._kv = dict(sorted(kv_caches.items()))
         first = next(iter(self._kv.values()))
         per_layer = first[0].numel() * first.element_size()
