@@ -93,6 +93,7 @@ class RemoteHold(_Listener):
         self.released = threading.Event()
         self.to_d: socket.socket | None = None  # the held pull's connection to D
         self.block_bytes = self.blocks_announced = 0
+        self.after_release = 0  # bytes of P's passed on after release()
         super().__init__(target)
 
     def release(self) -> None:
@@ -133,6 +134,7 @@ class RemoteHold(_Listener):
         self.released.wait()
         while data := src.recv(65536):
             dst.sendall(data)
+            self.after_release += len(data)
 
     @staticmethod
     def _pass(src: socket.socket, dst: socket.socket) -> None:

@@ -355,6 +355,8 @@ def test_p_killed_mid_transfer_or_before_d_pulls_means_right_tokens_and_no_hang(
         assert pending.result(timeout=CALL_TIMEOUT_S) == colocated["mid"]  # D recomputed the prompt
     took_s = time.monotonic() - killed
     p.proc.wait(30)
+    print(f"P killed with D 5 of 15 blocks into its stream: {proxy.after_release} more bytes came from P's side "
+          f"(blocks {10 * proxy.block_bytes} and END); D's request ended {took_s:.2f} s after the kill")
     # P died before it answered D's ACK (it may have handed its kernel every block): the pull fails
     # as peer-lost, nothing D received is loaded, and D's request ends well within the deadline.
     assert delta(before_outcomes, outcomes(d)) == {"peer-lost": 1}
