@@ -23,6 +23,9 @@ GCCollector(registry=REGISTRY)
 _TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2)
 _E2E_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# A KV pull: a same-host copy of one block takes well under a millisecond, a TCP stream of 16 MiB
+# tens of ms, a failed pull up to its deadline (--kv-deadline-s, 10 s by default).
+_KV_PULL_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DECISION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01,
                        0.025, 0.05, 0.1)
 
@@ -102,6 +105,9 @@ WORKER_KV_LEASES = Gauge("hfx_worker_kv_leased_transfers", "Staged KV transfers 
                          ["instance"], registry=REGISTRY)
 WORKER_KV_LEASED_BLOCKS = Gauge("hfx_worker_kv_leased_blocks", "KV blocks staged under a lease (prefill side)",
                                 ["instance"], registry=REGISTRY)
+WORKER_KV_LEAKED_BLOCKS = Gauge("hfx_worker_kv_leaked_blocks", "Staged KV blocks freed since start by lease expiry "
+                                "(neither acknowledged nor released: leaked until the lease ran out; prefill side)",
+                                ["instance"], registry=REGISTRY)
 WORKER_KV_FREED = Gauge("hfx_worker_kv_freed_transfers", "Staged transfers freed since start, by reason (acked, "
                         "released, expired = leaked until their lease ran out, nacked:<failure>)",
                         ["instance", "reason"], registry=REGISTRY)
@@ -112,6 +118,11 @@ WORKER_KV_PULLED_BYTES = Gauge("hfx_worker_kv_pulled_bytes", "KV bytes pulled si
                                registry=REGISTRY)
 WORKER_KV_PULL_MS = Gauge("hfx_worker_kv_last_pull_ms", "Duration of the latest successful KV pull (decode side)",
                           ["instance"], registry=REGISTRY)
+# Observed per pull, when the decode leg takes its pull's record (services/worker/server.py), not
+# at the heartbeat: a histogram needs each pull, not the server's running totals.
+WORKER_KV_PULL_SECONDS = Histogram("hfx_worker_kv_pull_seconds", "Duration of each KV pull (decode side), by outcome "
+                                   "(ok, local-hit, or the failure after which the prefill was recomputed)",
+                                   ["instance", "outcome"], buckets=_KV_PULL_BUCKETS_S, registry=REGISTRY)
 WORKER_TOKENS = Counter("hfx_worker_generated_tokens", "Tokens this worker generated", ["instance"],
                         registry=REGISTRY)
 
@@ -215,6 +226,7 @@ def set_worker_kv(instance_id: str, stats: dict) -> None:
     """The KV server's stats (services/worker/kv/tcp.py, op "stats") as gauges."""
     WORKER_KV_LEASES.labels(instance_id).set(stats.get("leases", 0))
     WORKER_KV_LEASED_BLOCKS.labels(instance_id).set(stats.get("blocks", 0))
+    WORKER_KV_LEAKED_BLOCKS.labels(instance_id).set(stats.get("freed_blocks", {}).get("expired", 0))
     for reason, n in stats.get("freed", {}).items():
         WORKER_KV_FREED.labels(instance_id, reason).set(n)
     pulls = stats.get("pulls", {})
@@ -223,3 +235,8 @@ def set_worker_kv(instance_id: str, stats: dict) -> None:
     WORKER_KV_PULLED_BYTES.labels(instance_id).set(pulls.get("bytes", 0))
     if pulls.get("recent_ms"):
         WORKER_KV_PULL_MS.labels(instance_id).set(pulls["recent_ms"][-1])
+
+
+def observe_kv_pull(instance_id: str, pull: dict) -> None:
+    """One KV pull as the decode worker's connector reported it (services/worker/kv/tcp.py PullLog)."""
+    WORKER_KV_PULL_SECONDS.labels(instance_id, str(pull.get("outcome", ""))).observe(float(pull.get("ms", 0.0)) / 1000.0)

@@ -104,7 +104,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             elif kv is not None:
                 span.set_attribute("hfx.pd.leg", "decode")
                 span.set_attribute(tracing.ATTR_KV_TRANSFER_ID, kv.transfer_id)
-            pulls = kv is not None and kv.do_remote_prefill  # a kv.transfer span to record, once D's pull ended
+            pull_of = kv if kv is not None and kv.do_remote_prefill else None  # D's pull to record once it ended
             engine_request = EngineRequest(
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
@@ -127,7 +127,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     if leg.on_tokens(len(out.new_token_ids), time.time()) and leg.first_s is not None:
                         self.prefills.first_token(request.request_id, leg.first_s)
                         span.add_event(tracing.EVENT_FIRST_TOKEN)
-                        pulls = pulls and not self._kv_span(leg_ctx, request.request_id, kv)
+                        if pull_of is not None and self._record_pull(leg_ctx, request.request_id, pull_of):
+                            pull_of = None
                     finish = convert.finish_to_pb(out.finish_reason)
                     finished = finished or out.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
                     if out.finished and request.request_id in self.preempted:
@@ -148,21 +149,25 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 if not ended and request.request_id in self.preempted:  # ended with no last output
                     yield worker_pb2.WorkerChunk(finished=True, finish_reason=common_pb2.FINISH_REASON_PREEMPTED)
             finally:
-                if pulls:  # the leg ended before its first token
-                    self._kv_span(leg_ctx, request.request_id, kv)
+                if pull_of is not None:  # the leg ended before its first token
+                    self._record_pull(leg_ctx, request.request_id, pull_of)
                 self.inflight.pop(request.request_id, None)
                 self.preempted.pop(request.request_id, None)
                 span.set_attribute(tracing.ATTR_OUTPUT_TOKENS, produced)
                 record_leg(span, request, leg, finished, self.prefills.ended(request.request_id, time.time()))
                 metrics.WORKER_TOKENS.labels(self.info.instance_id).inc(produced)
 
-    def _kv_span(self, parent, request_id: str, kv: kv_params.KvParams | None) -> bool:
-        """Record the decode leg's kv.transfer span from D's pull (connector.py reports it before
-        the load is done); True once recorded, or when this engine pulls nothing."""
-        pull = self.engine.kv_pull(kv.transfer_id) if isinstance(self.engine, TransfersKv) and kv else {}
-        if pull:
-            record_kv_pull(_tracer, parent, request_id, self.info.instance_id, kv.remote_address if kv else "", pull)
-        return pull is not None
+    def _record_pull(self, parent, request_id: str, kv: kv_params.KvParams) -> bool:
+        """The decode leg's pull of `kv` (connector.py reports it before the load is done) as a
+        kv.transfer span and in the pull-duration histogram; False while it is not reported yet.
+        A leg with KV params runs only on an engine that transfers KV (`_kv_params`)."""
+        assert isinstance(self.engine, TransfersKv)
+        pull = self.engine.kv_pull(kv.transfer_id)
+        if pull is None:
+            return False
+        record_kv_pull(_tracer, parent, request_id, self.info.instance_id, kv.remote_address, pull)
+        metrics.observe_kv_pull(self.info.instance_id, pull)
+        return True
 
     def _kv_params(self, request: worker_pb2.WorkerGenerateRequest) -> kv_params.KvParams | None:
         if not request.HasField("kv_transfer"):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import glob
 import json
-import socket
+import os
+import signal
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from services.common.pb.hfx.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.common.spanstore import read_spans
 from services.worker.kv import shm, tcp
 from tests.harness import wait_until
+from tests.kv_proxy import Proxy, RemoteHold
 
 pytestmark = pytest.mark.slow
 
@@ -210,55 +212,6 @@ def test_a_prompt_d_holds_in_its_prefix_cache_releases_ps_copy_unread(pd):
     assert d.generate("hit-after", prompt_of(BLOCK, 31), 4)[0]  # D's engine is alive
 
 
-class Proxy:
-    """Between D and P's transfer server: passes bytes on, or breaks the stream P sends, as a
-    failing network or a dying P would."""
-
-    def __init__(self, target: str, mode: str, at_byte: int = 2000) -> None:
-        self.target, self.mode, self.at_byte = target, mode, at_byte
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            client, _ = self.sock.accept()
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def _relay(self, client: socket.socket) -> None:
-        host, _, port = self.target.rpartition(":")
-        upstream = socket.create_connection((host, int(port)))
-        threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-        self._pipe(upstream, client, True)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_p: bool) -> None:
-        seen = 0
-        try:
-            while data := src.recv(65536):
-                if from_p and seen <= self.at_byte < seen + len(data):
-                    cut = self.at_byte - seen
-                    if self.mode == "corrupt":
-                        data = data[:cut] + bytes([data[cut] ^ 0x5A]) + data[cut + 1:]
-                    elif self.mode == "cut":  # P gone mid-block
-                        dst.sendall(data[:cut])
-                        return
-                    elif self.mode == "stall":  # P alive but silent past D's deadline
-                        dst.sendall(data[:cut])
-                        time.sleep(DEADLINE_S + 3)
-                        return
-                seen += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):  # shutdown first: close alone sends no FIN while the other pipe reads
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-                except OSError:
-                    pass
-
-
 def test_corrupt_block_is_caught_by_its_checksum_and_d_recomputes(pd):
     p, d = pd
     prompt = prompt_of(3 * BLOCK, 7)
@@ -303,7 +256,7 @@ def test_p_lost_or_stalled_mid_transfer_means_recompute_within_the_deadline(pd, 
     colocated, _ = p.generate(f"co-{mode}", prompt, 8)
     before = outcomes(d)
     first, last = p.generate(f"{mode}-p", prompt, 8, worker_pb2.KvTransferParams(do_remote_decode=True, lease_s=2.0))
-    proxy = Proxy(last.kv_transfer.remote_address, mode, at_byte=10)  # within P's first answer
+    proxy = Proxy(last.kv_transfer.remote_address, mode, at_byte=10, stall_s=DEADLINE_S + 3)  # in P's first answer
     kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=proxy.address,
                                      transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
     rest, _ = d.generate(f"{mode}-d", prompt + first, 7, kv)
@@ -336,8 +289,6 @@ def test_bad_kv_params_are_invalid_argument(pd):
 
 def test_concurrent_split_requests_all_match_colocated_and_leave_nothing_staged(pd):
     p, d = pd
-    from concurrent.futures import ThreadPoolExecutor
-
     prompts = [prompt_of(60 + 37 * i, 100 + i) for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
         colocated = list(pool.map(lambda ip: p.generate(f"cc-{ip[0]}", ip[1], 6)[0], enumerate(prompts)))
@@ -374,27 +325,50 @@ def test_a_client_leaving_mid_decode_frees_the_blocks_on_both_sides(pd):
     assert blocks_idle(p, d)
 
 
-def test_p_killed_before_d_pulls_means_recompute_and_no_hang(pd):
-    """Last in the module: it kills P (its worker service, KV server and engine)."""
-    import os
-    import signal
-
+def test_p_killed_mid_transfer_or_before_d_pulls_means_right_tokens_and_no_hang(pd):
+    """Last in the module: it SIGKILLs P (its worker service with the KV server, and its engine),
+    while D reads one transfer's stream over TCP and before D pulls another."""
     p, d = pd
-    prompt = prompt_of(3 * BLOCK + 9, 23)
-    colocated, _ = p.generate("co-kill", prompt, 8)
+    mid, before = prompt_of(15 * BLOCK - 20, 25), prompt_of(3 * BLOCK + 9, 23)  # 15 blocks (3.75 MiB), 4
+    colocated = {"mid": p.generate("co-kill-mid", mid, 8)[0], "before": p.generate("co-kill", before, 8)[0]}
     pd_generate(p, d, "kill-warm", prompt_of(BLOCK, 24), 2)  # D has pulled from P: it knows P's folder
-    first, last = p.generate("kill-p", prompt, 8, worker_pb2.KvTransferParams(do_remote_decode=True))
-    os.killpg(p.proc.pid, signal.SIGKILL)
+    staged = {name: p.generate(f"kill-{name}-p", prompt, 8, worker_pb2.KvTransferParams(do_remote_decode=True))
+              for name, prompt in (("mid", mid), ("before", before))}
+
+    def decode(name: str, prompt: list[int], address: str) -> list[int]:
+        first, last = staged[name]
+        kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=address,
+                                         transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
+        return first + d.generate(f"kill-{name}-d", prompt + first, 7, kv)[0]
+
+    # D streams "mid" from P as from another host, held after 5 of its 15 blocks: D has checked its
+    # first 1 MiB (4 blocks) and read into the next, and waits for more when P is killed.
+    proxy = RemoteHold(staged["mid"][1].kv_transfer.remote_address, hold_blocks=5)
+    before_outcomes = outcomes(d)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(decode, "mid", mid, proxy.address)
+        assert wait_until(lambda: proxy.held.is_set() and proxy.d_has_read_all(), DEADLINE_S / 2, 0.01)
+        assert proxy.blocks_announced == 15 and not pending.done()
+        os.killpg(p.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        proxy.release()  # what P's kernel still sends after its death reaches D, then P's close
+        assert pending.result(timeout=CALL_TIMEOUT_S) == colocated["mid"]  # D recomputed the prompt
+    took_s = time.monotonic() - killed
     p.proc.wait(30)
-    before = outcomes(d)
-    kv = worker_pb2.KvTransferParams(do_remote_prefill=True, remote_address=last.kv_transfer.remote_address,
-                                     transfer_id=last.kv_transfer.transfer_id, num_tokens=last.kv_transfer.num_tokens)
-    rest, _ = d.generate("kill-d", prompt + first, 7, kv)
-    assert first + rest == colocated
+    print(f"P killed with D 5 of 15 blocks into its stream: {proxy.after_release} more bytes came from P's side "
+          f"(blocks {10 * proxy.block_bytes} and END); D's request ended {took_s:.2f} s after the kill")
+    # P died before it answered D's ACK (it may have handed its kernel every block): the pull fails
+    # as peer-lost, nothing D received is loaded, and D's request ends well within the deadline.
+    assert delta(before_outcomes, outcomes(d)) == {"peer-lost": 1}
+    assert took_s < DEADLINE_S, took_s
+    assert kv_span(d, staged["mid"][1].kv_transfer.transfer_id)[tracing.ATTR_KV_OUTCOME] == "peer-lost"
+
+    before_outcomes = outcomes(d)
+    assert decode("before", before, staged["before"][1].kv_transfer.remote_address) == colocated["before"]
     # D knows P's folder (the warm-up pull): it copies the dead P's staged blocks, which nothing
     # can overwrite any more (their JSON is still there), checks every CRC32 and loads them; only
     # its ACK fails. (A D that must ask P first finds nobody and recomputes: "peer-lost".)
-    assert delta(before, outcomes(d)) == {"ok": 1}
+    assert delta(before_outcomes, outcomes(d)) == {"ok": 1}
     assert blocks_idle(d)
     # What the dead P had staged is found and removed (as the next worker to start does).
     assert [path for path in shm.remove_orphans("/dev/shm") if f"hfx-kv-{p.proc.pid}-" in path]

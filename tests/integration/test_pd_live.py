@@ -1,6 +1,7 @@
 """P/D on real vLLM engines behind the whole mesh (`hfx up --prefill 1 --decode 1`, policy hfx,
 KV moved by HFX's connector): 50 concurrent requests with mixed SLOs all complete with the
-tokens P's engine gives each prompt colocated; a decode worker SIGKILLed after the KV transfer
+tokens P's engine gives each prompt colocated; the OpenAI API (completions and chat, streamed and
+not) answers a split request with P's colocated tokens and text; a decode worker SIGKILLed after the KV transfer
 ends its request clearly (failover, or an error naming the instance) and P holds nothing staged.
 One cluster (two engines) for the module; the test that kills D runs last.
 """
@@ -35,7 +36,8 @@ SLOS = [common_pb2.Slo(ttft_ms=2000, tpot_ms=200),     # tight for 2 shared core
 def pd(tmp_path_factory):
     home = tmp_path_factory.mktemp("pd-live") / "home"
     # Both engines start and profile at once (each waits for the other to be quiet): up to minutes.
-    with local_cluster(home, workers=0, prefill=1, decode=1, engine="vllm", policy="hfx", timeout_s=540) as c:
+    with local_cluster(home, workers=0, prefill=1, decode=1, engine="vllm", policy="hfx", timeout_s=540,
+                       http=True) as c:
         with grpcutil.sync_channel(c.state.scheduler) as ch:
             stub = scheduler_pb2_grpc.SchedulerStub(ch)
             instances = lambda: {i.instance_id: i for i in stub.GetClusterState(  # noqa: E731
@@ -153,6 +155,61 @@ def test_fifty_concurrent_mixed_slo_requests_over_pd_all_complete_with_the_right
     print(f"50 requests: {splits} split P -> D, {loaded} KV pulls loaded on D")
     assert splits >= 1 and loaded >= 1  # the split path carried some of them, with KV moved
     assert wait_until(lambda: kv_stats(pd, "hfx-p0")["leases"] == 0, 10)  # nothing left staged on P
+
+
+def alone_with_text(c, prompt: list[int], max_tokens: int) -> tuple[list[int], str]:
+    """As `colocated`, with the text P's engine gives the tokens."""
+    with grpcutil.sync_channel(c.addresses["hfx-p0"]) as ch:
+        req = worker_pb2.WorkerGenerateRequest(request_id=f"ref-{time.monotonic_ns()}", prompt_token_ids=prompt,
+                                               sampling=common_pb2.SamplingParams(max_tokens=max_tokens,
+                                                                                  temperature=0.0, ignore_eos=True))
+        chunks = list(worker_pb2_grpc.WorkerStub(ch).Generate(req, timeout=CALL_TIMEOUT_S))
+    return [t for chunk in chunks for t in chunk.token_ids], "".join(chunk.text for chunk in chunks)
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_openai_api_answers_a_split_request_with_ps_colocated_tokens_and_text(pd, chat, stream):
+    """Clients change nothing: the official SDK gets one answer, from a prefill leg on P and a decode
+    leg on D that loaded P's KV, equal to P's engine alone (prompt in its prefix cache, as above)."""
+    import openai
+    from transformers import AutoTokenizer
+
+    salt = 2 * chat + stream  # a prompt of its own each: D's prefix cache never holds it yet
+    words = [f"w{(i * 7 + salt * 13) % 97}" for i in range(300)]
+    messages = [{"role": "user", "content": "Go on: " + " ".join(words)}]
+    if chat:
+        prompt = list(AutoTokenizer.from_pretrained(pd.model).apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+    else:
+        prompt = prompt_of(600, 500 + salt)
+    assert len(prompt) > 400  # long enough for the policy to split (the 50 above: from 140 tokens)
+    colocated(pd, prompt, 1)
+    expected, text = alone_with_text(pd, prompt, 12)
+    client = openai.OpenAI(base_url=f"http://{pd.state.http}/v1", api_key="none", max_retries=0, timeout=CALL_TIMEOUT_S)
+    create = client.chat.completions if chat else client.completions
+    ask = {"messages": messages} if chat else {"prompt": prompt}
+    pulls = kv_stats(pd, "hfx-d0")["pulls"]["outcomes"]
+    args = dict(model=pd.model, temperature=0, max_tokens=12, extra_body={"ignore_eos": True, "return_token_ids": True},
+                **ask)
+    if stream:
+        with create.with_streaming_response.create(stream=True, **args) as response:
+            request_id = response.headers["x-hfx-request-id"]
+            choices = [c.choices[0] for c in response.parse() if c.choices]
+        got_text = "".join((c.delta.content or "") if chat else c.text for c in choices)
+        finish = choices[-1].finish_reason
+    else:
+        response = create.with_raw_response.create(**args)
+        request_id, whole = response.headers["x-hfx-request-id"], response.parse()
+        choices = whole.choices
+        got_text, finish = (choices[0].message.content if chat else choices[0].text), choices[0].finish_reason
+    tokens = [t for c in choices for t in c.model_dump()["token_ids"] or ()]
+    assert (tokens, got_text, finish) == (expected, text, "length")
+    # Split: the scheduler placed it prefill on P -> decode on D, and D loaded P's KV for it.
+    split = re.compile(rf"place {re.escape(request_id)} -> \w+ prefill:hfx-p0 -> decode:hfx-d0")
+    assert wait_until(lambda: split.search((pd.log_dir / "scheduler.log").read_text()), 5), request_id
+    after = kv_stats(pd, "hfx-d0")["pulls"]["outcomes"]
+    assert {k: after[k] - pulls.get(k, 0) for k in after if after[k] != pulls.get(k, 0)} == {"ok": 1}
 
 
 def test_decode_worker_killed_after_the_transfer_ends_the_request_clearly_and_p_keeps_nothing(pd):

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common import tracing
+from services.common import metrics, tracing
 from services.common.domain import FinishReason
 from services.common.pb.hfx.v1 import common_pb2, worker_pb2
 from services.worker import server as worker_server
@@ -104,6 +104,22 @@ def test_a_failed_pull_is_a_span_with_its_reason(monkeypatch):
     spans = run_leg(monkeypatch, PullingEngine({"t-1": failed}), decode_leg())
     (kv,) = [s for s in spans if s.name == tracing.SPAN_KV_TRANSFER]
     assert kv.attributes[tracing.ATTR_KV_OUTCOME] == "integrity" and kv.attributes[tracing.ATTR_KV_MS] == 3.0
+
+
+def pulls_observed(outcome: str) -> tuple[float, float]:
+    labels = {"instance": "d0", "outcome": outcome}
+    return tuple(metrics.REGISTRY.get_sample_value(f"hfx_worker_kv_pull_seconds_{k}", labels) or 0.0  # type: ignore[return-value]
+                 for k in ("count", "sum"))
+
+
+def test_each_decode_legs_pull_is_observed_once_in_the_duration_histogram(monkeypatch):
+    (ok_n, ok_s), (lost_n, _) = pulls_observed("ok"), pulls_observed("peer-lost")
+    run_leg(monkeypatch, PullingEngine({"t-1": dict(PULL)}), decode_leg())
+    run_leg(monkeypatch, PullingEngine({"t-2": dict(PULL, transfer_id="t-2", outcome="peer-lost", ms=9.0)}),
+            decode_leg("t-2"))
+    run_leg(monkeypatch, PullingEngine({}), decode_leg("t-3"))  # nothing reported: nothing observed
+    assert pulls_observed("ok") == (ok_n + 1, pytest.approx(ok_s + 0.0015))
+    assert pulls_observed("peer-lost")[0] == lost_n + 1
 
 
 @pytest.mark.parametrize("kv", [None, worker_pb2.KvTransferParams(do_remote_decode=True)], ids=["whole", "prefill-leg"])

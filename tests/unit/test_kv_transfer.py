@@ -100,7 +100,8 @@ def test_the_reaper_adopts_staged_files_and_expires_them_without_any_pull(server
     server.test_clock.now = 2000.0
     while server.handle({"op": "stats"}, None)["leases"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.handle({"op": "stats"}, None)["freed"] == {"expired": 1}
+    stats = server.handle({"op": "stats"}, None)
+    assert stats["freed"] == {"expired": 1} and stats["freed_blocks"] == {"expired": 3}  # leaked: 3 blocks
     assert not list(tmp_path.iterdir())
 
 
@@ -139,6 +140,18 @@ def test_a_silent_server_ends_in_the_deadline_and_a_dead_one_in_peer_lost():
     silent.close()
     with pytest.raises(wire.PeerLost):
         tcp.pull(address, "x", from_block=0, layout=LAYOUT, deadline_s=0.3, into=lambda i, count: memoryview(bytearray(count * BLOCK_BYTES)))
+
+
+def test_store_counts_the_blocks_freed_by_each_reason():
+    store, block = StagingStore(), memoryview(bytes(8))
+    for tid, n, expires in (("a", 2, 10.0), ("b", 3, 10.0), ("c", 4, 50.0), ("d", 1, 50.0)):
+        store.stage(Staged(tid, [block] * n, [0] * n, n, LAYOUT, expires))
+    assert store.free("a", "acked") and store.expire(20.0) == ["b"] and store.free("d", "released")
+    assert store.free("a", "acked") is False  # freed once, counted once
+    stats = store.stats()
+    assert stats.freed == {"acked": 1, "expired": 1, "released": 1}
+    assert stats.freed_blocks == {"acked": 2, "expired": 3, "released": 1}
+    assert (stats.leases, stats.blocks) == (1, 4)
 
 
 def test_store_reports_why_a_transfer_is_gone():

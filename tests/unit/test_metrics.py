@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.common import metrics
 
 
@@ -42,9 +44,23 @@ def test_kv_transfer_stats_become_gauges_by_reason_and_outcome():
     from services.common import metrics as m
 
     m.set_worker_kv("kvw", {"leases": 2, "blocks": 5, "freed": {"expired": 1, "nacked:integrity": 1},
+                            "freed_blocks": {"expired": 4, "nacked:integrity": 2},
                             "pulls": {"outcomes": {"ok": 3, "deadline": 1}, "bytes": 4096, "recent_ms": [2.0, 7.5]}})
     text = m.exposition().decode()
     assert 'hfx_worker_kv_leased_blocks{instance="kvw"} 5.0' in text
+    assert 'hfx_worker_kv_leaked_blocks{instance="kvw"} 4.0' in text  # the expired transfers' blocks only
     assert 'hfx_worker_kv_freed_transfers{instance="kvw",reason="expired"} 1.0' in text
     assert 'hfx_worker_kv_pulls{instance="kvw",outcome="deadline"} 1.0' in text
     assert 'hfx_worker_kv_last_pull_ms{instance="kvw"} 7.5' in text
+
+
+def test_each_kv_pull_is_observed_in_the_duration_histogram_by_outcome():
+    metrics.observe_kv_pull("kvh", {"outcome": "ok", "ms": 3.0})
+    metrics.observe_kv_pull("kvh", {"outcome": "ok", "ms": 40.0})
+    metrics.observe_kv_pull("kvh", {"outcome": "deadline", "ms": 10_000.0})
+    assert sample("hfx_worker_kv_pull_seconds_count", instance="kvh", outcome="ok") == 2
+    assert sample("hfx_worker_kv_pull_seconds_sum", instance="kvh", outcome="ok") == pytest.approx(0.043)
+    assert sample("hfx_worker_kv_pull_seconds_bucket", instance="kvh", outcome="ok", le="0.005") == 1
+    assert sample("hfx_worker_kv_pull_seconds_bucket", instance="kvh", outcome="ok", le="0.05") == 2
+    assert sample("hfx_worker_kv_pull_seconds_bucket", instance="kvh", outcome="deadline", le="5.0") == 0
+    assert sample("hfx_worker_kv_pull_seconds_bucket", instance="kvh", outcome="deadline", le="10.0") == 1

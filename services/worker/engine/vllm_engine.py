@@ -18,6 +18,7 @@ from typing import Any
 
 from services.common import lifeline
 from services.common.domain import FinishReason, Sampling
+from services.worker.engine import prompt_tail
 from services.worker.engine.base import EngineOutput, EngineRequest, EngineStats
 from services.worker.kv.params import KvParams
 from services.worker.engine.device import device_engine_kwargs, device_environment, pin_cpu_cores
@@ -272,10 +273,14 @@ class VllmEngine:
         )
         self._live.add(req.request_id)
         finished = False
+        # vLLM's text is wrong for a prompt that ends mid-character (a P/D decode leg, a resumed request)
+        text = prompt_tail.tail_text(self._fast_tokenizer(), req.prompt_token_ids)
         try:
             async for out in stream:
                 finished = out.finished
                 output = _to_engine_output(out, len(req.prompt_token_ids))
+                if text is not None:
+                    output = dataclasses.replace(output, text_delta=text.delta(output.new_token_ids))
                 if output.kv is not None and output.kv.transfer_id and self._kv is not None:
                     output = dataclasses.replace(output, kv=await self._kv.when_staged(output.kv,
                                                                                        self.config.kv_stage_wait_s))
@@ -286,6 +291,13 @@ class VllmEngine:
                 # Closing vLLM's generator aborts the request in the engine; without it the
                 # request would keep decoding until garbage collection got to the generator.
                 await stream.aclose()
+
+    def _fast_tokenizer(self) -> Any:
+        """The engine's `tokenizers.Tokenizer` (what vLLM's detokenizer steps), or None."""
+        import tokenizers
+
+        backend = getattr(self._llm.get_tokenizer(), "_tokenizer", None)
+        return backend if isinstance(backend, tokenizers.Tokenizer) else None
 
     async def release_kv(self, transfer_id: str) -> bool:
         return self._kv is not None and await self._kv.release(transfer_id)

@@ -34,6 +34,7 @@ class StoreStats:
     blocks: int
     bytes: int
     freed: dict[str, int]  # reason -> transfers freed for it, since start
+    freed_blocks: dict[str, int]  # reason -> their blocks ("expired": leaked until the lease ran out)
 
 
 GONE_REMEMBERED = 4096
@@ -44,6 +45,7 @@ class StagingStore:
         self._lock = threading.Lock()
         self._staged: dict[str, Staged] = {}
         self._freed: dict[str, int] = {}
+        self._freed_blocks: dict[str, int] = {}
         # Recently freed transfers and why: a pull for one of them is answered at once, where a
         # pull for an id not seen yet may be early (P's client learns the id a moment before
         # the blocks are staged) and may wait for it a little.
@@ -82,7 +84,7 @@ class StagingStore:
         with self._lock:
             staged = self._staged.pop(transfer_id, None)
             if staged is not None:
-                self._forget(transfer_id, reason)
+                self._forget(staged, reason)
         return staged
 
     def expire(self, now_s: float) -> list[str]:
@@ -91,7 +93,7 @@ class StagingStore:
             gone = [s for s in self._staged.values() if s.expires_s <= now_s]
             for staged in gone:
                 del self._staged[staged.transfer_id]
-                self._forget(staged.transfer_id, "expired")
+                self._forget(staged, "expired")
         for staged in gone:
             if staged.release is not None:
                 staged.release()
@@ -102,13 +104,15 @@ class StagingStore:
             ids = list(self._staged)
         return sum(self.free(tid, reason) for tid in ids)
 
-    def _forget(self, transfer_id: str, reason: str) -> None:
+    def _forget(self, staged: Staged, reason: str) -> None:
         self._freed[reason] = self._freed.get(reason, 0) + 1
-        self._gone[transfer_id] = reason
+        self._freed_blocks[reason] = self._freed_blocks.get(reason, 0) + len(staged.blocks)
+        self._gone[staged.transfer_id] = reason
         while len(self._gone) > GONE_REMEMBERED:
             self._gone.popitem(last=False)
 
     def stats(self) -> StoreStats:
         with self._lock:
             return StoreStats(leases=len(self._staged), blocks=sum(len(s.blocks) for s in self._staged.values()),
-                              bytes=sum(s.nbytes for s in self._staged.values()), freed=dict(self._freed))
+                              bytes=sum(s.nbytes for s in self._staged.values()), freed=dict(self._freed),
+                              freed_blocks=dict(self._freed_blocks))

@@ -145,7 +145,7 @@ class KvServer(ThreadedServer):
         if op == "stats":
             s = self.store.stats()
             return {"leases": s.leases, "blocks": s.blocks, "bytes": s.bytes, "freed": s.freed,
-                    "pulls": self.pulls.snapshot()}
+                    "freed_blocks": s.freed_blocks, "pulls": self.pulls.snapshot()}
         return {"ok": False, "reason": "bad-request", "error": f"unknown op {op!r}"}
 
     def _send(self, conn: socket.socket, tid: str, from_block: int, wait_s: float) -> dict:

@@ -11,7 +11,7 @@ big-endian length and a JSON object; raw block bytes follow their header unframe
     D -> P  ACK     {"op": "ack", "transfer_id": t, "ok": bool, "reason": "..."}   (P frees the lease)
     P -> D          {"freed": bool}
     any -> P        {"op": "release", "transfer_id": t} -> {"freed": bool}   (abort: free unread)
-    any -> P        {"op": "stats"} -> {"leases": n, "blocks": b, "bytes": x, "freed": {...}}
+    any -> P        {"op": "stats"} -> {"leases": n, "blocks": b, "bytes": x, "freed": {...}, "freed_blocks": {...}}
 
 D checks the layout against its own before the first block, each block's CRC32, and that END
 came after exactly the blocks it asked for; the ACK's answer must say P still held the lease (a
