@@ -306,14 +306,15 @@ class Hfx:
         # not strained: waiting for a step to end costs it about as much as the step in flight it
         # would wait behind. Rejecting,
         # demoting or holding it is a likely miss that buys nothing if it fits once the step in
-        # flight is not charged (tests 2-6 still protect everyone else): place it at its own risk.
+        # flight is not charged (tests 2-6 still protect everyone else, test (2) within
+        # last_chance_bank_share of each running budget): place it at its own risk.
         # What a load report says is left of that step is charged still (FitTable.ttft_ms).
         slack_ms = entry.slack_ms(now_s)
         tight_ms = 0.0 if table.reserve else (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
-        if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
-                and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
+        last_chance = not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
+        if last_chance and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None:
             return True
-        entry.last_miss = why_not(table, entry.spec, entry.output_tokens, now_s)
+        entry.last_miss = why_not(table, entry.spec, entry.output_tokens, now_s, optimistic=last_chance)
         # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
         # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
         # the cluster keeps up will get its turn: deferring others for it held requests back at a
@@ -366,7 +367,8 @@ class Hfx:
         else:
             reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {where.ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
                       f"budget {budget_ms:.0f} ms; {mode}{where.how}"
-                      + ("; last chance, not counting the step in flight" if optimistic else "")
+                      + (f"; last chance, not counting the step in flight, running TPOTs within "
+                         f"{100 * self.config.last_chance_bank_share:.0f}% of their budgets" if optimistic else "")
                       + (f"; {note}" if note else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=first_id,
