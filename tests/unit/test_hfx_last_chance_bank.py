@@ -8,6 +8,7 @@ from services.common.domain import ClusterSnapshot, Slo, Verdict
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.hfx import Hfx
+from services.scheduler.policy.pressure import MAX_PASS_GAP_MS, PassGap
 from services.scheduler.policy.why import why_not
 from tests.unit.helpers_sched import make_instance, make_request
 
@@ -72,3 +73,33 @@ def test_a_refusal_after_waiting_says_why_it_never_fitted():
         decisions += policy.schedule([spec], ClusterSnapshot((inst,)), t).decisions
     (d,) = [d for d in decisions if d.verdict is Verdict.REJECT]
     assert "last tried with its SLO: w0: (2) a running request's budget" in d.reason
+
+
+def test_pass_gap_follows_the_gaps_between_passes_while_requests_wait():
+    gap = PassGap()
+    for i in range(30):
+        gap.observe(NOW + 0.04 * i, waiting=True)
+    assert 38.0 < gap.gap_ms <= 40.0
+    gap.observe(NOW + 100.0, waiting=True)               # an idle spell counts as MAX_PASS_GAP_MS at most
+    assert gap.gap_ms <= 40.0 + 0.2 * (MAX_PASS_GAP_MS - 40.0) + 1e-9
+    gap.observe(NOW + 101.0, waiting=False)
+    assert gap.last_s is None                            # nothing waits: the next gap starts afresh
+
+
+def test_a_last_chance_reaches_as_far_as_the_gap_between_passes():
+    # Strained (two waiting, one instance: no tight-TTFT window), the newcomer's slack is 20 ms,
+    # far more than one 2.5-ms step: by the step alone it is no last chance, and it waits, to
+    # turn hopeless before the next pass. With passes 40 ms apart, 20 ms is its last chance.
+    inst = make_instance("w0", running=(RUNNING,), kv_capacity_tokens=100_000)
+    blocker = make_request(request_id="big", prompt_tokens=200_000, max_tokens=10, slo=Slo(1e6, 50.0), arrival_s=0.0)
+    newcomer = _newcomer(7500, ttft_ms=125.0)           # unloaded prefill 105 ms: slack 20 ms
+
+    def final_pass(policy) -> tuple:
+        return policy.schedule([blocker, newcomer], ClusterSnapshot((inst,)), NOW).decisions
+
+    assert final_pass(make_policy("hfx", PolicyConfig())) == ()
+    policy = make_policy("hfx", PolicyConfig())
+    for i in range(30, 0, -1):                           # passes 40 ms apart, the blocker waiting
+        assert policy.schedule([blocker], ClusterSnapshot((inst,)), NOW - 0.04 * i).decisions == ()
+    (d,) = final_pass(policy)
+    assert d.request_id == "new" and d.verdict is Verdict.ADMIT and "last chance" in d.reason
