@@ -102,8 +102,8 @@ class PolicyConfig:
     # Last chance (hfx.py _attempt): a request about to become hopeless may push a running
     # request's predicted decode time past its TPOT budget by up to this share of that budget
     # ((O-1) x TPOT), fit test (2). Refusing it is a certain miss; the running one's is a
-    # prediction, and a small one (issue 9, twelfth session: live, 26 of 30 refusals at 12-16
-    # req/s failed only test (2), short by 3-209 ms, and the peer met 25 of them). 0 = off.
+    # prediction, and a small one (issue 9, twelfth session: live, 29 of 38 tried refusals at
+    # 12-16 req/s failed only test (2), short by 3-209 ms; the peer met 20 of them). 0 = off.
     last_chance_bank_share: float = 0.1
     # P/D (docs/ARCHITECTURE.md, "P/D scheduling"). KV transfer per token for instances whose
     # profile has none.
