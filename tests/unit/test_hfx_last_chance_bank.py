@@ -87,19 +87,30 @@ def test_pass_gap_follows_the_gaps_between_passes_while_requests_wait():
 
 
 def test_a_last_chance_reaches_as_far_as_the_gap_between_passes():
-    # Strained (two waiting, one instance: no tight-TTFT window), the newcomer's slack is 20 ms,
-    # far more than one 2.5-ms step: by the step alone it is no last chance, and it waits, to
-    # turn hopeless before the next pass. With passes 40 ms apart, 20 ms is its last chance.
+    # Strained (two waiting, one instance: no tight-TTFT window, no test-(2) share). A 100-token
+    # newcomer: unloaded prefill 3 ms, 3.5 ms behind the running one's step; charged 3 x that
+    # 2.5-ms step for the step in flight (inflight_step_share 3) it predicts 11 ms, over its 8-ms
+    # TTFT. Its slack, 5 ms, is more than one step: by the step alone no last chance, and it
+    # waits, to turn hopeless before the next pass. With passes 40 ms apart, it is its last chance.
     inst = make_instance("w0", running=(RUNNING,), kv_capacity_tokens=100_000)
     blocker = make_request(request_id="big", prompt_tokens=200_000, max_tokens=10, slo=Slo(1e6, 50.0), arrival_s=0.0)
-    newcomer = _newcomer(7500, ttft_ms=125.0)           # unloaded prefill 105 ms: slack 20 ms
+    newcomer = _newcomer(100, ttft_ms=8.0)
+    config = PolicyConfig(inflight_step_share=3.0)
 
     def final_pass(policy) -> tuple:
         return policy.schedule([blocker, newcomer], ClusterSnapshot((inst,)), NOW).decisions
 
-    assert final_pass(make_policy("hfx", PolicyConfig())) == ()
-    policy = make_policy("hfx", PolicyConfig())
+    assert final_pass(make_policy("hfx", config)) == ()
+    policy = make_policy("hfx", config)
     for i in range(30, 0, -1):                           # passes 40 ms apart, the blocker waiting
         assert policy.schedule([blocker], ClusterSnapshot((inst,)), NOW - 0.04 * i).decisions == ()
     (d,) = final_pass(policy)
     assert d.request_id == "new" and d.verdict is Verdict.ADMIT and "last chance" in d.reason
+
+
+def test_under_strain_a_last_chance_has_no_share_of_the_running_budgets():
+    inst = make_instance("w0", running=(RUNNING,), kv_capacity_tokens=100_000)
+    blocker = make_request(request_id="big", prompt_tokens=200_000, max_tokens=10, slo=Slo(1e6, 50.0), arrival_s=0.0)
+    policy = make_policy("hfx", PolicyConfig(last_chance_bank_share=0.1))
+    # The newcomer of the first test (-5 ms, within 10%), now with another request queued.
+    assert policy.schedule([blocker, _newcomer(7500)], ClusterSnapshot((inst,)), NOW).decisions == ()

@@ -99,7 +99,8 @@ class PolicyConfig:
     # Placement of a request whose time left to its TTFT deadline is below this many times its
     # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
     tight_ttft_factor: float = 2.0
-    # Last chance (hfx.py _attempt): a request about to become hopeless may push a running
+    # Last chance (hfx.py _attempt) while the cluster keeps up (FitTable.bank_share: not under
+    # strain): a request about to become hopeless may push a running
     # request's predicted decode time past its TPOT budget by up to this share of that budget
     # ((O-1) x TPOT), fit test (2). Refusing it is a certain miss; the running one's is a
     # prediction, and a small one (issue 9, twelfth session: live, 29 of 38 tried refusals at
