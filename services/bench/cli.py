@@ -201,7 +201,8 @@ class LiveRuns:
                        disable=self.args.quiet, mininterval=0.5)
             started = time.perf_counter()
             result = asyncio.run(_with_target(target, lambda t: run_live(
-                t, requests, self.vocab, self.args.seed, self.opts, lambda n: bar.update(n - bar.n), instances),
+                t, requests, self.vocab, self.args.seed, self.opts, lambda n: bar.update(n - bar.n), instances,
+                prompt_salt=f"rate {rate:g}"),
                 self.args))
             bar.close()
             rep = report(policy, rate, result, time.perf_counter() - started)
