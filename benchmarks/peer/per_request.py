@@ -7,13 +7,14 @@ requests on both targets, in the same order. Per rate it counts HFX's misses by 
 test held the request back at its last try (the reason's "last tried with its SLO: ..." part,
 services/scheduler/policy/why.py).
 
-  python -m benchmarks.peer.per_request HFX.jsonl PEER.jsonl
+  python -m benchmarks.peer.per_request HFX.jsonl PEER.jsonl      (either may be .jsonl.gz)
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import json
 import re
 from pathlib import Path
@@ -22,7 +23,9 @@ TEST = re.compile(r": (\(\d\)|closed: [a-z]+|not accepting|\d+ requests)")
 
 
 def load(path: str) -> dict[tuple[float, int], dict]:
-    rows = (json.loads(line) for line in Path(path).read_text().splitlines() if line.strip())
+    """A per-request JSONL file (gzipped if its name ends in .gz)."""
+    text = gzip.decompress(Path(path).read_bytes()).decode() if path.endswith(".gz") else Path(path).read_text()
+    rows = (json.loads(line) for line in text.splitlines() if line.strip())
     return {(r["rate_rps"], r["index"]): r for r in rows}
 
 
