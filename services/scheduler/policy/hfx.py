@@ -371,8 +371,9 @@ class Hfx:
         else:
             reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {where.ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
                       f"budget {budget_ms:.0f} ms; {mode}{where.how}"
-                      + (f"; last chance, not counting the step in flight, running TPOTs within "
-                         f"{100 * self.config.last_chance_bank_share:.0f}% of their budgets" if optimistic else "")
+                      + ("; last chance, not counting the step in flight" if optimistic else "")
+                      + (f", running TPOTs within {100 * table.bank_share(True):.0f}% of their budgets"
+                         if optimistic and table.bank_share(True) > 0 else "")
                       + (f"; {note}" if note else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=first_id,
