@@ -99,13 +99,6 @@ class PolicyConfig:
     # Placement of a request whose time left to its TTFT deadline is below this many times its
     # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
     tight_ttft_factor: float = 2.0
-    # Last chance (hfx.py _attempt) while the cluster keeps up (FitTable.bank_share: not under
-    # strain): a request about to become hopeless may push a running
-    # request's predicted decode time past its TPOT budget by up to this share of that budget
-    # ((O-1) x TPOT), fit test (2). Refusing it is a certain miss; the running one's is a
-    # prediction, and a small one (issue 9, twelfth session: live, 29 of 38 tried refusals at
-    # 12-16 req/s failed only test (2), short by 3-209 ms; the peer met 20 of them). 0 = off.
-    last_chance_bank_share: float = 0.1
     # P/D (docs/ARCHITECTURE.md, "P/D scheduling"). KV transfer per token for instances whose
     # profile has none.
     default_kv_transfer_ms_per_token: float = DEFAULT_KV_TRANSFER_MS_PER_TOKEN

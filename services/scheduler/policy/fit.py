@@ -160,27 +160,17 @@ class FitTable:
         if self.flat_rem.size:
             self.max_rem[self.banked] = np.maximum.reduceat(self.flat_rem, self.bank_starts)
 
-    def bank_after(self, output_tokens: float, step_delta_ms: np.ndarray, share: float = 0.0) -> np.ndarray:
+    def bank_after(self, output_tokens: float, step_delta_ms: np.ndarray) -> np.ndarray:
         """Per instance: the least bank left to any protected running request once a newcomer
         decoding `output_tokens` steps makes each step `step_delta_ms` slower (its prefill not
-        counted); inf where nothing is protected. With `reserve`, the conservative bound instead.
-        share > 0 (a last chance, bank_share): each request's own bank is credited `share` of its
-        decode budget, its remaining steps x the instance's tightest TPOT."""
+        counted); inf where nothing is protected. With `reserve`, the conservative bound instead."""
         if self.reserve:
             return self.bank_ms - np.minimum(output_tokens, self.max_rem) * step_delta_ms
         out = np.full(len(self.budgets), np.inf)
         if self.flat_bank.size:
             left = self.flat_bank - np.minimum(output_tokens, self.flat_rem) * step_delta_ms[self.flat_row]
-            if share > 0:
-                left = left + share * self.flat_rem * self.min_tpot[self.flat_row]
             out[self.banked] = np.minimum.reduceat(left, self.bank_starts)
         return out
-
-    def bank_share(self, optimistic: bool) -> float:
-        """Test (2)'s tolerance: PolicyConfig.last_chance_bank_share at a last chance while the
-        cluster keeps up (not `reserve`), else 0. Under strain the running requests it would push
-        have others queued behind them: live at 16 req/s it doubled their TPOT misses."""
-        return self.config.last_chance_bank_share if optimistic and not self.reserve else 0.0
 
     def _derive(self) -> None:
         """Terms of the fit test that do not depend on the request (recomputed after a placement)."""
@@ -271,7 +261,7 @@ class FitTable:
     def fit(self, spec: RequestSpec, output_tokens: int, now_s: float,
             best_effort: bool, optimistic: bool = False, role: Role = Role.COLOCATED) -> tuple[int, float, int, str] | None:
         """A whole request on an instance of `role`: (instance index, predicted TTFT ms, how many
-        fit, how it was chosen) or None. optimistic (a last chance): see ttft_ms and bank_share."""
+        fit, how it was chosen) or None. optimistic: see ttft_ms."""
         ok, ttft_ms = self.fits(spec, output_tokens, now_s, best_effort, optimistic, role)
         n_fit = int(ok.sum())
         if n_fit == 0:
@@ -298,7 +288,7 @@ class FitTable:
         ttft_ms = self.ttft_ms(L, optimistic)
         s_new = self.s_plus_c2 + self.c3 * x
         ok = self.open & self.role_rows[role]
-        ok &= (self.bank_after(O, s_new - self.s, self.bank_share(optimistic)) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
+        ok &= (self.bank_after(O, s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
         ok &= (self.kv_room >= L + O) & self.fits_len(spec)
         if not self.reserve:
             # (6) only while the cluster keeps up: under strain a refused newcomer waits behind a

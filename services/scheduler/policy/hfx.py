@@ -21,7 +21,7 @@ from services.scheduler.policy.budget import InstanceBudget, carry_backlog, pref
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.lanes import ClassesSeen
-from services.scheduler.policy.pressure import PassGap, Pressure
+from services.scheduler.policy.pressure import Pressure
 from services.scheduler.policy.pd import SPLIT, fastest_prefill_ms, legs_of, options, plan, prefill_models
 from services.scheduler.policy.ranking import Entry, RankedQueue
 from services.scheduler.policy.why import why_not
@@ -52,7 +52,6 @@ class Hfx:
         self.pressure = Pressure(config)          # see PolicyConfig.defer_slack_ms
         self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
-        self._passes = PassGap()        # how far apart passes come: the reach of a last chance
         self._classes = ClassesSeen()   # per task class seen: _tight_tpot_ms, _tight_ttft
 
     def observe_completion(self, task_class: str, output_tokens: int, request_id: str = "") -> None:
@@ -106,7 +105,6 @@ class Hfx:
             live = {inst.instance_id for inst in cluster.instances}
             self._budgets = {iid: hit for iid, hit in self._budgets.items() if iid in live}
         self.queue.sync(waiting, self._entry)
-        self._passes.observe(now_s, bool(self.queue.known))
         decisions: list[Decision] = []
         budgets = [self._budget(inst, now_s) for inst in cluster.instances]
         self._pass_budgets = {inst.instance_id: b for inst, b in zip(cluster.instances, budgets)}
@@ -303,22 +301,19 @@ class Hfx:
         late_resume = entry.spec.resumed_tokens > 0 and entry.slack_ms(now_s) < 0
         if self._try(entry, table, now_s, decisions, best_effort=late_resume, note=note) is not None:
             return True
-        # Last chance: it becomes hopeless before the next pass is likely (within the longest step,
-        # or the gap between passes: live, passes come on events and a 50-ms timer, not at every
-        # step end as in the simulator; PassGap), or its first token is
+        # Last chance: it becomes hopeless before the next pass is likely, or its first token is
         # tight (slack at most (tight_ttft_factor - 1) x its unloaded prefill) while the cluster is
         # not strained: waiting for a step to end costs it about as much as the step in flight it
         # would wait behind. Rejecting,
         # demoting or holding it is a likely miss that buys nothing if it fits once the step in
-        # flight is not charged (tests 2-6 still protect everyone else, test (2) within
-        # last_chance_bank_share of each running budget): place it at its own risk.
+        # flight is not charged (tests 2-6 still protect everyone else): place it at its own risk.
         # What a load report says is left of that step is charged still (FitTable.ttft_ms).
         slack_ms = entry.slack_ms(now_s)
         tight_ms = 0.0 if table.reserve else (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
-        last_chance = not late_resume and slack_ms <= max(table.longest_step_ms(), self._passes.gap_ms, tight_ms)
-        if last_chance and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None:
+        if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
+                and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
             return True
-        entry.last_miss = why_not(table, entry.spec, entry.output_tokens, now_s, optimistic=last_chance)
+        entry.last_miss = why_not(table, entry.spec, entry.output_tokens, now_s)
         # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
         # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
         # the cluster keeps up will get its turn: deferring others for it held requests back at a
@@ -372,8 +367,6 @@ class Hfx:
             reason = (f"slack {slack_ms:.0f} ms; predicted TTFT {where.ttft_ms:.0f} of {spec.slo.ttft_ms:.0f} ms; "
                       f"budget {budget_ms:.0f} ms; {mode}{where.how}"
                       + ("; last chance, not counting the step in flight" if optimistic else "")
-                      + (f", running TPOTs within {100 * table.bank_share(True):.0f}% of their budgets"
-                         if optimistic and table.bank_share(True) > 0 else "")
                       + (f"; {note}" if note else ""))
             verdict = Verdict.ADMIT
         decision = Decision(spec.request_id, verdict, reason, instance_id=first_id,

@@ -46,24 +46,3 @@ class Pressure:
         """The window after pressure ended, in which deferred requests are released paced."""
         return (self.config.release_spacing > 0
                 and now_s < self.until_s + self.config.pressure_window_ms / 1000.0)
-
-
-@dataclass
-class PassGap:
-    """How far apart the policy's passes come while requests wait: an exponentially weighted
-    mean of the gaps, each capped at MAX_PASS_GAP_MS (an idle spell says nothing of the next
-    gap). In the simulator a pass comes at every step end; the live scheduler passes on events
-    and on a 50-ms timer while requests wait, so a request whose slack is below one step often
-    met no pass before it turned hopeless (issue 9, twelfth session). Pure over the times given."""
-    gap_ms: float = 0.0
-    last_s: float | None = None
-
-    def observe(self, now_s: float, waiting: bool) -> None:
-        if waiting and self.last_s is not None and now_s > self.last_s:
-            gap = min((now_s - self.last_s) * 1000.0, MAX_PASS_GAP_MS)
-            self.gap_ms += PASS_GAP_WEIGHT * (gap - self.gap_ms)
-        self.last_s = now_s if waiting else None
-
-
-MAX_PASS_GAP_MS = 100.0
-PASS_GAP_WEIGHT = 0.2

@@ -40,7 +40,7 @@ def decode_fit(table: FitTable, spec: RequestSpec, output_tokens: int,
     L, O = float(spec.prompt_tokens), float(output_tokens)
     s_new = table.s_plus_c2 + table.c3 * (L + O / 2)
     ok = table.open & table.role_rows[Role.DECODE]
-    ok &= (table.bank_after(O, s_new - table.s, table.bank_share(optimistic)) >= 0) & (s_new <= table.min_tpot)
+    ok &= (table.bank_after(O, s_new - table.s) >= 0) & (s_new <= table.min_tpot)
     ok &= (table.kv_room >= L + O) & table.fits_len(spec)
     if not best_effort:
         ok &= s_new <= spec.slo.tpot_ms

@@ -21,7 +21,7 @@ def why_not(table: FitTable, spec: RequestSpec, output_tokens: int, now_s: float
     L, O = float(spec.prompt_tokens), float(output_tokens)
     ttft_ms = table.ttft_ms(L, optimistic)
     s_new = table.s_plus_c2 + table.c3 * (L + O / 2)
-    bank = table.bank_after(O, s_new - table.s, table.bank_share(optimistic)) - table.c1 * L
+    bank = table.bank_after(O, s_new - table.s) - table.c1 * L
     first_ok = table.queued_first_ok(L) if not table.reserve else np.ones(len(table.ids), dtype=bool)
     left_ms = (spec.ttft_deadline_s - now_s) * 1000.0
     lens = table.fits_len(spec)
