@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", type=argtypes.positive_int, default=2, help="vLLM engines per target (default %(default)s)")
-    p.add_argument("--rate", type=argtypes.positive_float, nargs="+", default=[20.0],
-                   help="request rates (req/s) for vLLM's serving benchmark (default %(default)s)")
+    p.add_argument("--rate", type=argtypes.positive_float, nargs="*", default=[20.0],
+                   help="request rates (req/s) for vLLM's serving benchmark; none given: only the "
+                   "multi-class workload (default %(default)s)")
     p.add_argument("--requests", type=argtypes.positive_int, default=200, help="requests per rate (default %(default)s)")
     p.add_argument("--input-len", type=argtypes.positive_int, default=256, help="random prompt tokens (default %(default)s)")
     p.add_argument("--output-len", type=argtypes.positive_int, default=64, help="output tokens (default %(default)s)")
@@ -174,7 +175,8 @@ def multi_slo(url: str, model: str, args, label: str, out: Path, unloaded_from: 
     json_out = out / f"multi-slo-{label}.json"
     cmd = procs.hfx_command("bench", "--target", url, "--rate", *[f"{r:g}" for r in args.multi_slo],
                             "--requests", str(args.multi_slo_requests), "--seed", str(args.seed), "--label", label,
-                            "--model", model, "--max-model-len", "2048", "--json", str(json_out), "--quiet")
+                            "--model", model, "--max-model-len", "2048", "--json", str(json_out), "--quiet",
+                            "--per-request", str(out / f"multi-slo-{label}-requests.jsonl"))
     if unloaded_from is not None:
         cmd += ["--unloaded-from", str(unloaded_from)]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=3600)

@@ -104,6 +104,10 @@ def add_live_arguments(bench: argparse.ArgumentParser, mode) -> None:
                    help="--target: take the unloaded latency (hence the absolute SLOs) from this earlier "
                    "`hfx bench --json` output instead of probing the target, so two targets are held to the "
                    "same SLOs (default: probe the target)")
+    g.add_argument("--per-request", default="", metavar="JSONL",
+                   help="live: write one line per request and rate here (class, SLOs, verdict and reason, "
+                   "TTFT, TPOT, met), so two targets' runs of the same requests compare request by request "
+                   "(default: not written)")
     g.add_argument("--no-task-class", action="store_true", help="do not send the class name (targets that "
                    "do not know the workload's classes) (default: send it)")
 
@@ -197,12 +201,16 @@ class LiveRuns:
                        disable=self.args.quiet, mininterval=0.5)
             started = time.perf_counter()
             result = asyncio.run(_with_target(target, lambda t: run_live(
-                t, requests, self.vocab, self.args.seed, self.opts, lambda n: bar.update(n - bar.n), instances),
+                t, requests, self.vocab, self.args.seed, self.opts, lambda n: bar.update(n - bar.n), instances,
+                prompt_salt=f"rate {rate:g}"),
                 self.args))
             bar.close()
             rep = report(policy, rate, result, time.perf_counter() - started)
             reports.append(rep)
             samples[(policy, rate)] = tables.samples_of(result)
+            if self.args.per_request:
+                with open(self.args.per_request, "a") as out:
+                    out.writelines(json.dumps(row) + "\n" for row in per_request_rows(policy, rate, result))
             _print_failures(result)
 
     def run_all(self) -> tuple[list[RunReport], dict]:
@@ -275,6 +283,22 @@ class LiveRuns:
                      *plots.latency_cdfs(samples, out, self.engine_label)]
             print("wrote " + ", ".join(str(p) for p in paths))
         return 0
+
+
+def per_request_rows(policy: str, rate: float, result) -> list[dict]:
+    """One dict per request of a live run, in the workload's order (the same index is the same
+    request on every target run with the same workload, seed and rate)."""
+    from services.report.metrics import met_slo, tpot_ms, ttft_ms
+
+    rows = []
+    for i, r in enumerate(result.records):
+        t, p = ttft_ms(r), tpot_ms(r)
+        rows.append({"policy": policy, "rate_rps": rate, "index": i, "task_class": r.spec.task_class,
+                     "priority": r.spec.priority, "prompt_tokens": r.spec.prompt_tokens,
+                     "output_tokens": r.output_tokens, "arrival_s": r.spec.arrival_s,
+                     "ttft_slo_ms": r.spec.slo.ttft_ms, "tpot_slo_ms": r.spec.slo.tpot_ms, "verdict": r.verdict,
+                     "reason": r.reason, "ttft_ms": t, "tpot_ms": p, "met": met_slo(r)})
+    return rows
 
 
 def _absolute(path: str) -> str:

@@ -139,7 +139,7 @@ class HttpTarget:
             async with self._session.post(f"{self.name}/v1/completions", json=body, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if resp.status != 200:
-                    text = (await resp.text())[:300]
+                    text = (await resp.text())[:1000]
                     result.verdict = "reject" if resp.status == 429 else "failed"
                     result.reason = f"HTTP {resp.status}: {text}"
                     retry = resp.headers.get("retry-after-ms")

@@ -24,6 +24,7 @@ from services.scheduler.policy.lanes import ClassesSeen
 from services.scheduler.policy.pressure import Pressure
 from services.scheduler.policy.pd import SPLIT, fastest_prefill_ms, legs_of, options, plan, prefill_models
 from services.scheduler.policy.ranking import Entry, RankedQueue
+from services.scheduler.policy.why import why_not
 
 MAX_DEMOTIONS_PER_CALL = 256
 # Rejections of expired best-effort requests per pass: each is a Decision with a reason string, so
@@ -203,7 +204,7 @@ class Hfx:
                 decisions.append(Decision(
                     spec.request_id, Verdict.REJECT,
                     f"cannot meet TTFT {spec.slo.ttft_ms:.0f} ms: slack {slack_ms:.0f} ms after "
-                    f"unloaded prefill {entry.unloaded_prefill_ms:.0f} ms",
+                    f"unloaded prefill {entry.unloaded_prefill_ms:.0f} ms" + _tried(entry),
                     slack_ms=slack_ms, retry_after_ms=max(cfg.retry_after_ms, wait_ms)))
             else:
                 self.queue.demote(entry, now_s)
@@ -224,7 +225,7 @@ class Hfx:
             decisions.append(Decision(
                 entry.spec.request_id, Verdict.REJECT,
                 f"best effort for {waited_ms:.0f} ms > limit {limit_ms:.0f} ms without spare room "
-                f"(slack {entry.slack_ms(now_s):.0f} ms)",
+                f"(slack {entry.slack_ms(now_s):.0f} ms)" + _tried(entry),
                 slack_ms=entry.slack_ms(now_s), retry_after_ms=self.config.retry_after_ms))
 
     def _loose(self, entry: Entry, now_s: float) -> bool:
@@ -312,6 +313,7 @@ class Hfx:
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
                 and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
             return True
+        entry.last_miss = why_not(table, entry.spec, entry.output_tokens, now_s)
         # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
         # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
         # the cluster keeps up will get its turn: deferring others for it held requests back at a
@@ -372,3 +374,8 @@ class Hfx:
                             legs=legs_of(where, table))
         decisions.append(decision)
         return decision
+
+
+def _tried(entry: Entry) -> str:
+    """The refusal's account of the last time its SLO was tried (why.py), if it was."""
+    return f"; last tried with its SLO: {entry.last_miss}" if entry.last_miss else ""

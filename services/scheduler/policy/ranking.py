@@ -27,6 +27,7 @@ class Entry:
     seq: int = 0
     best_effort: bool = False
     demoted_s: float = 0.0        # when it became best effort (its arrival if it was from the start)
+    last_miss: str = ""           # why it fitted nowhere at its last try (policy/why.py), for reasons
 
     def slack_ms(self, now_s: float) -> float:
         return (self.hopeless_at_s - now_s) * 1000.0
