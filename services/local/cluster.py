@@ -142,6 +142,26 @@ def _wait_workers(state: ClusterFile, count: int, timeout_s: float, log_dir: Pat
             time.sleep(0.25)
 
 
+def _wait_scheduler_sees(address: str, count: int, timeout_s: float) -> None:
+    """Waits until the scheduler knows `count` instances: it reads the registry every registry_refresh_s,
+    and a cluster called ready before that sent a burst all to one worker (`make demo`: 8 of 8 on hfx-w0)."""
+    from services.common.pb.hfx.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    with grpcutil.sync_channel(address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                seen = len(stub.GetClusterState(scheduler_pb2.GetClusterStateRequest(), timeout=1).instances)
+            except grpc.RpcError:
+                pass
+            if seen >= count:
+                return
+            time.sleep(0.1)
+    raise TimeoutError(f"the scheduler at {address} sees {seen} of {count} workers after {timeout_s:.0f}s")
+
+
 def up(opts: UpOptions) -> ClusterFile:
     """Starts everything and returns the recorded cluster; on any failure stops what it started."""
     existing = ClusterFile.load(opts.home)
@@ -255,6 +275,7 @@ def _start_all(opts: UpOptions, state: ClusterFile, log_dir: Path, t0: float) ->
     _step(f"scaler ready at {state.scaler}, launching {opts.describe_workers()} {opts.engine} worker(s)", t0)
 
     _wait_workers(state, opts.total_workers, opts.timeout_s, log_dir, scaler)
+    _wait_scheduler_sees(state.scheduler, opts.total_workers, 30)
     _step(f"{opts.total_workers} worker(s) ready", t0)
     for path in sorted(log_dir.glob("*.metrics")):  # written by the scaler for each worker it starts
         state.metrics[path.stem] = path.read_text().strip()

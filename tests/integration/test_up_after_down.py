@@ -47,3 +47,16 @@ def test_up_at_once_after_down_on_the_same_ports(tmp_path, capsys):
     finally:
         main(["--home", str(home), "down"])
     assert "already in use" not in capsys.readouterr().err
+
+
+def test_up_returns_only_when_the_scheduler_can_place_on_every_worker(tmp_path):
+    """The scheduler reads the registry every registry_refresh_s: `up` called the cluster ready
+    when the workers had registered, and `make demo`'s burst right after went 8 of 8 to hfx-w0."""
+    from services.common import grpcutil
+    from services.common.pb.hfx.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+    with local_cluster(tmp_path / "home", workers=3, engine="sim") as mesh:
+        with grpcutil.sync_channel(mesh.state.scheduler) as channel:
+            state = scheduler_pb2_grpc.SchedulerStub(channel).GetClusterState(
+                scheduler_pb2.GetClusterStateRequest(), timeout=5)
+    assert sorted(i.instance_id for i in state.instances) == ["hfx-w0", "hfx-w1", "hfx-w2"]
