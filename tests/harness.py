@@ -93,21 +93,23 @@ def local_cluster(home: Path, workers: int = 1, tracing: str = "off", policy: st
                   http: bool = False, router_port: int = 0, http_port: int = 0,
                   scaler_args: tuple[str, ...] = (), prefill: int = 0, decode: int = 0,
                   api_keys: tuple = (), model: str = "", sim_profile: str = "cpu-tiny",
-                  policy_config: str = "", timeout_s: float = 240) -> Iterator[RunningCluster]:
+                  policy_config: str = "", timeout_s: float = 240,
+                  scheduler_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
     """engine "sim" starts SIMULATED workers (no vLLM); classes is a router task-class YAML;
     http also serves the router's OpenAI-compatible API (state.http); router_port and http_port
     fix the ports (0: a free one); scaler_args are the scaler's autoscaling flags; prefill and
     decode start P/D workers beside the `workers` colocated ones; model: a checkpoint dir (default:
     the built-in tiny model); sim_profile is engine sim's profile (workers and scheduler);
     policy_config a scheduler --policy-config file; timeout_s bounds the start (two vLLM workers
-    profiling at once on a busy machine may need more than the default)."""
+    profiling at once on a busy machine may need more than the default); scheduler_args are more
+    `hfx scheduler` flags."""
     model = model or str(ensure_default_model())
     opts = cluster.UpOptions(home=home, model=model, workers=workers, router_port=router_port or procs.free_port(),
                              redis_url=None, policy=policy, engine=engine, tracing=tracing, timeout_s=timeout_s,
                              worker_args=worker_args, classes=classes,
                              http_port=(http_port or procs.free_port()) if http else 0, scaler_args=scaler_args,
                              prefill=prefill, decode=decode, api_keys=api_keys, sim_profile=sim_profile,
-                             policy_config=policy_config)
+                             policy_config=policy_config, scheduler_args=scheduler_args)
     state = cluster.up(opts)
     running = RunningCluster(state, home, model)
     try:

@@ -29,6 +29,9 @@ def add_parsers(sub) -> None:
                    help="a cluster that cannot serve (only prefill workers registered, say) refuses requests with "
                    "UNAVAILABLE only once it has been so this long; before that it counts as starting and requests "
                    "wait (default %(default)s)")
+    p.add_argument("--registry-refresh-s", type=argtypes.positive_float, default=0.5,
+                   help="how often the registry of workers is read from Redis: a worker that registered is placed "
+                   "on from the next read (default %(default)s)")
     add_tickets_flag(p)
     add_pd_local_prefill(p)
     add_policy_config_flag(p)
@@ -60,6 +63,7 @@ def cmd_scheduler(args) -> int:
                                       metrics_port=args.metrics_port, tickets=args.tickets,
                                       policy_config=policy_config, max_queue=args.max_queue,
                                       max_wait_s=args.max_wait_s, serving_gap_grace_s=args.serving_gap_grace_s,
+                                      registry_refresh_s=args.registry_refresh_s,
                                       role_changes=args.role_changes,
                                       scaler_address=args.scaler or "")))
     return 0

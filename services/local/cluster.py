@@ -50,6 +50,7 @@ class UpOptions:
     sim_profile: str = "cpu-tiny"
     policy_config: str = ""            # the scheduler's --policy-config FILE (absolute path); "" = none
     role_changes: bool = False         # issue 11: the scheduler flips P/D roles through the scaler
+    scheduler_args: tuple[str, ...] = ()   # more `hfx scheduler` flags (e.g. --registry-refresh-s)
 
     @property
     def total_workers(self) -> int:
@@ -182,7 +183,7 @@ def up(opts: UpOptions) -> ClusterFile:
 
 
 def _policy_flags(opts: UpOptions) -> list[str]:
-    """What the scheduler's PolicyConfig is made from (services/scheduler/policy/settings.py)."""
+    """The scheduler's PolicyConfig sources (services/scheduler/policy/settings.py), then scheduler_args."""
     flags = []
     if opts.pd_local_prefill is not None:
         flags.append("--pd-local-prefill" if opts.pd_local_prefill else "--no-pd-local-prefill")
@@ -192,7 +193,7 @@ def _policy_flags(opts: UpOptions) -> list[str]:
         flags += ["--classes", opts.classes]
     if opts.policy_config:
         flags += ["--policy-config", opts.policy_config]
-    return flags
+    return flags + list(opts.scheduler_args)
 
 
 def _worker_flags(opts: UpOptions) -> tuple[str, ...]:

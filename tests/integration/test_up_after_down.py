@@ -51,11 +51,14 @@ def test_up_at_once_after_down_on_the_same_ports(tmp_path, capsys):
 
 def test_up_returns_only_when_the_scheduler_can_place_on_every_worker(tmp_path):
     """The scheduler reads the registry every registry_refresh_s: `up` called the cluster ready
-    when the workers had registered, and `make demo`'s burst right after went 8 of 8 to hfx-w0."""
+    when the workers had registered, and `make demo`'s burst right after went 8 of 8 to hfx-w0.
+    A 3-s refresh makes the race all but certain: the scheduler's first read (at its start) sees
+    no worker, and an `up` that returned once the workers registered would find it knowing fewer
+    than three unless a read fell between the last registration and that return."""
     from services.common import grpcutil
     from services.common.pb.hfx.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-    with local_cluster(tmp_path / "home", workers=3, engine="sim") as mesh:
+    with local_cluster(tmp_path / "home", workers=3, engine="sim", scheduler_args=("--registry-refresh-s", "3")) as mesh:
         with grpcutil.sync_channel(mesh.state.scheduler) as channel:
             state = scheduler_pb2_grpc.SchedulerStub(channel).GetClusterState(
                 scheduler_pb2.GetClusterStateRequest(), timeout=5)
