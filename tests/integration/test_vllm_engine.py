@@ -7,6 +7,7 @@ subprocess meanwhile, because two vLLM engines in one process share global state
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -187,3 +188,47 @@ def test_stats_report_a_running_request(engine):
     assert final.recent_step_ms and all(ms > 0 for ms in final.recent_step_ms)
     assert len(final.recent_step_ms) <= 32
     assert eng.max_model_len == 2048
+
+
+def _tail_request(request_id: str, prompt: list[int], stop: tuple[str, ...]) -> EngineRequest:
+    return EngineRequest(request_id=request_id, prompt_token_ids=prompt, priority=1,
+                         sampling=Sampling(max_tokens=12, temperature=0.0, ignore_eos=True, stop=stop))
+
+
+def test_stop_strings_of_a_prompt_ending_mid_character_match_the_output_not_the_prompt(engine, model_dir):
+    """A P/D decode leg's prompt may end with a byte of a character (P's first token). vLLM's
+    text for it starts with the whole prompt, and it matched the stop strings there: a stop string
+    in the prompt ended the request at its first token. The worker matches them over its own text
+    (prompt_tail.TailStop): only the output stops it, where a colocated run's text would."""
+    from tokenizers import Tokenizer
+
+    from services.worker.engine import prompt_tail
+
+    eng, loop = engine
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    byte = next(i for i in range(tok.get_vocab_size()) if tok.decode([i]) == prompt_tail.UNFINISHED)
+    prompt = tok.encode("Go on:\n" + " ".join(f"w{i * 7 % 97}" for i in range(40))).ids + [byte]
+
+    def run(request_id: str, stop: tuple[str, ...]):
+        outputs = loop.run(_collect(eng, _tail_request(request_id, prompt, stop)))
+        return [t for o in outputs for t in o.new_token_ids], "".join(o.text_delta for o in outputs), outputs[-1]
+
+    tokens, text, last = run("tail-no-stop", ())
+    assert len(tokens) == 12 and last.finish_reason is FinishReason.LENGTH
+    in_prompt_only = [s for s in ("Go on", "\n", "w0 w7") if s not in text]
+    assert in_prompt_only
+    for s in in_prompt_only:  # vLLM's text had each of them at the first token
+        assert run(f"tail-stop-{s!r}", (s,))[:2] == (tokens, text)
+
+    # A stop string the output has: cut where it first appears, as vLLM cuts a colocated run.
+    stream = prompt_tail.tail_text(tok, prompt)
+    assert stream is not None
+    ends = list(itertools.accumulate(len(stream.delta([t])) for t in tokens))  # text length after each token
+    at = next(p for p in range(len(text) // 2, len(text)) if text[p:].strip())
+    stop = next(text[at:at + n] for n in range(2, len(text) - at + 1) if text.find(text[at:at + n]) == at)
+    k = next(i for i, end in enumerate(ends) if end >= at + len(stop))  # the token that completes it
+    stopped_tokens, stopped_text, last = run("tail-stop-output", (stop,))
+    assert last.finished and last.finish_reason is FinishReason.STOP
+    assert (stopped_tokens, stopped_text) == (tokens[:k + 1], text[:at])
+    assert loop.run(eng.abort("tail-stop-output")) is False  # aborted in vLLM: nothing left running
+    assert eng._llm.get_num_unfinished_requests() == 0

@@ -55,3 +55,42 @@ def test_a_prompt_ending_on_a_whole_character_keeps_vllms_text(tok):
     assert prompt_tail.tail_text(tok, ids) is None
     assert prompt_tail.tail_text(None, ids + [a_byte_token(tok)]) is None  # no fast tokenizer: vLLM's text
     assert prompt_tail.unfinished_tail(tok, ids + [a_byte_token(tok)] * 2) == 2
+
+
+def feed_all(stop: prompt_tail.TailStop, deltas: list[str]) -> tuple[list[str], bool]:
+    sent = []
+    for i, delta in enumerate(deltas):
+        text, stopped = stop.feed(delta, finished=i == len(deltas) - 1)
+        sent.append(text)
+        if stopped:
+            return sent, True
+    return sent, False
+
+
+def test_tail_stop_cuts_before_the_first_stop_string_even_across_deltas():
+    assert feed_all(prompt_tail.TailStop(["END"]), ["a b E", "N", "D c"]) == (["a b", " ", ""], True)
+    assert feed_all(prompt_tail.TailStop(["xyz", "b"]), ["a xy", "z b"]) == (["a ", ""], True)  # the earliest
+    assert feed_all(prompt_tail.TailStop(["\n"]), ["one", " two\nthree"]) == (["one", " two"], True)
+
+
+def test_tail_stop_holds_back_the_longest_stop_string_less_one_character_as_vllm_does_and_flushes_at_the_end():
+    assert feed_all(prompt_tail.TailStop(["END"]), ["a b E", "Nd", " c"]) == (["a b", " E", "Nd c"], False)
+    assert feed_all(prompt_tail.TailStop(["", "z"]), ["ab", "c"]) == (["ab", "c"], False)  # "" stops nothing
+
+
+def test_tail_output_ends_the_request_on_its_own_text_not_on_the_prompt(tok):
+    """vLLM matched stop strings over its text, which for such a prompt starts with the prompt."""
+    from services.common.domain import FinishReason
+    from services.worker.engine.base import EngineOutput
+
+    ids, byte = prompt(tok), a_byte_token(tok)
+    words = tok.encode(" rivers round the hill", add_special_tokens=False).ids
+    text = prompt_tail.tail_text(tok, ids + [byte])
+    assert text is not None
+    stop = prompt_tail.TailStop(["Go on", " round"])  # "Go on" is in the prompt only
+    outs = [prompt_tail.tail_output(EngineOutput([t], "vLLM's text", False, None, len(ids) + 1), text, stop)
+            for t in words]
+    first_stop = next(i for i, o in enumerate(outs) if o.finished)
+    assert "".join(o.text_delta for o in outs[:first_stop + 1]) == colocated_deltas(tok, ids, [byte, words[0]])[1]
+    assert outs[first_stop].finish_reason is FinishReason.STOP and outs[first_stop].kv is None
+    assert all(not o.finished and o.finish_reason is None for o in outs[:first_stop])

@@ -267,24 +267,29 @@ class VllmEngine:
 
     async def generate(self, req: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         prompt = await self._render(req.prompt_token_ids)
+        # vLLM's text is wrong for a prompt that ends mid-character (a P/D decode leg, a resumed
+        # request): the worker makes that text, and matches the stop strings over it itself.
+        text = prompt_tail.tail_text(self._fast_tokenizer(), req.prompt_token_ids)
+        stop = prompt_tail.TailStop(req.sampling.stop) if text is not None and req.sampling.stop else None
+        sampling = dataclasses.replace(req.sampling, stop=()) if stop is not None else req.sampling
         stream = self._llm.generate(
-            prompt, sampling_params(req.sampling, req.kv), req.request_id,
+            prompt, sampling_params(sampling, req.kv), req.request_id,
             priority=-req.priority,  # vLLM runs LOWER values first; HFX ranks higher first
         )
         self._live.add(req.request_id)
-        finished = False
-        # vLLM's text is wrong for a prompt that ends mid-character (a P/D decode leg, a resumed request)
-        text = prompt_tail.tail_text(self._fast_tokenizer(), req.prompt_token_ids)
+        finished = False  # by vLLM: if not, closing its stream aborts the request there
         try:
             async for out in stream:
                 finished = out.finished
                 output = _to_engine_output(out, len(req.prompt_token_ids))
                 if text is not None:
-                    output = dataclasses.replace(output, text_delta=text.delta(output.new_token_ids))
+                    output = prompt_tail.tail_output(output, text, stop)
                 if output.kv is not None and output.kv.transfer_id and self._kv is not None:
                     output = dataclasses.replace(output, kv=await self._kv.when_staged(output.kv,
                                                                                        self.config.kv_stage_wait_s))
                 yield output
+                if output.finished and not finished:  # a stop string ended it here, not in vLLM
+                    break
         finally:
             self._live.discard(req.request_id)
             if not finished:
