@@ -24,7 +24,7 @@ from services.scheduler.policy.lanes import ClassesSeen
 from services.scheduler.policy.pressure import Pressure
 from services.scheduler.policy.pd import SPLIT, fastest_prefill_ms, legs_of, options, plan, prefill_models
 from services.scheduler.policy.ranking import Entry, RankedQueue
-from services.scheduler.policy.why import why_not
+from services.scheduler.policy.why import Miss
 
 MAX_DEMOTIONS_PER_CALL = 256
 # Rejections of expired best-effort requests per pass: each is a Decision with a reason string, so
@@ -313,7 +313,7 @@ class Hfx:
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
                 and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
             return True
-        entry.last_miss = why_not(table, entry.spec, entry.output_tokens, now_s)
+        entry.last_miss = Miss(table, entry.spec, entry.output_tokens, now_s)
         # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
         # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
         # the cluster keeps up will get its turn: deferring others for it held requests back at a
@@ -378,4 +378,5 @@ class Hfx:
 
 def _tried(entry: Entry) -> str:
     """The refusal's account of the last time its SLO was tried (why.py), if it was."""
-    return f"; last tried with its SLO: {entry.last_miss}" if entry.last_miss else ""
+    why = entry.last_miss.text() if entry.last_miss is not None else ""
+    return f"; last tried with its SLO: {why}" if why else ""
