@@ -4,10 +4,13 @@ session: why_not on every miss was ~5% of the policy's time in the simulator).""
 
 from __future__ import annotations
 
+import copy
+
 from services.common.domain import ClusterSnapshot, Slo, Verdict
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.scheduler.policy import hfx as hfx_module
 from services.scheduler.policy import why as why_module
+from services.scheduler.policy.budget import InstanceBudget
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.hfx import Hfx
 from services.scheduler.policy.why import Miss, why_not
@@ -63,3 +66,13 @@ def test_a_miss_read_after_the_table_changed_says_what_it_said_at_the_miss():
     assert miss.text() == at_the_miss                      # ...but not the miss's
     assert miss.text() == at_the_miss                      # read twice: the same text
 
+
+def test_a_budget_copy_is_copy_copy():
+    policy = make_policy("hfx", PolicyConfig())
+    assert isinstance(policy, Hfx)
+    budget = policy._budget(_instance(), NOW)
+    twin = budget.copy()
+    assert type(twin) is InstanceBudget and twin is not budget
+    assert twin.__dict__ == copy.copy(budget).__dict__
+    twin.add(make_request(request_id="x", arrival_s=NOW), 5, NOW)
+    assert twin != budget and budget == copy.copy(budget)   # the original is untouched

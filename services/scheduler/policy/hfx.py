@@ -9,7 +9,6 @@ best fitting one; best-effort requests only take room no SLO request could use.
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import numpy as np
@@ -154,12 +153,12 @@ class Hfx:
         sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens, inst.prefill_done_s, inst.chunk_tokens)
         hit = self._budgets.get(inst.instance_id)
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
-            return copy.copy(hit[1])
+            return hit[1].copy()
         budget = summarise(inst, self.config, self.estimator, self._best_effort_ids)
         if hit is not None:   # the running set changed: the prefill queued before stays queued
             carry_backlog(budget, hit[1], hit[0][0], inst, now_s)
         self._budgets[inst.instance_id] = (sig, budget)
-        return copy.copy(budget)
+        return budget.copy()
 
     def _protect(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget]) -> list[Preemption]:
         if not self.config.preempt:
