@@ -29,7 +29,7 @@ A request fits instance m when, by m's latency model (notation in budget.py):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -146,6 +146,12 @@ class FitTable:
             self._load_row(idx, now_s)
         self._flatten()
         self._derive()
+        self._before_change: list[Callable[[], object]] = []
+
+    def when_changing(self, read: Callable[[], object]) -> None:
+        """Call `read` before this table next changes (place): a lazy reading of the table as it
+        stands (why.Miss) is taken then, or never if the table is not changed again."""
+        self._before_change.append(read)
 
     def _flatten(self) -> None:
         """Every instance's protected requests' (bank, remaining steps) in one flat array each, for
@@ -376,6 +382,10 @@ class FitTable:
 
     def place(self, idx: int, spec: RequestSpec, output_tokens: int, now_s: float, protected: bool,
               role: Role = Role.COLOCATED) -> None:
+        if self._before_change:
+            reads, self._before_change = self._before_change, []
+            for read in reads:
+                read()
         self.budgets[idx].add(spec, output_tokens, now_s, protected, role)
         if self.behind_step[idx] and role is not Role.DECODE:
             # Placed now, behind the step in flight: it queues for the next steps (test (6)).

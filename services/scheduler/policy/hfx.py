@@ -9,7 +9,6 @@ best fitting one; best-effort requests only take room no SLO request could use.
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from services.scheduler.policy.lanes import ClassesSeen
 from services.scheduler.policy.pressure import Pressure
 from services.scheduler.policy.pd import SPLIT, fastest_prefill_ms, legs_of, options, plan, prefill_models
 from services.scheduler.policy.ranking import Entry, RankedQueue
-from services.scheduler.policy.why import why_not
+from services.scheduler.policy.why import Miss
 
 MAX_DEMOTIONS_PER_CALL = 256
 # Rejections of expired best-effort requests per pass: each is a Decision with a reason string, so
@@ -49,6 +48,7 @@ class Hfx:
         self._ref_model = config.default_latency_model
         self._ref_chunk = config.chunk_tokens      # the step token budget of _ref_model's instance
         self._prefill_models: tuple[tuple[LatencyModel, int], ...] = ()   # pd.prefill_models: the unloaded-prefill bound
+        self._models_seen: tuple = ()   # (latency_model, chunk_tokens, role) per instance they were taken from
         self.pressure = Pressure(config)          # see PolicyConfig.defer_slack_ms
         self._release_free_s = float("-inf")     # the next paced release after pressure (release_spacing)
         self.deferrals = 0
@@ -92,15 +92,19 @@ class Hfx:
     # -- one pass -------------------------------------------------------------------------------
 
     def schedule(self, waiting: Sequence[RequestSpec], cluster: ClusterSnapshot, now_s: float) -> ScheduleResult:
-        if cluster.instances:
+        models = tuple((inst.latency_model, inst.chunk_tokens, inst.role) for inst in cluster.instances)
+        if cluster.instances and models != self._models_seen:
             # "Unloaded" is on the fastest instance: a TPOT below one decode step there can be met
             # nowhere, but one the first-listed instance cannot meet may fit another (issue 9,
             # seventh session: a contended instance's step made every tight-TPOT request best
             # effort at arrival, and refused, while the other one could have served it).
+            # Recomputed only when an instance's model, step budget or role changed: they are all
+            # it reads, and a pass per event made this ~5% of the policy's time in the simulator.
             self._ref_model, self._ref_chunk = min(
                 ((latency_model_of(inst, self.config), chunk_tokens_of(inst, self.config)) for inst in cluster.instances),
                 key=lambda mc: mc[0].c0_ms + mc[0].c2_ms_per_decode_seq)
             self._prefill_models = prefill_models(cluster.instances, self.config)
+            self._models_seen = models
         if len(self._budgets) > len(cluster.instances):  # instances left: drop their cached budgets
             live = {inst.instance_id for inst in cluster.instances}
             self._budgets = {iid: hit for iid, hit in self._budgets.items() if iid in live}
@@ -154,12 +158,12 @@ class Hfx:
         sig = (inst.running, inst.latency_model, inst.load.kv_capacity_tokens, inst.prefill_done_s, inst.chunk_tokens)
         hit = self._budgets.get(inst.instance_id)
         if hit is not None and hit[0][0] is sig[0] and hit[0][1:] == sig[1:]:
-            return copy.copy(hit[1])
+            return hit[1].copy()
         budget = summarise(inst, self.config, self.estimator, self._best_effort_ids)
         if hit is not None:   # the running set changed: the prefill queued before stays queued
             carry_backlog(budget, hit[1], hit[0][0], inst, now_s)
         self._budgets[inst.instance_id] = (sig, budget)
-        return copy.copy(budget)
+        return budget.copy()
 
     def _protect(self, instances: Sequence[InstanceView], budgets: list[InstanceBudget]) -> list[Preemption]:
         if not self.config.preempt:
@@ -313,7 +317,7 @@ class Hfx:
         if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
                 and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
             return True
-        entry.last_miss = why_not(table, entry.spec, entry.output_tokens, now_s)
+        entry.last_miss = Miss(table, entry.spec, entry.output_tokens, now_s)
         # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
         # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
         # the cluster keeps up will get its turn: deferring others for it held requests back at a
@@ -378,4 +382,5 @@ class Hfx:
 
 def _tried(entry: Entry) -> str:
     """The refusal's account of the last time its SLO was tried (why.py), if it was."""
-    return f"; last tried with its SLO: {entry.last_miss}" if entry.last_miss else ""
+    why = entry.last_miss.text() if entry.last_miss is not None else ""
+    return f"; last tried with its SLO: {why}" if why else ""

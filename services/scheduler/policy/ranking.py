@@ -12,9 +12,12 @@ import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from services.common.domain import RequestSpec
+
+if TYPE_CHECKING:
+    from services.scheduler.policy.why import Miss
 
 
 @dataclass
@@ -27,7 +30,7 @@ class Entry:
     seq: int = 0
     best_effort: bool = False
     demoted_s: float = 0.0        # when it became best effort (its arrival if it was from the start)
-    last_miss: str = ""           # why it fitted nowhere at its last try (policy/why.py), for reasons
+    last_miss: Miss | None = None  # why it fitted nowhere at its last try (policy/why.py), for reasons
 
     def slack_ms(self, now_s: float) -> float:
         return (self.hopeless_at_s - now_s) * 1000.0

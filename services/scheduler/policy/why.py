@@ -1,8 +1,10 @@
 """Why a request fitted no instance: per colocated instance, the first fit test it failed and by
 how much (the tests of FitTable.fits, in the order a reader checks them). Pure; the policy
-computes it only when an SLO request fails to fit, keeps the latest on its queue entry, and puts
-it in the reason of the refusal that may follow, so a log line or span says which rule held the
-request back (issue 9, twelfth session)."""
+notes a `Miss` when an SLO request fails to fit, keeps the latest on its queue entry, and puts
+its text in the reason of the refusal that may follow, so a log line or span says which rule held
+the request back (issue 9, twelfth session). The text is built only when a refusal reads it: most
+misses are placed a pass or two later and nobody reads them (why_not was ~5% of the policy's time
+in the simulator; issue 9, thirteenth session)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,25 @@ def why_not(table: FitTable, spec: RequestSpec, output_tokens: int, now_s: float
     for i in map(int, rows):
         parts.append(f"{table.ids[i]}: {_first_failure(table, i, spec, O, ttft_ms[i], s_new[i], bank[i], first_ok[i], left_ms, lens)}")
     return "; ".join(parts) if not all(p.endswith(": fits") for p in parts) else ""
+
+
+class Miss:
+    """why_not(table, spec, output_tokens, now_s) as the table stands now, computed on first
+    `text()`. The table runs `text()` before it next changes (FitTable.when_changing), so a miss
+    read later says what a miss read at once would have said."""
+
+    __slots__ = ("_args", "_text")
+
+    def __init__(self, table: FitTable, spec: RequestSpec, output_tokens: int, now_s: float) -> None:
+        self._args: tuple[FitTable, RequestSpec, int, float] | None = (table, spec, output_tokens, now_s)
+        self._text = ""
+        table.when_changing(self.text)
+
+    def text(self) -> str:
+        if self._args is not None:
+            self._text = why_not(*self._args)
+            self._args = None   # nor does the miss keep the pass's table alive
+        return self._text
 
 
 def _first_failure(t: FitTable, i: int, spec: RequestSpec, O: float, ttft_ms: float, s_new: float, bank: float,
