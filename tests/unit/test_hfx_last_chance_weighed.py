@@ -65,3 +65,10 @@ def test_weigh_counts_only_requests_pushed_below_their_bank():
     assert w.pushed == 2 and w.cost == pytest.approx(1.2)
     assert w.worst_ms == pytest.approx(10.0) and w.remaining == 4.0
     assert weigh(np.array([5.0]), np.array([1.0]), np.array([9.0]), np.array([3.0]), 0.1).cost == 0.0
+
+
+def test_a_bank_already_below_zero_is_lost_either_way():
+    """A running request whose bank is -0.05 ms before the newcomer misses its TPOT either way:
+    taking it to -5.5 ms costs nothing, and the reason says that none is pushed below its bank."""
+    w = weigh(np.array([-0.05]), np.array([-5.5]), np.array([9.0]), np.array([2.55]), 0.1)
+    assert w.pushed == 0 and w.cost == 0.0 and "pushes none below its bank" in w.reason()

@@ -29,6 +29,8 @@ class Weighed:
     remaining: float       # that one's remaining decode steps
 
     def reason(self) -> str:
+        if not self.pushed:
+            return "last chance weighed: refusing is a sure miss; placing pushes none below its bank (those it cuts into are below it already)"
         return (f"last chance weighed: refusing is a sure miss; placing pushes {self.pushed} running below "
                 f"its bank (worst -{self.worst_ms:.1f} ms over {self.remaining:.0f} tokens), "
                 f"{self.cost:.2f} of a miss")
