@@ -72,3 +72,23 @@ def test_a_bank_already_below_zero_is_lost_either_way():
     taking it to -5.5 ms costs nothing, and the reason says that none is pushed below its bank."""
     w = weigh(np.array([-0.05]), np.array([-5.5]), np.array([9.0]), np.array([2.55]), 0.1)
     assert w.pushed == 0 and w.cost == 0.0 and "pushes none below its bank" in w.reason()
+
+
+def test_under_strain_each_is_charged_for_the_longest_run_left():
+    """r (O=4, TPOT 4.1 ms) then r2 (O=10, TPOT 50 ms) run at step 3.0 ms; r2's prompt placed after
+    r costs it 1 ms: bank 3 x 1.1 - 1 = 2.3 ms. x (L=90, O=10) makes the step 3.5 ms; on its last
+    chance (TTFT 5 ms, slack 2.1 ms <= 3 ms; first token after 3.0 + 0.9 = 3.9 ms). Alone in the
+    queue, r is charged for its own 3 steps: 2.3 - 1.5 - 0.9 = -0.1 ms, 0.1 / (0.1 x 3 x 4.1) =
+    0.08 of a miss: placed. With a second request queued (more than instances: strain), r is
+    charged as test (2) charges then, for r2's 9 steps: 2.3 - 4.5 - 0.9 = -3.1 ms, a whole miss:
+    x is refused (s2-w008 @ 62 lost 7 of 200 when strain was not counted)."""
+    r = make_request(request_id="r", max_tokens=4, slo=Slo(1000.0, 4.1))
+    r2 = make_request(request_id="r2", slo=Slo(1000.0, 50.0))
+    inst = ClusterSnapshot((make_instance(running=(r, r2), placed_s=-10.0),))
+    x = make_request(request_id="x", prompt_tokens=90, slo=Slo(5.0, 10.0))
+    (d,) = make_policy("hfx", CFG).schedule([x], inst, 0.0).decisions
+    assert d.verdict == Verdict.ADMIT and d.predicted_ttft_ms == pytest.approx(3.9)
+    assert "worst -0.1 ms over 3 tokens), 0.08 of a miss" in d.reason
+    later = make_request(request_id="later", prompt_tokens=90, slo=Slo(1000.0, 10.0))
+    decisions = make_policy("hfx", CFG).schedule([x, later], inst, 0.0).decisions
+    assert [d.request_id for d in decisions if d.request_id == "x"] == []

@@ -64,7 +64,10 @@ def weighed_fit(table: FitTable, spec: RequestSpec, output_tokens: int, now_s: f
     for idx in map(int, np.flatnonzero(ok)):
         rows = table.flat_row == idx
         before = table.flat_bank[rows]
-        after = before - np.minimum(O, table.flat_rem[rows]) * delta[idx] - table.c1[idx] * L
+        # Under strain, as test (2): each is charged for the instance's longest remaining run (room
+        # kept for arrivals to come; charged for their own runs only, s2-w008 @ 62 lost 7 of 200).
+        steps = table.max_rem[idx] if table.reserve else table.flat_rem[rows]
+        after = before - np.minimum(O, steps) * delta[idx] - table.c1[idx] * L
         w = weigh(before, after, table.flat_rem[rows], table.flat_tpot[rows], slip)
         key = (w.cost, float(ttft_ms[idx]), idx, w)
         if w.cost < 1.0 and (best is None or key[:2] < best[:2]):
