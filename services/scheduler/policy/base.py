@@ -99,6 +99,10 @@ class PolicyConfig:
     # Placement of a request whose time left to its TTFT deadline is below this many times its
     # least predicted TTFT: the instance with the least predicted TTFT, not `placement`. 0 = never.
     tight_ttft_factor: float = 2.0
+    # At its last chance, a request refused only by running requests' banks (fit test (2)) is
+    # placed when that costs them less than one miss, a deficit of `last_chance_slip` x a running
+    # request's remaining tokens x its TPOT counting as a whole one (lastchance.py). 0 = never.
+    last_chance_slip: float = 0.1
     # P/D (docs/ARCHITECTURE.md, "P/D scheduling"). KV transfer per token for instances whose
     # profile has none.
     default_kv_transfer_ms_per_token: float = DEFAULT_KV_TRANSFER_MS_PER_TOKEN

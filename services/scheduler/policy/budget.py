@@ -63,6 +63,7 @@ class InstanceBudget:
     # Replaced, never mutated, by add(): copies of a budget share these tuples.
     banks_ms: tuple[float, ...] = ()
     remaining: tuple[float, ...] = ()
+    tpots_ms: tuple[float, ...] = ()      # and its TPOT SLO (lastchance.py weighs a miss by it)
     victim_id: str = ""                   # the running request to preempt first
     victim_bank_ms: float = 0.0
 
@@ -100,6 +101,7 @@ class InstanceBudget:
             self.min_tpot_ms = min(self.min_tpot_ms, spec.slo.tpot_ms)
             self.banks_ms += ((output_tokens - 1) * (spec.slo.tpot_ms - s_new),)
             self.remaining += (float(output_tokens - 1),)
+            self.tpots_ms += (spec.slo.tpot_ms,)
         self.bank_ms = min(self.banks_ms, default=math.inf)
         self.backlog_anchor_tokens = backlog + self.prefill_rate_tps * now_s
 
@@ -156,6 +158,7 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
     after_tokens = 0.0
     banks: list[float] = []
     remaining: list[float] = []
+    tpots: list[float] = []
     victim_key: tuple = ()
     for r, (prefill, o) in zip(reversed(running), reversed(shapes)):
         after_tokens += prefill
@@ -170,12 +173,13 @@ def summarise(inst: InstanceView, config: PolicyConfig, estimator: OutputLengthE
             out.bank_ms = min(out.bank_ms, bank)
             banks.append(bank)
             remaining.append(float(o - 1))
+            tpots.append(r.spec.slo.tpot_ms)
             out.min_tpot_ms = min(out.min_tpot_ms, r.spec.slo.tpot_ms)
         # Best effort first, then lowest priority, then most slack.
         key = (is_protected, r.spec.priority, -bank, r.spec.request_id)
         if not victim_key or key < victim_key:
             victim_key, out.victim_id, out.victim_bank_ms = key, r.spec.request_id, bank
-    out.banks_ms, out.remaining = tuple(banks), tuple(remaining)
+    out.banks_ms, out.remaining, out.tpots_ms = tuple(banks), tuple(remaining), tuple(tpots)
     return out
 
 

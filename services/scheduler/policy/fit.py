@@ -159,6 +159,7 @@ class FitTable:
         sizes = np.array([len(b.banks_ms) for b in self.budgets], dtype=int)
         self.flat_bank = np.array([x for b in self.budgets for x in b.banks_ms], dtype=float)
         self.flat_rem = np.array([x for b in self.budgets for x in b.remaining], dtype=float)
+        self.flat_tpot = np.array([x for b in self.budgets for x in b.tpots_ms], dtype=float)
         self.flat_row = np.repeat(np.arange(len(self.budgets)), sizes)
         self.banked = sizes > 0
         self.bank_starts = (np.cumsum(sizes) - sizes)[self.banked]
@@ -286,15 +287,17 @@ class FitTable:
         return idx, float(ttft_ms[idx]), n_fit, how
 
     def fits(self, spec: RequestSpec, output_tokens: int, now_s: float, best_effort: bool,
-             optimistic: bool = False, role: Role = Role.COLOCATED) -> tuple[np.ndarray, np.ndarray]:
+             optimistic: bool = False, role: Role = Role.COLOCATED, bank_test: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Tests (1)-(6) on every instance of `role` (False elsewhere): (fits, predicted TTFT ms),
-        one entry per instance."""
+        one entry per instance. bank_test False: without test (2)'s banks (lastchance.py weighs them)."""
         L, O = float(spec.prompt_tokens), float(output_tokens)
         x = L + O / 2
         ttft_ms = self.ttft_ms(L, optimistic)
         s_new = self.s_plus_c2 + self.c3 * x
         ok = self.open & self.role_rows[role]
-        ok &= (self.bank_after(O, s_new - self.s) - self.c1 * L >= 0) & (s_new <= self.min_tpot)
+        if bank_test:
+            ok &= self.bank_after(O, s_new - self.s) - self.c1 * L >= 0
+        ok &= s_new <= self.min_tpot
         ok &= (self.kv_room >= L + O) & self.fits_len(spec)
         if not self.reserve:
             # (6) only while the cluster keeps up: under strain a refused newcomer waits behind a

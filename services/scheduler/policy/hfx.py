@@ -20,6 +20,7 @@ from services.scheduler.policy.budget import InstanceBudget, carry_backlog, pref
 from services.scheduler.policy.estimate import OutputLengthEstimator
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.lanes import ClassesSeen
+from services.scheduler.policy.lastchance import weighed_admit
 from services.scheduler.policy.pressure import Pressure
 from services.scheduler.policy.pd import SPLIT, fastest_prefill_ms, legs_of, options, plan, prefill_models
 from services.scheduler.policy.ranking import Entry, RankedQueue
@@ -314,9 +315,15 @@ class Hfx:
         # What a load report says is left of that step is charged still (FitTable.ttft_ms).
         slack_ms = entry.slack_ms(now_s)
         tight_ms = 0.0 if table.reserve else (self.config.tight_ttft_factor - 1.0) * entry.unloaded_prefill_ms
-        if (not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms)
-                and self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None):
-            return True
+        if not late_resume and slack_ms <= max(table.longest_step_ms(), tight_ms):
+            if self._try(entry, table, now_s, decisions, best_effort=False, optimistic=True) is not None:
+                return True
+            # Still refused by a running request's bank: weigh that against its own sure miss.
+            weighed = weighed_admit(table, entry.spec, entry.output_tokens, now_s, slack_ms, self.config.last_chance_slip)
+            if weighed is not None:
+                self.queue.settle(entry)
+                decisions.append(weighed)
+                return True
         entry.last_miss = Miss(table, entry.spec, entry.output_tokens, now_s)
         # Pressure when one that cannot wait does not fit, or a queue has formed (more queued than
         # instances). A loose request (own slack above defer_slack_ms) that fits nowhere yet while
