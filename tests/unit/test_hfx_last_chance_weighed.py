@@ -13,7 +13,8 @@ from services.scheduler.policy.lastchance import weigh
 from tests.unit.helpers_sched import MODEL, make_instance, make_request
 
 # step_ms = 2 + 0.01*p + 0.5*n (c3 = 0); chunk 100 tokens; 10 output tokens until one is seen.
-CFG = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, prior_output_tokens=10, preempt_margin_ms=0.0)
+CFG = PolicyConfig(default_latency_model=MODEL, chunk_tokens=100, prior_output_tokens=10, preempt_margin_ms=0.0,
+                   last_chance_slip=0.1)
 
 
 def busy(tpot_ms: float):

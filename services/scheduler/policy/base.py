@@ -101,8 +101,10 @@ class PolicyConfig:
     tight_ttft_factor: float = 2.0
     # At its last chance, a request refused only by running requests' banks (fit test (2)) is
     # placed when that costs them less than one miss, a deficit of `last_chance_slip` x a running
-    # request's remaining tokens x its TPOT counting as a whole one (lastchance.py). 0 = never.
-    last_chance_slip: float = 0.1
+    # request's remaining tokens x its TPOT counting as a whole one (lastchance.py). 0 = never,
+    # the default: it won 4 family workloads in the simulator (0.1) but cost the default workload
+    # 5-7 points live on vLLM CPU engines (BENCHMARKS.md, "The weighed last chance, live").
+    last_chance_slip: float = 0.0
     # P/D (docs/ARCHITECTURE.md, "P/D scheduling"). KV transfer per token for instances whose
     # profile has none.
     default_kv_transfer_ms_per_token: float = DEFAULT_KV_TRANSFER_MS_PER_TOKEN
