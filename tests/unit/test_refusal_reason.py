@@ -36,13 +36,17 @@ def test_why_not_names_the_failed_test_per_instance():
     assert why_not(table, _newcomer(10), 10, NOW) == ""                 # it fits: nothing to explain
 
 
-def test_a_refusal_after_waiting_says_why_it_never_fitted():
-    # It fits nowhere (test (2)), turns hopeless, waits best_effort_max_wait_ms as best effort and
-    # is refused; the reason carries its last try with its SLO.
+def refused_after_waiting():
+    """A newcomer that fits nowhere (test (2)), turns hopeless, waits best_effort_max_wait_ms as
+    best effort and is refused: that refusal."""
     policy = make_policy("hfx", PolicyConfig(best_effort_max_wait_ms=100.0))
     spec = _newcomer(9000)
     decisions = []
     for t in (NOW, NOW + 0.05, NOW + 0.1, NOW + 0.2, NOW + 0.4):
         decisions += policy.schedule([spec], ClusterSnapshot((_instance(),)), t).decisions
     (d,) = [d for d in decisions if d.verdict is Verdict.REJECT]
-    assert "last tried with its SLO: w0: (2) a running request's budget" in d.reason
+    return d
+
+
+def test_a_refusal_after_waiting_says_why_it_never_fitted():
+    assert "last tried with its SLO: w0: (2) a running request's budget" in refused_after_waiting().reason

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from services.common.domain import ClusterSnapshot, Slo, Verdict
+from services.common.domain import ClusterSnapshot, Slo
 from services.scheduler.policy import PolicyConfig, make_policy
 from services.scheduler.policy import hfx as hfx_module
 from services.scheduler.policy import why as why_module
@@ -14,7 +14,7 @@ from services.scheduler.policy.budget import InstanceBudget
 from services.scheduler.policy.fit import FitTable
 from services.scheduler.policy.hfx import Hfx
 from services.scheduler.policy.why import Miss, why_not
-from tests.unit.test_refusal_reason import NOW, _instance, _newcomer
+from tests.unit.test_refusal_reason import NOW, _instance, _newcomer, refused_after_waiting
 from tests.unit.helpers_sched import make_request
 
 
@@ -42,13 +42,7 @@ def test_a_miss_nobody_reads_is_never_explained(monkeypatch):
 
 def test_the_refusal_explains_its_last_miss_once(monkeypatch):
     calls = _counting(monkeypatch)
-    policy = make_policy("hfx", PolicyConfig(best_effort_max_wait_ms=100.0))
-    spec = _newcomer(9000)
-    decisions = []
-    for t in (NOW, NOW + 0.05, NOW + 0.1, NOW + 0.2, NOW + 0.4):
-        decisions += policy.schedule([spec], ClusterSnapshot((_instance(),)), t).decisions
-    (d,) = [d for d in decisions if d.verdict is Verdict.REJECT]
-    assert "last tried with its SLO: w0: (2) a running request's budget" in d.reason
+    assert "last tried with its SLO: w0: (2) a running request's budget" in refused_after_waiting().reason
     assert len(calls) == 1
 
 
