@@ -27,8 +27,11 @@ class WorkerConfig:
     report_interval_s: float = 0.25
     # Decode tokens of requests that already streamed ride the next Session message if it leaves
     # within this many ms of the last (first tokens, ends and errors go at once): fewer messages,
-    # less CPU on router and worker, at most this much later delivery of a middle token.
-    session_coalesce_ms: float = 0.0
+    # less CPU on router and worker, at most this much later delivery of a middle token. 10 ms:
+    # on 2 vLLM CPU engines at 20-24 req/s the router's CPU fell by a third and TPOT mean to the
+    # peer's (BENCHMARKS.md, "The token path, fourteenth session"); steps slower than the window
+    # are not merged at all, so it only acts where per-token overhead is largest.
+    session_coalesce_ms: float = 10.0
     report_timeout_s: float = 1.0
     drain_timeout_s: float = 30.0
     engine_check_s: float = 1.0        # how often the worker checks its engine is alive (ReportsHealth)

@@ -41,8 +41,11 @@ def mesh(tmp_path_factory):
     (model / "config.json").write_text(json.dumps(config))
     fast = dataclasses.replace(PROFILES["cpu-tiny"], name="fast", model=LatencyModel(0.05, 0.0, 0.0, 0.0, 0.0029))
     (folder / "fast.json").write_text(json.dumps(profile_to_dict(fast)))
+    # Every engine step its own message and SSE event (no coalescing window): the answer's bytes
+    # then outgrow the sockets' buffers long before the profile's 65,536 KV tokens run out (with
+    # the default 10 ms window ~18 tokens share an event, and ~1 MB of events fits the buffers).
     with local_cluster(folder / "home", workers=1, engine="sim", model=str(model),
-                       worker_args=("--sim-profile", str(folder / "fast.json"))) as running:
+                       worker_args=("--sim-profile", str(folder / "fast.json"), "--session-coalesce-ms", "0")) as running:
         with extra_router(running, "--client-stall-timeout-s", "2") as router:
             yield running, router
 
