@@ -193,12 +193,15 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
     for rate in args.rate:
         recorder = flame.Recorder(roots, Path(args.flame), f"{name}-{rate:g}") if args.flame else None
         load_before = round(os.getloadavg()[0], 2)  # the machine's other work, which skews every figure
-        before = cputime.tree_cpu_s(roots, cputime.snapshot())
+        snap = cputime.snapshot()
+        before, wait_before = cputime.tree_cpu_s(roots, snap), cputime.tree_wait_s(roots, snap)
         started = time.time()  # the run's window, to pick its spans (benchmarks.peer.ttft_spans)
         try:
             run = serve_bench(url, model, args, rate, out / name, headers)
         finally:
-            cpu = cputime.delta(before, cputime.tree_cpu_s(roots, cputime.snapshot()))
+            snap = cputime.snapshot()
+            cpu = cputime.delta(before, cputime.tree_cpu_s(roots, snap))
+            wait = cputime.delta(wait_before, cputime.tree_wait_s(roots, snap))
             if recorder is not None:
                 recorder.stop()
                 _print_top(name, rate, recorder.paths)
@@ -206,7 +209,7 @@ def measure(name: str, url: str, roots: dict, model: str, args, out: Path, resul
         results["serve"].append({"target": name, "rate_rps": rate, "loadavg_1m_before": load_before,
                                  "started_unix_s": started, "ended_unix_s": time.time(),
                                  **{k: run.get(k) for k in SERVE_FIELDS},
-                                 "failed": args.requests - int(run.get("completed", 0)), "cpu_s": cpu,
+                                 "failed": args.requests - int(run.get("completed", 0)), "cpu_s": cpu, "wait_s": wait,
                                  # goodput = requests within both SLOs / duration, and the duration
                                  # ends with the last answer: the count is the comparable part.
                                  "slo_met": round((run.get("request_goodput") or 0) * (run.get("duration") or 0)),
@@ -249,6 +252,10 @@ def _print(results: dict) -> None:
     print("\nCPU seconds per process over each run (X/children: its descendants, e.g. a vLLM engine core)")
     for r in results["serve"]:
         cells = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cpu_s"].items()) if v >= 0.005)
+        print(f"  {r['target']} @ {r['rate_rps']:g}: {cells}")
+    print("\nRun-queue wait, seconds per process over each run (runnable, waiting for a core)")
+    for r in results["serve"]:
+        cells = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.get("wait_s", {}).items()) if v >= 0.005)
         print(f"  {r['target']} @ {r['rate_rps']:g}: {cells}")
     if results["multi_slo"]:
         print("\nHFX's multi-class workload, same absolute SLOs on both (SLO attainment)")
