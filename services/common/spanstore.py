@@ -3,9 +3,9 @@
 `hfx up` points every process of a local cluster here by default (`--tracing file=DIR`, DIR =
 HOME/traces), so `hfx explain` can answer "why did this request miss its SLO?" with no tracing
 backend running. Each process appends to its own file (SERVICE-PID.jsonl): no two writers share a
-file, so lines never interleave, and a process that dies loses only its unexported batch. A file
-past `max_bytes` is renamed to SERVICE-PID.old.jsonl (replacing the previous one), so the store
-keeps at most about twice `max_bytes` per process.
+file, so lines never interleave; a span is written when it ends, so a process that dies loses
+none. A file past `max_bytes` is renamed to SERVICE-PID.old.jsonl (replacing the previous one), so
+the store keeps at most about twice `max_bytes` per process.
 
 One line per span (this module owns the format; `read_spans` reads it back):
   {"trace_id": 32 hex, "span_id": 16 hex, "parent_id": 16 hex or "", "name", "service",
@@ -98,8 +98,8 @@ def from_doc(doc: dict) -> SpanRecord:
 
 
 class JsonLinesSpanExporter(SpanExporter):
-    """OTel span exporter appending one JSON line per span to `path` (called from the batch
-    processor's thread; one write per batch)."""
+    """OTel span exporter appending one JSON line per span to `path` (one write per export call:
+    per span under tracing.store_processor)."""
 
     def __init__(self, path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = Path(path)

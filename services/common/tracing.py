@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Mapping
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 # Attribute names used across services, so a tracing UI can filter on them.
@@ -155,13 +155,17 @@ def setup(service_name: str, config: TracingConfig) -> None:
     _provider = provider
 
 
-def store_processor(directory: str, service_name: str) -> BatchSpanProcessor:
-    """The local span store's processor. Its queue holds 8x the SDK's default (2048), so a burst
-    of requests is written, not dropped ("Queue full, dropping Span"): a file append is cheap."""
+def store_processor(directory: str, service_name: str) -> SimpleSpanProcessor:
+    """The local span store's processor: each span is appended when it ends, on the thread that
+    ends it (for HFX's services, the event loop). A line appended to a local file costs tens of
+    microseconds; a batch processor's thread, woken every 500 ms to do the same work, made the
+    router's stalls longer on a saturated machine: it takes the GIL from the event loop and can
+    lose its core while holding it (BENCHMARKS.md, issue 9, fifteenth session). Nothing queues,
+    so nothing is dropped in a burst or lost when a process dies. OTLP stays batched: it sends
+    over the network, which must never block the loop."""
     from services.common.spanstore import JsonLinesSpanExporter
 
-    return BatchSpanProcessor(JsonLinesSpanExporter.for_process(directory, service_name), max_queue_size=16384,
-                              max_export_batch_size=2048, schedule_delay_millis=500)
+    return SimpleSpanProcessor(JsonLinesSpanExporter.for_process(directory, service_name))
 
 
 def shutdown() -> None:

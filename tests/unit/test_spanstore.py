@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -90,3 +91,13 @@ def test_prune_deletes_only_files_left_alone_long_enough(tmp_path):
     os.utime(fresh, (5000.0, 5000.0))
     assert prune(tmp_path, max_age_s=2000.0, now_unix_s=6000.0) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["b-2.jsonl"]
+
+
+def test_the_store_writes_a_span_when_it_ends_with_no_thread_or_flush_between(tmp_path):
+    threads = threading.active_count()
+    provider = TracerProvider(resource=Resource.create({"service.name": "hfx-router"}))
+    provider.add_span_processor(tracing.store_processor(str(tmp_path), "hfx-router"))
+    provider.get_tracer("t").start_span("router.generate").end()
+    assert [s.name for s in read_spans(tmp_path)] == ["router.generate"]
+    assert threading.active_count() == threads   # no exporter thread beside the event loop
+    provider.shutdown()
