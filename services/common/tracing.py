@@ -159,7 +159,7 @@ def store_processor(directory: str, service_name: str) -> SimpleSpanProcessor:
     """The local span store's processor: each span is appended when it ends, on the thread that
     ends it (for HFX's services, the event loop). A line appended to a local file costs tens of
     microseconds. With a batch processor's thread doing the same work every 500 ms, the TTFT
-    tail on a saturated machine was longer in 5 of 7 A/B pairs; the likely cause is that the
+    tail on a saturated machine was longer in 8 of 11 A/B pairs; the likely cause is that the
     thread takes the GIL from the event loop and can lose its core while holding it
     (BENCHMARKS.md, issue 9, fifteenth session). Nothing queues, so nothing is dropped in a
     burst or lost when a process dies. OTLP stays batched: it sends over the network, which
