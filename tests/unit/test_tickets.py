@@ -62,6 +62,28 @@ def test_hfx_grants_instances_that_fit_the_bound_spread_first_and_none_that_do_n
     assert policy.tickets(ClusterSnapshot((small,)), [TicketBound(100, 10, 200.0, 40.0)], NOW) == []
 
 
+def test_tickets_rank_as_a_pass_chooses_queued_prefill_included():
+    """Two instances decoding as many sequences: the one whose last request's prefill is still
+    queued ranks second, as a pass's choose() (spread) would order them. An integer rank cut
+    spread's fraction off, so the first-listed instance won that tie every time."""
+    policy = make_policy("hfx", PolicyConfig())
+    decoding = tuple(_spec(f"d{k}", 50, 50, 1000, 40, at=NOW - 1) for k in range(2))
+    fresh = _spec("fresh", 100, 50, 1000, 40, at=NOW)   # placed just now: its prefill is queued
+    first = make_instance("a", running=decoding + (fresh,), placed_s=NOW - 0.0005)
+    second = make_instance("b", running=tuple(_spec(f"e{k}", 50, 50, 1000, 40, at=NOW - 1) for k in range(3)),
+                           placed_s=NOW - 1)
+    cluster = ClusterSnapshot((first, second))
+    bound = TicketBound(100, 10, 500.0, 40.0)
+    budgets = [policy._budget(inst, NOW) for inst in cluster.instances]
+    table = FitTable(cluster.instances, budgets, PolicyConfig(), NOW, banned=set(), reported_step=False)
+    ok, _ = table.fits_every_output(bound.probe("probe", NOW), NOW)
+    assert ok.all() and table.n[0] == table.n[1] and table.backlog[0] > 0 == table.backlog[1]
+    chosen = table.choose(ok, bound.min_tpot_ms)
+    grants = policy.tickets(cluster, [bound], NOW)
+    assert [g.instance_id for g in grants] == [table.ids[chosen], "a"] == ["b", "a"]
+    assert [g.rank for g in grants] == [0, 1]
+
+
 def test_an_instance_gets_the_widest_bound_that_fits_it():
     policy = make_policy("hfx", PolicyConfig())
     small = make_instance("small", kv_capacity_tokens=400)   # 300 + 64 fits under the watermark; 1000 + 64 does not

@@ -9,6 +9,7 @@ best fitting one; best-effort requests only take room no SLO request could use.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -75,6 +76,7 @@ class Hfx:
         # Tickets are spent later, behind whatever step runs then: the estimated in-flight charge.
         table = FitTable(cluster.instances, budgets, self.config, now_s, banned=set(), reported_step=False)
         granted: dict[int, Grant] = {}
+        keys: dict[int, float] = {}   # each grant's place in a pass's order (FitTable.preference)
         for bound in bounds:
             probe = bound.probe("ticket-probe", now_s)
             if options(table, probe, self.config)[0][:1] == [SPLIT]:
@@ -83,12 +85,18 @@ class Hfx:
             order = table.preference(ok, bound.min_tpot_ms)
             for idx in map(int, np.flatnonzero(ok)):
                 if idx not in granted:
+                    keys[idx] = float(order[idx])
                     granted[idx] = Grant(
-                        table.ids[idx], bound, float(ttft_ms[idx]), int(order[idx]),
+                        table.ids[idx], bound, float(ttft_ms[idx]), 0,
                         f"ticket: up to {bound.max_prompt_tokens}+{bound.max_tokens} tokens with TTFT >= "
                         f"{bound.min_ttft_ms:.0f} ms and TPOT >= {bound.min_tpot_ms:.1f} ms fits {table.ids[idx]} "
                         f"(predicted TTFT {float(ttft_ms[idx]):.0f} ms, budget {table.bank_ms[idx]:.0f} ms)")
-        return sorted(granted.values(), key=lambda g: (g.rank, g.instance_id))
+        # The rank is the grant's position in that order, not the key itself: the key's fraction
+        # (spread's steps of queued prefill) is what tells apart two instances decoding as many
+        # sequences, and an integer rank cut it off, so ties went to the first instance listed
+        # while its last ticket's prefill was still queued (issue 9, sixteenth session).
+        ranked = sorted(granted, key=lambda idx: (keys[idx], idx))
+        return [dataclasses.replace(granted[idx], rank=rank) for rank, idx in enumerate(ranked)]
 
     # -- one pass -------------------------------------------------------------------------------
 
