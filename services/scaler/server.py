@@ -258,11 +258,13 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
     # -- slots under an autoscaler (services/scaler/actuator.py LocalProcesses) -------------------
 
     def live_slots(self) -> list[Managed]:
-        """Workers wanted and running (starting or ready); retired ones on their way out are not.
+        """Workers wanted and running (starting or ready), or crashed and waiting out the restart
+        backoff (step() starts them again: one place restarts a slot, so the autoscaler must not
+        start another for it); retired ones on their way out are not.
         P/D autoscaling (config.pd_autoscale): the prefill and decode slots are the autoscaler's."""
         wanted = (self.wanted or set()) | (self.pd_wanted if self.config.pd_autoscale is not None else set())
         return [w for i, w in sorted(self.workers.items())
-                if self.wanted is not None and i in wanted and w.exited_at_s is None and not w.stopping]
+                if self.wanted is not None and i in wanted and not w.stopping]
 
     def add_slot(self, now_s: float, take_standby: bool = False, role: str = "colocated") -> str:
         """One more worker of `role`, in the lowest free slot of its pool (from the standby pool

@@ -120,3 +120,36 @@ def test_a_retired_slot_wanted_again_starts_a_worker(tmp_path, monkeypatch):
     assert [i for i, _ in launched] == ["hfx-w0", "hfx-w1", "hfx-w2", "hfx-w1"]
     assert [w.instance_id for w in servicer.live_slots()] == ["hfx-w0", "hfx-w1", "hfx-w2"]
     assert servicer.workers[1].proc is launched[3][1] and not servicer.workers[1].stopping
+
+
+def test_a_crashed_slot_waiting_to_restart_is_still_the_autoscalers(tmp_path, monkeypatch):
+    """CI, sixteenth session: a decode worker failed to bind its port and exited; while its slot
+    waited out the restart backoff, live_slots left it out, so the autoscaler saw no decode worker
+    and started a second one, and the slot came back as well (one worker too many). The slot
+    loop restarts a crashed slot that is still wanted; the autoscaler counts it meanwhile."""
+    from services.common import procs
+    from services.scaler.autoscale import AutoscaleConfig
+    from services.scaler.config import ScalerConfig
+    from services.scaler.server import ScalerServicer
+
+    launched: list[_FakeProc] = []
+
+    def launch(instance_id, port, *extra):
+        launched.append(_FakeProc())
+        return launched[-1]
+
+    monkeypatch.setattr(procs, "has_exited", lambda proc: proc.exited)
+    monkeypatch.setattr(procs, "kill_group", lambda pgid, wait_s=5.0: [])
+    config = ScalerConfig(model="m", scheduler_address="127.0.0.1:1", log_dir=tmp_path, replicas=1, engine="sim",
+                          autoscale=AutoscaleConfig(min_replicas=1, max_replicas=4))
+    servicer = ScalerServicer(config, cluster=None)
+    monkeypatch.setattr(servicer, "_launch", launch)
+    servicer.step(0.0)
+    launched[0].exited = True                       # crashed (not stopped on purpose)
+    servicer.step(1.0)                              # seen; restarted only after the backoff
+    assert len(launched) == 1 and servicer.workers[0].exited_at_s == 1.0
+    assert [w.instance_id for w in servicer.live_slots()] == ["hfx-w0"]
+    servicer.step(3.5)                              # backoff over: the same slot starts again
+    assert len(launched) == 2 and [w.instance_id for w in servicer.live_slots()] == ["hfx-w0"]
+    servicer.retire_slot("hfx-w0", 4.0)             # retired on purpose: no longer the autoscaler's
+    assert servicer.live_slots() == []
