@@ -8,6 +8,7 @@ whether an earlier attempt landed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         self.roles = RoleChanges(cluster, self.linker, config.pd_local_prefill)
         self.desired = config.replicas
         self.workers: dict[int, Managed] = {}
+        self._promised: collections.deque[int] = collections.deque(maxlen=64)   # ports handed out lately
         self.ready_ids: set[str] = set()
         self.registry: list[common_pb2.Instance] = []  # live instances as last read (donor choice)
         # Autoscaled: the slots wanted (any may be retired after a drain); None: the first `desired`.
@@ -58,7 +60,7 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         if config.actuator != "local":   # the workers are another system's (a Deployment's pods)
             self.desired, self.wanted = 0, set()
         # Issue 12: engines started ahead (services/scaler/standby.py); None without --standby-pool.
-        self.pool = StandbyPool(config.standby_pool, config.cluster_name, self._spawn_standby) \
+        self.pool = StandbyPool(config.standby_pool, config.cluster_name, self._spawn_standby, self._free_port) \
             if config.standby_pool else None
 
     def adopt_running(self) -> str:
@@ -107,13 +109,13 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
             return
         w = self.workers.get(index)
         if w is None:
-            w = self.workers[index] = Managed(index, self._instance_id(index), procs.free_port())
+            w = self.workers[index] = Managed(index, self._instance_id(index), self._free_port())
         elif w.proc is not None:
             w.restarts += 1
             check_gone(w, log)
             # A fresh port: the old one may be taken meanwhile (any socket's ephemeral port; a
             # start that failed to bind would otherwise fail the same way on every restart).
-            w.port = procs.free_port()
+            w.port = self._free_port()
         w.proc = self._launch(w.instance_id, w.port, *self._role_flag(index), *self._cpu_flag(w),
                               *self._weights_flags(w))
         w.exited_at_s, w.stopping, w.started_s = None, False, time.time()
@@ -185,10 +187,18 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServicer):
         log.info("weights for %s: %s", w.instance_id, choice.reason)
         return ["--serve-weights", *(["--weights-from", choice.address] if choice.address else [])]
 
+    def _free_port(self) -> int:
+        """A port for a worker to listen on, never one handed out lately: until the worker it
+        went to binds it, a promised port still looks free, and two workers launched together
+        could be given the same one (the second then fails "Address already in use")."""
+        port = procs.free_port(avoid=frozenset(self._promised))
+        self._promised.append(port)
+        return port
+
     def _metrics_flag(self, instance_id: str) -> list[str]:
         if not self.config.worker_metrics:
             return []
-        port = procs.free_port()
+        port = self._free_port()
         # Recorded next to the pid file so `hfx up` can list every /metrics address.
         (self.config.log_dir / f"{instance_id}.metrics").write_text(f"127.0.0.1:{port}")
         return ["--metrics-port", str(port)]

@@ -84,10 +84,12 @@ Spawn = Callable[[str, int], subprocess.Popen]
 
 
 class StandbyPool:
-    def __init__(self, size: int, cluster_name: str, spawn: Spawn) -> None:
+    def __init__(self, size: int, cluster_name: str, spawn: Spawn,
+                 free_port: Callable[[], int] = procs.free_port) -> None:
         self.size = size
         self.cluster_name = cluster_name
         self._spawn = spawn
+        self._free_port = free_port   # the scaler's: never a port it promised a worker lately
         self.members: list[Standby] = []
         self._seq = 0
         self._loads: set[asyncio.Task] = set()
@@ -111,7 +113,7 @@ class StandbyPool:
         for _ in range(plan.start):
             name = f"{self.cluster_name}-s{self._seq}"
             self._seq += 1
-            port = procs.free_port()
+            port = self._free_port()
             self.members.append(Standby(name, port, self._spawn(name, port), now_s))
             log.info("started standby %s on port %d", name, port)
         if plan.reason != self.last_reason:

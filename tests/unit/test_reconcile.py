@@ -153,3 +153,28 @@ def test_a_crashed_slot_waiting_to_restart_is_still_the_autoscalers(tmp_path, mo
     assert len(launched) == 2 and [w.instance_id for w in servicer.live_slots()] == ["hfx-w0"]
     servicer.retire_slot("hfx-w0", 4.0)             # retired on purpose: no longer the autoscaler's
     assert servicer.live_slots() == []
+
+
+def test_workers_launched_together_are_never_promised_the_same_port(tmp_path, monkeypatch):
+    """A promised port looks free until its worker binds it: picked again for the next worker
+    (its gRPC or its /metrics port), one of the two fails "Address already in use"."""
+    from services.common import procs
+    from services.scaler.config import ScalerConfig
+    from services.scaler.server import ScalerServicer
+
+    ports: list[str] = []
+
+    def launch(instance_id, port, *extra):   # as ScalerServicer._launch: the gRPC port, then /metrics's
+        ports.append(str(port))
+        ports.extend(servicer._metrics_flag(instance_id)[1:])
+        return _FakeProc()
+
+    # Nothing is bound yet (fake processes), so the lowest port not avoided is always "free".
+    monkeypatch.setattr(procs, "free_port", lambda host="127.0.0.1", avoid=frozenset():
+                        min(p for p in range(20000, 20100) if p not in avoid))
+    config = ScalerConfig(model="m", scheduler_address="127.0.0.1:1", log_dir=tmp_path, replicas=3, engine="sim",
+                          worker_metrics=True)
+    servicer = ScalerServicer(config, cluster=None)
+    monkeypatch.setattr(servicer, "_launch", launch)
+    servicer.step(0.0)
+    assert len(ports) == 6 and len(set(ports)) == 6, ports
