@@ -86,16 +86,13 @@ class _FakeProc:
         return 0 if self.exited else None
 
 
-def test_a_retired_slot_wanted_again_starts_a_worker(tmp_path, monkeypatch):
-    """Issue 13: after a drain retired slot 1 and its worker exited, the next start took slot 1
-    (the lowest free one) but never launched it (its stopping mark stayed set), so the autoscaler
-    saw no start and decided another one every tick."""
+def _autoscaled_servicer(tmp_path, monkeypatch, launched: list[tuple[str, "_FakeProc"]]):
+    """A scaler autoscaling 1-4 colocated sim workers, whose launches are fake processes
+    recorded in `launched` as (instance id, process)."""
     from services.common import procs
     from services.scaler.autoscale import AutoscaleConfig
     from services.scaler.config import ScalerConfig
     from services.scaler.server import ScalerServicer
-
-    launched: list[tuple[str, _FakeProc]] = []
 
     def launch(instance_id, port, *extra):
         proc = _FakeProc()
@@ -108,6 +105,15 @@ def test_a_retired_slot_wanted_again_starts_a_worker(tmp_path, monkeypatch):
                           autoscale=AutoscaleConfig(min_replicas=1, max_replicas=4))
     servicer = ScalerServicer(config, cluster=None)
     monkeypatch.setattr(servicer, "_launch", launch)
+    return servicer
+
+
+def test_a_retired_slot_wanted_again_starts_a_worker(tmp_path, monkeypatch):
+    """Issue 13: after a drain retired slot 1 and its worker exited, the next start took slot 1
+    (the lowest free one) but never launched it (its stopping mark stayed set), so the autoscaler
+    saw no start and decided another one every tick."""
+    launched: list[tuple[str, _FakeProc]] = []
+    servicer = _autoscaled_servicer(tmp_path, monkeypatch, launched)
     servicer.step(0.0)
     assert servicer.add_slot(1.0) == "hfx-w1" and len(launched) == 2
     first = launched[1][1]
@@ -127,25 +133,10 @@ def test_a_crashed_slot_waiting_to_restart_is_still_the_autoscalers(tmp_path, mo
     waited out the restart backoff, live_slots left it out, so the autoscaler saw no decode worker
     and started a second one, and the slot came back as well (one worker too many). The slot
     loop restarts a crashed slot that is still wanted; the autoscaler counts it meanwhile."""
-    from services.common import procs
-    from services.scaler.autoscale import AutoscaleConfig
-    from services.scaler.config import ScalerConfig
-    from services.scaler.server import ScalerServicer
-
-    launched: list[_FakeProc] = []
-
-    def launch(instance_id, port, *extra):
-        launched.append(_FakeProc())
-        return launched[-1]
-
-    monkeypatch.setattr(procs, "has_exited", lambda proc: proc.exited)
-    monkeypatch.setattr(procs, "kill_group", lambda pgid, wait_s=5.0: [])
-    config = ScalerConfig(model="m", scheduler_address="127.0.0.1:1", log_dir=tmp_path, replicas=1, engine="sim",
-                          autoscale=AutoscaleConfig(min_replicas=1, max_replicas=4))
-    servicer = ScalerServicer(config, cluster=None)
-    monkeypatch.setattr(servicer, "_launch", launch)
+    launched: list[tuple[str, _FakeProc]] = []
+    servicer = _autoscaled_servicer(tmp_path, monkeypatch, launched)
     servicer.step(0.0)
-    launched[0].exited = True                       # crashed (not stopped on purpose)
+    launched[0][1].exited = True                       # crashed (not stopped on purpose)
     servicer.step(1.0)                              # seen; restarted only after the backoff
     assert len(launched) == 1 and servicer.workers[0].exited_at_s == 1.0
     assert [w.instance_id for w in servicer.live_slots()] == ["hfx-w0"]
