@@ -313,7 +313,12 @@ def test_a_priority_beyond_int32_is_a_400_naming_where_it_came_from():
     # found by tests/unit/test_fuzz_input.py: it used to be a 500 (protobuf's int32 range)
     with pytest.raises(ApiError) as body:
         oai.completion_request(completion(), oai.SloHints(priority=2**31))
-    assert body.value.status == 400 and "hfx.priority: must be at most 2147483647" in body.value.body()["error"]["message"]
+    assert body.value.status == 400 and ("hfx.priority: must be between -2147483648 and 2147483647, got 2147483648"
+                                         in body.value.body()["error"]["message"])
     with pytest.raises(ApiError) as header:
         oai.completion_request(completion(), oai.parse_headers({"x-priority": str(2**31)}))
     assert header.value.status == 400 and header.value.body()["error"]["message"].startswith("x-priority:")
+    # and below it (the fuzz test again, sixteenth session: -2**31 - 1 was a 500 too)
+    with pytest.raises(ApiError) as low:
+        oai.completion_request(completion(), oai.SloHints(priority=-2**31 - 1))
+    assert low.value.status == 400 and "hfx.priority: must be between" in low.value.body()["error"]["message"]

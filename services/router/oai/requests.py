@@ -138,9 +138,9 @@ def _apply_hints(req: router_pb2.GenerateRequest, hints: SloHints, client_reques
     if hints.tpot_ms is not None:
         req.slo.tpot_ms = hints.tpot_ms
     if hints.priority is not None:
-        if hints.priority > _INT32_MAX:
+        if not _INT32_MIN <= hints.priority <= _INT32_MAX:   # the proto's int32 (>= 0 is validate's rule)
             field = HEADER_PRIORITY if "priority" in hints.from_headers else "hfx.priority"
-            raise bad_request(field, f"must be at most {_INT32_MAX}, got {hints.priority}")
+            raise bad_request(field, f"must be between {_INT32_MIN} and {_INT32_MAX}, got {hints.priority}")
         req.priority = hints.priority
     req.task_class = hints.task_class or ""
     req.tenant = hints.tenant or ""
